@@ -1,0 +1,212 @@
+"""The one subprocess seam: every external program imgtool runs goes through here.
+
+Why one module: argv is built as data elsewhere and only executed here, so unit
+tests can replace this seam alone; every failure becomes one `ToolFailed` carrying
+argv, exit code and the tail of stderr; a missing binary becomes a `ToolMissing`
+that says how to install it. Programs run with LANG=C.UTF-8, no stdin, and (for
+untrusted input) CPU and address-space limits set before exec.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import shlex
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sh
+
+from imgtool.errors import ToolFailed, ToolMissing
+
+log = logging.getLogger("imgtool.run")
+
+Arg = str | os.PathLike[str] | int
+
+# Which Debian package provides each program, for the "not found" hint.
+PACKAGES = {
+    "qemu-img": "qemu-utils",
+    "qemu-io": "qemu-utils",
+    "qemu-nbd": "qemu-utils",
+    "qemu-system-x86_64": "qemu-system-x86",
+    "qemu-system-aarch64": "qemu-system-arm",
+    "ssh": "openssh-client",
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits applied to a child before exec (for untrusted images)."""
+
+    cpu_seconds: int | None = None
+    address_space: int | None = None
+
+    def preexec(self) -> Callable[[], None]:
+        def apply() -> None:
+            if self.cpu_seconds is not None:
+                resource.setrlimit(resource.RLIMIT_CPU, (self.cpu_seconds, self.cpu_seconds))
+            if self.address_space is not None:
+                resource.setrlimit(resource.RLIMIT_AS, (self.address_space, self.address_space))
+
+        return apply
+
+
+# What OpenStack uses for qemu-img on untrusted images, with room for qemu-img map
+# on large sparse images.
+UNTRUSTED = Limits(cpu_seconds=120, address_space=2 << 30)
+
+
+@dataclass(frozen=True)
+class Result:
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def argv_strings(argv: Sequence[Arg]) -> list[str]:
+    return [str(a) if isinstance(a, int) else os.fspath(a) for a in argv]
+
+
+def which(program: str) -> str:
+    """Return the absolute path of `program`, or raise ToolMissing with an install hint."""
+    found = shutil.which(program)
+    if found is None:
+        package = PACKAGES.get(program, program)
+        raise ToolMissing(
+            f"{program} not found on PATH",
+            hint=f"install the Debian package {package} (./scripts/setup does it)",
+        )
+    return found
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["LANG"] = "C.UTF-8"
+    env["LC_ALL"] = "C.UTF-8"
+    env.update(extra or {})
+    return env
+
+
+def _decode(data: bytes | str | None) -> str:
+    if data is None:
+        return ""
+    return data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+
+
+def _tail(text: str, lines: int = 8) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def run(
+    argv: Sequence[Arg],
+    *,
+    limits: Limits | None = None,
+    timeout: float | None = None,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+    input: bytes | None = None,
+) -> Result:
+    """Run a program to completion and capture its output.
+
+    Raises ToolMissing if the program is absent, ToolFailed (with argv, exit code
+    and stderr tail) if it exits non-zero and `check` is true, or times out.
+    """
+    args = argv_strings(argv)
+    command = sh.Command(which(args[0]))
+    log.debug("+ %s", shlex.join(args))
+    kwargs: dict[str, Any] = {
+        "_env": child_env(env),
+        "_in": input if input is not None else "",
+        "_tty_out": False,
+        "_return_cmd": True,
+        "_ok_code": list(range(256)),
+        "_decode_errors": "replace",
+    }
+    if timeout is not None:
+        kwargs["_timeout"] = timeout
+    if limits is not None:
+        kwargs["_preexec_fn"] = limits.preexec()
+    try:
+        done = command(*args[1:], **kwargs)
+    except sh.TimeoutException as exc:
+        raise ToolFailed(
+            f"{args[0]} did not finish within {timeout:g}s",
+            hint="the input may be hostile or the machine overloaded",
+            argv=args,
+        ) from exc
+    result = Result(args, done.exit_code, _decode(done.stdout), _decode(done.stderr))
+    if check and result.returncode != 0:
+        raise failure(result)
+    return result
+
+
+def failure(result: Result) -> ToolFailed:
+    tail = _tail(result.stderr) or _tail(result.stdout)
+    code = result.returncode
+    why = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+    return ToolFailed(
+        f"{Path(result.argv[0]).name} failed ({why}): {tail or 'no output'}",
+        hint="run with --debug to see the full command line",
+        argv=result.argv,
+        returncode=code,
+        stderr_tail=tail,
+    )
+
+
+@dataclass
+class Background:
+    """A child process running in the background (qemu-nbd, a probe guest)."""
+
+    argv: list[str]
+    handle: Any
+
+    @property
+    def pid(self) -> int:
+        return int(self.handle.process.pid)
+
+    def alive(self) -> bool:
+        return bool(self.handle.process.is_alive()[0])
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.alive():
+            self.handle.process.terminate()
+            try:
+                self.handle.wait(timeout=timeout)
+            except Exception:  # noqa: BLE001 - a stuck child gets SIGKILL, whatever went wrong
+                self.handle.process.kill()
+        try:
+            self.handle.wait()
+        except sh.ErrorReturnCode:
+            pass  # we asked it to stop; its exit status is not news
+
+    def stderr(self) -> str:
+        return _decode(self.handle.stderr)
+
+
+def spawn(
+    argv: Sequence[Arg],
+    *,
+    limits: Limits | None = None,
+    env: dict[str, str] | None = None,
+) -> Background:
+    """Start a program in the background; the caller must `stop()` it."""
+    args = argv_strings(argv)
+    command = sh.Command(which(args[0]))
+    log.debug("+ %s &", shlex.join(args))
+    kwargs: dict[str, Any] = {
+        "_env": child_env(env),
+        "_in": "",
+        "_bg": True,
+        "_bg_exc": False,
+        "_tty_out": False,
+        "_ok_code": list(range(256)),
+        "_new_session": True,
+    }
+    if limits is not None:
+        kwargs["_preexec_fn"] = limits.preexec()
+    return Background(args, command(*args[1:], **kwargs))
