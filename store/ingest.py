@@ -1,0 +1,109 @@
+"""Ingest a disk: read the chunks that may hold data, hash and compress them in
+parallel, write new ones into packs, then write the disk manifest.
+
+The caller decides which chunks to read (from qemu-img map) and which to reuse
+from an earlier disk manifest (incremental capture of a VM overlay); the store
+only sees offsets and bytes. Reading stays on the calling thread (a reader need
+not be thread-safe); hashing and compression run on a pool because BLAKE3 and
+zstd release the GIL.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from store import codec
+from store.disks import DiskManifest
+from store.packs import PackWriter
+from store.repo import Store
+
+Reader = Callable[[int, int], bytes]
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    digest: str
+    manifest: DiskManifest
+    chunks_read: int
+    chunks_new: int
+    bytes_read: int
+    bytes_stored: int  # compressed bytes this ingest added to the store
+
+
+def _encode(data: bytes, writer: PackWriter) -> tuple[bytes, bytes | None] | None:
+    """Hash one chunk; compress it only if the store lacks it. None for all-zero."""
+    if data.count(0) == len(data):
+        return None
+    raw = codec.chunk_digest(data)
+    if writer.has(raw):
+        return raw, None
+    return raw, codec.compress(data)
+
+
+def ingest(
+    store: Store,
+    *,
+    virtual_size: int,
+    read: Reader,
+    indexes: Iterable[int],
+    reused: dict[int, str] | None = None,
+    progress: Progress | None = None,
+    workers: int | None = None,
+) -> IngestResult:
+    """Store a disk and return its manifest digest. The caller holds `store.writing()`.
+
+    Chunks listed in `indexes` are read and stored; chunks in `reused` keep the
+    given digest without being read (they must already be in the store); all
+    others are zero. Nothing is named here: the manifest is unreachable until
+    the caller points a name at it.
+    """
+    chunk_size = store.config.chunk_size
+    chunks: dict[int, str] = dict(reused or {})
+    writer = store.pack_writer()
+    workers = workers or max(2, os.cpu_count() or 2)
+    window: deque[tuple[int, int, Future[tuple[bytes, bytes | None] | None]]] = deque()
+    stats = {"read": 0, "bytes": 0}
+
+    def drain(limit: int) -> None:
+        while len(window) > limit:
+            index, length, future = window.popleft()
+            encoded = future.result()
+            chunks.pop(index, None)
+            if encoded is not None:
+                raw, frame = encoded
+                if frame is not None:
+                    writer.add(raw, frame, length)
+                chunks[index] = raw.hex()
+            if progress is not None:
+                progress(length)
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest") as pool:
+        for index in indexes:
+            offset = index * chunk_size
+            length = min(chunk_size, virtual_size - offset)
+            data = read(offset, length)
+            stats["read"] += 1
+            stats["bytes"] += length
+            window.append((index, length, pool.submit(_encode, data, writer)))
+            drain(workers * 4)
+        drain(0)
+    writer.flush()
+    manifest = DiskManifest(virtual_size, chunk_size, chunks)
+    digest = store.put_manifest(manifest.to_json())
+    return IngestResult(digest, manifest, stats["read"], writer.chunks_written, stats["bytes"],
+                        writer.bytes_written)
+
+
+def chunk_indexes(ranges: Iterable[tuple[int, int]], chunk_size: int) -> list[int]:
+    """The sorted chunk indexes touched by (start, length) byte ranges."""
+    found: set[int] = set()
+    for start, length in ranges:
+        if length <= 0:
+            continue
+        found.update(range(start // chunk_size, (start + length - 1) // chunk_size + 1))
+    return sorted(found)

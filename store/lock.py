@@ -1,0 +1,114 @@
+"""The store lock: writers share it, gc takes it exclusively.
+
+Why this is enough to keep in-flight data alive: a capture or publish holds the
+shared lock from its first chunk to its last name update, and gc sweeps only
+under the exclusive lock, so gc can never see a half-finished write. Locks wait
+with a timeout, and a holder file per process says who holds the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from store.errors import Locked
+
+DEFAULT_TIMEOUT = 60.0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def holders(lock_dir: Path) -> list[dict[str, object]]:
+    """Who holds the store lock now (stale holder files of dead processes are skipped)."""
+    found: list[dict[str, object]] = []
+    for path in sorted(lock_dir.glob("holder-*")):
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(info, dict) and _alive(int(info.get("pid", 0))):
+            found.append(info)
+    return found
+
+
+def _describe(lock_dir: Path) -> str:
+    who = holders(lock_dir)
+    if not who:
+        return "another imgtool process"
+    return ", ".join(f"pid {h.get('pid')} ({h.get('command')}, {h.get('mode')})" for h in who)
+
+
+@contextlib.contextmanager
+def held(lock_dir: Path, *, exclusive: bool, timeout: float = DEFAULT_TIMEOUT,
+         purpose: str = "") -> Iterator[None]:
+    """Hold the store lock (shared or exclusive) for the duration of the block.
+
+    Raises Locked after `timeout` seconds, naming the holders.
+    """
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_dir / "store.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        _acquire(fd, lock_dir, exclusive=exclusive, timeout=timeout)
+        holder = lock_dir / f"holder-{os.getpid()}-{id(fd)}"
+        command = purpose or " ".join(os.path.basename(a) for a in sys.argv[:3])
+        mode = "exclusive" if exclusive else "shared"
+        holder.write_text(json.dumps({"pid": os.getpid(), "command": command, "mode": mode}))
+        try:
+            yield
+        finally:
+            holder.unlink(missing_ok=True)
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+def _acquire(fd: int, lock_dir: Path, *, exclusive: bool, timeout: float) -> None:
+    flag = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        try:
+            fcntl.flock(fd, flag | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise Locked(
+                    f"the store is locked by {_describe(lock_dir)}",
+                    hint=f"waited {timeout:g}s; retry when it finishes (gc needs the store to itself)",
+                ) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, *, timeout: float = DEFAULT_TIMEOUT) -> Iterator[None]:
+    """A short exclusive lock on one file (name updates, VM records)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise Locked(f"{path.name} is locked by another imgtool process",
+                                 hint=f"waited {timeout:g}s; retry shortly") from None
+                time.sleep(0.02)
+        yield
+    finally:
+        os.close(fd)

@@ -1,0 +1,246 @@
+"""The store facade: chunks in packs, manifests by digest, names.
+
+Invariants (see docs/DESIGN.md, "The store"):
+- Blobs (packs, indexes, manifests) are written once, verified, read-only.
+- Write order is chunks -> manifests -> names; a name is set only after
+  everything it reaches is durable, so a crash never leaves a dangling name.
+- Writers hold the store lock shared; gc holds it exclusively.
+- Every manifest lists the other manifests it reaches in "links" (disk manifests
+  reach chunks instead), which is all gc needs to know about them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from store import atomic, canonical, codec, digest, lock
+from store.canonical import JsonObject
+from store.disks import DiskManifest
+from store.errors import Corrupt, InvalidArgument, NotFound
+from store.layout import Layout, check_component
+from store.packs import ChunkIndex, PackWriter, read_frame
+
+STORE_FORMAT = 1
+DEFAULT_CHUNK_SIZE = 256 << 10
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    format: int
+    chunk_size: int
+
+
+class Store:
+    """One content-addressed store rooted at a directory."""
+
+    def __init__(self, root: Path, config: StoreConfig) -> None:
+        self.layout = Layout(root)
+        self.config = config
+        self._index: ChunkIndex | None = None
+
+    # -- opening -------------------------------------------------------------
+
+    @classmethod
+    def open(cls, root: Path, *, create: bool = True, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Store:
+        """Open (and, when allowed, initialise) the store at `root`.
+
+        Raises NotFound when there is no store and `create` is false, Corrupt
+        when store.json is unreadable, and InvalidArgument for an unknown format.
+        """
+        layout = Layout(root)
+        if not layout.config.exists():
+            if not create:
+                raise NotFound(f"no imgtool store at {root}", hint="create one with any writing command")
+            _initialise(layout, chunk_size)
+        return cls(root, _read_config(layout))
+
+    # -- locking -------------------------------------------------------------
+
+    def writing(self, *, timeout: float = lock.DEFAULT_TIMEOUT) -> contextlib.AbstractContextManager[None]:
+        return lock.held(self.layout.locks, exclusive=False, timeout=timeout)
+
+    def exclusive(self, *, timeout: float = lock.DEFAULT_TIMEOUT) -> contextlib.AbstractContextManager[None]:
+        return lock.held(self.layout.locks, exclusive=True, timeout=timeout)
+
+    # -- chunks --------------------------------------------------------------
+
+    @property
+    def index(self) -> ChunkIndex:
+        if self._index is None:
+            self._index = ChunkIndex.load(self.layout)
+        return self._index
+
+    def reload_index(self) -> ChunkIndex:
+        self._index = None
+        return self.index
+
+    def pack_writer(self) -> PackWriter:
+        return PackWriter(self.layout, self.index)
+
+    def has_chunk(self, hex_digest: str) -> bool:
+        return bytes.fromhex(digest.parse(hex_digest)) in self.index
+
+    def read_chunk(self, hex_digest: str) -> bytes:
+        """The verified raw bytes of a chunk; NotFound or Corrupt otherwise."""
+        raw = bytes.fromhex(digest.parse(hex_digest))
+        location = self.index.get(raw)
+        if location is None:
+            raise NotFound(f"chunk {hex_digest[:16]} is missing from the store", hint="run imgtool verify")
+        frame = read_frame(self.layout, location)
+        return codec.decompress(frame, location.rawlen, raw, what=hex_digest[:16])
+
+    # -- manifests -----------------------------------------------------------
+
+    def put_manifest(self, obj: JsonObject) -> str:
+        """Store a manifest; returns its digest (`blake3:<hex>`). Idempotent."""
+        data = canonical.dumps(obj)
+        hex_digest = digest.hex_of(data)
+        atomic.write_once(self.layout.manifest(hex_digest), [data])
+        return digest.PREFIX + hex_digest
+
+    def get_manifest(self, ref: str) -> JsonObject:
+        """Read and verify a manifest by digest."""
+        hex_digest = digest.parse(ref)
+        path = self.layout.manifest(hex_digest)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"manifest {hex_digest[:16]} is not in the store",
+                           hint="check the digest, or run imgtool verify") from None
+        if digest.hex_of(data) != hex_digest:
+            raise Corrupt(f"manifest {hex_digest[:16]} does not match its digest",
+                          hint="run imgtool verify to see what it affects")
+        return canonical.loads(data, what=f"manifest {hex_digest[:16]}")
+
+    def has_manifest(self, ref: str) -> bool:
+        return self.layout.manifest(digest.parse(ref)).exists()
+
+    def get_disk(self, ref: str) -> DiskManifest:
+        return DiskManifest.from_json(self.get_manifest(ref), what=f"disk {digest.parse(ref)[:16]}")
+
+    # -- names ---------------------------------------------------------------
+
+    def get_name(self, namespace: str, *key: str) -> str | None:
+        path = self.layout.name(namespace, *key)
+        try:
+            text = path.read_text().strip()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return digest.full(text)
+
+    def set_name(self, namespace: str, *key: str, target: str, create_only: bool = False) -> None:
+        """Point a name at a manifest that is already stored.
+
+        With `create_only`, AlreadyExists-style races are decided by the
+        filesystem: exactly one concurrent creator wins (returns normally), the
+        others get FileExistsError.
+        """
+        full = digest.full(target)
+        if not self.has_manifest(full):
+            raise InvalidArgument(f"refusing to name {full[:23]}: it is not stored",
+                                  hint="this is a bug: names are set only after their content")
+        path = self.layout.name(namespace, *key)
+        data = (full + "\n").encode()
+        old = self.get_name(namespace, *key)
+        if create_only:
+            if not atomic.create(path, data):
+                raise FileExistsError(str(path))
+        else:
+            atomic.replace(path, data)
+        self._log("set", namespace, key, old, full)
+
+    def delete_name(self, namespace: str, *key: str) -> str | None:
+        path = self.layout.name(namespace, *key)
+        old = self.get_name(namespace, *key)
+        with atomic.translated(path.name):
+            path.unlink(missing_ok=True)
+        if old is not None:
+            self._log("delete", namespace, key, old, None)
+        return old
+
+    def list_names(self, namespace: str, *prefix: str) -> list[tuple[tuple[str, ...], str]]:
+        """Every (key, digest) under namespace/prefix, sorted by key."""
+        base = self.layout.name(namespace, *prefix)
+        if not base.is_dir():
+            return []
+        found: list[tuple[tuple[str, ...], str]] = []
+        for dirpath, _dirs, files in os.walk(base):
+            rel = Path(dirpath).relative_to(base).parts
+            for name in files:
+                if name.startswith(atomic.TMP_PREFIX):
+                    continue
+                value = self.get_name(namespace, *prefix, *rel, name)
+                if value is not None:
+                    found.append(((*rel, name), value))
+        return sorted(found)
+
+    def all_names(self) -> list[tuple[tuple[str, ...], str]]:
+        """Every name in every namespace, as ((namespace, *key), digest)."""
+        if not self.layout.names.is_dir():
+            return []
+        found: list[tuple[tuple[str, ...], str]] = []
+        for namespace in sorted(p.name for p in self.layout.names.iterdir() if p.is_dir()):
+            found.extend(((namespace, *key), value) for key, value in self.list_names(namespace))
+        return found
+
+    def _log(self, action: str, namespace: str, key: tuple[str, ...], old: str | None, new: str | None) -> None:
+        # Name history: an append-only audit trail; O_APPEND writes of one line are atomic enough here.
+        entry = {"time": int(time.time()), "action": action, "name": "/".join((namespace, *key)),
+                 "old": old, "new": new}
+        self.layout.log.mkdir(parents=True, exist_ok=True)
+        with atomic.translated("the name log"), open(self.layout.log / "names.log", "a") as handle:
+            handle.write(json.dumps(entry, sort_keys=True) + "\n")
+
+    # -- scratch ---------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def scratch(self, label: str) -> Iterator[Path]:
+        """A private temporary directory inside the store (same filesystem)."""
+        check_component(label)
+        path = self.layout.tmp / f"{atomic.TMP_PREFIX}{os.getpid()}-{label}-{os.urandom(4).hex()}"
+        path.mkdir(parents=True, mode=0o700)
+        try:
+            yield path
+        finally:
+            _remove_tree(path)
+
+
+def _remove_tree(path: Path) -> None:
+    for child in sorted(path.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if child.is_dir() and not child.is_symlink():
+            child.rmdir()
+        else:
+            child.unlink(missing_ok=True)
+    path.rmdir()
+
+
+def _initialise(layout: Layout, chunk_size: int) -> None:
+    layout.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(layout.root, 0o700)
+    for directory in layout.directories():
+        directory.mkdir(mode=0o700, exist_ok=True)
+    config = {"format": STORE_FORMAT, "chunk_size": chunk_size, "created": int(time.time())}
+    atomic.create(layout.config, canonical.dumps(config), mode=0o444)
+
+
+def _read_config(layout: Layout) -> StoreConfig:
+    try:
+        obj = canonical.loads(layout.config.read_bytes(), what="store.json")
+    except OSError as exc:
+        raise Corrupt(f"cannot read {layout.config}: {exc.strerror}", hint="check permissions") from exc
+    fmt = obj.get("format")
+    if fmt != STORE_FORMAT:
+        raise InvalidArgument(
+            f"the store at {layout.root} has format {fmt!r}; this imgtool reads format {STORE_FORMAT}",
+            hint="use the imgtool version that wrote it, or upgrade imgtool",
+        )
+    chunk_size = obj.get("chunk_size")
+    if not isinstance(chunk_size, int) or chunk_size < 4096 or chunk_size & (chunk_size - 1):
+        raise Corrupt(f"store.json has an invalid chunk_size {chunk_size!r}", hint="restore store.json")
+    return StoreConfig(fmt, chunk_size)
