@@ -1,0 +1,220 @@
+"""The gallery model: galleries, image definitions, image versions (frozen records).
+
+Mirrors Azure Compute Gallery's resources (see ../shared/REFERENCE.md): what can
+change after creation is listed in UPDATABLE_*; everything else is fixed.
+Pure module: records know how to validate and serialise themselves, nothing more.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from imgtool.errors import InvalidArgument
+from imgtool.records import JsonObject, check_record, opt_str
+
+FORMAT = 1
+OS_TYPES = ("linux", "windows")
+OS_STATES = ("generalized", "specialized")
+FIRMWARES = ("bios", "uefi")
+ARCHITECTURES = ("x86_64", "aarch64")
+DISK_FORMATS = ("raw", "qcow2", "vmdk", "vpc", "vhdx")
+UPDATABLE_DEFINITION = ("description", "recommended", "end_of_life", "release_notes_uri", "tags")
+UPDATABLE_VERSION = ("exclude_from_latest", "end_of_life", "block_deletion_before_end_of_life")
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
+    if value not in choices:
+        raise InvalidArgument(f"{what} '{value}' is not one of {', '.join(choices)}", hint=f"choose a valid {what}")
+    return value
+
+
+def check_date(value: str | None, what: str) -> str | None:
+    """Accept YYYY-MM-DD or an ISO 8601 date-time; return it normalised."""
+    if value is None:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidArgument(f"{what} '{value}' is not a date", hint="write YYYY-MM-DD") from None
+    return parsed.date().isoformat() if len(value) == 10 else parsed.isoformat()
+
+
+@dataclass(frozen=True)
+class Range:
+    min: int | None = None
+    max: int | None = None
+
+    def __post_init__(self) -> None:
+        for bound in (self.min, self.max):
+            if bound is not None and not 0 < bound < 2**31:
+                raise InvalidArgument(f"recommended bound {bound} is out of range", hint="use a positive integer")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise InvalidArgument(f"recommended min {self.min} is above max {self.max}", hint="swap them")
+
+    def contains(self, value: int) -> bool:
+        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+    def describe(self) -> str:
+        low = "any" if self.min is None else str(self.min)
+        high = "any" if self.max is None else str(self.max)
+        return f"{low}..{high}"
+
+    def to_json(self) -> JsonObject:
+        return {"min": self.min, "max": self.max}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Range:
+        obj = obj or {}
+        return cls(obj.get("min"), obj.get("max"))
+
+
+@dataclass(frozen=True)
+class Gallery:
+    name: str
+    description: str = ""
+    created: str = field(default_factory=now)
+    updated: str | None = None
+
+    FIELDS = frozenset({"name", "description", "created", "updated"})
+
+    def to_json(self) -> JsonObject:
+        return {"format": FORMAT, "kind": "gallery", "links": [], **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_json(cls, obj: JsonObject) -> Gallery:
+        check_record(obj, kind="gallery", fmt=FORMAT, fields=set(cls.FIELDS), what="gallery record")
+        return cls(str(obj["name"]), str(obj.get("description", "")), str(obj["created"]), opt_str(obj, "updated"))
+
+
+@dataclass(frozen=True)
+class Definition:
+    gallery: str
+    name: str
+    publisher: str
+    offer: str
+    sku: str
+    os_type: str
+    os_state: str
+    firmware: str = "bios"
+    architecture: str = "x86_64"
+    vcpus: Range = Range()
+    memory_mib: Range = Range()
+    disallowed_disk_formats: tuple[str, ...] = ()
+    description: str = ""
+    eula: str = ""
+    privacy_uri: str = ""
+    release_notes_uri: str = ""
+    end_of_life: str | None = None
+    features: tuple[tuple[str, str], ...] = ()
+    tags: tuple[tuple[str, str], ...] = ()
+    created: str = field(default_factory=now)
+    updated: str | None = None
+
+    def __post_init__(self) -> None:
+        for ident, what in ((self.publisher, "publisher"), (self.offer, "offer"), (self.sku, "sku")):
+            if not ident or len(ident) > 128 or not ident.isprintable() or "/" in ident:
+                raise InvalidArgument(f"{what} '{ident}' is not allowed",
+                                      hint=f"{what} is required: 1-128 printable characters, no '/'")
+        check_choice(self.os_type, OS_TYPES, "OS type")
+        check_choice(self.os_state, OS_STATES, "OS state")
+        check_choice(self.firmware, FIRMWARES, "firmware")
+        check_choice(self.architecture, ARCHITECTURES, "architecture")
+        for fmt in self.disallowed_disk_formats:
+            check_choice(fmt, DISK_FORMATS, "disk format")
+
+    @property
+    def identifier(self) -> tuple[str, str, str]:
+        return (self.publisher, self.offer, self.sku)
+
+    def to_json(self) -> JsonObject:
+        body = dataclasses.asdict(self)
+        body["recommended"] = {"vcpus": self.vcpus.to_json(), "memory_mib": self.memory_mib.to_json()}
+        del body["vcpus"], body["memory_mib"]
+        body["disallowed_disk_formats"] = list(self.disallowed_disk_formats)
+        body["features"] = dict(self.features)
+        body["tags"] = dict(self.tags)
+        return {"format": FORMAT, "kind": "definition", "links": [], **body}
+
+    @classmethod
+    def from_json(cls, obj: JsonObject) -> Definition:
+        names = {f.name for f in dataclasses.fields(cls)} - {"vcpus", "memory_mib"} | {"recommended"}
+        check_record(obj, kind="definition", fmt=FORMAT, fields=names, what="definition record")
+        body = {k: v for k, v in obj.items() if k not in ("kind", "format", "links", "recommended")}
+        rec = obj.get("recommended") or {}
+        body["vcpus"] = Range.from_json(rec.get("vcpus"))
+        body["memory_mib"] = Range.from_json(rec.get("memory_mib"))
+        body["disallowed_disk_formats"] = tuple(body.get("disallowed_disk_formats", ()))
+        body["features"] = tuple(sorted((body.get("features") or {}).items()))
+        body["tags"] = tuple(sorted((body.get("tags") or {}).items()))
+        return cls(**body)
+
+
+@dataclass(frozen=True)
+class Disk:
+    """One disk of a version: lun None is the OS disk."""
+
+    lun: int | None
+    digest: str
+    virtual_size: int
+    source: JsonObject  # provenance: what it was captured from (kind, path/name, format, digests)
+
+    def to_json(self) -> JsonObject:
+        return {"lun": self.lun, "digest": self.digest, "virtual_size": self.virtual_size, "source": self.source}
+
+    @classmethod
+    def from_json(cls, obj: JsonObject) -> Disk:
+        lun = obj.get("lun")
+        return cls(None if lun is None else int(lun), str(obj["digest"]), int(obj["virtual_size"]),
+                   dict(obj.get("source") or {}))
+
+
+@dataclass(frozen=True)
+class ImageVersion:
+    gallery: str
+    definition: str
+    version: str
+    os_state: str
+    disks: tuple[Disk, ...]  # OS disk first, then data disks by LUN
+    definition_record: str  # digest of the definition as it was when published
+    published: str = field(default_factory=now)
+    exclude_from_latest: bool = False
+    end_of_life: str | None = None
+    block_deletion_before_end_of_life: bool = False
+    provenance: JsonObject = field(default_factory=dict)
+    updated: str | None = None
+
+    @property
+    def os_disk(self) -> Disk:
+        return self.disks[0]
+
+    @property
+    def data_disks(self) -> tuple[Disk, ...]:
+        return self.disks[1:]
+
+    def to_json(self) -> JsonObject:
+        body = dataclasses.asdict(self)
+        body["disks"] = [d.to_json() for d in self.disks]
+        links = sorted({d.digest for d in self.disks} | {self.definition_record})
+        return {"format": FORMAT, "kind": "version", "links": links, **body}
+
+    @classmethod
+    def from_json(cls, obj: JsonObject) -> ImageVersion:
+        names = {f.name for f in dataclasses.fields(cls)}
+        check_record(obj, kind="version", fmt=FORMAT, fields=names, what="version record")
+        body = {k: v for k, v in obj.items() if k not in ("kind", "format", "links")}
+        body["disks"] = tuple(Disk.from_json(d) for d in obj["disks"])
+        return cls(**body)
+
+    def updated_with(self, **changes: Any) -> ImageVersion:
+        bad = set(changes) - set(UPDATABLE_VERSION)
+        if bad:
+            raise InvalidArgument(f"{', '.join(sorted(bad))} cannot change after publishing",
+                                  hint=f"updatable: {', '.join(UPDATABLE_VERSION)}")
+        return dataclasses.replace(self, updated=now(), **changes)

@@ -1,0 +1,73 @@
+"""Validation of the names users type: galleries, definitions, VMs, snapshots, references.
+
+Rules are stated in the error so a user can fix the name without reading docs.
+Pure module.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from imgtool.errors import InvalidArgument
+from imgtool.versions import Version
+
+MAX_NAME = 80
+_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$")
+RULE = (f"1-{MAX_NAME} characters: letters, digits, '.', '_' and '-', starting and ending with a letter or "
+        "digit, no '..'")
+
+
+def check_name(value: str, what: str) -> str:
+    """Return `value` if it is a valid name for `what`, else raise InvalidArgument naming the rule."""
+    printable = value.encode("unicode_escape").decode("ascii")
+    if not value:
+        raise InvalidArgument(f"{what} name is empty", hint=f"use {RULE}")
+    if len(value) > MAX_NAME:
+        raise InvalidArgument(f"{what} name '{printable[:40]}...' is {len(value)} characters long", hint=f"use {RULE}")
+    if not _NAME.match(value) or ".." in value:
+        raise InvalidArgument(f"{what} name '{printable}' is not allowed", hint=f"use {RULE}")
+    return value
+
+
+@dataclass(frozen=True)
+class DefinitionRef:
+    gallery: str
+    definition: str
+
+    def __str__(self) -> str:
+        return f"{self.gallery}/{self.definition}"
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """GALLERY/DEFINITION[@VERSION|@latest]; version None means latest."""
+
+    gallery: str
+    definition: str
+    version: Version | None
+
+    @property
+    def definition_ref(self) -> DefinitionRef:
+        return DefinitionRef(self.gallery, self.definition)
+
+    def __str__(self) -> str:
+        suffix = f"@{self.version}" if self.version else "@latest"
+        return f"{self.gallery}/{self.definition}{suffix}"
+
+
+def parse_definition_ref(text: str) -> DefinitionRef:
+    parts = text.split("/")
+    if len(parts) != 2:
+        raise InvalidArgument(f"'{text}' is not GALLERY/DEFINITION", hint="for example: team/base")
+    return DefinitionRef(check_name(parts[0], "gallery"), check_name(parts[1], "definition"))
+
+
+def parse_image_ref(text: str, *, require_version: bool = False) -> ImageRef:
+    base, sep, version = text.partition("@")
+    ref = parse_definition_ref(base)
+    if not sep or version == "latest":
+        if require_version:
+            raise InvalidArgument(f"'{text}' does not name a version", hint="write GALLERY/DEFINITION@X.Y.Z")
+        return ImageRef(ref.gallery, ref.definition, None)
+    return ImageRef(ref.gallery, ref.definition, Version.parse(version))
