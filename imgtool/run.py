@@ -9,6 +9,7 @@ untrusted input) CPU and address-space limits set before exec.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import resource
@@ -177,12 +178,10 @@ class Background:
             self.handle.process.terminate()
             try:
                 self.handle.wait(timeout=timeout)
-            except Exception:  # noqa: BLE001 - a stuck child gets SIGKILL, whatever went wrong
+            except Exception:
                 self.handle.process.kill()
-        try:
-            self.handle.wait()
-        except sh.ErrorReturnCode:
-            pass  # we asked it to stop; its exit status is not news
+        with contextlib.suppress(sh.ErrorReturnCode):
+            self.handle.wait()  # we asked it to stop; its exit status is not news
 
     def stderr(self) -> str:
         return _decode(self.handle.stderr)

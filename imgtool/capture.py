@@ -1,0 +1,141 @@
+"""Capture: turn an image source into a disk manifest in the store.
+
+Sources: a disk file (qcow2, raw, vmdk, vpc, vhdx), a digest already in the
+store, a version (`G/D@X.Y.Z`), a VM (`vm:NAME`) or a VM snapshot
+(`snapshot:NAME/SNAP`). Files from elsewhere are attack surface: they are
+inspected by imgtool.formats (pure Python, no subprocess) before qemu-img or
+qemu-nbd ever open them, and those then run under resource limits with the
+format given explicitly. Only ranges that qemu-img map reports as data are read.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imgtool import formats, nbd, qemu_img
+from imgtool.errors import Corrupt
+from imgtool.home import Home
+from store import digest as digests
+from store.ingest import IngestResult, chunk_indexes, ingest
+from store.repo import Store
+
+CAPTURES = "captures"
+BATCH = 8 << 20  # read contiguous chunks in runs of up to this many bytes (fewer NBD round trips)
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Captured:
+    digest: str
+    virtual_size: int
+    source: dict[str, Any]
+    stats: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"digest": self.digest, "virtual_size": self.virtual_size, "source": self.source, **self.stats}
+
+
+class BatchedReader:
+    """Serves chunk reads from larger contiguous reads, in the order ingest asks for them."""
+
+    def __init__(self, read: Callable[[int, int], bytes], indexes: list[int], chunk_size: int,
+                 virtual_size: int) -> None:
+        self.read_raw = read
+        self.chunk_size = chunk_size
+        self.virtual_size = virtual_size
+        self.runs = _runs(indexes, max(1, BATCH // chunk_size))
+        self.buffer = b""
+        self.start = 0
+
+    def __call__(self, offset: int, length: int) -> bytes:
+        end = offset + length
+        if not (self.start <= offset and end <= self.start + len(self.buffer)):
+            self._fill(offset // self.chunk_size)
+        rel = offset - self.start
+        return self.buffer[rel:rel + length]
+
+    def _fill(self, index: int) -> None:
+        first, count = self.runs.get(index, (index, 1))
+        self.start = first * self.chunk_size
+        length = min(count * self.chunk_size, self.virtual_size - self.start)
+        self.buffer = self.read_raw(self.start, length)
+
+
+def _runs(indexes: list[int], limit: int) -> dict[int, tuple[int, int]]:
+    """Map the first index of each contiguous run (of at most `limit`) to (first, count)."""
+    runs: dict[int, tuple[int, int]] = {}
+    i = 0
+    while i < len(indexes):
+        j = i
+        while j + 1 < len(indexes) and indexes[j + 1] == indexes[j] + 1 and j + 1 - i < limit:
+            j += 1
+        runs[indexes[i]] = (indexes[i], j - i + 1)
+        i = j + 1
+    return runs
+
+
+def lease(store: Store, disk_digest: str) -> None:
+    """Keep a fresh capture alive until gc's capture retention expires (it is not named yet)."""
+    store.set_name(CAPTURES, digests.parse(disk_digest), target=disk_digest)
+
+
+def _stats(result: IngestResult) -> dict[str, int]:
+    return {"chunks_read": result.chunks_read, "chunks_new": result.chunks_new,
+            "bytes_read": result.bytes_read, "bytes_stored": result.bytes_stored}
+
+
+def capture_file(home: Home, path: Path, *, fmt: str | None = None, progress: Progress | None = None) -> Captured:
+    """Inspect, map and ingest a disk file. The store is unchanged if anything fails."""
+    info = formats.inspect(Path(path), expected=fmt)
+    store = home.store
+    with store.writing():
+        extents = qemu_img.map_extents(info.path, fmt=info.format)
+        indexes = chunk_indexes(qemu_img.data_ranges(extents), store.config.chunk_size)
+        with tempfile.TemporaryDirectory(prefix="imgtool-") as work, \
+                nbd.Export(info.path, fmt=info.format, workdir=Path(work)) as export:
+            if export.size != info.virtual_size:
+                raise Corrupt(f"{path}: qemu-nbd sees {export.size} bytes, the header says {info.virtual_size}",
+                              hint="the image is inconsistent; refusing to capture it")
+            reader = BatchedReader(export.read, indexes, store.config.chunk_size, info.virtual_size)
+            result = ingest(store, virtual_size=info.virtual_size, read=reader, indexes=indexes, progress=progress)
+        lease(store, result.digest)
+    source = {"kind": "file", "path": str(info.path), "format": info.format,
+              "file_size": info.path.stat().st_size}
+    return Captured(result.digest, info.virtual_size, source, _stats(result))
+
+
+def capture_overlay(home: Home, overlay: Path, *, base_digest: str, base_path: Path,
+                    source: dict[str, Any], progress: Progress | None = None) -> Captured:
+    """Incremental capture of a VM's qcow2 overlay over a materialized base.
+
+    Only chunks touched by the overlay's own clusters are read; all others keep
+    the base disk's chunk digests, so the cost follows the size of the change.
+    The overlay is ours, but it is still checked: its backing file must be
+    exactly the expected base, with no external data file.
+    """
+    store = home.store
+    info = qemu_img.info(overlay, fmt="qcow2")
+    if (info.data_file or Path(info.backing_file or "") != base_path or info.backing_format != "raw"
+            or info.virtual_size != store.get_disk(base_digest).virtual_size):
+        raise Corrupt(f"{overlay} does not stand on {base_path} as expected",
+                      hint="the VM's overlay was changed outside imgtool; refusing to capture it")
+    base = store.get_disk(base_digest)
+    with store.writing():
+        extents = qemu_img.map_extents(overlay, fmt="qcow2", limits=None)
+        # Depth 0 is the overlay itself; zeroed clusters count too (they hide base data).
+        own = [(e.start, e.length) for e in extents if e.depth == 0 and (e.data or e.zero)]
+        indexes = chunk_indexes(own, store.config.chunk_size)
+        changed = set(indexes)
+        reused = {i: h for i, h in base.chunks.items() if i not in changed}
+        with tempfile.TemporaryDirectory(prefix="imgtool-") as work, \
+                nbd.Export(overlay, fmt="qcow2", workdir=Path(work), limits=None) as export:
+            reader = BatchedReader(export.read, indexes, store.config.chunk_size, base.virtual_size)
+            result = ingest(store, virtual_size=base.virtual_size, read=reader, indexes=indexes,
+                            reused=reused, progress=progress)
+        lease(store, result.digest)
+    return Captured(result.digest, base.virtual_size, {**source, "parent_disk": base_digest}, _stats(result))

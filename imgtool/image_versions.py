@@ -1,0 +1,191 @@
+"""Image versions: publish, read, resolve `latest`, update, delete, export.
+
+Publishing writes in the store's order: chunks (capture) -> disk manifests ->
+version record -> name. The name is created with create-only semantics, so of
+two processes publishing the same version exactly one wins.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imgtool import qemu_img, sources, vmrecord
+from imgtool.errors import AlreadyExists, InvalidArgument, NotFound, Refused
+from imgtool.gallery import VERSIONS, gallery_lock, get_definition_with_digest
+from imgtool.home import Home
+from imgtool.lookup import get_version
+from imgtool.model import OS_STATES, Definition, Disk, ImageVersion, check_choice, check_date
+from imgtool.names import DefinitionRef, parse_image_ref
+from imgtool.versions import Version
+from store import atomic
+from store.materialize import materialize
+
+Progress = Callable[[int], None]
+MAX_LUN = 63
+
+
+@dataclass(frozen=True)
+class PublishRequest:
+    ref: DefinitionRef
+    version: Version
+    os_disk: str
+    data_disks: tuple[tuple[int, str], ...] = ()
+    os_state: str | None = None
+    exclude_from_latest: bool = False
+    end_of_life: str | None = None
+    block_deletion_before_end_of_life: bool = False
+    source_format: str | None = None
+
+
+def parse_data_disk(text: str) -> tuple[int, str]:
+    """LUN=SOURCE -> (lun, source)."""
+    lun_text, sep, source = text.partition("=")
+    if not sep or not lun_text.isdigit() or not source or int(lun_text) > MAX_LUN:
+        raise InvalidArgument(f"--data-disk '{text}' is not LUN=SOURCE",
+                              hint=f"LUN is 0..{MAX_LUN}, e.g. --data-disk 0=data.qcow2")
+    return int(lun_text), source
+
+
+def _check_request(req: PublishRequest, definition: Definition) -> None:
+    luns = [lun for lun, _ in req.data_disks]
+    clashes = sorted({lun for lun in luns if luns.count(lun) > 1})
+    if clashes:
+        raise InvalidArgument(f"LUN {', '.join(map(str, clashes))} is given more than once",
+                              hint="each data disk needs its own LUN")
+    if req.os_state is not None:
+        check_choice(req.os_state, OS_STATES, "OS state")
+        if req.os_state != definition.os_state:
+            raise Refused(f"the source has OS state {req.os_state}, but definition {req.ref} is "
+                          f"{definition.os_state}", hint="publish it into a definition with the same OS state")
+    check_date(req.end_of_life, "end of life")
+
+
+def _source_needs_state(text: str) -> bool:
+    return text.startswith(("vm:", "snapshot:"))
+
+
+def publish(home: Home, req: PublishRequest, *, progress: Progress | None = None) -> ImageVersion:
+    """Capture the sources and name the new version. Refuses an existing version."""
+    definition, def_digest = get_definition_with_digest(home, req.ref)
+    _check_request(req, definition)
+    if req.os_state is None and _source_needs_state(req.os_disk):
+        raise InvalidArgument("capturing a VM needs --os-state generalized|specialized",
+                              hint="declare the state the VM's disk is in; it must match the definition")
+    version_name = str(req.version)
+    if home.store.get_name(VERSIONS, req.ref.gallery, req.ref.definition, version_name):
+        raise AlreadyExists(f"version {req.ref}@{version_name} already exists",
+                            hint="versions are immutable: publish a higher version")
+    with home.store.writing():
+        disks = _capture_disks(home, req, definition, progress)
+        record = ImageVersion(
+            gallery=req.ref.gallery, definition=req.ref.definition, version=version_name,
+            os_state=definition.os_state, disks=tuple(disks), definition_record=def_digest,
+            exclude_from_latest=req.exclude_from_latest, end_of_life=check_date(req.end_of_life, "end of life"),
+            block_deletion_before_end_of_life=req.block_deletion_before_end_of_life,
+            provenance={"os_disk": disks[0].source})
+        digest = home.store.put_manifest(record.to_json())
+        with gallery_lock(home, req.ref.gallery):
+            get_definition_with_digest(home, req.ref)  # still there?
+            try:
+                home.store.set_name(VERSIONS, req.ref.gallery, req.ref.definition, version_name,
+                                    target=digest, create_only=True)
+            except FileExistsError:
+                raise AlreadyExists(f"version {req.ref}@{version_name} already exists",
+                                    hint="another publish won the race; publish a higher version") from None
+    return record
+
+
+def _capture_disks(home: Home, req: PublishRequest, definition: Definition,
+                   progress: Progress | None) -> list[Disk]:
+    os_captured = sources.capture(home, req.os_disk, fmt=req.source_format, progress=progress)
+    _check_format(os_captured.source, definition)
+    disks = [Disk(None, os_captured.digest, os_captured.virtual_size, os_captured.source)]
+    data = list(req.data_disks)
+    if not data and os_captured.source.get("kind") == "version":
+        # A version copied from another gallery brings its data disks along (chunks are shared).
+        source, _ = get_version(home, str(os_captured.source["name"]))
+        disks.extend(source.data_disks)
+        return disks
+    for lun, text in sorted(data):
+        captured = sources.capture(home, text, progress=progress)
+        _check_format(captured.source, definition)
+        disks.append(Disk(lun, captured.digest, captured.virtual_size, captured.source))
+    return disks
+
+
+def _check_format(source: dict[str, Any], definition: Definition) -> None:
+    fmt = source.get("format")
+    if fmt in definition.disallowed_disk_formats:
+        raise Refused(f"definition {definition.gallery}/{definition.name} disallows {fmt} disks",
+                      hint="convert the disk to an allowed format first")
+
+
+# -- changing ----------------------------------------------------------------
+
+
+def update_version(home: Home, text: str, **changes: Any) -> ImageVersion:
+    ref = parse_image_ref(text, require_version=True)
+    if "end_of_life" in changes:
+        changes["end_of_life"] = check_date(changes["end_of_life"], "end of life")
+    with gallery_lock(home, ref.gallery):
+        current, _ = get_version(home, ref)
+        updated = current.updated_with(**changes)
+        digest = home.store.put_manifest(updated.to_json())
+        home.store.set_name(VERSIONS, ref.gallery, ref.definition, current.version, target=digest)
+    return updated
+
+
+def delete_version(home: Home, text: str) -> None:
+    """Remove a version's name. Refused while VMs stand on it or before a blocking end of life."""
+    ref = parse_image_ref(text, require_version=True)
+    with gallery_lock(home, ref.gallery):
+        current, _ = get_version(home, ref)
+        users = vmrecord.vms_using(home, current.gallery, current.definition, current.version)
+        if users:
+            raise Refused(f"version {text} is used by VMs: {', '.join(users)}",
+                          hint="delete those VMs first (imgtool vm delete)")
+        if current.block_deletion_before_end_of_life and (
+                current.end_of_life is None or current.end_of_life[:10] > dt.date.today().isoformat()):
+            raise Refused(f"version {text} blocks deletion before its end of life ({current.end_of_life})",
+                          hint="wait for the end of life, or clear the block with imgtool version update")
+        home.store.delete_name(VERSIONS, ref.gallery, ref.definition, current.version)
+
+
+def export(home: Home, text: str, out: Path, *, fmt: str = "qcow2", lun: int | None = None,
+           progress: Progress | None = None) -> Disk:
+    """Write one disk of a version to `out` (qcow2 or raw), atomically."""
+    if fmt not in ("qcow2", "raw"):
+        raise InvalidArgument(f"export format '{fmt}' is not supported", hint="use qcow2 or raw")
+    version, _ = get_version(home, text)
+    disk = _disk(version, lun)
+    out = Path(out).absolute()
+    tmp_raw = atomic.tmp_name(out.parent)
+    try:
+        materialize(home.store, home.store.get_disk(disk.digest), tmp_raw, progress=progress)
+        if fmt == "raw":
+            os.replace(tmp_raw, out)
+        else:
+            tmp_out = atomic.tmp_name(out.parent)
+            try:
+                qemu_img.convert(tmp_raw, tmp_out, src_fmt="raw", dst_fmt="qcow2")
+                os.replace(tmp_out, out)
+            finally:
+                tmp_out.unlink(missing_ok=True)
+    finally:
+        tmp_raw.unlink(missing_ok=True)
+    return disk
+
+
+def _disk(version: ImageVersion, lun: int | None) -> Disk:
+    for disk in version.disks:
+        if disk.lun == lun:
+            return disk
+    what = "an OS disk" if lun is None else f"a data disk at LUN {lun}"
+    luns = [str(d.lun) for d in version.data_disks]
+    raise NotFound(f"version {version.gallery}/{version.definition}@{version.version} has no {what}",
+                   hint=f"its data disk LUNs: {', '.join(luns) or 'none'}")

@@ -1,0 +1,41 @@
+"""VM records on disk: what each VM stands on (read by version delete and gc).
+
+A VM's record is a receipt (see imgtool/vm.py); this module only reads the
+parts other modules need, so they do not import the VM lifecycle.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from imgtool.home import Home
+
+RECORD = "vm.json"
+
+
+def load_records(home: Home) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = []
+    if not home.vms.is_dir():
+        return records
+    for path in sorted(home.vms.glob(f"*/{RECORD}")):
+        try:
+            records.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue  # a half-made VM has no record yet; vm list reports it
+    return records
+
+
+def vms_using(home: Home, gallery: str, definition: str, version: str) -> list[str]:
+    image = f"{gallery}/{definition}@{version}"
+    return [str(r["name"]) for r in load_records(home) if r.get("image") == image]
+
+
+def roots(home: Home) -> dict[str, str]:
+    """gc/verify roots held by VMs: label -> version record digest."""
+    return {f"vm/{r['name']}": str(r["version_digest"]) for r in load_records(home) if "version_digest" in r}
+
+
+def record_path(home: Home, name: str) -> Path:
+    return home.vms / name / RECORD
