@@ -53,9 +53,16 @@ def _size(path: Path) -> int:
         return 0
 
 
-def plan(store: Store, extra_roots: Iterable[str] = ()) -> Plan:
-    """Compute what gc would delete. Caller holds the exclusive lock to execute it."""
-    roots = [value for _key, value in store.all_names()] + list(extra_roots)
+def name_roots(store: Store) -> list[str]:
+    """Every named manifest: the default roots."""
+    return [value for _key, value in store.all_names()]
+
+
+def plan(store: Store, roots: Iterable[str]) -> Plan:
+    """Compute what gc would delete if only `roots` (and what they reach) stay.
+
+    The caller holds the exclusive lock and passes the same roots to execute.
+    """
     reach = mark(store, roots)
     result = Plan(kept_manifests=len(reach.manifests))
     _plan_manifests(store, reach.manifests, result)
@@ -104,9 +111,8 @@ def _leftovers(store: Store) -> list[Path]:
     return sorted(found)
 
 
-def execute(store: Store, the_plan: Plan, extra_roots: Iterable[str] = ()) -> None:
-    """Carry out a plan made under the same exclusive lock."""
-    roots = [value for _key, value in store.all_names()] + list(extra_roots)
+def execute(store: Store, the_plan: Plan, roots: Iterable[str]) -> None:
+    """Carry out a plan made under the same exclusive lock, with the same roots."""
     live_raw = {bytes.fromhex(h) for h in mark(store, roots).chunks}
     _repack(store, the_plan.repack, live_raw)
     for index_path in the_plan.packs + the_plan.repack:

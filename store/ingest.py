@@ -63,6 +63,10 @@ def ingest(
     the caller points a name at it.
     """
     chunk_size = store.config.chunk_size
+    indexes = list(indexes)
+    set_total = getattr(progress, "set_total", None)
+    if callable(set_total):  # a progress bar that can show a percentage
+        set_total(sum(min(chunk_size, virtual_size - i * chunk_size) for i in indexes))
     chunks: dict[int, str] = dict(reused or {})
     writer = store.pack_writer()
     workers = workers or max(2, os.cpu_count() or 2)

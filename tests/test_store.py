@@ -110,10 +110,10 @@ def test_gc_keeps_named_content_and_frees_the_rest(tmp_path: Path) -> None:
     store.set_name("versions", "v1", target=keeper)
     dropped = put_disk(store, disk_bytes(2))
     with store.exclusive():
-        the_plan = gc.plan(store)
+        the_plan = gc.plan(store, gc.name_roots(store))
         assert the_plan.bytes_freed > 0
         assert store.layout.manifest(dropped) in the_plan.manifests
-        gc.execute(store, the_plan)
+        gc.execute(store, the_plan, gc.name_roots(store))
     assert not store.has_manifest(dropped)
     out = tmp_path / "kept.raw"
     materialize(store, store.get_disk(kept), out)
@@ -121,7 +121,7 @@ def test_gc_keeps_named_content_and_frees_the_rest(tmp_path: Path) -> None:
     report = verify(store, deep=True)
     assert report.ok, report.problems
     with store.exclusive():
-        assert gc.plan(store).bytes_freed == 0  # nothing left to free: gc converged
+        assert gc.plan(store, gc.name_roots(store)).bytes_freed == 0  # nothing left to free: gc converged
 
 
 def test_verify_deep_finds_a_flipped_byte_and_who_it_hits(tmp_path: Path) -> None:
