@@ -7,11 +7,12 @@ versions and VMs it hits; du says what each version costs.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from imgtool import bases, vmrecord
+from imgtool import bases, vm, vmrecord
 from imgtool.capture import CAPTURES
 from imgtool.gallery import VERSIONS
 from imgtool.home import Home
@@ -31,10 +32,12 @@ class GcResult:
     store: dict[str, int] = field(default_factory=dict)
     bases_evicted: list[str] = field(default_factory=list)
     bases_bytes: int = 0
+    unfinished_vms: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"dry_run": self.dry_run, "expired_captures": self.expired_captures, **self.store,
                 "bases_evicted": self.bases_evicted, "bases_bytes_freed": self.bases_bytes,
+                "unfinished_vms": self.unfinished_vms,
                 "total_bytes_freed": self.store.get("bytes_freed", 0) + self.bases_bytes}
 
 
@@ -63,6 +66,8 @@ def gc(home: Home, *, dry_run: bool, capture_retention: float = DEFAULT_CAPTURE_
         roots += vmrecord.roots(home).values()
         plan = store_gc.plan(store, roots)
         result.store = plan.summary()
+        leftovers = vm.unfinished(home)
+        result.unfinished_vms = [p.name for p in leftovers]
         evict = bases.unused(home)
         result.bases_evicted = [b.name for b in evict]
         result.bases_bytes = sum(bases.size_on_disk(b) for b in evict)
@@ -72,6 +77,8 @@ def gc(home: Home, *, dry_run: bool, capture_retention: float = DEFAULT_CAPTURE_
             store_gc.execute(store, plan, roots)
             for base in evict:
                 bases.evict(base)
+            for folder in leftovers:
+                shutil.rmtree(folder, ignore_errors=True)
     return result
 
 

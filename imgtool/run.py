@@ -209,3 +209,11 @@ def spawn(
     if limits is not None:
         kwargs["_preexec_fn"] = limits.preexec()
     return Background(args, command(*args[1:], **kwargs))
+
+
+def exec_replace(argv: Sequence[Arg]) -> None:
+    """Replace this process with `argv` (interactive tools such as ssh). Does not return."""
+    args = argv_strings(argv)
+    path = which(args[0])
+    log.debug("+ exec %s", shlex.join(args))
+    os.execve(path, args, child_env())

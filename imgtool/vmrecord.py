@@ -10,7 +10,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from imgtool.errors import NotFound
 from imgtool.home import Home
+from imgtool.names import check_name
+from store import atomic
 
 RECORD = "vm.json"
 
@@ -39,3 +42,22 @@ def roots(home: Home) -> dict[str, str]:
 
 def record_path(home: Home, name: str) -> Path:
     return home.vms / name / RECORD
+
+
+def vm_dir(home: Home, name: str) -> Path:
+    return home.vms / check_name(name, "VM")
+
+
+def load(home: Home, name: str) -> dict[str, Any]:
+    path = record_path(home, check_name(name, "VM"))
+    try:
+        record: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise NotFound(f"VM '{name}' does not exist", hint="list VMs with imgtool vm list") from None
+    except ValueError as exc:
+        raise NotFound(f"VM '{name}' has an unreadable record: {exc}", hint="delete it with imgtool vm delete") from exc
+    return record
+
+
+def save(home: Home, record: dict[str, Any]) -> None:
+    atomic.replace(record_path(home, record["name"]), json.dumps(record, indent=2, sort_keys=True).encode())

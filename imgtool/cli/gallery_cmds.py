@@ -1,0 +1,208 @@
+"""imgtool gallery … and imgtool definition …"""
+
+import dataclasses
+from typing import Annotated, Any
+
+import typer
+
+from imgtool import gallery
+from imgtool.cli.output import emit_json, fields, state, table
+from imgtool.errors import InvalidArgument
+from imgtool.model import Definition, Gallery, Range, check_date
+from imgtool.names import parse_definition_ref
+
+gallery_app = typer.Typer(help="Galleries: named collections of image definitions.", no_args_is_help=True)
+definition_app = typer.Typer(help="Image definitions (GALLERY/DEFINITION): what an image is; versions live "
+                             "under them.", no_args_is_help=True)
+
+
+def _gallery_json(g: Gallery) -> dict[str, Any]:
+    return dataclasses.asdict(g)
+
+
+@gallery_app.command("create")
+def gallery_create(ctx: typer.Context, name: str,
+                   description: Annotated[str, typer.Option(help="What the gallery is for.")] = "") -> None:
+    """Create a gallery."""
+    st = state(ctx)
+    created = gallery.create_gallery(st.home, name, description)
+    emit_json(_gallery_json(created)) if st.json else print(f"created gallery {name}")
+
+
+@gallery_app.command("list")
+def gallery_list(ctx: typer.Context) -> None:
+    """List galleries."""
+    st = state(ctx)
+    found = gallery.list_galleries(st.home)
+    if st.json:
+        emit_json([_gallery_json(g) for g in found])
+        return
+    table(["name", "description", "created"], [[g.name, g.description, g.created] for g in found])
+
+
+@gallery_app.command("show")
+def gallery_show(ctx: typer.Context, name: str) -> None:
+    """Show a gallery and its definitions."""
+    st = state(ctx)
+    g = gallery.get_gallery(st.home, name)
+    defs = [d.name for d in gallery.list_definitions(st.home, name)]
+    if st.json:
+        emit_json({**_gallery_json(g), "definitions": defs})
+        return
+    fields([("name", g.name), ("description", g.description), ("created", g.created), ("updated", g.updated),
+            ("definitions", ", ".join(defs))])
+
+
+@gallery_app.command("update")
+def gallery_update(ctx: typer.Context, name: str,
+                   description: Annotated[str, typer.Option(help="New description.")]) -> None:
+    """Change a gallery's description (the only updatable field)."""
+    st = state(ctx)
+    updated = gallery.update_gallery(st.home, name, description=description)
+    emit_json(_gallery_json(updated)) if st.json else print(f"updated gallery {name}")
+
+
+@gallery_app.command("delete")
+def gallery_delete(ctx: typer.Context, name: str) -> None:
+    """Delete an empty gallery (refused while it has definitions)."""
+    st = state(ctx)
+    gallery.delete_gallery(st.home, name)
+    emit_json({"deleted": name}) if st.json else print(f"deleted gallery {name}")
+
+
+def _pairs(values: list[str] | None, what: str) -> tuple[tuple[str, str], ...]:
+    result = []
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidArgument(f"{what} '{item}' is not KEY=VALUE", hint=f"e.g. --{what} team=infra")
+        result.append((key, value))
+    return tuple(sorted(result))
+
+
+def definition_json(d: Definition) -> dict[str, Any]:
+    body = d.to_json()
+    for key in ("format", "kind", "links"):
+        body.pop(key)
+    return body
+
+
+Opt = typer.Option
+
+
+@definition_app.command("create")
+def definition_create(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="GALLERY/DEFINITION")],
+    publisher: Annotated[str, Opt(help="Identifier: publisher (publisher/offer/sku is unique in a gallery).")],
+    offer: Annotated[str, Opt(help="Identifier: offer.")],
+    sku: Annotated[str, Opt(help="Identifier: sku.")],
+    os_type: Annotated[str, Opt(help="linux or windows.")],
+    os_state: Annotated[str, Opt(help="generalized (VMs get provisioning data) or specialized (they keep "
+                                      "the source's identity).")],
+    firmware: Annotated[str, Opt(help="bios or uefi.")] = "bios",
+    architecture: Annotated[str, Opt(help="x86_64 or aarch64.")] = "x86_64",
+    min_vcpus: Annotated[int | None, Opt(help="Recommended minimum vCPUs.")] = None,
+    max_vcpus: Annotated[int | None, Opt(help="Recommended maximum vCPUs.")] = None,
+    min_memory: Annotated[int | None, Opt(help="Recommended minimum memory (MiB).")] = None,
+    max_memory: Annotated[int | None, Opt(help="Recommended maximum memory (MiB).")] = None,
+    disallow_format: Annotated[list[str] | None, Opt(help="Disk format not allowed (repeatable).")] = None,
+    description: Annotated[str, Opt()] = "",
+    eula: Annotated[str, Opt()] = "",
+    privacy_uri: Annotated[str, Opt()] = "",
+    release_notes_uri: Annotated[str, Opt()] = "",
+    end_of_life: Annotated[str | None, Opt(help="YYYY-MM-DD (informational).")] = None,
+    feature: Annotated[list[str] | None, Opt(help="NAME=VALUE, e.g. SecureBoot=true (repeatable).")] = None,
+    tag: Annotated[list[str] | None, Opt(help="KEY=VALUE (repeatable).")] = None,
+) -> None:
+    """Create an image definition."""
+    st = state(ctx)
+    r = parse_definition_ref(ref)
+    definition = Definition(
+        gallery=r.gallery, name=r.definition, publisher=publisher, offer=offer, sku=sku,
+        os_type=os_type, os_state=os_state, firmware=firmware, architecture=architecture,
+        vcpus=Range(min_vcpus, max_vcpus), memory_mib=Range(min_memory, max_memory),
+        disallowed_disk_formats=tuple(disallow_format or ()), description=description, eula=eula,
+        privacy_uri=privacy_uri, release_notes_uri=release_notes_uri,
+        end_of_life=check_date(end_of_life, "end of life"), features=_pairs(feature, "feature"),
+        tags=_pairs(tag, "tag"))
+    gallery.create_definition(st.home, definition)
+    emit_json(definition_json(definition)) if st.json else print(f"created definition {r}")
+
+
+@definition_app.command("list")
+def definition_list(ctx: typer.Context, gallery_name: Annotated[str, typer.Argument(metavar="GALLERY")]) -> None:
+    """List the definitions of a gallery."""
+    st = state(ctx)
+    found = gallery.list_definitions(st.home, gallery_name)
+    if st.json:
+        emit_json([definition_json(d) for d in found])
+        return
+    table(["definition", "publisher/offer/sku", "os", "state", "firmware", "arch"],
+          [[d.name, "/".join(d.identifier), d.os_type, d.os_state, d.firmware, d.architecture] for d in found])
+
+
+@definition_app.command("show")
+def definition_show(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="GALLERY/DEFINITION")]) -> None:
+    """Show a definition."""
+    st = state(ctx)
+    d = gallery.get_definition(st.home, parse_definition_ref(ref))
+    if st.json:
+        emit_json(definition_json(d))
+        return
+    fields([("definition", f"{d.gallery}/{d.name}"), ("identifier", "/".join(d.identifier)),
+            ("os type", d.os_type), ("os state", d.os_state), ("firmware", d.firmware),
+            ("architecture", d.architecture), ("vcpus", d.vcpus.describe()),
+            ("memory (MiB)", d.memory_mib.describe()),
+            ("disallowed formats", ", ".join(d.disallowed_disk_formats)), ("description", d.description),
+            ("eula", d.eula), ("privacy uri", d.privacy_uri), ("release notes", d.release_notes_uri),
+            ("end of life", d.end_of_life), ("features", ", ".join(f"{k}={v}" for k, v in d.features)),
+            ("tags", ", ".join(f"{k}={v}" for k, v in d.tags)), ("created", d.created), ("updated", d.updated)])
+
+
+@definition_app.command("update")
+def definition_update(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="GALLERY/DEFINITION")],
+    description: Annotated[str | None, Opt()] = None,
+    min_vcpus: Annotated[int | None, Opt()] = None,
+    max_vcpus: Annotated[int | None, Opt()] = None,
+    min_memory: Annotated[int | None, Opt(help="MiB")] = None,
+    max_memory: Annotated[int | None, Opt(help="MiB")] = None,
+    end_of_life: Annotated[str | None, Opt(help="YYYY-MM-DD")] = None,
+    release_notes_uri: Annotated[str | None, Opt()] = None,
+    tag: Annotated[list[str] | None, Opt(help="KEY=VALUE; replaces all tags (repeatable).")] = None,
+) -> None:
+    """Change the updatable fields of a definition: description, recommended ranges, end of life, release
+    notes, tags. Everything else is fixed at creation."""
+    st = state(ctx)
+    r = parse_definition_ref(ref)
+    current = gallery.get_definition(st.home, r)
+    changes: dict[str, Any] = {}
+    if description is not None:
+        changes["description"] = description
+    if min_vcpus is not None or max_vcpus is not None:
+        changes["vcpus"] = Range(min_vcpus if min_vcpus is not None else current.vcpus.min,
+                                 max_vcpus if max_vcpus is not None else current.vcpus.max)
+    if min_memory is not None or max_memory is not None:
+        changes["memory_mib"] = Range(min_memory if min_memory is not None else current.memory_mib.min,
+                                      max_memory if max_memory is not None else current.memory_mib.max)
+    if end_of_life is not None:
+        changes["end_of_life"] = check_date(end_of_life, "end of life")
+    if release_notes_uri is not None:
+        changes["release_notes_uri"] = release_notes_uri
+    if tag is not None:
+        changes["tags"] = _pairs(tag, "tag")
+    if not changes:
+        raise InvalidArgument("nothing to update", hint="give at least one option; see --help")
+    updated = gallery.update_definition(st.home, r, **changes)
+    emit_json(definition_json(updated)) if st.json else print(f"updated definition {r}")
+
+
+@definition_app.command("delete")
+def definition_delete(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="GALLERY/DEFINITION")]) -> None:
+    """Delete a definition (refused while it has versions)."""
+    st = state(ctx)
+    r = parse_definition_ref(ref)
+    gallery.delete_definition(st.home, r)
+    emit_json({"deleted": str(r)}) if st.json else print(f"deleted definition {r}")

@@ -1,0 +1,80 @@
+"""imgtool verify, imgtool gc, imgtool du"""
+
+from typing import Annotated
+
+import typer
+
+from imgtool import bases, maintenance
+from imgtool.cli.output import emit_json, human_bytes, state, table
+from imgtool.errors import Corrupt
+
+Opt = typer.Option
+
+
+def register(app: typer.Typer) -> None:
+    app.command("verify")(verify)
+    app.command("gc")(gc)
+    app.command("du")(du)
+
+
+def verify(
+    ctx: typer.Context,
+    deep: Annotated[bool, Opt(help="Re-hash every stored chunk and every VM base.")] = False,
+    repair: Annotated[bool, Opt(help="Rebuild damaged VM bases from the store's chunks.")] = False,
+) -> None:
+    """Check that every name resolves to complete content (and with --deep, that all data is intact).
+
+    Exits non-zero when anything is damaged, naming the versions and VMs it affects."""
+    st = state(ctx)
+    rebuilt = bases.repair_all(st.home) if repair else []
+    report, hit = maintenance.verify(st.home, deep=deep or repair)
+    if st.json:
+        emit_json({"ok": report.ok, "deep": deep, "names": report.names, "manifests": report.manifests,
+                   "chunks": report.chunks, "chunks_hashed": report.chunks_hashed, "rebuilt_bases": rebuilt,
+                   "problems": [p.to_json() for p in report.problems], "affected": hit})
+    else:
+        for base in rebuilt:
+            print(f"rebuilt base {base[:16]}")
+        for p in report.problems:
+            print(f"DAMAGED {p.kind} {p.object[:16]}: {p.message}")
+        for kind, names in hit.items():
+            if names:
+                print(f"affected {kind}: {', '.join(names)}")
+        print(f"{'ok' if report.ok else 'FAILED'}: {report.names} names, {report.manifests} manifests, "
+              f"{report.chunks} chunks" + (f", {report.chunks_hashed} chunks re-hashed" if deep else ""))
+    if not report.ok:
+        raise Corrupt(f"verify found {len(report.problems)} problem(s)",
+                      hint="see above; imgtool verify --repair rebuilds bases, damaged chunks need a re-capture")
+
+
+def gc(
+    ctx: typer.Context,
+    dry_run: Annotated[bool, Opt("--dry-run", help="Print the plan; delete nothing.")] = False,
+    keep_captures: Annotated[float, Opt(help="Hours an unpublished capture is kept.")] = 24.0,
+    wait: Annotated[float, Opt(help="Seconds to wait for other imgtool processes to finish.")] = 60.0,
+) -> None:
+    """Delete what no name, VM or recent capture needs: plan first, then execute.
+
+    Takes the store to itself (waits for running captures and publishes). Unused VM bases are evicted."""
+    st = state(ctx)
+    result = maintenance.gc(st.home, dry_run=dry_run, capture_retention=keep_captures * 3600, timeout=wait)
+    if st.json:
+        emit_json(result.to_json())
+        return
+    body = result.to_json()
+    verb = "would free" if dry_run else "freed"
+    table(["item", "count"], [[k.replace("_", " "), v] for k, v in body.items()
+                              if isinstance(v, int) and not isinstance(v, bool) and not k.endswith("bytes_freed")])
+    print(f"{verb} {human_bytes(body['total_bytes_freed'])}")
+
+
+def du(ctx: typer.Context) -> None:
+    """Disk usage per version: logical size, data, stored (compressed, shared counted), only-this-version."""
+    st = state(ctx)
+    rows = maintenance.du(st.home)
+    if st.json:
+        emit_json(rows)
+        return
+    table(["version", "disks", "logical", "data", "stored", "unique"],
+          [[r["version"], r["disks"], human_bytes(r["logical_bytes"]), human_bytes(r["data_bytes"]),
+            human_bytes(r["stored_bytes"]), human_bytes(r["unique_bytes"])] for r in rows])

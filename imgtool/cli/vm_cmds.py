@@ -1,0 +1,184 @@
+"""imgtool vm …"""
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from imgtool import run, vm, vmrun
+from imgtool.cli.output import emit_json, fields, state, table
+from imgtool.vmrecord import load
+
+vm_app = typer.Typer(help="VMs: copy-on-write qcow2 overlays over a version's disks, booted under QEMU.",
+                     no_args_is_help=True)
+Opt = typer.Option
+Arg = typer.Argument
+
+
+def _public(record: dict[str, Any]) -> dict[str, Any]:
+    """The record as shown: never key material or user-data (the seed holds those, mode 0600)."""
+    return {k: v for k, v in record.items() if k != "definition"}
+
+
+@vm_app.command("new")
+def vm_new(
+    ctx: typer.Context,
+    name: Annotated[str, Arg(help="VM name.")],
+    image: Annotated[str, Opt(help="GALLERY/DEFINITION[@X.Y.Z|@latest]")],
+    cpus: Annotated[int | None, Opt(help="vCPUs (default: 2, within the definition's recommendation).")] = None,
+    memory: Annotated[int | None, Opt(help="Memory in MiB (default: 512, within the recommendation).")] = None,
+    hostname: Annotated[str | None, Opt(help="Generalized images: the VM's hostname (default: its name).")] = None,
+    admin_user: Annotated[str | None, Opt(help="Generalized images: the admin user to create.")] = None,
+    ssh_key: Annotated[Path | None, Opt(help="Generalized images: public key for the admin user "
+                                              "(default: ~/.ssh/id_*.pub).")] = None,
+    user_data: Annotated[Path | None, Opt(help="Generalized images: your own cloud-init user-data, merged.")] = None,
+    ignore_recommendations: Annotated[bool, Opt(help="Allow vCPUs/memory outside the recommended ranges.")] = False,
+    start: Annotated[bool, Opt(help="Start it right away.")] = False,
+    accel: Annotated[str | None, Opt(help="With --start: kvm or tcg (default: probe).")] = None,
+) -> None:
+    """Create a VM from an image version: one qcow2 overlay per disk over a shared read-only base, and a
+    cloud-init NoCloud seed for generalized images. The version's digest is pinned in the VM's record."""
+    st = state(ctx)
+    request = vm.NewVm(name=name, image=image, cpus=cpus, memory_mib=memory, hostname=hostname,
+                       admin_user=admin_user, ssh_key=ssh_key, user_data=user_data,
+                       ignore_recommendations=ignore_recommendations)
+    record = vm.create(st.home, request)
+    runtime = vmrun.start(st.home, name, requested_accel=accel) if start else None
+    if st.json:
+        emit_json({**_public(record), "runtime": runtime})
+        return
+    print(f"created VM {name} from {record['image']}")
+    if runtime:
+        print(f"started VM {name} ({runtime['accel']}, ssh on 127.0.0.1:{runtime['ssh_port']})")
+
+
+@vm_app.command("start")
+def vm_start(
+    ctx: typer.Context,
+    name: str,
+    accel: Annotated[str | None, Opt(help="kvm or tcg (default: KVM only if a probe proves it works).")] = None,
+    console: Annotated[bool, Opt(help="Then follow the serial console (Ctrl-C detaches).")] = False,
+) -> None:
+    """Boot a VM in the background (pid file, QMP socket, serial log, SSH on a loopback port)."""
+    st = state(ctx)
+    runtime = vmrun.start(st.home, name, requested_accel=accel)
+    if st.json:
+        emit_json(runtime)
+    else:
+        print(f"started VM {name} ({runtime['accel']}, ssh on 127.0.0.1:{runtime['ssh_port']})")
+    if console:
+        _follow(st.home, name, None, None)
+
+
+@vm_app.command("stop")
+def vm_stop(
+    ctx: typer.Context,
+    name: str,
+    timeout: Annotated[float, Opt(help="Seconds to wait after ACPI power-down before a hard stop.")] = 30.0,
+) -> None:
+    """Stop a VM: ACPI power-down over QMP, hard stop after the timeout."""
+    st = state(ctx)
+    load(st.home, name)
+    stopped = vmrun.stop(st.home, name, timeout=timeout)
+    if st.json:
+        emit_json({"name": name, "was_running": stopped})
+    else:
+        print(f"stopped VM {name}" if stopped else f"VM {name} was not running")
+
+
+@vm_app.command("list")
+def vm_list(ctx: typer.Context) -> None:
+    """List VMs with their real state (from the process and QMP)."""
+    st = state(ctx)
+    rows = []
+    for name in vm.list_names(st.home):
+        try:
+            record = load(st.home, name)
+        except Exception:  # an unfinished vm new: show it, gc will remove it
+            rows.append({"name": name, "state": "incomplete"})
+            continue
+        status = vmrun.status(st.home, name)
+        rows.append({"name": name, "image": record["image"], "state": status["state"], "cpus": record["cpus"],
+                     "memory_mib": record["memory_mib"], "ssh_port": status.get("ssh_port"),
+                     "accel": status.get("accel")})
+    if st.json:
+        emit_json(rows)
+        return
+    table(["name", "image", "state", "cpus", "memory", "ssh"],
+          [[r["name"], r.get("image"), r["state"], r.get("cpus"), r.get("memory_mib") and f"{r['memory_mib']} MiB",
+            r.get("ssh_port") and f"127.0.0.1:{r['ssh_port']}"] for r in rows])
+
+
+@vm_app.command("show")
+def vm_show(ctx: typer.Context, name: str) -> None:
+    """Show a VM's receipt (version digest, definition, seed digest, QEMU command line) and state."""
+    st = state(ctx)
+    record = load(st.home, name)
+    status = vmrun.status(st.home, name)
+    snaps = sorted(p.name for p in (vm.vm_dir(st.home, name) / "snapshots").glob("*")
+                   if not p.name.startswith("."))
+    if st.json:
+        emit_json({**record, "status": status, "snapshots": snaps})
+        return
+    seed = record.get("seed") or {}
+    fields([("name", name), ("image", record["image"]), ("version record", record["version_digest"]),
+            ("os state", record["os_state"]), ("state", status["state"]), ("accel", status.get("accel")),
+            ("ssh", status.get("ssh_port") and f"127.0.0.1:{status['ssh_port']}"), ("cpus", record["cpus"]),
+            ("memory", f"{record['memory_mib']} MiB"), ("firmware", record["firmware"]),
+            ("disks", ", ".join(d["overlay"] for d in record["disks"])), ("seed", seed.get("digest")),
+            ("hostname", seed.get("hostname")), ("admin user", seed.get("admin_user")),
+            ("snapshots", ", ".join(snaps)), ("created", record["created"]),
+            ("qemu", " ".join(record["qemu_argv"]) if record.get("qemu_argv") else None)])
+
+
+def _follow(home: Any, name: str, until: str | None, timeout: float | None) -> None:
+    if until:
+        line = vmrun.wait_for(home, name, until, timeout=timeout or 300)
+        print(line)
+        return
+    try:
+        for line in vmrun.console_lines(home, name, follow=True, timeout=timeout):
+            print(line, flush=True)
+    except KeyboardInterrupt:
+        sys.stderr.write("\ndetached from the console; the VM keeps running\n")
+
+
+@vm_app.command("console")
+def vm_console(
+    ctx: typer.Context,
+    name: str,
+    follow: Annotated[bool, Opt("--follow", "-f", help="Keep printing while the VM runs.")] = False,
+    until: Annotated[str | None, Opt(help="Follow until a line contains this text; print that line.")] = None,
+    timeout: Annotated[float | None, Opt(help="Give up after this many seconds (with --follow/--until).")] = None,
+) -> None:
+    """Print (or follow) the VM's serial console log."""
+    st = state(ctx)
+    if follow or until:
+        _follow(st.home, name, until, timeout)
+        return
+    for line in vmrun.console_lines(st.home, name, follow=False):
+        print(line)
+
+
+@vm_app.command("ssh", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def vm_ssh(ctx: typer.Context, name: str) -> None:
+    """Run ssh into the VM with the right port, user and key (extra arguments go to ssh)."""
+    st = state(ctx)
+    run.exec_replace(vmrun.ssh_argv(st.home, name, list(ctx.args)))
+
+
+@vm_app.command("snapshot")
+def vm_snapshot(ctx: typer.Context, name: str, snap: str) -> None:
+    """Snapshot a stopped VM's disks; capture or publish it later as snapshot:NAME/SNAP."""
+    st = state(ctx)
+    info = vm.snapshot(st.home, name, snap)
+    emit_json(info) if st.json else print(f"snapshot {name}/{snap} taken")
+
+
+@vm_app.command("delete")
+def vm_delete(ctx: typer.Context, name: str) -> None:
+    """Delete a VM: stop it, remove its files, release its hold on the version."""
+    st = state(ctx)
+    vm.delete(st.home, name)
+    emit_json({"deleted": name}) if st.json else print(f"deleted VM {name}")

@@ -1,0 +1,229 @@
+"""VMs: copy-on-write overlays over a version's bases, plus a seed for generalized images.
+
+A VM folder `<home>/vms/<name>/` holds `vm.json` (the receipt: version digest,
+definition as it was, seed digest, disks, the QEMU command line of the last
+start), one qcow2 overlay per disk, the NoCloud seed, a UEFI variables copy
+and runtime files. `vm.json` is written last: a folder without it is an
+unfinished `vm new` (or `vm delete`), which gc removes. Creating a folder is
+atomic, so of two `vm new` with the same name exactly one wins.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imgtool import accel, bases, lookup, qemu_img, seed, vmrecord, vmrun
+from imgtool.errors import AlreadyExists, InvalidArgument, NotFound, Refused
+from imgtool.gallery import get_definition
+from imgtool.home import Home
+from imgtool.model import Definition, ImageVersion, Range, now
+from imgtool.names import check_name, parse_image_ref
+from imgtool.vmrecord import load, save, vm_dir
+from store import atomic
+from store.lock import file_lock
+
+FORMAT = 1
+OVERLAY_FORMAT = "qcow2"
+
+
+@dataclass(frozen=True)
+class NewVm:
+    name: str
+    image: str
+    cpus: int | None = None
+    memory_mib: int | None = None
+    hostname: str | None = None
+    admin_user: str | None = None
+    ssh_key: Path | None = None
+    user_data: Path | None = None
+    ignore_recommendations: bool = False
+
+
+def _pick(value: int | None, rng: Range, default: int) -> int:
+    if value is not None:
+        return value
+    if rng.min is not None and default < rng.min:
+        return rng.min
+    if rng.max is not None and default > rng.max:
+        return rng.max
+    return default
+
+
+def _check_resources(req: NewVm, definition: Definition, cpus: int, memory: int) -> None:
+    if req.ignore_recommendations:
+        return
+    if not definition.vcpus.contains(cpus):
+        raise Refused(f"{cpus} vCPUs is outside the definition's recommended range {definition.vcpus.describe()}",
+                      hint="choose a count in the range, or pass --ignore-recommendations")
+    if not definition.memory_mib.contains(memory):
+        raise Refused(f"{memory} MiB of memory is outside the recommended range {definition.memory_mib.describe()} "
+                      "MiB", hint="choose a size in the range, or pass --ignore-recommendations")
+    if OVERLAY_FORMAT in definition.disallowed_disk_formats:
+        raise Refused(f"definition {definition.gallery}/{definition.name} disallows {OVERLAY_FORMAT} disks, "
+                      "and VM disks are qcow2 overlays", hint="use another definition")
+
+
+def _default_key() -> Path | None:
+    for name in ("id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub"):
+        candidate = Path.home() / ".ssh" / name
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _default_user() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        return "admin"
+    return user if user.isalnum() and user.islower() and user != "root" else "admin"
+
+
+def _provisioning(req: NewVm, version: ImageVersion) -> seed.Provisioning | None:
+    given = [flag for flag, value in (("--hostname", req.hostname), ("--admin-user", req.admin_user),
+                                      ("--ssh-key", req.ssh_key), ("--user-data", req.user_data)) if value]
+    if version.os_state == "specialized":
+        if given:
+            raise InvalidArgument(
+                f"{', '.join(given)} cannot be used: {req.image} is specialized",
+                hint="a specialized image keeps the source's identity (hostname, users, keys); "
+                     "publish a generalized version to provision VMs")
+        return None
+    key_path = req.ssh_key or _default_key()
+    keys = (_read(key_path, "SSH public key").strip(),) if key_path else ()
+    user_data = _read(req.user_data, "user-data") if req.user_data else None
+    hostname = req.hostname or req.name.replace("_", "-").replace(".", "-")[:63]
+    return seed.Provisioning(seed.new_instance_id(), hostname, req.admin_user or _default_user(), keys, user_data)
+
+
+def _read(path: Path, what: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read {what} {path}: {exc.strerror}", hint="check the path") from None
+
+
+def create(home: Home, req: NewVm) -> dict[str, Any]:
+    """Make a VM from a version. On failure nothing is left but a folder gc removes."""
+    folder = vm_dir(home, req.name)
+    version, version_digest = lookup.get_version(home, parse_image_ref(req.image))
+    definition = _definition(home, version)
+    cpus = _pick(req.cpus, definition.vcpus, 2)
+    memory = _pick(req.memory_mib, definition.memory_mib, 512)
+    _check_resources(req, definition, cpus, memory)
+    provisioning = _provisioning(req, version)
+    if provisioning is not None:
+        seed.validate(provisioning)
+    home.ensure()
+    with home.store.writing(), file_lock(home.vms / f".{req.name}.lock"):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            raise AlreadyExists(f"VM '{req.name}' already exists", hint="choose another name") from None
+        try:
+            record = _build(home, folder, req, version, version_digest, definition, cpus, memory, provisioning)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+    return record
+
+
+def _definition(home: Home, version: ImageVersion) -> Definition:
+    """The current definition (recommendations are updatable), else the one the version was published with."""
+    try:
+        return get_definition(home, parse_image_ref(f"{version.gallery}/{version.definition}").definition_ref)
+    except NotFound:
+        return Definition.from_json(home.store.get_manifest(version.definition_record))
+
+
+def _build(home: Home, folder: Path, req: NewVm, version: ImageVersion, version_digest: str,
+           definition: Definition, cpus: int, memory: int, provisioning: seed.Provisioning | None) -> dict[str, Any]:
+    disks = []
+    for disk in version.disks:
+        base = bases.ensure(home, disk.digest)
+        overlay = folder / ("disk-os.qcow2" if disk.lun is None else f"disk-lun{disk.lun}.qcow2")
+        qemu_img.create_overlay(overlay, backing=base, backing_fmt="raw")
+        os.chmod(overlay, 0o600)
+        disks.append({"lun": disk.lun, "overlay": overlay.name, "base": str(base), "base_disk": disk.digest,
+                      "virtual_size": disk.virtual_size})
+    seed_info = None
+    if provisioning is not None:
+        digest = seed.write_seed(folder / "seed.iso", provisioning)
+        seed_info = {"file": "seed.iso", "digest": digest, "instance_id": provisioning.instance_id,
+                     "hostname": provisioning.hostname, "admin_user": provisioning.admin_user,
+                     "ssh_key": str(req.ssh_key or _default_key() or "") or None}
+    if definition.firmware == "uefi":
+        _, vars_template = accel.ovmf_paths()
+        shutil.copyfile(vars_template, folder / "ovmf-vars.fd")
+        os.chmod(folder / "ovmf-vars.fd", 0o600)
+    record = {
+        "format": FORMAT, "kind": "vm", "name": req.name, "created": now(),
+        "image": f"{version.gallery}/{version.definition}@{version.version}", "version_digest": version_digest,
+        "os_state": version.os_state, "definition": definition.to_json(),
+        "definition_record": version.definition_record,
+        "cpus": cpus, "memory_mib": memory, "firmware": definition.firmware, "arch": definition.architecture,
+        "disks": disks, "base_disks": sorted({d["base_disk"] for d in disks}), "seed": seed_info,
+        "qemu_argv": None,
+    }
+    save(home, record)  # the commit point: from here on the VM exists
+    return record
+
+
+def delete(home: Home, name: str) -> None:
+    """Remove a VM: record first (it stops holding its version), then its files."""
+    folder = vm_dir(home, name)
+    if not folder.is_dir():
+        load(home, name)  # raises NotFound with the usual hint
+    with file_lock(home.vms / f".{name}.lock"):
+        vmrun.stop(home, name, timeout=0)
+        vmrecord.record_path(home, name).unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def list_names(home: Home) -> list[str]:
+    if not home.vms.is_dir():
+        return []
+    return sorted(p.name for p in home.vms.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def unfinished(home: Home) -> list[Path]:
+    """VM folders without a record whose creator is gone (gc removes them)."""
+    found = []
+    for name in list_names(home):
+        folder = home.vms / name
+        if (folder / vmrecord.RECORD).exists():
+            continue
+        try:
+            with file_lock(home.vms / f".{name}.lock", timeout=0):
+                if not (folder / vmrecord.RECORD).exists():
+                    found.append(folder)
+        except Exception:  # held: a vm new is still running
+            continue
+    return found
+
+
+def snapshot(home: Home, name: str, snap: str) -> dict[str, Any]:
+    """Copy a stopped VM's overlays into snapshots/<snap>/ (they keep standing on the same bases)."""
+    record = load(home, name)
+    check_name(snap, "snapshot")
+    if vmrun.is_running(home, name):
+        raise Refused(f"VM '{name}' is running", hint="stop it first: imgtool vm stop " + name)
+    target = vm_dir(home, name) / "snapshots" / snap
+    target.parent.mkdir(exist_ok=True, mode=0o700)
+    tmp = target.parent / f"{atomic.TMP_PREFIX}{snap}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if target.exists():
+        raise AlreadyExists(f"snapshot '{name}/{snap}' already exists", hint="choose another name")
+    tmp.mkdir(mode=0o700)
+    for disk in record["disks"]:
+        shutil.copyfile(vm_dir(home, name) / disk["overlay"], tmp / disk["overlay"])
+    info = {"name": snap, "vm": name, "created": now(), "disks": record["disks"], "image": record["image"]}
+    (tmp / "snapshot.json").write_text(json.dumps(info, indent=2, sort_keys=True))
+    os.rename(tmp, target)
+    return info

@@ -1,0 +1,220 @@
+"""Running VMs: start, stop, status, console, ssh.
+
+QEMU runs daemonized with a pid file, a QMP socket and the serial console in a
+log file; `state.json` in the VM folder records what this start chose (pid,
+accelerator, SSH port). A VM is running when that pid is alive and is a QEMU
+process; QMP then says whether the guest is running or paused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import blake3
+
+from imgtool import accel, bases, qemu, qmp, run
+from imgtool.errors import InvalidArgument, NotFound, Refused, ToolFailed
+from imgtool.home import Home
+from imgtool.model import now
+from imgtool.ports import free_port
+from imgtool.vmrecord import load, save, vm_dir
+from store import atomic
+
+STATE = "state.json"
+SERIAL = "serial.log"
+SOCKET_MAX = 100
+
+
+def qmp_socket(folder: Path) -> Path:
+    """The VM's QMP socket: in its folder when the path fits a unix socket, else in a private temp dir."""
+    candidate = folder / "qmp.sock"
+    if len(os.fsencode(candidate)) <= SOCKET_MAX:
+        return candidate
+    private = Path(tempfile.gettempdir()) / f"imgtool-{os.getuid()}"
+    private.mkdir(mode=0o700, exist_ok=True)
+    return private / f"{blake3.blake3(os.fsencode(folder)).hexdigest()[:20]}.qmp"
+
+
+def _state(folder: Path) -> dict[str, Any] | None:
+    try:
+        value: dict[str, Any] = json.loads((folder / STATE).read_text())
+    except (OSError, ValueError):
+        return None
+    return value
+
+
+def _qemu_alive(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"qemu-system" in cmdline
+
+
+def is_running(home: Home, name: str) -> bool:
+    state = _state(vm_dir(home, name))
+    return bool(state and _qemu_alive(int(state["pid"])))
+
+
+def status(home: Home, name: str) -> dict[str, Any]:
+    """Real state from the process and QMP: running, paused, stopped, ..."""
+    folder = vm_dir(home, name)
+    state = _state(folder)
+    if not state or not _qemu_alive(int(state["pid"])):
+        return {"state": "stopped"}
+    guest = qmp.query_status(Path(state["qmp"]))
+    return {"state": guest or "unresponsive", **state}
+
+
+def _check_disks(home: Home, record: dict[str, Any], folder: Path) -> None:
+    for disk in record["disks"]:
+        if not (folder / disk["overlay"]).exists():
+            raise NotFound(f"VM '{record['name']}' lost its disk {disk['overlay']}",
+                           hint="delete the VM and create it again")
+        bases.check(home, disk["base_disk"])  # refuses a damaged base
+
+
+def spec_for(home: Home, record: dict[str, Any], *, accel_name: str, port: int) -> qemu.VmSpec:
+    folder = vm_dir(home, record["name"])
+    drives = tuple(qemu.Drive(folder / d["overlay"], "qcow2") for d in record["disks"])
+    seed = folder / record["seed"]["file"] if record.get("seed") else None
+    code, vars_path = (accel.ovmf_paths()[0], folder / "ovmf-vars.fd") if record["firmware"] == "uefi" \
+        else (None, None)
+    return qemu.VmSpec(
+        name=record["name"], arch=record["arch"], cpus=record["cpus"], memory_mib=record["memory_mib"],
+        disks=drives, seed=seed, firmware=record["firmware"], ovmf_code=code, ovmf_vars=vars_path,
+        accel=accel_name, ssh_port=port, qmp_socket=qmp_socket(folder), serial_log=folder / SERIAL,
+        pid_file=folder / "qemu.pid")
+
+
+def start(home: Home, name: str, *, requested_accel: str | None = None) -> dict[str, Any]:
+    """Boot the VM in the background; returns its runtime state."""
+    record = load(home, name)
+    folder = vm_dir(home, name)
+    if is_running(home, name):
+        raise Refused(f"VM '{name}' is already running", hint=f"imgtool vm console {name}, or vm stop {name}")
+    _check_disks(home, record, folder)
+    accel_name = accel.choose_accel(home.cache, requested=requested_accel, arch=record["arch"])
+    log = folder / SERIAL
+    if log.exists():
+        os.replace(log, folder / f"{SERIAL}.1")  # each boot starts a fresh console log
+    for attempt in range(3):
+        spec = spec_for(home, record, accel_name=accel_name, port=free_port())
+        argv = qemu.build_argv(spec, daemonize=True)
+        spec.qmp_socket.unlink(missing_ok=True)
+        try:
+            run.run(argv, timeout=120)
+            break
+        except ToolFailed as exc:
+            # The free port may have been taken between our check and QEMU's bind: try another.
+            port_clash = "hostfwd" in exc.message or "host forwarding" in exc.message
+            if not port_clash or attempt == 2:
+                raise
+    pid = int((folder / "qemu.pid").read_text().strip())
+    state = {"pid": pid, "accel": accel_name, "ssh_port": spec.ssh_port, "qmp": str(spec.qmp_socket),
+             "started": now()}
+    atomic.replace(folder / STATE, json.dumps(state, indent=2).encode())
+    record["qemu_argv"] = argv
+    save(home, record)
+    return state
+
+
+def stop(home: Home, name: str, *, timeout: float = 30.0) -> bool:
+    """ACPI power-down over QMP, then a hard stop after `timeout` seconds. False if it was not running."""
+    folder = vm_dir(home, name)
+    state = _state(folder)
+    if not state or not _qemu_alive(int(state["pid"])):
+        _clear(folder, state)
+        return False
+    pid, sock = int(state["pid"]), Path(state["qmp"])
+    if timeout > 0:
+        qmp_safe(qmp.powerdown, sock)
+        _wait_gone(pid, timeout)
+    if _qemu_alive(pid):
+        qmp_safe(qmp.quit, sock)
+        _wait_gone(pid, 5)
+    if _qemu_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+        _wait_gone(pid, 5)
+    _clear(folder, state)
+    return True
+
+
+def qmp_safe(action: Any, sock: Path) -> None:
+    with contextlib.suppress(ToolFailed, OSError):
+        action(sock)  # if QMP does not answer, the next, harder step follows
+
+
+def _wait_gone(pid: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while _qemu_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def _clear(folder: Path, state: dict[str, Any] | None) -> None:
+    (folder / STATE).unlink(missing_ok=True)
+    if state and state.get("qmp"):
+        Path(state["qmp"]).unlink(missing_ok=True)
+
+
+def console_lines(home: Home, name: str, *, follow: bool, timeout: float | None = None) -> Iterator[str]:
+    """The serial console, line by line; with follow, keeps reading while the VM runs."""
+    load(home, name)
+    log = vm_dir(home, name) / SERIAL
+    deadline = None if timeout is None else time.monotonic() + timeout
+    position = 0
+    pending = b""
+    while True:
+        chunk = b""
+        if log.exists():
+            with open(log, "rb") as handle:
+                handle.seek(position)
+                chunk = handle.read()
+            position += len(chunk)
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line.decode("utf-8", "replace").rstrip("\r")
+        if not follow or (deadline is not None and time.monotonic() > deadline):
+            break
+        if not chunk:
+            if not is_running(home, name):
+                break
+            time.sleep(0.2)
+    if pending and not follow:
+        yield pending.decode("utf-8", "replace")
+
+
+def wait_for(home: Home, name: str, text: str, *, timeout: float) -> str:
+    """Follow the console until a line contains `text`; ToolFailed on timeout or VM exit."""
+    for line in console_lines(home, name, follow=True, timeout=timeout):
+        if text in line:
+            return line
+    raise ToolFailed(f"VM '{name}' did not print {text!r} within {timeout:g}s",
+                     hint=f"read its console: imgtool vm console {name}")
+
+
+def ssh_argv(home: Home, name: str, extra: list[str]) -> list[str]:
+    record = load(home, name)
+    state = _state(vm_dir(home, name))
+    if not state or not _qemu_alive(int(state["pid"])):
+        raise Refused(f"VM '{name}' is not running", hint=f"start it: imgtool vm start {name}")
+    seed = record.get("seed") or {}
+    user = seed.get("admin_user")
+    if not user:
+        raise InvalidArgument(f"VM '{name}' has no provisioned user (specialized image)",
+                              hint="use the source image's own accounts: ssh -p PORT USER@127.0.0.1")
+    argv = ["ssh", "-p", str(state["ssh_port"]), "-o", "StrictHostKeyChecking=no",
+            "-o", "UserKnownHostsFile=/dev/null"]
+    key = seed.get("ssh_key")
+    if key and key.endswith(".pub") and Path(key[:-4]).exists():
+        argv += ["-i", key[:-4]]
+    return [*argv, f"{user}@127.0.0.1", *extra]
