@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,7 @@ class PublishRequest:
 def parse_data_disk(text: str) -> tuple[int, str]:
     """LUN=SOURCE -> (lun, source)."""
     lun_text, sep, source = text.partition("=")
-    if not sep or not lun_text.isdigit() or not source or int(lun_text) > MAX_LUN:
+    if not sep or not re.fullmatch(r"[0-9]{1,2}", lun_text) or not source or int(lun_text) > MAX_LUN:
         raise InvalidArgument(f"--data-disk '{text}' is not LUN=SOURCE",
                               hint=f"LUN is 0..{MAX_LUN}, e.g. --data-disk 0=data.qcow2")
     return int(lun_text), source
