@@ -1,0 +1,204 @@
+"""QEMU command lines as data: a VmSpec in, an argv list out.
+
+This module is pure: it reads no files, runs nothing and imports nothing with side
+effects, so every choice below is testable by comparing lists. Host discovery
+(OVMF paths, which accelerator works, a free port) lives in `imgtool.accel` and
+`imgtool.ports`; running the argv is the caller's job, through `imgtool.run`.
+
+Choices, with reasons:
+- `-accel tcg,thread=multi` / `-accel kvm` rather than `-machine ...,accel=`: the
+  two spellings are mutually exclusive in QEMU and only `-accel` takes accelerator
+  properties; multi-threaded TCG gives each vCPU its own host thread.
+- `-cpu max` under TCG (every feature TCG can emulate), `-cpu host` under KVM.
+- `-nodefaults -no-user-config`: no surprise devices or host config files; every
+  device the guest sees is listed here.
+- Disks are `if=virtio` with `cache=writeback` (honours guest flushes, and unlike
+  `cache=none` works on tmpfs, which has no O_DIRECT) and `discard=unmap` (guest
+  TRIM shrinks the qcow2 overlay). The OS disk is first so firmware boots it.
+- The serial console, QMP socket and drives are given through `-chardev`/`-drive`
+  option strings in which commas in paths are doubled, QEMU's escape.
+- A virtio RNG: a freshly booted guest generating SSH host keys would otherwise
+  wait on entropy.
+- No `-no-reboot`: a guest that reboots should come back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from imgtool.errors import InvalidArgument
+
+ARCHES = ("x86_64", "aarch64")
+ACCELS = ("kvm", "tcg")
+FIRMWARES = ("bios", "uefi")
+DRIVE_FORMATS = ("qcow2", "raw")
+MIN_MEMORY_MIB = 64
+# sun_path is 108 bytes including the terminating NUL.
+MAX_SOCKET_PATH = 107
+
+_MACHINE = {"x86_64": "q35", "aarch64": "virt"}
+
+
+@dataclass(frozen=True)
+class Drive:
+    """One disk image attached as a virtio block device."""
+
+    path: Path
+    format: str = "qcow2"
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    """Everything QEMU needs to run one VM; see `build_argv` for how each field is used."""
+
+    name: str
+    arch: str  # "x86_64" | "aarch64"
+    cpus: int
+    memory_mib: int
+    disks: tuple[Drive, ...]  # OS disk first, then data disks by LUN order
+    seed: Path | None  # NoCloud ISO, read-only virtio drive after the disks
+    firmware: str  # "bios" | "uefi"
+    ovmf_code: Path | None  # uefi only: read-only pflash code
+    ovmf_vars: Path | None  # uefi only: this VM's own writable copy of the vars
+    accel: str  # "kvm" | "tcg"
+    ssh_port: int  # host loopback port forwarded to guest port 22
+    qmp_socket: Path
+    serial_log: Path
+    pid_file: Path
+
+
+def qemu_binary(arch: str) -> str:
+    """The QEMU system emulator for a guest architecture, e.g. "qemu-system-x86_64"."""
+    if arch not in ARCHES:
+        raise InvalidArgument(f"unknown architecture {arch!r}", hint=f"use one of {', '.join(ARCHES)}")
+    return f"qemu-system-{arch}"
+
+
+def escape(value: str | Path) -> str:
+    """A value safe inside a QEMU `key=value,...` option string (commas are doubled)."""
+    return str(value).replace(",", ",,")
+
+
+def validate(spec: VmSpec) -> None:
+    """Raise InvalidArgument unless the spec describes a VM QEMU can start."""
+    qemu_binary(spec.arch)
+    _validate_shape(spec)
+    _validate_firmware(spec)
+    for drive in spec.disks:
+        if drive.format not in DRIVE_FORMATS:
+            raise InvalidArgument(
+                f"disk {drive.path} has unsupported format {drive.format!r}",
+                hint=f"use one of {', '.join(DRIVE_FORMATS)}",
+            )
+    if len(str(spec.qmp_socket).encode()) > MAX_SOCKET_PATH:
+        raise InvalidArgument(
+            f"QMP socket path is longer than {MAX_SOCKET_PATH} bytes: {spec.qmp_socket}",
+            hint="use a shorter state directory",
+        )
+    for path in (spec.qmp_socket, spec.serial_log, spec.pid_file, *(d.path for d in spec.disks)):
+        if "\n" in str(path) or "\0" in str(path):
+            raise InvalidArgument(f"path {str(path)!r} contains a newline or NUL", hint="rename it")
+
+
+def _validate_shape(spec: VmSpec) -> None:
+    if not spec.name or any(not ch.isprintable() for ch in spec.name):
+        raise InvalidArgument(f"VM name {spec.name!r} is empty or not printable", hint="use a plain name")
+    if spec.cpus < 1:
+        raise InvalidArgument(f"cpus must be at least 1, got {spec.cpus}", hint="give --cpus 1 or more")
+    if spec.memory_mib < MIN_MEMORY_MIB:
+        raise InvalidArgument(
+            f"memory must be at least {MIN_MEMORY_MIB} MiB, got {spec.memory_mib}",
+            hint=f"give --memory {MIN_MEMORY_MIB} or more",
+        )
+    if not spec.disks:
+        raise InvalidArgument("a VM needs at least its OS disk", hint="this is a bug in the caller")
+    if spec.accel not in ACCELS:
+        raise InvalidArgument(f"unknown accelerator {spec.accel!r}", hint=f"use one of {', '.join(ACCELS)}")
+    if not 1 <= spec.ssh_port <= 65535:
+        raise InvalidArgument(f"ssh port {spec.ssh_port} is out of range", hint="use 1-65535")
+
+
+def _validate_firmware(spec: VmSpec) -> None:
+    if spec.firmware not in FIRMWARES:
+        raise InvalidArgument(f"unknown firmware {spec.firmware!r}", hint=f"use one of {', '.join(FIRMWARES)}")
+    if spec.firmware == "uefi" and (spec.ovmf_code is None or spec.ovmf_vars is None):
+        raise InvalidArgument(
+            "uefi firmware needs both the OVMF code and a per-VM vars file",
+            hint="find them with imgtool.accel.ovmf_paths() and copy the vars file per VM",
+        )
+    if spec.firmware == "bios" and (spec.ovmf_code is not None or spec.ovmf_vars is not None):
+        raise InvalidArgument("OVMF files were given for a bios VM", hint="use firmware uefi or drop them")
+    if spec.arch == "aarch64" and spec.firmware != "uefi":
+        raise InvalidArgument("aarch64 VMs boot with uefi only", hint="use firmware uefi")
+
+
+def build_argv(spec: VmSpec, *, daemonize: bool = True) -> list[str]:
+    """The full QEMU argv for `spec` (validated first; InvalidArgument if it cannot run)."""
+    validate(spec)
+    argv = [qemu_binary(spec.arch)]
+    argv += _machine_args(spec)
+    argv += _host_args(spec, daemonize)
+    argv += _firmware_args(spec)
+    argv += _disk_args(spec)
+    argv += _device_args(spec)
+    return argv
+
+
+def _machine_args(spec: VmSpec) -> list[str]:
+    accel = "tcg,thread=multi" if spec.accel == "tcg" else "kvm"
+    return [
+        "-name", f"guest={escape(spec.name)}",
+        "-machine", _MACHINE[spec.arch],
+        "-accel", accel,
+        "-cpu", "max" if spec.accel == "tcg" else "host",
+        "-smp", str(spec.cpus),
+        "-m", f"{spec.memory_mib}M",
+        "-nodefaults",
+        "-no-user-config",
+        "-display", "none",
+    ]  # fmt: skip
+
+
+def _host_args(spec: VmSpec, daemonize: bool) -> list[str]:
+    args = [
+        "-chardev", f"file,id=serial0,path={escape(spec.serial_log)}",
+        "-serial", "chardev:serial0",
+        "-chardev", f"socket,id=qmp0,path={escape(spec.qmp_socket)},server=on,wait=off",
+        "-mon", "chardev=qmp0,mode=control",
+        "-pidfile", str(spec.pid_file),
+    ]  # fmt: skip
+    if daemonize:
+        args.append("-daemonize")
+    return args
+
+
+def _firmware_args(spec: VmSpec) -> list[str]:
+    if spec.firmware != "uefi":
+        return []
+    assert spec.ovmf_code is not None and spec.ovmf_vars is not None  # checked by validate()
+    return [
+        "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={escape(spec.ovmf_code)}",
+        "-drive", f"if=pflash,format=raw,unit=1,file={escape(spec.ovmf_vars)}",
+    ]  # fmt: skip
+
+
+def _disk_args(spec: VmSpec) -> list[str]:
+    args: list[str] = []
+    for drive in spec.disks:
+        option = f"file={escape(drive.path)},if=virtio,format={drive.format},cache=writeback,discard=unmap"
+        if drive.readonly:
+            option += ",readonly=on"
+        args += ["-drive", option]
+    if spec.seed is not None:
+        args += ["-drive", f"file={escape(spec.seed)},if=virtio,format=raw,readonly=on"]
+    return args
+
+
+def _device_args(spec: VmSpec) -> list[str]:
+    return [
+        "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22",
+        "-device", "virtio-net-pci,netdev=n0",
+        "-device", "virtio-rng-pci",
+    ]  # fmt: skip
