@@ -1,0 +1,5 @@
+"""python -m imgtool"""
+
+from imgtool.cli.main import run
+
+run()
