@@ -174,12 +174,17 @@ class Background:
         return bool(self.handle.process.is_alive()[0])
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Terminate the child (SIGKILL if it ignores SIGTERM for `timeout` s) and reap it."""
         if self.alive():
-            self.handle.process.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                self.handle.process.terminate()
             try:
                 self.handle.wait(timeout=timeout)
-            except Exception:
-                self.handle.process.kill()
+            except sh.TimeoutException:
+                with contextlib.suppress(ProcessLookupError):
+                    self.handle.process.kill()
+            except sh.ErrorReturnCode:
+                pass  # it died of our signal (or exited non-zero): either way it is gone
         with contextlib.suppress(sh.ErrorReturnCode):
             self.handle.wait()  # we asked it to stop; its exit status is not news
 

@@ -23,7 +23,7 @@ def make_disk(path: Path, *, size_mib: int = 64, fmt: str = "qcow2", seed: int =
     qemu_io(raw, "raw",
             f"write -P {seed} 0 1M",
             f"write -P {(seed + 1) % 256} 3M 300k",
-            "write -z 8M 2M",
+            f"write -z {size_mib // 2}M 1M",
             f"write -P {(seed + 2) % 256} {size_mib - 1}M 1M")
     if fmt != "raw":
         convert(raw, path, "raw", fmt)
