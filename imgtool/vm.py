@@ -144,7 +144,7 @@ def _definition(home: Home, version: ImageVersion) -> Definition:
 
 def _build(home: Home, folder: Path, req: NewVm, version: ImageVersion, version_digest: str,
            definition: Definition, cpus: int, memory: int, provisioning: seed.Provisioning | None) -> dict[str, Any]:
-    disks = []
+    disks: list[dict[str, Any]] = []
     for disk in version.disks:
         base = bases.ensure(home, disk.digest)
         overlay = folder / ("disk-os.qcow2" if disk.lun is None else f"disk-lun{disk.lun}.qcow2")
@@ -168,7 +168,7 @@ def _build(home: Home, folder: Path, req: NewVm, version: ImageVersion, version_
         "os_state": version.os_state, "definition": definition.to_json(),
         "definition_record": version.definition_record,
         "cpus": cpus, "memory_mib": memory, "firmware": definition.firmware, "arch": definition.architecture,
-        "disks": disks, "base_disks": sorted({d["base_disk"] for d in disks}), "seed": seed_info,
+        "disks": disks, "base_disks": sorted({str(d["base_disk"]) for d in disks}), "seed": seed_info,
         "qemu_argv": None,
     }
     save(home, record)  # the commit point: from here on the VM exists

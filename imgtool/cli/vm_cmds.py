@@ -8,7 +8,7 @@ import typer
 
 from imgtool import run, vm, vmrun
 from imgtool.cli.output import emit_json, fields, state, table
-from imgtool.vmrecord import load
+from imgtool.vmrecord import load, vm_dir
 
 vm_app = typer.Typer(help="VMs: copy-on-write qcow2 overlays over a version's disks, booted under QEMU.",
                      no_args_is_help=True)
@@ -91,7 +91,7 @@ def vm_stop(
 def vm_list(ctx: typer.Context) -> None:
     """List VMs with their real state (from the process and QMP)."""
     st = state(ctx)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in vm.list_names(st.home):
         try:
             record = load(st.home, name)
@@ -116,7 +116,7 @@ def vm_show(ctx: typer.Context, name: str) -> None:
     st = state(ctx)
     record = load(st.home, name)
     status = vmrun.status(st.home, name)
-    snaps = sorted(p.name for p in (vm.vm_dir(st.home, name) / "snapshots").glob("*")
+    snaps = sorted(p.name for p in (vm_dir(st.home, name) / "snapshots").glob("*")
                    if not p.name.startswith("."))
     if st.json:
         emit_json({**record, "status": status, "snapshots": snaps})
