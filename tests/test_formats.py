@@ -335,6 +335,18 @@ def test_qcow2_over_an_ordinary_limit(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
+def test_stream_footer_is_what_counts(tmp_path: Path) -> None:
+    """qemu takes a GD_AT_END image's geometry from its footer: a footer that grew the disk is refused."""
+    require_tools("qemu-img", "qemu-io")
+    path = gd_at_end(tmp_path)
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<Q", data, len(data) - 1024 + 12, 1 << 40)  # footer capacity, in sectors
+    path.write_bytes(bytes(data))
+    assert qemu_info(path, "vmdk")["virtual-size"] == 1 << 49
+    assert "footer disagrees with its header on capacity" in refusal(path).message
+
+
+@pytest.mark.integration
 def test_vpc_footer_copies_must_agree(tmp_path: Path) -> None:
     require_tools("qemu-img", "qemu-io")
     path = make(tmp_path, "vpc")

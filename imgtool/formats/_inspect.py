@@ -62,6 +62,7 @@ def inspect(path: Path, *, expected: str | None = None, max_virtual_size: int | 
     empty, truncated, a refused format, a backing or external file, a virtual
     size over the limit, structure that does not hold up).
     """
+    path = Path(path)  # tolerate a str from untyped callers
     limit = _limit(max_virtual_size)
     if expected is not None and expected not in ACCEPTED_FORMATS:
         raise InvalidArgument(f"unknown image format {expected!r}",

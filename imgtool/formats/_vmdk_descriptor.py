@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_KEY_VALUE = re.compile(r'([A-Za-z][A-Za-z0-9_.]*)[ \t]*=[ \t]*(?:"([^"\x00-\x1f]*)"|([^\s"]+))')
+_KEY_VALUE = re.compile(r'([A-Za-z][A-Za-z0-9_.-]*)[ \t]*=[ \t]*(?:"([^"\x00-\x1f]*)"|([^\s"]+))')
 _EXTENT = re.compile(r'(RW|RDONLY|NOACCESS)[ \t]+(\d+)[ \t]+([A-Z]+)[ \t]+"([^"\x00-\x1f]*)"(?:[ \t]+(\d+))?')
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
