@@ -73,6 +73,9 @@ def inspect(path: Path, *, expected: str | None = None, max_virtual_size: int | 
         fmt, virtual_size = _inspect_fd(fd, limit)
     except UnsafeImage as exc:
         raise UnsafeImage(f"{path}: {exc.message}", hint=exc.hint) from None
+    except OSError as exc:  # an I/O error from the disk holding the file, not from its contents
+        raise InvalidArgument(f"{path}: cannot be read ({exc.strerror})",
+                              hint="check the disk and the file system it is on") from None
     finally:
         os.close(fd)
     if expected is not None and expected != fmt:

@@ -104,8 +104,8 @@ def _read_v3(src: Source, base: Header) -> Header:
 def _refuse_backing(src: Source, header: Header) -> None:
     if header.backing_offset == 0 and header.backing_size == 0:
         return
-    name = src.read_padded(header.backing_offset, min(header.backing_size, 1023))
-    shown = name.decode("utf-8", "backslashreplace") if header.backing_offset else "?"
+    name = src.read_padded(header.backing_offset, min(header.backing_size, 1023)).rstrip(b"\0")
+    shown = name.decode("utf-8", "backslashreplace") if header.backing_offset and name else "?"
     raise UnsafeImage(
         f"qcow2 image has a backing file {shown!r}: qemu would open that path on this host",
         hint=f"it is an overlay, not a whole image; {FLATTEN_HINT}",
