@@ -2,35 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.cli import Cli
 from tests.conftest import require_tools
 from tests.images import MiB, convert, identical, make_disk, qemu_io, tree_fingerprint
 
 pytestmark = pytest.mark.integration
-
-
-class Cli:
-    def __init__(self, home: Path) -> None:
-        self.home = home
-
-    def __call__(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "IMGTOOL_HOME": str(self.home)}
-        done = subprocess.run([sys.executable, "-m", "imgtool", *args], env=env, capture_output=True, text=True,
-                              check=False,
-                              timeout=300)
-        if ok and done.returncode != 0:
-            raise AssertionError(f"imgtool {' '.join(args)} failed ({done.returncode}):\n{done.stderr}")
-        return done
-
-    def json(self, *args: str) -> object:
-        return json.loads(self("--json", *args).stdout)
 
 
 @pytest.fixture

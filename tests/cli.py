@@ -1,0 +1,27 @@
+"""Run the real imgtool command line in a subprocess against a private home."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+class Cli:
+    def __init__(self, home: Path, env: dict[str, str] | None = None) -> None:
+        self.home = home
+        self.env = env or {}
+
+    def __call__(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "IMGTOOL_HOME": str(self.home), **self.env}
+        done = subprocess.run([sys.executable, "-m", "imgtool", *args], env=env, capture_output=True, text=True,
+                              check=False,
+                              timeout=300)
+        if ok and done.returncode != 0:
+            raise AssertionError(f"imgtool {' '.join(args)} failed ({done.returncode}):\n{done.stderr}")
+        return done
+
+    def json(self, *args: str) -> object:
+        return json.loads(self("--json", *args).stdout)
