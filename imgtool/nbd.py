@@ -252,7 +252,11 @@ class Reader:
         if self._broken is not None:
             raise ToolFailed(f"NBD connection unusable after an earlier failure: {self._broken}",
                              hint="open a new export")
-        view = buf.cast("B") if buf.format != "B" or buf.ndim != 1 else buf
+        view = memoryview(buf)
+        if view.readonly:
+            raise InvalidArgument("readinto needs a writable buffer", hint="pass a bytearray's memoryview")
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
         if offset < 0 or offset + len(view) > self.size:
             raise InvalidArgument(f"read of {len(view)} bytes at {offset} is outside the disk "
                                   f"(size {self.size})", hint="read within [0, size)")

@@ -144,6 +144,11 @@ def test_go_pipelined_out_of_order_reads_and_disconnect(monkeypatch: pytest.Monk
     # 3 MiB in 256 KiB requests, answered two at a time in reverse order.
     assert reader.read(0, size) == pattern(0, size)
     assert reader.read(1000, 1 * MiB - 1000 + 1) == pattern(1000, 1 * MiB - 1000 + 1)
+    words = memoryview(bytearray(512 * KiB)).cast("I")  # any writable buffer is filled bytewise
+    reader.readinto(8192, words)  # two requests, so the server's batches of two close
+    assert words.tobytes() == pattern(8192, 512 * KiB)
+    with pytest.raises(InvalidArgument, match="writable"):
+        reader.readinto(0, memoryview(b"read-only"))
     reader.close()
     peer = fake.finish()
     assert peer.client_flags == nbd.FLAG_FIXED_NEWSTYLE | nbd.FLAG_NO_ZEROES
