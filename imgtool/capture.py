@@ -97,7 +97,8 @@ def capture_file(home: Home, path: Path, *, fmt: str | None = None, progress: Pr
         extents = qemu_img.map_extents(info.path, fmt=info.format)
         indexes = chunk_indexes(qemu_img.data_ranges(extents), store.config.chunk_size)
         with tempfile.TemporaryDirectory(prefix="imgtool-") as work, \
-                nbd.Export(info.path, fmt=info.format, workdir=Path(work)) as export:
+                nbd.Export(info.path, fmt=info.format, workdir=Path(work),
+                            limits=nbd.limits_for(info.virtual_size)) as export:
             if export.size != info.virtual_size:
                 raise Corrupt(f"{path}: qemu-nbd sees {export.size} bytes, the header says {info.virtual_size}",
                               hint="the image is inconsistent; refusing to capture it")

@@ -189,7 +189,13 @@ class Background:
             self.handle.wait()  # we asked it to stop; its exit status is not news
 
     def stderr(self) -> str:
-        return _decode(self.handle.stderr)
+        """What the child wrote to stderr so far (never raises, even if it died of a signal)."""
+        try:
+            return _decode(self.handle.stderr)
+        except sh.ErrorReturnCode as exc:
+            return _decode(exc.stderr)
+        except Exception:  # sh raises SignalException subclasses for signalled children
+            return ""
 
 
 def spawn(
