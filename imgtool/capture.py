@@ -5,18 +5,18 @@ store, a version (`G/D@X.Y.Z`), a VM (`vm:NAME`) or a VM snapshot
 (`snapshot:NAME/SNAP`). Files from elsewhere are attack surface: they are
 inspected by imgtool.formats (pure Python, no subprocess) before qemu-img or
 qemu-nbd ever open them, and those then run under resource limits with the
-format given explicitly. Only ranges that qemu-img map reports as data are read.
+format given explicitly. Only ranges that qemu-img map reports as data are read
+(imgtool.diskread: verbatim extents by pread, the rest through qemu-nbd).
 """
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imgtool import formats, nbd, qemu_img
+from imgtool import diskread, formats, nbd, qemu_img
 from imgtool.errors import Corrupt
 from imgtool.home import Home
 from store import digest as digests
@@ -96,13 +96,12 @@ def capture_file(home: Home, path: Path, *, fmt: str | None = None, progress: Pr
     with store.writing():
         extents = qemu_img.map_extents(info.path, fmt=info.format)
         indexes = chunk_indexes(qemu_img.data_ranges(extents), store.config.chunk_size)
-        with tempfile.TemporaryDirectory(prefix="imgtool-") as work, \
-                nbd.Export(info.path, fmt=info.format, workdir=Path(work),
-                            limits=nbd.limits_for(info.virtual_size)) as export:
-            if export.size != info.virtual_size:
-                raise Corrupt(f"{path}: qemu-nbd sees {export.size} bytes, the header says {info.virtual_size}",
+        with diskread.MappedReader(info.path, fmt=info.format, extents=extents, layers={0: info.path},
+                                   limits=nbd.limits_for(info.virtual_size)) as mapped:
+            if extents and extents[-1].end != info.virtual_size:
+                raise Corrupt(f"{path}: qemu-img maps {extents[-1].end} bytes, the header says {info.virtual_size}",
                               hint="the image is inconsistent; refusing to capture it")
-            reader = BatchedReader(export.read, indexes, store.config.chunk_size, info.virtual_size)
+            reader = BatchedReader(mapped.read, indexes, store.config.chunk_size, info.virtual_size)
             result = ingest(store, virtual_size=info.virtual_size, read=reader, indexes=indexes, progress=progress)
         lease(store, result.digest)
     source = {"kind": "file", "path": str(info.path), "format": info.format,
@@ -133,9 +132,9 @@ def capture_overlay(home: Home, overlay: Path, *, base_digest: str, base_path: P
         indexes = chunk_indexes(own, store.config.chunk_size)
         changed = set(indexes)
         reused = {i: h for i, h in base.chunks.items() if i not in changed}
-        with tempfile.TemporaryDirectory(prefix="imgtool-") as work, \
-                nbd.Export(overlay, fmt="qcow2", workdir=Path(work), limits=None) as export:
-            reader = BatchedReader(export.read, indexes, store.config.chunk_size, base.virtual_size)
+        with diskread.MappedReader(overlay, fmt="qcow2", extents=extents, layers={0: overlay, 1: base_path},
+                                   limits=None) as mapped:
+            reader = BatchedReader(mapped.read, indexes, store.config.chunk_size, base.virtual_size)
             result = ingest(store, virtual_size=base.virtual_size, read=reader, indexes=indexes,
                             reused=reused, progress=progress)
         lease(store, result.digest)

@@ -48,6 +48,7 @@ class Extent:
     zero: bool
     depth: int
     present: bool = True
+    offset: int | None = None  # where the guest bytes lie, verbatim, in the layer's file (not for compressed data)
 
     @property
     def end(self) -> int:
@@ -220,6 +221,7 @@ def parse_map(text: str) -> list[Extent]:
             zero=_field(row, "zero", bool, what),
             depth=_field(row, "depth", int, what),
             present=bool(row.get("present", True)),
+            offset=_optional(row, "offset", int, what),
         )
         if extent.start != expected or extent.length <= 0:
             raise ToolFailed(

@@ -22,6 +22,7 @@ from store.packs import PackWriter
 from store.repo import Store
 
 Reader = Callable[[int, int], bytes]
+_ZEROS = bytes(256 << 10)
 Progress = Callable[[int], None]
 
 
@@ -35,9 +36,15 @@ class IngestResult:
     bytes_stored: int  # compressed bytes this ingest added to the store
 
 
+def is_zero(data: bytes) -> bool:
+    """All-zero test by memcmp against a zero buffer: stops at the first non-zero byte."""
+    zero = _ZEROS if len(data) == len(_ZEROS) else bytes(len(data))
+    return data == zero
+
+
 def _encode(data: bytes, writer: PackWriter) -> tuple[bytes, bytes | None] | None:
     """Hash one chunk; compress it only if the store lacks it. None for all-zero."""
-    if data.count(0) == len(data):
+    if is_zero(data):
         return None
     raw = codec.chunk_digest(data)
     if writer.has(raw):

@@ -153,7 +153,8 @@ MAP_OVERLAY = """[{ "start": 0, "length": 65536, "depth": 1, "present": true, "z
 
 def test_parse_map_and_data_ranges() -> None:
     extents = qemu_img.parse_map(MAP_OVERLAY)
-    assert extents[1] == Extent(start=65536, length=65536, data=True, zero=False, depth=0)
+    assert extents[1] == Extent(start=65536, length=65536, data=True, zero=False, depth=0, offset=327680)
+    assert extents[4].offset is None  # e.g. a compressed cluster: no verbatim bytes to read
     assert extents[5].present is False
     # Everything not known to be zero, merged; data=false zero=false (unknown) is kept.
     assert data_ranges(extents) == [(0, 131072), (262144, 65536), (393216, 65536)]
