@@ -31,12 +31,15 @@ def verify(
     if st.json:
         emit_json({"ok": report.ok, "deep": deep, "names": report.names, "manifests": report.manifests,
                    "chunks": report.chunks, "chunks_hashed": report.chunks_hashed, "rebuilt_bases": rebuilt,
-                   "problems": [p.to_json() for p in report.problems], "affected": hit})
+                   "problems": [p.to_json() for p in report.problems], "affected": hit,
+                   "garbage": [g.to_json() for g in report.garbage]})
     else:
         for base in rebuilt:
             print(f"rebuilt base {base[:16]}")
         for p in report.problems:
             print(f"DAMAGED {p.kind} {p.object[:16]}: {p.message}")
+        for g in report.garbage:
+            print(f"garbage {g.kind} {g.object[:16]}: {g.message}")
         for kind, names in hit.items():
             if names:
                 print(f"affected {kind}: {', '.join(names)}")
