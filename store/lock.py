@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from store import atomic
 from store.errors import Locked
 
 DEFAULT_TIMEOUT = 60.0
@@ -59,20 +60,31 @@ def held(lock_dir: Path, *, exclusive: bool, timeout: float = DEFAULT_TIMEOUT,
 
     Raises Locked after `timeout` seconds, naming the holders.
     """
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_dir / "store.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    with atomic.translated("the store lock"):  # a read-only or full store is an error, not a crash
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_dir / "store.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         _acquire(fd, lock_dir, exclusive=exclusive, timeout=timeout)
         holder = lock_dir / f"holder-{os.getpid()}-{id(fd)}"
+        if exclusive:
+            _prune_holders(lock_dir)
         command = purpose or " ".join(os.path.basename(a) for a in sys.argv[:3])
         mode = "exclusive" if exclusive else "shared"
-        holder.write_text(json.dumps({"pid": os.getpid(), "command": command, "mode": mode}))
+        with atomic.translated("the store lock's holder file"):
+            holder.write_text(json.dumps({"pid": os.getpid(), "command": command, "mode": mode}))
         try:
             yield
         finally:
             holder.unlink(missing_ok=True)
     finally:
         os.close(fd)  # closing the descriptor releases the flock
+
+
+def _prune_holders(lock_dir: Path) -> None:
+    """Remove holder files left by killed processes. Only called by the exclusive holder: while it
+    holds the lock nobody else does, so every holder file there is stale."""
+    for path in lock_dir.glob("holder-*"):
+        path.unlink(missing_ok=True)
 
 
 def _acquire(fd: int, lock_dir: Path, *, exclusive: bool, timeout: float) -> None:
@@ -96,8 +108,9 @@ def _acquire(fd: int, lock_dir: Path, *, exclusive: bool, timeout: float) -> Non
 @contextlib.contextmanager
 def file_lock(path: Path, *, timeout: float = DEFAULT_TIMEOUT) -> Iterator[None]:
     """A short exclusive lock on one file (name updates, VM records)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    with atomic.translated(path.name):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         deadline = time.monotonic() + timeout
         while True:
