@@ -122,16 +122,29 @@ def create(home: Home, req: NewVm) -> dict[str, Any]:
         seed.validate(provisioning)
     home.ensure()
     with home.store.writing(), file_lock(home.vms / f".{req.name}.lock"):
-        try:
-            folder.mkdir(mode=0o700)
-        except FileExistsError:
-            raise AlreadyExists(f"VM '{req.name}' already exists", hint="choose another name") from None
+        _claim(folder, req.name)
         try:
             record = _build(home, folder, req, version, version_digest, definition, cpus, memory, provisioning)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
     return record
+
+
+def _claim(folder: Path, name: str) -> None:
+    """Create the VM's folder; the caller holds the VM's name lock.
+
+    A folder without a record is what a killed `vm new` or `vm delete` left behind (both hold
+    the name lock while the folder lacks its record, and we hold it now): it is removed and
+    the name reused, so the user need not run gc first.
+    """
+    try:
+        folder.mkdir(mode=0o700)
+    except FileExistsError:
+        if (folder / vmrecord.RECORD).exists():
+            raise AlreadyExists(f"VM '{name}' already exists", hint="choose another name") from None
+        shutil.rmtree(folder)
+        folder.mkdir(mode=0o700)
 
 
 def _definition(home: Home, version: ImageVersion) -> Definition:
