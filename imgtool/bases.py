@@ -147,6 +147,29 @@ def unused(home: Home) -> list[Path]:
     return [b for b in all_bases(home) if b.stem not in used]
 
 
+def stale_temporaries(home: Home) -> list[Path]:
+    """Half-written bases and .meta files whose writer is gone (a killed vm new, start or repair).
+
+    Temporary names carry the writer's pid (store.atomic.tmp_name); a live pid's file is kept.
+    """
+    found = []
+    for path in sorted(home.bases.glob(f"{atomic.TMP_PREFIX}*")) if home.bases.is_dir() else []:
+        pid = path.name[len(atomic.TMP_PREFIX):].split("-", 1)[0]
+        if not (pid.isdigit() and _alive(int(pid))):
+            found.append(path)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def size_on_disk(base: Path) -> int:
     try:
         return base.stat().st_blocks * 512

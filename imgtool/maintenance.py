@@ -69,14 +69,17 @@ def gc(home: Home, *, dry_run: bool, capture_retention: float = DEFAULT_CAPTURE_
         leftovers = vm.unfinished(home)
         result.unfinished_vms = [p.name for p in leftovers]
         evict = bases.unused(home)
+        stale = bases.stale_temporaries(home)
         result.bases_evicted = [b.name for b in evict]
-        result.bases_bytes = sum(bases.size_on_disk(b) for b in evict)
+        result.bases_bytes = sum(bases.size_on_disk(b) for b in evict + stale)
         if not dry_run:
             for name in result.expired_captures:
                 store.delete_name(CAPTURES, name)
             store_gc.execute(store, plan, roots)
             for base in evict:
                 bases.evict(base)
+            for leftover in stale:
+                leftover.unlink(missing_ok=True)
             for folder in leftovers:
                 shutil.rmtree(folder, ignore_errors=True)
     return result
