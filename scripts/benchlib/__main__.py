@@ -1,0 +1,98 @@
+"""scripts/bench: run the benchmark sections and write the document (see scripts/bench --help)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchlib import report
+from benchlib.disk import Profile, ensure_disks
+from benchlib.ingest import run_rounds
+from benchlib.machine import ensure_programs, facts
+from benchlib.measure import BenchError, drop_caches, log
+from benchlib.peers import ALL
+from benchlib.scale import run_scale
+from benchlib.vmnew import run_vmnew
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = REPO / ".cache" / "bench"
+SECTIONS = ("ingest", "vmnew", "scale")
+PROFILES = {"full": Profile("full", 4 << 30, 2_000_000_000), "quick": Profile("quick", 512 << 20, 200_000_000)}
+
+
+def _args(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="small disk, one round, fewer versions (< 2 minutes)")
+    ap.add_argument("--runs", type=int, help="rounds of ingest/restore (default 3; quick 1)")
+    ap.add_argument("--vm-runs", type=int, help="runs of vm new per image (default 5; quick 1)")
+    ap.add_argument("--versions", type=int, help="versions for the scale test (default 10000; quick 500)")
+    ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
+    ap.add_argument("--only", help="comma-separated contender keys for the ingest section: "
+                    + ", ".join(k.key for k in ALL))
+    ap.add_argument("--out", type=Path, help="document to write (default docs/BENCHMARKS.md; quick: "
+                    ".cache/bench/quick/BENCHMARKS.md)")
+    ap.add_argument("--rebuild-disk", action="store_true", help="rebuild the cached test disk")
+    ap.add_argument("--report-only", action="store_true", help="rewrite the document from the saved results")
+    return ap.parse_args(argv)
+
+
+def _save(path: Path, results: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1, sort_keys=True))
+
+
+def main(argv: list[str]) -> int:
+    args = _args(argv)
+    mode = "quick" if args.quick else "full"
+    out = args.out or (CACHE / "quick" / "BENCHMARKS.md" if args.quick else REPO / "docs" / "BENCHMARKS.md")
+    saved = CACHE / f"results-{mode}.json"
+    if args.report_only:
+        report.write(json.loads(saved.read_text()), out)
+        log(f"wrote {out} from {saved}")
+        return 0
+    sections = [s for s in args.sections.split(",") if s]
+    if unknown := set(sections) - set(SECTIONS):
+        raise SystemExit(f"unknown sections: {', '.join(sorted(unknown))}")
+    only = set(args.only.split(",")) if args.only else None
+    kinds = [k for k in ALL if only is None or k.key in only]
+    needs = {"qemu-img", "qemu-io", "qemu-nbd", "mkfs.ext4", "ssh-keygen", "cloud-localds"}
+    missing = ensure_programs(needs | {p for k in kinds for p in k.needs})
+    runnable = {k.key for k in kinds if not set(k.needs) & set(missing)}
+    results: dict[str, Any] = {
+        "mode": mode, "command": shlex.join(["scripts/bench", *argv]),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": facts(REPO, CACHE),
+        "missing": missing, "dropped_caches": drop_caches(),
+        "rounds": args.runs or (1 if args.quick else 3),
+    }
+    log(f"{mode} run; page cache {'is' if results['dropped_caches'] else 'can NOT be'} dropped between steps")
+    profile = PROFILES[mode]
+    disks = ensure_disks(profile, CACHE, rebuild=args.rebuild_disk)
+    results["disk"] = {"profile": profile.__dict__, "facts": disks.facts}
+    work = CACHE / "work"
+    if "ingest" in sections:
+        results["ingest"] = run_rounds(disks, work / "ingest", results["rounds"], runnable)
+        _save(saved, results)
+    if "vmnew" in sections and "cloud-localds" not in missing:
+        results["vmnew_runs"] = args.vm_runs or (1 if args.quick else 5)
+        results["vmnew"] = run_vmnew(work / "vmnew", CACHE, disks.v1_raw, results["vmnew_runs"])
+        _save(saved, results)
+    if "scale" in sections:
+        results["scale"] = run_scale(work / "scale", args.versions or (500 if args.quick else 10_000),
+                                     2 if args.quick else 7)
+    _save(saved, results)
+    report.write(results, out)
+    log(f"wrote {out} (results in {saved})")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,58 @@
+"""Ingest v1, ingest v2, restore v2 for every contender, in alternating rounds.
+
+Round r runs the contenders in an order rotated by r, so no tool always goes first (or always runs right
+after the one that filled the page cache with the same disk). The page cache is dropped before every
+timed step when the kernel allows it. Every restore is compared with v2 by `qemu-img compare`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from benchlib.disk import Disks
+from benchlib.measure import BenchError, drop_caches, log, sh, timed, tree_size
+from benchlib.peers import ALL, Contender
+
+STEPS = ("v1", "v2", "restore")
+
+
+def _one(contender: Contender, disks: Disks) -> dict[str, Any]:
+    work, out = contender.work, contender.work / "out"
+    shutil.rmtree(work, ignore_errors=True)
+    out.mkdir(parents=True)
+    contender.prepare()
+    result: dict[str, Any] = {"dropped_caches": drop_caches()}
+    result["v1"] = timed(contender.ingest_v1()).to_json()
+    result["stored_v1"], _ = tree_size(contender.stored())
+    contender.between()
+    drop_caches()
+    result["v2"] = timed(contender.ingest_v2()).to_json()
+    result["stored"], result["files"] = tree_size(contender.stored())
+    drop_caches()
+    step, restored = contender.restore_v2(out)
+    result["restore"] = timed(step).to_json()
+    try:
+        sh(["qemu-img", "compare", "-q", "-f", "raw", "-F", "raw", restored, disks.v2_raw])
+    except BenchError as exc:
+        raise BenchError(f"{contender.key}: the restored v2 differs from v2: {exc}") from None
+    result["restore_verified"] = True
+    shutil.rmtree(work)
+    return result
+
+
+def run_rounds(disks: Disks, work: Path, rounds: int, only: set[str] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Per contender key, one result per round (seconds, KiB, bytes)."""
+    kinds = [k for k in ALL if only is None or k.key in only]
+    results: dict[str, list[dict[str, Any]]] = {k.key: [] for k in kinds}
+    for r in range(rounds):
+        order = kinds[r % len(kinds):] + kinds[:r % len(kinds)]
+        for kind in order:
+            contender = kind(disks, work / kind.key)
+            log(f"round {r + 1}/{rounds}: {kind.key}")
+            res = _one(contender, disks)
+            log(f"  v1 {res['v1']['wall']:.1f}s  v2 {res['v2']['wall']:.1f}s  "
+                f"restore {res['restore']['wall']:.1f}s  stored {res['stored'] >> 20} MiB")
+            results[kind.key].append(res)
+    return results

@@ -1,0 +1,103 @@
+"""The machine and tool versions a run was made on, and installing the peers from Debian when missing."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
+from benchlib.measure import log
+
+# program -> Debian package that provides it
+PACKAGES = {
+    "qemu-img": "qemu-utils", "qemu-io": "qemu-utils", "qemu-nbd": "qemu-utils", "zstd": "zstd",
+    "borg": "borgbackup", "restic": "restic", "casync": "casync", "cloud-localds": "cloud-image-utils",
+    "mkfs.ext4": "e2fsprogs", "ssh-keygen": "openssh-client",
+}
+
+
+def _out(argv: list[str]) -> str:
+    try:
+        proc = subprocess.run(argv, capture_output=True, check=False, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return (proc.stdout or proc.stderr).decode(errors="replace").strip()
+
+
+def _candidate(package: str) -> str | None:
+    """The version apt would install, or None when Debian has no such package here."""
+    for line in _out(["apt-cache", "policy", package]).splitlines():
+        if line.strip().startswith("Candidate:"):
+            value = line.split(":", 1)[1].strip()
+            return None if value in ("", "(none)") else value
+    return None
+
+
+def ensure_programs(programs: set[str]) -> dict[str, str]:
+    """Install the Debian packages of missing programs; return {program: why it is still missing}."""
+    missing = sorted(p for p in programs if shutil.which(p) is None)
+    if not missing:
+        return {}
+    packages = sorted({PACKAGES.get(p, p) for p in missing})
+    log(f"installing from Debian: {' '.join(packages)}")
+    subprocess.run(["apt-get", "update", "-qq"], check=False)
+    available = [p for p in packages if _candidate(p)]
+    if available:
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *available], check=False,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    return {p: (f"Debian package {PACKAGES.get(p, p)} is not available here" if PACKAGES.get(p, p) not in available
+                else f"installing {PACKAGES.get(p, p)} failed")
+            for p in missing if shutil.which(p) is None}
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _memory() -> str:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return f"{int(line.split()[1]) / (1 << 20):.1f} GiB"
+    return "unknown"
+
+
+def _disk(path: Path) -> str:
+    text = _out(["findmnt", "-n", "-o", "SOURCE,FSTYPE,SIZE,AVAIL", "-T", str(path)])
+    source = text.split()[0] if text else ""
+    rota = _out(["lsblk", "-n", "-d", "-o", "ROTA", source]) if source.startswith("/dev/") else ""
+    kind = {"0": ", non-rotational", "1": ", rotational"}.get(rota, "")
+    return f"{text} (source, type, size, free){kind}" if text else "unknown"
+
+
+def _first_line(argv: list[str]) -> str:
+    out = _out(argv)
+    return out.splitlines()[0] if out else "missing"
+
+
+def _deb(package: str) -> str:
+    return _out(["dpkg-query", "-W", "-f", "${Version}", package]) or "missing"
+
+
+def facts(repo: Path, cache: Path) -> dict[str, str]:
+    commit = _out(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"])
+    dirty = _out(["git", "-C", str(repo), "status", "--porcelain", "--", "imgtool", "store"])
+    return {
+        "cpu": f"{os.cpu_count()} x {_cpu_model()}",
+        "memory": _memory(),
+        "disk": _disk(cache),
+        "kernel": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "imgtool": f"commit {commit}{' (imgtool/ or store/ modified)' if dirty else ''}",
+        "qemu-img": _first_line(["qemu-img", "--version"]),
+        "zstd": _first_line(["zstd", "-V"]),
+        "borg": _first_line(["borg", "--version"]),
+        "restic": _first_line(["restic", "version"]),
+        "casync": f"casync {_deb('casync')} (Debian)",
+        "cloud-localds": f"cloud-image-utils {_deb('cloud-image-utils')} (Debian)",
+        "mkfs.ext4": f"e2fsprogs {_deb('e2fsprogs')} (Debian)",
+    }

@@ -1,0 +1,86 @@
+"""Scale: `version list` and `version resolve` on a definition with many versions, and CLI start-up.
+
+The versions are real publishes through imgtool's library (benchlib.mkversions), two processes in
+parallel, all naming one small disk already in the store. Each command is timed end to end as a user
+runs it (process start to exit, output to /dev/null): once right after dropping the page cache (cold),
+then the median of several warm runs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchlib.measure import BenchError, Sample, Step, drop_caches, log, median_sample, sh, timed
+from benchlib.mkversions import number
+from benchlib.peers import IMGTOOL
+
+DEFINITION = "bench/many"
+WORKERS = 2
+
+
+def _populate(home: Path, count: int) -> float:
+    """Publish `count` versions; return the seconds it took (all workers together, wall)."""
+    env = {"IMGTOOL_HOME": str(home)}
+    cli = [str(IMGTOOL)]
+    sh([*cli, "gallery", "create", "bench"], env=env)
+    sh([*cli, "definition", "create", DEFINITION, "--publisher", "bench", "--offer", "many", "--sku", "v",
+        "--os-type", "linux", "--os-state", "generalized"], env=env)
+    disk = home.parent / "small.raw"
+    with disk.open("wb") as f:
+        f.truncate(16 << 20)
+    sh(["mkfs.ext4", "-q", "-F", disk])
+    captured = json.loads(sh([*cli, "--json", "publish", DEFINITION, "--version", number(0), "--os-disk", disk],
+                             env=env))
+    digest = captured["disks"][0]["digest"]
+    start = time.perf_counter()
+    bounds = [1 + (count - 1) * w // WORKERS for w in range(WORKERS + 1)]
+    procs = [subprocess.Popen([sys.executable, "-m", "benchlib.mkversions", str(home), DEFINITION, digest,
+                               str(bounds[w]), str(bounds[w + 1]), str(count - 1)],
+                              stderr=subprocess.PIPE) for w in range(WORKERS)]
+    for proc in procs:
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            raise BenchError(f"mkversions failed: {err.decode(errors='replace')[-2000:]}")
+    return time.perf_counter() - start
+
+
+def _measure(step: Step, runs: int) -> dict[str, Any]:
+    drop_caches()
+    cold = timed(step)
+    timed(step)  # warm-up
+    warm = [timed(step) for _ in range(runs)]
+    return {"cold": cold.to_json(), "median": median_sample(warm).to_json(), "runs": [s.to_json() for s in warm]}
+
+
+def run_scale(work: Path, count: int, runs: int) -> dict[str, Any]:
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    home = work / "home"
+    log(f"scale: publishing {count} versions into {DEFINITION}")
+    seconds = _populate(home, count)
+    listed = sh([str(IMGTOOL), "--json", "version", "list", DEFINITION], env={"IMGTOOL_HOME": str(home)})
+    if len(json.loads(listed)) != count:
+        raise BenchError(f"version list shows {len(json.loads(listed))} versions, expected {count}")
+    env = {"IMGTOOL_HOME": str(home)}
+    commands = {
+        "version list": Step([str(IMGTOOL), "version", "list", DEFINITION], env),
+        "version list --json": Step([str(IMGTOOL), "--json", "version", "list", DEFINITION], env),
+        "version resolve": Step([str(IMGTOOL), "version", "resolve", DEFINITION], env),
+        "--help": Step([str(IMGTOOL), "--help"], env),
+    }
+    log(f"scale: timing {', '.join(commands)} ({runs} warm runs each)")
+    result: dict[str, Any] = {"versions": count, "publish_seconds": seconds, "workers": WORKERS,
+                              "commands": {name: _measure(step, runs) for name, step in commands.items()}}
+    shutil.rmtree(work)
+    return result
+
+
+def median_of(result: dict[str, Any], name: str) -> Sample:
+    m = result["commands"][name]["median"]
+    return Sample(m["wall"], m["cpu"], m["max_rss_kib"])
