@@ -1,0 +1,1 @@
+"""Reliability campaigns: crash, concurrency, faults, hostile input, bad arguments, security."""
