@@ -15,8 +15,10 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from store.repo import Store
+if TYPE_CHECKING:
+    from store.repo import Store
 
 
 def default_home() -> Path:
@@ -41,6 +43,8 @@ class Home:
 
     @cached_property
     def store(self) -> Store:
+        from store.repo import Store  # noqa: PLC0415 - lazily: the CLI imports Home on every start
+
         self.ensure()
         return Store.open(self.store_root)
 

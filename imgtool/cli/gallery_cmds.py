@@ -5,7 +5,6 @@ from typing import Annotated, Any
 
 import typer
 
-from imgtool import gallery
 from imgtool.cli.output import emit_json, fields, state, table
 from imgtool.errors import InvalidArgument
 from imgtool.model import Definition, Gallery, Range, check_date
@@ -24,6 +23,8 @@ def _gallery_json(g: Gallery) -> dict[str, Any]:
 def gallery_create(ctx: typer.Context, name: str,
                    description: Annotated[str, typer.Option(help="What the gallery is for.")] = "") -> None:
     """Create a gallery."""
+    from imgtool import gallery
+
     st = state(ctx)
     created = gallery.create_gallery(st.home, name, description)
     emit_json(_gallery_json(created)) if st.json else print(f"created gallery {name}")
@@ -32,6 +33,8 @@ def gallery_create(ctx: typer.Context, name: str,
 @gallery_app.command("list")
 def gallery_list(ctx: typer.Context) -> None:
     """List galleries."""
+    from imgtool import gallery
+
     st = state(ctx)
     found = gallery.list_galleries(st.home)
     if st.json:
@@ -43,6 +46,8 @@ def gallery_list(ctx: typer.Context) -> None:
 @gallery_app.command("show")
 def gallery_show(ctx: typer.Context, name: str) -> None:
     """Show a gallery and its definitions."""
+    from imgtool import gallery
+
     st = state(ctx)
     g = gallery.get_gallery(st.home, name)
     defs = [d.name for d in gallery.list_definitions(st.home, name)]
@@ -57,6 +62,8 @@ def gallery_show(ctx: typer.Context, name: str) -> None:
 def gallery_update(ctx: typer.Context, name: str,
                    description: Annotated[str, typer.Option(help="New description.")]) -> None:
     """Change a gallery's description (the only updatable field)."""
+    from imgtool import gallery
+
     st = state(ctx)
     updated = gallery.update_gallery(st.home, name, description=description)
     emit_json(_gallery_json(updated)) if st.json else print(f"updated gallery {name}")
@@ -65,6 +72,8 @@ def gallery_update(ctx: typer.Context, name: str,
 @gallery_app.command("delete")
 def gallery_delete(ctx: typer.Context, name: str) -> None:
     """Delete an empty gallery (refused while it has definitions)."""
+    from imgtool import gallery
+
     st = state(ctx)
     gallery.delete_gallery(st.home, name)
     emit_json({"deleted": name}) if st.json else print(f"deleted gallery {name}")
@@ -116,6 +125,8 @@ def definition_create(
     tag: Annotated[list[str] | None, Opt(help="KEY=VALUE (repeatable).")] = None,
 ) -> None:
     """Create an image definition."""
+    from imgtool import gallery
+
     st = state(ctx)
     r = parse_definition_ref(ref)
     definition = Definition(
@@ -133,6 +144,8 @@ def definition_create(
 @definition_app.command("list")
 def definition_list(ctx: typer.Context, gallery_name: Annotated[str, typer.Argument(metavar="GALLERY")]) -> None:
     """List the definitions of a gallery."""
+    from imgtool import gallery
+
     st = state(ctx)
     found = gallery.list_definitions(st.home, gallery_name)
     if st.json:
@@ -145,6 +158,8 @@ def definition_list(ctx: typer.Context, gallery_name: Annotated[str, typer.Argum
 @definition_app.command("show")
 def definition_show(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="GALLERY/DEFINITION")]) -> None:
     """Show a definition."""
+    from imgtool import gallery
+
     st = state(ctx)
     d = gallery.get_definition(st.home, parse_definition_ref(ref))
     if st.json:
@@ -175,6 +190,8 @@ def definition_update(
 ) -> None:
     """Change the updatable fields of a definition: description, recommended ranges, end of life, release
     notes, tags. Everything else is fixed at creation."""
+    from imgtool import gallery
+
     st = state(ctx)
     r = parse_definition_ref(ref)
     current = gallery.get_definition(st.home, r)
@@ -202,6 +219,8 @@ def definition_update(
 @definition_app.command("delete")
 def definition_delete(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="GALLERY/DEFINITION")]) -> None:
     """Delete a definition (refused while it has versions)."""
+    from imgtool import gallery
+
     st = state(ctx)
     r = parse_definition_ref(ref)
     gallery.delete_definition(st.home, r)

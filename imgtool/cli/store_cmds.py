@@ -4,7 +4,6 @@ from typing import Annotated
 
 import typer
 
-from imgtool import bases, maintenance
 from imgtool.cli.output import emit_json, human_bytes, state, table
 from imgtool.errors import Corrupt
 
@@ -25,6 +24,8 @@ def verify(
     """Check that every name resolves to complete content (and with --deep, that all data is intact).
 
     Exits non-zero when anything is damaged, naming the versions and VMs it affects."""
+    from imgtool import bases, maintenance
+
     st = state(ctx)
     rebuilt = bases.repair_all(st.home) if repair else []
     report, hit = maintenance.verify(st.home, deep=deep or repair)
@@ -59,6 +60,8 @@ def gc(
     """Delete what no name, VM or recent capture needs: plan first, then execute.
 
     Takes the store to itself (waits for running captures and publishes). Unused VM bases are evicted."""
+    from imgtool import maintenance
+
     st = state(ctx)
     result = maintenance.gc(st.home, dry_run=dry_run, capture_retention=keep_captures * 3600, timeout=wait)
     if st.json:
@@ -73,6 +76,8 @@ def gc(
 
 def du(ctx: typer.Context) -> None:
     """Disk usage per version: logical size, data, stored (compressed, shared counted), only-this-version."""
+    from imgtool import maintenance
+
     st = state(ctx)
     rows = maintenance.du(st.home)
     if st.json:

@@ -5,7 +5,6 @@ from typing import Annotated, Any
 
 import typer
 
-from imgtool import image_versions, lookup, sources
 from imgtool.cli.output import ProgressBar, emit_json, fields, human_bytes, state, table
 from imgtool.errors import InvalidArgument
 from imgtool.model import ImageVersion
@@ -42,6 +41,8 @@ def capture(
     Untrusted files are checked before any QEMU tool opens them (backing files, external data files,
     VMDK extents, absurd sizes are refused). Only allocated data is read; identical chunks are stored once.
     An unpublished capture is kept for 24 hours (see imgtool gc)."""
+    from imgtool import sources
+
     st = state(ctx)
     bar = ProgressBar(f"capturing {Path(source).name}", enabled=not st.json)
     try:
@@ -69,6 +70,8 @@ def publish(
     fmt: Annotated[str | None, Opt("--format", help="Assert the OS disk file's format.")] = None,
 ) -> None:
     """Publish a new, immutable image version from its disks."""
+    from imgtool import image_versions, lookup
+
     st = state(ctx)
     request = image_versions.PublishRequest(
         ref=parse_definition_ref(ref), version=Version.parse(version), os_disk=os_disk,
@@ -89,6 +92,8 @@ def publish(
 @version_app.command("list")
 def version_list(ctx: typer.Context, ref: Annotated[str, Arg(help="GALLERY/DEFINITION")]) -> None:
     """List the versions of a definition, lowest first; the one `latest` picks is marked."""
+    from imgtool import lookup
+
     st = state(ctx)
     r = parse_definition_ref(ref)
     found = lookup.list_versions(st.home, r)
@@ -104,6 +109,8 @@ def version_list(ctx: typer.Context, ref: Annotated[str, Arg(help="GALLERY/DEFIN
 @version_app.command("show")
 def version_show(ctx: typer.Context, ref: Annotated[str, Arg(help="GALLERY/DEFINITION@X.Y.Z or @latest")]) -> None:
     """Show a version: disks, provenance, publishing settings."""
+    from imgtool import lookup
+
     st = state(ctx)
     v, digest = lookup.get_version(st.home, ref)
     if st.json:
@@ -128,6 +135,8 @@ def version_resolve(
     explain: Annotated[bool, Opt(help="List every candidate and why it was chosen or dropped.")] = False,
 ) -> None:
     """Say which version `latest` picks: the highest not excluded from latest (publish time plays no part)."""
+    from imgtool import lookup
+
     st = state(ctx)
     r = parse_definition_ref(ref)
     chosen, verdicts = lookup.resolve(st.home, r)
@@ -151,6 +160,8 @@ def version_update(
                                                help="Block deletion before end of life.")] = None,
 ) -> None:
     """Change a version's publishing settings (its content never changes)."""
+    from imgtool import image_versions, lookup
+
     st = state(ctx)
     changes: dict[str, Any] = {}
     if exclude_from_latest is not None:
@@ -171,6 +182,8 @@ def version_update(
 @version_app.command("delete")
 def version_delete(ctx: typer.Context, ref: Annotated[str, Arg(help="GALLERY/DEFINITION@X.Y.Z")]) -> None:
     """Delete a version (refused while VMs use it). Its data is freed by imgtool gc."""
+    from imgtool import image_versions
+
     st = state(ctx)
     image_versions.delete_version(st.home, ref)
     emit_json({"deleted": ref}) if st.json else print(f"deleted {ref}")
@@ -185,6 +198,8 @@ def version_export(
     disk: Annotated[int | None, Opt("--disk", help="Data disk LUN (default: the OS disk).")] = None,
 ) -> None:
     """Write one disk of a version back out as a file."""
+    from imgtool import image_versions
+
     st = state(ctx)
     bar = ProgressBar(f"exporting {ref}", enabled=not st.json)
     try:

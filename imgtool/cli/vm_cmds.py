@@ -6,7 +6,6 @@ from typing import Annotated, Any
 
 import typer
 
-from imgtool import run, vm, vmrun
 from imgtool.cli.output import emit_json, fields, state, table
 from imgtool.vmrecord import load, vm_dir
 
@@ -39,6 +38,8 @@ def vm_new(
 ) -> None:
     """Create a VM from an image version: one qcow2 overlay per disk over a shared read-only base, and a
     cloud-init NoCloud seed for generalized images. The version's digest is pinned in the VM's record."""
+    from imgtool import vm, vmrun
+
     st = state(ctx)
     request = vm.NewVm(name=name, image=image, cpus=cpus, memory_mib=memory, hostname=hostname,
                        admin_user=admin_user, ssh_key=ssh_key, user_data=user_data,
@@ -61,6 +62,8 @@ def vm_start(
     console: Annotated[bool, Opt(help="Then follow the serial console (Ctrl-C detaches).")] = False,
 ) -> None:
     """Boot a VM in the background (pid file, QMP socket, serial log, SSH on a loopback port)."""
+    from imgtool import vmrun
+
     st = state(ctx)
     runtime = vmrun.start(st.home, name, requested_accel=accel)
     if st.json:
@@ -78,6 +81,8 @@ def vm_stop(
     timeout: Annotated[float, Opt(help="Seconds to wait after ACPI power-down before a hard stop.")] = 30.0,
 ) -> None:
     """Stop a VM: ACPI power-down over QMP, hard stop after the timeout."""
+    from imgtool import vmrun
+
     st = state(ctx)
     load(st.home, name)
     stopped = vmrun.stop(st.home, name, timeout=timeout)
@@ -90,6 +95,8 @@ def vm_stop(
 @vm_app.command("list")
 def vm_list(ctx: typer.Context) -> None:
     """List VMs with their real state (from the process and QMP)."""
+    from imgtool import vm, vmrun
+
     st = state(ctx)
     rows: list[dict[str, Any]] = []
     for name in vm.list_names(st.home):
@@ -113,6 +120,8 @@ def vm_list(ctx: typer.Context) -> None:
 @vm_app.command("show")
 def vm_show(ctx: typer.Context, name: str) -> None:
     """Show a VM's receipt (version digest, definition, seed digest, QEMU command line) and state."""
+    from imgtool import vmrun
+
     st = state(ctx)
     record = load(st.home, name)
     status = vmrun.status(st.home, name)
@@ -133,6 +142,7 @@ def vm_show(ctx: typer.Context, name: str) -> None:
 
 
 def _follow(home: Any, name: str, until: str | None, timeout: float | None) -> None:
+    from imgtool import vmrun
     if until:
         line = vmrun.wait_for(home, name, until, timeout=timeout or 300)
         print(line)
@@ -153,6 +163,8 @@ def vm_console(
     timeout: Annotated[float | None, Opt(help="Give up after this many seconds (with --follow/--until).")] = None,
 ) -> None:
     """Print (or follow) the VM's serial console log."""
+    from imgtool import vmrun
+
     st = state(ctx)
     if follow or until:
         _follow(st.home, name, until, timeout)
@@ -164,6 +176,8 @@ def vm_console(
 @vm_app.command("ssh", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def vm_ssh(ctx: typer.Context, name: str) -> None:
     """Run ssh into the VM with the right port, user and key (extra arguments go to ssh)."""
+    from imgtool import run, vmrun
+
     st = state(ctx)
     run.exec_replace(vmrun.ssh_argv(st.home, name, list(ctx.args)))
 
@@ -171,6 +185,8 @@ def vm_ssh(ctx: typer.Context, name: str) -> None:
 @vm_app.command("snapshot")
 def vm_snapshot(ctx: typer.Context, name: str, snap: str) -> None:
     """Snapshot a stopped VM's disks; capture or publish it later as snapshot:NAME/SNAP."""
+    from imgtool import vm
+
     st = state(ctx)
     info = vm.snapshot(st.home, name, snap)
     emit_json(info) if st.json else print(f"snapshot {name}/{snap} taken")
@@ -179,6 +195,8 @@ def vm_snapshot(ctx: typer.Context, name: str, snap: str) -> None:
 @vm_app.command("delete")
 def vm_delete(ctx: typer.Context, name: str) -> None:
     """Delete a VM: stop it, remove its files, release its hold on the version."""
+    from imgtool import vm
+
     st = state(ctx)
     vm.delete(st.home, name)
     emit_json({"deleted": name}) if st.json else print(f"deleted VM {name}")
