@@ -68,7 +68,7 @@ def held(lock_dir: Path, *, exclusive: bool, timeout: float = DEFAULT_TIMEOUT,
         holder = lock_dir / f"holder-{os.getpid()}-{id(fd)}"
         if exclusive:
             _prune_holders(lock_dir)
-        command = purpose or " ".join(os.path.basename(a) for a in sys.argv[:3])
+        command = _command(purpose)
         mode = "exclusive" if exclusive else "shared"
         with atomic.translated("the store lock's holder file"):
             holder.write_text(json.dumps({"pid": os.getpid(), "command": command, "mode": mode}))
@@ -119,9 +119,27 @@ def file_lock(path: Path, *, timeout: float = DEFAULT_TIMEOUT) -> Iterator[None]
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise Locked(f"{path.name} is locked by another imgtool process",
+                    raise Locked(f"{path.name} is locked by {_file_holder(fd)}",
                                  hint=f"waited {timeout:g}s; retry shortly") from None
                 time.sleep(0.02)
+        # The lock file itself says who holds it (read by whoever times out waiting); best effort,
+        # since a full disk must not stop a command that only reads under this lock.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"pid": os.getpid(), "command": _command("")}).encode(), 0)
         yield
     finally:
         os.close(fd)
+
+
+def _file_holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0))
+        pid = int(info["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another imgtool process"
+    return f"pid {pid} ({info.get('command')})" if _alive(pid) else "another imgtool process"
+
+
+def _command(purpose: str) -> str:
+    return purpose or " ".join(os.path.basename(a) for a in sys.argv[:3])
