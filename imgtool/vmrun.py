@@ -160,9 +160,11 @@ def _wait_gone(pid: int, timeout: float) -> None:
 
 
 def _clear(folder: Path, state: dict[str, Any] | None) -> None:
-    (folder / STATE).unlink(missing_ok=True)
-    if state and state.get("qmp"):
-        Path(state["qmp"]).unlink(missing_ok=True)
+    # Only what exists: unlink fails with EROFS even for a missing file, and stopping a stopped
+    # VM on a read-only home must stay a pure read.
+    for path in [folder / STATE, *([Path(state["qmp"])] if state and state.get("qmp") else [])]:
+        if path.exists() or path.is_symlink():
+            path.unlink(missing_ok=True)
 
 
 def console_lines(home: Home, name: str, *, follow: bool, timeout: float | None = None) -> Iterator[str]:

@@ -5,11 +5,12 @@ JSON object on stdout with --json), and the error category's exit code. A
 traceback only with --debug.
 """
 
+import errno
 import logging
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -18,6 +19,7 @@ from imgtool.cli import gallery_cmds, store_cmds, version_cmds, vm_cmds
 from imgtool.cli.output import State, emit_json
 from imgtool.errors import ImgtoolError
 from imgtool.home import Home
+from store.atomic import translate_os_error
 
 app = typer.Typer(
     name="imgtool",
@@ -83,9 +85,23 @@ def run() -> None:
     except KeyboardInterrupt:
         sys.stderr.write("imgtool: interrupted; the store is unchanged by unfinished work\n")
         sys.exit(130)
-    except Exception as exc:  # a bug: say so plainly, traceback only on request
+    except OSError as exc:
+        # A full or read-only filesystem is the user's situation, not a bug, wherever it surfaces.
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            _internal(exc)
+        error = translate_os_error(exc, str(exc.filename or "a file"))
+        assert isinstance(error, ImgtoolError)
         if _flags["debug"]:
             traceback.print_exc()
-        sys.stderr.write(f"imgtool: internal error: {type(exc).__name__}: {exc}\n"
-                         "  hint: run again with --debug for the traceback, and report it\n")
-        sys.exit(70)
+        report(error)
+        sys.exit(error.exit_code)
+    except Exception as exc:  # a bug: say so plainly, traceback only on request
+        _internal(exc)
+
+
+def _internal(exc: Exception) -> NoReturn:
+    if _flags["debug"]:
+        traceback.print_exc()
+    sys.stderr.write(f"imgtool: internal error: {type(exc).__name__}: {exc}\n"
+                     "  hint: run again with --debug for the traceback, and report it\n")
+    sys.exit(70)
