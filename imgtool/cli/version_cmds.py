@@ -97,13 +97,13 @@ def version_list(ctx: typer.Context, ref: Annotated[str, Arg(help="GALLERY/DEFIN
     st = state(ctx)
     r = parse_definition_ref(ref)
     found = lookup.list_versions(st.home, r)
-    latest, _ = lookup.resolve(st.home, r)
+    latest = str(lookup.latest_of(found)[0])
     if st.json:
-        emit_json([{**version_json(v, d), "latest": Version.parse(v.version) == latest} for v, d in found])
+        emit_json([{"name": f"{r}@{v.version}", **v.to_json(), "latest": v.version == latest} for v in found])
         return
     table(["version", "latest", "excluded", "disks", "size", "published", "end of life"],
-          [[v.version, "*" if Version.parse(v.version) == latest else "", "yes" if v.exclude_from_latest else "",
-            len(v.disks), human_bytes(v.os_disk.virtual_size), v.published, v.end_of_life] for v, _d in found])
+          [[v.version, "*" if v.version == latest else "", "yes" if v.exclude_from_latest else "",
+            len(v.disks), human_bytes(v.disks[0]["virtual_size"]), v.published, v.end_of_life] for v in found])
 
 
 @version_app.command("show")
