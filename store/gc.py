@@ -112,18 +112,27 @@ def _leftovers(store: Store) -> list[Path]:
 
 
 def execute(store: Store, the_plan: Plan, roots: Iterable[str]) -> None:
-    """Carry out a plan made under the same exclusive lock, with the same roots."""
+    """Carry out a plan made under the same exclusive lock, with the same roots.
+
+    Whatever needs no new space goes first (dead packs, orphans, manifests, leftovers), so gc
+    frees space even on a full disk, where repacking (which writes new packs) may fail.
+    """
     live_raw = {bytes.fromhex(h) for h in mark(store, roots).chunks}
-    _repack(store, the_plan.repack, live_raw)
-    for index_path in the_plan.packs + the_plan.repack:
-        pack = index_path.with_suffix(".pack")
-        index_path.unlink(missing_ok=True)  # index first: an index never names a missing pack
-        pack.unlink(missing_ok=True)
+    _delete_packs(the_plan.packs)
     for path in the_plan.orphans + the_plan.manifests:
         path.unlink(missing_ok=True)
     for path in the_plan.leftovers:
         _remove(path)
+    _repack(store, the_plan.repack, live_raw)
+    _delete_packs(the_plan.repack)
     store.reload_index()
+
+
+def _delete_packs(indexes: list[Path]) -> None:
+    for index_path in indexes:
+        pack = index_path.with_suffix(".pack")
+        index_path.unlink(missing_ok=True)  # index first: an index never names a missing pack
+        pack.unlink(missing_ok=True)
 
 
 def _repack(store: Store, indexes: list[Path], live_raw: set[bytes]) -> None:

@@ -70,7 +70,9 @@ def held(lock_dir: Path, *, exclusive: bool, timeout: float = DEFAULT_TIMEOUT,
             _prune_holders(lock_dir)
         command = _command(purpose)
         mode = "exclusive" if exclusive else "shared"
-        with atomic.translated("the store lock's holder file"):
+        # Best effort: on a full disk gc must still run (it is how space comes back), and the
+        # holder file only serves to name us in someone else's timeout message.
+        with contextlib.suppress(OSError):
             holder.write_text(json.dumps({"pid": os.getpid(), "command": command, "mode": mode}))
         try:
             yield

@@ -191,11 +191,15 @@ class Store:
 
     def _log(self, action: str, namespace: str, key: tuple[str, ...], old: str | None, new: str | None) -> None:
         # Name history: an append-only audit trail; O_APPEND writes of one line are atomic enough here.
+        # Best effort: the name change before it is the commit point, so a full disk here must not
+        # report a change that happened as failed (nor stop gc from freeing space).
         entry = {"time": int(time.time()), "action": action, "name": "/".join((namespace, *key)),
                  "old": old, "new": new}
-        self.layout.log.mkdir(parents=True, exist_ok=True)
-        with atomic.translated("the name log"), open(self.layout.log / "names.log", "a") as handle:
-            handle.write(json.dumps(entry, sort_keys=True) + "\n")
+        with contextlib.suppress(OSError):
+            self.layout.log.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.layout.log / "names.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            with open(fd, "a") as handle:
+                handle.write(json.dumps(entry, sort_keys=True) + "\n")
 
     # -- scratch ---------------------------------------------------------------
 
