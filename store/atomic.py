@@ -52,6 +52,20 @@ def translated(what: str) -> Iterator[None]:
         raise translate_os_error(exc, what) from exc
 
 
+def makedirs(directory: Path) -> None:
+    """Create `directory` and its missing parents, each private to the user (0700).
+
+    Path.mkdir(parents=True) would give the parents the default 0755.
+    """
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # a concurrent writer made it
+            path.mkdir(mode=0o700)
+
+
 def _write_tmp(directory: Path, chunks: list[bytes | memoryview]) -> Path:
     tmp = tmp_name(directory)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -86,7 +100,7 @@ def write_once(
     if target.exists():
         return False
     with translated(str(target.name)):
-        target.parent.mkdir(parents=True, exist_ok=True)
+        makedirs(target.parent)
         tmp = _write_tmp(target.parent, chunks)
         try:
             if verify is not None:
@@ -104,7 +118,7 @@ def write_once(
 def replace(target: Path, data: bytes, *, mode: int = 0o600) -> None:
     """Atomically replace `target` with `data` (for names and records, not blobs)."""
     with translated(str(target.name)):
-        target.parent.mkdir(parents=True, exist_ok=True)
+        makedirs(target.parent)
         tmp = _write_tmp(target.parent, [data])
         try:
             os.chmod(tmp, mode)

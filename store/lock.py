@@ -61,7 +61,7 @@ def held(lock_dir: Path, *, exclusive: bool, timeout: float = DEFAULT_TIMEOUT,
     Raises Locked after `timeout` seconds, naming the holders.
     """
     with atomic.translated("the store lock"):  # a read-only or full store is an error, not a crash
-        lock_dir.mkdir(parents=True, exist_ok=True)
+        atomic.makedirs(lock_dir)
         fd = os.open(lock_dir / "store.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         _acquire(fd, lock_dir, exclusive=exclusive, timeout=timeout)
@@ -111,7 +111,7 @@ def _acquire(fd: int, lock_dir: Path, *, exclusive: bool, timeout: float) -> Non
 def file_lock(path: Path, *, timeout: float = DEFAULT_TIMEOUT) -> Iterator[None]:
     """A short exclusive lock on one file (name updates, VM records)."""
     with atomic.translated(path.name):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic.makedirs(path.parent)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         deadline = time.monotonic() + timeout

@@ -196,7 +196,7 @@ class Store:
         entry = {"time": int(time.time()), "action": action, "name": "/".join((namespace, *key)),
                  "old": old, "new": new}
         with contextlib.suppress(OSError):
-            self.layout.log.mkdir(parents=True, exist_ok=True)
+            atomic.makedirs(self.layout.log)
             fd = os.open(self.layout.log / "names.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             with open(fd, "a") as handle:
                 handle.write(json.dumps(entry, sort_keys=True) + "\n")
