@@ -22,7 +22,7 @@ from store.packs import PackWriter
 from store.repo import Store
 
 Reader = Callable[[int, int], bytes]
-_ZEROS = bytes(256 << 10)
+_ZEROS: dict[int, bytes] = {}  # one zero buffer per chunk length
 Progress = Callable[[int], None]
 
 
@@ -38,7 +38,9 @@ class IngestResult:
 
 def is_zero(data: bytes) -> bool:
     """All-zero test by memcmp against a zero buffer: stops at the first non-zero byte."""
-    zero = _ZEROS if len(data) == len(_ZEROS) else bytes(len(data))
+    zero = _ZEROS.get(len(data))
+    if zero is None:
+        zero = _ZEROS.setdefault(len(data), bytes(len(data)))
     return data == zero
 
 

@@ -27,7 +27,7 @@ from store.layout import Layout, check_component
 from store.packs import ChunkIndex, PackWriter, read_frame
 
 STORE_FORMAT = 1
-DEFAULT_CHUNK_SIZE = 256 << 10
+DEFAULT_CHUNK_SIZE = 128 << 10  # chosen by measurement: docs/DESIGN.md, scripts/chunk-size-experiment
 
 
 @dataclass(frozen=True)
