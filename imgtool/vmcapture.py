@@ -6,6 +6,7 @@ is incremental: only the overlay's own clusters are read (imgtool.capture).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ def _split_lun(text: str) -> tuple[str, int | None]:
     name, sep, lun = text.partition(":")
     if not sep:
         return name, None
-    if not lun.isdigit():
+    if not re.fullmatch(r"[0-9]{1,2}", lun):
         raise InvalidArgument(f"'{lun}' is not a LUN", hint="write vm:NAME:LUN, e.g. vm:web:0")
     return name, int(lun)
 
