@@ -4,15 +4,19 @@ checks every campaign repeats (verify, leftovers, stray processes, fingerprints,
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
 import random
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from imgtool import bases, maintenance, vm
 from imgtool.home import Home
@@ -234,3 +238,34 @@ def fake_ssh_key(comment: str = "campaign@test") -> str:
     kind = b"ssh-ed25519"
     blob = len(kind).to_bytes(4, "big") + kind + (32).to_bytes(4, "big") + os.urandom(32)
     return f"ssh-ed25519 {base64.b64encode(blob).decode()} {comment}"
+
+
+@contextlib.contextmanager
+def mounted(target: Path, *steps: list[str]) -> Iterator[Path]:
+    """Mount something on `target` (each step is one `mount` argv tail), unmounted afterwards.
+
+    Skips (with the kernel's words) only when the kernel refuses the mount, e.g. without
+    CAP_SYS_ADMIN; CI runs as root on a VM, where it works.
+    """
+    done_steps = 0
+    try:
+        for step in steps:
+            done = subprocess.run(["mount", *step], capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                pytest.skip(f"the kernel refused `mount {' '.join(step)}`: {done.stderr.strip()}")
+            done_steps += 1
+        yield target
+    finally:
+        if done_steps:
+            subprocess.run(["umount", "-l", str(target)], capture_output=True, check=False)
+
+
+def tmpfs(target: Path, size: str) -> contextlib.AbstractContextManager[Path]:
+    """A small filesystem (a tmpfs of `size`) on `target`: the disk-full test's disk."""
+    target.mkdir(parents=True, exist_ok=True)
+    return mounted(target, ["-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(target)])
+
+
+def read_only(target: Path) -> contextlib.AbstractContextManager[Path]:
+    """`target` made read-only in place (a read-only bind mount over itself): root cannot write either."""
+    return mounted(target, ["--bind", str(target), str(target)], ["-o", "remount,bind,ro", str(target)])
