@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from imgtool import vmrecord
-from imgtool.errors import Corrupt
+from imgtool.errors import Corrupt, NotFound
 from imgtool.home import Home
 from store import atomic, codec
 from store import digest as digests
@@ -186,7 +186,11 @@ def verify_all(home: Home) -> list[Problem]:
     problems = []
     for base in all_bases(home):
         try:
-            problem = damage(base, home.store.get_disk(base.stem))
+            disk = home.store.get_disk(base.stem)
+        except (Corrupt, NotFound):
+            continue  # the manifest is what is damaged; the store's verify reports it and what it hits
+        try:
+            problem = damage(base, disk)
         except Exception as exc:  # any failure to check is itself a finding
             problem = f"cannot be checked: {exc}"
         if problem:
