@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imgtool import qemu_img, sources, vmrecord
+from imgtool import formats, qemu_img, sources, vmrecord
 from imgtool.errors import AlreadyExists, InvalidArgument, NotFound, Refused
 from imgtool.gallery import VERSIONS, gallery_lock, get_definition_with_digest
 from imgtool.home import Home
@@ -81,6 +81,7 @@ def publish(home: Home, req: PublishRequest, *, progress: Progress | None = None
     if home.store.get_name(VERSIONS, req.ref.gallery, req.ref.definition, version_name):
         raise AlreadyExists(f"version {req.ref}@{version_name} already exists",
                             hint="versions are immutable: publish a higher version")
+    _inspect_files(req)
     with home.store.writing():
         disks = _capture_disks(home, req, definition, progress)
         record = ImageVersion(
@@ -99,6 +100,15 @@ def publish(home: Home, req: PublishRequest, *, progress: Progress | None = None
                 raise AlreadyExists(f"version {req.ref}@{version_name} already exists",
                                     hint="another publish won the race; publish a higher version") from None
     return record
+
+
+def _inspect_files(req: PublishRequest) -> None:
+    """Inspect every disk file before any is captured: a hostile data disk must not leave the
+    OS disk (captured first) in the store. A publish stores all of its disks or nothing."""
+    given = [(req.os_disk, req.source_format), *((text, None) for _lun, text in req.data_disks)]
+    for text, fmt in given:
+        if sources.is_file_source(text):
+            formats.inspect(Path(text), expected=fmt)
 
 
 def _capture_disks(home: Home, req: PublishRequest, definition: Definition,
