@@ -149,10 +149,33 @@ def wait(pid: int, kill_after: float | None) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
+def warm_up() -> None:
+    """Import once, before any fork, including what typer imports lazily on its first parse."""
+    import tempfile
+
+    from imgtool.cli import main
+
+    sys.stdout.flush()
+    saved = os.dup(1)  # some output goes to the sys.stdout bound at import: silence fd 1 itself
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    try:
+        with tempfile.TemporaryDirectory() as home:
+            empty = Path(home) / "empty.img"
+            empty.touch()
+            for argv in (["gallery", "list"], ["capture", str(empty)]):
+                with contextlib.suppress(BaseException):
+                    main.app(["--home", home, *argv], standalone_mode=False)
+        sys.stdout.flush()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(null)
+
+
 def serve() -> None:
     sys.path.insert(0, str(REPO))
-    import imgtool.cli.main  # noqa: F401 - import once, before any fork
-
+    warm_up()
     for line in sys.stdin:
         request = json.loads(line)
         if request["op"] == "spawn":
