@@ -442,16 +442,17 @@ class Export:
     def _server_failure(self, what: str) -> ToolFailed:
         server = self._server
         detail = ""
+        stderr = ""
         if server is not None and not server.alive():
-            try:
-                stderr = server.stderr().strip()
-                detail = f": {stderr.splitlines()[-1]}" if stderr else ""
-            except Exception:
-                # sh raises instead of returning output when the child died of a signal
-                # (SIGXCPU / SIGKILL under run.UNTRUSTED limits, or a crash).
-                stderr, detail = "", " (killed by a signal)"
+            code = server.returncode()
+            stderr = server.stderr().strip()
+            if code is not None and code < 0:
+                # SIGXCPU / SIGKILL under run.UNTRUSTED limits, or a crash
+                detail = f" (killed by a signal {-code})"
+            elif stderr:
+                detail = f": {stderr.splitlines()[-1]}"
         return ToolFailed(f"{what}{detail}", hint="the image may be unreadable or hostile",
-                          argv=server.argv if server else [], stderr_tail=stderr if detail else "")
+                          argv=server.argv if server else [], stderr_tail=stderr)
 
     def readinto(self, offset: int, buf: memoryview) -> None:
         """Fill buf with guest bytes from offset; thread-safe (borrows a connection)."""

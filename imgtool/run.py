@@ -188,6 +188,13 @@ class Background:
         with contextlib.suppress(sh.ErrorReturnCode):
             self.handle.wait()  # we asked it to stop; its exit status is not news
 
+    def returncode(self) -> int | None:
+        """None while running; else the exit code, or minus the signal number that killed it."""
+        if self.alive():
+            return None
+        code = self.handle.process.exit_code
+        return None if code is None else int(code)
+
     def stderr(self) -> str:
         """What the child wrote to stderr so far (never raises, even if it died of a signal)."""
         try:
