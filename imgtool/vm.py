@@ -14,6 +14,7 @@ import getpass
 import json
 import os
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from store.lock import file_lock
 
 FORMAT = 1
 OVERLAY_FORMAT = "qcow2"
+MAX_KEY_FILE = 1 << 20  # an authorized_keys line is a few KiB at most
+MAX_USER_DATA = 16 << 20  # generous for cloud-config with embedded files; bounded so /dev/zero ends
 
 
 @dataclass(frozen=True)
@@ -96,17 +99,38 @@ def _provisioning(req: NewVm, version: ImageVersion) -> seed.Provisioning | None
                      "publish a generalized version to provision VMs")
         return None
     key_path = req.ssh_key or _default_key()
-    keys = (_read(key_path, "SSH public key").strip(),) if key_path else ()
-    user_data = _read(req.user_data, "user-data") if req.user_data else None
+    keys = (_read(key_path, "SSH public key", MAX_KEY_FILE).strip(),) if key_path else ()
+    user_data = _read(req.user_data, "user-data", MAX_USER_DATA) if req.user_data else None
     hostname = req.hostname or req.name.replace("_", "-").replace(".", "-")[:63]
     return seed.Provisioning(seed.new_instance_id(), hostname, req.admin_user or _default_user(), keys, user_data)
 
 
-def _read(path: Path, what: str) -> str:
+def _read(path: Path, what: str, limit: int) -> str:
+    """A small UTF-8 text file given on the command line.
+
+    Only a regular file of at most `limit` bytes: a FIFO would block forever and /dev/zero
+    would never end. Opened without blocking and checked again after opening.
+    """
     try:
-        return Path(path).read_text()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise InvalidArgument(f"cannot read {what} {path}: {exc.strerror}", hint="check the path") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise InvalidArgument(f"{what} {path} is not a regular file",
+                                  hint="pass a file (not a folder, FIFO or device)")
+        data = os.read(fd, limit + 1)
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read {what} {path}: {exc.strerror}", hint="check the file") from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise InvalidArgument(f"{what} {path} is larger than {limit} bytes", hint="pass a smaller file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidArgument(f"{what} {path} is not UTF-8 text", hint="pass a text file") from None
 
 
 def create(home: Home, req: NewVm) -> dict[str, Any]:
