@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
+from typer._click import exceptions as clicks
 
 from imgtool import __version__
 from imgtool.cli import gallery_cmds, store_cmds, version_cmds, vm_cmds
 from imgtool.cli.output import State, emit_json
-from imgtool.errors import ImgtoolError
+from imgtool.errors import ImgtoolError, InvalidArgument
 from imgtool.home import Home
 from store.atomic import translate_os_error
 
@@ -76,7 +77,17 @@ def report(exc: ImgtoolError) -> None:
 def run() -> None:
     """Console entry point."""
     try:
-        app()
+        code = app(standalone_mode=False)  # usage errors come back to us, to be reported like the rest
+    except clicks.NoArgsIsHelpError as exc:
+        exc.show()  # `imgtool` alone, or a command group alone: its help
+        sys.exit(exc.exit_code)
+    except clicks.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "imgtool"
+        report(InvalidArgument(exc.format_message(), hint=f"see {command} --help"))
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.stderr.write("imgtool: aborted\n")
+        sys.exit(1)
     except ImgtoolError as exc:
         if _flags["debug"]:
             traceback.print_exc()
@@ -97,6 +108,7 @@ def run() -> None:
         sys.exit(error.exit_code)
     except Exception as exc:  # a bug: say so plainly, traceback only on request
         _internal(exc)
+    sys.exit(code if isinstance(code, int) else 0)  # --help and --version return 0
 
 
 def _internal(exc: Exception) -> NoReturn:
