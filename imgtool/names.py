@@ -25,7 +25,7 @@ def check_name(value: str, what: str) -> str:
         raise InvalidArgument(f"{what} name is empty", hint=f"use {RULE}")
     if len(value) > MAX_NAME:
         raise InvalidArgument(f"{what} name '{printable[:40]}...' is {len(value)} characters long", hint=f"use {RULE}")
-    if not _NAME.match(value) or ".." in value:
+    if not _NAME.fullmatch(value) or ".." in value:  # fullmatch: `$` also matches before a final "\n"
         raise InvalidArgument(f"{what} name '{printable}' is not allowed", hint=f"use {RULE}")
     return value
 

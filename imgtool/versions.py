@@ -24,7 +24,7 @@ class Version:
 
     @classmethod
     def parse(cls, text: str) -> Version:
-        match = _VERSION.match(text)
+        match = _VERSION.fullmatch(text)  # not match: `$` also matches before a final "\n"
         if not match:
             raise InvalidArgument(
                 f"'{text.encode('unicode_escape').decode('ascii')}' is not a version",

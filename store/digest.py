@@ -32,7 +32,7 @@ def parse(text: str) -> str:
     a path join.
     """
     bare = text[len(PREFIX):] if text.startswith(PREFIX) else text
-    if not _HEX.match(bare):
+    if not _HEX.fullmatch(bare):  # not match: `$` also matches before a final "\n"
         raise InvalidArgument(
             f"{text!r} is not a digest",
             hint="a digest is blake3: followed by 64 lowercase hex digits, as printed by imgtool capture",
@@ -46,4 +46,4 @@ def full(hex_digest: str) -> str:
 
 def looks_like(text: str) -> bool:
     bare = text[len(PREFIX):] if text.startswith(PREFIX) else None
-    return bare is not None and bool(_HEX.match(bare))
+    return bare is not None and bool(_HEX.fullmatch(bare))

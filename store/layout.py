@@ -27,7 +27,7 @@ NAME_COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 def check_component(part: str) -> str:
     """A name component that is safe as one path segment, or InvalidArgument."""
-    if not NAME_COMPONENT.match(part) or ".." in part:
+    if not NAME_COMPONENT.fullmatch(part) or ".." in part:  # `$` also matches before a final "\n"
         raise InvalidArgument(
             f"{part!r} cannot be used as a name",
             hint="use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit, no '..'",
