@@ -36,13 +36,16 @@ def gallery_lock(home: Home, gallery: str) -> Iterator[None]:
 
 def create_gallery(home: Home, name: str, description: str = "") -> Gallery:
     gallery = Gallery(check_name(name, "gallery"), description)
+    exists = AlreadyExists(f"gallery '{name}' already exists",
+                           hint="choose another name, or use imgtool gallery update")
     with gallery_lock(home, name):
+        if home.store.get_name(GALLERIES, name) is not None:
+            raise exists  # before writing the record: a refused create leaves nothing behind
         ref = home.store.put_manifest(gallery.to_json())
         try:
             home.store.set_name(GALLERIES, name, target=ref, create_only=True)
         except FileExistsError:
-            raise AlreadyExists(f"gallery '{name}' already exists",
-                                hint="choose another name, or use imgtool gallery update") from None
+            raise exists from None
     return gallery
 
 
@@ -106,12 +109,15 @@ def create_definition(home: Home, definition: Definition) -> Definition:
                     f"identifier {'/'.join(definition.identifier)} is already used by "
                     f"{definition.gallery}/{other.name}",
                     hint="publisher/offer/sku must be unique in a gallery")
+        exists = AlreadyExists(f"definition '{definition.gallery}/{definition.name}' already exists",
+                               hint="choose another name, or use imgtool definition update")
+        if home.store.get_name(DEFINITIONS, definition.gallery, definition.name) is not None:
+            raise exists  # before writing the record: a refused create leaves nothing behind
         digest = home.store.put_manifest(definition.to_json())
         try:
             home.store.set_name(DEFINITIONS, definition.gallery, definition.name, target=digest, create_only=True)
         except FileExistsError:
-            raise AlreadyExists(f"definition '{definition.gallery}/{definition.name}' already exists",
-                                hint="choose another name, or use imgtool definition update") from None
+            raise exists from None
     return definition
 
 
