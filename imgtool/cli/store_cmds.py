@@ -5,7 +5,7 @@ from typing import Annotated
 import typer
 
 from imgtool.cli.output import emit_json, human_bytes, state, table
-from imgtool.errors import Corrupt
+from imgtool.errors import Corrupt, InvalidArgument
 
 Opt = typer.Option
 
@@ -63,6 +63,10 @@ def gc(
     from imgtool import maintenance
 
     st = state(ctx)
+    for option, value in (("--keep-captures", keep_captures), ("--wait", wait)):
+        if not value >= 0:  # also refuses NaN
+            raise InvalidArgument(f"{option} {value:g} is not a number of hours/seconds >= 0",
+                                  hint=f"e.g. {option} 24" if option == "--keep-captures" else f"e.g. {option} 60")
     result = maintenance.gc(st.home, dry_run=dry_run, capture_retention=keep_captures * 3600, timeout=wait)
     if st.json:
         emit_json(result.to_json())
