@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from imgtool import vmrecord
@@ -51,7 +52,7 @@ def _unchanged(base: Path) -> bool:
         return False
 
 
-def ensure(home: Home, disk_digest: str) -> Path:
+def ensure(home: Home, disk_digest: str, *, progress: Callable[[int], None] | None = None) -> Path:
     """The verified base of a disk, materialized (or rebuilt) if needed."""
     base = path_for(home, disk_digest)
     if base.exists() and _unchanged(base):
@@ -64,15 +65,15 @@ def ensure(home: Home, disk_digest: str) -> Path:
         if base.exists() and not damage(base, disk):
             _record(base)  # only its stat changed (e.g. copied back); content is right
             return base
-        _build(home, disk, base)
+        _build(home, disk, base, progress)
     return base
 
 
-def _build(home: Home, disk: DiskManifest, base: Path) -> None:
+def _build(home: Home, disk: DiskManifest, base: Path, progress: Callable[[int], None] | None = None) -> None:
     tmp = atomic.tmp_name(base.parent)
     try:
         with atomic.translated(f"base {base.name}"):
-            materialize(home.store, disk, tmp)
+            materialize(home.store, disk, tmp, progress=progress)
             os.chmod(tmp, 0o444)
             os.replace(tmp, base)  # a damaged base is replaced whole; overlays keep the same path
             atomic.fsync_dir(base.parent)

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,7 +134,7 @@ def _read(path: Path, what: str, limit: int) -> str:
         raise InvalidArgument(f"{what} {path} is not UTF-8 text", hint="pass a text file") from None
 
 
-def create(home: Home, req: NewVm) -> dict[str, Any]:
+def create(home: Home, req: NewVm, *, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Make a VM from a version. On failure nothing is left but a folder gc removes."""
     folder = vm_dir(home, req.name)
     version, version_digest = lookup.get_version(home, parse_image_ref(req.image))
@@ -148,6 +149,8 @@ def create(home: Home, req: NewVm) -> dict[str, Any]:
     with home.store.writing(), file_lock(home.vms / f".{req.name}.lock"):
         _claim(folder, req.name)
         try:
+            for disk in version.disks:  # the first VM of a version materializes its bases (the slow part)
+                bases.ensure(home, disk.digest, progress=progress)
             record = _build(home, folder, req, version, version_digest, definition, cpus, memory, provisioning)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)

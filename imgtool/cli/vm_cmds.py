@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from imgtool.cli.output import emit_json, fields, state, table
+from imgtool.cli.output import ProgressBar, emit_json, fields, state, table
 from imgtool.vmrecord import load, vm_dir
 
 vm_app = typer.Typer(help="VMs: copy-on-write qcow2 overlays over a version's disks, booted under QEMU.",
@@ -44,7 +44,11 @@ def vm_new(
     request = vm.NewVm(name=name, image=image, cpus=cpus, memory_mib=memory, hostname=hostname,
                        admin_user=admin_user, ssh_key=ssh_key, user_data=user_data,
                        ignore_recommendations=ignore_recommendations)
-    record = vm.create(st.home, request)
+    bar = ProgressBar(f"preparing {name}", enabled=not st.json)
+    try:
+        record = vm.create(st.home, request, progress=bar)
+    finally:
+        bar.close()
     runtime = vmrun.start(st.home, name, requested_accel=accel) if start else None
     if st.json:
         emit_json({**_public(record), "runtime": runtime})
