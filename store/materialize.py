@@ -27,6 +27,9 @@ def materialize(store: Store, disk: DiskManifest, out: Path, *,
     Raises NotFound if a chunk is missing, Corrupt if one does not match.
     """
     workers = workers or max(2, os.cpu_count() or 2)
+    set_total = getattr(progress, "set_total", None)
+    if callable(set_total):  # a progress bar that can show a percentage
+        set_total(sum(disk.chunk_length(i) for i in disk.chunks))
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.ftruncate(fd, disk.virtual_size)
