@@ -24,7 +24,7 @@ from imgtool.home import Home
 from store import atomic, codec
 from store import digest as digests
 from store.disks import DiskManifest
-from store.lock import file_lock
+from store.lock import alive, file_lock
 from store.materialize import materialize
 from store.verify import Problem
 
@@ -156,19 +156,9 @@ def stale_temporaries(home: Home) -> list[Path]:
     found = []
     for path in sorted(home.bases.glob(f"{atomic.TMP_PREFIX}*")) if home.bases.is_dir() else []:
         pid = path.name[len(atomic.TMP_PREFIX):].split("-", 1)[0]
-        if not (pid.isdigit() and _alive(int(pid))):
+        if not (pid.isdigit() and alive(int(pid))):
             found.append(path)
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def size_on_disk(base: Path) -> int:

@@ -19,7 +19,6 @@ import base64
 import binascii
 import io
 import json
-import os
 import re
 import secrets
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ import blake3
 import pycdlib
 
 from imgtool.errors import InvalidArgument
+from store import atomic
 
 VOLUME_LABEL = "cidata"
 
@@ -303,24 +303,5 @@ def write_seed(path: Path, p: Provisioning) -> str:
     """
     image = build_iso(p)
     digest = "blake3:" + blake3.blake3(image).hexdigest()
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(image)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    atomic.replace(path, image, mode=0o600)
     return digest
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -131,3 +131,16 @@ def replace(target: Path, data: bytes, *, mode: int = 0o600) -> None:
 def create(target: Path, data: bytes, *, mode: int = 0o600) -> bool:
     """Atomically create `target` with `data`; False if it already exists."""
     return write_once(target, [data], mode=mode)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a file or a folder with everything in it, never following symlinks out of it."""
+    if path.is_dir() and not path.is_symlink():
+        for child in sorted(path.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if child.is_dir() and not child.is_symlink():
+                child.rmdir()
+            else:
+                child.unlink(missing_ok=True)
+        path.rmdir()
+    else:
+        path.unlink(missing_ok=True)

@@ -122,7 +122,7 @@ def execute(store: Store, the_plan: Plan, roots: Iterable[str]) -> None:
     for path in the_plan.orphans + the_plan.manifests:
         path.unlink(missing_ok=True)
     for path in the_plan.leftovers:
-        _remove(path)
+        atomic.remove_tree(path)
     _repack(store, the_plan.repack, live_raw)
     _delete_packs(the_plan.repack)
     store.reload_index()
@@ -154,15 +154,3 @@ def _repack(store: Store, indexes: list[Path], live_raw: set[bytes]) -> None:
                 codec.decompress(frame, rawlen, raw, what=raw.hex()[:16])
                 writer.add(raw, frame, rawlen)
     writer.flush()
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        for child in sorted(path.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-            if child.is_dir() and not child.is_symlink():
-                child.rmdir()
-            else:
-                child.unlink(missing_ok=True)
-        path.rmdir()
-    else:
-        path.unlink(missing_ok=True)

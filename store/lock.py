@@ -23,7 +23,8 @@ from store.errors import Locked
 DEFAULT_TIMEOUT = 60.0
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether a process with this pid exists (holder files of dead processes are stale)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -41,7 +42,7 @@ def holders(lock_dir: Path) -> list[dict[str, object]]:
             info = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if isinstance(info, dict) and _alive(int(info.get("pid", 0))):
+        if isinstance(info, dict) and alive(int(info.get("pid", 0))):
             found.append(info)
     return found
 
@@ -140,7 +141,7 @@ def _file_holder(fd: int) -> str:
         pid = int(info["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return "another imgtool process"
-    return f"pid {pid} ({info.get('command')})" if _alive(pid) else "another imgtool process"
+    return f"pid {pid} ({info.get('command')})" if alive(pid) else "another imgtool process"
 
 
 def _command(purpose: str) -> str:

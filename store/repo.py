@@ -212,16 +212,7 @@ class Store:
         try:
             yield path
         finally:
-            _remove_tree(path)
-
-
-def _remove_tree(path: Path) -> None:
-    for child in sorted(path.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-        if child.is_dir() and not child.is_symlink():
-            child.rmdir()
-        else:
-            child.unlink(missing_ok=True)
-    path.rmdir()
+            atomic.remove_tree(path)
 
 
 def _initialise(layout: Layout, chunk_size: int) -> None:
