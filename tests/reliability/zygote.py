@@ -163,7 +163,13 @@ def warm_up() -> None:
         with tempfile.TemporaryDirectory() as home:
             empty = Path(home) / "empty.img"
             empty.touch()
-            for argv in (["gallery", "list"], ["capture", str(empty)]):
+            for argv in (["gallery", "list"], ["capture", str(empty)],  # each fails fast, after parsing
+                         ["publish", "g/d", "--version", "1.0.0", "--os-disk", "x", "--data-disk", "0=x",
+                          "--end-of-life", "2000-01-01"],
+                         ["vm", "new", "x", "--image", "g/d", "--cpus", "1", "--memory", "1", "--ssh-key", "x"],
+                         ["definition", "create", "g/d", "--publisher", "p", "--offer", "o", "--sku", "s",
+                          "--os-type", "linux", "--os-state", "generalized", "--min-vcpus", "1", "--feature",
+                          "a=b", "--tag", "a=b", "--disallow-format", "raw"]):
                 with contextlib.suppress(BaseException):
                     main.app(["--home", home, *argv], standalone_mode=False)
         sys.stdout.flush()
