@@ -27,6 +27,8 @@ def is_file_source(text: str) -> bool:
     """A path that exists, or anything that cannot be another kind of source."""
     if text.startswith(("vm:", "snapshot:")) or digests.looks_like(text):
         return False
+    if text.startswith(digests.PREFIX):  # a mistyped digest, unless such a file really exists
+        return Path(text).exists()
     return Path(text).exists() or Path(text).is_symlink() or "@" not in text
 
 
@@ -36,6 +38,8 @@ def capture(home: Home, text: str, *, fmt: str | None = None, progress: Progress
         return vmcapture.capture_vm_source(home, text, progress=progress)
     if digests.looks_like(text):
         return capture_digest(home, text)
+    if text.startswith(digests.PREFIX) and not Path(text).exists():
+        digests.parse(text)  # a mistyped digest: say so, rather than "no such file"
     if is_file_source(text):
         return capture_file(home, Path(text), fmt=fmt, progress=progress)
     if "@" in text:
