@@ -263,7 +263,8 @@ def snapshot(home: Home, name: str, snap: str) -> dict[str, Any]:
     tmp.mkdir(mode=0o700)
     for disk in record["disks"]:
         shutil.copyfile(vm_dir(home, name) / disk["overlay"], tmp / disk["overlay"])
+        os.chmod(tmp / disk["overlay"], 0o600)  # like the VM's own disks: what the guest wrote is private
     info = {"name": snap, "vm": name, "created": now(), "disks": record["disks"], "image": record["image"]}
-    (tmp / "snapshot.json").write_text(json.dumps(info, indent=2, sort_keys=True))
+    atomic.replace(tmp / "snapshot.json", json.dumps(info, indent=2, sort_keys=True).encode())
     os.rename(tmp, target)
     return info
