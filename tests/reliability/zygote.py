@@ -114,6 +114,8 @@ def child(request: dict[str, Any]) -> None:
         sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 - the process ends with os._exit
         sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
         os.environ.update(request.get("env", {}))
+        if request.get("umask") is not None:
+            os.umask(int(request["umask"]))
         from imgtool.cli import main
 
         sys.argv = ["imgtool", *request["argv"]]
