@@ -109,6 +109,7 @@ class Zygote:
 
 def write_raw(path: Path, size: int, pieces: dict[int, bytes]) -> Path:
     """A sparse raw disk of `size` bytes with `pieces` (offset -> bytes) written in it."""
+    assert all(offset + len(data) <= size for offset, data in pieces.items()), "a piece overruns the disk"
     with open(path, "wb") as handle:
         handle.truncate(size)
         for offset, data in pieces.items():

@@ -98,7 +98,9 @@ def test_four_publishers_and_a_gc_loop(tmp_path: Path) -> None:
     for p in range(PUBLISHERS):
         for n in range(VERSIONS_EACH):
             version = f"{p + 1}.0.{n}"
-            pieces = {**common, **{o + CHUNK // 2: b for o, b in random_pieces(rng, DISK, 4).items()}}
+            # own pieces start mid-chunk (chunks shared with `common` differ), clipped to the disk
+            pieces = {**common, **{o + CHUNK // 2: b[:DISK - o - CHUNK // 2]
+                                   for o, b in random_pieces(rng, DISK, 4).items()}}
             path = write_raw(work / f"{version}.raw", DISK, pieces)
             sources[version] = (path, sha256(path))
 

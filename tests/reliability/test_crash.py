@@ -50,8 +50,8 @@ from tests.reliability.harness import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.campaign]
 
-STORE_ROUNDS = 80 if CAMPAIGN else 14  # x4 commands: 56 kill points by default, 320 in a campaign
-VM_ROUNDS = 40 if CAMPAIGN else 6  # x2 commands
+STORE_ROUNDS = 80 if CAMPAIGN else 20  # x4 commands: 80 kill points by default, 320 in a campaign
+VM_ROUNDS = 40 if CAMPAIGN else 10  # x2 commands: 20 kill points by default, 80 in a campaign
 DISK = 4 << 20
 KINDS = ("capture", "publish", "delete", "gc")
 
@@ -75,6 +75,7 @@ class Campaign:
     durations: dict[str, float] = field(default_factory=dict)  # kind -> seconds of its last full run
     figures: Counter[str] = field(default_factory=Counter)
     serial: int = 0
+    definition: str = "d"
 
     def imgtool(self, argv: list[str], kind: str, **hooks: Any) -> Run:
         started = time.monotonic()
@@ -106,6 +107,11 @@ class Campaign:
         store = Home.at(self.home).store
         for version, landed in self.versions.items():
             assert store.get_name("versions", "g", "d", version) == landed.record, f"{label}: {version} changed"
+        # What `version list` says (through its version index cache) is what the names say.
+        listed = self.zygote.run(["--json", "version", "list", f"g/{self.definition}"], home=self.home)
+        assert listed.status == 0, f"{label}: {listed.describe()}"
+        named = {key[0]: ref for key, ref in store.list_names("versions", "g", self.definition)}
+        assert {v["version"]: v["record"] for v in json.loads(listed.stdout)} == named, label
         deadline = time.monotonic() + 5
         while (strays := stray_processes(str(self.work))) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -291,6 +297,7 @@ def test_kill_vm_new_and_delete(zygote: Zygote, tmp_path: Path) -> None:
     published = zygote.run(["publish", "g/v", "--version", "1.0.0", "--os-disk", str(source)], home=home)
     assert published.status == 0, published.describe()
     campaign = VmCampaign(zygote, home, work, rng)
+    campaign.definition = "v"
     for argv, kind in ((["vm", "new", "warm", "--image", "g/v@1.0.0", "--ssh-key", str(campaign.key),
                          "--user-data", str(campaign.user_data)], "vm new"),
                        (["vm", "delete", "warm"], "vm delete"), (["gc"], "gc")):

@@ -63,6 +63,7 @@ def world(zygote: Zygote, tmp_path: Path) -> dict[str, Path]:
                  ["vm", "new", "web", "--image", "g/d@1.0.0", "--ssh-key", str(files["key"]),
                   "--user-data", str(files["user_data"]), "--admin-user", "admin"],
                  ["vm", "snapshot", "web", "before"],
+                 ["version", "list", "g/d"],  # writes the version index cache
                  ["gc", "--keep-captures", "0"],
                  ["verify", "--repair"]):
         ok(zygote.run(argv, home=home, umask=0))
