@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import io
 import json
+import os
 import shlex
+import shutil
+import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +42,54 @@ def _args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, help="document to write (default docs/BENCHMARKS.md; quick: "
                     ".cache/bench/quick/BENCHMARKS.md)")
     ap.add_argument("--rebuild-disk", action="store_true", help="rebuild the cached test disk")
+    ap.add_argument("--worktree", action="store_true",
+                    help="benchmark imgtool as it is in the working tree (default: a snapshot of HEAD)")
     ap.add_argument("--report-only", action="store_true", help="rewrite the document from the saved results")
     return ap.parse_args(argv)
+
+
+def _snapshot() -> tuple[Path, str]:
+    """imgtool/ and store/ as committed at HEAD, extracted once under .cache/bench/src/<commit>.
+
+    Others may be editing the working tree while the benchmark runs; a snapshot keeps every round on
+    the same code and names it exactly.
+    """
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    dest = CACHE / "src" / commit
+    if not dest.is_dir():
+        tar = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", commit, "imgtool", "store"],
+                             capture_output=True, check=True).stdout
+        tmp = dest.with_name(dest.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+            archive.extractall(tmp, filter="data")
+        tmp.rename(dest)
+    return dest, commit[:12]
+
+
+def _python_env(source: Path | None) -> None:
+    """Children import imgtool from `source` (None: the working tree) with bytecode caching on.
+
+    A user's Python caches compiled modules; a session may run with PYTHONDONTWRITEBYTECODE=1, which
+    would make every imgtool command compile its modules again. The cache goes under .cache/bench.
+    """
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ["PYTHONPYCACHEPREFIX"] = str(CACHE / "pycache")
+    paths = [str(source)] if source else []
+    os.environ["PYTHONPATH"] = os.pathsep.join([*paths, str(REPO / "scripts")])
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(source or REPO / "imgtool"),
+                    *([] if source else [str(REPO / "store")])], check=False, stdout=subprocess.DEVNULL)
 
 
 def _save(path: Path, results: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1, sort_keys=True))
+
+
+def _dirty() -> bool:
+    return bool(subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "imgtool", "store"],
+                               capture_output=True, text=True, check=False).stdout.strip())
 
 
 def main(argv: list[str]) -> int:
@@ -60,12 +106,19 @@ def main(argv: list[str]) -> int:
         raise SystemExit(f"unknown sections: {', '.join(sorted(unknown))}")
     only = set(args.only.split(",")) if args.only else None
     kinds = [k for k in ALL if only is None or k.key in only]
-    needs = {"qemu-img", "qemu-io", "qemu-nbd", "mkfs.ext4", "ssh-keygen", "cloud-localds"}
+    needs = {"qemu-img", "qemu-io", "qemu-nbd", "mkfs.ext4", "ssh-keygen", "cloud-localds", "/usr/bin/time"}
     missing = ensure_programs(needs | {p for k in kinds for p in k.needs})
     runnable = {k.key for k in kinds if not set(k.needs) & set(missing)}
+    if args.worktree:
+        _python_env(None)
+        code = "the working tree" + (" (with uncommitted changes)" if _dirty() else "")
+    else:
+        source, commit = _snapshot()
+        _python_env(source)
+        code = f"commit {commit} (a snapshot of HEAD; uncommitted changes are not measured)"
     results: dict[str, Any] = {
         "mode": mode, "command": shlex.join(["scripts/bench", *argv]),
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": facts(REPO, CACHE),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": facts(CACHE, code),
         "missing": missing, "dropped_caches": drop_caches(),
         "rounds": args.runs or (1 if args.quick else 3),
     }

@@ -14,7 +14,7 @@ from benchlib.measure import log
 PACKAGES = {
     "qemu-img": "qemu-utils", "qemu-io": "qemu-utils", "qemu-nbd": "qemu-utils", "zstd": "zstd",
     "borg": "borgbackup", "restic": "restic", "casync": "casync", "cloud-localds": "cloud-image-utils",
-    "mkfs.ext4": "e2fsprogs", "ssh-keygen": "openssh-client",
+    "mkfs.ext4": "e2fsprogs", "ssh-keygen": "openssh-client", "/usr/bin/time": "time",
 }
 
 
@@ -83,16 +83,15 @@ def _deb(package: str) -> str:
     return _out(["dpkg-query", "-W", "-f", "${Version}", package]) or "missing"
 
 
-def facts(repo: Path, cache: Path) -> dict[str, str]:
-    commit = _out(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"])
-    dirty = _out(["git", "-C", str(repo), "status", "--porcelain", "--", "imgtool", "store"])
+def facts(cache: Path, code: str) -> dict[str, str]:
+    """What the run was made on; `code` says which imgtool code was measured."""
     return {
         "cpu": f"{os.cpu_count()} x {_cpu_model()}",
         "memory": _memory(),
         "disk": _disk(cache),
         "kernel": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
-        "imgtool": f"commit {commit}{' (imgtool/ or store/ modified)' if dirty else ''}",
+        "imgtool": code,
         "qemu-img": _first_line(["qemu-img", "--version"]),
         "zstd": _first_line(["zstd", "-V"]),
         "borg": _first_line(["borg", "--version"]),

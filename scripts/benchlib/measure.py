@@ -2,7 +2,10 @@
 
 The benchmark calls programs directly (not through imgtool/run.py) because it needs the kernel's
 resource usage of the whole process tree, which os.wait4 gives for the child and every descendant it
-waited for. Peak memory is ru_maxrss: the largest single process in that tree, not the sum.
+waited for. Peak memory is ru_maxrss: the largest single process in that tree, not the sum. It is read
+through GNU time (`/usr/bin/time -f %M`), not from our own wait4: Python starts children with vfork, and
+Linux carries the parent's peak RSS over exec into the child's, so wait4 would report this harness's
+own memory for every command.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+GNU_TIME = "/usr/bin/time"  # Debian package `time`
 
 
 class BenchError(RuntimeError):
@@ -57,10 +62,11 @@ def _fail(argv: Sequence[str], code: int, err: bytes) -> BenchError:
 def timed(step: Step) -> Sample:
     """Run `step` to completion (stdout discarded) and return its resource usage. Raises BenchError."""
     env = {**os.environ, **step.env}
-    with tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryFile() as err, tempfile.NamedTemporaryFile("r") as rss:
+        argv = [GNU_TIME, "-f", "%M", "-o", rss.name, *step.argv]
         busy = _busy_seconds()
         start = time.perf_counter()
-        proc = subprocess.Popen(list(step.argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=err, env=env, cwd=step.cwd)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
@@ -69,8 +75,9 @@ def timed(step: Step) -> Sample:
         if proc.returncode != 0:
             err.seek(0)
             raise _fail(step.argv, proc.returncode, err.read())
+        max_rss = int(rss.read().strip().splitlines()[-1])
     cpu = usage.ru_utime + usage.ru_stime
-    return Sample(wall, cpu, usage.ru_maxrss, max(0.0, busy - cpu) / wall if wall > 0 else 0.0)
+    return Sample(wall, cpu, max_rss, max(0.0, busy - cpu) / wall if wall > 0 else 0.0)
 
 
 def sh(argv: Sequence[str | Path], *, env: Mapping[str, str] | None = None, cwd: Path | None = None,

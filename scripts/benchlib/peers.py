@@ -178,6 +178,13 @@ class BorgFixed(Borg):
            "restore: `borg extract --sparse REPO::v2`")
 
 
+class BorgFixedZstd(Borg):
+    key, label = "borg-fixed-zstd", "borg (fixed 4 MiB, zstd,3)"
+    chunker = ("--chunker-params", "fixed,4194304", "--sparse", "--compression", "zstd,3")
+    how = ("as borg (fixed 4 MiB) but `--compression zstd,3`: the same compression as imgtool, for a "
+           "like-for-like comparison (not in the issue's list)")
+
+
 class Restic(Contender):
     key, label = "restic", "restic"
     needs = ("restic",)
@@ -232,4 +239,4 @@ class Casync(Contender):
         return [self.work / "store.castr", self.work / "v1.caibx", self.work / "v2.caibx"]
 
 
-ALL: tuple[type[Contender], ...] = (Imgtool, QemuImg, Zstd, BorgFixed, Borg, Restic, Casync)
+ALL: tuple[type[Contender], ...] = (Imgtool, QemuImg, Zstd, BorgFixed, BorgFixedZstd, Borg, Restic, Casync)

@@ -100,6 +100,14 @@ def _scale(res: dict[str, Any]) -> list[str]:
     sc = res["scale"]
     rows = [[f"`imgtool {name}`", _s(c["median"]["wall"]), _s(c["median"]["cpu"]), _rss(c["median"]["max_rss_kib"]),
              _s(c["cold"]["wall"]), f"{c['median']['others']:.2f}"] for name, c in sc["commands"].items()]
+    first, after = sc.get("first_list"), sc.get("after_publish")
+    if first:
+        rows.append(["`imgtool version list`, first ever (cold cache, builds the version index)", _s(first["wall"]),
+                     _s(first["cpu"]), _rss(first["max_rss_kib"]), "", f"{first['others']:.2f}"])
+    if after:
+        m = after["median"]
+        rows.append(["`imgtool version list` right after one more publish", _s(m["wall"]), _s(m["cpu"]),
+                     _rss(m["max_rss_kib"]), "", f"{m['others']:.2f}"])
     rate = sc["versions"] / sc["publish_seconds"]
     return [f"## Scale: {sc['versions']:,} versions in one definition", "",
             f"Made by real publishes through `imgtool.image_versions.publish` ({sc['workers']} processes, "
@@ -133,7 +141,13 @@ def _notes(res: dict[str, Any]) -> list[str]:
             "also once cold).",
             "- Untimed between steps: creating empty repositories; for imgtool, `vm new` from v1 (materializing "
             "its base) and the qemu-io writes into the overlay.",
-            "- imgtool fsyncs every pack, manifest and exported file; the peers use their own defaults.",
+            "- imgtool fsyncs every pack, manifest and exported file (`version export` ends with an fsync of the "
+            "whole file); the peers use their own defaults (`qemu-img convert` does not sync).",
+            f"- imgtool code measured: {res['machine']['imgtool']}. Python's bytecode cache is on for every "
+            "imgtool command (`PYTHONPYCACHEPREFIX=.cache/bench/pycache`, `PYTHONDONTWRITEBYTECODE` unset) as on "
+            "a normal install; without it each command compiles its modules again (about +0.1 s per command).",
+            "- The machine may be shared with other work: the *others* columns say how many cores other processes "
+            "and kernel threads (including write-back of the tools' own output) kept busy during each step.",
             "- borg runs with `-e none` (imgtool does not encrypt); restic cannot turn encryption off. borg's "
             "fixed chunker gets `--sparse` (it skips holes when reading); the default chunker cannot.",
             "- restic 0.14 has no sparse restore (it writes the zeros); zstd and borg restore sparse.",

@@ -24,8 +24,8 @@ DEFINITION = "bench/many"
 WORKERS = 2
 
 
-def _populate(home: Path, count: int) -> float:
-    """Publish `count` versions; return the seconds it took (all workers together, wall)."""
+def _populate(home: Path, count: int) -> tuple[float, str]:
+    """Publish `count` versions; return (seconds it took, all workers together, wall; the disk digest)."""
     env = {"IMGTOOL_HOME": str(home)}
     cli = [str(IMGTOOL)]
     sh([*cli, "gallery", "create", "bench"], env=env)
@@ -37,17 +37,18 @@ def _populate(home: Path, count: int) -> float:
     sh(["mkfs.ext4", "-q", "-F", disk])
     captured = json.loads(sh([*cli, "--json", "publish", DEFINITION, "--version", number(0), "--os-disk", disk],
                              env=env))
-    digest = captured["disks"][0]["digest"]
+    digest = str(captured["disks"][0]["digest"])
     start = time.perf_counter()
     bounds = [1 + (count - 1) * w // WORKERS for w in range(WORKERS + 1)]
     procs = [subprocess.Popen([sys.executable, "-m", "benchlib.mkversions", str(home), DEFINITION, digest,
                                str(bounds[w]), str(bounds[w + 1]), str(count - 1)],
-                              stderr=subprocess.PIPE) for w in range(WORKERS)]
+                              stderr=subprocess.PIPE, cwd=home.parent)  # not the repository: imgtool from PYTHONPATH
+             for w in range(WORKERS)]
     for proc in procs:
         _, err = proc.communicate()
         if proc.returncode != 0:
             raise BenchError(f"mkversions failed: {err.decode(errors='replace')[-2000:]}")
-    return time.perf_counter() - start
+    return time.perf_counter() - start, digest
 
 
 def _measure(step: Step, runs: int) -> dict[str, Any]:
@@ -63,11 +64,13 @@ def run_scale(work: Path, count: int, runs: int) -> dict[str, Any]:
     work.mkdir(parents=True)
     home = work / "home"
     log(f"scale: publishing {count} versions into {DEFINITION}")
-    seconds = _populate(home, count)
-    listed = sh([str(IMGTOOL), "--json", "version", "list", DEFINITION], env={"IMGTOOL_HOME": str(home)})
+    seconds, digest = _populate(home, count)
+    env = {"IMGTOOL_HOME": str(home)}
+    drop_caches()
+    first = timed(Step([str(IMGTOOL), "version", "list", DEFINITION], env))  # cold, and nothing cached yet
+    listed = sh([str(IMGTOOL), "--json", "version", "list", DEFINITION], env=env)
     if len(json.loads(listed)) != count:
         raise BenchError(f"version list shows {len(json.loads(listed))} versions, expected {count}")
-    env = {"IMGTOOL_HOME": str(home)}
     commands = {
         "version list": Step([str(IMGTOOL), "version", "list", DEFINITION], env),
         "version list --json": Step([str(IMGTOOL), "--json", "version", "list", DEFINITION], env),
@@ -76,9 +79,20 @@ def run_scale(work: Path, count: int, runs: int) -> dict[str, Any]:
     }
     log(f"scale: timing {', '.join(commands)} ({runs} warm runs each)")
     result: dict[str, Any] = {"versions": count, "publish_seconds": seconds, "workers": WORKERS,
+                              "first_list": first.to_json(),
                               "commands": {name: _measure(step, runs) for name, step in commands.items()}}
+    result["after_publish"] = _after_publish(env, digest, count, 3)
     shutil.rmtree(work)
     return result
+
+
+def _after_publish(env: dict[str, str], digest: str, count: int, runs: int) -> dict[str, Any]:
+    """`version list` right after publishing one more version (what a user does next), `runs` times."""
+    found = []
+    for i in range(runs):
+        sh([str(IMGTOOL), "publish", DEFINITION, "--version", number(count + i), "--os-disk", digest], env=env)
+        found.append(timed(Step([str(IMGTOOL), "version", "list", DEFINITION], env)))
+    return {"median": median_sample(found).to_json(), "runs": [s.to_json() for s in found]}
 
 
 def median_of(result: dict[str, Any], name: str) -> Sample:
