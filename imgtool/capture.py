@@ -43,16 +43,17 @@ class Captured:
 class BatchedReader:
     """Serves chunk reads from larger contiguous reads, in the order ingest asks for them."""
 
-    def __init__(self, read: Callable[[int, int], bytes], indexes: list[int], chunk_size: int,
+    def __init__(self, read: Callable[[int, int], bytearray], indexes: list[int], chunk_size: int,
                  virtual_size: int) -> None:
         self.read_raw = read
         self.chunk_size = chunk_size
         self.virtual_size = virtual_size
         self.runs = _runs(indexes, max(1, BATCH // chunk_size))
-        self.buffer = b""
+        self.buffer = memoryview(b"")
         self.start = 0
 
-    def __call__(self, offset: int, length: int) -> bytes:
+    def __call__(self, offset: int, length: int) -> memoryview:
+        """A view into the current run's buffer (no copy); each run gets a fresh buffer."""
         end = offset + length
         if not (self.start <= offset and end <= self.start + len(self.buffer)):
             self._fill(offset // self.chunk_size)
@@ -63,7 +64,7 @@ class BatchedReader:
         first, count = self.runs.get(index, (index, 1))
         self.start = first * self.chunk_size
         length = min(count * self.chunk_size, self.virtual_size - self.start)
-        self.buffer = self.read_raw(self.start, length)
+        self.buffer = memoryview(self.read_raw(self.start, length))
 
 
 def _runs(indexes: list[int], limit: int) -> dict[int, tuple[int, int]]:

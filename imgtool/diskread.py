@@ -76,7 +76,7 @@ class MappedReader:
         if offset < end:
             raise Corrupt(f"{self.path}: the map ends at {offset}, before {end}", hint="the image is inconsistent")
 
-    def read(self, offset: int, length: int) -> bytes:
+    def read(self, offset: int, length: int) -> bytearray:
         buf = bytearray(length)
         view = memoryview(buf)
         for extent, start, size in self._pieces(offset, length):
@@ -89,7 +89,7 @@ class MappedReader:
             else:
                 self._nbd().readinto(start, target)
                 self.nbd_bytes += size
-        return bytes(buf)
+        return buf  # a fresh buffer per call: callers may keep views into it
 
     def _pread(self, fd: int, extent: Extent, start: int, target: memoryview) -> None:
         assert extent.offset is not None

@@ -66,15 +66,25 @@ def makedirs(directory: Path) -> None:
             path.mkdir(mode=0o700)
 
 
+def _write_all(fd: int, views: list[memoryview]) -> None:
+    """writev in groups (a pack is thousands of frames), finishing partial writes."""
+    limit = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+    while views:
+        group = views[:limit]
+        written = os.writev(fd, group)
+        while group and written >= len(group[0]):
+            written -= len(group[0])
+            group.pop(0)
+            views.pop(0)
+        if written:
+            views[0] = views[0][written:]
+
+
 def _write_tmp(directory: Path, chunks: list[bytes | memoryview]) -> Path:
     tmp = tmp_name(directory)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        for piece in chunks:
-            view = memoryview(piece)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+        _write_all(fd, [memoryview(piece) for piece in chunks if len(piece)])
         os.fsync(fd)
     except BaseException:
         os.close(fd)

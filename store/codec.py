@@ -33,12 +33,12 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return dec
 
 
-def chunk_digest(data: bytes | memoryview) -> bytes:
+def chunk_digest(data: bytes | bytearray | memoryview) -> bytes:
     """The raw 32-byte BLAKE3 digest of a chunk's uncompressed bytes."""
     return bytes(blake3.blake3(data).digest())
 
 
-def compress(data: bytes | memoryview) -> bytes:
+def compress(data: bytes | bytearray | memoryview) -> bytes:
     return bytes(_compressor().compress(data))
 
 

@@ -21,8 +21,12 @@ from store.disks import DiskManifest
 from store.packs import PackWriter
 from store.repo import Store
 
-Reader = Callable[[int, int], bytes]
-_ZEROS: dict[int, bytes] = {}  # one zero buffer per chunk length
+# A reader may hand out views into a larger buffer (no copy per chunk); the buffer must not be reused.
+Chunk = bytes | bytearray | memoryview
+Reader = Callable[[int, int], Chunk]
+_ZERO_DIGESTS: dict[int, bytes] = {}  # BLAKE3 of an all-zero chunk, per length
+Encoded = tuple[bytes, bytes | None] | None  # (raw digest, frame or None if already stored), None if zero
+BATCH = 8  # chunks per pool task
 Progress = Callable[[int], None]
 
 
@@ -36,19 +40,26 @@ class IngestResult:
     bytes_stored: int  # compressed bytes this ingest added to the store
 
 
-def is_zero(data: bytes) -> bool:
-    """All-zero test by memcmp against a zero buffer: stops at the first non-zero byte."""
-    zero = _ZEROS.get(len(data))
-    if zero is None:
-        zero = _ZEROS.setdefault(len(data), bytes(len(data)))
-    return data == zero
+def zero_digest(length: int) -> bytes:
+    found = _ZERO_DIGESTS.get(length)
+    if found is None:
+        found = _ZERO_DIGESTS.setdefault(length, codec.chunk_digest(bytes(length)))
+    return found
 
 
-def _encode(data: bytes, writer: PackWriter) -> tuple[bytes, bytes | None] | None:
-    """Hash one chunk; compress it only if the store lacks it. None for all-zero."""
-    if is_zero(data):
-        return None
+def _encode_all(data: list[Chunk], writer: PackWriter) -> list[Encoded]:
+    return [_encode(d, writer) for d in data]
+
+
+def _encode(data: Chunk, writer: PackWriter) -> Encoded:
+    """Hash one chunk; compress it only if the store lacks it. None for all-zero.
+
+    Zero chunks are recognised by their digest: the hash is needed anyway, and it
+    works on views, where a byte comparison would not be a fast memcmp.
+    """
     raw = codec.chunk_digest(data)
+    if raw == zero_digest(len(data)):
+        return None
     if writer.has(raw):
         return raw, None
     return raw, codec.compress(data)
@@ -79,31 +90,39 @@ def ingest(
     chunks: dict[int, str] = dict(reused or {})
     writer = store.pack_writer()
     workers = workers or max(2, os.cpu_count() or 2)
-    window: deque[tuple[int, int, Future[tuple[bytes, bytes | None] | None]]] = deque()
+    # Chunks go to the pool in batches: one future per chunk costs more in locking than hashing does.
+    window: deque[tuple[list[tuple[int, int]], Future[list[Encoded]]]] = deque()
+    batch: list[tuple[int, int]] = []
+    data: list[Chunk] = []
     stats = {"read": 0, "bytes": 0}
 
     def drain(limit: int) -> None:
         while len(window) > limit:
-            index, length, future = window.popleft()
-            encoded = future.result()
-            chunks.pop(index, None)
-            if encoded is not None:
-                raw, frame = encoded
-                if frame is not None:
-                    writer.add(raw, frame, length)
-                chunks[index] = raw.hex()
-            if progress is not None:
-                progress(length)
+            members, future = window.popleft()
+            for (index, length), encoded in zip(members, future.result(), strict=True):
+                chunks.pop(index, None)
+                if encoded is not None:
+                    raw, frame = encoded
+                    if frame is not None:
+                        writer.add(raw, frame, length)
+                    chunks[index] = raw.hex()
+                if progress is not None:
+                    progress(length)
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest") as pool:
         for index in indexes:
             offset = index * chunk_size
             length = min(chunk_size, virtual_size - offset)
-            data = read(offset, length)
+            data.append(read(offset, length))
+            batch.append((index, length))
             stats["read"] += 1
             stats["bytes"] += length
-            window.append((index, length, pool.submit(_encode, data, writer)))
-            drain(workers * 4)
+            if len(batch) == BATCH:
+                window.append((batch, pool.submit(_encode_all, data, writer)))
+                batch, data = [], []
+                drain(workers * 2)
+        if batch:
+            window.append((batch, pool.submit(_encode_all, data, writer)))
         drain(0)
     writer.flush()
     manifest = DiskManifest(virtual_size, chunk_size, chunks)
