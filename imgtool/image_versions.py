@@ -177,7 +177,7 @@ def export(home: Home, text: str, out: Path, *, fmt: str = "qcow2", lun: int | N
     out = Path(out).absolute()
     tmp_raw = atomic.tmp_name(out.parent)
     try:
-        materialize(home.store, home.store.get_disk(disk.digest), tmp_raw, progress=progress)
+        materialize(home.store, home.store.get_disk(disk.digest), tmp_raw, progress=progress, durable=False)
         if fmt == "raw":
             os.replace(tmp_raw, out)
         else:

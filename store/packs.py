@@ -167,3 +167,28 @@ def read_frame(layout: Layout, location: Location) -> bytes:
     if len(data) != location.clen:
         raise Corrupt(f"pack {location.pack[:16]} is truncated", hint="run imgtool verify --deep")
     return data
+
+
+class PackReader:
+    """Reads frames with one open descriptor per pack (a disk's chunks share few packs)."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.fds: dict[str, int] = {}
+
+    def __enter__(self) -> PackReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+    def read(self, location: Location) -> bytes:
+        fd = self.fds.get(location.pack)
+        if fd is None:
+            fd = self.fds[location.pack] = os.open(self.layout.pack(location.pack), os.O_RDONLY)
+        data = os.pread(fd, location.clen, location.offset)
+        if len(data) != location.clen:
+            raise Corrupt(f"pack {location.pack[:16]} is truncated", hint="run imgtool verify --deep")
+        return data
