@@ -18,6 +18,7 @@ from imgtool.gallery import VERSIONS
 from imgtool.home import Home
 from imgtool.model import ImageVersion
 from store import gc as store_gc
+from store.packs import rebuild_index
 from store.reach import mark
 from store.verify import Report
 from store.verify import verify as store_verify
@@ -83,6 +84,19 @@ def gc(home: Home, *, dry_run: bool, capture_retention: float = DEFAULT_CAPTURE_
             for folder in leftovers:
                 shutil.rmtree(folder, ignore_errors=True)
     return result
+
+
+def repair_indexes(home: Home) -> list[str]:
+    """Rebuild every damaged pack index from its pack (under the exclusive lock); returns the packs."""
+    store = home.store
+    with store.exclusive():
+        damaged = store.reload_index().damaged
+        rebuilt = []
+        for path in damaged:
+            rebuild_index(store.layout, path.stem)
+            rebuilt.append(path.stem)
+        store.reload_index()
+    return rebuilt
 
 
 def verify(home: Home, *, deep: bool) -> tuple[Report, dict[str, list[str]]]:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import blake3
+import zstandard
 
 from store import atomic
 from store.errors import Corrupt
@@ -53,17 +54,32 @@ def encode_index(pack_hex: str, entries: list[tuple[bytes, int, int, int]]) -> b
 
 
 def decode_index(data: bytes, *, what: str) -> tuple[str, list[tuple[bytes, int, int, int]]]:
-    """Parse and check an index file; Corrupt on any mismatch."""
+    """Parse and check an index file.
+
+    Raises UnknownFormat for an index a newer imgtool wrote (refuse, never misread),
+    DamagedIndex for a checksum or length mismatch (rebuildable from its pack).
+    """
+    if len(data) >= len(MAGIC) and data[:len(MAGIC)] != MAGIC and data[:6] == MAGIC[:6]:
+        raise UnknownFormat(f"pack index {what} has an unknown format {data[:8]!r}",
+                            hint="it was written by a newer imgtool: upgrade imgtool to read it")
     if len(data) < HEAD.size + 32 or blake3.blake3(data[:-32]).digest() != data[-32:]:
-        raise Corrupt(f"pack index {what} is damaged (checksum mismatch)",
-                      hint="run imgtool verify --deep; imgtool verify --repair rebuilds indexes from packs")
+        raise DamagedIndex(f"pack index {what} is damaged (checksum mismatch)",
+                           hint="imgtool verify --repair rebuilds it from its pack")
     magic, pack_raw, count = HEAD.unpack_from(data, 0)
     if magic != MAGIC:
-        raise Corrupt(f"pack index {what} has an unknown format", hint="is this store from a newer imgtool?")
+        raise DamagedIndex(f"pack index {what} is not a pack index", hint="imgtool verify --repair rebuilds it")
     if HEAD.size + count * ENTRY.size + 32 != len(data):
-        raise Corrupt(f"pack index {what} has the wrong length", hint="run imgtool verify --deep")
+        raise DamagedIndex(f"pack index {what} has the wrong length", hint="imgtool verify --repair rebuilds it")
     entries = [ENTRY.unpack_from(data, HEAD.size + i * ENTRY.size) for i in range(count)]
     return pack_raw.hex(), entries
+
+
+class UnknownFormat(Corrupt):
+    """Written by a newer imgtool: refused, never misread."""
+
+
+class DamagedIndex(Corrupt):
+    """A pack index that fails its checksum; its pack can rebuild it."""
 
 
 class ChunkIndex:
@@ -71,12 +87,20 @@ class ChunkIndex:
 
     def __init__(self) -> None:
         self.locations: dict[bytes, Location] = {}
+        self.damaged: list[Path] = []
 
     @classmethod
     def load(cls, layout: Layout) -> ChunkIndex:
+        """All indexes. A damaged one is skipped (its chunks count as missing: writers store them
+        again, readers of what needs them fail with a clear error, verify names it) so that one bad
+        file does not stop every command; an index from a newer imgtool is refused."""
         index = cls()
         for path in iter_index_files(layout):
-            pack_hex, entries = decode_index(path.read_bytes(), what=path.name)
+            try:
+                pack_hex, entries = decode_index(path.read_bytes(), what=path.name)
+            except DamagedIndex:
+                index.damaged.append(path)
+                continue
             index.add(pack_hex, entries)
         return index
 
@@ -192,3 +216,27 @@ class PackReader:
         if len(data) != location.clen:
             raise Corrupt(f"pack {location.pack[:16]} is truncated", hint="run imgtool verify --deep")
         return data
+
+
+def rebuild_index(layout: Layout, pack_hex: str) -> int:
+    """Rewrite a pack's index from the pack itself; returns the number of chunks.
+
+    The pack must still hash to its name (else Corrupt: nothing in it can be trusted).
+    Every frame is decompressed and hashed, so the new index is exact.
+    """
+    data = layout.pack(pack_hex).read_bytes()
+    if blake3.blake3(data).hexdigest() != pack_hex:
+        raise Corrupt(f"pack {pack_hex[:16]} is damaged too; its index cannot be rebuilt",
+                      hint="re-capture the versions verify lists as affected")
+    entries: list[tuple[bytes, int, int, int]] = []
+    view, offset = memoryview(data), 0
+    while offset < len(data):
+        reader = zstandard.ZstdDecompressor().decompressobj()
+        raw = reader.decompress(view[offset:])
+        clen = len(data) - offset - len(reader.unused_data)
+        entries.append((bytes(blake3.blake3(raw).digest()), offset, clen, len(raw)))
+        offset += clen
+    path = layout.pack_index(pack_hex)
+    path.unlink(missing_ok=True)
+    atomic.write_once(path, [encode_index(pack_hex, entries)])
+    return len(entries)

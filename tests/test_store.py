@@ -157,3 +157,23 @@ def test_unknown_store_format_is_refused(tmp_path: Path) -> None:
 def test_chunk_indexes_cover_ranges() -> None:
     assert chunk_indexes([(0, 1), (CHUNK - 1, 2), (5 * CHUNK, CHUNK)], CHUNK) == [0, 1, 5]
     assert chunk_indexes([(10, 0)], CHUNK) == []
+
+
+def test_a_damaged_index_is_skipped_and_rebuilt_from_its_pack(tmp_path: Path) -> None:
+    from store.packs import ChunkIndex, rebuild_index
+
+    store = make_store(tmp_path)
+    ref = put_disk(store, disk_bytes(11))
+    index_path = next(store.layout.packs.rglob("*.idx"))
+    good = index_path.read_bytes()
+    os.chmod(index_path, 0o644)
+    index_path.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    loaded = ChunkIndex.load(store.layout)
+    assert loaded.damaged == [index_path] and not loaded.locations  # skipped, not fatal
+    assert not verify(store).ok
+    assert rebuild_index(store.layout, index_path.stem) == 3
+    assert index_path.read_bytes() == good  # the same index, byte for byte
+    store.reload_index()
+    out = tmp_path / "out.raw"
+    materialize(store, store.get_disk(ref), out)
+    assert out.read_bytes() == disk_bytes(11)

@@ -19,7 +19,8 @@ def register(app: typer.Typer) -> None:
 def verify(
     ctx: typer.Context,
     deep: Annotated[bool, Opt(help="Re-hash every stored chunk and every VM base.")] = False,
-    repair: Annotated[bool, Opt(help="Rebuild damaged VM bases from the store's chunks.")] = False,
+    repair: Annotated[bool, Opt(help="Rebuild damaged pack indexes from their packs and damaged VM bases "
+                                     "from the store's chunks.")] = False,
 ) -> None:
     """Check that every name resolves to complete content (and with --deep, that all data is intact).
 
@@ -27,14 +28,18 @@ def verify(
     from imgtool import bases, maintenance
 
     st = state(ctx)
+    indexes = maintenance.repair_indexes(st.home) if repair else []
     rebuilt = bases.repair_all(st.home) if repair else []
     report, hit = maintenance.verify(st.home, deep=deep or repair)
     if st.json:
         emit_json({"ok": report.ok, "deep": deep, "names": report.names, "manifests": report.manifests,
                    "chunks": report.chunks, "chunks_hashed": report.chunks_hashed, "rebuilt_bases": rebuilt,
+                   "rebuilt_indexes": indexes,
                    "problems": [p.to_json() for p in report.problems], "affected": hit,
                    "garbage": [g.to_json() for g in report.garbage]})
     else:
+        for pack in indexes:
+            print(f"rebuilt index of pack {pack[:16]}")
         for base in rebuilt:
             print(f"rebuilt base {base[:16]}")
         for p in report.problems:
@@ -48,7 +53,8 @@ def verify(
               f"{report.chunks} chunks" + (f", {report.chunks_hashed} chunks re-hashed" if deep else ""))
     if not report.ok:
         raise Corrupt(f"verify found {len(report.problems)} problem(s)",
-                      hint="see above; imgtool verify --repair rebuilds bases, damaged chunks need a re-capture")
+                      hint="see above; imgtool verify --repair rebuilds indexes and bases, damaged chunks need a "
+                           "re-capture")
 
 
 def gc(
