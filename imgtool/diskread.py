@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,28 @@ from types import TracebackType
 from imgtool import nbd, run
 from imgtool.errors import Corrupt
 from imgtool.qemu_img import Extent
+from store.lock import alive
+
+
+@contextlib.contextmanager
+def socket_dir() -> Iterator[Path]:
+    """A private folder for a qemu-nbd socket, short enough for sun_path.
+
+    It lives in /tmp/imgtool-<uid>/ (a store path may be too long for a socket), so
+    no home's gc sees it: folders left by killed captures are pruned here instead,
+    by the pid in their name.
+    """
+    parent = Path(tempfile.gettempdir()) / f"imgtool-{os.getuid()}"
+    parent.mkdir(mode=0o700, exist_ok=True)
+    for stale in parent.glob("nbd-*"):
+        pid = stale.name.split("-")[1]
+        if pid.isdigit() and not alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    path = Path(tempfile.mkdtemp(prefix=f"nbd-{os.getpid()}-", dir=parent))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class MappedReader:
@@ -58,7 +81,7 @@ class MappedReader:
 
     def _nbd(self) -> nbd.Export:
         if self._export is None:
-            work = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="imgtool-")))
+            work = Path(self._stack.enter_context(socket_dir()))
             self._export = self._stack.enter_context(
                 nbd.Export(self.path, fmt=self.fmt, workdir=work, limits=self.limits))
         return self._export
