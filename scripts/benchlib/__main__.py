@@ -18,7 +18,7 @@ from typing import Any
 from benchlib import report
 from benchlib.disk import Profile, ensure_disks
 from benchlib.ingest import run_rounds
-from benchlib.machine import ensure_programs, facts
+from benchlib.machine import cold_read_speed, ensure_programs, facts
 from benchlib.measure import BenchError, drop_caches, log
 from benchlib.peers import ALL
 from benchlib.scale import run_scale
@@ -126,6 +126,7 @@ def main(argv: list[str]) -> int:
     profile = PROFILES[mode]
     disks = ensure_disks(profile, CACHE, rebuild=args.rebuild_disk)
     results["disk"] = {"profile": profile.__dict__, "facts": disks.facts}
+    results["machine"]["disk read"] = cold_read_speed(disks.v1_qcow2)
     work = CACHE / "work"
     if "ingest" in sections:
         results["ingest"] = run_rounds(disks, work / "ingest", results["rounds"], runnable)

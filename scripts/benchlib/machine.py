@@ -6,9 +6,10 @@ import os
 import platform
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
-from benchlib.measure import log
+from benchlib.measure import drop_caches, log
 
 # program -> Debian package that provides it
 PACKAGES = {
@@ -67,11 +68,22 @@ def _memory() -> str:
 
 
 def _disk(path: Path) -> str:
-    text = _out(["findmnt", "-n", "-o", "SOURCE,FSTYPE,SIZE,AVAIL", "-T", str(path)])
-    source = text.split()[0] if text else ""
-    rota = _out(["lsblk", "-n", "-d", "-o", "ROTA", source]) if source.startswith("/dev/") else ""
-    kind = {"0": ", non-rotational", "1": ", rotational"}.get(rota, "")
-    return f"{text} (source, type, size, free){kind}" if text else "unknown"
+    text = " ".join(_out(["findmnt", "-n", "-o", "SOURCE,FSTYPE,SIZE,AVAIL", "-T", str(path)]).split())
+    return f"{text} (source, type, size, free)" if text else "unknown"
+
+
+def cold_read_speed(path: Path) -> str:
+    """Sequential read speed of `path` from a dropped page cache (8 MiB reads into one buffer)."""
+    if not drop_caches():
+        return "not measured (cannot drop the page cache)"
+    buf = bytearray(8 << 20)
+    total = 0
+    start = time.perf_counter()
+    with path.open("rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            total += n
+    seconds = time.perf_counter() - start
+    return f"{total / seconds / 1e9:.2f} GB/s cold sequential read ({total / 1e9:.1f} GB file)"
 
 
 def _first_line(argv: list[str]) -> str:

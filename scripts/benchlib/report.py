@@ -35,7 +35,8 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _machine(res: dict[str, Any]) -> list[str]:
-    rows = [[k, f"`{v}`" if k not in ("cpu", "memory", "disk") else v] for k, v in res["machine"].items()]
+    rows = [[k, f"`{v}`" if k not in ("cpu", "memory", "disk", "disk read") else v]
+            for k, v in res["machine"].items()]
     return ["## Machine", "", *_table(["", ""], rows)]
 
 
