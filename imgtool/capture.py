@@ -24,7 +24,6 @@ from store.ingest import IngestResult, chunk_indexes, ingest
 from store.repo import Store
 
 CAPTURES = "captures"
-BATCH = 8 << 20  # read contiguous chunks in runs of up to this many bytes (fewer NBD round trips)
 
 Progress = Callable[[int], None]
 
@@ -38,46 +37,6 @@ class Captured:
 
     def to_json(self) -> dict[str, Any]:
         return {"digest": self.digest, "virtual_size": self.virtual_size, "source": self.source, **self.stats}
-
-
-class BatchedReader:
-    """Serves chunk reads from larger contiguous reads, in the order ingest asks for them."""
-
-    def __init__(self, read: Callable[[int, int], bytearray], indexes: list[int], chunk_size: int,
-                 virtual_size: int) -> None:
-        self.read_raw = read
-        self.chunk_size = chunk_size
-        self.virtual_size = virtual_size
-        self.runs = _runs(indexes, max(1, BATCH // chunk_size))
-        self.buffer = memoryview(b"")
-        self.start = 0
-
-    def __call__(self, offset: int, length: int) -> memoryview:
-        """A view into the current run's buffer (no copy); each run gets a fresh buffer."""
-        end = offset + length
-        if not (self.start <= offset and end <= self.start + len(self.buffer)):
-            self._fill(offset // self.chunk_size)
-        rel = offset - self.start
-        return self.buffer[rel:rel + length]
-
-    def _fill(self, index: int) -> None:
-        first, count = self.runs.get(index, (index, 1))
-        self.start = first * self.chunk_size
-        length = min(count * self.chunk_size, self.virtual_size - self.start)
-        self.buffer = memoryview(self.read_raw(self.start, length))
-
-
-def _runs(indexes: list[int], limit: int) -> dict[int, tuple[int, int]]:
-    """Map the first index of each contiguous run (of at most `limit`) to (first, count)."""
-    runs: dict[int, tuple[int, int]] = {}
-    i = 0
-    while i < len(indexes):
-        j = i
-        while j + 1 < len(indexes) and indexes[j + 1] == indexes[j] + 1 and j + 1 - i < limit:
-            j += 1
-        runs[indexes[i]] = (indexes[i], j - i + 1)
-        i = j + 1
-    return runs
 
 
 def lease(store: Store, disk_digest: str) -> None:
@@ -102,8 +61,8 @@ def capture_file(home: Home, path: Path, *, fmt: str | None = None, progress: Pr
             if extents and extents[-1].end != info.virtual_size:
                 raise Corrupt(f"{path}: qemu-img maps {extents[-1].end} bytes, the header says {info.virtual_size}",
                               hint="the image is inconsistent; refusing to capture it")
-            reader = BatchedReader(mapped.read, indexes, store.config.chunk_size, info.virtual_size)
-            result = ingest(store, virtual_size=info.virtual_size, read=reader, indexes=indexes, progress=progress)
+            result = ingest(store, virtual_size=info.virtual_size, read=mapped.read, indexes=indexes,
+                            progress=progress)
         lease(store, result.digest)
     source = {"kind": "file", "path": str(info.path), "format": info.format,
               "file_size": info.path.stat().st_size}
@@ -135,8 +94,7 @@ def capture_overlay(home: Home, overlay: Path, *, base_digest: str, base_path: P
         reused = {i: h for i, h in base.chunks.items() if i not in changed}
         with diskread.MappedReader(overlay, fmt="qcow2", extents=extents, layers={0: overlay, 1: base_path},
                                    limits=None) as mapped:
-            reader = BatchedReader(mapped.read, indexes, store.config.chunk_size, base.virtual_size)
-            result = ingest(store, virtual_size=base.virtual_size, read=reader, indexes=indexes,
+            result = ingest(store, virtual_size=base.virtual_size, read=mapped.read, indexes=indexes,
                             reused=reused, progress=progress)
         lease(store, result.digest)
     return Captured(result.digest, base.virtual_size, {**source, "parent_disk": base_digest}, _stats(result))

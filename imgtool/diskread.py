@@ -16,6 +16,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -48,7 +49,7 @@ def socket_dir() -> Iterator[Path]:
 
 
 class MappedReader:
-    """read(offset, length) over an image, using its map; a context manager.
+    """read(offset, length) over an image, using its map; a context manager; thread-safe.
 
     `layers` maps chain depth to the file holding that layer (0 = the image;
     1 = its backing file when the caller knows and trusts it).
@@ -63,6 +64,7 @@ class MappedReader:
         self.sizes = {depth: os.fstat(fd).st_size for depth, fd in self.fds.items()}
         self._stack = contextlib.ExitStack()
         self._export: nbd.Export | None = None
+        self._lock = threading.Lock()
         self.direct_bytes = 0
         self.nbd_bytes = 0
 
@@ -80,6 +82,10 @@ class MappedReader:
         self.fds = {}
 
     def _nbd(self) -> nbd.Export:
+        with self._lock:  # read() runs on several threads; start qemu-nbd once
+            return self._nbd_locked()
+
+    def _nbd_locked(self) -> nbd.Export:
         if self._export is None:
             work = Path(self._stack.enter_context(socket_dir()))
             self._export = self._stack.enter_context(

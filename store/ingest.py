@@ -21,12 +21,12 @@ from store.disks import DiskManifest
 from store.packs import PackWriter
 from store.repo import Store
 
-# A reader may hand out views into a larger buffer (no copy per chunk); the buffer must not be reused.
+# read(offset, length) is called from pool threads (it must be thread-safe) and returns a fresh buffer.
 Chunk = bytes | bytearray | memoryview
 Reader = Callable[[int, int], Chunk]
 _ZERO_DIGESTS: dict[int, bytes] = {}  # BLAKE3 of an all-zero chunk, per length
 Encoded = tuple[bytes, bytes | None] | None  # (raw digest, frame or None if already stored), None if zero
-BATCH = 8  # chunks per pool task
+RUN = 8  # contiguous chunks per pool task (1 MiB at 128 KiB chunks)
 Progress = Callable[[int], None]
 
 
@@ -47,8 +47,31 @@ def zero_digest(length: int) -> bytes:
     return found
 
 
-def _encode_all(data: list[Chunk], writer: PackWriter) -> list[Encoded]:
-    return [_encode(d, writer) for d in data]
+def _read_and_encode(read: Reader, run: list[tuple[int, int]], chunk_size: int,
+                     writer: PackWriter) -> list[Encoded]:
+    """One pool task: read a run of contiguous chunks with one call, then hash/compress each.
+
+    Reading happens here, on the pool, so reads overlap with hashing and compression and
+    the chunks are views into the run's buffer (no copy per chunk).
+    """
+    first = run[0][0] * chunk_size
+    buffer = memoryview(read(first, sum(length for _index, length in run)))
+    encoded = []
+    for index, length in run:
+        start = index * chunk_size - first
+        encoded.append(_encode(buffer[start:start + length], writer))
+    return encoded
+
+
+def runs(indexes: list[int], limit: int) -> list[list[int]]:
+    """Sorted indexes grouped into runs of at most `limit` contiguous chunks."""
+    found: list[list[int]] = []
+    for index in indexes:
+        if found and index == found[-1][-1] + 1 and len(found[-1]) < limit:
+            found[-1].append(index)
+        else:
+            found.append([index])
+    return found
 
 
 def _encode(data: Chunk, writer: PackWriter) -> Encoded:
@@ -90,10 +113,7 @@ def ingest(
     chunks: dict[int, str] = dict(reused or {})
     writer = store.pack_writer()
     workers = workers or max(2, os.cpu_count() or 2)
-    # Chunks go to the pool in batches: one future per chunk costs more in locking than hashing does.
     window: deque[tuple[list[tuple[int, int]], Future[list[Encoded]]]] = deque()
-    batch: list[tuple[int, int]] = []
-    data: list[Chunk] = []
     stats = {"read": 0, "bytes": 0}
 
     def drain(limit: int) -> None:
@@ -109,20 +129,14 @@ def ingest(
                 if progress is not None:
                     progress(length)
 
+    # One future per run of up to RUN chunks: a future per chunk costs more in locking than hashing does.
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest") as pool:
-        for index in indexes:
-            offset = index * chunk_size
-            length = min(chunk_size, virtual_size - offset)
-            data.append(read(offset, length))
-            batch.append((index, length))
-            stats["read"] += 1
-            stats["bytes"] += length
-            if len(batch) == BATCH:
-                window.append((batch, pool.submit(_encode_all, data, writer)))
-                batch, data = [], []
-                drain(workers * 2)
-        if batch:
-            window.append((batch, pool.submit(_encode_all, data, writer)))
+        for run in runs(sorted(indexes), RUN):
+            members = [(i, min(chunk_size, virtual_size - i * chunk_size)) for i in run]
+            stats["read"] += len(members)
+            stats["bytes"] += sum(length for _i, length in members)
+            window.append((members, pool.submit(_read_and_encode, read, members, chunk_size, writer)))
+            drain(workers * 4)
         drain(0)
     writer.flush()
     manifest = DiskManifest(virtual_size, chunk_size, chunks)
