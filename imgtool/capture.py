@@ -80,16 +80,15 @@ def capture_overlay(home: Home, overlay: Path, *, base_digest: str, base_path: P
     """
     store = home.store
     info = qemu_img.info(overlay, fmt="qcow2")
+    base = store.get_disk(base_digest)
     if (info.data_file or Path(info.backing_file or "") != base_path or info.backing_format != "raw"
-            or info.virtual_size != store.get_disk(base_digest).virtual_size):
+            or info.virtual_size != base.virtual_size):
         raise Corrupt(f"{overlay} does not stand on {base_path} as expected",
                       hint="the VM's overlay was changed outside imgtool; refusing to capture it")
-    base = store.get_disk(base_digest)
     with store.writing():
         extents = qemu_img.map_extents(overlay, fmt="qcow2", limits=None)
-        # Depth 0 is the overlay itself; zeroed clusters count too (they hide base data).
-        own = [(e.start, e.length) for e in extents if e.depth == 0 and (e.data or e.zero)]
-        indexes = chunk_indexes(own, store.config.chunk_size)
+        # The overlay's own allocated clusters (depth 0, present), zeroed ones included: they hide base data.
+        indexes = chunk_indexes(qemu_img.data_ranges(extents, own_only=True), store.config.chunk_size)
         changed = set(indexes)
         reused = {i: h for i, h in base.chunks.items() if i not in changed}
         with diskread.MappedReader(overlay, fmt="qcow2", extents=extents, layers={0: overlay, 1: base_path},
