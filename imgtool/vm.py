@@ -26,11 +26,10 @@ from imgtool.gallery import get_definition
 from imgtool.home import Home
 from imgtool.model import Definition, ImageVersion, Range, now
 from imgtool.names import check_name, parse_image_ref
-from imgtool.vmrecord import load, save, vm_dir
+from imgtool.vmrecord import FORMAT, load, save, vm_dir
 from store import atomic
 from store.lock import file_lock
 
-FORMAT = 1
 OVERLAY_FORMAT = "qcow2"
 MAX_KEY_FILE = 1 << 20  # an authorized_keys line is a few KiB at most
 MAX_USER_DATA = 16 << 20  # generous for cloud-config with embedded files; bounded so /dev/zero ends

@@ -10,12 +10,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from imgtool.errors import NotFound
+from imgtool.errors import Corrupt, NotFound
 from imgtool.home import Home
 from imgtool.names import check_name
 from store import atomic
 
 RECORD = "vm.json"
+FORMAT = 1  # vm.json record format; imgtool.vm writes it
 
 
 def load_records(home: Home) -> list[dict[str, Any]]:
@@ -56,6 +57,10 @@ def load(home: Home, name: str) -> dict[str, Any]:
         raise NotFound(f"VM '{name}' does not exist", hint="list VMs with imgtool vm list") from None
     except ValueError as exc:
         raise NotFound(f"VM '{name}' has an unreadable record: {exc}", hint="delete it with imgtool vm delete") from exc
+    if not isinstance(record, dict) or record.get("kind") != "vm" or record.get("format") != FORMAT:
+        found = record.get("format") if isinstance(record, dict) else None
+        raise Corrupt(f"VM '{name}' has a record of format {found!r}; this imgtool reads format {FORMAT}",
+                      hint="it was written by a newer imgtool: upgrade imgtool to use this VM")
     return record
 
 
