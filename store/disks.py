@@ -49,10 +49,6 @@ class DiskManifest:
             raise Corrupt(f"{what} is malformed: {exc}", hint="run imgtool verify") from exc
         return cls(size, chunk_size, chunks)
 
-    @property
-    def chunk_count(self) -> int:
-        return -(-self.virtual_size // self.chunk_size)
-
     def chunk_length(self, index: int) -> int:
         return min(self.chunk_size, self.virtual_size - index * self.chunk_size)
 

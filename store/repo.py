@@ -15,16 +15,15 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from store import atomic, canonical, codec, digest, lock
+from store import atomic, canonical, digest, lock
 from store.canonical import JsonObject
 from store.disks import DiskManifest
 from store.errors import Corrupt, InvalidArgument, NotFound
-from store.layout import Layout, check_component
-from store.packs import ChunkIndex, PackWriter, read_frame
+from store.layout import Layout
+from store.packs import ChunkIndex, PackWriter
 
 STORE_FORMAT = 1
 DEFAULT_CHUNK_SIZE = 128 << 10  # chosen by measurement: docs/DESIGN.md, scripts/chunk-size-experiment
@@ -82,18 +81,6 @@ class Store:
 
     def pack_writer(self) -> PackWriter:
         return PackWriter(self.layout, self.index)
-
-    def has_chunk(self, hex_digest: str) -> bool:
-        return bytes.fromhex(digest.parse(hex_digest)) in self.index
-
-    def read_chunk(self, hex_digest: str) -> bytes:
-        """The verified raw bytes of a chunk; NotFound or Corrupt otherwise."""
-        raw = bytes.fromhex(digest.parse(hex_digest))
-        location = self.index.get(raw)
-        if location is None:
-            raise NotFound(f"chunk {hex_digest[:16]} is missing from the store", hint="run imgtool verify")
-        frame = read_frame(self.layout, location)
-        return codec.decompress(frame, location.rawlen, raw, what=hex_digest[:16])
 
     # -- manifests -----------------------------------------------------------
 
@@ -200,19 +187,6 @@ class Store:
             fd = os.open(self.layout.log / "names.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             with open(fd, "a") as handle:
                 handle.write(json.dumps(entry, sort_keys=True) + "\n")
-
-    # -- scratch ---------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def scratch(self, label: str) -> Iterator[Path]:
-        """A private temporary directory inside the store (same filesystem)."""
-        check_component(label)
-        path = self.layout.tmp / f"{atomic.TMP_PREFIX}{os.getpid()}-{label}-{os.urandom(4).hex()}"
-        path.mkdir(parents=True, mode=0o700)
-        try:
-            yield path
-        finally:
-            atomic.remove_tree(path)
 
 
 def _initialise(layout: Layout, chunk_size: int) -> None:

@@ -6,7 +6,6 @@ which names stand on it, so the caller can say which versions and VMs are hit.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from store import codec
@@ -112,7 +111,3 @@ def _attribute(reach: Reach, roots: dict[str, str], bad_chunks: dict[str, str], 
         lost = sorted(closure(reach, root) & damaged)
         if lost:
             report.affected[label] = lost
-
-
-def names_affected(report: Report, labels: Iterable[str]) -> list[str]:
-    return [label for label in labels if label in report.affected]

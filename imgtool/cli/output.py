@@ -4,7 +4,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import typer
@@ -19,8 +19,6 @@ class State:
     home: Home
     json: bool = False
     debug: bool = False
-    quiet: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def state(ctx: typer.Context) -> State:
