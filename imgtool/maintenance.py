@@ -19,7 +19,7 @@ from imgtool.home import Home
 from imgtool.model import ImageVersion
 from store import gc as store_gc
 from store.packs import rebuild_index
-from store.reach import mark
+from store.reach import closure, mark
 from store.verify import Report
 from store.verify import verify as store_verify
 
@@ -124,9 +124,12 @@ def du(home: Home) -> list[dict[str, Any]]:
     store = home.store
     versions = [(key, ImageVersion.from_json(store.get_manifest(d)), d) for key, d in store.list_names(VERSIONS)]
     index = store.index
+    # One mark over all versions: each manifest is read once, however many versions share it.
+    reach = mark(store, [d for _k, _v, d in versions])
     chunk_sets: dict[str, set[str]] = {}
     for _key, _version, digest in versions:
-        chunk_sets[digest] = mark(store, [digest]).chunks
+        reached = closure(reach, digest)
+        chunk_sets[digest] = set().union(*(reach.disk_chunks.get(m, set()) for m in reached))
     users: dict[str, int] = {}
     for chunks in chunk_sets.values():
         for chunk in chunks:
