@@ -25,7 +25,7 @@ from imgtool.errors import AlreadyExists, InvalidArgument, NotFound, Refused
 from imgtool.gallery import get_definition
 from imgtool.home import Home
 from imgtool.model import Definition, ImageVersion, Range, now
-from imgtool.names import check_name, parse_image_ref
+from imgtool.names import DefinitionRef, check_name, parse_image_ref
 from imgtool.vmrecord import FORMAT, load, save, vm_dir
 from store import atomic
 from store.lock import file_lock
@@ -148,9 +148,10 @@ def create(home: Home, req: NewVm, *, progress: Callable[[int], None] | None = N
     with home.store.writing(), file_lock(home.vms / f".{req.name}.lock"):
         _claim(folder, req.name)
         try:
-            for disk in version.disks:  # the first VM of a version materializes its bases (the slow part)
-                bases.ensure(home, disk.digest, progress=progress)
-            record = _build(home, folder, req, version, version_digest, definition, cpus, memory, provisioning)
+            # The first VM of a version materializes its bases (the slow part); later ones only check them.
+            base_paths = {d.digest: bases.ensure(home, d.digest, progress=progress) for d in version.disks}
+            record = _build(home, folder, req, version, version_digest, definition, cpus, memory, provisioning,
+                            base_paths)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -176,16 +177,17 @@ def _claim(folder: Path, name: str) -> None:
 def _definition(home: Home, version: ImageVersion) -> Definition:
     """The current definition (recommendations are updatable), else the one the version was published with."""
     try:
-        return get_definition(home, parse_image_ref(f"{version.gallery}/{version.definition}").definition_ref)
+        return get_definition(home, DefinitionRef(version.gallery, version.definition))
     except NotFound:
         return Definition.from_json(home.store.get_manifest(version.definition_record))
 
 
 def _build(home: Home, folder: Path, req: NewVm, version: ImageVersion, version_digest: str,
-           definition: Definition, cpus: int, memory: int, provisioning: seed.Provisioning | None) -> dict[str, Any]:
+           definition: Definition, cpus: int, memory: int, provisioning: seed.Provisioning | None,
+           base_paths: dict[str, Path]) -> dict[str, Any]:
     disks: list[dict[str, Any]] = []
     for disk in version.disks:
-        base = bases.ensure(home, disk.digest)
+        base = base_paths[disk.digest]
         overlay = folder / ("disk-os.qcow2" if disk.lun is None else f"disk-lun{disk.lun}.qcow2")
         qemu_img.create_overlay(overlay, backing=base, backing_fmt="raw")
         os.chmod(overlay, 0o600)
