@@ -76,7 +76,7 @@ def gc(home: Home, *, dry_run: bool, capture_retention: float = DEFAULT_CAPTURE_
         if not dry_run:
             for name in result.expired_captures:
                 store.delete_name(CAPTURES, name)
-            store_gc.execute(store, plan, roots)
+            store_gc.execute(store, plan)
             for base in evict:
                 bases.evict(base)
             for leftover in stale:

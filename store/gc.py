@@ -32,6 +32,7 @@ class Plan:
     live_chunks: int = 0
     dead_chunks: int = 0
     kept_manifests: int = 0
+    live: set[bytes] = field(default_factory=set)  # raw digests of the chunks the roots reach
 
     def summary(self) -> dict[str, int]:
         return {
@@ -61,12 +62,12 @@ def name_roots(store: Store) -> list[str]:
 def plan(store: Store, roots: Iterable[str]) -> Plan:
     """Compute what gc would delete if only `roots` (and what they reach) stay.
 
-    The caller holds the exclusive lock and passes the same roots to execute.
+    The caller holds the exclusive lock and executes the plan under it.
     """
     reach = mark(store, roots)
-    result = Plan(kept_manifests=len(reach.manifests))
+    result = Plan(kept_manifests=len(reach.manifests), live={bytes.fromhex(h) for h in reach.chunks})
     _plan_manifests(store, reach.manifests, result)
-    _plan_packs(store, reach.chunks, result)
+    _plan_packs(store, result.live, result)
     result.leftovers = _leftovers(store)
     result.bytes_freed += sum(_size(p) for p in result.leftovers)
     return result
@@ -83,9 +84,8 @@ def _plan_manifests(store: Store, live: set[str], result: Plan) -> None:
             result.bytes_freed += _size(path)
 
 
-def _plan_packs(store: Store, live: set[str], result: Plan) -> None:
+def _plan_packs(store: Store, live_raw: set[bytes], result: Plan) -> None:
     indexed: set[str] = set()
-    live_raw = {bytes.fromhex(h) for h in live}
     for index_path in iter_index_files(store.layout):
         pack_hex, entries = decode_index(index_path.read_bytes(), what=index_path.name)
         indexed.add(pack_hex)
@@ -111,19 +111,18 @@ def _leftovers(store: Store) -> list[Path]:
     return sorted(found)
 
 
-def execute(store: Store, the_plan: Plan, roots: Iterable[str]) -> None:
-    """Carry out a plan made under the same exclusive lock, with the same roots.
+def execute(store: Store, the_plan: Plan) -> None:
+    """Carry out a plan made under the same exclusive lock (so what it marked live still is).
 
     Whatever needs no new space goes first (dead packs, orphans, manifests, leftovers), so gc
     frees space even on a full disk, where repacking (which writes new packs) may fail.
     """
-    live_raw = {bytes.fromhex(h) for h in mark(store, roots).chunks}
     _delete_packs(the_plan.packs)
     for path in the_plan.orphans + the_plan.manifests:
         path.unlink(missing_ok=True)
     for path in the_plan.leftovers:
         atomic.remove_tree(path)
-    _repack(store, the_plan.repack, live_raw)
+    _repack(store, the_plan.repack, the_plan.live)
     _delete_packs(the_plan.repack)
     store.reload_index()
 

@@ -113,7 +113,7 @@ def test_gc_keeps_named_content_and_frees_the_rest(tmp_path: Path) -> None:
         the_plan = gc.plan(store, gc.name_roots(store))
         assert the_plan.bytes_freed > 0
         assert store.layout.manifest(dropped) in the_plan.manifests
-        gc.execute(store, the_plan, gc.name_roots(store))
+        gc.execute(store, the_plan)
     assert not store.has_manifest(dropped)
     out = tmp_path / "kept.raw"
     materialize(store, store.get_disk(kept), out)
