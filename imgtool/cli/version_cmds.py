@@ -5,10 +5,11 @@ from typing import Annotated, Any
 
 import typer
 
+from imgtool.cli import shapes
 from imgtool.cli.output import ProgressBar, emit_json, fields, human_bytes, state, table
 from imgtool.errors import InvalidArgument
-from imgtool.gallery.model import ImageVersion
 from imgtool.gallery.versions import Version
+from imgtool.home import Home
 from imgtool.names import parse_definition_ref
 
 version_app = typer.Typer(help="Image versions (GALLERY/DEFINITION@X.Y.Z): list, show, update, delete, resolve "
@@ -17,11 +18,20 @@ Opt = typer.Option
 Arg = typer.Argument
 
 
-def version_json(v: ImageVersion, digest: str) -> dict[str, Any]:
-    body = v.to_json()
-    for key in ("format", "kind", "links"):
-        body.pop(key)
-    return {"name": f"{v.gallery}/{v.definition}@{v.version}", "record": digest, **body}
+def version_json(home: Home, text: str) -> dict[str, Any]:
+    """The version shape (imgtool/cli/shapes.py) of G/D@X.Y.Z or G/D@latest."""
+    from imgtool.gallery import lookup
+    from imgtool.names import DefinitionRef
+
+    v, digest = lookup.get_version(home, text)
+    chosen, _ = lookup.resolve(home, DefinitionRef(v.gallery, v.definition))
+    return shapes.version(v, digest, latest=str(chosen) == v.version)
+
+
+def image_versions_rules() -> str:
+    from imgtool.gallery.image_versions import DATA_DISK_RULES
+
+    return DATA_DISK_RULES
 
 
 def register(app: typer.Typer) -> None:
@@ -59,9 +69,12 @@ def publish(
     ctx: typer.Context,
     ref: Annotated[str, Arg(help="GALLERY/DEFINITION to publish into.")],
     version: Annotated[str, Opt("--version", help="MAJOR.MINOR.PATCH (each 0..4294967295).")],
-    os_disk: Annotated[str, Opt(help="The OS disk: a file, blake3:<digest>, GALLERY/DEF@X.Y.Z, vm:NAME or "
-                                     "snapshot:VM/SNAP.")],
-    data_disk: Annotated[list[str] | None, Opt(help="LUN=SOURCE (repeatable).")] = None,
+    os_disk: Annotated[str, Opt(help="The OS disk: a file, blake3:DIGEST, GALLERY/DEF@X.Y.Z[:SEL], "
+                                     "vm:NAME[:SEL] or snapshot:VM/SNAP[:SEL] (SEL: a LUN or os).")],
+    data_disk: Annotated[list[str] | None, Opt(metavar="LUN=SOURCE", help="A data disk at LUN 0..63 "
+                                               "(repeatable); see the rules below.")] = None,
+    replace_data_disks: Annotated[bool, Opt(help="Let --data-disk replace a data disk the OS disk's source "
+                                                 "brings at the same LUN.")] = False,
     exclude_from_latest: Annotated[bool, Opt(help="Never pick this version as latest.")] = False,
     end_of_life: Annotated[str | None, Opt(help="YYYY-MM-DD (informational; updatable).")] = None,
     block_deletion_before_end_of_life: Annotated[bool, Opt(help="Refuse deletion before end of life.")] = False,
@@ -70,23 +83,28 @@ def publish(
     fmt: Annotated[str | None, Opt("--format", help="Assert the OS disk file's format.")] = None,
 ) -> None:
     """Publish a new, immutable image version from its disks."""
-    from imgtool.gallery import image_versions, lookup
+    from imgtool.gallery import image_versions
 
     st = state(ctx)
     request = image_versions.PublishRequest(
         ref=parse_definition_ref(ref), version=Version.parse(version), os_disk=os_disk,
         data_disks=tuple(image_versions.parse_data_disk(d) for d in data_disk or []), os_state=os_state,
         exclude_from_latest=exclude_from_latest, end_of_life=end_of_life,
-        block_deletion_before_end_of_life=block_deletion_before_end_of_life, source_format=fmt)
+        block_deletion_before_end_of_life=block_deletion_before_end_of_life, source_format=fmt,
+        replace_data_disks=replace_data_disks)
     bar = ProgressBar(f"publishing {ref}@{version}", enabled=not st.json)
     try:
         published = image_versions.publish(st.home, request, progress=bar)
     finally:
         bar.close()
     if st.json:
-        emit_json(version_json(*lookup.get_version(st.home, f"{ref}@{published.version}")))
+        emit_json(version_json(st.home, f"{ref}@{published.version}"))
         return
     print(f"published {ref}@{published.version}")
+
+
+publish.__doc__ = (f"Publish a new, immutable image version from its disks.\n\n\b\n"
+                   f"{image_versions_rules()}")
 
 
 @version_app.command("list")
@@ -99,7 +117,8 @@ def version_list(ctx: typer.Context, ref: Annotated[str, Arg(help="GALLERY/DEFIN
     found = lookup.list_versions(st.home, r)
     latest = str(lookup.latest_of(found)[0])
     if st.json:
-        emit_json([{"name": f"{r}@{v.version}", **v.to_json(), "latest": v.version == latest} for v in found])
+        emit_json([{**shapes.ref_parts(r.gallery, r.definition, v.version), **v.to_json(),
+                    "latest": v.version == latest} for v in found])
         return
     table(["version", "latest", "excluded", "disks", "size", "published", "end of life"],
           [[v.version, "*" if v.version == latest else "", "yes" if v.exclude_from_latest else "",
@@ -114,7 +133,7 @@ def version_show(ctx: typer.Context, ref: Annotated[str, Arg(help="GALLERY/DEFIN
     st = state(ctx)
     v, digest = lookup.get_version(st.home, ref)
     if st.json:
-        emit_json(version_json(v, digest))
+        emit_json(version_json(st.home, ref))
         return
     pairs: list[tuple[str, Any]] = [
         ("version", f"{v.gallery}/{v.definition}@{v.version}"), ("record", digest), ("os state", v.os_state),
@@ -141,9 +160,10 @@ def version_resolve(
     r = parse_definition_ref(ref)
     chosen, verdicts = lookup.resolve(st.home, r)
     if st.json:
-        emit_json({"definition": str(r), "latest": None if chosen is None else str(chosen),
-                   "candidates": [{"version": str(v.version), "chosen": v.chosen, "reason": v.reason}
-                                  for v in verdicts]})
+        emit_json({"ref": str(r), "gallery": r.gallery, "definition": r.definition,
+                   "resolves_to": None if chosen is None else f"{r}@{chosen}",
+                   "candidates": [{**shapes.ref_parts(r.gallery, r.definition, str(v.version)), "latest": v.chosen,
+                                   "reason": v.reason} for v in verdicts]})
         return
     print(f"{r}@latest -> {chosen if chosen else 'nothing (no eligible version)'}")
     if explain:
@@ -160,7 +180,7 @@ def version_update(
                                                help="Block deletion before end of life.")] = None,
 ) -> None:
     """Change a version's publishing settings (its content never changes)."""
-    from imgtool.gallery import image_versions, lookup
+    from imgtool.gallery import image_versions
 
     st = state(ctx)
     changes: dict[str, Any] = {}
@@ -174,7 +194,7 @@ def version_update(
         raise InvalidArgument("nothing to update", hint="give --exclude-from-latest, --end-of-life, ...")
     image_versions.update_version(st.home, ref, **changes)
     if st.json:
-        emit_json(version_json(*lookup.get_version(st.home, ref)))
+        emit_json(version_json(st.home, ref))
         return
     print(f"updated {ref}")
 
@@ -186,27 +206,30 @@ def version_delete(ctx: typer.Context, ref: Annotated[str, Arg(help="GALLERY/DEF
 
     st = state(ctx)
     image_versions.delete_version(st.home, ref)
-    emit_json({"deleted": ref}) if st.json else print(f"deleted {ref}")
+    emit_json({"deleted": ref}) if st.json else print(f"deleted {ref}; imgtool gc frees its data")
 
 
 @version_app.command("export")
 def version_export(
     ctx: typer.Context,
     ref: Annotated[str, Arg(help="GALLERY/DEFINITION@X.Y.Z or @latest")],
-    out: Annotated[Path, Arg(help="Output file.")],
-    fmt: Annotated[str, Opt("--format", help="qcow2 or raw.")] = "qcow2",
+    out: Annotated[Path, Arg(help="Output file (.qcow2, .raw or .img gives the format).")],
+    fmt: Annotated[str | None, Opt("--format", help="qcow2 or raw (default: from the file's extension).")] = None,
     disk: Annotated[int | None, Opt("--disk", help="Data disk LUN (default: the OS disk).")] = None,
+    force: Annotated[bool, Opt("--force", help="Overwrite an existing output file.")] = False,
 ) -> None:
-    """Write one disk of a version back out as a file."""
+    """Write one disk of a version back out as a file (mode 0644 less the umask, like any new file)."""
     from imgtool.gallery import image_versions
 
     st = state(ctx)
+    fmt = image_versions.export_format(out, fmt)
     bar = ProgressBar(f"exporting {ref}", enabled=not st.json)
     try:
-        exported = image_versions.export(st.home, ref, out, fmt=fmt, lun=disk, progress=bar)
+        exported = image_versions.export(st.home, ref, out, fmt=fmt, lun=disk, progress=bar, force=force)
     finally:
         bar.close()
     if st.json:
-        emit_json({"path": str(out), "format": fmt, "digest": exported.digest, "virtual_size": exported.virtual_size})
+        emit_json({"path": str(out), "format": fmt, "lun": disk, "digest": exported.digest,
+                   "virtual_size": exported.virtual_size})
         return
     print(f"wrote {out} ({fmt}, {human_bytes(exported.virtual_size)})")

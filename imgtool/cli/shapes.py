@@ -1,0 +1,63 @@
+"""The JSON vocabulary of imgtool: one noun, one shape, in every command (documented in docs/GUIDE.md).
+
+Conventions every command (and every new one) follows:
+- An object's full reference is "ref": a definition "G/D", a version "G/D@X.Y.Z". The parts are
+  separate fields: "gallery", "definition", "version" (always the bare X.Y.Z).
+- "latest" is always a boolean on a version: whether G/D@latest resolves to it.
+- A VM is {"name", "image" (a version ref), "state", "ssh_port", ...}: state and port at the top
+  level, the same in vm list, vm show, vm new, vm start, vm stop.
+- A digest is always the full "blake3:<64 hex>"; a size is an integer number of bytes in a key
+  ending in "_size" or "_bytes"; memory is "memory_mib"; times are ISO 8601 UTC ("...Z").
+- A deletion answers {"deleted": REF}; an error is {"error": {"category", "message", "hint",
+  "exit_code"}} (alone, or added to the command's document).
+- Absent values are null, never "" or "-".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from imgtool.gallery.model import Definition, Disk, ImageVersion
+from imgtool.vm.record import VmRecord
+
+
+def version_ref(gallery: str, definition: str, version: str) -> str:
+    return f"{gallery}/{definition}@{version}"
+
+
+def ref_parts(gallery: str, definition: str, version: str) -> dict[str, str]:
+    return {"ref": version_ref(gallery, definition, version), "gallery": gallery, "definition": definition,
+            "version": version}
+
+
+def disk(d: Disk) -> dict[str, Any]:
+    return {"lun": d.lun, "digest": d.digest, "virtual_size": d.virtual_size, "source": d.source}
+
+
+def version(v: ImageVersion, record: str, *, latest: bool) -> dict[str, Any]:
+    return {**ref_parts(v.gallery, v.definition, v.version), "record": record, "latest": latest,
+            "os_state": v.os_state, "disks": [disk(d) for d in v.disks], "definition_record": v.definition_record,
+            "published": v.published, "updated": v.updated, "exclude_from_latest": v.exclude_from_latest,
+            "end_of_life": v.end_of_life,
+            "block_deletion_before_end_of_life": v.block_deletion_before_end_of_life, "provenance": v.provenance}
+
+
+def definition(d: Definition) -> dict[str, Any]:
+    body = d.to_json()
+    for key in ("format", "kind", "links", "gallery", "name"):
+        body.pop(key)
+    return {"ref": f"{d.gallery}/{d.name}", "gallery": d.gallery, "definition": d.name, **body}
+
+
+def vm(record: VmRecord, status: dict[str, Any]) -> dict[str, Any]:
+    """A VM: its receipt (without the embedded definition, which version show has) and its state."""
+    body = {k: v for k, v in record.to_json().items() if k not in ("definition", "format", "kind")}
+    return {**body, "state": status["state"], "ssh_port": status.get("ssh_port"), "accel": status.get("accel"),
+            "pid": status.get("pid"), "started": status.get("started"),
+            "forwards": status.get("forwards", [])}
+
+
+def incomplete_vm(name: str) -> dict[str, Any]:
+    """A VM folder without a record (an unfinished vm new): the same keys, unknown values null."""
+    return {"name": name, "image": None, "state": "incomplete", "ssh_port": None, "accel": None, "cpus": None,
+            "memory_mib": None}
