@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from imgtool import formats
-from imgtool.capture import sources
+from imgtool.capture import archives, sources
 from imgtool.errors import AlreadyExists, InvalidArgument, NotFound, Refused
 from imgtool.gallery.galleries import VERSIONS, gallery_lock, get_definition_with_digest
 from imgtool.gallery.lookup import get_version
@@ -168,7 +168,9 @@ def _inspect_files(req: PublishRequest) -> None:
     given = [(req.os_disk, req.source_format), *((text, None) for _lun, text in req.data_disks)]
     for text, fmt in given:
         if sources.is_file_source(text):
-            formats.inspect(Path(text), expected=fmt)
+            info = formats.inspect(Path(text), expected=fmt)
+            if info.format == "raw":
+                archives.refuse_archive(info.path)
 
 
 def _capture_disks(home: Home, req: PublishRequest, plan: list[PlannedDisk], definition: Definition,
