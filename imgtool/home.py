@@ -53,7 +53,11 @@ class Home:
     @classmethod
     def at(cls, root: Path | None) -> Home:
         found, origin = (Path(root), "--home") if root is not None else _default()
-        return cls(_checked(found, origin).absolute(), origin)
+        home = cls(_checked(found, origin).absolute(), origin)
+        existing = next((p for p in (home.root, *home.root.parents) if p.exists() or p.is_symlink()), None)
+        if existing is not None and not existing.is_dir():  # even commands that only read say so
+            raise home._error(home.root, FileExistsError(errno.EEXIST, "not a folder", str(existing)))
+        return home
 
     def ensure(self) -> None:
         """Create the home's folders; a home that cannot be one is the user's error, said as such."""

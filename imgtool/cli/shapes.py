@@ -61,3 +61,26 @@ def incomplete_vm(name: str) -> dict[str, Any]:
     """A VM folder without a record (an unfinished vm new): the same keys, unknown values null."""
     return {"name": name, "image": None, "state": "incomplete", "ssh_port": None, "accel": None, "cpus": None,
             "memory_mib": None}
+
+
+# The keys each noun always has (docs/GUIDE.md, "JSON output"; tests/test_json_shapes.py checks every
+# command's output against these).
+KEYS: dict[str, tuple[str, ...]] = {
+    "error": ("category", "message", "hint", "exit_code"),
+    "gallery": ("ref", "name", "description", "created", "updated"),
+    "definition": ("ref", "gallery", "definition", "publisher", "offer", "sku", "os_type", "os_state", "firmware",
+                   "architecture", "recommended", "disallowed_disk_formats", "end_of_life", "features", "tags",
+                   "created", "updated"),
+    "version": ("ref", "gallery", "definition", "version", "record", "latest", "os_state", "disks", "published",
+                "exclude_from_latest", "end_of_life", "block_deletion_before_end_of_life", "provenance"),
+    "version_summary": ("ref", "gallery", "definition", "version", "record", "latest", "os_state", "disks",
+                        "published", "exclude_from_latest", "end_of_life"),
+    "disk": ("lun", "digest", "virtual_size"),
+    "resolve": ("ref", "gallery", "definition", "resolves_to", "candidates"),
+    "capture": ("digest", "virtual_size", "source"),
+    "export": ("path", "format", "lun", "digest", "virtual_size"),
+    "vm": ("name", "image", "state", "ssh_port", "accel", "cpus", "memory_mib", "disks", "forwards", "seed",
+           "version_digest", "created"),
+    "snapshot": ("vm", "name", "ref", "created", "image", "disks", "stored_bytes"),
+    "deleted": ("deleted",),
+}

@@ -36,15 +36,20 @@ def _ssh_line(name: str, runtime: dict[str, Any]) -> str:
             f"log in with: imgtool vm ssh {name}")
 
 
-def _got(record: VmRecord) -> str:
+def _got(record: VmRecord) -> list[str]:
+    """What vm new gave the VM, one fact per line (each fits 80 columns for plausible values)."""
     os_disk = record.disk(None)
-    user = record.seed.admin_user if record.seed else None
-    login = f"user {user}" + (f" with key {record.seed.ssh_key}" if record.seed and record.seed.ssh_key else
-                              " (no SSH key)") if user else "the image's own accounts (specialized)"
-    forwards = "".join(f", forward {f}" for f in record.forwards)
-    size = human_bytes(os_disk.virtual_size) if os_disk else "-"
-    return (f"{record.cpus} vCPUs, {record.memory_mib} MiB memory, OS disk {size}, "
-            f"{len(record.disks) - 1} data disk(s){forwards}; {login}")
+    data = len(record.disks) - 1
+    lines = [f"{record.cpus} vCPUs, {record.memory_mib} MiB memory, OS disk "
+             f"{human_bytes(os_disk.virtual_size) if os_disk else '-'}"
+             + (f", {data} data disk{'s' if data > 1 else ''}" if data else "")]
+    lines += [f"forward {f}" for f in record.forwards]
+    if record.seed is None:
+        lines.append("login: the image's own accounts (a specialized image)")
+    else:
+        key = record.seed.ssh_key
+        lines.append(f"login: user {record.seed.admin_user}" + (f", key {key}" if key else ", no SSH key"))
+    return lines
 
 
 @vm_app.command("new")
@@ -91,7 +96,9 @@ def vm_new(
     if st.json:
         emit_json(vm_json(st.home, name, warnings=warnings))
         return
-    print(f"created VM {name} from {record.image}: {_got(record)}")
+    print(f"created VM {name} from {record.image}")
+    for line in _got(record):
+        print(f"  {line}")
     for message in warnings:
         warn(message)
     if runtime:

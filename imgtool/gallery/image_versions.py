@@ -123,6 +123,19 @@ def _check_request(req: PublishRequest, definition: Definition) -> None:
             raise Refused(f"the source has OS state {req.os_state}, but definition {req.ref} is "
                           f"{definition.os_state}", hint="publish it into a definition with the same OS state")
     check_date(req.end_of_life, "end of life")
+    check_block_deletion(req.block_deletion_before_end_of_life, req.end_of_life)
+
+
+def check_block_deletion(block: bool, end_of_life: str | None) -> None:
+    """Blocking deletion before the end of life needs an end of life that is still ahead."""
+    if not block:
+        return
+    if end_of_life is None:
+        raise InvalidArgument("--block-deletion-before-end-of-life needs an end of life to block until",
+                              hint="give --end-of-life YYYY-MM-DD (a date ahead)")
+    if end_of_life[:10] <= dt.date.today().isoformat():
+        raise InvalidArgument(f"end of life {end_of_life[:10]} is not ahead, so there is nothing to block deletion "
+                              "before", hint="give a later --end-of-life, or drop the deletion block")
 
 
 def _source_needs_state(text: str) -> bool:
@@ -200,6 +213,8 @@ def update_version(home: Home, text: str, **changes: Any) -> ImageVersion:
         changes["end_of_life"] = check_date(changes["end_of_life"], "end of life")
     with gallery_lock(home, ref.gallery):
         current, _ = get_version(home, ref)
+        if changes.get("block_deletion_before_end_of_life") is True:  # turning the block on
+            check_block_deletion(True, changes.get("end_of_life", current.end_of_life))
         updated = current.updated_with(**changes)
         digest = home.store.put_manifest(updated.to_json())
         home.store.set_name(VERSIONS, ref.gallery, ref.definition, current.version, target=digest)
