@@ -247,7 +247,8 @@ def test_bad_arguments_get_one_line_and_change_nothing(zygote: Zygote, tmp_path:
         assert done.status == 0, done.describe()
     before = fingerprint(home)
     figures: Counter[str] = Counter()
-    runs = [(argv, code, {}) for argv, code in cases(f)] + env_cases(f)
+    runs: list[tuple[list[str], int, dict[str, str]]] = [(argv, code, {}) for argv, code in cases(f)]
+    runs += env_cases(f)
     for argv, expected, env in runs:
         done = zygote.run(argv, home=home, env=env, kill_after=60)
         assert done.status == expected and done.one_line_error(), done.describe()
