@@ -31,7 +31,7 @@ from pathlib import Path
 from types import TracebackType
 
 from imgtool.errors import Corrupt, InvalidArgument, ToolFailed
-from imgtool.tools import qemu_img, run
+from imgtool.tools import qemu_img, run, sockets
 
 # --- protocol constants (all integers are big-endian on the wire) -----------------
 NBDMAGIC = b"NBDMAGIC"
@@ -73,7 +73,6 @@ REQUEST_SIZE = 8 << 20  # what we ask per request: with PIPELINE of them in flig
 MAX_OPTION_REPLY = 1 << 16  # option replies are short; anything bigger is a broken server
 PIPELINE = 4  # requests in flight per connection
 EXPORT_NAME = "imgtool"
-SOCKET_PATH_MAX = 107  # sun_path is 108 bytes including the NUL
 
 
 def limits_for(virtual_size: int) -> run.Limits:
@@ -322,7 +321,7 @@ class Export:
         self.path = Path(path)
         self.fmt = fmt
         self.socket_path = Path(workdir) / f"nbd-{os.getpid()}-{id(self):x}.sock"
-        if len(os.fsencode(self.socket_path)) > SOCKET_PATH_MAX:
+        if not sockets.fits(self.socket_path):
             raise InvalidArgument(f"socket path {self.socket_path} is too long for a unix socket",
                                   hint="use a shorter work directory")
         self.limits = limits
