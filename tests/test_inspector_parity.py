@@ -395,7 +395,7 @@ def test_verdict(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 def documented_differences() -> set[str]:
     section = DOC.read_text().split("## Format inspector parity", 1)[1].split("\n## ", 1)[0]
-    return set(re.findall(r"(?m)^\| `([a-z0-9.-]+)` \|", section))
+    return set(re.findall(r"(?m)^\| `([A-Za-z0-9.-]+)` \|", section))
 
 
 def test_every_difference_from_the_peer_is_documented() -> None:
