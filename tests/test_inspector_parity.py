@@ -278,7 +278,8 @@ CASES: dict[str, Case] = {
     "iso-9660": Case(iso(), "accept", "refuse", "ISO 9660/UDF images are installation media"),
     "iso-udf": Case(iso(udf=True), "accept", "refuse", "ISO 9660/UDF images are installation media"),
     # test_bad_iso_qcow2 and Glance's iso+qcow2 / iso+gpt
-    "iso-qcow2-system-area": Case(iso_with_qcow2_header, "refuse", "refuse", "several formats at once (ISO 9660, qcow2)"),
+    "iso-qcow2-system-area": Case(iso_with_qcow2_header, "refuse", "refuse",
+                                  "several formats at once (ISO 9660, qcow2)"),
     "iso-hybrid-gpt": Case(iso(system_area=mbr((0, 0x80, 0x17, 0, 0), size=512)), "accept", "refuse",
                            "ISO 9660/UDF images are installation media"),
     "qcow2-mbr-signature": Case(qcow2_with_mbr_signature, "refuse", "refuse",
