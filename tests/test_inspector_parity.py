@@ -116,7 +116,7 @@ def iso(udf: bool = False, *, system_area: bytes = b"") -> Build:
         else:
             image.new(interchange_level=3, vol_ident="TEST")
         data = bytes(7 * MIB)
-        image.add_fp(io.BytesIO(data), len(data), "/DATA.BIN;1", **({"udf_path": "/data.bin"} if udf else {}))
+        image.add_fp(io.BytesIO(data), len(data), "/DATA.BIN;1", udf_path="/data.bin" if udf else None)
         image.write(str(path))
         image.close()
         if system_area:
