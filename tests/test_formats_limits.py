@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from imgtool import run
 from imgtool.formats import inspect, vmdk
 from imgtool.formats._common import Source
+from imgtool.tools import run
 from tests.conftest import require_tools
 from tests.test_formats import make, qemu_img, qemu_info
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import pycdlib
 import pytest
 
-from imgtool import run
 from imgtool.errors import ImgtoolError
 from imgtool.formats import inspect
+from imgtool.tools import run
 from tests.conftest import require_tools
 from tests.test_formats import gd_at_end, qemu_img, qemu_info
 
