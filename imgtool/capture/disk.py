@@ -93,13 +93,15 @@ def capture_file(home: Home, path: Path, *, fmt: str | None = None, progress: Pr
 
 
 def capture_overlay(home: Home, overlay: Path, *, base_digest: str, base_path: Path,
-                    source: dict[str, Any], progress: Progress | None = None) -> Captured:
+                    source: dict[str, Any], progress: Progress | None = None,
+                    allow_nested: bool = False) -> Captured:
     """Incremental capture of a VM's qcow2 overlay over a materialized base.
 
     Only chunks touched by the overlay's own clusters are read; all others keep
     the base disk's chunk digests, so the cost follows the size of the change.
     The overlay is ours, but it is still checked: its backing file must be
-    exactly the expected base, with no external data file.
+    exactly the expected base, with no external data file. The guest wrote its
+    disk, so a nested image is refused as for a file (see capture_file).
     """
     store = home.store
     info = qemu_img.info(overlay, fmt="qcow2")
@@ -116,7 +118,10 @@ def capture_overlay(home: Home, overlay: Path, *, base_digest: str, base_path: P
         reused = {i: h for i, h in base.chunks.items() if i not in changed}
         with diskread.MappedReader(overlay, fmt="qcow2", extents=extents, layers={0: overlay, 1: base_path},
                                    limits=None) as mapped:
+            nested = check_nested(mapped.read, base.virtual_size, what=str(overlay), outer="VM's",
+                                  allow_nested=allow_nested)
             result = ingest(store, virtual_size=base.virtual_size, read=mapped.read, indexes=indexes,
                             reused=reused, progress=progress)
         lease(store, result.digest)
-    return Captured(result.digest, base.virtual_size, {**source, "parent_disk": base_digest}, _stats(result))
+    recorded = {**source, "parent_disk": base_digest, **({"nested_image": nested} if nested else {})}
+    return Captured(result.digest, base.virtual_size, recorded, _stats(result))
