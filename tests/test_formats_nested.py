@@ -14,7 +14,7 @@ from pathlib import Path
 import pycdlib
 import pytest
 
-from imgtool.capture.disk import capture_file
+from imgtool.capture.disk import capture_file, capture_overlay
 from imgtool.errors import UnsafeImage
 from imgtool.formats import nested_formats, refuse_nested
 from imgtool.home import Home
@@ -149,3 +149,33 @@ def test_ordinary_guest_content_is_captured(content: str, home: Home, tmp_path: 
     captured = capture_file(home, path)
     assert "nested_image" not in captured.source
     assert captured.virtual_size == 4 * MIB
+
+
+@pytest.mark.integration
+def test_a_vm_overlay_whose_guest_wrote_an_image_header_is_refused(home: Home, tmp_path: Path) -> None:
+    """capture_overlay (a VM's disk) runs the same check: the guest chose what its disk holds."""
+    base_file = tmp_path / "base.raw"
+    base_file.write_bytes(mbr_disk() + bytes(4 * MIB - 4096))
+    base = capture_file(home, base_file)
+    base_path = tmp_path / "materialized.raw"
+    store = home.store
+    materialize(store, store.get_disk(base.digest), base_path, durable=False)
+    raw_view = tmp_path / "view.raw"  # the base's content with a VMDK descriptor written at its start
+    raw_view.write_bytes(PASSWD_DESCRIPTOR + base_path.read_bytes()[len(PASSWD_DESCRIPTOR):])
+    overlay = tmp_path / "overlay.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-b", base_path, "-F", "raw", overlay)
+    run.run(["qemu-io", "-f", "qcow2", "-c", f"write -P 0x23 0 {MIB}", overlay], timeout=60)
+    source = {"kind": "vm", "vm": "web"}
+    # a guest that wrote plain data is captured ...
+    captured = capture_overlay(home, overlay, base_digest=base.digest, base_path=base_path, source=source)
+    assert "nested_image" not in captured.source
+    # ... one that wrote a VMDK descriptor at the start of its disk is not, unless allowed
+    nested = tmp_path / "nested.qcow2"
+    qemu_img("convert", "-q", "-f", "raw", "-O", "qcow2", "-B", base_path, "-F", "raw", raw_view, nested)
+    before = fingerprint(home.root)
+    with pytest.raises(UnsafeImage, match="guest data of this VM's disk is itself a vmdk image"):
+        capture_overlay(home, nested, base_digest=base.digest, base_path=base_path, source=source)
+    assert fingerprint(home.root) == before
+    allowed = capture_overlay(home, nested, base_digest=base.digest, base_path=base_path, source=source,
+                              allow_nested=True)
+    assert allowed.source["nested_image"] == ["vmdk"]
