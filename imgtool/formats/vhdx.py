@@ -4,7 +4,10 @@ the virtual size and to refuse differencing disks.
 Refused: a parent locator metadata item or the HasParent flag (a differencing
 disk), a pending log (qemu would replay it, writing into the image, when
 opened read-write), unknown required regions or metadata items, checksum
-failures, and regions or items that point outside the file.
+failures, and regions or item values that point outside the file. Metadata
+items are read as qemu reads them (a fixed size at their offset): their
+declared lengths and the physical sector size are not checked, since qemu
+opens such images.
 """
 
 from __future__ import annotations

@@ -4,8 +4,12 @@ Accepted: a hosted sparse extent (magic KDMV) whose embedded descriptor says
 createType monolithicSparse or streamOptimized and lists exactly one extent,
 itself. Refused: text descriptor files (their extents are other files: qemu
 would open whatever paths they name), ESX "COWD" sparse files, a zero capacity
-(qemu then follows the embedded descriptor's extents), parent hints, and a
-streamOptimized footer that disagrees with its header.
+(qemu then follows the embedded descriptor's extents), parent hints, a
+descriptor anywhere but sector 1 (where qemu reads it, whatever the header
+says), and a streamOptimized footer that disagrees with its header or whose
+markers are not exactly a marker (size 0, its type, zero padding) -- the peer's
+checks. The header's descriptor size is not a limit qemu has; at most
+MAX_DESCRIPTOR_BYTES of it are read, as qemu does.
 """
 
 from __future__ import annotations
