@@ -11,6 +11,7 @@ format given explicitly. Only ranges that qemu-img map reports as data are read
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,6 @@ from store.progress import Progress
 from store.repo import Store
 
 CAPTURES = "captures"
-
 
 
 @dataclass(frozen=True)
