@@ -54,6 +54,7 @@ _ISO_IDENTIFIERS = (b"CD001", b"BEA01", b"NSR02", b"NSR03")
 # qemu's vmdk probe: after comment lines and blank (space-only) lines, a line
 # "version=N" makes the file a VMDK descriptor, with or without the banner.
 _VMDK_TEXT = re.compile(rb"(?:#[^\n]*\n| *\r?\n)*version=[123]\r?\n")
+VMDK_TEXT_PROBE = 4096  # qemu probes 2 KiB; twice that, as before ISO detection made the probe larger
 
 _NAMES = {PARTITION_TABLE: "an MBR/GPT partition table", "iso": "ISO 9660"}
 
@@ -95,7 +96,7 @@ def describe(found: set[str]) -> str:
 def head_matches(header: bytes) -> set[str]:
     """Formats identified by the first PROBE_SIZE bytes (a nested disk's guest data included)."""
     found = {name for magic, name in _HEAD_MAGICS if header.startswith(magic)}
-    if _VMDK_TEXT.match(header):
+    if _VMDK_TEXT.match(header[:VMDK_TEXT_PROBE]):
         found.add("vmdk")
     if len(header) >= 68 and int.from_bytes(header[64:68], "little") == VDI_SIGNATURE:
         found.add("vdi")
