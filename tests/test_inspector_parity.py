@@ -409,3 +409,13 @@ def test_the_cases_cover_both_verdicts_and_every_peer_inspector() -> None:
     assert {("accept", "accept"), ("refuse", "refuse")} <= verdicts
     names = " ".join(CASES)
     assert all(kind in names for kind in ("qcow2", "vhd", "vhdx", "vmdk", "vdi", "qed", "iso", "gpt", "luks", "mbr"))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", ["vmdk-footer-peer-literal", "vmdk-peer-descriptor"])
+def test_where_only_the_peer_accepts_a_vmdk_qemu_cannot_open_it_either(name: str, tmp_path: Path) -> None:
+    """What docs/RELIABILITY.md says of these two differences: imgtool's refusal costs no readable image."""
+    require_tools("qemu-img")
+    path = CASES[name].build(tmp_path)
+    done = run.run(["qemu-img", "info", "-f", "vmdk", path], timeout=60, check=False)
+    assert done.returncode != 0, done.stdout
