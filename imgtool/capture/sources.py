@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imgtool.capture import vms as vmcapture
-from imgtool.capture.disk import Captured, Progress, capture_file
+from imgtool.capture.disk import Captured, capture_file
 from imgtool.errors import InvalidArgument, NotFound
 from imgtool.gallery import lookup
 from imgtool.home import Home
 from store import digest as digests
+from store.progress import Progress
 
 MULTI_DISK = ("version", "vm", "snapshot")
 MAX_LUN = 63

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from imgtool.capture.disk import Captured, Progress, capture_overlay
+from imgtool.capture.disk import Captured, capture_overlay
 from imgtool.errors import InvalidArgument, NotFound, Refused
 from imgtool.home import Home
 from imgtool.names import check_name
 from imgtool.vm import state as vmstate
 from imgtool.vm.record import VmDisk, VmRecord, load, vm_dir
+from store.progress import Progress
 
 
 def _disk(disks: tuple[VmDisk, ...], lun: int | None, what: str, name: str) -> VmDisk:

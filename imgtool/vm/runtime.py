@@ -13,8 +13,6 @@ import json
 import os
 import re
 import signal
-import socket
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,7 +24,7 @@ import blake3
 from imgtool.errors import InvalidArgument, NotFound, Refused, ToolFailed
 from imgtool.gallery.model import now
 from imgtool.home import Home
-from imgtool.tools import accel, qemu, qmp, run
+from imgtool.tools import accel, ports, qemu, qmp, run, sockets
 from imgtool.tools.ports import free_port
 from imgtool.vm import bases
 from imgtool.vm import state as vmstate
@@ -35,17 +33,14 @@ from store import atomic
 
 STATE = vmstate.STATE
 SERIAL = "serial.log"
-SOCKET_MAX = 100
 
 
 def qmp_socket(folder: Path) -> Path:
     """The VM's QMP socket: in its folder when the path fits a unix socket, else in a private temp dir."""
     candidate = folder / "qmp.sock"
-    if len(os.fsencode(candidate)) <= SOCKET_MAX:
+    if sockets.fits(candidate):
         return candidate
-    private = Path(tempfile.gettempdir()) / f"imgtool-{os.getuid()}"
-    private.mkdir(mode=0o700, exist_ok=True)
-    return private / f"{blake3.blake3(os.fsencode(folder)).hexdigest()[:20]}.qmp"
+    return sockets.private_dir() / f"{blake3.blake3(os.fsencode(folder)).hexdigest()[:20]}.qmp"
 
 
 _state = vmstate.read
@@ -87,12 +82,9 @@ def spec_for(home: Home, record: VmRecord, *, accel_name: str, port: int) -> qem
 def _check_forward_ports(record: VmRecord) -> None:
     """A fixed host port that is taken would make QEMU fail with a cryptic hostfwd error."""
     for forward in record.forwards:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", forward.host))
-            except OSError:
-                raise Refused(f"host port 127.0.0.1:{forward.host} (forwarded to guest port {forward.guest}) is "
-                              "in use", hint=f"free that port, then imgtool vm start {record.name}") from None
+        if not ports.is_free(forward.host):
+            raise Refused(f"host port 127.0.0.1:{forward.host} (forwarded to guest port {forward.guest}) is in use",
+                          hint=f"free that port, then imgtool vm start {record.name}")
 
 
 def start(home: Home, name: str, *, requested_accel: str | None = None) -> dict[str, Any]:
@@ -235,17 +227,6 @@ def wait_for(home: Home, name: str, text: str, *, timeout: float) -> str:
 KNOWN_HOSTS = "known_hosts"
 
 
-def ssh_answers(port: int, *, timeout: float = 5.0) -> bool:
-    """Whether an SSH server answers on 127.0.0.1:port with its banner. (QEMU's user network accepts
-    the TCP connection even when nothing listens in the guest, so a connect alone proves nothing.)"""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-            sock.settimeout(timeout)
-            return sock.recv(8).startswith(b"SSH-")
-    except OSError:
-        return False
-
-
 def wait_ssh(home: Home, name: str, *, timeout: float, waiting: Callable[[int], None] | None = None) -> int:
     """Wait (bounded) until the VM's SSH answers; returns its port. `waiting(port)` is called once,
     if it does not answer at once."""
@@ -257,7 +238,7 @@ def wait_ssh(home: Home, name: str, *, timeout: float, waiting: Callable[[int], 
             load(home, name)
             raise Refused(f"VM '{name}' is not running", hint=f"start it: imgtool vm start {name}")
         port = int(state["ssh_port"])
-        if ssh_answers(port):
+        if ports.ssh_answers(port):
             return port
         if time.monotonic() >= deadline:
             raise ToolFailed(f"nothing answers SSH on 127.0.0.1:{port} (VM '{name}') after {timeout:g}s",
