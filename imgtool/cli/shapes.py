@@ -60,7 +60,7 @@ def vm(record: VmRecord, status: dict[str, Any]) -> dict[str, Any]:
 def incomplete_vm(name: str) -> dict[str, Any]:
     """A VM folder without a record (an unfinished vm new): the same keys, unknown values null."""
     return {"name": name, "image": None, "state": "incomplete", "ssh_port": None, "accel": None, "cpus": None,
-            "memory_mib": None}
+            "memory_mib": None, "disks": [], "forwards": [], "seed": None, "version_digest": None, "created": None}
 
 
 # The keys each noun always has (docs/GUIDE.md, "JSON output"; tests/test_json_shapes.py checks every

@@ -314,7 +314,7 @@ def vm_ssh(
     vmrun.ssh_argv(st.home, name, [])  # refuses a stopped or user-less VM before any wait
 
     def waiting(port: int) -> None:
-        sys.stderr.write(f"waiting up to {wait:g}s for SSH on 127.0.0.1:{port} (VM {name} is booting)...\n")
+        sys.stderr.write(f"waiting up to {wait:g}s for SSH on 127.0.0.1:{port} to answer (VM {name})...\n")
 
     port = vmrun.wait_ssh(st.home, name, timeout=wait, waiting=waiting)
     run.exec_replace(vmrun.ssh_argv(st.home, name, list(ctx.args), port=port))

@@ -238,15 +238,15 @@ def wait_ssh(home: Home, name: str, *, timeout: float, waiting: Callable[[int], 
             load(home, name)
             raise Refused(f"VM '{name}' is not running", hint=f"start it: imgtool vm start {name}")
         port = int(state["ssh_port"])
-        if ports.ssh_answers(port):
+        if ports.ssh_answers(port, timeout=max(min(5.0, deadline - time.monotonic()), 0.5)):
             return port
+        if not told and waiting is not None:
+            waiting(port)
+            told = True
         if time.monotonic() >= deadline:
             raise ToolFailed(f"nothing answers SSH on 127.0.0.1:{port} (VM '{name}') after {timeout:g}s",
                              hint=f"the guest may still be booting or has no SSH server: read its console "
                                   f"(imgtool vm console {name}), or wait longer with --wait")
-        if not told and waiting is not None:
-            waiting(port)
-            told = True
         time.sleep(1.0)
 
 
