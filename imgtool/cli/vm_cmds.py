@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from imgtool.cli import shapes
 from imgtool.cli.output import ProgressBar, emit_json, fields, human_bytes, state, table
@@ -13,8 +14,18 @@ from imgtool.vm.record import VmRecord, load
 
 vm_app = typer.Typer(help="VMs: copy-on-write qcow2 overlays over a version's disks, booted under QEMU.",
                      no_args_is_help=True)
+class _SnapshotGroup(TyperGroup):
+    """`vm snapshot VM SNAP` (the form before the group existed) still means `vm snapshot create VM SNAP`."""
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        if len(args) >= 2 and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["create", *args]
+        return super().resolve_command(ctx, args)
+
+
 snapshot_app = typer.Typer(help="Snapshots of a stopped VM's disks: create, list, restore, delete; capture or "
-                           "publish one as snapshot:VM/SNAP.", no_args_is_help=True)
+                           "publish one as snapshot:VM/SNAP. (`vm snapshot VM SNAP` is short for create.)",
+                           no_args_is_help=True, cls=_SnapshotGroup)
 vm_app.add_typer(snapshot_app, name="snapshot")
 Opt = typer.Option
 Arg = typer.Argument
@@ -331,8 +342,7 @@ def snapshot_create(ctx: typer.Context, name: Annotated[str, Arg(help="VM name."
     if st.json:
         emit_json(next(s for s in vm.list_snapshots(st.home, name) if s["name"] == snap))
         return
-    print(f"snapshot {name}/{snap} taken; publish it with: imgtool publish G/D --version X.Y.Z "
-          f"--os-disk snapshot:{name}/{snap} --os-state {load(st.home, name).os_state}")
+    print(f"snapshot {name}/{snap} taken; capture or publish it as snapshot:{name}/{snap}")
 
 
 @snapshot_app.command("list")
