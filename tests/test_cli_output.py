@@ -226,6 +226,8 @@ def test_shell_completion_completes_commands(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", "from imgtool.cli.main import run; run()"], env=env,
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.stdout.split() == ["snapshot"], done.stderr
-    shown = subprocess.run([sys.executable, "-m", "imgtool", "--show-completion"], env={**os.environ,
-                           "SHELL": "/bin/bash"}, capture_output=True, text=True, timeout=60, check=False)
+    # From a shell, as a user runs it (the shell is detected from the process tree).
+    shown = subprocess.run(["bash", "-c", f"{sys.executable} -m imgtool --show-completion; true"],
+                           env={**os.environ, "SHELL": "/bin/bash"}, capture_output=True, text=True, timeout=60,
+                           check=False)
     assert re.search(r"_IMGTOOL_COMPLETE", shown.stdout), shown.stderr

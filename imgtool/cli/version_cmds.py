@@ -41,8 +41,9 @@ def register(app: typer.Typer) -> None:
 
 def capture(
     ctx: typer.Context,
-    source: Annotated[str, Arg(help="A disk file (qcow2, raw, vmdk, vpc, vhdx), vm:NAME, snapshot:VM/SNAP, "
-                                    "GALLERY/DEF@X.Y.Z or blake3:<digest>.")],
+    source: Annotated[str, Arg(help="A disk file (qcow2, raw, vmdk, vpc, vhdx), blake3:DIGEST, "
+                                    "GALLERY/DEF@X.Y.Z[:SEL], vm:NAME[:SEL] or snapshot:VM/SNAP[:SEL]; SEL is a "
+                                    "data disk's LUN or os (the default).")],
     fmt: Annotated[str | None, Opt("--format", help="Assert the file's format; a mismatch with what its "
                                                      "bytes say is an error.")] = None,
 ) -> None:

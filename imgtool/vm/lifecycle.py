@@ -110,10 +110,22 @@ def _provisioning(req: NewVm, version: ImageVersion) -> seed.Provisioning | None
                      "publish a generalized version to provision VMs")
         return None
     key_path = req.ssh_key or _default_key()
-    keys = (_read(key_path, "SSH public key", MAX_KEY_FILE).strip(),) if key_path else ()
+    keys = (_public_key(key_path),) if key_path else ()
     user_data = _read(req.user_data, "user-data", MAX_USER_DATA) if req.user_data else None
     hostname = req.hostname or req.name.replace("_", "-").replace(".", "-")[:63]
     return seed.Provisioning(seed.new_instance_id(), hostname, req.admin_user or _default_user(), keys, user_data)
+
+
+def _public_key(path: Path) -> str:
+    """The public key in `path`; a private key (the usual slip) is refused before it goes anywhere."""
+    text = _read(path, "SSH public key", MAX_KEY_FILE).strip()
+    if "PRIVATE KEY" in text.partition("\n")[0]:
+        raise InvalidArgument(f"{path} is a private key; a VM gets only the public half",
+                              hint=f"give --ssh-key {path}.pub")
+    if not text.startswith(("ssh-", "ecdsa-", "sk-")):
+        raise InvalidArgument(f"{path} is not an SSH public key (it should start with ssh-ed25519, ssh-rsa, ...)",
+                              hint="give a .pub file, e.g. --ssh-key ~/.ssh/id_ed25519.pub")
+    return text
 
 
 def _read(path: Path, what: str, limit: int) -> str:

@@ -183,6 +183,8 @@ def path_cases(f: dict[str, str]) -> list[tuple[list[str], int]]:
         ([*new_vm, "--forward", "8080:80", "--forward", "8080:81"], 2),
         ([*new_vm, "--forward", "8080"], 2),
         ([*new_vm, "--accel", "hvf"], 2),
+        ([*new_vm[:-1], f["private"]], 2),  # the usual slip: the private half
+        ([*new_vm[:-1], f["user_data"]], 2),  # text, but not a public key
         (["vm", "update", "web"], 2),
         (["vm", "update", "web", "--cpus", "8"], 5),
         (["vm", "update", "web", "--cpus", "0"], 2),
@@ -236,6 +238,8 @@ def test_bad_arguments_get_one_line_and_change_nothing(zygote: Zygote, tmp_path:
     os.symlink(work / "nowhere", f["dangling"])
     os.symlink(f["loop"], f["loop"])
     write_archives(work, good, f)
+    f["private"] = str(work / "id_ed25519")
+    Path(f["private"]).write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n")
     for argv in (["gallery", "create", "g"],
                  ["definition", "create", "g/d", *[a.format(offer="o") for a in DEFINE], "generalized",
                   "--min-vcpus", "1", "--max-vcpus", "4", "--min-memory", "256", "--max-memory", "2048"],
