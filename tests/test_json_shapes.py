@@ -106,6 +106,7 @@ FAILURE: list[list[str]] = [
     ["version", "export", "g/d@1.0.0", "{root}/out.vhdx"],
     ["gallery", "create"],  # a usage error
     ["no-such-command"],
+    ["vm"],  # a group without its command
 ]
 
 
