@@ -116,6 +116,9 @@ def data_luns(home: Home, source: Source) -> list[int]:
 def capture(home: Home, text: str, *, fmt: str | None = None, progress: Progress | None = None) -> Captured:
     """Capture any source given on the command line (see module docstring)."""
     source = parse(text)
+    if fmt is not None and source.kind != "file":
+        raise InvalidArgument(f"--format {fmt} applies to disk files, and '{text}' is a {source.kind} source",
+                              hint="drop --format: a stored disk's format is known")
     if source.kind in ("vm", "snapshot"):
         return vmcapture.capture_vm_source(home, source.kind, source.target, source.lun, progress=progress)
     if source.kind == "digest":

@@ -8,6 +8,7 @@ vocabulary every command follows is in imgtool/cli/shapes.py and docs/GUIDE.md.
 
 import json
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -121,7 +122,7 @@ def fields(pairs: Sequence[tuple[str, Any]], out: TextIO = sys.stdout) -> None:
     room = max(WIDTH - width - 2, 20)
     for key, value in pairs:
         shown = text(value)
-        lines = [shown[i:i + room] for i in range(0, len(shown), room)] or ["-"]
+        lines = textwrap.wrap(shown, room, break_on_hyphens=False) or ["-"]
         out.write(f"{key + ':':<{width + 1}} {lines[0]}\n")
         for more in lines[1:]:
             out.write(f"{'':<{width + 1}} {more}\n")

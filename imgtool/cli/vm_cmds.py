@@ -9,6 +9,7 @@ from typer.core import TyperGroup
 
 from imgtool.cli import shapes
 from imgtool.cli.output import ProgressBar, emit_json, fields, human_bytes, state, table
+from imgtool.errors import InvalidArgument
 from imgtool.home import Home
 from imgtool.vm.record import VmRecord, load
 
@@ -92,6 +93,9 @@ def vm_new(
     st = state(ctx)
     if accel is not None:
         _check_accel(accel)
+        if not start:
+            raise InvalidArgument("--accel applies when the VM starts", hint=f"add --start, or give it to "
+                                                                               f"imgtool vm start {name} --accel")
     request = vm.NewVm(name=name, image=image, cpus=cpus, memory_mib=memory, hostname=hostname,
                        admin_user=admin_user, ssh_key=ssh_key, user_data=user_data,
                        ignore_recommendations=ignore_recommendations,
@@ -186,7 +190,6 @@ def vm_stop(
 
 
 def _check_accel(accel: str) -> None:
-    from imgtool.errors import InvalidArgument
     from imgtool.tools.qemu import ACCELS
 
     if accel not in ACCELS:
@@ -194,8 +197,6 @@ def _check_accel(accel: str) -> None:
 
 
 def _check_timeout(timeout: float) -> None:
-    from imgtool.errors import InvalidArgument
-
     if not 0 <= timeout <= 86400:  # also refuses NaN
         raise InvalidArgument(f"--timeout {timeout:g} is not 0..86400 seconds", hint="e.g. --timeout 30")
 
@@ -302,6 +303,9 @@ def vm_console(
     st = state(ctx)
     if timeout is not None:
         _check_timeout(timeout)
+        if not (follow or until):
+            raise InvalidArgument("--timeout applies with --follow or --until",
+                                  hint=f"e.g. imgtool vm console {name} --until READY --timeout 300")
     if follow or until:
         _follow(st.home, name, until, timeout, raw=raw)
         return

@@ -152,6 +152,9 @@ def publish(home: Home, req: PublishRequest, *, progress: Progress | None = None
     if home.store.get_name(VERSIONS, req.ref.gallery, req.ref.definition, version_name):
         raise AlreadyExists(f"version {req.ref}@{version_name} already exists",
                             hint="versions are immutable: publish a higher version")
+    if req.source_format is not None and sources.parse(req.os_disk).kind != "file":
+        raise InvalidArgument(f"--format {req.source_format} applies to a disk file, and --os-disk {req.os_disk} "
+                              "is not one", hint="drop --format: a stored disk's format is known")
     plan = plan_disks(home, req)
     _inspect_files(req)
     with home.store.writing():

@@ -183,6 +183,10 @@ def path_cases(f: dict[str, str]) -> list[tuple[list[str], int]]:
         ([*new_vm, "--forward", "8080:80", "--forward", "8080:81"], 2),
         ([*new_vm, "--forward", "8080"], 2),
         ([*new_vm, "--accel", "hvf"], 2),
+        ([*new_vm, "--accel", "tcg"], 2),  # without --start it would be ignored
+        (["vm", "console", "web", "--timeout", "5"], 2),  # likewise without --follow/--until
+        (["capture", "vm:web", "--format", "qcow2"], 2),  # --format is for files
+        ([*publish, "--os-disk", "g/d@1.0.0", "--format", "raw"], 2),
         ([*new_vm[:-1], f["private"]], 2),  # the usual slip: the private half
         ([*new_vm[:-1], f["user_data"]], 2),  # text, but not a public key
         (["vm", "update", "web"], 2),
