@@ -231,3 +231,22 @@ def test_shell_completion_completes_commands(tmp_path: Path) -> None:
                            env={**os.environ, "SHELL": "/bin/bash"}, capture_output=True, text=True, timeout=60,
                            check=False)
     assert re.search(r"_IMGTOOL_COMPLETE", shown.stdout), shown.stderr
+
+
+@pytest.mark.parametrize("setting", ["file", "under-file", "fifo", "devnull"])
+def test_a_home_that_cannot_be_a_folder_is_the_users_error(tmp_path: Path, setting: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never an internal error: the message names the setting and the file in the way."""
+    from imgtool.home import Home
+
+    plain_file = tmp_path / "f"
+    plain_file.write_text("x")
+    os.mkfifo(tmp_path / "fifo")
+    root = {"file": plain_file, "under-file": plain_file / "sub", "fifo": tmp_path / "fifo",
+            "devnull": Path("/dev/null")}[setting]
+    with pytest.raises(InvalidArgument, match=r"cannot be a folder") as caught:
+        Home.at(root).ensure()
+    assert "(from --home)" in caught.value.message and "--home or IMGTOOL_HOME" in caught.value.hint
+    monkeypatch.setenv("IMGTOOL_HOME", str(root))
+    with pytest.raises(InvalidArgument, match=r"\(from \$IMGTOOL_HOME\)"):
+        Home.at(None)
