@@ -37,7 +37,6 @@ from imgtool.vm.record import load, vm_dir
 
 SSH_ATTEMPT_TIMEOUT = 20.0  # one ssh attempt; the loop around it obeys the check's own timeout
 SSH_RETRY_PAUSE = 2.0
-CHECK_MEMORY_MIB = 512
 Clock = Callable[[], float]
 
 
@@ -77,7 +76,7 @@ def run_check(home: Home, version: ImageVersion, check: BootCheck, *, accel: str
     with tempfile.TemporaryDirectory(prefix="imgtool-check-") as scratch:
         key = _throwaway_key(Path(scratch)) if check.kind != "console" else None
         admin = "imgcheck" if version.os_state == "generalized" else None
-        vm.create(home, vm.NewVm(name=name, image=version.label, memory_mib=CHECK_MEMORY_MIB, ssh_key=key,
+        vm.create(home, vm.NewVm(name=name, image=version.label, ssh_key=key,
                                  admin_user=admin, allow_revoked=True, ignore_recommendations=False))
         try:
             began = clock()
