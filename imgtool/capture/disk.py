@@ -11,7 +11,6 @@ format given explicitly. Only ranges that qemu-img map reports as data are read
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,11 +21,11 @@ from imgtool.home import Home
 from imgtool.tools import diskread, nbd, qemu_img
 from store import digest as digests
 from store.ingest import IngestResult, chunk_indexes, ingest
+from store.progress import Progress
 from store.repo import Store
 
 CAPTURES = "captures"
 
-Progress = Callable[[int], None]
 
 
 @dataclass(frozen=True)

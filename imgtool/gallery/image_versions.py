@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +29,8 @@ from imgtool.tools import qemu_img
 from imgtool.vm import record as vmrecord
 from store import atomic
 from store.materialize import materialize
+from store.progress import Progress
 
-Progress = Callable[[int], None]
 MAX_LUN = 63
 
 

@@ -115,7 +115,7 @@ def probe(accel: str, workdir: Path, *, timeout: float = PROBE_TIMEOUT) -> bool:
     serial = workdir / "accel-probe.out"
     boot.write_bytes(boot_sector())
     serial.unlink(missing_ok=True)
-    guest = run.spawn(probe_argv(accel, boot, serial))
+    guest = run.spawn(probe_argv(accel, boot, serial), tethered=True)
     try:
         ok = _wait_for_marker(guest, serial, timeout)
     finally:
