@@ -24,6 +24,7 @@ from imgtool.names import DefinitionRef
 from imgtool.vm import lifecycle as vm
 from imgtool.vm.record import VmDisk, VmRecord, save
 from store.ingest import ingest
+from tests.cli import Cli
 
 REF = DefinitionRef("team", "base")
 T0 = dt.datetime(2026, 1, 10, 12, 0, tzinfo=dt.UTC)
@@ -320,3 +321,47 @@ def test_users_lists_vms_and_versions_captured_from_it_transitively(tmp_path: Pa
                               {"version": "team/base@1.2.0", "parent": "team/base@1.1.0"}]
     assert sorted(v["name"] for v in found.vms) == ["db", "web"]
     assert users.users(home, "team/base@2.0.0").versions == []
+
+
+# -- the command line --------------------------------------------------------------
+
+
+def test_cli_delete_list_restore_and_purge(tmp_path: Path) -> None:
+    home, disk = setup_home(tmp_path)
+    cli = Cli(home.root)
+    cli("publish", "team/base", "--version", "1.0.0", "--os-disk", disk)
+    deleted = cli.json("version", "delete", "team/base@1.0.0")
+    assert isinstance(deleted, dict) and deleted["purged"] is False and deleted["kept_until"]
+    assert cli.json("version", "list", "team/base") == []
+    kept = cli.json("version", "list", "team/base", "--deleted")
+    assert isinstance(kept, list) and [k["name"] for k in kept] == ["team/base@1.0.0"]
+    missing = cli("version", "show", "team/base@1.0.0", ok=False)
+    assert missing.returncode == 3 and "imgtool version restore team/base@1.0.0" in missing.stderr
+    cli("definition", "delete", "team/base")
+    refused = cli("version", "restore", "team/base@1.0.0", ok=False)
+    assert refused.returncode == 5 and "definition restore team/base" in refused.stderr
+    cli("definition", "restore", "team/base")
+    assert "restored team/base@1.0.0" in cli("version", "restore", "team/base@1.0.0").stdout
+    shown = cli.json("version", "show", "team/base@1.0.0")
+    assert isinstance(shown, dict) and shown["disks"][0]["digest"] == disk
+    cli("version", "delete", "team/base@1.0.0", "--purge")
+    cli("definition", "delete", "team/base", "--purge")
+    assert "for good" in cli("gallery", "delete", "team", "--purge").stdout
+    assert recycle.items(home) == []
+
+
+def test_cli_definition_boot_check_options(tmp_path: Path) -> None:
+    home, _disk = setup_home(tmp_path)
+    cli = Cli(home.root)
+    bad = cli("definition", "update", "team/base", "--boot-check", "console:READY", ok=False)
+    assert bad.returncode == 2 and "--require-boot-check" in bad.stderr
+    cli("definition", "update", "team/base", "--require-boot-check", "--boot-check", "console:login:",
+        "--boot-timeout", "90")
+    shown = cli.json("definition", "show", "team/base")
+    assert isinstance(shown, dict) and shown["boot_check"] == {"kind": "console", "text": "login:", "timeout": 90}
+    cli("definition", "update", "team/base", "--boot-timeout", "30")
+    again = cli.json("definition", "show", "team/base")
+    assert isinstance(again, dict) and again["boot_check"]["timeout"] == 30 and again["boot_check"]["text"] == "login:"
+    cli("definition", "update", "team/base", "--no-require-boot-check")
+    cleared = cli.json("definition", "show", "team/base")
+    assert isinstance(cleared, dict) and "boot_check" not in cleared

@@ -11,13 +11,29 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from enum import StrEnum
 
 from imgtool.errors import InvalidArgument
 from imgtool.records import Fields, JsonObject, build, check_record
+from imgtool.vocab import values
 
-CHECK_KINDS = ("ssh", "cloud-init", "console")
-CHECK_STATES = ("pending", "passed", "failed", "promoted")
-ELIGIBLE_STATES = (None, "passed", "promoted")  # which check states `latest` may pick
+
+class CheckKind(StrEnum):
+    SSH = "ssh"  # ssh -o BatchMode=yes ... true
+    CLOUD_INIT = "cloud-init"  # cloud-init status --wait, over ssh
+    CONSOLE = "console"  # a serial console line containing a text
+
+
+class CheckState(StrEnum):
+    PENDING = "pending"  # published into a definition that requires a check, not checked yet
+    PASSED = "passed"
+    FAILED = "failed"
+    PROMOTED = "promoted"  # let into latest by hand (version update --promote)
+
+
+CHECK_KINDS = values(CheckKind)
+CHECK_STATES = values(CheckState)
+ELIGIBLE_STATES = (None, CheckState.PASSED, CheckState.PROMOTED)  # which check states `latest` may pick
 DEFAULT_BOOT_TIMEOUT = 300
 MAX_BOOT_TIMEOUT = 24 * 3600
 MAX_TAIL = 4096  # console tail kept in a failed check's record
