@@ -30,12 +30,28 @@ def gallery_create(ctx: typer.Context, name: str,
     emit_json(_gallery_json(created)) if st.json else print(f"created gallery {name}")
 
 
+def _list_deleted(home: Any, prefix: tuple[str, ...], as_json: bool) -> None:
+    from imgtool.gallery import recycle
+
+    kept = recycle.items(home, *prefix)
+    if as_json:
+        emit_json([{"name": i.label, **i.to_json()} for i in kept])
+        return
+    table(["name", "deleted", "kept until"], [[i.label, i.deleted_at, i.purge_after] for i in kept])
+
+
 @gallery_app.command("list")
-def gallery_list(ctx: typer.Context) -> None:
+def gallery_list(
+    ctx: typer.Context,
+    deleted: Annotated[bool, typer.Option("--deleted", help="List the deleted galleries still kept.")] = False,
+) -> None:
     """List galleries."""
     from imgtool.gallery import galleries as gallery
 
     st = state(ctx)
+    if deleted:
+        _list_deleted(st.home, (gallery.GALLERIES,), st.json)
+        return
     found = gallery.list_galleries(st.home)
     if st.json:
         emit_json([_gallery_json(g) for g in found])
@@ -169,11 +185,19 @@ def definition_create(
 
 
 @definition_app.command("list")
-def definition_list(ctx: typer.Context, gallery_name: Annotated[str, typer.Argument(metavar="GALLERY")]) -> None:
+def definition_list(
+    ctx: typer.Context,
+    gallery_name: Annotated[str, typer.Argument(metavar="GALLERY")],
+    deleted: Annotated[bool, Opt("--deleted", help="List the deleted definitions still kept.")] = False,
+) -> None:
     """List the definitions of a gallery."""
     from imgtool.gallery import galleries as gallery
+    from imgtool.names import check_name
 
     st = state(ctx)
+    if deleted:
+        _list_deleted(st.home, (gallery.DEFINITIONS, check_name(gallery_name, "gallery")), st.json)
+        return
     found = gallery.list_definitions(st.home, gallery_name)
     if st.json:
         emit_json([definition_json(d) for d in found])
