@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from imgtool import maintenance
-from imgtool.errors import AlreadyExists, Corrupt, InvalidArgument, NotFound, Refused
+from imgtool.errors import AlreadyExists, Corrupt, InvalidArgument, NotFound, Refused, ToolFailed
 from imgtool.gallery import checks, lookup, recycle, removal, revocation, users
 from imgtool.gallery import galleries as gallery
 from imgtool.gallery.galleries import VERSIONS
@@ -365,3 +365,30 @@ def test_cli_definition_boot_check_options(tmp_path: Path) -> None:
     cli("definition", "update", "team/base", "--no-require-boot-check")
     cleared = cli.json("definition", "show", "team/base")
     assert isinstance(cleared, dict) and "boot_check" not in cleared
+
+
+def test_ssh_checks_retry_until_sshd_answers_or_the_deadline() -> None:
+    now = [0.0]
+    answers: list[tuple[int, str] | ToolFailed | None] = [
+        ToolFailed("ssh timed out", hint=""), (255, "Connection refused\n"), (0, "")]
+
+    def attempt(timeout: float) -> tuple[int, str] | None:
+        assert 0 < timeout <= checks.SSH_ATTEMPT_TIMEOUT
+        now[0] += 5
+        answer = answers.pop(0)
+        if isinstance(answer, ToolFailed):
+            raise answer
+        return answer
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    assert checks.retry_ssh(attempt, "true", deadline=100, clock=lambda: now[0], sleep=sleep) is None
+    now[0] = 0.0
+    answers[:] = [(255, "Permission denied (publickey)")] * 50
+    why = checks.retry_ssh(attempt, "true", deadline=30, clock=lambda: now[0], sleep=sleep)
+    assert why is not None and "within the timeout" in why and "Permission denied" in why
+    answers[:] = [None]
+    now[0] = 0.0
+    assert checks.retry_ssh(attempt, "true", deadline=30, clock=lambda: now[0], sleep=sleep) == \
+        "the VM stopped before ssh answered"

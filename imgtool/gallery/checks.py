@@ -124,23 +124,41 @@ def _wait_ssh(home: Home, name: str, command: list[str], *, deadline: float, clo
     record = load(home, name)
     assert record.seed is not None and record.seed.ssh_key is not None  # generalized, given a key above
     key = Path(record.seed.ssh_key[:-len(".pub")])
-    last = "no attempt finished"
-    while clock() < deadline:
+    user = record.seed.admin_user
+
+    def attempt(timeout: float) -> tuple[int, str] | None:
         state = vmstate.running_state(home, name)
         if state is None:
-            return "the VM stopped before ssh answered"
-        attempt = min(SSH_ATTEMPT_TIMEOUT, max(deadline - clock(), 1.0))
+            return None
+        done = run.run(ssh_check_argv(int(state["ssh_port"]), user, key, command), timeout=timeout, check=False)
+        return done.returncode, done.stderr
+
+    return retry_ssh(attempt, " ".join(command), deadline=deadline, clock=clock)
+
+
+Attempt = Callable[[float], "tuple[int, str] | None"]
+
+
+def retry_ssh(attempt: Attempt, what: str, *, deadline: float, clock: Clock,
+              sleep: Callable[[float], None] = time.sleep) -> str | None:
+    """Try `attempt(timeout)` until it exits 0 or the deadline passes: None on success, else why not.
+
+    An attempt returns (exit code, stderr), None when the VM is gone, or raises ToolFailed when it
+    timed out; sshd comes up late in a boot, so refusals and timeouts are retried."""
+    last = "no attempt finished"
+    while clock() < deadline:
         try:
-            done = run.run(ssh_check_argv(int(state["ssh_port"]), record.seed.admin_user, key, command),
-                           timeout=attempt, check=False)
-        except ToolFailed as exc:  # the attempt timed out
+            outcome = attempt(min(SSH_ATTEMPT_TIMEOUT, max(deadline - clock(), 1.0)))
+        except ToolFailed as exc:
             last = exc.message
         else:
-            if done.returncode == 0:
+            if outcome is None:
+                return "the VM stopped before ssh answered"
+            if outcome[0] == 0:
                 return None
-            last = f"ssh exited {done.returncode}: {done.stderr.strip()[-200:]}"
-        time.sleep(SSH_RETRY_PAUSE)
-    return f"{' '.join(command)} over ssh did not succeed within the timeout ({last})"
+            last = f"ssh exited {outcome[0]}: {outcome[1].strip()[-200:]}"
+        sleep(SSH_RETRY_PAUSE)
+    return f"{what} over ssh did not succeed within the timeout ({last})"
 
 
 def _console(home: Home, name: str) -> str:
