@@ -1,0 +1,163 @@
+"""imgtool key … (signing keys) and imgtool trust … (whose signatures a remote's versions need)."""
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from imgtool.cli.output import emit_json, state, table
+
+if TYPE_CHECKING:
+    from imgtool.trust.policy import TrustedKey
+
+key_app = typer.Typer(help="Signing keys (ed25519) for the versions you push.", no_args_is_help=True)
+trust_app = typer.Typer(help="Trusted publishers per remote: pulls from a remote with trusted keys accept only "
+                        "versions signed by them.", no_args_is_help=True)
+
+Opt = typer.Option
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(key_app, name="key")
+    app.add_typer(trust_app, name="trust")
+
+
+@key_app.command("generate")
+def key_generate(ctx: typer.Context, name: str,
+                 expires: Annotated[str | None, Opt(help="Expiry date (YYYY-MM-DD, UTC); verifiers refuse "
+                                                         "the key's signatures after it.")] = None) -> None:
+    """Create an ed25519 signing key under the home (private key 0600, never printed)."""
+    from imgtool.trust.clock import parse_time
+    from imgtool.trust.homes import keyring
+
+    st = state(ctx)
+    public = keyring(st.home).generate(name, expires=parse_time(expires, "--expires") if expires else None)
+    if st.json:
+        emit_json({"name": name, "key_id": public.key_id, "expires": expires})
+        return
+    print(f"created key {name} ({public.key_id})")
+    print(f"give your users its public key: imgtool key export {name} > {name}.pub")
+
+
+@key_app.command("list")
+def key_list(ctx: typer.Context) -> None:
+    """List your signing keys."""
+    from imgtool.trust.clock import format_time
+    from imgtool.trust.homes import keyring
+
+    st = state(ctx)
+    ring = keyring(st.home)
+    keys = [ring.load(name) for name in ring.names()]
+    rows: list[dict[str, Any]] = [
+        {"name": k.name, "key_id": k.public.key_id, "created": format_time(k.created),
+         "expires": format_time(k.public.expires) if k.public.expires else None} for k in keys]
+    if st.json:
+        emit_json(rows)
+        return
+    table(["name", "key id", "created", "expires"],
+          [[r["name"], r["key_id"][:23] + "…", r["created"][:10], (r["expires"] or "-")[:10]] for r in rows])
+
+
+@key_app.command("export")
+def key_export(ctx: typer.Context, name: str,
+               output: Annotated[Path | None, Opt("--output", "-o", help="Write to this file.")] = None) -> None:
+    """Print the public key of NAME (a PEM block with its id and expiry), for `imgtool trust add`."""
+    from imgtool.trust.homes import keyring
+
+    st = state(ctx)
+    public = keyring(st.home).public(name)
+    if output is not None:
+        output.write_text(public.file_text())
+    if st.json:
+        emit_json({"name": name, "key_id": public.key_id, "public_key": public.file_text()})
+    elif output is None:
+        print(public.file_text(), end="")
+
+
+@trust_app.command("add")
+def trust_add(ctx: typer.Context, remote: str, key_file: Path,
+              gallery: Annotated[str | None, Opt(help="Trust the key only for this gallery's versions.")] = None,
+              expires: Annotated[str | None, Opt(help="Stop trusting the key after this date (YYYY-MM-DD, "
+                                                      "UTC); overrides the expiry in the file.")] = None) -> None:
+    """Trust KEY_FILE's signatures on REMOTE; the remote's policy becomes `signed`."""
+    from imgtool.errors import NotFound
+    from imgtool.trust.clock import parse_time
+    from imgtool.trust.homes import trust_store
+    from imgtool.trust.keys import MAX_PUBLIC_KEY_FILE, parse_public_key
+
+    st = state(ctx)
+    if not key_file.is_file():
+        raise NotFound(f"no file {key_file}", hint="the publisher makes it with imgtool key export NAME")
+    with key_file.open("rb") as handle:
+        data = handle.read(MAX_PUBLIC_KEY_FILE + 1).decode("utf-8", errors="replace")
+    key = parse_public_key(data, str(key_file))
+    entry = trust_store(st.home).add(remote, key, gallery=gallery,
+                                     expires=parse_time(expires, "--expires") if expires else None)
+    if st.json:
+        emit_json(_key_json(remote, entry))
+        return
+    scope = f"gallery {gallery} on {remote}" if gallery else remote
+    print(f"trusting key {entry.key_id} for {scope}; versions from {remote} must now be signed")
+
+
+@trust_app.command("list")
+def trust_list(ctx: typer.Context, remote: Annotated[str | None, typer.Argument()] = None) -> None:
+    """Show each remote's policy and trusted keys."""
+    from imgtool.trust.homes import trust_store
+
+    st = state(ctx)
+    store = trust_store(st.home)
+    remotes = [store.remote(remote)] if remote else list(store.remotes().values())
+    if st.json:
+        emit_json([{"remote": rt.remote, "policy": rt.policy, "keys": [_key_json(rt.remote, k) for k in rt.keys]}
+                   for rt in remotes])
+        return
+    rows = []
+    for rt in remotes:
+        rows += [[rt.remote, rt.policy, "-", "-", "-"]] if not rt.keys else [
+            [rt.remote, rt.policy, k.key_id[:23] + "…", k.gallery or "(all)",
+             k.key.expires.strftime("%Y-%m-%d") if k.key.expires else "-"] for k in rt.keys]
+    table(["remote", "policy", "key id", "gallery", "expires"], rows)
+
+
+@trust_app.command("remove")
+def trust_remove(ctx: typer.Context, remote: str,
+                 key_id: Annotated[str | None, typer.Argument(help="A key id or its prefix; all keys when "
+                                                               "omitted.")] = None,
+                 gallery: Annotated[str | None, Opt(help="Only the keys trusted for this gallery.")] = None) -> None:
+    """Stop trusting keys on REMOTE (without keys and without `any`, the remote is refused)."""
+    from imgtool.trust.homes import trust_store
+
+    st = state(ctx)
+    gone = trust_store(st.home).remove(remote, key_id, gallery=gallery)
+    if st.json:
+        emit_json({"remote": remote, "removed": [k.key_id for k in gone]})
+        return
+    for k in gone:
+        print(f"no longer trusting {k.key_id} on {remote}" + (f" for gallery {k.gallery}" if k.gallery else ""))
+    if not gone:
+        print(f"{remote}: policy 'any' removed; the remote is refused until it has a policy")
+
+
+@trust_app.command("policy")
+def trust_policy(ctx: typer.Context, remote: str,
+                 policy: Annotated[str, typer.Argument(help="signed (needs trusted keys) or any (accept "
+                                                            "unsigned versions, with a warning on each use)")],
+                 ) -> None:
+    """Set REMOTE's policy explicitly."""
+    from imgtool.trust.homes import trust_store
+
+    st = state(ctx)
+    rt = trust_store(st.home).set_policy(remote, policy)
+    if st.json:
+        emit_json({"remote": remote, "policy": rt.policy})
+        return
+    print(f"{remote}: policy {rt.policy}")
+
+
+def _key_json(remote: str, entry: "TrustedKey") -> dict[str, Any]:
+    from imgtool.trust.clock import format_time
+
+    return {"remote": remote, "key_id": entry.key_id, "name": entry.key.name, "gallery": entry.gallery,
+            "expires": format_time(entry.key.expires) if entry.key.expires else None,
+            "added": format_time(entry.added)}
