@@ -147,3 +147,42 @@ def push_artifact(client: Client, repo: str, tag: str, layers: list[bytes]) -> t
     answer = client.push_manifest(repo, tag, manifest)
     assert answer.status == 201, (answer.status, answer.body[:300])
     return digest_of(manifest), manifest
+
+
+class Adapter:
+    """imgtool.trust.referrers' RegistryWriter over the thin client (honest transport, capped reads).
+
+    Reads return at most `limit + 1` bytes so that imgtool's own parsers see (and refuse) an
+    oversized answer; any status but 200/201/404 is an AssertionError (the transport is not what
+    these tests are about).
+    """
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def _capped(self, answer: Answer, limit: int) -> bytes | None:
+        if answer.status == 404:
+            return None
+        assert answer.status == 200, (answer.status, answer.body[:200])
+        return answer.body[: limit + 1]
+
+    def get_manifest(self, repository: str, reference: str, *, limit: int) -> bytes | None:
+        return self._capped(self.client.manifest(repository, reference), limit)
+
+    def get_blob(self, repository: str, digest: str, *, limit: int) -> bytes | None:
+        return self._capped(self.client.blob(repository, digest), limit)
+
+    def get_referrers(self, repository: str, digest: str, *, limit: int) -> bytes | None:
+        answer = self.client.request("GET", f"/v2/{repository}/referrers/{digest}",
+                                     scope=f"repository:{repository}:pull")
+        if answer.status == 404:
+            return None  # distribution 2.8: no referrers API
+        return self._capped(answer, limit)
+
+    def put_blob(self, repository: str, data: bytes) -> None:
+        answer = self.client.push_blob(repository, data)
+        assert answer.status == 201, (answer.status, answer.body[:200])
+
+    def put_manifest(self, repository: str, reference: str, data: bytes, *, media_type: str) -> None:
+        answer = self.client.push_manifest(repository, reference, data, media_type)
+        assert answer.status == 201, (answer.status, answer.body[:300])
