@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from imgtool.cli.output import ProgressBar, emit_json, fields, state, table
-from imgtool.vmrecord import load, vm_dir
+from imgtool.vm.record import VmRecord, load, vm_dir
 
 vm_app = typer.Typer(help="VMs: copy-on-write qcow2 overlays over a version's disks, booted under QEMU.",
                      no_args_is_help=True)
@@ -15,9 +15,10 @@ Opt = typer.Option
 Arg = typer.Argument
 
 
-def _public(record: dict[str, Any]) -> dict[str, Any]:
-    """The record as shown: never key material or user-data (the seed holds those, mode 0600)."""
-    return {k: v for k, v in record.items() if k != "definition"}
+def _public(record: VmRecord) -> dict[str, Any]:
+    """The receipt as shown, without the embedded definition record (version show has it). The receipt
+    holds no key material or user-data: those are only in the seed, mode 0600."""
+    return {k: v for k, v in record.to_json().items() if k not in ("definition", "format", "kind")}
 
 
 @vm_app.command("new")
@@ -38,7 +39,8 @@ def vm_new(
 ) -> None:
     """Create a VM from an image version: one qcow2 overlay per disk over a shared read-only base, and a
     cloud-init NoCloud seed for generalized images. The version's digest is pinned in the VM's record."""
-    from imgtool import vm, vmrun
+    from imgtool.vm import lifecycle as vm
+    from imgtool.vm import runtime as vmrun
 
     st = state(ctx)
     request = vm.NewVm(name=name, image=image, cpus=cpus, memory_mib=memory, hostname=hostname,
@@ -53,7 +55,7 @@ def vm_new(
     if st.json:
         emit_json({**_public(record), "runtime": runtime})
         return
-    print(f"created VM {name} from {record['image']}")
+    print(f"created VM {name} from {record.image}")
     if runtime:
         print(f"started VM {name} ({runtime['accel']}, ssh on 127.0.0.1:{runtime['ssh_port']})")
 
@@ -66,7 +68,7 @@ def vm_start(
     console: Annotated[bool, Opt(help="Then follow the serial console (Ctrl-C detaches).")] = False,
 ) -> None:
     """Boot a VM in the background (pid file, QMP socket, serial log, SSH on a loopback port)."""
-    from imgtool import vmrun
+    from imgtool.vm import runtime as vmrun
 
     st = state(ctx)
     runtime = vmrun.start(st.home, name, requested_accel=accel)
@@ -85,7 +87,7 @@ def vm_stop(
     timeout: Annotated[float, Opt(help="Seconds to wait after ACPI power-down before a hard stop.")] = 30.0,
 ) -> None:
     """Stop a VM: ACPI power-down over QMP, hard stop after the timeout."""
-    from imgtool import vmrun
+    from imgtool.vm import runtime as vmrun
 
     st = state(ctx)
     load(st.home, name)
@@ -99,7 +101,8 @@ def vm_stop(
 @vm_app.command("list")
 def vm_list(ctx: typer.Context) -> None:
     """List VMs with their real state (from the process and QMP)."""
-    from imgtool import vm, vmrun
+    from imgtool.vm import lifecycle as vm
+    from imgtool.vm import runtime as vmrun
 
     st = state(ctx)
     rows: list[dict[str, Any]] = []
@@ -110,8 +113,8 @@ def vm_list(ctx: typer.Context) -> None:
             rows.append({"name": name, "state": "incomplete"})
             continue
         status = vmrun.status(st.home, name)
-        rows.append({"name": name, "image": record["image"], "state": status["state"], "cpus": record["cpus"],
-                     "memory_mib": record["memory_mib"], "ssh_port": status.get("ssh_port"),
+        rows.append({"name": name, "image": record.image, "state": status["state"], "cpus": record.cpus,
+                     "memory_mib": record.memory_mib, "ssh_port": status.get("ssh_port"),
                      "accel": status.get("accel")})
     if st.json:
         emit_json(rows)
@@ -124,7 +127,7 @@ def vm_list(ctx: typer.Context) -> None:
 @vm_app.command("show")
 def vm_show(ctx: typer.Context, name: str) -> None:
     """Show a VM's receipt (version digest, definition, seed digest, QEMU command line) and state."""
-    from imgtool import vmrun
+    from imgtool.vm import runtime as vmrun
 
     st = state(ctx)
     record = load(st.home, name)
@@ -132,21 +135,22 @@ def vm_show(ctx: typer.Context, name: str) -> None:
     snaps = sorted(p.name for p in (vm_dir(st.home, name) / "snapshots").glob("*")
                    if not p.name.startswith("."))
     if st.json:
-        emit_json({**record, "status": status, "snapshots": snaps})
+        emit_json({**_public(record), "status": {k: v for k, v in status.items() if k != "qemu_argv"},
+                   "qemu_argv": status.get("qemu_argv"), "snapshots": snaps})
         return
-    seed = record.get("seed") or {}
-    fields([("name", name), ("image", record["image"]), ("version record", record["version_digest"]),
-            ("os state", record["os_state"]), ("state", status["state"]), ("accel", status.get("accel")),
-            ("ssh", status.get("ssh_port") and f"127.0.0.1:{status['ssh_port']}"), ("cpus", record["cpus"]),
-            ("memory", f"{record['memory_mib']} MiB"), ("firmware", record["firmware"]),
-            ("disks", ", ".join(d["overlay"] for d in record["disks"])), ("seed", seed.get("digest")),
-            ("hostname", seed.get("hostname")), ("admin user", seed.get("admin_user")),
-            ("snapshots", ", ".join(snaps)), ("created", record["created"]),
-            ("qemu", " ".join(record["qemu_argv"]) if record.get("qemu_argv") else None)])
+    seed = record.seed
+    fields([("name", name), ("image", record.image), ("version record", record.version_digest),
+            ("os state", record.os_state), ("state", status["state"]), ("accel", status.get("accel")),
+            ("ssh", status.get("ssh_port") and f"127.0.0.1:{status['ssh_port']}"), ("cpus", record.cpus),
+            ("memory", f"{record.memory_mib} MiB"), ("firmware", record.firmware),
+            ("disks", ", ".join(d.overlay for d in record.disks)), ("seed", seed and seed.digest),
+            ("hostname", seed and seed.hostname), ("admin user", seed and seed.admin_user),
+            ("snapshots", ", ".join(snaps)), ("created", record.created),
+            ("qemu", " ".join(status["qemu_argv"]) if status.get("qemu_argv") else None)])
 
 
 def _follow(home: Any, name: str, until: str | None, timeout: float | None) -> None:
-    from imgtool import vmrun
+    from imgtool.vm import runtime as vmrun
     if until:
         line = vmrun.wait_for(home, name, until, timeout=timeout or 300)
         print(line)
@@ -167,7 +171,7 @@ def vm_console(
     timeout: Annotated[float | None, Opt(help="Give up after this many seconds (with --follow/--until).")] = None,
 ) -> None:
     """Print (or follow) the VM's serial console log."""
-    from imgtool import vmrun
+    from imgtool.vm import runtime as vmrun
 
     st = state(ctx)
     if follow or until:
@@ -180,7 +184,8 @@ def vm_console(
 @vm_app.command("ssh", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def vm_ssh(ctx: typer.Context, name: str) -> None:
     """Run ssh into the VM with the right port, user and key (extra arguments go to ssh)."""
-    from imgtool import run, vmrun
+    from imgtool.tools import run
+    from imgtool.vm import runtime as vmrun
 
     st = state(ctx)
     run.exec_replace(vmrun.ssh_argv(st.home, name, list(ctx.args)))
@@ -189,7 +194,7 @@ def vm_ssh(ctx: typer.Context, name: str) -> None:
 @vm_app.command("snapshot")
 def vm_snapshot(ctx: typer.Context, name: str, snap: str) -> None:
     """Snapshot a stopped VM's disks; capture or publish it later as snapshot:NAME/SNAP."""
-    from imgtool import vm
+    from imgtool.vm import lifecycle as vm
 
     st = state(ctx)
     info = vm.snapshot(st.home, name, snap)
@@ -199,7 +204,7 @@ def vm_snapshot(ctx: typer.Context, name: str, snap: str) -> None:
 @vm_app.command("delete")
 def vm_delete(ctx: typer.Context, name: str) -> None:
     """Delete a VM: stop it, remove its files, release its hold on the version."""
-    from imgtool import vm
+    from imgtool.vm import lifecycle as vm
 
     st = state(ctx)
     vm.delete(st.home, name)

@@ -13,14 +13,15 @@ Silent media bit rot is found by `imgtool verify --deep`, which re-hashes bases.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 
-from imgtool import vmrecord
-from imgtool.errors import Corrupt, NotFound
+from imgtool.errors import Corrupt, InvalidArgument, NotFound
 from imgtool.home import Home
+from imgtool.vm import record as vmrecord
 from store import atomic, codec
 from store import digest as digests
 from store.disks import DiskManifest
@@ -138,8 +139,9 @@ def all_bases(home: Home) -> list[Path]:
 
 def used_disks(home: Home) -> set[str]:
     used: set[str] = set()
-    for record in vmrecord.load_records(home):
-        used.update(digests.parse(str(d)) for d in record.get("base_disks", []))
+    for digest in vmrecord.used_base_disks(home):
+        with contextlib.suppress(InvalidArgument):
+            used.add(digests.parse(digest))
     return used
 
 
@@ -201,5 +203,4 @@ def repair_all(home: Home) -> list[str]:
 
 
 def vms_on(home: Home, disk_hex: str) -> list[str]:
-    return [str(r["name"]) for r in vmrecord.load_records(home) if disk_hex in
-            {digests.parse(str(d)) for d in r.get("base_disks", [])}]
+    return [r.name for r in vmrecord.load_records(home) if disk_hex in {digests.parse(d) for d in r.base_disks}]
