@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from imgtool.errors import InvalidArgument, Refused
+from imgtool.gallery.versions import Version
 from imgtool.names import check_name, parse_definition_ref
 from imgtool.trust import strict
-from imgtool.versions import Version
 
 _FORM = "REMOTE:GALLERY/DEFINITION[@X.Y.Z[@sha256:HEX]]"
 

@@ -50,11 +50,11 @@ from datetime import datetime
 from typing import Any
 
 from imgtool.errors import Corrupt, InvalidArgument
+from imgtool.gallery.versions import Version
 from imgtool.names import check_name
 from imgtool.trust import strict
 from imgtool.trust.clock import format_time, parse_time
 from imgtool.trust.keys import ALGORITHM, KEY_ID, SigningKey
-from imgtool.versions import Version
 
 SIGNATURE_MEDIA_TYPE = "application/vnd.imgtool.signature.v1+json"
 PAYLOAD_TYPE = "application/vnd.imgtool.signature-payload.v1+json"
