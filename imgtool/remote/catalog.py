@@ -6,10 +6,10 @@ import datetime as dt
 from dataclasses import dataclass
 
 from imgtool.errors import Corrupt, InvalidArgument, NotFound
+from imgtool.gallery.versions import Candidate, Verdict, Version, resolve_latest
 from imgtool.remote.format import parse_manifest
 from imgtool.remote.knowledge import version_tags
 from imgtool.remote.target import Target
-from imgtool.versions import Candidate, Verdict, Version, resolve_latest
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgtool.errors import Corrupt, ImgtoolError, InvalidArgument, NotFound
+from imgtool.gallery.versions import Version
 from imgtool.remote.format import DiskIndex, IndexEntry, VersionManifest, decode_index, parse_manifest
 from imgtool.remote.target import Target, read_all, sha256_of
-from imgtool.versions import Version
 from store import atomic
 
 LEARN_LIMIT = 50

@@ -22,11 +22,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
-from imgtool import gallery as galleries
 from imgtool.errors import AlreadyExists, Corrupt, InvalidArgument, NotFound, Refused
-from imgtool.gallery import DEFINITIONS, GALLERIES, VERSIONS, gallery_lock
+from imgtool.gallery import galleries
+from imgtool.gallery.galleries import DEFINITIONS, GALLERIES, VERSIONS, gallery_lock
+from imgtool.gallery.model import Definition, Gallery, ImageVersion, now
 from imgtool.home import Home
-from imgtool.model import Definition, Gallery, ImageVersion, now
 from imgtool.names import DefinitionRef, ImageRef, parse_definition_ref, parse_image_ref
 from imgtool.remote import catalog, fetch
 from imgtool.remote import format as fmt

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from imgtool.errors import NotFound, Refused
-from imgtool.gallery import DEFINITIONS, GALLERIES, VERSIONS
+from imgtool.gallery.galleries import DEFINITIONS, GALLERIES, VERSIONS
+from imgtool.gallery.model import ImageVersion
 from imgtool.home import Home
-from imgtool.model import ImageVersion
 from imgtool.names import check_name, parse_image_ref
 from imgtool.remote import format as fmt
 from imgtool.remote.format import Descriptor, DiskIndex, IndexEntry

@@ -5,15 +5,15 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from imgtool import gallery
+from imgtool.gallery import galleries as gallery
+from imgtool.gallery.image_versions import PublishRequest, export, publish
+from imgtool.gallery.model import Definition
+from imgtool.gallery.versions import Version
 from imgtool.home import Home
-from imgtool.image_versions import PublishRequest, export, publish
-from imgtool.model import Definition
 from imgtool.names import DefinitionRef
 from imgtool.remote import remotes
 from imgtool.remote.connect import open_target
 from imgtool.remote.target import Target
-from imgtool.versions import Version
 from store.ingest import ingest
 
 CHUNK = 128 << 10

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from imgtool import lookup
 from imgtool.errors import AlreadyExists, Refused
+from imgtool.gallery import lookup
 from imgtool.remote import format as fmt
 from imgtool.remote.pull import pull
 from imgtool.remote.push import push
