@@ -13,32 +13,32 @@ USER, PASSWORD = "alice", "s3cret-pass"
 
 
 @pytest.fixture(scope="session")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+def registry() -> Iterator[Registry]:
     """An anonymous registry shared by the session (tests use their own repositories)."""
     require_tools("docker-registry")
-    with running(tmp_path_factory.mktemp("registry-a")) as reg:
+    with running() as reg:
         yield reg
 
 
 @pytest.fixture(scope="session")
-def registry_b(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+def registry_b() -> Iterator[Registry]:
     """A second anonymous registry (replication, skopeo copy between registries)."""
     require_tools("docker-registry")
-    with running(tmp_path_factory.mktemp("registry-b")) as reg:
+    with running() as reg:
         yield reg
 
 
 @pytest.fixture(scope="session")
-def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+def auth_registry() -> Iterator[Registry]:
     """A registry with htpasswd (bcrypt cost 5) and one user, USER/PASSWORD."""
     require_tools("docker-registry", "htpasswd")
-    with running(tmp_path_factory.mktemp("registry-auth"), users={USER: PASSWORD}) as reg:
+    with running(users={USER: PASSWORD}) as reg:
         yield reg
 
 
 @pytest.fixture
-def own_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+def own_registry() -> Iterator[Registry]:
     """A registry for one test only (tests that stop or restart it)."""
     require_tools("docker-registry")
-    with running(tmp_path_factory.mktemp("registry-own")) as reg:
+    with running() as reg:
         yield reg

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -135,19 +137,20 @@ def _chown_tree(root: Path, uid: int) -> None:
         os.chown(dirpath, uid, uid)
         for name in dirs + files:
             os.lchown(os.path.join(dirpath, name), uid, uid)
-    # Parents must be traversable by the unprivileged registry (tmp_path folders are 0700).
-    for parent in root.parents:
-        if parent == Path("/"):
-            break
-        mode = parent.stat().st_mode
-        if not mode & 0o001:
-            os.chmod(parent, mode | 0o001)
 
 
 @contextlib.contextmanager
-def running(root: Path, *, users: dict[str, str] | None = None) -> Iterator[Registry]:
-    registry = Registry(root, dict(users or {})).start()
+def running(*, users: dict[str, str] | None = None, port: int = 0) -> Iterator[Registry]:
+    """A registry in a fresh folder directly under the system temp dir, removed afterwards.
+
+    Not under pytest's tmp_path: pytest (ours or a concurrent run) resets /tmp/pytest-of-USER to 0700,
+    which would lock the unprivileged registry out of its own files mid-test.
+    """
+    root = Path(tempfile.mkdtemp(prefix="imgtool-registry-"))
+    registry = Registry(root, dict(users or {}), port=port)
     try:
+        registry.start()
         yield registry
     finally:
         registry.stop()
+        shutil.rmtree(root, ignore_errors=True)

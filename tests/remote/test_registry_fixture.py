@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import httpx
 import pytest
@@ -27,9 +26,9 @@ def test_htpasswd_registry_wants_the_password(auth_registry: Registry) -> None:
     assert httpx.get(auth_registry.url + "/v2/", auth=(USER, PASSWORD), timeout=5).status_code == 200
 
 
-def test_stop_ends_the_process(tmp_path: Path) -> None:
+def test_stop_ends_the_process() -> None:
     require_tools("docker-registry")
-    with running(tmp_path / "reg") as reg:
+    with running() as reg:
         assert reg.process is not None
         pid = reg.process.pid
         if os.geteuid() == 0:  # runs unprivileged
