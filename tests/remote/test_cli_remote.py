@@ -132,4 +132,5 @@ def test_replication_targets_states_and_retry(registry: Registry, tmp_path: Path
         a("remote", "add", "back", back.url)
         a("version", "update", "team/base@2.0.0", "--replicate-to", "back")
         again = a.json("replicate", "team/base")
-        assert {o["target"]: o["state"] for o in again} == {"good": "completed", "back": "completed"}  # type: ignore[union-attr,index]
+        assert isinstance(again, list)
+        assert {o["target"]: o["state"] for o in again} == {"good": "completed", "back": "completed"}
