@@ -68,11 +68,15 @@ def publish(
     os_state: Annotated[str | None, Opt(help="Declared OS state of the source (required for VM sources); must "
                                              "match the definition.")] = None,
     fmt: Annotated[str | None, Opt("--format", help="Assert the OS disk file's format.")] = None,
+    replicate_to: Annotated[str | None, Opt(help="Target remotes R1,R2: push the version there after publishing "
+                                                 "(a failure is recorded; imgtool replicate retries).")] = None,
 ) -> None:
     """Publish a new, immutable image version from its disks."""
+    from imgtool.cli import remote_cmds
     from imgtool.gallery import image_versions, lookup
 
     st = state(ctx)
+    targets = remote_cmds.check_targets(st.home, replicate_to)
     request = image_versions.PublishRequest(
         ref=parse_definition_ref(ref), version=Version.parse(version), os_disk=os_disk,
         data_disks=tuple(image_versions.parse_data_disk(d) for d in data_disk or []), os_state=os_state,
@@ -83,10 +87,13 @@ def publish(
         published = image_versions.publish(st.home, request, progress=bar)
     finally:
         bar.close()
+    if not st.json:
+        print(f"published {ref}@{published.version}")
+    replicas = remote_cmds.replicate_now(st.home, f"{ref}@{published.version}", add=targets, remove=[],
+                                         quiet=st.json)
     if st.json:
-        emit_json(version_json(*lookup.get_version(st.home, f"{ref}@{published.version}")))
-        return
-    print(f"published {ref}@{published.version}")
+        emit_json({**version_json(*lookup.get_version(st.home, f"{ref}@{published.version}")),
+                   **({"replication": replicas} if targets else {})})
 
 
 @version_app.command("list")
@@ -108,13 +115,16 @@ def version_list(ctx: typer.Context, ref: Annotated[str, Arg(help="GALLERY/DEFIN
 
 @version_app.command("show")
 def version_show(ctx: typer.Context, ref: Annotated[str, Arg(help="GALLERY/DEFINITION@X.Y.Z or @latest")]) -> None:
-    """Show a version: disks, provenance, publishing settings."""
+    """Show a version: disks, provenance, publishing settings, replication targets."""
+    from imgtool.cli import remote_cmds
     from imgtool.gallery import lookup
+    from imgtool.remote import replication
 
     st = state(ctx)
     v, digest = lookup.get_version(st.home, ref)
     if st.json:
-        emit_json(version_json(v, digest))
+        emit_json({**version_json(v, digest),
+                   "replication": replication.describe(st.home, v.gallery, v.definition, v.version)})
         return
     pairs: list[tuple[str, Any]] = [
         ("version", f"{v.gallery}/{v.definition}@{v.version}"), ("record", digest), ("os state", v.os_state),
@@ -125,6 +135,11 @@ def version_show(ctx: typer.Context, ref: Annotated[str, Arg(help="GALLERY/DEFIN
         label = "os disk" if disk.lun is None else f"data disk {disk.lun}"
         origin = disk.source.get("path") or disk.source.get("name") or disk.source.get("kind")
         pairs.append((label, f"{disk.digest} {human_bytes(disk.virtual_size)} from {origin}"))
+    pulled = v.provenance.get("pulled_from")
+    if isinstance(pulled, dict):
+        pairs.append(("pulled from", f"{pulled.get('remote')}:{pulled.get('repository')}:{pulled.get('tag')} "
+                                     f"{str(pulled.get('manifest'))[:19]}"))
+    pairs.extend(remote_cmds.replication_rows(st.home, v.gallery, v.definition, v.version))
     fields(pairs)
 
 
@@ -158,9 +173,13 @@ def version_update(
     end_of_life: Annotated[str | None, Opt(help="YYYY-MM-DD")] = None,
     block_deletion: Annotated[bool | None, Opt("--block-deletion/--allow-deletion",
                                                help="Block deletion before end of life.")] = None,
+    replicate_to: Annotated[str | None, Opt(help="Add replication targets R1,R2 (and replicate now).")] = None,
+    no_replicate_to: Annotated[str | None, Opt(help="Remove replication targets R1,R2.")] = None,
 ) -> None:
-    """Change a version's publishing settings (its content never changes)."""
+    """Change a version's publishing settings (its content never changes) or its replication targets."""
+    from imgtool.cli import remote_cmds
     from imgtool.gallery import image_versions, lookup
+    from imgtool.remote import replication
 
     st = state(ctx)
     changes: dict[str, Any] = {}
@@ -170,11 +189,16 @@ def version_update(
         changes["end_of_life"] = end_of_life
     if block_deletion is not None:
         changes["block_deletion_before_end_of_life"] = block_deletion
-    if not changes:
-        raise InvalidArgument("nothing to update", hint="give --exclude-from-latest, --end-of-life, ...")
-    image_versions.update_version(st.home, ref, **changes)
+    add = remote_cmds.check_targets(st.home, replicate_to)
+    remove = replication.parse_targets(no_replicate_to)
+    if not changes and not add and not remove:
+        raise InvalidArgument("nothing to update", hint="give --exclude-from-latest, --end-of-life, "
+                              "--replicate-to, ...")
+    if changes:
+        image_versions.update_version(st.home, ref, **changes)
+    replicas = remote_cmds.replicate_now(st.home, ref, add=add, remove=remove, quiet=st.json)
     if st.json:
-        emit_json(version_json(*lookup.get_version(st.home, ref)))
+        emit_json({**version_json(*lookup.get_version(st.home, ref)), "replication": replicas})
         return
     print(f"updated {ref}")
 

@@ -21,11 +21,25 @@ def _public(record: VmRecord) -> dict[str, Any]:
     return {k: v for k, v in record.to_json().items() if k not in ("definition", "format", "kind")}
 
 
+def _local_image(st: Any, image: str) -> str:
+    """REMOTE:G/D[@V] is pulled (what is missing) and becomes the local G/D@X.Y.Z."""
+    from imgtool.remote import service
+
+    if not service.is_remote_image(image):
+        return image
+    bar = ProgressBar(f"pulling {image}", enabled=not st.json)
+    try:
+        return service.image_for_vm(st.home, image, progress=bar)
+    finally:
+        bar.close()
+
+
 @vm_app.command("new")
 def vm_new(
     ctx: typer.Context,
     name: Annotated[str, Arg(help="VM name.")],
-    image: Annotated[str, Opt(help="GALLERY/DEFINITION[@X.Y.Z|@latest]")],
+    image: Annotated[str, Opt(help="GALLERY/DEFINITION[@X.Y.Z|@latest], or REMOTE:GALLERY/DEFINITION[@…] "
+                                   "(pulled first: only missing chunks travel)")],
     cpus: Annotated[int | None, Opt(help="vCPUs (default: 2, within the definition's recommendation).")] = None,
     memory: Annotated[int | None, Opt(help="Memory in MiB (default: 512, within the recommendation).")] = None,
     hostname: Annotated[str | None, Opt(help="Generalized images: the VM's hostname (default: its name).")] = None,
@@ -43,6 +57,7 @@ def vm_new(
     from imgtool.vm import runtime as vmrun
 
     st = state(ctx)
+    image = _local_image(st, image)
     request = vm.NewVm(name=name, image=image, cpus=cpus, memory_mib=memory, hostname=hostname,
                        admin_user=admin_user, ssh_key=ssh_key, user_data=user_data,
                        ignore_recommendations=ignore_recommendations)

@@ -1,0 +1,114 @@
+"""The remote operations as the CLI (and `vm new`) calls them: names in, results out."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+from imgtool.errors import InvalidArgument
+from imgtool.gallery.versions import Verdict, Version
+from imgtool.home import Home
+from imgtool.names import parse_definition_ref, parse_image_ref
+from imgtool.remote import auth, catalog, remotes
+from imgtool.remote import format as fmt
+from imgtool.remote.connect import close, open_target
+from imgtool.remote.pull import PullHook, PullResult, pull
+from imgtool.remote.push import PushHook, PushResult, push
+from imgtool.remote.registry import RegistryClient
+from imgtool.remote.target import Target
+
+Progress = Callable[[int], None]
+# Hooks the signing layer installs (imgtool.remote.service.PUSH_HOOKS.append(...)): called with the
+# version's manifest on the remote before its tag is put (push) or before anything is named (pull).
+PUSH_HOOKS: list[PushHook] = []
+PULL_HOOKS: list[PullHook] = []
+
+
+@contextlib.contextmanager
+def connected(home: Home, name: str) -> Iterator[tuple[remotes.Remote, Target]]:
+    remote = remotes.get(home, name)
+    target = open_target(home, remote)
+    try:
+        yield remote, target
+    finally:
+        close(target)
+
+
+def _push_hook(event: object) -> None:
+    for hook in PUSH_HOOKS:
+        hook(event)  # type: ignore[arg-type]
+
+
+def _pull_hook(event: object) -> None:
+    for hook in PULL_HOOKS:
+        hook(event)  # type: ignore[arg-type]
+
+
+def push_source(home: Home, source: str, remote_name: str, *, progress: Progress | None = None,
+                stats: dict[str, int] | None = None) -> list[PushResult]:
+    with connected(home, remote_name) as (remote, target):
+        try:
+            return push(home, remote, target, source, progress=progress, hook=_push_hook)
+        finally:
+            if stats is not None:
+                stats.update(target.stats.to_json())
+
+
+def pull_ref(home: Home, text: str, *, as_ref: str | None = None, progress: Progress | None = None,
+             stats: dict[str, int] | None = None) -> PullResult:
+    name, rest = remotes.split_ref(text)
+    if as_ref is not None:
+        parse_definition_ref(as_ref)
+    with connected(home, name) as (remote, target):
+        try:
+            return pull(home, remote, target, rest, as_ref=as_ref, progress=progress, hook=_pull_hook)
+        finally:
+            if stats is not None:
+                stats.update(target.stats.to_json())
+
+
+def is_remote_image(image: str) -> bool:
+    return ":" in image
+
+
+def image_for_vm(home: Home, image: str, *, progress: Progress | None = None) -> str:
+    """`vm new --image REMOTE:G/D[@V]`: pull what is missing, return the local `G/D@X.Y.Z`."""
+    if not is_remote_image(image):
+        return image
+    result = pull_ref(home, image, progress=progress)
+    return result.name
+
+
+def versions(home: Home, text: str) -> tuple[list[catalog.RemoteVersion], Version | None, list[Verdict], str]:
+    name, rest = remotes.split_ref(text)
+    ref = parse_definition_ref(rest)
+    with connected(home, name) as (remote, target):
+        repo = fmt.repository(remote.prefix, ref.gallery, ref.definition)
+        found = catalog.remote_versions(target, repo)
+    chosen, verdicts = catalog.resolve(found)
+    return found, chosen, verdicts, repo
+
+
+def login(home: Home, name: str, username: str, password: str) -> str:
+    """Check the credentials against the registry, then keep them (0600); returns the host."""
+    remote = remotes.get(home, name)
+    if remote.kind != "registry":
+        raise InvalidArgument(f"remote '{name}' is a layout folder; it has no login", hint="just use it")
+    creds = auth.Credentials(username, password)
+    verify: bool | str = False if remote.insecure else (remote.ca_file or True)
+    client = RegistryClient(remote.base_url, label=name, credentials=creds, verify=verify)
+    try:
+        client.ping()
+    finally:
+        client.close()
+    auth.save(home.root, remote.host, creds)
+    return remote.host
+
+
+def logout(home: Home, name: str) -> bool:
+    remote = remotes.get(home, name)
+    return auth.forget(home.root, remote.host) if remote.kind == "registry" else False
+
+
+def check_image_ref(text: str) -> None:
+    parse_image_ref(text)
