@@ -5,7 +5,7 @@ from typing import Annotated, Any
 
 import typer
 
-from imgtool.cli.output import ProgressBar, emit_json, fields, human_bytes, state, table
+from imgtool.cli.output import ProgressBar, emit_json, fields, human_bytes, state, table, warn
 
 remote_app = typer.Typer(help="Remotes: OCI registries (ACR, GHCR, Harbor, Quay, distribution) or OCI layout "
                          "folders that galleries are shared through.", no_args_is_help=True)
@@ -143,17 +143,26 @@ def push_cmd(
     ctx: typer.Context,
     source: Annotated[str, Arg(help="GALLERY, GALLERY/DEFINITION or GALLERY/DEFINITION@X.Y.Z")],
     remote: Annotated[str, Arg(help="Remote name.")],
+    sign: Annotated[str | None, Opt("--sign", help="Sign each version pushed with this key of yours "
+                                                   "(default: the remote's signing key, see imgtool trust "
+                                                   "signing-key).")] = None,
 ) -> None:
     """Push versions (and their definition and gallery records) the remote lacks. Only chunks the remote
     does not hold travel; the tag is put last; a second push sends nothing; a killed push resumes."""
     from imgtool.remote import service
+    from imgtool.trust.gate import SIGNING_KEY
+    from imgtool.trust.homes import keyring
 
     st = state(ctx)
+    if sign is not None:
+        keyring(st.home).load(sign)  # a missing or unusable key fails before anything moves
     bar = ProgressBar(f"pushing {source}", enabled=not st.json)
     stats: dict[str, int] = {}
+    token = SIGNING_KEY.set(sign)
     try:
         results = service.push_source(st.home, source, remote, progress=bar, stats=stats)
     finally:
+        SIGNING_KEY.reset(token)
         bar.close()
     if st.json:
         emit_json({"versions": [r.to_json() for r in results], "transfer": stats})
@@ -179,6 +188,7 @@ def pull_cmd(
         result = service.pull_ref(st.home, ref, as_ref=as_ref, progress=bar, stats=stats)
     finally:
         bar.close()
+    warn(result.warnings)
     if st.json:
         emit_json({**result.to_json(), "transfer": stats})
         return

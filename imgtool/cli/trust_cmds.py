@@ -18,8 +18,37 @@ Opt = typer.Option
 
 
 def register(app: typer.Typer) -> None:
+    from imgtool.cli.version_cmds import version_app
+
     app.add_typer(key_app, name="key")
     app.add_typer(trust_app, name="trust")
+    version_app.command("verify")(version_verify)
+
+
+def version_verify(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="GALLERY/DEFINITION@X.Y.Z")],
+                   quick: Annotated[bool, Opt(help="Check that chunks are present without re-hashing "
+                                                   "them.")] = False) -> None:
+    """Re-check a pulled version offline: its stored signatures against the keys its remote trusts now,
+    the manifest and config they sign against the local record, and every chunk (BLAKE3)."""
+    from imgtool.cli.output import warn
+    from imgtool.errors import Refused
+    from imgtool.trust.gate import verify_local
+
+    st = state(ctx)
+    verdict = verify_local(st.home, ref, deep=not quick)
+    if verdict is None:
+        raise Refused(f"{ref} was not pulled from a remote: there is no publisher signature to check",
+                      hint="imgtool verify --deep checks the store's content")
+    warn(verdict.acceptance.warnings)
+    if st.json:
+        emit_json({"version": verdict.name, "remote": verdict.remote, "manifest": verdict.manifest_digest,
+                   "policy": verdict.acceptance.policy, "verified_by": list(verdict.acceptance.verified_by)})
+        return
+    if verdict.acceptance.verified_by:
+        print(f"{verdict.name}: verified (manifest {verdict.manifest_digest[:19]}…, signed by "
+              + ", ".join(k[:23] + "…" for k in verdict.acceptance.verified_by) + f", trusted on {verdict.remote})")
+    else:
+        print(f"{verdict.name}: content intact; not verified (remote {verdict.remote} has policy any)")
 
 
 @key_app.command("generate")
@@ -161,3 +190,24 @@ def _key_json(remote: str, entry: "TrustedKey") -> dict[str, Any]:
     return {"remote": remote, "key_id": entry.key_id, "name": entry.key.name, "gallery": entry.gallery,
             "expires": format_time(entry.key.expires) if entry.key.expires else None,
             "added": format_time(entry.added)}
+
+
+@trust_app.command("signing-key")
+def trust_signing_key(ctx: typer.Context, remote: str,
+                      key: Annotated[str | None, typer.Argument(help="One of your keys (imgtool key list).")] = None,
+                      none: Annotated[bool, Opt("--none", help="Stop signing pushes to REMOTE by "
+                                                               "default.")] = False) -> None:
+    """Sign every version pushed (or replicated) to REMOTE with KEY, without --sign."""
+    from imgtool.errors import InvalidArgument
+    from imgtool.trust.homes import keyring, trust_store
+
+    st = state(ctx)
+    if (key is None) == (not none):
+        raise InvalidArgument("give a key name or --none", hint=f"imgtool trust signing-key {remote} KEY")
+    if key is not None:
+        keyring(st.home).load(key)
+    rt = trust_store(st.home).set_signing_key(remote, key)
+    if st.json:
+        emit_json({"remote": remote, "signing_key": rt.signing_key})
+        return
+    print(f"pushes to {remote} are signed with {key}" if key else f"pushes to {remote} are not signed by default")

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from imgtool.cli.output import ProgressBar, emit_json, fields, state, table
+from imgtool.cli.output import ProgressBar, emit_json, fields, state, table, warn
 from imgtool.vm.record import VmRecord, load, vm_dir
 
 vm_app = typer.Typer(help="VMs: copy-on-write qcow2 overlays over a version's disks, booted under QEMU.",
@@ -22,16 +22,22 @@ def _public(record: VmRecord) -> dict[str, Any]:
 
 
 def _local_image(st: Any, image: str) -> str:
-    """REMOTE:G/D[@V] is pulled (what is missing) and becomes the local G/D@X.Y.Z."""
+    """REMOTE:G/D[@V] is pulled (what is missing) and becomes the local G/D@X.Y.Z; a pulled version is
+    re-verified from the local store (signature, manifest and config chain, chunks present) every time."""
     from imgtool.remote import service
+    from imgtool.trust import gate
 
-    if not service.is_remote_image(image):
-        return image
-    bar = ProgressBar(f"pulling {image}", enabled=not st.json)
-    try:
-        return service.image_for_vm(st.home, image, progress=bar)
-    finally:
-        bar.close()
+    warnings: tuple[str, ...] | list[str] = ()
+    if service.is_remote_image(image):
+        bar = ProgressBar(f"pulling {image}", enabled=not st.json)
+        try:
+            pulled = service.pull_ref(st.home, image, progress=bar)
+        finally:
+            bar.close()
+        image, warnings = pulled.name, pulled.warnings
+    verdict = gate.verify_local(st.home, image, deep=False)
+    warn(warnings or (verdict.acceptance.warnings if verdict else ()))
+    return image
 
 
 @vm_app.command("new")

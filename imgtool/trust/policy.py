@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,7 @@ class RemoteTrust:
     remote: str
     explicit_any: bool
     keys: tuple[TrustedKey, ...]
+    signing_key: str | None = None  # the user's own key that signs what is pushed there
 
     @property
     def policy(self) -> str:
@@ -110,7 +111,7 @@ class TrustStore:
     def _save(self, remotes: dict[str, RemoteTrust]) -> None:
         body = {"kind": "imgtool.trust", "format": 1,
                 "remotes": {name: _remote_to_json(rt) for name, rt in sorted(remotes.items())
-                            if rt.keys or rt.explicit_any}}
+                            if rt.keys or rt.explicit_any or rt.signing_key}}
         atomic.replace(self.path, json.dumps(body, indent=2, sort_keys=True).encode() + b"\n", mode=0o600)
 
     def add(self, remote: str, key: PublicKey, *, gallery: str | None = None,
@@ -125,7 +126,7 @@ class TrustStore:
             raise AlreadyExists(f"key {short_id(key.key_id)} is already trusted on {remote}"
                                 + (f" for gallery {gallery}" if gallery else ""), hint=f"imgtool trust list {remote}")
         entry = TrustedKey(key, gallery, now())
-        self._save({**self.remotes(), remote: RemoteTrust(remote, explicit_any=False, keys=(*rt.keys, entry))})
+        self._save({**self.remotes(), remote: replace(rt, explicit_any=False, keys=(*rt.keys, entry))})
         return entry
 
     def remove(self, remote: str, key_id: str | None = None, *, gallery: str | None = None) -> list[TrustedKey]:
@@ -137,8 +138,16 @@ class TrustStore:
             raise NotFound(f"no trusted key on {remote} matches", hint=f"imgtool trust list {remote}")
         kept = tuple(k for k in rt.keys if k not in gone)
         explicit_any = rt.explicit_any and not (key_id is None and gallery is None)
-        self._save({**self.remotes(), remote: RemoteTrust(remote, explicit_any=explicit_any, keys=kept)})
+        self._save({**self.remotes(), remote: replace(rt, explicit_any=explicit_any, keys=kept)})
         return gone
+
+    def set_signing_key(self, remote: str, key_name: str | None) -> RemoteTrust:
+        """Sign every version pushed to `remote` with the user's key `key_name` (None: stop)."""
+        if key_name is not None:
+            check_name(key_name, "key")
+        updated = replace(self.remote(remote), signing_key=key_name)
+        self._save({**self.remotes(), remote: updated})
+        return updated
 
     def set_policy(self, remote: str, policy: str) -> RemoteTrust:
         """`any` (explicit, on a remote without keys) or `signed` (needs a key: it is what `trust add` gives)."""
@@ -147,12 +156,12 @@ class TrustStore:
             if rt.keys:
                 raise Refused(f"{remote} trusts {len(rt.keys)} key(s), so its policy is signed",
                               hint=f"imgtool trust remove {remote} first if you really want to accept anything")
-            updated = RemoteTrust(remote, explicit_any=True, keys=())
+            updated = replace(rt, explicit_any=True)
         elif policy == SIGNED:
             if not rt.keys:
                 raise InvalidArgument(f"{remote} has no trusted key to check signatures with",
                                       hint=f"imgtool trust add {remote} PUBLISHER.pub")
-            updated = RemoteTrust(remote, explicit_any=False, keys=rt.keys)
+            updated = replace(rt, explicit_any=False)
         else:
             raise InvalidArgument(f"unknown policy '{policy}'", hint="use signed or any")
         self._save({**self.remotes(), remote: updated})
@@ -230,10 +239,13 @@ def _refusal_hint(rt: RemoteTrust, name: SignedName) -> str:
 
 def _remote_from_json(name: str, entry: Any) -> RemoteTrust:
     what = f"trust entry for {name}"
-    if not isinstance(entry, dict) or set(entry) != {"policy", "keys"} or entry["policy"] not in (SIGNED, ANY):
+    if not isinstance(entry, dict) or set(entry) - {"signing_key"} != {"policy", "keys"} \
+            or entry["policy"] not in (SIGNED, ANY, UNSET) or not isinstance(entry["keys"], list) \
+            or not isinstance(entry.get("signing_key"), str | None):
         raise Corrupt(f"{what} is malformed", hint="fix or remove trust.json in the imgtool home")
     keys = tuple(_key_from_json(k, what) for k in entry["keys"])
-    return RemoteTrust(name, explicit_any=entry["policy"] == ANY and not keys, keys=keys)
+    return RemoteTrust(name, explicit_any=entry["policy"] == ANY and not keys, keys=keys,
+                       signing_key=entry.get("signing_key"))
 
 
 def _key_from_json(obj: Any, what: str) -> TrustedKey:
@@ -247,6 +259,6 @@ def _key_from_json(obj: Any, what: str) -> TrustedKey:
 
 
 def _remote_to_json(rt: RemoteTrust) -> dict[str, Any]:
-    return {"policy": rt.policy,
+    return {"policy": rt.policy, "signing_key": rt.signing_key,
             "keys": [{"public_key": k.key.file_text(), "gallery": k.gallery, "added": format_time(k.added)}
                      for k in rt.keys]}

@@ -44,6 +44,7 @@ def test_push_pull_versions_show_through_the_cli(registry: Registry, tmp_path: P
 
     b = cli_for(tmp_path / "b", tmp_path)
     b("remote", "add", "origin", f"{registry.url}/cli")
+    b("trust", "policy", "origin", "any")  # unsigned versions, accepted explicitly (tests/trust covers signed)
     pulled = b.json("pull", "origin:team/base")
     assert pulled["tag"] == "1.0.0" and pulled["status"] == "pulled"  # type: ignore[index]
     shown = b("version", "show", "team/base@1.0.0").stdout
