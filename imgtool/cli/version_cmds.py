@@ -74,12 +74,16 @@ def publish(
     fmt: Annotated[str | None, Opt("--format", help="Assert the OS disk file's format.")] = None,
     check: Annotated[bool, Opt("--check", help="Then boot-check it (definitions that require a boot check).")]
     = False,
+    replicate_to: Annotated[str | None, Opt(help="Target remotes R1,R2: push the version there after publishing "
+                                                 "(a failure is recorded; imgtool replicate retries).")] = None,
 ) -> None:
     """Publish a new, immutable image version from its disks. In a definition that requires a boot check it
     starts pending: latest skips it until imgtool version check (or --check here) sees it boot."""
+    from imgtool.cli import remote_cmds
     from imgtool.gallery import image_versions, lookup
 
     st = state(ctx)
+    targets = remote_cmds.check_targets(st.home, replicate_to)
     request = image_versions.PublishRequest(
         ref=parse_definition_ref(ref), version=Version.parse(version), os_disk=os_disk,
         data_disks=tuple(image_versions.parse_data_disk(d) for d in data_disk or []), os_state=os_state,
@@ -95,10 +99,13 @@ def publish(
         from imgtool.gallery import checks
 
         result = checks.check_version(st.home, published.label)
-    if st.json:
-        emit_json(version_json(*lookup.get_version(st.home, f"{ref}@{published.version}")))
-    else:
+    if not st.json:
         print(f"published {ref}@{published.version}" + (" (pending its boot check)" if published.check else ""))
+    replicas = remote_cmds.replicate_now(st.home, f"{ref}@{published.version}", add=targets, remove=[],
+                                         quiet=st.json)
+    if st.json:
+        emit_json({**version_json(*lookup.get_version(st.home, f"{ref}@{published.version}")),
+                   **({"replication": replicas} if targets else {})})
     if result is not None:
         _report_check(published.label, result, st.json)
 
@@ -148,13 +155,16 @@ def _list_deleted(home: Any, r: Any, as_json: bool) -> None:
 
 @version_app.command("show")
 def version_show(ctx: typer.Context, ref: Annotated[str, Arg(help="GALLERY/DEFINITION@X.Y.Z or @latest")]) -> None:
-    """Show a version: disks, provenance, publishing settings."""
+    """Show a version: disks, provenance, publishing settings, replication targets."""
+    from imgtool.cli import remote_cmds
     from imgtool.gallery import lookup
+    from imgtool.remote import replication
 
     st = state(ctx)
     v, digest = lookup.get_version(st.home, ref)
     if st.json:
-        emit_json(version_json(v, digest))
+        emit_json({**version_json(v, digest),
+                   "replication": replication.describe(st.home, v.gallery, v.definition, v.version)})
         return
     pairs: list[tuple[str, Any]] = [
         ("version", f"{v.gallery}/{v.definition}@{v.version}"), ("record", digest), ("os state", v.os_state),
@@ -167,6 +177,11 @@ def version_show(ctx: typer.Context, ref: Annotated[str, Arg(help="GALLERY/DEFIN
         label = "os disk" if disk.lun is None else f"data disk {disk.lun}"
         origin = disk.source.get("path") or disk.source.get("name") or disk.source.get("kind")
         pairs.append((label, f"{disk.digest} {human_bytes(disk.virtual_size)} from {origin}"))
+    pulled = v.provenance.get("pulled_from")
+    if isinstance(pulled, dict):
+        pairs.append(("pulled from", f"{pulled.get('remote')}:{pulled.get('repository')}:{pulled.get('tag')} "
+                                     f"{str(pulled.get('manifest'))[:19]}"))
+    pairs.extend(remote_cmds.replication_rows(st.home, v.gallery, v.definition, v.version))
     fields(pairs)
     if v.check and v.check.console_tail:
         print("console tail of the failed check:")
@@ -206,9 +221,13 @@ def version_update(
                                                help="Block deletion before end of life.")] = None,
     promote: Annotated[bool, Opt("--promote", help="Let a pending or failed version into latest without a "
                                                    "passing boot check (recorded).")] = False,
+    replicate_to: Annotated[str | None, Opt(help="Add replication targets R1,R2 (and replicate now).")] = None,
+    no_replicate_to: Annotated[str | None, Opt(help="Remove replication targets R1,R2.")] = None,
 ) -> None:
-    """Change a version's publishing settings (its content never changes)."""
+    """Change a version's publishing settings (its content never changes) or its replication targets."""
+    from imgtool.cli import remote_cmds
     from imgtool.gallery import checks, image_versions, lookup
+    from imgtool.remote import replication
 
     st = state(ctx)
     if promote:
@@ -220,12 +239,16 @@ def version_update(
         changes["end_of_life"] = end_of_life
     if block_deletion is not None:
         changes["block_deletion_before_end_of_life"] = block_deletion
-    if not changes and not promote:
-        raise InvalidArgument("nothing to update", hint="give --exclude-from-latest, --end-of-life, --promote ...")
+    add = remote_cmds.check_targets(st.home, replicate_to)
+    remove = replication.parse_targets(no_replicate_to)
+    if not changes and not add and not remove and not promote:
+        raise InvalidArgument("nothing to update", hint="give --exclude-from-latest, --end-of-life, "
+                              "--promote, --replicate-to, ...")
     if changes:
         image_versions.update_version(st.home, ref, **changes)
+    replicas = remote_cmds.replicate_now(st.home, ref, add=add, remove=remove, quiet=st.json)
     if st.json:
-        emit_json(version_json(*lookup.get_version(st.home, ref)))
+        emit_json({**version_json(*lookup.get_version(st.home, ref)), "replication": replicas})
         return
     print(f"updated {ref}")
 

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from imgtool.cli.output import ProgressBar, emit_json, fields, state, table
+from imgtool.cli.output import ProgressBar, emit_json, fields, state, table, warn
 from imgtool.vm.record import VmRecord, load, vm_dir
 
 vm_app = typer.Typer(help="VMs: copy-on-write qcow2 overlays over a version's disks, booted under QEMU.",
@@ -21,11 +21,31 @@ def _public(record: VmRecord) -> dict[str, Any]:
     return {k: v for k, v in record.to_json().items() if k not in ("definition", "format", "kind")}
 
 
+def _local_image(st: Any, image: str) -> str:
+    """REMOTE:G/D[@V] is pulled (what is missing) and becomes the local G/D@X.Y.Z; a pulled version is
+    re-verified from the local store (signature, manifest and config chain, chunks present) every time."""
+    from imgtool.remote import service
+    from imgtool.trust import gate
+
+    warnings: tuple[str, ...] | list[str] = ()
+    if service.is_remote_image(image):
+        bar = ProgressBar(f"pulling {image}", enabled=not st.json)
+        try:
+            pulled = service.pull_ref(st.home, image, progress=bar)
+        finally:
+            bar.close()
+        image, warnings = pulled.name, pulled.warnings
+    verdict = gate.verify_local(st.home, image, deep=False)
+    warn(warnings or (verdict.acceptance.warnings if verdict else ()))
+    return image
+
+
 @vm_app.command("new")
 def vm_new(
     ctx: typer.Context,
     name: Annotated[str, Arg(help="VM name.")],
-    image: Annotated[str, Opt(help="GALLERY/DEFINITION[@X.Y.Z|@latest]")],
+    image: Annotated[str, Opt(help="GALLERY/DEFINITION[@X.Y.Z|@latest], or REMOTE:GALLERY/DEFINITION[@…] "
+                                   "(pulled first: only missing chunks travel)")],
     cpus: Annotated[int | None, Opt(help="vCPUs (default: 2, within the definition's recommendation).")] = None,
     memory: Annotated[int | None, Opt(help="Memory in MiB (default: 512, within the recommendation).")] = None,
     hostname: Annotated[str | None, Opt(help="Generalized images: the VM's hostname (default: its name).")] = None,
@@ -44,6 +64,7 @@ def vm_new(
     from imgtool.vm import runtime as vmrun
 
     st = state(ctx)
+    image = _local_image(st, image)
     request = vm.NewVm(name=name, image=image, cpus=cpus, memory_mib=memory, hostname=hostname,
                        admin_user=admin_user, ssh_key=ssh_key, user_data=user_data,
                        ignore_recommendations=ignore_recommendations, allow_revoked=allow_revoked)
