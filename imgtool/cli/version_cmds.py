@@ -315,19 +315,46 @@ def version_check(
 def version_revoke(
     ctx: typer.Context,
     ref: Annotated[str, Arg(help="GALLERY/DEFINITION@X.Y.Z")],
-    reason: Annotated[str, Opt(help="Why (shown on every VM standing on it).")],
+    reason: Annotated[str | None, Opt(help="Why (shown on every VM standing on it).")] = None,
+    push: Annotated[list[str] | None, Opt("--push", help="Also attach a signed revocation statement to the "
+                                                         "version on this remote (repeatable).")] = None,
+    sign: Annotated[str | None, Opt("--sign", help="With --push: the signing key (default: the remote's "
+                                                   "signing key).")] = None,
 ) -> None:
     """Revoke a version: never latest again, refused by vm new (unless --allow-revoked), and every VM standing
-    on it is flagged."""
-    from imgtool.gallery import revocation
+    on it is flagged. With --push the revocation reaches a remote as a statement signed like a signature;
+    pull and vm new from it refuse the version, and imgtool remote sync marks other stores' copies. A
+    version already revoked here can be pushed again without --reason."""
+    from imgtool.gallery import lookup, revocation
 
     st = state(ctx)
-    revoked, vms = revocation.revoke(st.home, ref, reason)
+    current, _ = lookup.get_version(st.home, ref)
+    if reason is None and (current.revocation is None or not push):
+        raise InvalidArgument("--reason is required", hint="say why it is revoked, e.g. --reason 'CVE-2026-1234'")
+    if reason is not None:
+        current, vms = revocation.revoke(st.home, ref, reason)
+    else:
+        vms = vmrecord_users(st.home, current)
+    pushed = [_push_revocation(st.home, ref, remote, sign) for remote in push or []]
     if st.json:
-        emit_json({"version": revoked.label, "revocation": revoked.revocation and revoked.revocation.to_json(),
-                   "vms": vms})
+        emit_json({"version": current.label, "revocation": current.revocation and current.revocation.to_json(),
+                   "vms": vms, "pushed": pushed})
         return
-    print(f"revoked {revoked.label}" + (f"; VMs standing on it: {', '.join(vms)}" if vms else ""))
+    print(f"revoked {current.label}" + (f"; VMs standing on it: {', '.join(vms)}" if vms else ""))
+    for item in pushed:
+        print(f"revocation attached on {item['remote']} ({item['repository']}, signed by {item['key_id'][:19]}...)")
+
+
+def vmrecord_users(home: Any, version: ImageVersion) -> list[str]:
+    from imgtool.vm import record as vmrecord
+
+    return vmrecord.vms_using(home, version.gallery, version.definition, version.version)
+
+
+def _push_revocation(home: Any, ref: str, remote: str, key: str | None) -> dict[str, Any]:
+    from imgtool.remote import revoke
+
+    return revoke.push_revocation(home, ref, remote, key_name=key)
 
 
 @version_app.command("users")
