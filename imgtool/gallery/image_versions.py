@@ -1,4 +1,4 @@
-"""Image versions: publish, read, resolve `latest`, update, delete, export.
+"""Image versions: publish, update, delete, export (reading and `latest` are in gallery/lookup.py).
 
 Publishing writes in the store's order: chunks (capture) -> disk manifests ->
 version record -> name. The name is created with create-only semantics, so of

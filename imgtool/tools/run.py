@@ -198,7 +198,10 @@ class Background:
         return bool(self.handle.process.is_alive()[0])
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Terminate the child (SIGKILL if it ignores SIGTERM for `timeout` s) and reap it."""
+        """Terminate the child (SIGKILL if it ignores SIGTERM for `timeout` s) and reap it.
+
+        Never raises: a child that is already gone (dead of a signal, or exited) is stopped.
+        """
         if self.alive():
             with contextlib.suppress(ProcessLookupError):
                 self.handle.process.terminate()
