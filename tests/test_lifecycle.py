@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from imgtool import maintenance
+from imgtool import garbage
 from imgtool.errors import AlreadyExists, Corrupt, InvalidArgument, NotFound, Refused, ToolFailed
 from imgtool.gallery import checks, lookup, recycle, removal, revocation, users
 from imgtool.gallery import galleries as gallery
@@ -198,7 +198,7 @@ def test_gc_keeps_a_deleted_version_until_its_retention_ends_then_purge_frees_it
     home, disk = setup_home(tmp_path)
     put(home, "1.0.0", disk)
     delete_version(home, "team/base@1.0.0", now=T0)
-    maintenance.gc(home, dry_run=False)
+    garbage.gc(home, dry_run=False)
     assert home.store.has_manifest(disk)  # the deleted name is a root: nothing freed yet
 
     assert recycle.expired(home, T0 + dt.timedelta(days=6)) == []
@@ -208,8 +208,8 @@ def test_gc_keeps_a_deleted_version_until_its_retention_ends_then_purge_frees_it
     assert [i.label for i in due] == ["team/base@1.0.0"] and recycle.kept(home, T0 + dt.timedelta(days=8)) == []
     with home.store.exclusive():
         assert recycle.purge(home, due) == due
-    result = maintenance.gc(home, dry_run=False)
-    assert result.store.get("bytes_freed", 0) > 0
+    result = garbage.gc(home, dry_run=False)
+    assert result.bytes_freed > 0
     assert not home.store.has_manifest(disk)
     with pytest.raises(NotFound):
         removal.restore_version(home, "team/base@1.0.0")
@@ -273,7 +273,7 @@ def test_purging_a_gallery_purges_what_is_kept_under_it(tmp_path: Path) -> None:
     assert len(recycle.items(home)) == 2
     removal.delete_gallery(home, "team", purge=True)
     assert recycle.items(home) == []
-    maintenance.gc(home, dry_run=False)
+    garbage.gc(home, dry_run=False)
     assert not home.store.has_manifest(disk)
 
 
