@@ -84,6 +84,8 @@ def publish(
 
     st = state(ctx)
     targets = remote_cmds.check_targets(st.home, replicate_to)
+    if check:
+        _need_boot_check(st.home, ref)
     request = image_versions.PublishRequest(
         ref=parse_definition_ref(ref), version=Version.parse(version), os_disk=os_disk,
         data_disks=tuple(image_versions.parse_data_disk(d) for d in data_disk or []), os_state=os_state,
@@ -108,6 +110,17 @@ def publish(
                    **({"replication": replicas} if targets else {})})
     if result is not None:
         _report_check(published.label, result, st.json)
+
+
+def _need_boot_check(home: Any, ref: str) -> None:
+    """--check on a definition without a boot check fails before anything is published."""
+    from imgtool.gallery import galleries
+
+    r = parse_definition_ref(ref)
+    if galleries.get_definition(home, r).boot_check is None:
+        raise InvalidArgument(f"definition {r} asks for no boot check, so --check has nothing to run",
+                              hint=f"set one: imgtool definition update {r} --require-boot-check --boot-check "
+                                   "console:TEXT")
 
 
 def _status(v: "Summary") -> str:
