@@ -88,15 +88,14 @@ def test_check_state_and_signed_revocations_reach_other_stores(registry: Registr
     by_version = {v["version"]: v for v in found["versions"]}
     assert by_version["1.2.0"]["revoked"] == "CVE-2026-1234 in openssl" and by_version["1.0.0"]["revoked"] is None
 
-    # Pulls refuse it, the cache hit of the store that has it as well as a store that does not.
-    again = user("pull", "origin:team/base@1.2.0", ok=False)
-    assert again.returncode == 5 and "revoked: CVE-2026-1234 in openssl" in again.stderr
+    # Pulls refuse it, in a store that does not have it and in one that does (whose copy it marks).
     other = cli_for(tmp_path / "other-home", tmp_path)
     other("remote", "add", "origin", f"{registry.url}/lifecycle")
     other("trust", "add", "origin", str(pub))
     refused = other("vm", "new", "fresh", "--image", "origin:team/base@1.2.0", ok=False)
     assert refused.returncode == 5 and "revoked" in refused.stderr
     assert not any(n.startswith("versions/") for n in names(other))
+    other("pull", "origin:team/base@1.0.0")  # the untrusted statement does not stop the other version
 
     assert "revoked" not in user("vm", "list").stdout
     synced = user.json("remote", "sync", "origin")
@@ -107,6 +106,18 @@ def test_check_state_and_signed_revocations_reach_other_stores(registry: Registr
     assert marked["team/base@1.0.0"]["revoked"] is None
     assert "not a key trusted" in marked["team/base@1.0.0"]["ignored"][0]
     assert "web: revoked: CVE-2026-1234 in openssl" in user("vm", "list").stdout
+    # A later pull of a revoked version marks the local copy too: a third store that pulled it before.
+    third = cli_for(tmp_path / "third-home", tmp_path)
+    third("remote", "add", "origin", f"{registry.url}/lifecycle")
+    third("trust", "add", "origin", str(pub))
+    third("pull", "origin:team/base@1.1.0")
+    publisher("trust", "signing-key", "origin", "release")  # the remote's default key signs it
+    publisher("version", "revoke", "team/base@1.1.0", "--reason", "bad openssl too", "--push", "origin")
+    again = third("pull", "origin:team/base@1.1.0", ok=False)
+    assert again.returncode == 5 and "revoked: bad openssl too" in again.stderr
+    assert "marked revoked here: team/base@1.1.0" in again.stderr
+    marked_copy = third.json("version", "show", "team/base@1.1.0")
+    assert isinstance(marked_copy, dict) and marked_copy["revocation"]["reason"] == "bad openssl too"
     shown = user.json("version", "show", "team/base@1.2.0")
     assert isinstance(shown, dict) and shown["revocation"]["reason"] == "CVE-2026-1234 in openssl"
     local = user("vm", "new", "web2", "--image", "team/base@1.2.0", ok=False)

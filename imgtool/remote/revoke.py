@@ -3,7 +3,8 @@
 - push: `push_revocation` signs "G/D@V at this manifest digest is revoked, because REASON" with the
   remote's signing key (or the one given) and attaches it to the version's manifest as a referrer.
 - use: `refuse_if_revoked` runs in the pull check, before anything is stored (cache hits too), so
-  pull, `vm new REMOTE:…` and everything built on pull refuse a revoked version.
+  pull, `vm new REMOTE:…` and everything built on pull refuse a revoked version; a local copy pulled
+  at that digest is marked revoked on the way (a later pull tells this store, as sync does).
 - `remote versions` marks revoked versions (`revoked_tags`), so the remote's `latest` skips them.
 - `sync` looks for revocations of every local version pulled from a remote (at the manifest digest
   pulled, and at the one its tag names now) and marks the local copy revoked, which flags its VMs.
@@ -154,12 +155,29 @@ def refuse_if_revoked(home: Home, remote: Remote, target: Target, repo: str, dig
     """Raise Refused when a trusted key revoked this version (the pull check; nothing is stored yet)."""
     found = find(home, remote, target, repo, _name(remote, repo, version.gallery, version.definition,
                                                    version.version), [digest])
-    if found.revoked is not None:
-        raise Refused(f"{remote.name}:{version.gallery}/{version.definition}@{version.version} is revoked: "
-                      f"{found.revoked.reason} (since {found.revoked.revoked_at}, signed by "
-                      f"{found.revoked.key_id[:19]}…)",
-                      hint=f"nothing was pulled; pick another version: imgtool remote versions "
-                           f"{remote.name}:{version.gallery}/{version.definition}")
+    if found.revoked is None:
+        return
+    marked = mark_local_copies(home, remote.name, digest, found.revoked)
+    also = f"; marked revoked here: {', '.join(marked)}" if marked else ""
+    raise Refused(f"{remote.name}:{version.gallery}/{version.definition}@{version.version} is revoked: "
+                  f"{found.revoked.reason} (since {found.revoked.revoked_at}, signed by "
+                  f"{found.revoked.key_id[:19]}…){also}",
+                  hint=f"nothing was pulled; pick another version: imgtool remote versions "
+                       f"{remote.name}:{version.gallery}/{version.definition}")
+
+
+def mark_local_copies(home: Home, remote_name: str, digest: str, revoked: revocations.Revoked) -> list[str]:
+    """Mark revoked the local versions pulled from `remote_name` at manifest `digest` (not yet marked)."""
+    marked = []
+    for _key, record in home.store.list_names(VERSIONS):
+        version = ImageVersion.from_json(home.store.get_manifest(record))
+        origin = version.provenance.get("pulled_from")
+        if not isinstance(origin, dict) or origin.get("remote") != remote_name or origin.get("manifest") != digest:
+            continue
+        if version.revocation is None:
+            update_version(home, version.label, revocation=Revocation(revoked.reason, revoked.revoked_at))
+            marked.append(version.label)
+    return marked
 
 
 def revoked_tags(home: Home, remote: Remote, target: Target, repo: str,
