@@ -16,7 +16,7 @@ from imgtool.gallery import checks, lookup, recycle, removal, revocation, users
 from imgtool.gallery import galleries as gallery
 from imgtool.gallery.galleries import VERSIONS
 from imgtool.gallery.image_versions import PublishRequest, delete_version, export, publish, update_version
-from imgtool.gallery.lifecycle_model import BootCheck, CheckResult, Revocation, tail
+from imgtool.gallery.lifecycle_model import BootCheck, CheckResult, DeletedRecord, Revocation, tail
 from imgtool.gallery.model import Definition, ImageVersion
 from imgtool.gallery.versions import Candidate, Version, resolve_latest
 from imgtool.home import Home
@@ -392,3 +392,23 @@ def test_ssh_checks_retry_until_sshd_answers_or_the_deadline() -> None:
     now[0] = 0.0
     assert checks.retry_ssh(attempt, "true", deadline=30, clock=lambda: now[0], sleep=sleep) == \
         "the VM stopped before ssh answered"
+
+
+def test_an_interrupted_delete_or_restore_is_finished_by_running_it_again(tmp_path: Path) -> None:
+    home, disk = setup_home(tmp_path)
+    put(home, "1.0.0", disk)
+    _, record = lookup.get_version(home, "team/base@1.0.0")
+    key = (VERSIONS, "team", "base", "1.0.0")
+    # As if killed after naming the deletion and before removing the live name: both names exist.
+    deleted = DeletedRecord("version", "team/base@1.0.0", record, "2026-01-10T12:00:00Z",
+                                    "2026-01-17T12:00:00Z")
+    with home.store.writing():
+        home.store.set_name(recycle.DELETED, *key, target=home.store.put_manifest(deleted.to_json()))
+    assert latest(home) == "1.0.0"  # still live: the delete had not happened yet
+    kept = delete_version(home, "team/base@1.0.0")
+    assert kept is not None and kept.deleted_at == "2026-01-10T12:00:00Z" and latest(home) is None
+    # As if killed after re-creating the live name and before removing the deleted one.
+    with home.store.writing():
+        home.store.set_name(*key, target=record)
+    removal.restore_version(home, "team/base@1.0.0")
+    assert lookup.get_version(home, "team/base@1.0.0")[1] == record and recycle.items(home) == []
