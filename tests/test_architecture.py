@@ -125,8 +125,8 @@ def test_only_the_seams_reach_processes_and_the_network(module: str) -> None:
 
 # Pure: rules and records, importable anywhere without side effects.
 PURE = {"imgtool.errors", "imgtool.names", "imgtool.records", "imgtool.vocab", "imgtool.gallery.model",
-        "imgtool.gallery.versions", "imgtool.tools.qemu", "store.errors", "store.digest", "store.canonical",
-        "store.progress"}
+        "imgtool.gallery.versions", "imgtool.gallery.lifecycle_model", "imgtool.tools.qemu", "store.errors",
+        "store.digest", "store.canonical", "store.progress"}
 PURE_PACKAGES = ("imgtool.formats",)
 SIDE_EFFECT_STDLIB = {"subprocess", "socket", "shutil", "threading", "multiprocessing", "http", "urllib",
                       "tempfile", "signal", "ctypes", "fcntl", "logging", "sh", "httpx", "typer"}

@@ -22,8 +22,7 @@ def test_known_format_loads(tmp_path: Path) -> None:
     home = Home.at(tmp_path)
     write_record(home, "a", RECORD)
     assert load(home, "a").name == "a"
-    assert load(home, "a").to_json() == {**RECORD, "base_disks": ["blake3:" + "b" * 64], "generalized": False,
-                                         "forwards": [], "updated": None}
+    assert load(home, "a").to_json() == {**RECORD, "base_disks": ["blake3:" + "b" * 64], "generalized": False}
 
 
 RECORD = {"format": FORMAT, "kind": "vm", "name": "a", "created": "2026-12-01T00:00:00Z", "image": "g/d@1.0.0",

@@ -54,7 +54,7 @@ def vm(record: VmRecord, status: dict[str, Any]) -> dict[str, Any]:
     body = {k: v for k, v in record.to_json().items() if k not in ("definition", "format", "kind")}
     return {**body, "state": status["state"], "ssh_port": status.get("ssh_port"), "accel": status.get("accel"),
             "pid": status.get("pid"), "started": status.get("started"),
-            "forwards": status.get("forwards", [])}
+            "forwards": [{"host": f.host, "guest": f.guest} for f in record.forwards], "updated": record.updated}
 
 
 def incomplete_vm(name: str) -> dict[str, Any]:

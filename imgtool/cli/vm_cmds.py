@@ -8,7 +8,7 @@ import typer
 from typer.core import TyperGroup
 
 from imgtool.cli import shapes
-from imgtool.cli.output import ProgressBar, emit_json, fields, human_bytes, state, table
+from imgtool.cli.output import ProgressBar, emit_json, fields, human_bytes, state, table, warn
 from imgtool.errors import InvalidArgument
 from imgtool.home import Home
 from imgtool.vm.record import VmRecord, load
@@ -30,10 +30,6 @@ snapshot_app = typer.Typer(help="Snapshots of a stopped VM's disks: create, list
 vm_app.add_typer(snapshot_app, name="snapshot")
 Opt = typer.Option
 Arg = typer.Argument
-
-
-def warn(message: str) -> None:
-    sys.stderr.write(f"imgtool: warning: {message}\n")
 
 
 def vm_json(home: Home, name: str, **extra: Any) -> dict[str, Any]:
@@ -64,11 +60,31 @@ def _got(record: VmRecord) -> list[str]:
     return lines
 
 
+def _local_image(st: Any, image: str) -> str:
+    """REMOTE:G/D[@V] is pulled (what is missing) and becomes the local G/D@X.Y.Z; a pulled version is
+    re-verified from the local store (signature, manifest and config chain, chunks present) every time."""
+    from imgtool.remote import service
+    from imgtool.trust import gate
+
+    warnings: tuple[str, ...] | list[str] = ()
+    if service.is_remote_image(image):
+        bar = ProgressBar(f"pulling {image}", enabled=not st.json)
+        try:
+            pulled = service.pull_ref(st.home, image, progress=bar)
+        finally:
+            bar.close()
+        image, warnings = pulled.name, pulled.warnings
+    verdict = gate.verify_local(st.home, image, deep=False)
+    warn(warnings or (verdict.acceptance.warnings if verdict else ()))
+    return image
+
+
 @vm_app.command("new")
 def vm_new(
     ctx: typer.Context,
     name: Annotated[str, Arg(help="VM name.")],
-    image: Annotated[str, Opt(help="GALLERY/DEFINITION[@X.Y.Z|@latest]")],
+    image: Annotated[str, Opt(help="GALLERY/DEFINITION[@X.Y.Z|@latest], or REMOTE:GALLERY/DEFINITION[@…] "
+                                   "(pulled first: only missing chunks travel)")],
     cpus: Annotated[int | None, Opt(help="vCPUs (default: 2, within the definition's recommendation).")] = None,
     memory: Annotated[int | None, Opt(help="Memory in MiB (default: 512, within the recommendation).")] = None,
     disk_size: Annotated[str | None, Opt(metavar="SIZE", help="Grow the OS disk to SIZE (e.g. 20G); cloud-init "
@@ -81,6 +97,7 @@ def vm_new(
                                               "(default: ~/.ssh/id_*.pub).")] = None,
     user_data: Annotated[Path | None, Opt(help="Generalized images: your own cloud-init user-data, merged.")] = None,
     ignore_recommendations: Annotated[bool, Opt(help="Allow vCPUs/memory outside the recommended ranges.")] = False,
+    allow_revoked: Annotated[bool, Opt(help="Allow a revoked version (recorded on the VM).")] = False,
     start: Annotated[bool, Opt(help="Start it right away.")] = False,
     accel: Annotated[str | None, Opt(help="With --start: kvm or tcg (default: probe).")] = None,
 ) -> None:
@@ -96,11 +113,13 @@ def vm_new(
         if not start:
             raise InvalidArgument("--accel applies when the VM starts", hint=f"add --start, or give it to "
                                                                                f"imgtool vm start {name} --accel")
+    disk_bytes = None if disk_size is None else options.parse_size(disk_size)
+    forwards = options.check_forwards(tuple(options.parse_forward(f) for f in forward or []))
+    image = _local_image(st, image)
     request = vm.NewVm(name=name, image=image, cpus=cpus, memory_mib=memory, hostname=hostname,
                        admin_user=admin_user, ssh_key=ssh_key, user_data=user_data,
-                       ignore_recommendations=ignore_recommendations,
-                       disk_size=None if disk_size is None else options.parse_size(disk_size),
-                       forwards=options.check_forwards(tuple(options.parse_forward(f) for f in forward or [])))
+                       ignore_recommendations=ignore_recommendations, allow_revoked=allow_revoked,
+                       disk_size=disk_bytes, forwards=forwards)
     bar = ProgressBar(f"preparing {name}", enabled=not st.json)
     try:
         record = vm.create(st.home, request, progress=bar)
@@ -114,8 +133,7 @@ def vm_new(
     print(f"created VM {name} from {record.image}")
     for line in _got(record):
         print(f"  {line}")
-    for message in warnings:
-        warn(message)
+    warn(warnings)
     if runtime:
         print(_ssh_line(name, runtime))
     else:
@@ -148,15 +166,19 @@ def vm_start(
     accel: Annotated[str | None, Opt(help="kvm or tcg (default: KVM only if a probe proves it works).")] = None,
     console: Annotated[bool, Opt(help="Then follow the serial console (Ctrl-C detaches).")] = False,
 ) -> None:
-    """Boot a VM in the background (pid file, QMP socket, serial log, SSH on a loopback port)."""
+    """Boot a VM in the background (pid file, QMP socket, serial log, SSH on a loopback port). Warns when its
+    version is revoked."""
+    from imgtool.gallery import revocation
     from imgtool.vm import runtime as vmrun
 
     st = state(ctx)
     if accel is not None:
         _check_accel(accel)
+    warnings = revocation.start_warnings(st.home, name)
+    warn(warnings)
     runtime = vmrun.start(st.home, name, requested_accel=accel)
     if st.json:
-        emit_json(vm_json(st.home, name))
+        emit_json(vm_json(st.home, name, warnings=warnings))
     else:
         print(_ssh_line(name, runtime))
     if console and not st.json:
@@ -225,7 +247,8 @@ def vm_restart(
 
 @vm_app.command("list")
 def vm_list(ctx: typer.Context) -> None:
-    """List VMs with their real state (from the process and QMP)."""
+    """List VMs with their real state (from the process and QMP); VMs on a revoked version say so."""
+    from imgtool.gallery import revocation
     from imgtool.vm import lifecycle as vm
     from imgtool.vm import runtime as vmrun
 
@@ -238,26 +261,35 @@ def vm_list(ctx: typer.Context) -> None:
             rows.append(shapes.incomplete_vm(name))
             continue
         rows.append(shapes.vm(record, vmrun.status(st.home, name)))
+    flags = revocation.vm_flags(st.home, {r["name"]: r["image"] for r in rows if r["image"]})
+    for row in rows:
+        row["revoked"] = flags[row["name"]].reason if row["name"] in flags else None
     if st.json:
         emit_json(rows)
         return
     table(["name", "image", "state", "cpus", "memory", "ssh"],
           [[r["name"], r["image"], r["state"], r["cpus"], r["memory_mib"] and f"{r['memory_mib']} MiB",
             r["ssh_port"] and f"127.0.0.1:{r['ssh_port']}"] for r in rows])
+    for row in rows:
+        if row["revoked"]:
+            print(f"{row['name']}: revoked: {row['revoked']}")
 
 
 @vm_app.command("show")
 def vm_show(ctx: typer.Context, name: str) -> None:
     """Show a VM's receipt (version digest, definition, seed digest), state and last QEMU command line."""
+    from imgtool.gallery import revocation
     from imgtool.vm import lifecycle as vm
     from imgtool.vm import runtime as vmrun
 
     st = state(ctx)
     record = load(st.home, name)
     status = vmrun.status(st.home, name)
+    revoked = revocation.revocation_of(st.home, record.image)
     snaps = [s["name"] for s in vm.list_snapshots(st.home, name)]
     if st.json:
-        emit_json({**shapes.vm(record, status), "qemu_argv": status.get("qemu_argv"), "snapshots": snaps})
+        emit_json({**shapes.vm(record, status), "qemu_argv": status.get("qemu_argv"), "snapshots": snaps,
+                   "revoked": revoked and revoked.to_json()})
         return
     seed = record.seed
     fields([("name", name), ("image", record.image), ("version record", record.version_digest),
@@ -268,7 +300,8 @@ def vm_show(ctx: typer.Context, name: str) -> None:
             ("disks", [f"{d.overlay} ({human_bytes(d.virtual_size)})" for d in record.disks]),
             ("seed", seed and seed.digest), ("hostname", seed and seed.hostname),
             ("admin user", seed and seed.admin_user), ("snapshots", snaps), ("created", record.created),
-            ("updated", record.updated),
+            ("updated", record.updated), ("revoked", revoked and f"revoked: {revoked.reason}"),
+            ("allowed revoked", record.allowed_revoked),
             ("qemu", " ".join(status["qemu_argv"]) if status.get("qemu_argv") else None)])
 
 

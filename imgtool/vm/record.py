@@ -21,8 +21,8 @@ from store import atomic
 RECORD = "vm.json"
 FORMAT = 1
 _FIELDS = {"name", "created", "image", "version_digest", "os_state", "definition", "definition_record", "cpus",
-           "memory_mib", "firmware", "arch", "disks", "base_disks", "seed", "qemu_argv", "generalized", "forwards",
-           "updated"}
+           "memory_mib", "firmware", "arch", "disks", "base_disks", "seed", "qemu_argv", "generalized",
+           "allowed_revoked", "forwards", "updated"}
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,7 @@ class VmRecord:
     disks: tuple[VmDisk, ...]
     seed: SeedInfo | None
     generalized: bool = False  # set by vm generalize: starting it would re-personalize it
+    allowed_revoked: str | None = None  # made from a revoked version on purpose (--allow-revoked): its reason
     forwards: tuple[Forward, ...] = ()  # extra port forwards (vm new --forward)
     updated: str | None = None  # when vm update last changed vCPUs or memory
 
@@ -104,6 +105,9 @@ class VmRecord:
         body = dataclasses.asdict(self)
         body["disks"] = [dataclasses.asdict(d) for d in self.disks]
         body["forwards"] = [dataclasses.asdict(f) for f in self.forwards]
+        for late in ("allowed_revoked", "forwards", "updated"):
+            if not body[late]:
+                del body[late]  # absent unless set, like every field added after format 1
         return {"format": FORMAT, "kind": "vm", **body, "base_disks": list(self.base_disks)}
 
     @classmethod
@@ -117,7 +121,7 @@ class VmRecord:
             cpus=f.integer("cpus"), memory_mib=f.integer("memory_mib"), firmware=f.text("firmware"),
             arch=f.text("arch"), disks=f.each("disks", VmDisk.from_json),
             seed=SeedInfo.from_json(seed, f"{what} seed") if seed else None,
-            generalized=f.flag("generalized"),
+            generalized=f.flag("generalized"), allowed_revoked=f.opt_text("allowed_revoked"),
             forwards=f.each("forwards", Forward.from_json) if "forwards" in f.obj else (),
             updated=f.opt_text("updated")))
 
