@@ -132,10 +132,10 @@ def run() -> None:
         # Usage errors come back to us, to be reported like the rest.
         code = build_command()(argv, prog_name="imgtool", standalone_mode=False)
     except clicks.NoArgsIsHelpError as exc:
-        if _flags["json"]:  # a script that forgot the command still gets its one document
+        if _flags["json"]:  # a script that forgot the command gets its one document, not the help
             path = exc.ctx.command_path if exc.ctx else "imgtool"
-            flush_json({"category": "invalid-argument", "message": f"{path} needs a command",
-                        "hint": f"see {path} --help", "exit_code": exc.exit_code})
+            report(InvalidArgument(f"{path} needs a command", hint=f"see {path} --help"))
+            sys.exit(InvalidArgument.exit_code)
         exc.show()  # `imgtool` alone, or a command group alone: its help
         sys.exit(exc.exit_code)
     except clicks.UsageError as exc:

@@ -3,7 +3,8 @@
 Conventions every command (and every new one) follows:
 - An object's full reference is "ref": a definition "G/D", a version "G/D@X.Y.Z". The parts are
   separate fields: "gallery", "definition", "version" (always the bare X.Y.Z).
-- "latest" is always a boolean on a version: whether G/D@latest resolves to it.
+- "latest" on a version is a boolean: whether G/D@latest resolves to it. On a definition-level answer
+  (version resolve, remote versions) it is the bare X.Y.Z that latest resolves to, or null.
 - A VM is {"name", "image" (a version ref), "state", "ssh_port", ...}: state and port at the top
   level, the same in vm list, vm show, vm new, vm start, vm stop.
 - A digest is always the full "blake3:<64 hex>"; a size is an integer number of bytes in a key
@@ -35,11 +36,13 @@ def disk(d: Disk) -> dict[str, Any]:
 
 
 def version(v: ImageVersion, record: str, *, latest: bool) -> dict[str, Any]:
-    return {**ref_parts(v.gallery, v.definition, v.version), "record": record, "latest": latest,
-            "os_state": v.os_state, "disks": [disk(d) for d in v.disks], "definition_record": v.definition_record,
-            "published": v.published, "updated": v.updated, "exclude_from_latest": v.exclude_from_latest,
-            "end_of_life": v.end_of_life,
-            "block_deletion_before_end_of_life": v.block_deletion_before_end_of_life, "provenance": v.provenance}
+    """A version: its record's fields (every one, also those added later: check, revocation, ...), with
+    the reference spelt out, the record digest and whether latest picks it."""
+    body = v.to_json()
+    for key in ("format", "kind", "links"):
+        body.pop(key, None)
+    body["disks"] = [disk(d) for d in v.disks]
+    return {**body, **ref_parts(v.gallery, v.definition, v.version), "record": record, "latest": latest}
 
 
 def definition(d: Definition) -> dict[str, Any]:
@@ -76,7 +79,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "version_summary": ("ref", "gallery", "definition", "version", "record", "latest", "os_state", "disks",
                         "published", "exclude_from_latest", "end_of_life"),
     "disk": ("lun", "digest", "virtual_size"),
-    "resolve": ("ref", "gallery", "definition", "resolves_to", "candidates"),
+    "resolve": ("ref", "gallery", "definition", "latest", "resolves_to", "candidates"),
     "capture": ("digest", "virtual_size", "source"),
     "export": ("path", "format", "lun", "digest", "virtual_size"),
     "vm": ("name", "image", "state", "ssh_port", "accel", "cpus", "memory_mib", "disks", "forwards", "seed",

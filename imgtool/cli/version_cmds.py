@@ -181,7 +181,7 @@ def _list_deleted(home: Any, r: Any, as_json: bool) -> None:
     galleries.get_definition(home, r)
     kept = recycle.items(home, galleries.VERSIONS, r.gallery, r.definition)
     if as_json:
-        emit_json([{"name": i.label, **i.to_json()} for i in kept])
+        emit_json([{**i.to_json(), **shapes.ref_parts(r.gallery, r.definition, i.key[-1])} for i in kept])
         return
     table(["version", "deleted", "kept until"], [[i.key[-1], i.deleted_at, i.purge_after] for i in kept])
 
@@ -236,6 +236,7 @@ def version_resolve(
     chosen, verdicts = lookup.resolve(st.home, r)
     if st.json:
         emit_json({"ref": str(r), "gallery": r.gallery, "definition": r.definition,
+                   "latest": None if chosen is None else str(chosen),
                    "resolves_to": None if chosen is None else f"{r}@{chosen}",
                    "candidates": [{**shapes.ref_parts(r.gallery, r.definition, str(v.version)), "latest": v.chosen,
                                    "reason": v.reason} for v in verdicts]})
