@@ -198,18 +198,20 @@ def test_gc_keeps_a_deleted_version_until_its_retention_ends_then_purge_frees_it
     home, disk = setup_home(tmp_path)
     put(home, "1.0.0", disk)
     delete_version(home, "team/base@1.0.0", now=T0)
-    garbage.gc(home, dry_run=False)
+    early = garbage.gc(home, dry_run=False, now=(T0 + dt.timedelta(days=1)).timestamp())
     assert home.store.has_manifest(disk)  # the deleted name is a root: nothing freed yet
+    assert [(k.kind, k.name, k.until) for k in early.kept] == [
+        ("deleted-version", "team/base@1.0.0", "2026-01-17T12:00:00Z")]
+    assert "imgtool version restore team/base@1.0.0" in early.kept[0].hint
 
     assert recycle.expired(home, T0 + dt.timedelta(days=6)) == []
     kept = recycle.kept(home, T0 + dt.timedelta(days=6))
     assert [(i.label, i.purge_after) for i in kept] == [("team/base@1.0.0", "2026-01-17T12:00:00Z")]
     due = recycle.expired(home, T0 + dt.timedelta(days=8))
     assert [i.label for i in due] == ["team/base@1.0.0"] and recycle.kept(home, T0 + dt.timedelta(days=8)) == []
-    with home.store.exclusive():
-        assert recycle.purge(home, due) == due
-    result = garbage.gc(home, dry_run=False)
-    assert result.bytes_freed > 0
+    result = garbage.gc(home, dry_run=False, now=(T0 + dt.timedelta(days=8)).timestamp())  # gc purges it
+    assert [i.kind for i in result.items][:1] == ["deleted-version"] and result.bytes_freed > 0
+    assert recycle.items(home) == []
     assert not home.store.has_manifest(disk)
     with pytest.raises(NotFound):
         removal.restore_version(home, "team/base@1.0.0")
