@@ -1,12 +1,9 @@
 """Garbage collection: plan first, then execute the plan.
 
-Roots are every name plus the extra roots the caller gives (VMs, leases).
-Under the exclusive store lock no capture is in flight, so anything not
-reached is garbage: unreferenced manifests, packs whose chunks are all dead,
-packs without an index (a crash between pack and index), and `.tmp-*` leftovers.
-Packs that hold some live chunks are repacked: live frames are copied (not
-recompressed) into new packs, whose indexes are written before the old index
-and pack are deleted, so a crash mid-gc loses nothing.
+Roots are the names and extra roots the caller gives (VMs, leases). Under the
+exclusive store lock no capture is in flight, so anything not reached is
+garbage. What is deleted, and in which order, is specified in
+docs/STORE-FORMAT.md ("Garbage collection"): a crash mid-gc loses nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from store import atomic, codec
-from store.packs import Location, PackWriter, decode_index, iter_index_files, iter_pack_files, read_frame
+from store.packs import (
+    Entry,
+    Location,
+    PackWriter,
+    decode_frame,
+    decode_index,
+    frames,
+    iter_index_files,
+    iter_pack_files,
+    read_frame,
+)
 from store.reach import mark
 from store.repo import Store
 
@@ -54,11 +61,6 @@ def _size(path: Path) -> int:
         return 0
 
 
-def name_roots(store: Store) -> list[str]:
-    """Every named manifest: the default roots."""
-    return [value for _key, value in store.all_names()]
-
-
 def plan(store: Store, roots: Iterable[str]) -> Plan:
     """Compute what gc would delete if only `roots` (and what they reach) stay.
 
@@ -89,10 +91,11 @@ def _plan_packs(store: Store, live_raw: set[bytes], result: Plan) -> None:
     for index_path in iter_index_files(store.layout):
         pack_hex, entries = decode_index(index_path.read_bytes(), what=index_path.name)
         indexed.add(pack_hex)
-        alive = [e for e in entries if e[0] in live_raw]
+        alive = [e for e in entries if e.raw in live_raw]
         result.live_chunks += len(alive)
         result.dead_chunks += len(entries) - len(alive)
-        dead_bytes = sum(e[2] for e in entries if e[0] not in live_raw)
+        # A frame goes when none of its chunks is live (a span partly dead is copied whole).
+        dead_bytes = sum(m[0].clen for m in frames(entries) if not any(e.raw in live_raw for e in m))
         if not alive:
             result.packs.append(index_path)
             result.bytes_freed += _size(index_path) + _size(store.layout.pack(pack_hex))
@@ -145,11 +148,23 @@ def _repack(store: Store, indexes: list[Path], live_raw: set[bytes]) -> None:
     writer = PackWriter(store.layout, survivors)
     for index_path in indexes:
         pack_hex, entries = decode_index(index_path.read_bytes(), what=index_path.name)
-        for raw, offset, clen, rawlen in entries:
-            if raw in live_raw and not writer.has(raw):
-                frame = read_frame(store.layout, Location(pack_hex, offset, clen, rawlen))
-                # A damaged frame must not be copied into a pack that looks fresh: this raises
-                # Corrupt and gc stops before deleting anything.
-                codec.decompress(frame, rawlen, raw, what=raw.hex()[:16])
-                writer.add(raw, frame, rawlen)
+        for members in frames(entries):
+            _copy_frame(store, writer, pack_hex, [e for e in members if e.raw in live_raw])
     writer.flush()
+
+
+def _copy_frame(store: Store, writer: PackWriter, pack_hex: str, members: list[Entry]) -> None:
+    """Copy one frame (not recompressed) with the entries of its live chunks the store lacks elsewhere."""
+    wanted = [e for e in members if not writer.has(e.raw)]
+    if not wanted:
+        return
+    frame = read_frame(store.layout, Location.of(pack_hex, wanted[0]))
+    # A damaged frame must not be copied into a pack that looks fresh: this raises Corrupt and gc
+    # stops before deleting anything.
+    data = decode_frame(frame, wanted, what=wanted[0].raw.hex()[:16])
+    for entry in wanted:
+        codec.check(data[entry.inner:entry.inner + entry.rawlen], entry.raw, what=entry.raw.hex()[:16])
+    if wanted[0].encoding == codec.ZSTD:
+        writer.add(wanted[0].raw, frame, wanted[0].rawlen)
+    else:
+        writer.add_frame(frame, wanted)
