@@ -1,4 +1,4 @@
-"""Store-wide maintenance with the domain's roots: gc, verify, du.
+"""Store-wide maintenance with the domain's roots: gc, optimize, verify, du.
 
 gc roots are every name (galleries, definitions, versions, unexpired capture
 leases) plus the versions VMs stand on; verify maps damage back to the
@@ -20,6 +20,7 @@ from imgtool.vm import bases
 from imgtool.vm import lifecycle as vm
 from imgtool.vm import record as vmrecord
 from store import gc as store_gc
+from store import optimize as store_optimize
 from store.packs import rebuild_index
 from store.reach import closure, mark
 from store.verify import Report
@@ -85,6 +86,34 @@ def gc(home: Home, *, dry_run: bool, capture_retention: float = DEFAULT_CAPTURE_
                 leftover.unlink(missing_ok=True)
             for folder in leftovers:
                 shutil.rmtree(folder, ignore_errors=True)
+    return result
+
+
+@dataclass
+class OptimizeResult:
+    dry_run: bool
+    plan: dict[str, int | None]
+    done: dict[str, int] = field(default_factory=dict)
+    gc: GcResult | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dry_run": self.dry_run, "plan": self.plan, "done": self.done or None,
+                "gc": self.gc.to_json() if self.gc else None}
+
+
+def optimize(home: Home, *, dry_run: bool, with_gc: bool = False, min_age: float = 0.0,
+             progress: store_optimize.Progress | None = None, timeout: float = 60.0) -> OptimizeResult:
+    """Rewrite cold packs with the strong encoding (after a gc, with `with_gc`), under the exclusive lock.
+
+    A dry run only plans, and estimates the bytes after from a sample of the packs.
+    """
+    store = home.store
+    with store.exclusive(timeout=timeout):
+        collected = gc(home, dry_run=dry_run, timeout=timeout) if with_gc else None
+        the_plan = store_optimize.plan(store, min_age=min_age, estimate=dry_run)
+        result = OptimizeResult(dry_run, the_plan.summary(), gc=collected)
+        if not dry_run:
+            result.done = store_optimize.execute(store, the_plan, progress=progress).summary()
     return result
 
 
