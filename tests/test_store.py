@@ -181,3 +181,41 @@ def test_a_damaged_index_is_skipped_and_rebuilt_from_its_pack(tmp_path: Path) ->
     out = tmp_path / "out.raw"
     materialize(store, store.get_disk(ref), out)
     assert out.read_bytes() == disk_bytes(11)
+
+
+def test_a_reader_holds_off_a_gc_that_would_delete_its_packs(tmp_path: Path) -> None:
+    """materialize holds the store lock shared: a gc that would repack the pack being read waits
+    (here: times out) instead of deleting it, and can run as soon as the reader is done."""
+    import threading
+
+    from store.errors import Locked
+
+    store = make_store(tmp_path)
+    content = bytes(random.Random(1).randbytes(CHUNK)) * 2 + random.Random(2).randbytes(30 * CHUNK)
+    put_disk(store, content + random.Random(3).randbytes(4 * CHUNK))  # one pack; its last chunks die
+    kept = put_disk(store, content)  # nothing new: gc would repack the one pack, deleting it
+    store.set_name("versions", "v", target=store.put_manifest({"kind": "v", "links": [kept]}))
+    outcomes: list[str] = []
+
+    def collect() -> None:
+        other = Store.open(store.layout.root, create=False)  # another thread, another descriptor
+        try:
+            with other.exclusive(timeout=0.2):
+                gc.execute(other, gc.plan(other, names_of(other)))
+            outcomes.append("gc ran")
+        except Locked:
+            outcomes.append("gc waited")
+
+    def progress(_amount: int) -> None:
+        if not outcomes:  # the first batch is written: the reader is mid-way
+            thread = threading.Thread(target=collect)
+            thread.start()
+            thread.join()
+
+    out = tmp_path / "out.raw"
+    materialize(store, store.get_disk(kept), out, progress=progress)
+    assert outcomes == ["gc waited"] and out.read_bytes() == content
+    collect()
+    assert outcomes == ["gc waited", "gc ran"]
+    read_from = store.index.get(bytes.fromhex(store.get_disk(kept).chunks[0]))  # as loaded by the reader
+    assert read_from is not None and not store.layout.pack(read_from.pack).exists()  # gc repacked it
