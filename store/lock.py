@@ -110,7 +110,8 @@ def _flocked(lock_dir: Path, *, exclusive: bool, timeout: float, purpose: str, r
         try:
             yield
         finally:
-            holder.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # nothing to remove on a store we could not write
+                holder.unlink(missing_ok=True)
     finally:
         os.close(fd)  # closing the descriptor releases the flock
 
