@@ -94,18 +94,22 @@ def _plan_packs(store: Store, live_raw: set[bytes], result: Plan) -> None:
         alive = [e for e in entries if e.raw in live_raw]
         result.live_chunks += len(alive)
         result.dead_chunks += len(entries) - len(alive)
-        # A frame goes when none of its chunks is live (a span partly dead is copied whole).
-        dead_bytes = sum(m[0].clen for m in frames(entries) if not any(e.raw in live_raw for e in m))
         if not alive:
             result.packs.append(index_path)
             result.bytes_freed += _size(index_path) + _size(store.layout.pack(pack_hex))
-        elif dead_bytes:
+        elif len(alive) < len(entries):
             result.repack.append(index_path)
-            result.bytes_freed += dead_bytes
+            result.bytes_freed += sum(_dead_share(m, live_raw) for m in frames(entries))
     for pack_path in iter_pack_files(store.layout):
         if pack_path.stem not in indexed:
             result.orphans.append(pack_path)
             result.bytes_freed += _size(pack_path)
+
+
+def _dead_share(members: list[Entry], live_raw: set[bytes]) -> int:
+    """Bytes a frame's dead chunks take: all of a dead frame, a raw-length share of a partly dead span."""
+    dead = sum(e.rawlen for e in members if e.raw not in live_raw)
+    return members[0].clen * dead // max(1, sum(e.rawlen for e in members))
 
 
 def _leftovers(store: Store) -> list[Path]:
@@ -149,12 +153,16 @@ def _repack(store: Store, indexes: list[Path], live_raw: set[bytes]) -> None:
     for index_path in indexes:
         pack_hex, entries = decode_index(index_path.read_bytes(), what=index_path.name)
         for members in frames(entries):
-            _copy_frame(store, writer, pack_hex, [e for e in members if e.raw in live_raw])
+            _copy_frame(store, writer, pack_hex, [e for e in members if e.raw in live_raw], len(members))
     writer.flush()
 
 
-def _copy_frame(store: Store, writer: PackWriter, pack_hex: str, members: list[Entry]) -> None:
-    """Copy one frame (not recompressed) with the entries of its live chunks the store lacks elsewhere."""
+def _copy_frame(store: Store, writer: PackWriter, pack_hex: str, members: list[Entry], total: int) -> None:
+    """Carry the live chunks of one frame (`total` chunks) that the store lacks elsewhere into the new packs.
+
+    A frame is copied as it is (not recompressed), except a span with dead chunks, whose live ones
+    are compressed again as a span of their own so the dead bytes go too.
+    """
     wanted = [e for e in members if not writer.has(e.raw)]
     if not wanted:
         return
@@ -162,9 +170,15 @@ def _copy_frame(store: Store, writer: PackWriter, pack_hex: str, members: list[E
     # A damaged frame must not be copied into a pack that looks fresh: this raises Corrupt and gc
     # stops before deleting anything.
     data = decode_frame(frame, wanted, what=wanted[0].raw.hex()[:16])
-    for entry in wanted:
-        codec.check(data[entry.inner:entry.inner + entry.rawlen], entry.raw, what=entry.raw.hex()[:16])
+    pieces = [data[e.inner:e.inner + e.rawlen] for e in wanted]
+    for entry, piece in zip(wanted, pieces, strict=True):
+        codec.check(piece, entry.raw, what=entry.raw.hex()[:16])
     if wanted[0].encoding == codec.ZSTD:
         writer.add(wanted[0].raw, frame, wanted[0].rawlen)
-    else:
+    elif len(wanted) == total:
         writer.add_frame(frame, wanted)
+    elif len(wanted) == 1:
+        writer.add(wanted[0].raw, codec.compress(pieces[0], level=codec.STRONG_LEVEL), wanted[0].rawlen)
+    else:  # in order, so only the span's last chunk can be short, as a span requires
+        writer.add_span(codec.compress(b"".join(pieces), level=codec.STRONG_LEVEL),
+                        [(e.raw, e.rawlen) for e in wanted])
