@@ -1,10 +1,7 @@
 """Disk manifests: a disk's guest-visible content as a list of chunks.
 
-    {"format": 1, "kind": "disk", "virtual_size": N, "chunk_size": C,
-     "chunks": [[i, "<hex>"], ...], "stored": S}
-
-Chunk i covers bytes [i*C, min((i+1)*C, N)). Chunks not listed are all zero.
-`stored` is the sum of the raw lengths of the listed chunks (logical data).
+The fields (`virtual_size`, `chunk_size`, `chunks`, `data_bytes`) are specified in
+docs/STORE-FORMAT.md ("Disk manifest"). Chunks not listed are all zero.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Why this is enough to keep in-flight data alive: a capture or publish holds the
 shared lock from its first chunk to its last name update, and gc sweeps only
 under the exclusive lock, so gc can never see a half-finished write. Locks wait
-with a timeout, and a holder file per process says who holds the lock.
+with a timeout, and a holder file per process says who holds the lock. Readers of
+packs hold it shared too (docs/STORE-FORMAT.md, "Locks and leases", "Invariants").
 """
 
 from __future__ import annotations
