@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +31,9 @@ from store.packs import (
     frames,
     iter_index_files,
 )
+from store.progress import Progress, announce_total
 from store.repo import Store
 
-Progress = Callable[[int], None]
 Span = list[tuple[bytes, bytes]]  # (raw digest, raw bytes) of consecutive chunks for one frame
 SAMPLE_PACKS = 4  # packs a dry run compresses to estimate the gain
 
@@ -110,9 +110,7 @@ def execute(store: Store, the_plan: Plan, *, live: set[bytes] | None = None, pro
     result = Result(packs_rewritten=len(the_plan.indexes), bytes_before=the_plan.stored_bytes)
     if not the_plan.indexes:
         return result
-    set_total = getattr(progress, "set_total", None)
-    if callable(set_total):
-        set_total(the_plan.raw_bytes)
+    announce_total(progress, the_plan.raw_bytes)
     old = {p.stem for p in the_plan.indexes}
     # The new packs must not count chunks that live only in the packs being rewritten.
     survivors = store.reload_index()

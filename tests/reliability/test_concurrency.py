@@ -218,7 +218,7 @@ def test_exports_and_base_builds_while_gc_repacks_and_optimize_rewrites(tmp_path
     figures: Counter[str] = Counter()
     for run in collector_runs:
         body = json.loads(run.stdout)
-        figures["packs repacked by gc"] += body.get("packs_repacked", 0)
+        figures["packs repacked by gc"] += body.get("counts", {}).get("repack", 0)
         figures["packs rewritten by optimize"] += (body.get("plan") or {}).get("packs", 0)
     for version, run, content in reads:
         assert run.status == 0, run.describe()
