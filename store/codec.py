@@ -59,6 +59,8 @@ def decode(frame: bytes, need: int, *, limit: int, what: str) -> bytes:
     The frame's declared content size must lie in [need, limit] before anything is decoded: zstd
     allocates what the header claims, so a hostile header must not choose how much memory we take.
     """
+    if limit > SPAN_BYTES_MAX:  # an index entry claiming a chunk larger than any frame may decode to
+        raise Corrupt(f"chunk {what}: its index claims {limit} bytes", hint=_HINT)
     try:
         declared = zstandard.frame_content_size(frame)
         if not need <= declared <= limit:

@@ -271,11 +271,6 @@ def decode_frame(frame: bytes, members: list[Entry], *, what: str) -> bytes:
     return codec.decode(frame, need, limit=codec.SPAN_BYTES_MAX, what=what)
 
 
-def read_chunk(layout: Layout, location: Location, raw_digest: bytes) -> bytes:
-    """One chunk, read from its pack and verified (random access: a span decodes up to the chunk's end)."""
-    return decode_chunk(read_frame(layout, location), location, raw_digest)
-
-
 class PackReader:
     """Reads frames with one open descriptor per pack (a disk's chunks share few packs)."""
 

@@ -19,11 +19,12 @@ from store.packs import (
     ChunkIndex,
     Entry,
     UnknownFormat,
+    decode_chunk,
     decode_index,
     encode_index,
     iter_index_files,
     iter_pack_files,
-    read_chunk,
+    read_frame,
     rebuild_index,
 )
 from store.repo import Store
@@ -86,7 +87,8 @@ def test_random_access_to_one_chunk_of_a_span(tmp_path: Path) -> None:
         raw = bytes.fromhex(disk.chunks[index])
         location = store.index.get(raw)
         assert location is not None and location.encoding == codec.ZSTD_SPAN
-        assert read_chunk(store.layout, location, raw) == content[index * CHUNK:(index + 1) * CHUNK]
+        chunk = decode_chunk(read_frame(store.layout, location), location, raw)
+        assert chunk == content[index * CHUNK:(index + 1) * CHUNK]
 
 
 def test_dry_run_estimates_and_changes_nothing(tmp_path: Path) -> None:
