@@ -137,11 +137,15 @@ def optimize(
     if not plan["packs"]:
         print("nothing to optimize: every pack is already in the strong encoding")
     elif dry_run:
-        print(f"would rewrite {plan['packs']} packs ({plan['chunks']} chunks): "
+        print(f"would rewrite {_count(plan['packs'], 'pack')} ({_count(plan['chunks'], 'chunk')}): "
               f"{human_bytes(plan['stored_bytes'])} -> about {human_bytes(plan['estimated_bytes'])}")
     else:
-        print(f"rewrote {plan['packs']} packs into {result.done['packs_written']}: "
+        print(f"rewrote {_count(plan['packs'], 'pack')} into {result.done['packs_written']}: "
               f"{human_bytes(result.done['bytes_before'])} -> {human_bytes(result.done['bytes_after'])}")
+
+
+def _count(n: int | None, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def du(ctx: typer.Context) -> None:
