@@ -13,6 +13,7 @@ import json
 import os
 import struct
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -160,7 +161,10 @@ def iter_pack_files(layout: Layout) -> Iterator[Path]:
 class PackWriter:
     """Collects compressed frames and writes them out as packs of ~PACK_TARGET bytes.
 
-    Not thread-safe: one writer per capture, fed from the pipeline's ordered results.
+    A full pack is written (hashed, written, fsynced, then its index) on a background thread while
+    the caller goes on queueing the next one: at most one pack is in flight, and `flush` returns only
+    when everything queued is durable and in the index. Not thread-safe for adding: one writer per
+    capture, fed from the pipeline's ordered results; `has` may be asked from any thread.
     """
 
     def __init__(self, layout: Layout, index: ChunkIndex, *, target: int = PACK_TARGET) -> None:
@@ -174,9 +178,12 @@ class PackWriter:
         self.bytes_written = 0
         self.chunks_written = 0
         self.packs: list[str] = []  # hex digests of the packs this writer wrote
+        self._inflight: set[bytes] = set()  # chunks of the pack being written
+        self._writing: tuple[list[Entry], int, Future[str]] | None = None
+        self._thread: ThreadPoolExecutor | None = None
 
     def has(self, raw_digest: bytes) -> bool:
-        return raw_digest in self.index or raw_digest in self.pending
+        return raw_digest in self.index or raw_digest in self.pending or raw_digest in self._inflight
 
     def add(self, raw_digest: bytes, frame: bytes, rawlen: int) -> bool:
         """Queue a one-chunk frame; False if the store (or this writer) already has the chunk."""
@@ -206,26 +213,56 @@ class PackWriter:
         self.pending.update(e.raw for e in entries)
         self.size += len(frame)
         if self.size >= self.target:
-            self.flush()
+            self._start()
 
     def flush(self) -> None:
-        """Write the queued frames as one pack plus its index (pack first)."""
+        """Write what is queued; return when every pack of this writer is durable and indexed."""
+        try:
+            self._start()
+            self._finish()
+        finally:
+            if self._thread is not None:
+                self._thread.shutdown()
+                self._thread = None
+
+    def _start(self) -> None:
+        """Hand the queued frames to the background thread (after the pack before them is done)."""
         if not self.frames:
             return
-        hasher = blake3.blake3()
-        for frame in self.frames:
-            hasher.update(frame)
-        pack_hex = hasher.hexdigest()
-        # No read-back here: right after writing it would only read the page cache, not the disk.
-        # Every frame was hashed before it was queued; a deep verify re-reads packs from disk.
-        atomic.write_once(self.layout.pack(pack_hex), list(self.frames))
-        atomic.write_once(self.layout.pack_index(pack_hex), [encode_index(pack_hex, self.entries)])
-        self.index.add(pack_hex, self.entries)
-        self.packs.append(pack_hex)
-        self.bytes_written += self.size
-        self.chunks_written += len(self.entries)
+        self._finish()
+        frames, entries, size = self.frames, self.entries, self.size
+        self._inflight, self.pending = self.pending, set()
         self.frames, self.entries, self.size = [], [], 0
-        self.pending.clear()
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pack-writer")
+        self._writing = (entries, size, self._thread.submit(_write_pack, self.layout, frames, entries))
+
+    def _finish(self) -> None:
+        if self._writing is None:
+            return
+        entries, size, future = self._writing
+        self._writing = None
+        try:
+            pack_hex = future.result()  # raises what the write raised (a full disk: StorageFull)
+        finally:
+            self._inflight = set()
+        self.index.add(pack_hex, entries)
+        self.packs.append(pack_hex)
+        self.bytes_written += size
+        self.chunks_written += len(entries)
+
+
+def _write_pack(layout: Layout, frames: list[bytes], entries: list[Entry]) -> str:
+    """Write one pack, then its index (write order); returns the pack's digest."""
+    hasher = blake3.blake3()
+    for frame in frames:
+        hasher.update(frame)
+    pack_hex = str(hasher.hexdigest())
+    # No read-back here: right after writing it would only read the page cache, not the disk.
+    # Every frame was hashed before it was queued; a deep verify re-reads packs from disk.
+    atomic.write_once(layout.pack(pack_hex), list(frames))
+    atomic.write_once(layout.pack_index(pack_hex), [encode_index(pack_hex, entries)])
+    return pack_hex
 
 
 def _truncated(location: Location) -> Corrupt:
