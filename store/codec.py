@@ -23,6 +23,7 @@ ZSTD_SPAN = 1  # one zstd frame holding several consecutive chunks; the entry sa
 ENCODINGS = {ZSTD: "zstd", ZSTD_SPAN: "zstd-span"}
 INGEST_LEVEL = -10  # capture: as fast as the machine can read and hash (measured: docs/DESIGN.md)
 STRONG_LEVEL = 9  # optimize: the best ratio that still decodes faster than qemu-img convert writes
+FRAME_LEVEL = 3  # a chunk taken out of a span to travel alone (a push to a remote): the old per-chunk level
 SPAN = 32  # chunks per optimized frame (4 MiB at 128 KiB chunks)
 SPAN_BYTES_MAX = 64 << 20  # no frame decodes to more (optimize writes at most SPAN chunks)
 _local = threading.local()
@@ -53,8 +54,9 @@ def compress(data: bytes | bytearray | memoryview, *, level: int = INGEST_LEVEL)
     return bytes(_compressor(level).compress(data))
 
 
-def decode(frame: bytes, need: int, *, limit: int, what: str) -> bytes:
-    """The first `need` decoded bytes of one zstd frame (a chunk, or a span up to a chunk's end).
+def decode(frame: bytes, need: int, *, limit: int, what: str, whole: bool = False) -> bytes:
+    """The first `need` decoded bytes of one zstd frame (a chunk, or a span up to a chunk's end);
+    with `whole`, everything the frame holds (at least `need`).
 
     The frame's declared content size must lie in [need, limit] before anything is decoded: zstd
     allocates what the header claims, so a hostile header must not choose how much memory we take.
@@ -66,6 +68,8 @@ def decode(frame: bytes, need: int, *, limit: int, what: str) -> bytes:
         if not need <= declared <= limit:
             raise Corrupt(f"chunk {what}: its frame declares {declared} bytes, its index {need}", hint=_HINT)
         # A span decodes only up to the end of the chunk asked for.
+        if whole:
+            need = declared
         data = _decompressor().decompress(frame) if declared == need else _prefix(frame, need)
     except zstandard.ZstdError as exc:
         raise Corrupt(f"chunk {what} cannot be decompressed: {exc}", hint=_HINT) from exc

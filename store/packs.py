@@ -314,6 +314,7 @@ class PackReader:
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
         self.fds: dict[str, int] = {}
+        self._span: tuple[tuple[str, int], bytes] | None = None  # the last span chunk_frame decoded
 
     def __enter__(self) -> PackReader:
         return self
@@ -322,6 +323,22 @@ class PackReader:
         for fd in self.fds.values():
             os.close(fd)
         self.fds.clear()
+
+    def chunk_frame(self, location: Location, raw_digest: bytes) -> bytes:
+        """A zstd frame holding exactly this chunk (encoding 0), for whoever copies chunks one by one
+        (a push to a remote): its own frame, or, out of a span, the chunk verified and compressed again.
+        The last span decoded is kept whole, so the chunks of one span cost one decode."""
+        frame = self.read(location)
+        if location.encoding == codec.ZSTD:
+            return frame
+        what = raw_digest.hex()[:16]
+        if self._span is None or self._span[0] != location.frame:
+            whole = codec.decode(frame, location.inner + location.rawlen, limit=codec.SPAN_BYTES_MAX, what=what,
+                                 whole=True)
+            self._span = (location.frame, whole)
+        data = self._span[1][location.inner:location.inner + location.rawlen]
+        codec.check(data, raw_digest, what=what)
+        return codec.compress(data, level=codec.FRAME_LEVEL)
 
     def read(self, location: Location) -> bytes:
         fd = self.fds.get(location.pack)
