@@ -180,7 +180,7 @@ def test_exports_and_base_builds_while_gc_repacks_and_optimize_rewrites(tmp_path
             for version, source in ((f"1.0.{n}", x), (f"2.0.{n}", y)):
                 assert run_cli(home, "publish", "g/d", "--version", version, "--os-disk", str(source)).status == 0
             expected[f"2.0.{n}"] = sha256(y)
-            assert run_cli(home, "version", "delete", f"g/d@1.0.{n}").status == 0
+            assert run_cli(home, "version", "delete", f"g/d@1.0.{n}", "--purge").status == 0
             argv = ["--json", "gc", "--keep-captures", "0"] if n % 2 == 0 else ["--json", "optimize"]
             collector_runs.append(run_cli(home, *argv, "--wait", "120"))
         done.set()
