@@ -1,10 +1,10 @@
-"""imgtool verify, imgtool gc, imgtool du"""
+"""imgtool verify, imgtool gc, imgtool optimize, imgtool du"""
 
 from typing import Annotated, Any
 
 import typer
 
-from imgtool.cli.output import emit_json, human_bytes, state, table
+from imgtool.cli.output import ProgressBar, emit_json, human_bytes, state, table
 from imgtool.errors import Corrupt, InvalidArgument
 
 Opt = typer.Option
@@ -14,6 +14,7 @@ MAX_LISTED = 20  # items shown per kind in the text plan; --json has them all
 def register(app: typer.Typer) -> None:
     app.command("verify")(verify)
     app.command("gc")(gc)
+    app.command("optimize")(optimize)
     app.command("du")(du)
 
 
@@ -108,6 +109,50 @@ def _wrapped(text: str, indent: str, *, first: str = "") -> None:
 
     print("\n".join(textwrap.wrap(text, width=79, initial_indent=first, subsequent_indent=indent,
                                   break_on_hyphens=False, break_long_words=True)))
+
+
+def optimize(
+    ctx: typer.Context,
+    dry_run: Annotated[bool, Opt("--dry-run", help="Say what it would rewrite and gain; change nothing.")] = False,
+    gc: Annotated[bool, Opt("--gc", help="Collect garbage first, in the same hold of the store.")] = False,
+    min_age: Annotated[float, Opt(help="Leave packs written in the last HOURS hours as they are.")] = 0.0,
+    wait: Annotated[float, Opt(help="Seconds to wait for other imgtool processes to finish.")] = 60.0,
+) -> None:
+    """Recompress cold packs with a strong encoding, so the store is small at rest.
+
+    Capture stores chunks with a fast codec; this rewrites them in frames of several chunks at a high
+    zstd level. Chunk names, versions and VMs stay as they are. Takes the store to itself, like gc."""
+    from imgtool import maintenance
+
+    st = state(ctx)
+    for option, value in (("--min-age", min_age), ("--wait", wait)):
+        if not value >= 0:  # also refuses NaN
+            raise InvalidArgument(f"{option} {value:g} is not a number of hours/seconds >= 0",
+                                  hint=f"e.g. {option} 1" if option == "--min-age" else f"e.g. {option} 60")
+    bar = ProgressBar("optimizing", enabled=not st.json and not dry_run)
+    try:
+        result = maintenance.optimize(st.home, dry_run=dry_run, with_gc=gc, min_age=min_age * 3600,
+                                      progress=bar, timeout=wait)
+    finally:
+        bar.close()
+    if st.json:
+        emit_json(result.to_json())
+        return
+    if result.gc is not None:
+        print(f"gc {'would free' if dry_run else 'freed'} {human_bytes(result.gc.bytes_freed)}")
+    plan = result.plan
+    if not plan["packs"]:
+        print("nothing to optimize: every pack is already in the strong encoding")
+    elif dry_run:
+        print(f"would rewrite {_count(plan['packs'], 'pack')} ({_count(plan['chunks'], 'chunk')}): "
+              f"{human_bytes(plan['stored_bytes'])} -> about {human_bytes(plan['estimated_bytes'])}")
+    else:
+        print(f"rewrote {_count(plan['packs'], 'pack')} into {result.done['packs_written']}: "
+              f"{human_bytes(result.done['bytes_before'])} -> {human_bytes(result.done['bytes_after'])}")
+
+
+def _count(n: int | None, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def du(ctx: typer.Context) -> None:

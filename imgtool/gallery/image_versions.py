@@ -177,7 +177,7 @@ def publish(home: Home, req: PublishRequest, *, progress: Progress | None = None
             try:
                 home.store.set_name(VERSIONS, req.ref.gallery, req.ref.definition, version_name,
                                     target=digest, create_only=True)
-            except FileExistsError:
+            except AlreadyExists:
                 raise AlreadyExists(f"version {req.ref}@{version_name} already exists",
                                     hint="another publish won the race; publish a higher version") from None
     return record

@@ -266,7 +266,7 @@ class Pusher:
                 if location is None:
                     raise NotFound(f"chunk {raw.hex()[:16]} of this version is missing from the local store",
                                    hint="run imgtool verify to see which versions are affected")
-                frame = reader.read(location)
+                frame = reader.chunk_frame(location, raw)  # one chunk per frame, also out of an optimized span
                 members.append((raw, size, len(frame), location.rawlen))
                 frames.append(frame)
                 size += len(frame)

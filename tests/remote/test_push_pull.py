@@ -50,6 +50,24 @@ def test_round_trip_is_byte_identical_and_second_push_sends_nothing(registry: Re
     assert verify(dst.store, deep=True).ok
 
 
+def test_a_push_after_optimize_sends_one_chunk_per_frame(registry: Registry, tmp_path: Path) -> None:
+    """optimize leaves chunks in frames that span 32 of them; a push takes each out as a frame of its own."""
+    from imgtool import maintenance
+
+    src = make_home(tmp_path / "a")
+    data = disk_bytes(6 << 20, seed=11)
+    publish_bytes(src, "team/base", "1.0.0", data)
+    assert maintenance.optimize(src, dry_run=False).done["packs_rewritten"] >= 1
+    remote, target = add_remote(src, "origin", f"{registry.url}/{unique('opt')}")
+    [pushed] = push(src, remote, target, "team/base@1.0.0")
+    assert pushed.status == "pushed"
+    dst = make_home(tmp_path / "b", gallery_name="other")
+    remote_b, target_b = add_remote(dst, "origin", remote.url)
+    assert pull(dst, remote_b, target_b, "team/base@1.0.0").status == "pulled"
+    assert exported(dst, "team/base@1.0.0", tmp_path / "b.raw") == bytes(data)
+    assert verify(dst.store, deep=True).ok
+
+
 def test_pull_of_v2_onto_v1_fetches_only_the_changed_chunks(registry: Registry, tmp_path: Path) -> None:
     src = make_home(tmp_path / "a")
     v1 = disk_bytes(8 << 20, seed=2)
