@@ -30,6 +30,10 @@ from imgtool.remote.errors import RemoteFailed
 from imgtool.remote.target import MAX_MANIFEST, READ_SIZE, Fetched, Stats, check_digest, sha256_of, verified_stream
 
 log = logging.getLogger("imgtool.remote")
+# httpx and httpcore log requests, response headers and upload-session URLs at DEBUG; --debug shows
+# our own one line per request (method, path, status) instead, never a header.
+for _noisy in ("httpx", "httpcore"):
+    logging.getLogger(_noisy).setLevel(logging.WARNING)
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,30 +30,36 @@ class Killed(Exception):
 class Switch:
     kill_at_request: int | None = None
     kill_at_byte: int | None = None
-    victim: subprocess.Popen[str] | None = None
+    victim: int | None = None  # pid
     requests: int = 0
     bytes: int = 0
     fired: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def arm(self, victim: subprocess.Popen[str], *, at_request: int | None = None, at_byte: int | None = None) -> None:
+    known: threading.Event = field(default_factory=threading.Event)
+
+    def arm(self, *, at_request: int | None = None, at_byte: int | None = None) -> None:
+        """Count from now (before the victim starts, so its first request counts too)."""
         with self.lock:
-            self.victim, self.kill_at_request, self.kill_at_byte = victim, at_request, at_byte
+            self.victim, self.kill_at_request, self.kill_at_byte = None, at_request, at_byte
             self.requests = self.bytes = 0
             self.fired = False
+            self.known.clear()
+
+    def aim(self, victim: int) -> None:
+        self.victim = victim
+        self.known.set()
 
     def reset(self) -> None:
-        with self.lock:
-            self.victim = None
-            self.kill_at_request = self.kill_at_byte = None
-            self.requests = self.bytes = 0
-            self.fired = False
+        self.arm()
 
     def _fire(self) -> None:
-        if self.victim is not None and not self.fired:
+        if not self.fired and (self.kill_at_request is not None or self.kill_at_byte is not None):
             self.fired = True
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.victim.pid, signal.SIGKILL)
+            self.known.wait(timeout=30)  # the pid is set right after the fork
+            if self.victim is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.victim, signal.SIGKILL)
         raise Killed
 
     def on_request(self) -> None:
