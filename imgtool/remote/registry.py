@@ -68,7 +68,8 @@ class RegistryClient:
     """One registry (scheme://host[:port]); thread-safe (push and pull use it from a pool)."""
 
     def __init__(self, base_url: str, *, label: str, credentials: auth.Credentials | None,
-                 verify: bool | str = True, timeout: float = 60.0, login_hint: str = "") -> None:
+                 verify: bool | str = True, timeout: float = 60.0, login_hint: str = "",
+                 transport: httpx.BaseTransport | None = None) -> None:
         parts = urlsplit(base_url)
         self.base = f"{parts.scheme}://{parts.netloc}"
         self.host = parts.netloc.lower()
@@ -78,7 +79,7 @@ class RegistryClient:
         self.stats = Stats()
         self.http = httpx.Client(verify=verify, timeout=httpx.Timeout(timeout, connect=10.0),
                                  follow_redirects=False, limits=httpx.Limits(max_connections=16),
-                                 headers={"User-Agent": "imgtool"})
+                                 headers={"User-Agent": "imgtool"}, transport=transport)
         self._tokens: dict[str, auth.Token] = {}
         self._basic = False
         self._lock = threading.Lock()
