@@ -12,7 +12,7 @@ import contextlib
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -37,6 +37,7 @@ class Switch:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     known: threading.Event = field(default_factory=threading.Event)
+    action: Callable[[], None] | None = None  # instead of killing the victim (e.g. stop the registry)
 
     def arm(self, *, at_request: int | None = None, at_byte: int | None = None) -> None:
         """Count from now (before the victim starts, so its first request counts too)."""
@@ -56,6 +57,9 @@ class Switch:
     def _fire(self) -> None:
         if not self.fired and (self.kill_at_request is not None or self.kill_at_byte is not None):
             self.fired = True
+            if self.action is not None:
+                self.action()
+                raise Killed
             self.known.wait(timeout=30)  # the pid is set right after the fork
             if self.victim is not None:
                 with contextlib.suppress(ProcessLookupError):
@@ -91,7 +95,10 @@ def _handler(upstream: str, switch: Switch, client: httpx.Client) -> type[BaseHT
                 switch.on_request()
                 body = self._read_body()
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP | {"host"}}
-                answer = client.request(self.command, upstream + self.path, headers=headers, content=body)
+                try:
+                    answer = client.request(self.command, upstream + self.path, headers=headers, content=body)
+                except httpx.TransportError:
+                    answer = httpx.Response(502, content=b"upstream unreachable")  # what a load balancer says
                 self._answer(answer)
             except Killed:
                 self.close_connection = True
