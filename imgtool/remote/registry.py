@@ -46,6 +46,22 @@ MAX_RETRY_AFTER = 30.0
 MAX_REDIRECTS = 3
 MAX_ERROR_BODY = 64 << 10
 RETRIABLE = {429, 500, 502, 503, 504}
+MIN_RATE = 64 << 10  # bytes/s: a body slower than this (after a minute of grace) is given up on
+
+
+def _pieces(response: httpx.Response, expected: int, what: str, label: str) -> Iterator[bytes]:
+    """A response body in pieces, within a deadline that grows with its size (an endless or
+    trickling body cannot hold a command forever; the per-read timeout alone would allow that)."""
+    deadline = time.monotonic() + 60.0 + expected / MIN_RATE
+    try:
+        for piece in response.iter_bytes(READ_SIZE):
+            if time.monotonic() > deadline:
+                raise RemoteFailed(f"{label}: {what} arrives too slowly (below {MIN_RATE >> 10} KiB/s)",
+                                   hint="check the network or the registry, then run the command again")
+            yield piece
+    except httpx.TransportError as exc:
+        raise RemoteFailed(f"{label}: the transfer of {what} broke off ({type(exc).__name__})",
+                           hint="run the command again; it resumes") from None
 
 
 def _printable(text: str, limit: int = 200) -> str:
@@ -342,25 +358,20 @@ class RegistryClient:
 
     def get_blob(self, repo: str, digest: str, *, size: int) -> Iterator[bytes]:
         check_digest(digest, "a blob reference")
-        return verified_stream(self._blob_pieces(repo, digest, None), digest, size,
+        return verified_stream(self._blob_pieces(repo, digest, size), digest, size,
                                f"blob {digest[:19]}… of {repo}")
 
-    def _blob_pieces(self, repo: str, digest: str, byte_range: tuple[int, int] | None) -> Iterator[bytes]:
-        headers = {"Range": f"bytes={byte_range[0]}-{byte_range[1] - 1}"} if byte_range else {}
-        response = self.request("GET", f"/v2/{repo}/blobs/{digest}", repo=repo, stream=True, headers=headers)
+    def _blob_pieces(self, repo: str, digest: str, size: int) -> Iterator[bytes]:
+        response = self.request("GET", f"/v2/{repo}/blobs/{digest}", repo=repo, stream=True)
         try:
             if response.status_code == 404:
                 raise NotFound(f"{self.label} has no blob {digest[:19]}… in {repo}",
                                hint="the remote version is incomplete; ask its publisher to push it again")
-            if response.status_code not in (200, 206):
+            if response.status_code != 200:
                 raise self._fail(response, f"reading blob {digest[:19]}")
-            try:
-                for piece in response.iter_bytes(READ_SIZE):
-                    self.stats.add(received=len(piece))
-                    yield piece
-            except httpx.TransportError as exc:
-                raise RemoteFailed(f"{self.label}: the transfer of blob {digest[:19]}… broke off "
-                                   f"({type(exc).__name__})", hint="run the command again; it resumes") from None
+            for piece in _pieces(response, size, f"blob {digest[:19]}…", self.label):
+                self.stats.add(received=len(piece))
+                yield piece
         finally:
             response.close()
 
@@ -377,19 +388,15 @@ class RegistryClient:
                 raise self._fail(response, f"reading blob {digest[:19]}")
             skip = start if response.status_code == 200 else 0
             out = bytearray()
-            try:
-                for piece in response.iter_bytes(READ_SIZE):
-                    self.stats.add(received=len(piece))
-                    if skip >= len(piece):
-                        skip -= len(piece)
-                        continue
-                    out += piece[skip:]
-                    skip = 0
-                    if len(out) >= length:
-                        break
-            except httpx.TransportError as exc:
-                raise RemoteFailed(f"{self.label}: the transfer of blob {digest[:19]}… broke off "
-                                   f"({type(exc).__name__})", hint="run the command again; it resumes") from None
+            for piece in _pieces(response, start + length, f"blob {digest[:19]}…", self.label):
+                self.stats.add(received=len(piece))
+                if skip >= len(piece):
+                    skip -= len(piece)
+                    continue
+                out += piece[skip:]
+                skip = 0
+                if len(out) >= length:
+                    break
         finally:
             response.close()
         if len(out) < length:
@@ -483,14 +490,11 @@ class RegistryClient:
                           hint="the remote serves something imgtool does not read")
         out = bytearray()
         try:
-            for piece in response.iter_bytes(READ_SIZE):
+            for piece in _pieces(response, limit, what, self.label):
                 out += piece
                 if len(out) > limit:
                     raise Corrupt(f"{self.label}: {what} is above the {limit}-byte limit",
                                   hint="the remote serves something imgtool does not read")
-        except httpx.TransportError as exc:
-            raise RemoteFailed(f"{self.label}: reading {what} broke off ({type(exc).__name__})",
-                               hint="run the command again") from None
         finally:
             response.close()
         self.stats.add(received=len(out))
