@@ -170,3 +170,37 @@ def test_a_version_served_under_another_tag_is_refused(own_registry: Registry, t
     with pytest.raises(Refused, match="not its own"):
         pull(dst, remote_b, target_b, "team/base@9.9.9")
     assert dst.store.get_name("galleries", "team") is None
+
+
+def test_data_disks_travel_and_siblings_share_by_mount(registry: Registry, tmp_path: Path) -> None:
+    from imgtool.gallery.galleries import create_definition
+    from imgtool.gallery.image_versions import PublishRequest, export, publish
+    from imgtool.gallery.model import Definition
+    from imgtool.gallery.versions import Version
+    from imgtool.names import DefinitionRef
+    from store.ingest import ingest
+
+    src = make_home(tmp_path / "a")
+    create_definition(src, Definition("team", "web", "acme", "web", "v1", "linux", "generalized"))
+    os_disk, data_disk = disk_bytes(2 << 20, seed=80), disk_bytes(1 << 20, seed=81)
+    digests = []
+    for data in (os_disk, data_disk):
+        with src.store.writing():
+            digests.append(ingest(src.store, virtual_size=len(data), read=lambda o, n, d=data: bytes(d[o:o + n]),
+                                  indexes=range(len(data) // (128 << 10))).digest)
+    publish(src, PublishRequest(DefinitionRef("team", "base"), Version(1, 0, 0), os_disk=digests[0],
+                                data_disks=((3, digests[1]),)))
+    publish(src, PublishRequest(DefinitionRef("team", "web"), Version(1, 0, 0), os_disk=digests[0]))
+    remote, target = add_remote(src, "origin", f"{registry.url}/{unique('multi')}")
+    _base, web = push(src, remote, target, "team")
+    assert web.packs_mounted >= 1 and web.bytes_uploaded == 0  # every chunk of web is in base's packs
+
+    dst = make_home(tmp_path / "b", gallery_name="x")
+    remote_b, target_b = add_remote(dst, "origin", remote.url)
+    pull(dst, remote_b, target_b, "team/base@1.0.0")
+    export(dst, "team/base@1.0.0", tmp_path / "lun3.raw", fmt="raw", lun=3)
+    assert (tmp_path / "lun3.raw").read_bytes() == bytes(data_disk)
+    assert exported(dst, "team/base@1.0.0", tmp_path / "os.raw") == bytes(os_disk)
+    before = target_b.stats.bytes_received
+    assert pull(dst, remote_b, target_b, "team/web@1.0.0").chunks_fetched == 0
+    assert target_b.stats.bytes_received - before < 64 << 10  # manifests, config and index only
