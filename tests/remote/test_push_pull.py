@@ -185,8 +185,10 @@ def test_data_disks_travel_and_siblings_share_by_mount(registry: Registry, tmp_p
     os_disk, data_disk = disk_bytes(2 << 20, seed=80), disk_bytes(1 << 20, seed=81)
     digests = []
     for data in (os_disk, data_disk):
+        def read(offset: int, length: int, source: bytearray = data) -> bytes:
+            return bytes(source[offset:offset + length])
         with src.store.writing():
-            digests.append(ingest(src.store, virtual_size=len(data), read=lambda o, n, d=data: bytes(d[o:o + n]),
+            digests.append(ingest(src.store, virtual_size=len(data), read=read,
                                   indexes=range(len(data) // (128 << 10))).digest)
     publish(src, PublishRequest(DefinitionRef("team", "base"), Version(1, 0, 0), os_disk=digests[0],
                                 data_disks=((3, digests[1]),)))
