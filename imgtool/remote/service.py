@@ -9,7 +9,7 @@ from typing import Any
 from imgtool.errors import InvalidArgument
 from imgtool.gallery.versions import Verdict, Version
 from imgtool.home import Home
-from imgtool.names import parse_definition_ref, parse_image_ref
+from imgtool.names import parse_definition_ref
 from imgtool.remote import auth, catalog, remotes
 from imgtool.remote import format as fmt
 from imgtool.remote.connect import close, open_target
@@ -112,6 +112,3 @@ def logout(home: Home, name: str) -> bool:
     remote = remotes.get(home, name)
     return auth.forget(home.root, remote.host) if remote.kind == "registry" else False
 
-
-def check_image_ref(text: str) -> None:
-    parse_image_ref(text)
