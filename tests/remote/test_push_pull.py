@@ -9,6 +9,7 @@ import pytest
 
 from imgtool.errors import AlreadyExists, Corrupt, Refused
 from imgtool.gallery import lookup
+from imgtool.home import Home
 from imgtool.remote import format as fmt
 from imgtool.remote.pull import pull
 from imgtool.remote.push import push
@@ -102,6 +103,15 @@ def test_push_refuses_another_version_under_an_existing_tag(registry: Registry, 
     publish_bytes(second, "team/base", "1.0.0", disk_bytes(1 << 20, seed=8))
     with pytest.raises(Refused, match="other disks"):
         push(second, *add_remote(second, "origin", url), "team")
+    # Another home's team/base with another identity: its new version must not join that repository.
+    from imgtool.gallery.galleries import create_definition, create_gallery
+    from imgtool.gallery.model import Definition
+    other = Home.at(tmp_path / "c")
+    create_gallery(other, "team")
+    create_definition(other, Definition("team", "base", "someone", "else", "v9", "linux", "generalized"))
+    publish_bytes(other, "team/base", "2.0.0", disk_bytes(1 << 20, seed=9))
+    with pytest.raises(Refused, match="holds another definition"):
+        push(other, *add_remote(other, "origin", url), "team")
 
 
 def test_repository_names_map_reversibly() -> None:
