@@ -99,7 +99,7 @@ def _records(target: Target, repo: str, manifest: VersionManifest,
         gallery = Gallery.from_json(gallery_obj) if gallery_obj is not None else None
         for named in [version.definition_record, *(d.digest for d in version.disks)]:
             store_digest.parse(named)  # before any of them reaches a path
-    except (KeyError, TypeError, ValueError, InvalidArgument) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, InvalidArgument) as exc:
         raise Corrupt(f"the records in {what} are malformed: {str(exc)[:120]}",
                       hint="the remote version is damaged; ask its publisher to push it again") from None
     return version, definition, definition_obj, gallery

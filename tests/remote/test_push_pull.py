@@ -216,3 +216,39 @@ def test_data_disks_travel_and_siblings_share_by_mount(registry: Registry, tmp_p
     before = target_b.stats.bytes_received
     assert pull(dst, remote_b, target_b, "team/web@1.0.0").chunks_fetched == 0
     assert target_b.stats.bytes_received - before < 64 << 10  # manifests, config and index only
+
+
+@pytest.mark.parametrize("damage", ["nan", "wrong-record", "bad-digest", "recommended-list"])
+def test_malformed_config_records_are_refused_cleanly(own_registry: Registry, tmp_path: Path, damage: str) -> None:
+    import json as _json
+
+    from imgtool.remote.format import CONFIG_TYPE, Descriptor, manifest_bytes
+    from imgtool.remote.target import read_all, sha256_of
+
+    src = make_home(tmp_path / "a")
+    publish_bytes(src, "team/base", "1.0.0", disk_bytes(1 << 20, seed=90))
+    remote, target = add_remote(src, "origin", own_registry.url)
+    [pushed] = push(src, remote, target, "team")
+    fetched = target.get_manifest(pushed.repository, "1.0.0")
+    manifest = fmt.parse_manifest(fetched.data, fetched.digest, "x")
+    config = _json.loads(read_all(target.get_blob(pushed.repository, manifest.config.digest,
+                                                  size=manifest.config.size)))
+    if damage == "nan":
+        text = _json.dumps(config).replace('"exclude_from_latest": false', '"exclude_from_latest": NaN').encode()
+    else:
+        if damage == "wrong-record":
+            config["definition"]["description"] = "changed after publishing"
+        elif damage == "bad-digest":
+            config["version"]["disks"][0]["digest"] = "../../etc/passwd"
+        else:
+            config["definition"]["recommended"] = ["not", "an", "object"]
+        text = _json.dumps(config).encode()
+    target.put_blob(pushed.repository, sha256_of(text), text)
+    body = manifest_bytes(Descriptor.of(CONFIG_TYPE, text), [*manifest.indexes, *manifest.packs.values()],
+                          manifest.annotations)
+    target.put_manifest(pushed.repository, "1.0.0", body, fmt.MANIFEST_TYPE)
+    dst = make_home(tmp_path / "b", gallery_name="x")
+    remote_b, target_b = add_remote(dst, "origin", own_registry.url)
+    with pytest.raises(Corrupt):
+        pull(dst, remote_b, target_b, "team/base@1.0.0")
+    assert dst.store.get_name("galleries", "team") is None
