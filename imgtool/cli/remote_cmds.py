@@ -5,7 +5,7 @@ from typing import Annotated, Any
 
 import typer
 
-from imgtool.cli.output import ProgressBar, emit_json, fields, human_bytes, state, table
+from imgtool.cli.output import ProgressBar, emit_json, fields, human_bytes, state, table, warn
 
 remote_app = typer.Typer(help="Remotes: OCI registries (ACR, GHCR, Harbor, Quay, distribution) or OCI layout "
                          "folders that galleries are shared through.", no_args_is_help=True)
@@ -115,6 +115,33 @@ def remote_logout(ctx: typer.Context, name: Annotated[str, Arg(help="Remote name
         print(f"logged out of {name}" if removed else f"imgtool kept no credentials for {name}")
 
 
+def _status(v: Any) -> str:
+    words = ["revoked" if v.revoked else "", "excluded" if v.exclude_from_latest else "",
+             v.check if v.check in ("pending", "failed") else ""]
+    return ",".join(w for w in words if w)
+
+
+@remote_app.command("sync")
+def remote_sync(ctx: typer.Context, name: Annotated[str, Arg(help="Remote name.")]) -> None:
+    """Learn the revocations of a remote: every local version pulled from it that a trusted key revoked there
+    is marked revoked here (its VMs are flagged). Statements by keys not trusted are reported, not used."""
+    from imgtool.remote import revoke
+
+    st = state(ctx)
+    found = revoke.sync(st.home, name)
+    if st.json:
+        emit_json(found)
+        return
+    for item in found:
+        if item["revoked"]:
+            vms = f"; VMs: {', '.join(item['vms'])}" if item["vms"] else ""
+            print(f"{item['version']}: revoked: {item['revoked']}{vms}")
+        for why in item["ignored"]:
+            print(f"{item['version']}: ignored a revocation statement: {why}")
+    if not any(item["revoked"] for item in found):
+        print(f"no revocations on {name} for versions pulled from it")
+
+
 @remote_app.command("versions")
 def remote_versions(
     ctx: typer.Context,
@@ -129,13 +156,17 @@ def remote_versions(
     latest = str(chosen) if chosen else None
     if st.json:
         emit_json({"definition": ref, "repository": repo, "latest": latest,
-                   "versions": [{**v.__dict__, "latest": v.version == latest} for v in found],
+                   "versions": [{**{k: x for k, x in v.__dict__.items() if k != "annotations"},
+                                 "latest": v.version == latest} for v in found],
                    "candidates": [{"version": str(v.version), "chosen": v.chosen, "reason": v.reason}
                                   for v in verdicts]})
         return
-    table(["version", "latest", "excluded", "published", "manifest"],
-          [[v.version, "*" if v.version == latest else "", "yes" if v.exclude_from_latest else "",
-            v.published, v.manifest[:19]] for v in found])
+    table(["version", "latest", "status", "published", "manifest"],
+          [[v.version, "*" if v.version == latest else "", _status(v), v.published, v.manifest[:19]]
+           for v in found])
+    for v in found:
+        if v.revoked:
+            print(f"{v.version}: revoked: {v.revoked}")
     if explain:
         print(f"{ref}@latest -> {latest or 'nothing (no eligible version)'}")
         table(["version", "verdict"], [[str(v.version), v.reason] for v in verdicts])
@@ -145,17 +176,26 @@ def push_cmd(
     ctx: typer.Context,
     source: Annotated[str, Arg(help="GALLERY, GALLERY/DEFINITION or GALLERY/DEFINITION@X.Y.Z")],
     remote: Annotated[str, Arg(help="Remote name.")],
+    sign: Annotated[str | None, Opt("--sign", help="Sign each version pushed with this key of yours "
+                                                   "(default: the remote's signing key, see imgtool trust "
+                                                   "signing-key).")] = None,
 ) -> None:
     """Push versions (and their definition and gallery records) the remote lacks. Only chunks the remote
     does not hold travel; the tag is put last; a second push sends nothing; a killed push resumes."""
     from imgtool.remote import service
+    from imgtool.trust.gate import SIGNING_KEY
+    from imgtool.trust.homes import keyring
 
     st = state(ctx)
+    if sign is not None:
+        keyring(st.home).load(sign)  # a missing or unusable key fails before anything moves
     bar = ProgressBar(f"pushing {source}", enabled=not st.json)
     stats: dict[str, int] = {}
+    token = SIGNING_KEY.set(sign)
     try:
         results = service.push_source(st.home, source, remote, progress=bar, stats=stats)
     finally:
+        SIGNING_KEY.reset(token)
         bar.close()
     if st.json:
         emit_json({"versions": [r.to_json() for r in results], "transfer": stats})
@@ -181,6 +221,7 @@ def pull_cmd(
         result = service.pull_ref(st.home, ref, as_ref=as_ref, progress=bar, stats=stats)
     finally:
         bar.close()
+    warn(result.warnings)
     if st.json:
         emit_json({**result.to_json(), "transfer": stats})
         return

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from imgtool.errors import Corrupt, InvalidArgument, NotFound
 from imgtool.gallery.versions import Candidate, Verdict, Version, resolve_latest
@@ -19,6 +19,9 @@ class RemoteVersion:
     exclude_from_latest: bool
     end_of_life: str | None
     published: str | None
+    check: str | None = None  # the boot check state the publisher recorded (None: none required)
+    revoked: str | None = None  # the reason, when a trusted key revoked it (imgtool.remote.revoke)
+    annotations: dict[str, str] = field(default_factory=dict, compare=False)
 
 
 def remote_versions(target: Target, repo: str) -> list[RemoteVersion]:
@@ -33,10 +36,12 @@ def remote_versions(target: Target, repo: str) -> list[RemoteVersion]:
         notes = manifest.annotations
         found.append(RemoteVersion(tag, fetched.digest, notes.get("org.imgtool.exclude-from-latest") == "true",
                                    notes.get("org.imgtool.end-of-life"),
-                                   notes.get("org.opencontainers.image.created")))
+                                   notes.get("org.opencontainers.image.created"), notes.get("org.imgtool.boot-check"),
+                                   None, dict(notes)))
     return found
 
 
 def resolve(found: list[RemoteVersion]) -> tuple[Version | None, list[Verdict]]:
-    candidates = [Candidate(Version.parse(v.version), v.exclude_from_latest, v.end_of_life) for v in found]
+    candidates = [Candidate(Version.parse(v.version), v.exclude_from_latest, v.end_of_life, v.check, v.revoked)
+                  for v in found]
     return resolve_latest(candidates, today=dt.date.today().isoformat())

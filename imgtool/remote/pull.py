@@ -19,7 +19,7 @@ import contextlib
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from imgtool.errors import AlreadyExists, Corrupt, InvalidArgument, NotFound, Refused
@@ -33,7 +33,7 @@ from imgtool.remote import format as fmt
 from imgtool.remote.format import DiskIndex, IndexEntry, VersionManifest
 from imgtool.remote.knowledge import load_index
 from imgtool.remote.remotes import Remote
-from imgtool.remote.target import Target, read_all
+from imgtool.remote.target import Fetched, Target, read_all
 from store import canonical
 from store import digest as store_digest
 from store.disks import DiskManifest
@@ -62,6 +62,28 @@ class Pulling:
 PullHook = Callable[[Pulling], dict[str, Any] | None]
 
 
+@dataclass(frozen=True)
+class Checking:
+    """The trust check's view: the manifest and records are read and match the name; nothing is stored."""
+
+    target: Target
+    repository: str
+    tag: str
+    fetched: Fetched
+    version: ImageVersion
+
+
+@dataclass(frozen=True)
+class Checked:
+    """The check's answer (it raises to refuse): warnings to show, and what to store with the version."""
+
+    warnings: tuple[str, ...] = ()
+    keep: Callable[[ImageVersion], None] | None = None
+
+
+CheckHook = Callable[[Checking], Checked]
+
+
 @dataclass
 class PullResult:
     name: str
@@ -74,6 +96,7 @@ class PullResult:
     bytes_received: int = 0
     packs_whole: int = 0
     range_requests: int = 0
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -128,9 +151,9 @@ def check_identity(local: Definition, remote: Definition, local_ref: DefinitionR
 
 class Puller:
     def __init__(self, home: Home, remote: Remote, target: Target, *, progress: Progress | None = None,
-                 workers: int = WORKERS, hook: PullHook | None = None) -> None:
+                 workers: int = WORKERS, hook: PullHook | None = None, check: CheckHook | None = None) -> None:
         self.home, self.remote, self.target = home, remote, target
-        self.progress, self.workers, self.hook = progress, workers, hook
+        self.progress, self.workers, self.hook, self.check = progress, workers, hook, check
 
     def pull(self, text: str, *, as_ref: str | None = None) -> PullResult:
         ref = parse_image_ref(text)
@@ -145,7 +168,10 @@ class Puller:
         if store_digest.of(canonical.dumps(definition_obj)) != store_digest.full(version.definition_record):
             raise Corrupt(f"the definition record in {what} is not the one the version names",
                           hint="the remote version is damaged; ask its publisher to push it again")
-        result = PullResult(f"{local}@{tag}", self.remote.name, repo, tag, fetched.digest, "pulled")
+        # Trust is judged before anything moves, and on every pull, cache hits included.
+        checked = self.check(Checking(self.target, repo, tag, fetched, version)) if self.check else Checked()
+        result = PullResult(f"{local}@{tag}", self.remote.name, repo, tag, fetched.digest, "pulled",
+                            warnings=list(checked.warnings))
         if self._present(local, version, definition):
             if self.hook is not None:  # a use of a cached copy is checked like a first pull
                 self.hook(Pulling(self.target, repo, tag, fetched.digest, version, local, present=True))
@@ -158,6 +184,8 @@ class Puller:
             extra = self.hook(Pulling(self.target, repo, tag, fetched.digest, version, local)) if self.hook else None
             pulled = self._local_version(version, local, repo, tag, fetched.digest, extra or {})
             record = store.put_manifest(pulled.to_json())
+            if checked.keep is not None:
+                checked.keep(pulled)  # the signatures, named before the version is
             self._name(local, definition, gallery, tag, record)
         return result
 
@@ -273,5 +301,7 @@ class Puller:
 
 
 def pull(home: Home, remote: Remote, target: Target, text: str, *, as_ref: str | None = None,
-         progress: Progress | None = None, hook: PullHook | None = None, workers: int = WORKERS) -> PullResult:
-    return Puller(home, remote, target, progress=progress, hook=hook, workers=workers).pull(text, as_ref=as_ref)
+         progress: Progress | None = None, hook: PullHook | None = None, workers: int = WORKERS,
+         check: CheckHook | None = None) -> PullResult:
+    return Puller(home, remote, target, progress=progress, hook=hook, workers=workers,
+                  check=check).pull(text, as_ref=as_ref)

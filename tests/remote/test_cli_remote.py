@@ -44,6 +44,7 @@ def test_push_pull_versions_show_through_the_cli(registry: Registry, tmp_path: P
 
     b = cli_for(tmp_path / "b", tmp_path)
     b("remote", "add", "origin", f"{registry.url}/cli")
+    b("trust", "policy", "origin", "any")  # unsigned versions, accepted explicitly (tests/trust covers signed)
     pulled = b.json("pull", "origin:team/base")
     assert pulled["tag"] == "1.0.0" and pulled["status"] == "pulled"  # type: ignore[index]
     shown = b("version", "show", "team/base@1.0.0").stdout
@@ -70,6 +71,7 @@ def test_htpasswd_login_wrong_password_and_missing_login(auth_registry: Registry
     publish_bytes(src, "team/base", "1.0.0", disk_bytes(1 << 20, seed=22))
     a = cli_for(src.root, tmp_path)
     a("remote", "add", "secure", auth_registry.url)
+    a("trust", "policy", "secure", "any")  # unsigned versions, accepted explicitly (tests/trust covers signed)
     anonymous = a("push", "team", "secure", ok=False)
     assert anonymous.returncode == 5 and "imgtool remote login secure" in anonymous.stderr
 
@@ -158,6 +160,7 @@ def test_vm_new_from_a_remote_image_pulls_first(registry: Registry, tmp_path: Pa
     a("push", "team/spec", "origin")
     b = cli_for(tmp_path / "b", tmp_path)
     b("remote", "add", "origin", f"{registry.url}/vmnew")
+    b("trust", "policy", "origin", "any")
     made = b.json("vm", "new", "dev1", "--image", "origin:team/spec@latest")
     assert made["image"] == "team/spec@1.0.0"  # type: ignore[index]
     assert b.json("version", "show", "team/spec@1.0.0")["provenance"]["pulled_from"]["remote"] == "origin"  # type: ignore[index]
