@@ -45,16 +45,21 @@ Progress = Callable[[int], None]
 
 @dataclass(frozen=True)
 class Pulling:
-    """The hook's view: everything is verified and stored, nothing is named yet."""
+    """The hook's view: every chunk is verified and stored, no record of the local version is written
+    and nothing is named yet. `version` is the remote's record; `local` the name it will get."""
 
     target: Target
     repository: str
     tag: str
     manifest_digest: str
     version: ImageVersion
+    local: DefinitionRef
+    present: bool = False  # the local store already has this version (nothing was fetched or written)
 
 
-PullHook = Callable[[Pulling], None]
+# A hook may refuse (raise an ImgtoolError: nothing gets a name) or return entries to add to the local
+# version's provenance (e.g. the signatures it verified, so a later use can re-check them offline).
+PullHook = Callable[[Pulling], dict[str, Any] | None]
 
 
 @dataclass(frozen=True)
@@ -115,7 +120,9 @@ def _records(target: Target, repo: str, manifest: VersionManifest,
         version = ImageVersion.from_json(version_obj)
         definition = Definition.from_json(definition_obj)
         gallery = Gallery.from_json(gallery_obj) if gallery_obj is not None else None
-    except (KeyError, TypeError, ValueError, InvalidArgument) as exc:
+        for named in [version.definition_record, *(d.digest for d in version.disks)]:
+            store_digest.parse(named)  # before any of them reaches a path
+    except (KeyError, TypeError, ValueError, AttributeError, InvalidArgument) as exc:
         raise Corrupt(f"the records in {what} are malformed: {str(exc)[:120]}",
                       hint="the remote version is damaged; ask its publisher to push it again") from None
     return version, definition, definition_obj, gallery
@@ -158,26 +165,27 @@ class Puller:
         manifest = fmt.parse_manifest(fetched.data, fetched.digest, what)
         version, definition, definition_obj, gallery = _records(self.target, repo, manifest, what)
         _check_names(version, definition, self.remote, repo, tag)
+        if store_digest.of(canonical.dumps(definition_obj)) != store_digest.full(version.definition_record):
+            raise Corrupt(f"the definition record in {what} is not the one the version names",
+                          hint="the remote version is damaged; ask its publisher to push it again")
         # Trust is judged before anything moves, and on every pull, cache hits included.
         checked = self.check(Checking(self.target, repo, tag, fetched, version)) if self.check else Checked()
         result = PullResult(f"{local}@{tag}", self.remote.name, repo, tag, fetched.digest, "pulled",
                             warnings=list(checked.warnings))
         if self._present(local, version, definition):
+            if self.hook is not None:  # a use of a cached copy is checked like a first pull
+                self.hook(Pulling(self.target, repo, tag, fetched.digest, version, local, present=True))
             result.status = "present"
             return result
         store = self.home.store
         with store.writing():
             self._fetch_disks(repo, manifest, version, result)
-            definition_record = store.put_manifest(definition_obj)
-            if definition_record != version.definition_record:
-                raise Corrupt(f"the definition record in {what} is not the one the version names",
-                              hint="the remote version is damaged; ask its publisher to push it again")
-            pulled = self._local_version(version, local, repo, tag, fetched.digest)
+            store.put_manifest(definition_obj)
+            extra = self.hook(Pulling(self.target, repo, tag, fetched.digest, version, local)) if self.hook else None
+            pulled = self._local_version(version, local, repo, tag, fetched.digest, extra or {})
             record = store.put_manifest(pulled.to_json())
             if checked.keep is not None:
                 checked.keep(pulled)  # the signatures, named before the version is
-            if self.hook is not None:
-                self.hook(Pulling(self.target, repo, tag, fetched.digest, pulled))
             self._name(local, definition, gallery, tag, record)
         return result
 
@@ -259,10 +267,10 @@ class Puller:
         writer.flush()
 
     def _local_version(self, version: ImageVersion, local: DefinitionRef, repo: str, tag: str,
-                       manifest_digest: str) -> ImageVersion:
+                       manifest_digest: str, extra: dict[str, Any]) -> ImageVersion:
         origin = {"remote": self.remote.name, "url": self.remote.url, "repository": repo, "tag": tag,
                   "manifest": manifest_digest, "pulled": now()}
-        provenance = {**version.provenance, "pulled_from": origin}
+        provenance = {**version.provenance, **extra, "pulled_from": origin}
         return replace(version, gallery=local.gallery, definition=local.definition, provenance=provenance)
 
     def _name(self, local: DefinitionRef, definition: Definition, gallery: Gallery | None, tag: str,

@@ -30,6 +30,10 @@ from imgtool.remote.errors import RemoteFailed
 from imgtool.remote.target import MAX_MANIFEST, READ_SIZE, Fetched, Stats, check_digest, sha256_of, verified_stream
 
 log = logging.getLogger("imgtool.remote")
+# httpx and httpcore log requests, response headers and upload-session URLs at DEBUG; --debug shows
+# our own one line per request (method, path, status) instead, never a header.
+for _noisy in ("httpx", "httpcore"):
+    logging.getLogger(_noisy).setLevel(logging.WARNING)
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -42,6 +46,22 @@ MAX_RETRY_AFTER = 30.0
 MAX_REDIRECTS = 3
 MAX_ERROR_BODY = 64 << 10
 RETRIABLE = {429, 500, 502, 503, 504}
+MIN_RATE = 64 << 10  # bytes/s: a body slower than this (after a minute of grace) is given up on
+
+
+def _pieces(response: httpx.Response, expected: int, what: str, label: str) -> Iterator[bytes]:
+    """A response body in pieces, within a deadline that grows with its size (an endless or
+    trickling body cannot hold a command forever; the per-read timeout alone would allow that)."""
+    deadline = time.monotonic() + 60.0 + expected / MIN_RATE
+    try:
+        for piece in response.iter_bytes(READ_SIZE):
+            if time.monotonic() > deadline:
+                raise RemoteFailed(f"{label}: {what} arrives too slowly (below {MIN_RATE >> 10} KiB/s)",
+                                   hint="check the network or the registry, then run the command again")
+            yield piece
+    except httpx.TransportError as exc:
+        raise RemoteFailed(f"{label}: the transfer of {what} broke off ({type(exc).__name__})",
+                           hint="run the command again; it resumes") from None
 
 
 def _printable(text: str, limit: int = 200) -> str:
@@ -64,7 +84,8 @@ class RegistryClient:
     """One registry (scheme://host[:port]); thread-safe (push and pull use it from a pool)."""
 
     def __init__(self, base_url: str, *, label: str, credentials: auth.Credentials | None,
-                 verify: bool | str = True, timeout: float = 60.0, login_hint: str = "") -> None:
+                 verify: bool | str = True, timeout: float = 60.0, login_hint: str = "",
+                 transport: httpx.BaseTransport | None = None) -> None:
         parts = urlsplit(base_url)
         self.base = f"{parts.scheme}://{parts.netloc}"
         self.host = parts.netloc.lower()
@@ -74,7 +95,7 @@ class RegistryClient:
         self.stats = Stats()
         self.http = httpx.Client(verify=verify, timeout=httpx.Timeout(timeout, connect=10.0),
                                  follow_redirects=False, limits=httpx.Limits(max_connections=16),
-                                 headers={"User-Agent": "imgtool"})
+                                 headers={"User-Agent": "imgtool"}, transport=transport)
         self._tokens: dict[str, auth.Token] = {}
         self._basic = False
         self._lock = threading.Lock()
@@ -97,58 +118,41 @@ class RegistryClient:
     def request(self, method: str, path: str, *, repo: str | None = None, actions: str = "pull",
                 headers: dict[str, str] | None = None, content: bytes | None = None,
                 stream: bool = False, params: dict[str, str] | None = None) -> httpx.Response:
-        """Send with auth, retries and redirects; the caller checks the status (2xx, 404...)."""
+        """Send with auth, retries and redirects; the caller checks the status (2xx, 404...).
+
+        The first 401 is answered from its challenge and the request sent again (not counted as a
+        retry); a 401 after that means the credentials were rejected.
+        """
         scope = auth.scope_for(repo, actions) if repo else ""
         url = self.base + path
         answered = False
-        last: str = ""
-        for attempt in range(ATTEMPTS):
+        last = ""
+        attempt = 0
+        while attempt < ATTEMPTS:
             try:
                 response = self._send_following(method, url, scope, headers or {}, content, stream, params)
             except httpx.TransportError as exc:
-                last = f"{type(exc).__name__}"
+                last = type(exc).__name__
                 log.debug("remote %s %s: %s (attempt %d)", method, path, last, attempt + 1)
                 time.sleep(BACKOFF[attempt])
+                attempt += 1
                 continue
-            if response.status_code == 401 and not answered:
+            if response.status_code == 401:
                 challenge = auth.parse_challenge(response.headers.get("www-authenticate", ""))
                 response.close()
+                if answered:
+                    raise self._unauthorized(repo, rejected=True)
                 answered = True
-                if self._answer(challenge, scope):
-                    return self._after_auth(method, url, scope, headers, content, stream, params, path,
-                                            repo, actions)
-                raise self._unauthorized(repo)
+                if not self._answer(challenge, scope):
+                    raise self._unauthorized(repo)
+                continue
             if response.status_code in RETRIABLE and attempt + 1 < ATTEMPTS:
                 last = registry_message(response)
                 wait = self._retry_after(response) if response.status_code == 429 else BACKOFF[attempt]
                 response.close()
                 log.debug("remote %s %s: %s, retrying in %.1fs", method, path, last, wait)
                 time.sleep(wait)
-                continue
-            return self._checked(response, repo, actions)
-        raise RemoteFailed(f"{self.label}: {method} {path} kept failing ({last})",
-                           hint="check that the registry is up and has space, then run the command again")
-
-    def _after_auth(self, method: str, url: str, scope: str, headers: dict[str, str] | None,
-                    content: bytes | None, stream: bool, params: dict[str, str] | None, path: str,
-                    repo: str | None, actions: str) -> httpx.Response:
-        """The request again with the new credentials; retried like the first try, never re-authed."""
-        last = ""
-        for attempt in range(ATTEMPTS):
-            try:
-                response = self._send_following(method, url, scope, headers or {}, content, stream, params)
-            except httpx.TransportError as exc:
-                last = type(exc).__name__
-                time.sleep(BACKOFF[attempt])
-                continue
-            if response.status_code == 401:
-                response.close()
-                raise self._unauthorized(repo, rejected=True)
-            if response.status_code in RETRIABLE and attempt + 1 < ATTEMPTS:
-                last = registry_message(response)
-                wait = self._retry_after(response) if response.status_code == 429 else BACKOFF[attempt]
-                response.close()
-                time.sleep(wait)
+                attempt += 1
                 continue
             return self._checked(response, repo, actions)
         raise RemoteFailed(f"{self.label}: {method} {path} kept failing ({last})",
@@ -337,25 +341,20 @@ class RegistryClient:
 
     def get_blob(self, repo: str, digest: str, *, size: int) -> Iterator[bytes]:
         check_digest(digest, "a blob reference")
-        return verified_stream(self._blob_pieces(repo, digest, None), digest, size,
+        return verified_stream(self._blob_pieces(repo, digest, size), digest, size,
                                f"blob {digest[:19]}… of {repo}")
 
-    def _blob_pieces(self, repo: str, digest: str, byte_range: tuple[int, int] | None) -> Iterator[bytes]:
-        headers = {"Range": f"bytes={byte_range[0]}-{byte_range[1] - 1}"} if byte_range else {}
-        response = self.request("GET", f"/v2/{repo}/blobs/{digest}", repo=repo, stream=True, headers=headers)
+    def _blob_pieces(self, repo: str, digest: str, size: int) -> Iterator[bytes]:
+        response = self.request("GET", f"/v2/{repo}/blobs/{digest}", repo=repo, stream=True)
         try:
             if response.status_code == 404:
                 raise NotFound(f"{self.label} has no blob {digest[:19]}… in {repo}",
                                hint="the remote version is incomplete; ask its publisher to push it again")
-            if response.status_code not in (200, 206):
+            if response.status_code != 200:
                 raise self._fail(response, f"reading blob {digest[:19]}")
-            try:
-                for piece in response.iter_bytes(READ_SIZE):
-                    self.stats.add(received=len(piece))
-                    yield piece
-            except httpx.TransportError as exc:
-                raise RemoteFailed(f"{self.label}: the transfer of blob {digest[:19]}… broke off "
-                                   f"({type(exc).__name__})", hint="run the command again; it resumes") from None
+            for piece in _pieces(response, size, f"blob {digest[:19]}…", self.label):
+                self.stats.add(received=len(piece))
+                yield piece
         finally:
             response.close()
 
@@ -372,19 +371,15 @@ class RegistryClient:
                 raise self._fail(response, f"reading blob {digest[:19]}")
             skip = start if response.status_code == 200 else 0
             out = bytearray()
-            try:
-                for piece in response.iter_bytes(READ_SIZE):
-                    self.stats.add(received=len(piece))
-                    if skip >= len(piece):
-                        skip -= len(piece)
-                        continue
-                    out += piece[skip:]
-                    skip = 0
-                    if len(out) >= length:
-                        break
-            except httpx.TransportError as exc:
-                raise RemoteFailed(f"{self.label}: the transfer of blob {digest[:19]}… broke off "
-                                   f"({type(exc).__name__})", hint="run the command again; it resumes") from None
+            for piece in _pieces(response, start + length, f"blob {digest[:19]}…", self.label):
+                self.stats.add(received=len(piece))
+                if skip >= len(piece):
+                    skip -= len(piece)
+                    continue
+                out += piece[skip:]
+                skip = 0
+                if len(out) >= length:
+                    break
         finally:
             response.close()
         if len(out) < length:
@@ -478,14 +473,11 @@ class RegistryClient:
                           hint="the remote serves something imgtool does not read")
         out = bytearray()
         try:
-            for piece in response.iter_bytes(READ_SIZE):
+            for piece in _pieces(response, limit, what, self.label):
                 out += piece
                 if len(out) > limit:
                     raise Corrupt(f"{self.label}: {what} is above the {limit}-byte limit",
                                   hint="the remote serves something imgtool does not read")
-        except httpx.TransportError as exc:
-            raise RemoteFailed(f"{self.label}: reading {what} broke off ({type(exc).__name__})",
-                               hint="run the command again") from None
         finally:
             response.close()
         self.stats.add(received=len(out))

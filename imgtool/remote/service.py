@@ -5,17 +5,18 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from typing import Any
 
 from imgtool.errors import InvalidArgument
 from imgtool.gallery.model import ImageVersion
 from imgtool.gallery.versions import Verdict, Version
 from imgtool.home import Home
-from imgtool.names import parse_definition_ref, parse_image_ref
+from imgtool.names import parse_definition_ref
 from imgtool.remote import auth, catalog, remotes, revoke
 from imgtool.remote import format as fmt
 from imgtool.remote.connect import close, open_target
 from imgtool.remote.format import Descriptor
-from imgtool.remote.pull import Checked, Checking, PullHook, PullResult, pull
+from imgtool.remote.pull import Checked, Checking, PullHook, Pulling, PullResult, pull
 from imgtool.remote.push import Pushed, PushHook, PushResult, push
 from imgtool.remote.registry import RegistryClient
 from imgtool.remote.target import Target
@@ -39,14 +40,16 @@ def connected(home: Home, name: str) -> Iterator[tuple[remotes.Remote, Target]]:
         close(target)
 
 
-def _push_hook(event: object) -> None:
+def _push_hook(event: Pushed) -> None:
     for hook in PUSH_HOOKS:
-        hook(event)  # type: ignore[arg-type]
+        hook(event)
 
 
-def _pull_hook(event: object) -> None:
+def _pull_hook(event: Pulling) -> dict[str, Any] | None:
+    extra: dict[str, Any] = {}
     for hook in PULL_HOOKS:
-        hook(event)  # type: ignore[arg-type]
+        extra.update(hook(event) or {})
+    return extra
 
 
 def push_source(home: Home, source: str, remote_name: str, *, progress: Progress | None = None,
@@ -142,6 +145,3 @@ def logout(home: Home, name: str) -> bool:
     remote = remotes.get(home, name)
     return auth.forget(home.root, remote.host) if remote.kind == "registry" else False
 
-
-def check_image_ref(text: str) -> None:
-    parse_image_ref(text)

@@ -9,9 +9,12 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,9 +52,34 @@ def _hand_over(root: Path) -> list[str]:
     return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
 
 
+def _private(auth: str) -> tuple[Path, str]:
+    """A folder of the registry's own directly under the system temp dir, with a copy of every file the
+    auth block names. Not under pytest's tmp_path: pytest (this run or a concurrent one) resets
+    /tmp/pytest-of-USER to 0700, which locks the unprivileged registry out of its files mid-test."""
+    root = Path(tempfile.mkdtemp(prefix="imgtool-token-registry-"))
+    for word in set(re.findall(r"(/[^\s]+)", auth)):
+        source = Path(word)
+        if source.is_file():
+            copy = root / f"auth-{len(list(root.iterdir()))}-{source.name}"
+            shutil.copyfile(source, copy)
+            auth = auth.replace(word, str(copy))
+    return root, auth
+
+
 @contextlib.contextmanager
 def running(root: Path, auth: str) -> Iterator[str]:
-    """Yield the registry's host:port; `auth` is the config's `auth:` block."""
+    """Yield the registry's host:port; `auth` is the config's `auth:` block. (`root` is only the caller's
+    scratch folder; the registry itself lives in a private folder, removed afterwards.)"""
+    root, auth = _private(auth)
+    try:
+        with _running(root, auth) as host:
+            yield host
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _running(root: Path, auth: str) -> Iterator[str]:
     root.mkdir(parents=True, exist_ok=True)
     (root / "data").mkdir(exist_ok=True)
     port = free_port()
