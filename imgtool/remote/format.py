@@ -1,4 +1,4 @@
-"""The registry format of imgtool versions (docs/REMOTE-FORMAT.md says the same, with the bytes).
+"""The registry format of imgtool versions (docs/STORE-FORMAT.md, Remote format says the same, with the bytes).
 
 - Repository: PREFIX/GALLERY/DEFINITION, each name mapped by `repo_component` (lower case as is
   when that is a valid, unambiguous repository component; otherwise `x--` + base32 of the name).
@@ -61,7 +61,7 @@ def name_of_component(component: str) -> str:
         return base64.b32decode(text + "=" * (-len(text) % 8)).decode()
     except (binascii.Error, UnicodeDecodeError):
         raise InvalidArgument(f"repository component {component!r} is not an encoded imgtool name",
-                              hint="see docs/REMOTE-FORMAT.md, name mapping") from None
+                              hint="see docs/STORE-FORMAT.md, Remote format, name mapping") from None
 
 
 def repository(prefix: str, gallery: str, definition: str) -> str:
