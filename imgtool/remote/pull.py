@@ -16,6 +16,7 @@ Order (a kill at any point leaves no local name pointing at missing data):
 from __future__ import annotations
 
 import contextlib
+import os
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,6 +24,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from imgtool.errors import AlreadyExists, Corrupt, InvalidArgument, NotFound, Refused
+from imgtool.formats import DEFAULT_MAX_VIRTUAL_SIZE
+from imgtool.formats._common import LIMIT_ENV
 from imgtool.gallery import galleries
 from imgtool.gallery.galleries import DEFINITIONS, GALLERIES, VERSIONS, gallery_lock
 from imgtool.gallery.model import Definition, Gallery, ImageVersion, now
@@ -133,6 +136,17 @@ def _check_names(version: ImageVersion, definition: Definition, remote: Remote, 
         raise Corrupt(f"the version record in {repo}:{tag} is inconsistent", hint="the remote is damaged")
 
 
+def _check_sizes(version: ImageVersion, what: str) -> None:
+    """A disk larger than capture would accept is refused before anything moves (4 TiB unless
+    IMGTOOL_MAX_VIRTUAL_SIZE says otherwise): a remote must not make this machine build an absurd base."""
+    raw = os.environ.get(LIMIT_ENV, "")
+    limit = int(raw) if raw.strip().isdigit() else DEFAULT_MAX_VIRTUAL_SIZE
+    for disk in version.disks:
+        if not 0 < disk.virtual_size <= limit:
+            raise Refused(f"{what} declares a disk of {disk.virtual_size} bytes, above the virtual size limit "
+                          f"of {limit} bytes", hint=f"set {LIMIT_ENV} (bytes) to pull larger disks")
+
+
 def check_identity(local: Definition, remote: Definition, local_ref: DefinitionRef) -> None:
     mine, theirs = local.to_json(), remote.to_json()
     differ = [k for k in IDENTITY if mine.get(k) != theirs.get(k)]
@@ -158,6 +172,7 @@ class Puller:
         manifest = fmt.parse_manifest(fetched.data, fetched.digest, what)
         version, definition, definition_obj, gallery = _records(self.target, repo, manifest, what)
         _check_names(version, definition, self.remote, repo, tag)
+        _check_sizes(version, what)
         # Trust is judged before anything moves, and on every pull, cache hits included.
         checked = self.check(Checking(self.target, repo, tag, fetched, version)) if self.check else Checked()
         result = PullResult(f"{local}@{tag}", self.remote.name, repo, tag, fetched.digest, "pulled",
