@@ -25,7 +25,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from imgtool.errors import Corrupt, NotFound, Refused
-from imgtool.remote import auth
+from imgtool.remote import auth, deadline
 from imgtool.remote.errors import RemoteFailed
 from imgtool.remote.target import MAX_MANIFEST, READ_SIZE, Fetched, Stats, check_digest, sha256_of, verified_stream
 
@@ -40,6 +40,7 @@ ATTEMPTS = 5
 BACKOFF = (0.2, 0.5, 1.0, 2.0, 4.0)
 MAX_RETRY_AFTER = 30.0
 MAX_REDIRECTS = 3
+MAX_PACK_BODY = 1 << 30  # the largest blob a body deadline is sized for (format.MAX_PACK)
 MAX_ERROR_BODY = 64 << 10
 RETRIABLE = {429, 500, 502, 503, 504}
 
@@ -350,9 +351,11 @@ class RegistryClient:
             if response.status_code not in (200, 206):
                 raise self._fail(response, f"reading blob {digest[:19]}")
             try:
-                for piece in response.iter_bytes(READ_SIZE):
-                    self.stats.add(received=len(piece))
-                    yield piece
+                with deadline.bounded(response, deadline.expected_size(response, MAX_PACK_BODY), label=self.label,
+                                      what=f"blob {digest[:19]}…"):
+                    for piece in response.iter_bytes(READ_SIZE):
+                        self.stats.add(received=len(piece))
+                        yield piece
             except httpx.TransportError as exc:
                 raise RemoteFailed(f"{self.label}: the transfer of blob {digest[:19]}… broke off "
                                    f"({type(exc).__name__})", hint="run the command again; it resumes") from None
@@ -373,15 +376,16 @@ class RegistryClient:
             skip = start if response.status_code == 200 else 0
             out = bytearray()
             try:
-                for piece in response.iter_bytes(READ_SIZE):
-                    self.stats.add(received=len(piece))
-                    if skip >= len(piece):
-                        skip -= len(piece)
-                        continue
-                    out += piece[skip:]
-                    skip = 0
-                    if len(out) >= length:
-                        break
+                with deadline.bounded(response, skip + length, label=self.label, what=f"blob {digest[:19]}…"):
+                    for piece in response.iter_bytes(READ_SIZE):
+                        self.stats.add(received=len(piece))
+                        if skip >= len(piece):
+                            skip -= len(piece)
+                            continue
+                        out += piece[skip:]
+                        skip = 0
+                        if len(out) >= length:
+                            break
             except httpx.TransportError as exc:
                 raise RemoteFailed(f"{self.label}: the transfer of blob {digest[:19]}… broke off "
                                    f"({type(exc).__name__})", hint="run the command again; it resumes") from None
@@ -478,11 +482,12 @@ class RegistryClient:
                           hint="the remote serves something imgtool does not read")
         out = bytearray()
         try:
-            for piece in response.iter_bytes(READ_SIZE):
-                out += piece
-                if len(out) > limit:
-                    raise Corrupt(f"{self.label}: {what} is above the {limit}-byte limit",
-                                  hint="the remote serves something imgtool does not read")
+            with deadline.bounded(response, deadline.expected_size(response, limit), label=self.label, what=what):
+                for piece in response.iter_bytes(READ_SIZE):
+                    out += piece
+                    if len(out) > limit:
+                        raise Corrupt(f"{self.label}: {what} is above the {limit}-byte limit",
+                                      hint="the remote serves something imgtool does not read")
         except httpx.TransportError as exc:
             raise RemoteFailed(f"{self.label}: reading {what} broke off ({type(exc).__name__})",
                                hint="run the command again") from None

@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 
 from imgtool.home import Home
+from imgtool.remote import deadline, remotes, service
 from imgtool.remote import format as fmt
-from imgtool.remote import remotes, service
+from imgtool.remote.errors import RemoteFailed
+from imgtool.trust.homes import trust_store
 from tests.cli import Cli
 from tests.remote.helpers import disk_bytes, make_home, publish_bytes
 from tests.remote.liar import Liar
@@ -243,3 +245,18 @@ def test_a_manifest_whose_bytes_are_not_its_digest(user: Cli, liar: Liar) -> Non
         refused(user, f"origin:team/base@1.0.0@{digest}", "pinned")
     finally:
         liar.repo(REPO).manifests[digest] = (media, data)
+
+
+def test_a_very_slow_body_is_cut_off(liar: Liar, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One byte every 0.2 s for a 1 MB manifest: the body deadline (here 1 s + size at 1 MiB/s) cuts it."""
+    monkeypatch.setattr(deadline, "GRACE", 1.0)
+    monkeypatch.setattr(deadline, "MIN_RATE", 1 << 20)
+    liar.lies.clear()
+    home = Home.at(tmp_path / "user")
+    remotes.add(home, "origin", liar.url)
+    trust_store(home).set_policy("origin", "any")
+    liar.lie("slow", path=f"/v2/{REPO}/manifests/1.0.0", limit=10**6, delay=0.2)
+    with pytest.raises(RemoteFailed, match="took longer than"):
+        service.pull_ref(home, "origin:team/base@1.0.0")
+    assert home.store.all_names() == []
+    liar.lies.clear()
