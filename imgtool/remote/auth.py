@@ -154,10 +154,11 @@ def parse_challenge(header: str) -> Challenge | None:
 class Token:
     value: str
     expires: float
+    margin: float = TOKEN_MARGIN  # a short-lived token gets a quarter of its life as margin, not all of it
 
     @property
     def fresh(self) -> bool:
-        return time.monotonic() < self.expires - TOKEN_MARGIN
+        return time.monotonic() < self.expires - self.margin
 
 
 def parse_token(body: Any) -> Token:
@@ -170,7 +171,8 @@ def parse_token(body: Any) -> Token:
     lifetime = body.get("expires_in")
     if not isinstance(lifetime, int) or lifetime <= 0:
         lifetime = TOKEN_DEFAULT_LIFETIME
-    return Token(value, time.monotonic() + min(lifetime, 24 * 3600))
+    lifetime = min(lifetime, 24 * 3600)
+    return Token(value, time.monotonic() + lifetime, min(TOKEN_MARGIN, lifetime / 4))
 
 
 def scope_for(repository: str, actions: str) -> str:

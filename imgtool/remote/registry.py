@@ -143,7 +143,10 @@ class RegistryClient:
                 time.sleep(BACKOFF[attempt])
                 continue
             if response.status_code == 401:
+                challenge = auth.parse_challenge(response.headers.get("www-authenticate", ""))
                 response.close()
+                if challenge is not None and challenge.params.get("error") == "insufficient_scope":
+                    raise self._no_access(repo, actions)  # a fresh token without the right: no such right
                 raise self._unauthorized(repo, rejected=True)
             if response.status_code in RETRIABLE and attempt + 1 < ATTEMPTS:
                 last = registry_message(response)
@@ -236,6 +239,13 @@ class RegistryClient:
         return Refused(f"{self.label} rejected the credentials of user {self.credentials.username} for {what}"
                        if rejected else f"{self.label} refused access to {what}",
                        hint=self.login_hint + " (check the user name and password)")
+
+    def _no_access(self, repo: str | None, actions: str) -> Refused:
+        right = "push" if "push" in actions else "pull"
+        who = f"user {self.credentials.username}" if self.credentials else "anonymous access"
+        return Refused(f"{self.label}: no {right} access to {repo or 'the registry'} for {who}",
+                       hint=f"ask the registry's admin for {right} rights on {repo or 'it'}"
+                            + ("" if self.credentials else f", or {self.login_hint}"))
 
     def _checked(self, response: httpx.Response, repo: str | None, actions: str) -> httpx.Response:
         if response.status_code == 403:
