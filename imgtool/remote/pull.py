@@ -100,10 +100,12 @@ class PullResult:
         return dict(self.__dict__)
 
 
-def resolve_tag(target: Target, repo: str, ref: ImageRef, remote_name: str) -> str:
+def resolve_tag(target: Target, repo: str, ref: ImageRef, remote_name: str,
+                screen: catalog.Screen | None = None) -> str:
     if ref.version is not None:
         return str(ref.version)
-    chosen, _verdicts = catalog.resolve(catalog.remote_versions(target, repo))
+    found = catalog.remote_versions(target, repo)
+    chosen, _verdicts = catalog.resolve(found, refused=screen(repo, found) if screen else None)
     if chosen is None:
         raise NotFound(f"{remote_name}:{ref.definition_ref} has no version that latest can pick",
                        hint=f"see imgtool remote versions {remote_name}:{ref.definition_ref} --explain")
@@ -158,14 +160,15 @@ def check_identity(local: Definition, remote: Definition, local_ref: DefinitionR
 
 class Puller:
     def __init__(self, home: Home, remote: Remote, target: Target, *, progress: Progress | None = None,
-                 workers: int = WORKERS, hook: PullHook | None = None, check: CheckHook | None = None) -> None:
+                 workers: int = WORKERS, hook: PullHook | None = None, check: CheckHook | None = None,
+                 screen: catalog.Screen | None = None) -> None:
         self.home, self.remote, self.target = home, remote, target
-        self.progress, self.workers, self.hook, self.check = progress, workers, hook, check
+        self.progress, self.workers, self.hook, self.check, self.screen = progress, workers, hook, check, screen
 
     def pull(self, text: str, *, as_ref: str | None = None) -> PullResult:
         ref = parse_image_ref(text)
         repo = fmt.repository(self.remote.prefix, ref.gallery, ref.definition)
-        tag = resolve_tag(self.target, repo, ref, self.remote.name)
+        tag = resolve_tag(self.target, repo, ref, self.remote.name, self.screen)
         local = parse_definition_ref(as_ref) if as_ref else ref.definition_ref
         fetched = self.target.get_manifest(repo, tag)
         what = f"{self.remote.name}:{repo}:{tag}"
@@ -309,6 +312,6 @@ class Puller:
 
 def pull(home: Home, remote: Remote, target: Target, text: str, *, as_ref: str | None = None,
          progress: Progress | None = None, hook: PullHook | None = None, workers: int = WORKERS,
-         check: CheckHook | None = None) -> PullResult:
+         check: CheckHook | None = None, screen: catalog.Screen | None = None) -> PullResult:
     return Puller(home, remote, target, progress=progress, hook=hook, workers=workers,
-                  check=check).pull(text, as_ref=as_ref)
+                  check=check, screen=screen).pull(text, as_ref=as_ref)

@@ -74,7 +74,8 @@ def pull_ref(home: Home, text: str, *, as_ref: str | None = None, progress: Prog
     with connected(home, name) as (remote, target):
         try:
             return pull(home, remote, target, rest, as_ref=as_ref, progress=progress, hook=_pull_hook,
-                        check=lambda event: _check(home, remote, event, pinned))
+                        check=lambda event: _check(home, remote, event, pinned),
+                        screen=lambda repo, found: gate.screen(home, remote, target, repo, found))
         finally:
             if stats is not None:
                 stats.update(target.stats.to_json())
@@ -113,7 +114,8 @@ def versions(home: Home, text: str) -> tuple[list[catalog.RemoteVersion], Versio
     with connected(home, name) as (remote, target):
         repo = fmt.repository(remote.prefix, ref.gallery, ref.definition)
         found = catalog.remote_versions(target, repo)
-    chosen, verdicts = catalog.resolve(found)
+        refused = gate.screen(home, remote, target, repo, found)
+    chosen, verdicts = catalog.resolve(found, refused=refused)
     return found, chosen, verdicts, repo
 
 

@@ -22,19 +22,20 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from imgtool.errors import Corrupt, NotFound, Refused
+from imgtool.errors import Corrupt, InvalidArgument, NotFound, Refused
 from imgtool.gallery.lookup import get_version
 from imgtool.gallery.model import ImageVersion
 from imgtool.home import Home
 from imgtool.records import check_record
 from imgtool.remote import format as fmt
+from imgtool.remote.catalog import RemoteVersion
 from imgtool.remote.remotes import Remote
 from imgtool.remote.target import Fetched, Target, read_all, sha256_of
 from imgtool.trust import referrers
 from imgtool.trust import signatures as sig
 from imgtool.trust.clock import now
 from imgtool.trust.homes import keyring, trust_store
-from imgtool.trust.policy import ANY, UNSET, Acceptance
+from imgtool.trust.policy import ANY, SIGNED, UNSET, Acceptance
 from store import codec
 from store.packs import PackReader
 
@@ -159,6 +160,28 @@ def keep_pulled(home: Home, remote: Remote, repository: str, tag: str, check: Pu
     store = home.store
     digest = store.put_manifest(record)
     store.set_name(SIGNATURES, local.gallery, local.definition, local.version, target=digest)
+
+
+def screen(home: Home, remote: Remote, target: Target, repository: str,
+           found: list[RemoteVersion]) -> dict[str, str]:
+    """Under policy `signed`, the versions `latest` must not pick (version -> why); {} otherwise.
+
+    The signed name's gallery and definition come from the repository's own
+    last two components, as push wrote them (the pull re-checks the records).
+    """
+    trust = trust_store(home)
+    if trust.remote(remote.name).policy != SIGNED:
+        return {}
+    gallery, definition = repository.split("/")[-2:]
+    refused: dict[str, str] = {}
+    for version in found:
+        try:
+            name = sig.SignedName(registry_of(remote), repository, gallery, definition, version.version)
+            envelopes = [a.envelope for a in referrers.find(TargetAdapter(target), repository, version.manifest)]
+            trust.check(remote.name, name, version.manifest, envelopes)
+        except (Refused, Corrupt, InvalidArgument) as exc:
+            refused[version.version] = "not verified: " + exc.message[:160]
+    return refused
 
 
 # -- use --------------------------------------------------------------------------------------------------------------

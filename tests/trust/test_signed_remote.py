@@ -191,3 +191,17 @@ def test_default_signing_key_and_signing_on_push_onwards(world: World, registry:
     third("pull", "onward:team/base@1.0.0")
     assert third.json("version", "verify", "team/base@1.0.0")["policy"] == "signed"  # type: ignore[index]
 
+
+
+def test_latest_is_the_highest_verified_version(world: World) -> None:
+    src = Home.at(world.publisher.home)
+    publish_bytes(src, "team/base", "1.1.0", disk_bytes(1 << 20, seed=42))
+    world.publisher("push", "team/base@1.0.0", "origin", "--sign", "release")
+    world.publisher("push", "team/base@1.1.0", "origin")  # unsigned, and higher
+    world.user("trust", "add", "origin", str(world.pub_key))
+    listed = world.user.json("remote", "versions", "origin:team/base", "--explain")
+    assert listed["latest"] == "1.0.0"  # type: ignore[index]
+    reasons = {c["version"]: c["reason"] for c in listed["candidates"]}  # type: ignore[index]
+    assert reasons["1.1.0"].startswith("dropped: not verified") and "is not signed" in reasons["1.1.0"]
+    pulled = world.user.json("pull", "origin:team/base")
+    assert pulled["tag"] == "1.0.0"  # type: ignore[index]
