@@ -182,6 +182,9 @@ class Puller:
                             warnings=list(checked.warnings))
         if self._present(local, version, definition):
             result.status = "present"
+            if checked.keep is not None:  # signatures verified now are kept for a copy that lacks them
+                with self.home.store.writing():
+                    checked.keep(replace(version, gallery=local.gallery, definition=local.definition))
             return result
         store = self.home.store
         with store.writing():

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imgtool.errors import Corrupt, InvalidArgument, NotFound, Refused
+from imgtool.gallery.galleries import VERSIONS
 from imgtool.gallery.lookup import get_version
 from imgtool.gallery.model import ImageVersion
 from imgtool.home import Home
@@ -150,6 +151,13 @@ def keep_pulled(home: Home, remote: Remote, repository: str, tag: str, check: Pu
     """Store the verified signatures with the pulled version (before its name is set)."""
     if check.name is None:
         return  # policy any: nothing was verified, nothing to keep
+    store = home.store
+    named = store.get_name(VERSIONS, local.gallery, local.definition, local.version)
+    if named is not None:  # already here: keep them only for the copy of exactly this manifest from here
+        origin = ImageVersion.from_json(store.get_manifest(named)).provenance.get("pulled_from")
+        if not isinstance(origin, dict) or origin.get("remote") != remote.name \
+                or origin.get("manifest") != sha256_of(check.manifest):
+            return
     record = {
         "kind": "imgtool.signatures", "format": 1, "links": [], "remote": remote.name,
         "registry": check.name.registry, "repository": repository, "tag": tag, "gallery": check.name.gallery,
@@ -157,7 +165,6 @@ def keep_pulled(home: Home, remote: Remote, repository: str, tag: str, check: Pu
         "manifest": _b64(check.manifest), "config": _b64(check.config),
         "referrers": [{"manifest": _b64(a.manifest), "envelope": _b64(a.envelope)} for a in check.found],
     }
-    store = home.store
     digest = store.put_manifest(record)
     store.set_name(SIGNATURES, local.gallery, local.definition, local.version, target=digest)
 
@@ -212,8 +219,11 @@ def verify_local(home: Home, ref: str, *, deep: bool = True) -> LocalVerdict | N
                                                                     digest, []))
     stored = _signature_set(home, version.gallery, version.definition, version.version)
     if stored is None:
-        trust.check(remote_name, _placeholder(origin, version), digest, [])  # refuses: unsigned, or no policy
-        raise Refused(f"{label} has no stored signatures", hint=f"pull it again from {remote_name}")
+        if trust.remote(remote_name).policy == UNSET:
+            trust.check(remote_name, _placeholder(origin, version), digest, [])  # refuses, naming both fixes
+        raise Refused(f"{label} was pulled without signature checks, and {remote_name}'s policy is signed",
+                      hint=f"imgtool pull {remote_name}:{label} (under its remote name if you pulled it --as) "
+                           "verifies it and keeps its signatures")
     _check_content(home, stored, version, digest, label, deep=deep)
     name = sig.SignedName(stored["registry"], stored["repository"], stored["gallery"], stored["definition"],
                           stored["tag"])

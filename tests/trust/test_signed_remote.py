@@ -205,3 +205,36 @@ def test_latest_is_the_highest_verified_version(world: World) -> None:
     assert reasons["1.1.0"].startswith("dropped: not verified") and "is not signed" in reasons["1.1.0"]
     pulled = world.user.json("pull", "origin:team/base")
     assert pulled["tag"] == "1.0.0"  # type: ignore[index]
+
+
+def test_vm_new_reverifies_from_the_store(world: World) -> None:
+    """Pulled under `any`, then the publisher's key is trusted: vm new refuses the unchecked copy until
+    a pull (a cache hit) verifies it and keeps its signatures; then vm new works, offline checks included."""
+    require_tools("qemu-img")
+    world.publisher("push", "team/base@1.0.0", "origin", "--sign", "release")
+    world.user("trust", "policy", "origin", "any")
+    world.user("pull", "origin:team/base@1.0.0")
+    world.user("trust", "remove", "origin")
+    world.user("trust", "add", "origin", str(world.pub_key))
+    key = world.tmp / "id.pub"
+    key.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIC5mZXhhbXBsZWtleWZvcnRlc3RzMDAwMDAwMDAw test\n")
+    vm = ("vm", "new", "box", "--image", "team/base@1.0.0", "--ssh-key", str(key), "--admin-user", "dev")
+    refused = world.user(*vm, ok=False)
+    assert refused.returncode == 5 and "pulled without signature checks" in refused.stderr, refused.stderr
+    assert world.user.json("pull", "origin:team/base@1.0.0")["status"] == "present"  # type: ignore[index]
+    world.user(*vm)
+    assert world.user.json("version", "verify", "team/base@1.0.0")["policy"] == "signed"  # type: ignore[index]
+    world.user("trust", "remove", "origin")
+    again = world.user("vm", "new", "box2", "--image", "team/base@1.0.0", "--ssh-key", str(key), ok=False)
+    assert again.returncode == 5 and "no trust policy" in again.stderr
+
+
+def test_replication_signs_each_target_for_its_own_name(world: World) -> None:
+    world.publisher("remote", "add", "mirror", f"{world.registry.url}/mirror-{world.prefix}")
+    world.publisher("trust", "signing-key", "mirror", "release")
+    world.publisher("version", "update", "team/base@1.0.0", "--replicate-to", "mirror")
+    world.publisher("replicate")
+    world.user("remote", "add", "mirror", f"{world.registry.url}/mirror-{world.prefix}")
+    world.user("trust", "add", "mirror", str(world.pub_key))
+    world.user("pull", "mirror:team/base@1.0.0")
+    assert world.user.json("version", "verify", "team/base@1.0.0")["remote"] == "mirror"  # type: ignore[index]
