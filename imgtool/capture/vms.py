@@ -9,12 +9,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from imgtool.capture.disk import Captured, Progress, capture_overlay
+from imgtool.capture.disk import Captured, capture_overlay
 from imgtool.errors import InvalidArgument, NotFound, Refused
 from imgtool.home import Home
 from imgtool.names import check_name
 from imgtool.vm import state as vmstate
 from imgtool.vm.record import VmDisk, load, vm_dir
+from store.progress import Progress
 
 
 def _split_lun(text: str) -> tuple[str, int | None]:

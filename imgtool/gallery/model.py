@@ -14,13 +14,14 @@ from typing import Any
 
 from imgtool.errors import Corrupt, InvalidArgument
 from imgtool.records import Fields, JsonObject, build, check_record
+from imgtool.vocab import Architecture, DiskFormat, Firmware, OsState, OsType, values
 
 FORMAT = 1
-OS_TYPES = ("linux", "windows")
-OS_STATES = ("generalized", "specialized")
-FIRMWARES = ("bios", "uefi")
-ARCHITECTURES = ("x86_64", "aarch64")
-DISK_FORMATS = ("raw", "qcow2", "vmdk", "vpc", "vhdx")
+OS_TYPES = values(OsType)
+OS_STATES = values(OsState)
+FIRMWARES = values(Firmware)
+ARCHITECTURES = values(Architecture)
+DISK_FORMATS = values(DiskFormat)
 UPDATABLE_DEFINITION = ("description", "recommended", "end_of_life", "release_notes_uri", "tags")
 UPDATABLE_VERSION = ("exclude_from_latest", "end_of_life", "block_deletion_before_end_of_life")
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 from imgtool.errors import Corrupt, InvalidArgument, NotFound
@@ -27,6 +26,7 @@ from store import digest as digests
 from store.disks import DiskManifest
 from store.lock import alive, file_lock
 from store.materialize import materialize
+from store.progress import Progress
 from store.verify import Problem
 
 SUFFIX = ".raw"
@@ -53,7 +53,7 @@ def _unchanged(base: Path) -> bool:
         return False
 
 
-def ensure(home: Home, disk_digest: str, *, progress: Callable[[int], None] | None = None) -> Path:
+def ensure(home: Home, disk_digest: str, *, progress: Progress | None = None) -> Path:
     """The verified base of a disk, materialized (or rebuilt) if needed."""
     base = path_for(home, disk_digest)
     if base.exists() and _unchanged(base):
@@ -70,7 +70,7 @@ def ensure(home: Home, disk_digest: str, *, progress: Callable[[int], None] | No
     return base
 
 
-def _build(home: Home, disk: DiskManifest, base: Path, progress: Callable[[int], None] | None = None) -> None:
+def _build(home: Home, disk: DiskManifest, base: Path, progress: Progress | None = None) -> None:
     tmp = atomic.tmp_name(base.parent)
     try:
         with atomic.translated(f"base {base.name}"):

@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import stat
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from imgtool.vm import state as vmstate
 from imgtool.vm.record import SeedInfo, VmDisk, VmRecord, load, save, vm_dir
 from store import atomic
 from store.lock import file_lock
+from store.progress import Progress
 
 OVERLAY_FORMAT = "qcow2"
 MAX_KEY_FILE = 1 << 20  # an authorized_keys line is a few KiB at most
@@ -139,7 +139,7 @@ def _read(path: Path, what: str, limit: int) -> str:
         raise InvalidArgument(f"{what} {path} is not UTF-8 text", hint="pass a text file") from None
 
 
-def create(home: Home, req: NewVm, *, progress: Callable[[int], None] | None = None) -> VmRecord:
+def create(home: Home, req: NewVm, *, progress: Progress | None = None) -> VmRecord:
     """Make a VM from a version. On failure nothing is left but a folder gc removes."""
     folder = vm_dir(home, req.name)
     version, version_digest = lookup.get_version(home, parse_image_ref(req.image))

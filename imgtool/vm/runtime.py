@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import signal
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ import blake3
 from imgtool.errors import InvalidArgument, NotFound, Refused, ToolFailed
 from imgtool.gallery.model import now
 from imgtool.home import Home
-from imgtool.tools import accel, qemu, qmp, run
+from imgtool.tools import accel, qemu, qmp, run, sockets
 from imgtool.tools.ports import free_port
 from imgtool.vm import bases
 from imgtool.vm import state as vmstate
@@ -32,17 +31,14 @@ from store import atomic
 
 STATE = vmstate.STATE
 SERIAL = "serial.log"
-SOCKET_MAX = 100
 
 
 def qmp_socket(folder: Path) -> Path:
     """The VM's QMP socket: in its folder when the path fits a unix socket, else in a private temp dir."""
     candidate = folder / "qmp.sock"
-    if len(os.fsencode(candidate)) <= SOCKET_MAX:
+    if sockets.fits(candidate):
         return candidate
-    private = Path(tempfile.gettempdir()) / f"imgtool-{os.getuid()}"
-    private.mkdir(mode=0o700, exist_ok=True)
-    return private / f"{blake3.blake3(os.fsencode(folder)).hexdigest()[:20]}.qmp"
+    return sockets.private_dir() / f"{blake3.blake3(os.fsencode(folder)).hexdigest()[:20]}.qmp"
 
 
 _state = vmstate.read
