@@ -69,11 +69,13 @@ def remote_show(ctx: typer.Context, name: Annotated[str, Arg(help="Remote name."
 
 @remote_app.command("remove")
 def remote_remove(ctx: typer.Context, name: Annotated[str, Arg(help="Remote name.")]) -> None:
-    """Forget a remote (its registry and the credentials in other tools' files are left alone)."""
+    """Forget a remote and imgtool's credentials for its host (unless another remote uses that host)."""
     from imgtool.remote import remotes, service
 
     st = state(ctx)
-    service.logout(st.home, name)
+    remote = remotes.get(st.home, name)
+    if not any(r.host == remote.host for r in remotes.load_all(st.home).values() if r.name != name):
+        service.logout(st.home, name)
     remotes.remove(st.home, name)
     emit_json({"removed": name}) if st.json else print(f"removed remote {name}")
 

@@ -152,9 +152,9 @@ def parse_challenge(header: str) -> Challenge | None:
 
 @dataclass
 class Token:
-    value: str
+    value: str = field(repr=False)
     expires: float
-    margin: float = TOKEN_MARGIN  # a short-lived token gets a quarter of its life as margin, not all of it
+    margin: float = TOKEN_MARGIN  # refresh this long before expiry (a third of a short token's life)
 
     @property
     def fresh(self) -> bool:
@@ -172,7 +172,7 @@ def parse_token(body: Any) -> Token:
     if not isinstance(lifetime, int) or lifetime <= 0:
         lifetime = TOKEN_DEFAULT_LIFETIME
     lifetime = min(lifetime, 24 * 3600)
-    return Token(value, time.monotonic() + lifetime, min(TOKEN_MARGIN, lifetime / 4))
+    return Token(value, time.monotonic() + lifetime, min(TOKEN_MARGIN, lifetime / 3))
 
 
 def scope_for(repository: str, actions: str) -> str:

@@ -1,6 +1,7 @@
 """A time bound for every response body: a registry that sends slowly (or endlessly slowly) is cut off.
 
-httpx's timeouts bound each read, so a body that trickles one byte a second never times out. Each
+httpx's timeouts bound each read, so a body that trickles one byte a second never times out, and a
+check between pieces never runs either (iter_bytes waits for a whole piece). Each
 body read here gets a deadline of GRACE seconds plus its expected size at MIN_RATE; when it passes,
 a timer closes the response, the blocked read fails, and the caller gets one RemoteFailed that says
 so. Bounded time, whatever the remote does.
@@ -16,8 +17,8 @@ import httpx
 
 from imgtool.remote.errors import RemoteFailed
 
-GRACE = 30.0  # seconds any body may take on top of its size at MIN_RATE
-MIN_RATE = 256 << 10  # bytes per second a body must average
+GRACE = 60.0  # seconds any body may take on top of its size at MIN_RATE
+MIN_RATE = 64 << 10  # bytes per second a body must average
 
 
 def expected_size(response: httpx.Response, fallback: int) -> int:

@@ -31,7 +31,7 @@ MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 CONFIG_FORMAT = 1
 ANNOTATION = "org.imgtool."
 MAX_CONFIG = 4 << 20
-MAX_INDEX = 512 << 20
+MAX_INDEX = 128 << 20  # 60 bytes a chunk: 2.2 million chunks, 280 GiB of data at 128 KiB
 MAX_PACK = 1 << 30
 MAX_LAYERS = 20_000  # at ~32 MiB per pack: 600 GiB of new data in one version, inside the 4 MiB manifest
 

@@ -48,16 +48,20 @@ Progress = Callable[[int], None]
 
 @dataclass(frozen=True)
 class Pulling:
-    """The hook's view: everything is verified and stored, nothing is named yet."""
+    """The hook's view: every chunk is verified and stored, no record of the local version is written
+    and nothing is named yet. `version` is the remote's record; `local` the name it will get."""
 
     target: Target
     repository: str
     tag: str
     manifest_digest: str
     version: ImageVersion
+    local: DefinitionRef
 
 
-PullHook = Callable[[Pulling], None]
+# A hook may refuse (raise an ImgtoolError: nothing gets a name) or return entries to add to the local
+# version's provenance (e.g. the signatures it verified, so a later use can re-check them offline).
+PullHook = Callable[[Pulling], dict[str, Any] | None]
 
 
 @dataclass(frozen=True)
@@ -193,12 +197,11 @@ class Puller:
             if definition_record != version.definition_record:
                 raise Corrupt(f"the definition record in {what} is not the one the version names",
                               hint="the remote version is damaged; ask its publisher to push it again")
-            pulled = self._local_version(version, local, repo, tag, fetched.digest)
+            extra = self.hook(Pulling(self.target, repo, tag, fetched.digest, version, local)) if self.hook else None
+            pulled = self._local_version(version, local, repo, tag, fetched.digest, extra or {})
             record = store.put_manifest(pulled.to_json())
             if checked.keep is not None:
                 checked.keep(pulled)  # the signatures, named before the version is
-            if self.hook is not None:
-                self.hook(Pulling(self.target, repo, tag, fetched.digest, pulled))
             self._name(local, definition, gallery, tag, record)
         return result
 
@@ -280,10 +283,10 @@ class Puller:
         writer.flush()
 
     def _local_version(self, version: ImageVersion, local: DefinitionRef, repo: str, tag: str,
-                       manifest_digest: str) -> ImageVersion:
+                       manifest_digest: str, extra: dict[str, Any]) -> ImageVersion:
         origin = {"remote": self.remote.name, "url": self.remote.url, "repository": repo, "tag": tag,
                   "manifest": manifest_digest, "pulled": now()}
-        provenance = {**version.provenance, "pulled_from": origin}
+        provenance = {**version.provenance, **extra, "pulled_from": origin}
         return replace(version, gallery=local.gallery, definition=local.definition, provenance=provenance)
 
     def _name(self, local: DefinitionRef, definition: Definition, gallery: Gallery | None, tag: str,

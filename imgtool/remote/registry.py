@@ -30,6 +30,10 @@ from imgtool.remote.errors import RemoteFailed
 from imgtool.remote.target import MAX_MANIFEST, READ_SIZE, Fetched, Stats, check_digest, sha256_of, verified_stream
 
 log = logging.getLogger("imgtool.remote")
+# httpx and httpcore log requests, response headers and upload-session URLs at DEBUG; --debug shows
+# our own one line per request (method, path, status) instead, never a header.
+for _noisy in ("httpx", "httpcore"):
+    logging.getLogger(_noisy).setLevel(logging.WARNING)
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -40,7 +44,6 @@ ATTEMPTS = 5
 BACKOFF = (0.2, 0.5, 1.0, 2.0, 4.0)
 MAX_RETRY_AFTER = 30.0
 MAX_REDIRECTS = 3
-MAX_PACK_BODY = 1 << 30  # the largest blob a body deadline is sized for (format.MAX_PACK)
 MAX_ERROR_BODY = 64 << 10
 RETRIABLE = {429, 500, 502, 503, 504}
 
@@ -65,7 +68,8 @@ class RegistryClient:
     """One registry (scheme://host[:port]); thread-safe (push and pull use it from a pool)."""
 
     def __init__(self, base_url: str, *, label: str, credentials: auth.Credentials | None,
-                 verify: bool | str = True, timeout: float = 60.0, login_hint: str = "") -> None:
+                 verify: bool | str = True, timeout: float = 60.0, login_hint: str = "",
+                 transport: httpx.BaseTransport | None = None) -> None:
         parts = urlsplit(base_url)
         self.base = f"{parts.scheme}://{parts.netloc}"
         self.host = parts.netloc.lower()
@@ -75,7 +79,7 @@ class RegistryClient:
         self.stats = Stats()
         self.http = httpx.Client(verify=verify, timeout=httpx.Timeout(timeout, connect=10.0),
                                  follow_redirects=False, limits=httpx.Limits(max_connections=16),
-                                 headers={"User-Agent": "imgtool"})
+                                 headers={"User-Agent": "imgtool"}, transport=transport)
         self._tokens: dict[str, auth.Token] = {}
         self._basic = False
         self._lock = threading.Lock()
@@ -348,21 +352,19 @@ class RegistryClient:
 
     def get_blob(self, repo: str, digest: str, *, size: int) -> Iterator[bytes]:
         check_digest(digest, "a blob reference")
-        return verified_stream(self._blob_pieces(repo, digest, None), digest, size,
+        return verified_stream(self._blob_pieces(repo, digest, size), digest, size,
                                f"blob {digest[:19]}… of {repo}")
 
-    def _blob_pieces(self, repo: str, digest: str, byte_range: tuple[int, int] | None) -> Iterator[bytes]:
-        headers = {"Range": f"bytes={byte_range[0]}-{byte_range[1] - 1}"} if byte_range else {}
-        response = self.request("GET", f"/v2/{repo}/blobs/{digest}", repo=repo, stream=True, headers=headers)
+    def _blob_pieces(self, repo: str, digest: str, size: int) -> Iterator[bytes]:
+        response = self.request("GET", f"/v2/{repo}/blobs/{digest}", repo=repo, stream=True)
         try:
             if response.status_code == 404:
                 raise NotFound(f"{self.label} has no blob {digest[:19]}… in {repo}",
                                hint="the remote version is incomplete; ask its publisher to push it again")
-            if response.status_code not in (200, 206):
+            if response.status_code != 200:
                 raise self._fail(response, f"reading blob {digest[:19]}")
             try:
-                with deadline.bounded(response, deadline.expected_size(response, MAX_PACK_BODY), label=self.label,
-                                      what=f"blob {digest[:19]}…"):
+                with deadline.bounded(response, size, label=self.label, what=f"blob {digest[:19]}…"):
                     for piece in response.iter_bytes(READ_SIZE):
                         self.stats.add(received=len(piece))
                         yield piece

@@ -23,6 +23,7 @@ from typing import Any
 from imgtool.errors import Corrupt, ImgtoolError, InvalidArgument
 from imgtool.gallery.galleries import VERSIONS
 from imgtool.gallery.model import now
+from imgtool.gallery.versions import Version
 from imgtool.home import Home
 from imgtool.names import check_name, parse_image_ref
 from imgtool.remote import remotes
@@ -135,7 +136,17 @@ def _scoped(home: Home, scope: str | None) -> list[tuple[str, str, str]]:
     if not root.is_dir():
         return []
     keys = [(p.parent.parent.name, p.parent.name, p.name.removesuffix(".json")) for p in root.glob("*/*/*.json")]
-    return sorted(k for k in keys if _in_scope(k, scope))
+    found = [k for k in keys if _in_scope(k, scope) and _is_version(k[2])]
+    # Lowest version first: a later version then reuses the packs an earlier one uploaded.
+    return sorted(found, key=lambda k: (k[0], k[1], Version.parse(k[2])))
+
+
+def _is_version(text: str) -> bool:
+    try:
+        Version.parse(text)
+    except InvalidArgument:
+        return False
+    return True
 
 
 def replicate(home: Home, scope: str | None = None, *, progress: Progress | None = None) -> list[Outcome]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from imgtool.errors import InvalidArgument
 from imgtool.gallery.model import ImageVersion
@@ -14,7 +15,7 @@ from imgtool.remote import auth, catalog, remotes
 from imgtool.remote import format as fmt
 from imgtool.remote.connect import close, open_target
 from imgtool.remote.format import Descriptor
-from imgtool.remote.pull import Checked, Checking, PullHook, PullResult, pull
+from imgtool.remote.pull import Checked, Checking, PullHook, Pulling, PullResult, pull
 from imgtool.remote.push import Pushed, PushHook, PushResult, push
 from imgtool.remote.registry import RegistryClient
 from imgtool.remote.target import Target
@@ -38,14 +39,16 @@ def connected(home: Home, name: str) -> Iterator[tuple[remotes.Remote, Target]]:
         close(target)
 
 
-def _push_hook(event: object) -> None:
+def _push_hook(event: Pushed) -> None:
     for hook in PUSH_HOOKS:
-        hook(event)  # type: ignore[arg-type]
+        hook(event)
 
 
-def _pull_hook(event: object) -> None:
+def _pull_hook(event: Pulling) -> dict[str, Any] | None:
+    extra: dict[str, Any] = {}
     for hook in PULL_HOOKS:
-        hook(event)  # type: ignore[arg-type]
+        extra.update(hook(event) or {})
+    return extra
 
 
 def push_source(home: Home, source: str, remote_name: str, *, progress: Progress | None = None,

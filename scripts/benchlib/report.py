@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from benchlib import remote
 from benchlib.peers import ALL
 from benchlib.targets import evaluate, ingest_median
 
@@ -170,6 +171,7 @@ def render(res: dict[str, Any], previous: str | None) -> str:
         lines += _vmnew(res)
     if res.get("scale"):
         lines += _scale(res)
+    lines += remote.render(res)
     lines += _targets(res) + _how(res) + _notes(res)
     kept = previous.split(ANALYSIS_MARKER, 1)[1].lstrip("\n") if previous and ANALYSIS_MARKER in previous else \
         "## Analysis\n\n(none yet)\n"

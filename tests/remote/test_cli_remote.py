@@ -135,3 +135,24 @@ def test_replication_targets_states_and_retry(registry: Registry, tmp_path: Path
         again = a.json("replicate", "team/base")
         assert isinstance(again, list)
         assert {o["target"]: o["state"] for o in again} == {"good": "completed", "back": "completed"}
+
+
+def test_vm_new_from_a_remote_image_pulls_first(registry: Registry, tmp_path: Path) -> None:
+    from tests.conftest import require_tools
+
+    require_tools("qemu-img")
+    from imgtool.gallery.galleries import create_definition
+    from imgtool.gallery.model import Definition
+
+    src = make_home(tmp_path / "a")
+    create_definition(src, Definition("team", "spec", "acme", "spec", "v1", "linux", "specialized"))
+    publish_bytes(src, "team/spec", "1.0.0", disk_bytes(1 << 20, seed=25))
+    a = cli_for(src.root, tmp_path)
+    a("remote", "add", "origin", f"{registry.url}/vmnew")
+    a("push", "team/spec", "origin")
+    b = cli_for(tmp_path / "b", tmp_path)
+    b("remote", "add", "origin", f"{registry.url}/vmnew")
+    made = b.json("vm", "new", "dev1", "--image", "origin:team/spec@latest")
+    assert made["image"] == "team/spec@1.0.0"  # type: ignore[index]
+    assert b.json("version", "show", "team/spec@1.0.0")["provenance"]["pulled_from"]["remote"] == "origin"  # type: ignore[index]
+    b.json("vm", "new", "dev2", "--image", "origin:team/spec@1.0.0")  # already here: nothing pulled again

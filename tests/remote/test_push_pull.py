@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from imgtool.errors import AlreadyExists, Refused
+from imgtool.errors import AlreadyExists, Corrupt, Refused
 from imgtool.gallery import lookup
 from imgtool.remote import format as fmt
 from imgtool.remote.pull import pull
@@ -130,3 +130,43 @@ def test_part_of_a_pack_comes_by_range_requests(registry: Registry, tmp_path: Pa
     assert target_b.stats.bytes_received - before < len(v1) / 4
     assert exported(dst, "team/base@1.0.0", tmp_path / "v1.raw") == bytes(v1)
     assert verify(dst.store, deep=True).ok
+
+
+def test_doc_examples_of_the_name_mapping() -> None:
+    assert [fmt.repo_component(n) for n in ("Base", "a-_b", "x--y", "my_img")] == \
+        ["x--ijqxgzi", "x--mewv6yq", "x--paws26i", "my_img"]
+
+
+def test_damaged_blob_on_the_registry_is_refused_and_nothing_is_named(own_registry: Registry, tmp_path: Path) -> None:
+    src = make_home(tmp_path / "a")
+    publish_bytes(src, "team/base", "1.0.0", disk_bytes(2 << 20, seed=60))
+    remote, target = add_remote(src, "origin", own_registry.url)
+    [pushed] = push(src, remote, target, "team")
+    fetched = target.get_manifest(pushed.repository, "1.0.0")
+    pack = next(iter(fmt.parse_manifest(fetched.data, fetched.digest, "x").packs))
+    data = own_registry.root / "data/docker/registry/v2/blobs/sha256" / pack[7:9] / pack[7:] / "data"
+    damaged = bytearray(data.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    data.write_bytes(bytes(damaged))
+
+    dst = make_home(tmp_path / "b", gallery_name="x")
+    remote_b, target_b = add_remote(dst, "origin", own_registry.url)
+    with pytest.raises(Corrupt):
+        pull(dst, remote_b, target_b, "team/base@1.0.0")
+    assert dst.store.get_name("versions", "team", "base", "1.0.0") is None
+    assert dst.store.get_name("galleries", "team") is None
+    assert verify(dst.store, deep=True).ok
+
+
+def test_a_version_served_under_another_tag_is_refused(own_registry: Registry, tmp_path: Path) -> None:
+    src = make_home(tmp_path / "a")
+    publish_bytes(src, "team/base", "1.0.0", disk_bytes(1 << 20, seed=61))
+    remote, target = add_remote(src, "origin", own_registry.url)
+    [pushed] = push(src, remote, target, "team")
+    fetched = target.get_manifest(pushed.repository, "1.0.0")
+    target.put_manifest(pushed.repository, "9.9.9", fetched.data, fmt.MANIFEST_TYPE)  # same bytes, other tag
+    dst = make_home(tmp_path / "b", gallery_name="x")
+    remote_b, target_b = add_remote(dst, "origin", own_registry.url)
+    with pytest.raises(Refused, match="not its own"):
+        pull(dst, remote_b, target_b, "team/base@9.9.9")
+    assert dst.store.get_name("galleries", "team") is None
