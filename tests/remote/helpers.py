@@ -68,3 +68,10 @@ def exported(home: Home, ref: str, out: Path) -> bytes:
 def add_remote(home: Home, name: str, url: str) -> tuple[remotes.Remote, Target]:
     remote = remotes.add(home, name, url)
     return remote, open_target(home, remote)
+
+
+def accept_unsigned(home: Home, remote: str) -> None:
+    """Policy `any` on `remote`, explicitly: these tests are about transfer, tests/trust about signatures."""
+    from imgtool.trust.homes import trust_store
+
+    trust_store(home).set_policy(remote, "any")

@@ -23,7 +23,7 @@ from imgtool.remote.registry import RegistryClient
 from store.packs import ChunkIndex
 from store.verify import verify
 from tests.reliability.harness import Zygote
-from tests.remote.helpers import changed, disk_bytes, exported, make_home, publish_bytes
+from tests.remote.helpers import accept_unsigned, changed, disk_bytes, exported, make_home, publish_bytes
 from tests.remote.proxy import Switch, proxy
 from tests.remote.registry import Registry
 
@@ -158,11 +158,13 @@ def test_kill_during_pull(registry: Registry, zygote: Zygote, tmp_path: Path) ->
         assert run(src.root, "push", "team", "origin")[0] == 0
         probe = make_home(tmp_path / "probe", gallery_name="other")
         remotes.add(probe, "origin", f"{url}/killpull")
+        accept_unsigned(probe, "origin")
         total_requests, total_bytes = run.measure(probe.root, "pull", "origin:team/base@2.0.0")
 
         for number, (at_request, at_byte) in enumerate(points(total_requests, total_bytes)):
             home = Home.at(tmp_path / f"dst{number}")
             remotes.add(home, "origin", f"{url}/killpull")
+            accept_unsigned(home, "origin")
             status, _out, err = run(home.root, "pull", "origin:team/base@2.0.0", at_request=at_request,
                                     at_byte=at_byte)
             assert status == -9, f"point {number} did not kill: {err}"

@@ -11,7 +11,7 @@ from imgtool.remote import remotes
 from imgtool.remote.registry import RegistryClient
 from store.verify import verify
 from tests.cli import Cli
-from tests.remote.helpers import disk_bytes, exported, make_home, publish_bytes
+from tests.remote.helpers import accept_unsigned, disk_bytes, exported, make_home, publish_bytes
 from tests.remote.proxy import proxy
 from tests.remote.registry import Registry
 from tests.remote.test_kill import check_remote
@@ -40,6 +40,7 @@ def test_registry_stopped_mid_push_and_mid_pull(own_registry: Registry, tmp_path
 
         dst = make_home(tmp_path / "b", gallery_name="x")
         remotes.add(dst, "origin", url)
+        accept_unsigned(dst, "origin")
         b = Cli(dst.root)
         switch.arm(at_byte=1 << 20)
         failed = b("pull", "origin:team/base@1.0.0", ok=False)
