@@ -234,7 +234,7 @@ def verify_local(home: Home, ref: str, *, deep: bool = True) -> LocalVerdict | N
 def _placeholder(origin: dict[str, Any], version: ImageVersion) -> sig.SignedName:
     """A name for messages when no signature set is stored (the policy refuses or warns before using it)."""
     repository = str(origin.get("repository") or "unknown")
-    return sig.SignedName("unknown", repository if sig._REPOSITORY.fullmatch(repository) else "unknown",
+    return sig.SignedName("unknown", repository if sig.REPOSITORY.fullmatch(repository) else "unknown",
                           version.gallery, version.definition, version.version)
 
 

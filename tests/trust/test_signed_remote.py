@@ -7,6 +7,7 @@ nothing is stored or named.
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 from collections.abc import Iterator
@@ -238,3 +239,31 @@ def test_replication_signs_each_target_for_its_own_name(world: World) -> None:
     world.user("trust", "add", "mirror", str(world.pub_key))
     world.user("pull", "mirror:team/base@1.0.0")
     assert world.user.json("version", "verify", "team/base@1.0.0")["remote"] == "mirror"  # type: ignore[index]
+
+
+def test_version_verify_catches_a_tampered_local_copy(world: World) -> None:
+    world.publisher("push", "team/base@1.0.0", "origin", "--sign", "release")
+    world.user("trust", "add", "origin", str(world.pub_key))
+    world.user("pull", "origin:team/base@1.0.0")
+    store = Home.at(world.user.home).store
+    original = store.get_name("signatures", "team", "base", "1.0.0")
+    assert original is not None
+    stored = store.get_manifest(original)
+
+    def with_set(changed: dict[str, object]) -> subprocess.CompletedProcess[str]:
+        store.set_name("signatures", "team", "base", "1.0.0", target=store.put_manifest({**stored, **changed}))
+        return world.user("version", "verify", "team/base@1.0.0", ok=False)
+
+    config = json.loads(base64.b64decode(stored["config"]))
+    config["version"]["disks"][0]["virtual_size"] += 1
+    other_config = base64.b64encode(json.dumps(config).encode()).decode()
+    assert with_set({"config": other_config}).returncode == 6
+    assert with_set({"manifest": base64.b64encode(b"{}").decode()}).returncode == 6
+    referrer = dict(stored["referrers"][0])
+    envelope = json.loads(base64.b64decode(referrer["envelope"]))
+    envelope["sig"] = base64.b64encode(bytes(64)).decode()
+    referrer["envelope"] = base64.b64encode(json.dumps(envelope).encode()).decode()
+    forged = with_set({"referrers": [referrer]})
+    assert forged.returncode == 5 and "bad signature" in forged.stderr
+    store.set_name("signatures", "team", "base", "1.0.0", target=original)
+    assert world.user("version", "verify", "team/base@1.0.0").returncode == 0
