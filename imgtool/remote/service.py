@@ -21,6 +21,7 @@ from imgtool.remote.registry import RegistryClient
 from imgtool.remote.target import Target
 from imgtool.trust import gate, pins
 from imgtool.trust.signatures import Descriptor as Subject
+from imgtool.trust.signatures import SignedName
 
 Progress = Callable[[int], None]
 # Hooks the signing layer installs (imgtool.remote.service.PUSH_HOOKS.append(...)): called with the
@@ -60,7 +61,14 @@ def push_source(home: Home, source: str, remote_name: str, *, progress: Progress
             _push_hook(event)
 
         try:
-            return push(home, remote, target, source, progress=progress, hook=hook)
+            results = push(home, remote, target, source, progress=progress, hook=hook)
+            for result in results:
+                if result.status == "present":  # already there: signed now if this key has not signed it
+                    ref = parse_image_ref(result.name, require_version=True)
+                    name = SignedName(gate.registry_of(remote), result.repository, ref.gallery,
+                                               ref.definition, result.tag)
+                    gate.sign_present(home, remote, target, result.repository, result.manifest, name)
+            return results
         finally:
             if stats is not None:
                 stats.update(target.stats.to_json())

@@ -36,6 +36,7 @@ from imgtool.trust import referrers
 from imgtool.trust import signatures as sig
 from imgtool.trust.clock import now
 from imgtool.trust.homes import keyring, trust_store
+from imgtool.trust.keys import PublicKey
 from imgtool.trust.policy import ANY, SIGNED, UNSET, Acceptance
 from store import codec
 from store.packs import PackReader
@@ -110,6 +111,36 @@ def sign_pushed(home: Home, remote: Remote, target: Target, repository: str, sub
         referrers.attach(adapter, repository, carried)
         signed.append(sig.open_envelope(carried.envelope).key_id)
     return signed
+
+
+def sign_present(home: Home, remote: Remote, target: Target, repository: str, digest: str,
+                 name: sig.SignedName) -> bool:
+    """A version already on the remote gets a signature by the push's key unless that key signed it there
+    already (so `push --sign` after an unsigned push signs, and a second one adds nothing)."""
+    key_name = SIGNING_KEY.get() or trust_store(home).remote(remote.name).signing_key
+    if key_name is None:
+        return False
+    key = keyring(home).load(key_name)
+    adapter = TargetAdapter(target)
+    if any(_signed_by(key.public, a, name, digest) for a in referrers.find(adapter, repository, digest)):
+        return False
+    manifest = target.get_manifest(repository, digest).data
+    when = now()
+    envelope_bytes = sig.sign(key, name, digest, signed_at=when)
+    subject = sig.Descriptor(sig.OCI_MANIFEST, digest, len(manifest))
+    referrers.attach(adapter, repository, referrers.make(envelope_bytes, subject, key_id=key.public.key_id,
+                                                        created=when))
+    return True
+
+
+def _signed_by(key: PublicKey, attached: referrers.Attached, name: sig.SignedName, digest: str) -> bool:
+    try:
+        envelope = sig.open_envelope(attached.envelope)
+        claim = sig.read_claim(envelope.payload)
+    except Corrupt:
+        return False
+    return envelope.key_id == key.key_id and key.verify(envelope.signature, envelope.signed_bytes()) \
+        and claim.name == name and claim.manifest_digest == digest
 
 
 def _carried(home: Home, version: ImageVersion, digest: str) -> list[referrers.Attached]:

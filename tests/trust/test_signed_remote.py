@@ -267,3 +267,26 @@ def test_version_verify_catches_a_tampered_local_copy(world: World) -> None:
     assert forged.returncode == 5 and "bad signature" in forged.stderr
     store.set_name("signatures", "team", "base", "1.0.0", target=original)
     assert world.user("version", "verify", "team/base@1.0.0").returncode == 0
+
+
+def test_signing_a_version_already_pushed(world: World) -> None:
+    world.publisher("push", "team/base@1.0.0", "origin")
+    world.user("trust", "add", "origin", str(world.pub_key))
+    assert "is not signed" in world.user("pull", "origin:team/base@1.0.0", ok=False).stderr
+    again = world.publisher.json("push", "team/base@1.0.0", "origin", "--sign", "release")
+    assert again["versions"][0]["status"] == "present"  # type: ignore[index]
+    digest = again["versions"][0]["manifest"]  # type: ignore[index]
+    world.publisher("push", "team/base@1.0.0", "origin", "--sign", "release")  # signed once, not twice
+    adapter = Adapter(Client(world.registry.host))
+    assert len(referrers.find(adapter, f"{world.prefix}/team/base", digest)) == 1
+    world.user("pull", "origin:team/base@1.0.0")
+
+
+def test_signed_versions_through_an_oci_layout_folder(world: World) -> None:
+    layout = world.tmp / "usb"
+    world.publisher("remote", "add", "usb", f"oci-layout:{layout}")
+    world.publisher("push", "team/base@1.0.0", "usb", "--sign", "release")
+    world.user("remote", "add", "usb", f"oci-layout:{layout}")
+    world.user("trust", "add", "usb", str(world.pub_key))
+    world.user("pull", "usb:team/base@1.0.0")
+    assert world.user.json("version", "verify", "team/base@1.0.0")["remote"] == "usb"  # type: ignore[index]
