@@ -95,6 +95,8 @@ def test_signed_push_verified_pull_and_offline_verify(world: World) -> None:
     wrong = world.user("pull", "origin:team/base@1.0.0@sha256:" + "0" * 64, ok=False)
     assert wrong.returncode == 5 and "pinned to" in wrong.stderr
     assert world.user("verify", "--deep").returncode == 0
+    world.user("gc")  # the signature set is a named root: gc keeps it
+    assert world.user.json("version", "verify", "team/base@1.0.0")["policy"] == "signed"  # type: ignore[index]
     # Trust withdrawn: the local copy is refused offline as well.
     world.user("trust", "remove", "origin")
     refused = world.user("version", "verify", "team/base@1.0.0", ok=False)
