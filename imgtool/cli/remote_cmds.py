@@ -115,6 +115,33 @@ def remote_logout(ctx: typer.Context, name: Annotated[str, Arg(help="Remote name
         print(f"logged out of {name}" if removed else f"imgtool kept no credentials for {name}")
 
 
+def _status(v: Any) -> str:
+    words = ["revoked" if v.revoked else "", "excluded" if v.exclude_from_latest else "",
+             v.check if v.check in ("pending", "failed") else ""]
+    return ",".join(w for w in words if w)
+
+
+@remote_app.command("sync")
+def remote_sync(ctx: typer.Context, name: Annotated[str, Arg(help="Remote name.")]) -> None:
+    """Learn the revocations of a remote: every local version pulled from it that a trusted key revoked there
+    is marked revoked here (its VMs are flagged). Statements by keys not trusted are reported, not used."""
+    from imgtool.remote import revoke
+
+    st = state(ctx)
+    found = revoke.sync(st.home, name)
+    if st.json:
+        emit_json(found)
+        return
+    for item in found:
+        if item["revoked"]:
+            vms = f"; VMs: {', '.join(item['vms'])}" if item["vms"] else ""
+            print(f"{item['version']}: revoked: {item['revoked']}{vms}")
+        for why in item["ignored"]:
+            print(f"{item['version']}: ignored a revocation statement: {why}")
+    if not any(item["revoked"] for item in found):
+        print(f"no revocations on {name} for versions pulled from it")
+
+
 @remote_app.command("versions")
 def remote_versions(
     ctx: typer.Context,
@@ -129,13 +156,17 @@ def remote_versions(
     latest = str(chosen) if chosen else None
     if st.json:
         emit_json({"definition": ref, "repository": repo, "latest": latest,
-                   "versions": [{**v.__dict__, "latest": v.version == latest} for v in found],
+                   "versions": [{**{k: x for k, x in v.__dict__.items() if k != "annotations"},
+                                 "latest": v.version == latest} for v in found],
                    "candidates": [{"version": str(v.version), "chosen": v.chosen, "reason": v.reason}
                                   for v in verdicts]})
         return
-    table(["version", "latest", "excluded", "published", "manifest"],
-          [[v.version, "*" if v.version == latest else "", "yes" if v.exclude_from_latest else "",
-            v.published, v.manifest[:19]] for v in found])
+    table(["version", "latest", "status", "published", "manifest"],
+          [[v.version, "*" if v.version == latest else "", _status(v), v.published, v.manifest[:19]]
+           for v in found])
+    for v in found:
+        if v.revoked:
+            print(f"{v.version}: revoked: {v.revoked}")
     if explain:
         print(f"{ref}@latest -> {latest or 'nothing (no eligible version)'}")
         table(["version", "verdict"], [[str(v.version), v.reason] for v in verdicts])

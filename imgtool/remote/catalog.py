@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from imgtool.errors import Corrupt, InvalidArgument, NotFound
 from imgtool.gallery.versions import Candidate, Verdict, Version, resolve_latest
@@ -20,6 +20,9 @@ class RemoteVersion:
     exclude_from_latest: bool
     end_of_life: str | None
     published: str | None
+    check: str | None = None  # the boot check state the publisher recorded (None: none required)
+    revoked: str | None = None  # the reason, when a trusted key revoked it (imgtool.remote.revoke)
+    annotations: dict[str, str] = field(default_factory=dict, compare=False)
 
 
 def remote_versions(target: Target, repo: str) -> list[RemoteVersion]:
@@ -34,7 +37,8 @@ def remote_versions(target: Target, repo: str) -> list[RemoteVersion]:
         notes = manifest.annotations
         found.append(RemoteVersion(tag, fetched.digest, notes.get("org.imgtool.exclude-from-latest") == "true",
                                    notes.get("org.imgtool.end-of-life"),
-                                   notes.get("org.opencontainers.image.created")))
+                                   notes.get("org.opencontainers.image.created"), notes.get("org.imgtool.boot-check"),
+                                   None, dict(notes)))
     return found
 
 
@@ -42,8 +46,8 @@ def resolve(found: list[RemoteVersion], *, refused: dict[str, str] | None = None
                                                                                            list[Verdict]]:
     """`latest` among `found`; versions in `refused` (version -> why, e.g. the trust policy) never win."""
     refused = refused or {}
-    candidates = [Candidate(Version.parse(v.version), v.exclude_from_latest or v.version in refused, v.end_of_life)
-                  for v in found]
+    candidates = [Candidate(Version.parse(v.version), v.exclude_from_latest or v.version in refused, v.end_of_life,
+                            v.check, v.revoked) for v in found]
     chosen, verdicts = resolve_latest(candidates, today=dt.date.today().isoformat())
     return chosen, [Verdict(v.version, v.chosen, f"dropped: {refused[str(v.version)]}")
                     if str(v.version) in refused else v for v in verdicts]

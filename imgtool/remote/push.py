@@ -110,12 +110,15 @@ def manifest_annotations(version: ImageVersion, definition: dict[str, Any]) -> d
         notes["org.opencontainers.image.description"] = str(definition["description"])[:512]
     if version.end_of_life:
         notes["org.imgtool.end-of-life"] = version.end_of_life
+    if version.check is not None:  # the remote's latest obeys boot checks too (imgtool.remote.catalog)
+        notes["org.imgtool.boot-check"] = version.check.state
     return notes
 
 
 def _settings(record: dict[str, Any]) -> tuple[Any, ...]:
+    check = record.get("check")
     return (record.get("exclude_from_latest"), record.get("end_of_life"),
-            record.get("block_deletion_before_end_of_life"))
+            record.get("block_deletion_before_end_of_life"), check.get("state") if isinstance(check, dict) else None)
 
 
 def _disks(record: dict[str, Any]) -> list[tuple[Any, Any]]:

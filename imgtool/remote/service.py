@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 from imgtool.errors import InvalidArgument
@@ -11,7 +12,7 @@ from imgtool.gallery.model import ImageVersion
 from imgtool.gallery.versions import Verdict, Version
 from imgtool.home import Home
 from imgtool.names import parse_definition_ref, parse_image_ref
-from imgtool.remote import auth, catalog, remotes
+from imgtool.remote import auth, catalog, remotes, revoke
 from imgtool.remote import format as fmt
 from imgtool.remote.connect import close, open_target
 from imgtool.remote.format import Descriptor
@@ -99,6 +100,7 @@ def _subject(manifest: Descriptor) -> Subject:
 def _check(home: Home, remote: remotes.Remote, event: Checking, pinned: pins.RemoteRef) -> Checked:
     """The pin, then the remote's trust policy, on the version about to be pulled (raises Refused)."""
     pins.check_pin(pinned, event.fetched.digest, where=f"{remote.name}:{event.repository}:{event.tag}")
+    revoke.refuse_if_revoked(home, remote, event.target, event.repository, event.fetched.digest, event.version)
     found = gate.check_pull(home, remote, event.target, event.repository, event.tag, event.fetched, event.version)
 
     def keep(local: ImageVersion) -> None:
@@ -125,7 +127,10 @@ def versions(home: Home, text: str) -> tuple[list[catalog.RemoteVersion], Versio
     with connected(home, name) as (remote, target):
         repo = fmt.repository(remote.prefix, ref.gallery, ref.definition)
         found = catalog.remote_versions(target, repo)
+        revoked = revoke.revoked_tags(home, remote, target, repo,
+                                      [(v.version, v.manifest, v.annotations) for v in found])
         refused = gate.screen(home, remote, target, repo, found)
+    found = [replace(v, revoked=revoked.get(v.version)) for v in found]
     chosen, verdicts = catalog.resolve(found, refused=refused)
     return found, chosen, verdicts, repo
 
