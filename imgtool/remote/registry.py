@@ -14,6 +14,7 @@ Contract:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -25,7 +26,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from imgtool.errors import Corrupt, NotFound, Refused
-from imgtool.remote import auth, deadline
+from imgtool.remote import auth
 from imgtool.remote.errors import RemoteFailed
 from imgtool.remote.target import MAX_MANIFEST, READ_SIZE, Fetched, Stats, check_digest, sha256_of, verified_stream
 
@@ -46,6 +47,48 @@ MAX_RETRY_AFTER = 30.0
 MAX_REDIRECTS = 3
 MAX_ERROR_BODY = 64 << 10
 RETRIABLE = {429, 500, 502, 503, 504}
+
+
+# A time bound for every response body: httpx's timeouts bound each read, so a body that trickles
+# one byte a second never times out, and a check between pieces never runs either (iter_bytes waits
+# for a whole piece). Each body gets a deadline of BODY_GRACE seconds plus its expected size at
+# BODY_MIN_RATE; when it passes, a timer closes the response, the blocked read fails, and the
+# caller gets one RemoteFailed that says so.
+BODY_GRACE = 60.0  # seconds any body may take on top of its size at BODY_MIN_RATE
+BODY_MIN_RATE = 64 << 10  # bytes per second a body must average
+
+
+def _expected_size(response: httpx.Response, fallback: int) -> int:
+    declared = response.headers.get("content-length", "")
+    return min(int(declared), fallback) if declared.isdigit() else fallback
+
+
+@contextlib.contextmanager
+def _bounded(response: httpx.Response, size: int, *, label: str, what: str) -> Iterator[None]:
+    """Read `response` (about `size` bytes) inside the block; RemoteFailed if it outlives its deadline."""
+    seconds = BODY_GRACE + size / BODY_MIN_RATE
+    fired = threading.Event()
+
+    def cut() -> None:
+        fired.set()
+        response.close()
+
+    timer = threading.Timer(seconds, cut)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    except (httpx.TransportError, httpx.StreamError, OSError) as exc:
+        if fired.is_set():
+            raise RemoteFailed(f"{label}: {what} took longer than {seconds:.0f} s (slower than "
+                               f"{BODY_MIN_RATE >> 10} KiB/s)",
+                               hint="the remote is stalled or too slow; try again later") from None
+        if isinstance(exc, httpx.TransportError):
+            raise
+        raise RemoteFailed(f"{label}: reading {what} broke off ({type(exc).__name__})",
+                           hint="run the command again") from None
+    finally:
+        timer.cancel()
 
 
 def _printable(text: str, limit: int = 200) -> str:
@@ -364,7 +407,7 @@ class RegistryClient:
             if response.status_code != 200:
                 raise self._fail(response, f"reading blob {digest[:19]}")
             try:
-                with deadline.bounded(response, size, label=self.label, what=f"blob {digest[:19]}…"):
+                with _bounded(response, size, label=self.label, what=f"blob {digest[:19]}…"):
                     for piece in response.iter_bytes(READ_SIZE):
                         self.stats.add(received=len(piece))
                         yield piece
@@ -388,7 +431,7 @@ class RegistryClient:
             skip = start if response.status_code == 200 else 0
             out = bytearray()
             try:
-                with deadline.bounded(response, skip + length, label=self.label, what=f"blob {digest[:19]}…"):
+                with _bounded(response, skip + length, label=self.label, what=f"blob {digest[:19]}…"):
                     for piece in response.iter_bytes(READ_SIZE):
                         self.stats.add(received=len(piece))
                         if skip >= len(piece):
@@ -494,7 +537,7 @@ class RegistryClient:
                           hint="the remote serves something imgtool does not read")
         out = bytearray()
         try:
-            with deadline.bounded(response, deadline.expected_size(response, limit), label=self.label, what=what):
+            with _bounded(response, _expected_size(response, limit), label=self.label, what=what):
                 for piece in response.iter_bytes(READ_SIZE):
                     out += piece
                     if len(out) > limit:

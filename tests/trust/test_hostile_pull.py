@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from imgtool.home import Home
-from imgtool.remote import deadline, remotes, service
 from imgtool.remote import format as fmt
+from imgtool.remote import registry, remotes, service
 from imgtool.remote.errors import RemoteFailed
 from imgtool.trust.homes import trust_store
 from tests.cli import Cli
@@ -249,8 +249,8 @@ def test_a_manifest_whose_bytes_are_not_its_digest(user: Cli, liar: Liar) -> Non
 
 def test_a_very_slow_body_is_cut_off(liar: Liar, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """One byte every 0.2 s for a 1 MB manifest: the body deadline (here 1 s + size at 1 MiB/s) cuts it."""
-    monkeypatch.setattr(deadline, "GRACE", 1.0)
-    monkeypatch.setattr(deadline, "MIN_RATE", 1 << 20)
+    monkeypatch.setattr(registry, "BODY_GRACE", 1.0)
+    monkeypatch.setattr(registry, "BODY_MIN_RATE", 1 << 20)
     liar.lies.clear()
     home = Home.at(tmp_path / "user")
     remotes.add(home, "origin", liar.url)
