@@ -264,6 +264,8 @@ def replication_rows(home: Any, gallery: str, definition: str, version: str) -> 
     rows: list[tuple[str, Any]] = []
     for entry in replication.describe(home, gallery, definition, version):
         detail = entry.get("state", "?")
+        if detail == "replicating" and entry.get("total"):
+            detail += f" {human_bytes(entry.get('progress'))} of {human_bytes(entry.get('total'))}"
         if detail == "completed":
             detail += f" {str(entry.get('manifest', ''))[:19]} at {entry.get('when')}"
         elif detail == "failed":

@@ -177,9 +177,13 @@ def config_bytes(version: dict[str, Any], definition: dict[str, Any], gallery: d
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON imgtool stores")
+
+
 def parse_config(data: bytes, what: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
     try:
-        body = json.loads(data)
+        body = json.loads(data, parse_constant=_no_constants, parse_float=_no_constants)
     except ValueError:
         raise Corrupt(f"{what} is not JSON", hint="the remote version is malformed") from None
     if not isinstance(body, dict) or body.get("kind") != "imgtool-version-config":

@@ -57,6 +57,7 @@ class Pulling:
     manifest_digest: str
     version: ImageVersion
     local: DefinitionRef
+    present: bool = False  # the local store already has this version (nothing was fetched or written)
 
 
 # A hook may refuse (raise an ImgtoolError: nothing gets a name) or return entries to add to the local
@@ -124,7 +125,9 @@ def _records(target: Target, repo: str, manifest: VersionManifest,
         version = ImageVersion.from_json(version_obj)
         definition = Definition.from_json(definition_obj)
         gallery = Gallery.from_json(gallery_obj) if gallery_obj is not None else None
-    except (KeyError, TypeError, ValueError, InvalidArgument) as exc:
+        for named in [version.definition_record, *(d.digest for d in version.disks)]:
+            store_digest.parse(named)  # before any of them reaches a path
+    except (KeyError, TypeError, ValueError, AttributeError, InvalidArgument) as exc:
         raise Corrupt(f"the records in {what} are malformed: {str(exc)[:120]}",
                       hint="the remote version is damaged; ask its publisher to push it again") from None
     return version, definition, definition_obj, gallery
@@ -179,12 +182,17 @@ class Puller:
         manifest = fmt.parse_manifest(fetched.data, fetched.digest, what)
         version, definition, definition_obj, gallery = _records(self.target, repo, manifest, what)
         _check_names(version, definition, self.remote, repo, tag)
+        if store_digest.of(canonical.dumps(definition_obj)) != store_digest.full(version.definition_record):
+            raise Corrupt(f"the definition record in {what} is not the one the version names",
+                          hint="the remote version is damaged; ask its publisher to push it again")
         _check_sizes(version, what)
         # Trust is judged before anything moves, and on every pull, cache hits included.
         checked = self.check(Checking(self.target, repo, tag, fetched, version)) if self.check else Checked()
         result = PullResult(f"{local}@{tag}", self.remote.name, repo, tag, fetched.digest, "pulled",
                             warnings=list(checked.warnings))
         if self._present(local, version, definition):
+            if self.hook is not None:  # a use of a cached copy is checked like a first pull
+                self.hook(Pulling(self.target, repo, tag, fetched.digest, version, local, present=True))
             result.status = "present"
             if checked.keep is not None:  # signatures verified now are kept for a copy that lacks them
                 with self.home.store.writing():
@@ -193,10 +201,7 @@ class Puller:
         store = self.home.store
         with store.writing():
             self._fetch_disks(repo, manifest, version, result)
-            definition_record = store.put_manifest(definition_obj)
-            if definition_record != version.definition_record:
-                raise Corrupt(f"the definition record in {what} is not the one the version names",
-                              hint="the remote version is damaged; ask its publisher to push it again")
+            store.put_manifest(definition_obj)
             extra = self.hook(Pulling(self.target, repo, tag, fetched.digest, version, local)) if self.hook else None
             pulled = self._local_version(version, local, repo, tag, fetched.digest, extra or {})
             record = store.put_manifest(pulled.to_json())

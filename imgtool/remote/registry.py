@@ -145,61 +145,43 @@ class RegistryClient:
     def request(self, method: str, path: str, *, repo: str | None = None, actions: str = "pull",
                 headers: dict[str, str] | None = None, content: bytes | None = None,
                 stream: bool = False, params: dict[str, str] | None = None) -> httpx.Response:
-        """Send with auth, retries and redirects; the caller checks the status (2xx, 404...)."""
+        """Send with auth, retries and redirects; the caller checks the status (2xx, 404...).
+
+        The first 401 is answered from its challenge and the request sent again (not counted as a
+        retry); a 401 after that means the credentials were rejected.
+        """
         scope = auth.scope_for(repo, actions) if repo else ""
         url = self.base + path
         answered = False
-        last: str = ""
-        for attempt in range(ATTEMPTS):
+        last = ""
+        attempt = 0
+        while attempt < ATTEMPTS:
             try:
                 response = self._send_following(method, url, scope, headers or {}, content, stream, params)
             except httpx.TransportError as exc:
-                last = f"{type(exc).__name__}"
+                last = type(exc).__name__
                 log.debug("remote %s %s: %s (attempt %d)", method, path, last, attempt + 1)
                 time.sleep(BACKOFF[attempt])
+                attempt += 1
                 continue
-            if response.status_code == 401 and not answered:
+            if response.status_code == 401:
                 challenge = auth.parse_challenge(response.headers.get("www-authenticate", ""))
                 response.close()
+                if answered:
+                    if challenge is not None and challenge.params.get("error") == "insufficient_scope":
+                        raise self._no_access(repo, actions)  # a fresh token without the right: no such right
+                    raise self._unauthorized(repo, rejected=True)
                 answered = True
-                if self._answer(challenge, scope):
-                    return self._after_auth(method, url, scope, headers, content, stream, params, path,
-                                            repo, actions)
-                raise self._unauthorized(repo)
+                if not self._answer(challenge, scope):
+                    raise self._unauthorized(repo)
+                continue
             if response.status_code in RETRIABLE and attempt + 1 < ATTEMPTS:
                 last = registry_message(response)
                 wait = self._retry_after(response) if response.status_code == 429 else BACKOFF[attempt]
                 response.close()
                 log.debug("remote %s %s: %s, retrying in %.1fs", method, path, last, wait)
                 time.sleep(wait)
-                continue
-            return self._checked(response, repo, actions)
-        raise RemoteFailed(f"{self.label}: {method} {path} kept failing ({last})",
-                           hint="check that the registry is up and has space, then run the command again")
-
-    def _after_auth(self, method: str, url: str, scope: str, headers: dict[str, str] | None,
-                    content: bytes | None, stream: bool, params: dict[str, str] | None, path: str,
-                    repo: str | None, actions: str) -> httpx.Response:
-        """The request again with the new credentials; retried like the first try, never re-authed."""
-        last = ""
-        for attempt in range(ATTEMPTS):
-            try:
-                response = self._send_following(method, url, scope, headers or {}, content, stream, params)
-            except httpx.TransportError as exc:
-                last = type(exc).__name__
-                time.sleep(BACKOFF[attempt])
-                continue
-            if response.status_code == 401:
-                challenge = auth.parse_challenge(response.headers.get("www-authenticate", ""))
-                response.close()
-                if challenge is not None and challenge.params.get("error") == "insufficient_scope":
-                    raise self._no_access(repo, actions)  # a fresh token without the right: no such right
-                raise self._unauthorized(repo, rejected=True)
-            if response.status_code in RETRIABLE and attempt + 1 < ATTEMPTS:
-                last = registry_message(response)
-                wait = self._retry_after(response) if response.status_code == 429 else BACKOFF[attempt]
-                response.close()
-                time.sleep(wait)
+                attempt += 1
                 continue
             return self._checked(response, repo, actions)
         raise RemoteFailed(f"{self.label}: {method} {path} kept failing ({last})",

@@ -155,6 +155,3 @@ def logout(home: Home, name: str) -> bool:
     remote = remotes.get(home, name)
     return auth.forget(home.root, remote.host) if remote.kind == "registry" else False
 
-
-def check_image_ref(text: str) -> None:
-    parse_image_ref(text)

@@ -87,6 +87,13 @@ def test_htpasswd_login_wrong_password_and_missing_login(auth_registry: Registry
     assert login(PASSWORD).returncode == 0
     assert stat.S_IMODE((src.root / "auth.json").stat().st_mode) == 0o600
     assert a.json("push", "team", "secure")["versions"][0]["status"] == "pushed"  # type: ignore[index]
+    import base64
+
+    for shown in (a("--debug", "--json", "push", "team", "secure"), a("--debug", "pull", "secure:team/base")):
+        text = shown.stdout + shown.stderr
+        assert "remote GET" in text or "remote HEAD" in text  # --debug logs the requests...
+        assert PASSWORD not in text and base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode() not in text
+        assert "authorization" not in text.lower()  # ...never a header
     debug = a("--debug", "--json", "remote", "show", "secure")
     assert PASSWORD not in debug.stdout + debug.stderr
     assert json.loads(debug.stdout)["logged_in_as"] == USER
