@@ -89,6 +89,7 @@ def test_htpasswd_login_wrong_password_and_missing_login(auth_registry: Registry
     assert a.json("push", "team", "secure")["versions"][0]["status"] == "pushed"  # type: ignore[index]
     import base64
 
+    a("trust", "policy", "secure", "any")  # unsigned versions, accepted explicitly (tests/trust covers signed)
     for shown in (a("--debug", "--json", "push", "team", "secure"), a("--debug", "pull", "secure:team/base")):
         text = shown.stdout + shown.stderr
         assert "remote GET" in text or "remote HEAD" in text  # --debug logs the requests...
