@@ -27,7 +27,7 @@ import httpx
 
 from imgtool.errors import Corrupt, NotFound, Refused
 from imgtool.remote import auth
-from imgtool.remote.errors import RemoteFailed
+from imgtool.remote.errors import RemoteFailed, TransferBroken
 from imgtool.remote.target import MAX_MANIFEST, READ_SIZE, Fetched, Stats, check_digest, sha256_of, verified_stream
 
 log = logging.getLogger("imgtool.remote")
@@ -85,7 +85,7 @@ def _bounded(response: httpx.Response, size: int, *, label: str, what: str) -> I
                                hint="the remote is stalled or too slow; try again later") from None
         if isinstance(exc, httpx.TransportError):
             raise
-        raise RemoteFailed(f"{label}: reading {what} broke off ({type(exc).__name__})",
+        raise TransferBroken(f"{label}: reading {what} broke off ({type(exc).__name__})",
                            hint="run the command again") from None
     finally:
         timer.cancel()
@@ -394,7 +394,7 @@ class RegistryClient:
                         self.stats.add(received=len(piece))
                         yield piece
             except httpx.TransportError as exc:
-                raise RemoteFailed(f"{self.label}: the transfer of blob {digest[:19]}… broke off "
+                raise TransferBroken(f"{self.label}: the transfer of blob {digest[:19]}… broke off "
                                    f"({type(exc).__name__})", hint="run the command again; it resumes") from None
         finally:
             response.close()
@@ -424,7 +424,7 @@ class RegistryClient:
                         if len(out) >= length:
                             break
             except httpx.TransportError as exc:
-                raise RemoteFailed(f"{self.label}: the transfer of blob {digest[:19]}… broke off "
+                raise TransferBroken(f"{self.label}: the transfer of blob {digest[:19]}… broke off "
                                    f"({type(exc).__name__})", hint="run the command again; it resumes") from None
         finally:
             response.close()
@@ -526,7 +526,7 @@ class RegistryClient:
                         raise Corrupt(f"{self.label}: {what} is above the {limit}-byte limit",
                                       hint="the remote serves something imgtool does not read")
         except httpx.TransportError as exc:
-            raise RemoteFailed(f"{self.label}: reading {what} broke off ({type(exc).__name__})",
+            raise TransferBroken(f"{self.label}: reading {what} broke off ({type(exc).__name__})",
                                hint="run the command again") from None
         finally:
             response.close()

@@ -104,8 +104,6 @@ def test_a_connection_reset_mid_body_every_time(user: Cli, liar: Liar) -> None:
     refused(user, "origin:team/base@1.0.0")
 
 
-@pytest.mark.xfail(strict=True, reason="remote branch: a body broken off mid-transfer is not retried yet "
-                   "(RemoteFailed 'transfer … broke off' at once); the spec asks for bounded retries")
 def test_a_reset_once_is_retried(user: Cli, liar: Liar) -> None:
     lie = liar.lie("truncate", path=f"/v2/{REPO}/blobs/{pack_of(liar)}", times=1)
     assert user.json("pull", "origin:team/base@1.0.0")["status"] == "pulled"  # type: ignore[index]
