@@ -135,6 +135,7 @@ def run_remote(work: Path, disks: Disks) -> dict[str, Any]:
         counter = Counter(registry.root)
         for home in homes.values():
             _imgtool(home, "remote", "add", "bench", f"{registry.url}/bench")
+            _imgtool(home, "trust", "policy", "bench", "any")  # unsigned, accepted explicitly (as skopeo's is)
         steps = results["steps"]
         steps.append(_step(counter, "imgtool push v1", lambda: _imgtool(a, "push", "team/base@1.0.0", "bench")))
         steps.append(_step(counter, "imgtool push v2", lambda: _imgtool(a, "push", "team/base@2.0.0", "bench")))

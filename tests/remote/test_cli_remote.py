@@ -71,6 +71,7 @@ def test_htpasswd_login_wrong_password_and_missing_login(auth_registry: Registry
     publish_bytes(src, "team/base", "1.0.0", disk_bytes(1 << 20, seed=22))
     a = cli_for(src.root, tmp_path)
     a("remote", "add", "secure", auth_registry.url)
+    a("trust", "policy", "secure", "any")  # unsigned versions, accepted explicitly (tests/trust covers signed)
     anonymous = a("push", "team", "secure", ok=False)
     assert anonymous.returncode == 5 and "imgtool remote login secure" in anonymous.stderr
 
