@@ -207,7 +207,8 @@ def push_cmd(
 
 def pull_cmd(
     ctx: typer.Context,
-    ref: Annotated[str, Arg(help="REMOTE:GALLERY/DEFINITION[@X.Y.Z|@latest]")],
+    ref: Annotated[str, Arg(help="REMOTE:GALLERY/DEFINITION[@X.Y.Z|@latest], or pinned: "
+                                 "REMOTE:G/D@X.Y.Z@sha256:… (a different digest is an error)")],
     as_ref: Annotated[str | None, Opt("--as", help="Store it as GALLERY/DEFINITION here.")] = None,
 ) -> None:
     """Pull a version: only chunks the local store lacks travel, every blob and chunk is verified, and

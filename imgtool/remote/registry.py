@@ -14,6 +14,7 @@ Contract:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -26,7 +27,7 @@ import httpx
 
 from imgtool.errors import Corrupt, NotFound, Refused
 from imgtool.remote import auth
-from imgtool.remote.errors import RemoteFailed
+from imgtool.remote.errors import RemoteFailed, TransferBroken
 from imgtool.remote.target import MAX_MANIFEST, READ_SIZE, Fetched, Stats, check_digest, sha256_of, verified_stream
 
 log = logging.getLogger("imgtool.remote")
@@ -46,22 +47,48 @@ MAX_RETRY_AFTER = 30.0
 MAX_REDIRECTS = 3
 MAX_ERROR_BODY = 64 << 10
 RETRIABLE = {429, 500, 502, 503, 504}
-MIN_RATE = 64 << 10  # bytes/s: a body slower than this (after a minute of grace) is given up on
 
 
-def _pieces(response: httpx.Response, expected: int, what: str, label: str) -> Iterator[bytes]:
-    """A response body in pieces, within a deadline that grows with its size (an endless or
-    trickling body cannot hold a command forever; the per-read timeout alone would allow that)."""
-    deadline = time.monotonic() + 60.0 + expected / MIN_RATE
+# A time bound for every response body: httpx's timeouts bound each read, so a body that trickles
+# one byte a second never times out, and a check between pieces never runs either (iter_bytes waits
+# for a whole piece). Each body gets a deadline of BODY_GRACE seconds plus its expected size at
+# BODY_MIN_RATE; when it passes, a timer closes the response, the blocked read fails, and the
+# caller gets one RemoteFailed that says so.
+BODY_GRACE = 60.0  # seconds any body may take on top of its size at BODY_MIN_RATE
+BODY_MIN_RATE = 64 << 10  # bytes per second a body must average
+
+
+def _expected_size(response: httpx.Response, fallback: int) -> int:
+    declared = response.headers.get("content-length", "")
+    return min(int(declared), fallback) if declared.isdigit() else fallback
+
+
+@contextlib.contextmanager
+def _bounded(response: httpx.Response, size: int, *, label: str, what: str) -> Iterator[None]:
+    """Read `response` (about `size` bytes) inside the block; RemoteFailed if it outlives its deadline."""
+    seconds = BODY_GRACE + size / BODY_MIN_RATE
+    fired = threading.Event()
+
+    def cut() -> None:
+        fired.set()
+        response.close()
+
+    timer = threading.Timer(seconds, cut)
+    timer.daemon = True
+    timer.start()
     try:
-        for piece in response.iter_bytes(READ_SIZE):
-            if time.monotonic() > deadline:
-                raise RemoteFailed(f"{label}: {what} arrives too slowly (below {MIN_RATE >> 10} KiB/s)",
-                                   hint="check the network or the registry, then run the command again")
-            yield piece
-    except httpx.TransportError as exc:
-        raise RemoteFailed(f"{label}: the transfer of {what} broke off ({type(exc).__name__})",
-                           hint="run the command again; it resumes") from None
+        yield
+    except (httpx.TransportError, httpx.StreamError, OSError) as exc:
+        if fired.is_set():
+            raise RemoteFailed(f"{label}: {what} took longer than {seconds:.0f} s (slower than "
+                               f"{BODY_MIN_RATE >> 10} KiB/s)",
+                               hint="the remote is stalled or too slow; try again later") from None
+        if isinstance(exc, httpx.TransportError):
+            raise
+        raise TransferBroken(f"{label}: reading {what} broke off ({type(exc).__name__})",
+                           hint="run the command again") from None
+    finally:
+        timer.cancel()
 
 
 def _printable(text: str, limit: int = 200) -> str:
@@ -141,6 +168,8 @@ class RegistryClient:
                 challenge = auth.parse_challenge(response.headers.get("www-authenticate", ""))
                 response.close()
                 if answered:
+                    if challenge is not None and challenge.params.get("error") == "insufficient_scope":
+                        raise self._no_access(repo, actions)  # a fresh token without the right: no such right
                     raise self._unauthorized(repo, rejected=True)
                 answered = True
                 if not self._answer(challenge, scope):
@@ -239,6 +268,13 @@ class RegistryClient:
         return Refused(f"{self.label} rejected the credentials of user {self.credentials.username} for {what}"
                        if rejected else f"{self.label} refused access to {what}",
                        hint=self.login_hint + " (check the user name and password)")
+
+    def _no_access(self, repo: str | None, actions: str) -> Refused:
+        right = "push" if "push" in actions else "pull"
+        who = f"user {self.credentials.username}" if self.credentials else "anonymous access"
+        return Refused(f"{self.label}: no {right} access to {repo or 'the registry'} for {who}",
+                       hint=f"ask the registry's admin for {right} rights on {repo or 'it'}"
+                            + ("" if self.credentials else f", or {self.login_hint}"))
 
     def _checked(self, response: httpx.Response, repo: str | None, actions: str) -> httpx.Response:
         if response.status_code == 403:
@@ -352,9 +388,14 @@ class RegistryClient:
                                hint="the remote version is incomplete; ask its publisher to push it again")
             if response.status_code != 200:
                 raise self._fail(response, f"reading blob {digest[:19]}")
-            for piece in _pieces(response, size, f"blob {digest[:19]}…", self.label):
-                self.stats.add(received=len(piece))
-                yield piece
+            try:
+                with _bounded(response, size, label=self.label, what=f"blob {digest[:19]}…"):
+                    for piece in response.iter_bytes(READ_SIZE):
+                        self.stats.add(received=len(piece))
+                        yield piece
+            except httpx.TransportError as exc:
+                raise TransferBroken(f"{self.label}: the transfer of blob {digest[:19]}… broke off "
+                                   f"({type(exc).__name__})", hint="run the command again; it resumes") from None
         finally:
             response.close()
 
@@ -371,15 +412,20 @@ class RegistryClient:
                 raise self._fail(response, f"reading blob {digest[:19]}")
             skip = start if response.status_code == 200 else 0
             out = bytearray()
-            for piece in _pieces(response, start + length, f"blob {digest[:19]}…", self.label):
-                self.stats.add(received=len(piece))
-                if skip >= len(piece):
-                    skip -= len(piece)
-                    continue
-                out += piece[skip:]
-                skip = 0
-                if len(out) >= length:
-                    break
+            try:
+                with _bounded(response, skip + length, label=self.label, what=f"blob {digest[:19]}…"):
+                    for piece in response.iter_bytes(READ_SIZE):
+                        self.stats.add(received=len(piece))
+                        if skip >= len(piece):
+                            skip -= len(piece)
+                            continue
+                        out += piece[skip:]
+                        skip = 0
+                        if len(out) >= length:
+                            break
+            except httpx.TransportError as exc:
+                raise TransferBroken(f"{self.label}: the transfer of blob {digest[:19]}… broke off "
+                                   f"({type(exc).__name__})", hint="run the command again; it resumes") from None
         finally:
             response.close()
         if len(out) < length:
@@ -473,11 +519,15 @@ class RegistryClient:
                           hint="the remote serves something imgtool does not read")
         out = bytearray()
         try:
-            for piece in _pieces(response, limit, what, self.label):
-                out += piece
-                if len(out) > limit:
-                    raise Corrupt(f"{self.label}: {what} is above the {limit}-byte limit",
-                                  hint="the remote serves something imgtool does not read")
+            with _bounded(response, _expected_size(response, limit), label=self.label, what=what):
+                for piece in response.iter_bytes(READ_SIZE):
+                    out += piece
+                    if len(out) > limit:
+                        raise Corrupt(f"{self.label}: {what} is above the {limit}-byte limit",
+                                      hint="the remote serves something imgtool does not read")
+        except httpx.TransportError as exc:
+            raise TransferBroken(f"{self.label}: reading {what} broke off ({type(exc).__name__})",
+                               hint="run the command again") from None
         finally:
             response.close()
         self.stats.add(received=len(out))

@@ -90,6 +90,7 @@ def test_htpasswd_login_wrong_password_and_missing_login(auth_registry: Registry
     assert a.json("push", "team", "secure")["versions"][0]["status"] == "pushed"  # type: ignore[index]
     import base64
 
+    a("trust", "policy", "secure", "any")  # unsigned versions, accepted explicitly (tests/trust covers signed)
     for shown in (a("--debug", "--json", "push", "team", "secure"), a("--debug", "pull", "secure:team/base")):
         text = shown.stdout + shown.stderr
         assert "remote GET" in text or "remote HEAD" in text  # --debug logs the requests...
@@ -160,7 +161,7 @@ def test_vm_new_from_a_remote_image_pulls_first(registry: Registry, tmp_path: Pa
     a("push", "team/spec", "origin")
     b = cli_for(tmp_path / "b", tmp_path)
     b("remote", "add", "origin", f"{registry.url}/vmnew")
-    b("trust", "policy", "origin", "any")
+    b("trust", "policy", "origin", "any")  # unsigned versions, accepted explicitly (tests/trust covers signed)
     made = b.json("vm", "new", "dev1", "--image", "origin:team/spec@latest")
     assert made["image"] == "team/spec@1.0.0"  # type: ignore[index]
     assert b.json("version", "show", "team/spec@1.0.0")["provenance"]["pulled_from"]["remote"] == "origin"  # type: ignore[index]
