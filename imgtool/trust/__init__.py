@@ -8,5 +8,5 @@ pins.py        pinned references REMOTE:G/D@X.Y.Z@sha256:… re-checked on every
 gate.py        where imgtool.remote calls in: sign on push, judge on pull, keep, re-verify offline
 strict.py      strict JSON reading of what a remote sent (pure); clock.py: UTC stamps; homes.py: paths
 
-The model, and where it follows or leaves Notary Project / cosign: docs/TRUST.md.
+The model, and where it follows or leaves Notary Project / cosign: docs/SHARING.md (Trust).
 """
