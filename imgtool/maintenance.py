@@ -16,6 +16,7 @@ from imgtool.gallery.model import ImageVersion
 from imgtool.home import Home
 from imgtool.vm import bases
 from imgtool.vm import record as vmrecord
+from store import gc as store_gc
 from store import optimize as store_optimize
 from store.packs import rebuild_index
 from store.progress import Progress
@@ -63,6 +64,16 @@ def repair_indexes(home: Home) -> list[str]:
             rebuilt.append(path.stem)
         store.reload_index()
     return rebuilt
+
+
+def set_aside_damaged(home: Home, report: Report) -> list[str]:
+    """Set aside the chunks a deep verify found damaged (see store.gc.set_aside), under the exclusive lock,
+    so that capturing the same bytes again restores them; returns the chunks set aside."""
+    damaged = {bytes.fromhex(p.object) for p in report.problems if p.kind == "chunk"}
+    if not damaged:
+        return []
+    with home.store.exclusive():
+        return store_gc.set_aside(home.store, damaged)
 
 
 def verify(home: Home, *, deep: bool) -> tuple[Report, dict[str, list[str]]]:

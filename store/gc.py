@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from store import atomic, codec
+from store.errors import Corrupt
 from store.packs import (
     Entry,
     Location,
     PackWriter,
+    decode_chunk,
     decode_frame,
     decode_index,
     frames,
@@ -188,3 +190,37 @@ def _copy_frame(store: Store, writer: PackWriter, pack_hex: str, members: list[E
     else:  # in order, so only the span's last chunk can be short, as a span requires
         writer.add_span(codec.compress(b"".join(pieces), level=codec.STRONG_LEVEL),
                         [(e.raw, e.rawlen) for e in wanted])
+
+
+def set_aside(store: Store, damaged: set[bytes]) -> list[str]:
+    """Rewrite the packs that hold `damaged` chunks without those chunks; return the chunks set aside.
+
+    The caller holds the exclusive lock. A chunk is set aside only if its stored copy really fails its
+    check now (a chunk that reads back right stays). Afterwards the store lacks it, so what needs it
+    fails with "missing chunk" instead of bad data, and the next capture of the same bytes stores it
+    again: dedup would otherwise keep the damaged copy for ever. Healthy neighbours are copied as gc's
+    repack copies them (new packs and indexes before the old ones go).
+    """
+    index = store.reload_index()
+    bad = {raw for raw in damaged if (location := index.get(raw)) is not None and not _reads_back(store, location, raw)}
+    if not bad:
+        return []
+    holding: list[Path] = []
+    keep: set[bytes] = set()
+    for index_path in iter_index_files(store.layout):
+        _pack_hex, entries = decode_index(index_path.read_bytes(), what=index_path.name)
+        if any(e.raw in bad for e in entries):
+            holding.append(index_path)
+            keep |= {e.raw for e in entries if e.raw not in bad}
+    _repack(store, holding, keep)
+    _delete_packs(holding)
+    store.reload_index()
+    return sorted(raw.hex() for raw in bad)
+
+
+def _reads_back(store: Store, location: Location, raw: bytes) -> bool:
+    try:
+        decode_chunk(read_frame(store.layout, location), location, raw)
+    except Corrupt:
+        return False
+    return True

@@ -22,7 +22,8 @@ def verify(
     ctx: typer.Context,
     deep: Annotated[bool, Opt(help="Re-hash every stored chunk and every VM base.")] = False,
     repair: Annotated[bool, Opt(help="Rebuild damaged pack indexes from their packs and damaged VM bases "
-                                     "from the store's chunks.")] = False,
+                                     "from the store's chunks, and set damaged chunks aside so that "
+                                     "capturing the same source again restores them.")] = False,
 ) -> None:
     """Check that every name resolves to complete content (and with --deep, that all data is intact).
 
@@ -34,10 +35,13 @@ def verify(
     indexes = maintenance.repair_indexes(st.home) if repair else []
     rebuilt = bases.repair_all(st.home) if repair else []
     report, hit = maintenance.verify(st.home, deep=deep or repair)
+    set_aside = maintenance.set_aside_damaged(st.home, report) if repair else []
+    if set_aside:  # what the store now lacks, and what stands on it
+        report, hit = maintenance.verify(st.home, deep=True)
     if st.json:
         emit_json({"ok": report.ok, "deep": deep, "names": report.names, "manifests": report.manifests,
                    "chunks": report.chunks, "chunks_hashed": report.chunks_hashed, "rebuilt_bases": rebuilt,
-                   "rebuilt_indexes": indexes,
+                   "rebuilt_indexes": indexes, "set_aside_chunks": set_aside,
                    "problems": [p.to_json() for p in report.problems], "affected": hit,
                    "garbage": [g.to_json() for g in report.garbage]})
     else:
@@ -45,6 +49,8 @@ def verify(
             print(f"rebuilt index of pack {pack[:16]}")
         for base in rebuilt:
             print(f"rebuilt base {base[:16]}")
+        for chunk in set_aside:
+            print(f"set aside damaged chunk {chunk[:16]} (capture its source again to restore it)")
         for p in report.problems:
             print(f"DAMAGED {p.kind} {p.object[:16]}: {p.message}")
         for g in report.garbage:
@@ -55,9 +61,17 @@ def verify(
         print(f"{'ok' if report.ok else 'FAILED'}: {report.names} names, {report.manifests} manifests, "
               f"{report.chunks} chunks" + (f", {report.chunks_hashed} chunks re-hashed" if deep else ""))
     if not report.ok:
-        raise Corrupt(f"verify found {len(report.problems)} problem(s)",
-                      hint="see above; imgtool verify --repair rebuilds indexes and bases, damaged chunks need a "
-                           "re-capture")
+        raise Corrupt(f"verify found {len(report.problems)} problem(s)", hint=_repair_hint(report, repair))
+
+
+def _repair_hint(report: Any, repaired: bool) -> str:
+    chunks = any(p.kind == "chunk" for p in report.problems)
+    if not repaired:
+        return ("imgtool verify --repair rebuilds indexes and bases" +
+                (" and sets damaged chunks aside; then capture the affected versions' sources again "
+                 "(imgtool capture FILE) to restore them" if chunks else ""))
+    return ("the chunks above are missing: capture the affected versions' sources again (imgtool capture FILE) "
+            "to restore them, or delete those versions")
 
 
 def gc(
