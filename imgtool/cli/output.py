@@ -166,5 +166,7 @@ class ProgressBar:
 
 def warn(warnings: Sequence[str]) -> None:
     """Warnings the library returned (never printed by it): one line each on stderr, also with --json."""
+    if isinstance(warnings, str):  # one warning is a list of one: a bare string would print per character
+        warnings = [warnings]
     for line in warnings:
         sys.stderr.write(f"imgtool: warning: {line}\n")

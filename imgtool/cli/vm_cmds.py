@@ -187,8 +187,8 @@ def vm_start(
 
 def _stopped(st: Any, name: str, stopped: Any, timeout: float) -> None:
     if stopped.forced:
-        warn(f"VM {name} did not power down within {timeout:g}s and was stopped hard (like pulling the plug); "
-             "give the guest more time with --timeout")
+        warn([f"VM {name} did not power down within {timeout:g}s and was stopped hard (like pulling the plug); "
+              "give the guest more time with --timeout"])
 
 
 @vm_app.command("stop")
