@@ -12,11 +12,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from imgtool import bases, vm, vmrecord
-from imgtool.capture import CAPTURES
-from imgtool.gallery import VERSIONS
+from imgtool.capture.disk import CAPTURES
+from imgtool.gallery.galleries import VERSIONS
+from imgtool.gallery.model import ImageVersion
 from imgtool.home import Home
-from imgtool.model import ImageVersion
+from imgtool.vm import bases
+from imgtool.vm import lifecycle as vm
+from imgtool.vm import record as vmrecord
 from store import gc as store_gc
 from store.packs import rebuild_index
 from store.reach import closure, mark

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 
 from imgtool.errors import InvalidArgument
-from imgtool.versions import Version
+from imgtool.gallery.versions import Version
 
 MAX_NAME = 80
 _NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$")

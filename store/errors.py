@@ -1,4 +1,4 @@
-"""Typed errors shared by the store and the imgtool domain.
+"""Typed errors of the store, which the imgtool domain reuses as its own categories.
 
 The library raises; only the CLI speaks. Every error carries what failed (the
 message) and what to do about it (the hint). Each category maps to one stable
@@ -8,8 +8,8 @@ exit code so scripts can tell "not found" from "corrupt" without parsing text.
 from __future__ import annotations
 
 
-class ImgtoolError(Exception):
-    """Base of every error imgtool reports to a user."""
+class StoreError(Exception):
+    """Base of every error the store raises; each subclass is one category with a stable exit code."""
 
     exit_code = 1
     category = "error"
@@ -23,24 +23,24 @@ class ImgtoolError(Exception):
         return f"{self.message} ({self.hint})" if self.hint else self.message
 
 
-class InvalidArgument(ImgtoolError):
+class InvalidArgument(StoreError):
     """The user asked for something malformed or contradictory."""
 
     exit_code = 2
     category = "invalid-argument"
 
 
-class NotFound(ImgtoolError):
+class NotFound(StoreError):
     exit_code = 3
     category = "not-found"
 
 
-class AlreadyExists(ImgtoolError):
+class AlreadyExists(StoreError):
     exit_code = 4
     category = "already-exists"
 
 
-class Refused(ImgtoolError):
+class Refused(StoreError):
     """A well-formed request that the rules forbid (in use, policy, unsafe image)."""
 
     exit_code = 5
@@ -53,24 +53,24 @@ class UnsafeImage(Refused):
     category = "unsafe-image"
 
 
-class Corrupt(ImgtoolError):
+class Corrupt(StoreError):
     """Stored data does not match its digest or cannot be parsed."""
 
     exit_code = 6
     category = "corrupt"
 
 
-class Locked(ImgtoolError):
+class Locked(StoreError):
     exit_code = 7
     category = "locked"
 
 
-class ToolMissing(ImgtoolError):
+class ToolMissing(StoreError):
     exit_code = 8
     category = "tool-missing"
 
 
-class ToolFailed(ImgtoolError):
+class ToolFailed(StoreError):
     exit_code = 9
     category = "tool-failed"
 
@@ -82,11 +82,11 @@ class ToolFailed(ImgtoolError):
         self.stderr_tail = stderr_tail
 
 
-class StorageFull(ImgtoolError):
+class StorageFull(StoreError):
     exit_code = 10
     category = "storage-full"
 
 
-class ReadOnlyStore(ImgtoolError):
+class ReadOnlyStore(StoreError):
     exit_code = 11
     category = "read-only"

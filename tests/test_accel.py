@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from imgtool import accel, run
 from imgtool.errors import InvalidArgument, ToolMissing
-from imgtool.ports import free_port
+from imgtool.tools import accel, run
+from imgtool.tools.ports import free_port
 from tests.conftest import require_tools
 
 # --- the boot sector --------------------------------------------------------

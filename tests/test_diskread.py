@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from imgtool import qemu_img
-from imgtool.diskread import MappedReader
+from imgtool.tools import qemu_img
+from imgtool.tools.diskread import MappedReader
 from tests.conftest import require_tools
 from tests.images import MiB, qemu_io
 

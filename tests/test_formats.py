@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from imgtool import run
 from imgtool.errors import ImgtoolError, InvalidArgument, NotFound, UnsafeImage
 from imgtool.formats import ACCEPTED_FORMATS, DEFAULT_MAX_VIRTUAL_SIZE, ImageInfo, detect_format, inspect
 from imgtool.formats._crc32c import crc32c
+from imgtool.tools import run
 from tests.conftest import require_tools
 
 REPO = Path(__file__).resolve().parent.parent

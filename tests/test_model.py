@@ -3,7 +3,7 @@
 import pytest
 
 from imgtool.errors import Corrupt, InvalidArgument
-from imgtool.model import Definition, Disk, Gallery, ImageVersion, Range
+from imgtool.gallery.model import Definition, Disk, Gallery, ImageVersion, Range
 
 
 def definition(**changes: object) -> Definition:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from imgtool import nbd, qemu_img, run
 from imgtool.errors import Corrupt, InvalidArgument, ToolFailed
+from imgtool.tools import nbd, qemu_img, run
 from tests.conftest import require_tools
 from tests.test_qemu_img import DATA, FORMATS, IMAGE_SIZE, ZEROED, KiB, MiB, make_image, qemu_io, to_raw
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from imgtool import qemu, qmp, run
 from imgtool.errors import InvalidArgument
-from imgtool.ports import free_port
-from imgtool.qemu import Drive, VmSpec
+from imgtool.tools import qemu, qmp, run
+from imgtool.tools.ports import free_port
+from imgtool.tools.qemu import Drive, VmSpec
 from tests.conftest import require_tools
 
 VM = Path("/var/lib/imgtool/vms/web1")

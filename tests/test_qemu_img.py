@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from imgtool import qemu_img, run
 from imgtool.errors import Corrupt, InvalidArgument, NotFound, ToolFailed
-from imgtool.qemu_img import Extent, data_ranges
+from imgtool.tools import qemu_img, run
+from imgtool.tools.qemu_img import Extent, data_ranges
 from tests.conftest import require_tools
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30

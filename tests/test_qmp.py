@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from imgtool import qmp, run
 from imgtool.errors import ToolFailed
+from imgtool.tools import qmp, run
 from tests.conftest import require_tools
 
 GREETING = {"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 0}}, "capabilities": []}}

@@ -15,9 +15,10 @@ import blake3
 import pycdlib
 import pytest
 
-from imgtool import run, seed
 from imgtool.errors import InvalidArgument
-from imgtool.seed import Provisioning
+from imgtool.tools import run
+from imgtool.vm import seed
+from imgtool.vm.seed import Provisioning
 from tests.conftest import require_tools
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import pycdlib
 import pytest
 
-from imgtool import qmp
+from imgtool.tools import qmp
 from tests.conftest import require_tools
 
 pytestmark = [pytest.mark.integration, pytest.mark.boot]

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from imgtool import gallery, lookup
+from imgtool.gallery import galleries as gallery
+from imgtool.gallery import lookup
+from imgtool.gallery.image_versions import PublishRequest, publish, update_version
+from imgtool.gallery.model import Definition
+from imgtool.gallery.versions import Version
 from imgtool.home import Home
-from imgtool.image_versions import PublishRequest, publish, update_version
-from imgtool.model import Definition
 from imgtool.names import DefinitionRef
-from imgtool.versions import Version
 from store.ingest import ingest
 
 REF = DefinitionRef("team", "base")

@@ -9,7 +9,7 @@ import pytest
 
 from imgtool.errors import Corrupt, NotFound
 from imgtool.home import Home
-from imgtool.vmrecord import FORMAT, load
+from imgtool.vm.record import FORMAT, load
 
 
 def write_record(home: Home, name: str, body: object) -> None:

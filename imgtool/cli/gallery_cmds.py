@@ -7,7 +7,7 @@ import typer
 
 from imgtool.cli.output import emit_json, fields, state, table
 from imgtool.errors import InvalidArgument
-from imgtool.model import Definition, Gallery, Range, check_date
+from imgtool.gallery.model import Definition, Gallery, Range, check_date
 from imgtool.names import parse_definition_ref
 
 gallery_app = typer.Typer(help="Galleries: named collections of image definitions.", no_args_is_help=True)
@@ -23,7 +23,7 @@ def _gallery_json(g: Gallery) -> dict[str, Any]:
 def gallery_create(ctx: typer.Context, name: str,
                    description: Annotated[str, typer.Option(help="What the gallery is for.")] = "") -> None:
     """Create a gallery."""
-    from imgtool import gallery
+    from imgtool.gallery import galleries as gallery
 
     st = state(ctx)
     created = gallery.create_gallery(st.home, name, description)
@@ -33,7 +33,7 @@ def gallery_create(ctx: typer.Context, name: str,
 @gallery_app.command("list")
 def gallery_list(ctx: typer.Context) -> None:
     """List galleries."""
-    from imgtool import gallery
+    from imgtool.gallery import galleries as gallery
 
     st = state(ctx)
     found = gallery.list_galleries(st.home)
@@ -46,7 +46,7 @@ def gallery_list(ctx: typer.Context) -> None:
 @gallery_app.command("show")
 def gallery_show(ctx: typer.Context, name: str) -> None:
     """Show a gallery and its definitions."""
-    from imgtool import gallery
+    from imgtool.gallery import galleries as gallery
 
     st = state(ctx)
     g = gallery.get_gallery(st.home, name)
@@ -62,7 +62,7 @@ def gallery_show(ctx: typer.Context, name: str) -> None:
 def gallery_update(ctx: typer.Context, name: str,
                    description: Annotated[str, typer.Option(help="New description.")]) -> None:
     """Change a gallery's description (the only updatable field)."""
-    from imgtool import gallery
+    from imgtool.gallery import galleries as gallery
 
     st = state(ctx)
     updated = gallery.update_gallery(st.home, name, description=description)
@@ -72,7 +72,7 @@ def gallery_update(ctx: typer.Context, name: str,
 @gallery_app.command("delete")
 def gallery_delete(ctx: typer.Context, name: str) -> None:
     """Delete an empty gallery (refused while it has definitions)."""
-    from imgtool import gallery
+    from imgtool.gallery import galleries as gallery
 
     st = state(ctx)
     gallery.delete_gallery(st.home, name)
@@ -125,7 +125,7 @@ def definition_create(
     tag: Annotated[list[str] | None, Opt(help="KEY=VALUE (repeatable).")] = None,
 ) -> None:
     """Create an image definition."""
-    from imgtool import gallery
+    from imgtool.gallery import galleries as gallery
 
     st = state(ctx)
     r = parse_definition_ref(ref)
@@ -144,7 +144,7 @@ def definition_create(
 @definition_app.command("list")
 def definition_list(ctx: typer.Context, gallery_name: Annotated[str, typer.Argument(metavar="GALLERY")]) -> None:
     """List the definitions of a gallery."""
-    from imgtool import gallery
+    from imgtool.gallery import galleries as gallery
 
     st = state(ctx)
     found = gallery.list_definitions(st.home, gallery_name)
@@ -158,7 +158,7 @@ def definition_list(ctx: typer.Context, gallery_name: Annotated[str, typer.Argum
 @definition_app.command("show")
 def definition_show(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="GALLERY/DEFINITION")]) -> None:
     """Show a definition."""
-    from imgtool import gallery
+    from imgtool.gallery import galleries as gallery
 
     st = state(ctx)
     d = gallery.get_definition(st.home, parse_definition_ref(ref))
@@ -190,7 +190,7 @@ def definition_update(
 ) -> None:
     """Change the updatable fields of a definition: description, recommended ranges, end of life, release
     notes, tags. Everything else is fixed at creation."""
-    from imgtool import gallery
+    from imgtool.gallery import galleries as gallery
 
     st = state(ctx)
     r = parse_definition_ref(ref)
@@ -219,7 +219,7 @@ def definition_update(
 @definition_app.command("delete")
 def definition_delete(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="GALLERY/DEFINITION")]) -> None:
     """Delete a definition (refused while it has versions)."""
-    from imgtool import gallery
+    from imgtool.gallery import galleries as gallery
 
     st = state(ctx)
     r = parse_definition_ref(ref)

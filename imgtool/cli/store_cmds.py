@@ -25,7 +25,8 @@ def verify(
     """Check that every name resolves to complete content (and with --deep, that all data is intact).
 
     Exits non-zero when anything is damaged, naming the versions and VMs it affects."""
-    from imgtool import bases, maintenance
+    from imgtool import maintenance
+    from imgtool.vm import bases
 
     st = state(ctx)
     indexes = maintenance.repair_indexes(st.home) if repair else []

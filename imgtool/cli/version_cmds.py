@@ -7,9 +7,9 @@ import typer
 
 from imgtool.cli.output import ProgressBar, emit_json, fields, human_bytes, state, table
 from imgtool.errors import InvalidArgument
-from imgtool.model import ImageVersion
+from imgtool.gallery.model import ImageVersion
+from imgtool.gallery.versions import Version
 from imgtool.names import parse_definition_ref
-from imgtool.versions import Version
 
 version_app = typer.Typer(help="Image versions (GALLERY/DEFINITION@X.Y.Z): list, show, update, delete, resolve "
                           "latest, export.", no_args_is_help=True)
@@ -41,7 +41,7 @@ def capture(
     Untrusted files are checked before any QEMU tool opens them (backing files, external data files,
     VMDK extents, absurd sizes are refused). Only allocated data is read; identical chunks are stored once.
     An unpublished capture is kept for 24 hours (see imgtool gc)."""
-    from imgtool import sources
+    from imgtool.capture import sources
 
     st = state(ctx)
     bar = ProgressBar(f"capturing {Path(source).name}", enabled=not st.json)
@@ -70,7 +70,7 @@ def publish(
     fmt: Annotated[str | None, Opt("--format", help="Assert the OS disk file's format.")] = None,
 ) -> None:
     """Publish a new, immutable image version from its disks."""
-    from imgtool import image_versions, lookup
+    from imgtool.gallery import image_versions, lookup
 
     st = state(ctx)
     request = image_versions.PublishRequest(
@@ -92,7 +92,7 @@ def publish(
 @version_app.command("list")
 def version_list(ctx: typer.Context, ref: Annotated[str, Arg(help="GALLERY/DEFINITION")]) -> None:
     """List the versions of a definition, lowest first; the one `latest` picks is marked."""
-    from imgtool import lookup
+    from imgtool.gallery import lookup
 
     st = state(ctx)
     r = parse_definition_ref(ref)
@@ -109,7 +109,7 @@ def version_list(ctx: typer.Context, ref: Annotated[str, Arg(help="GALLERY/DEFIN
 @version_app.command("show")
 def version_show(ctx: typer.Context, ref: Annotated[str, Arg(help="GALLERY/DEFINITION@X.Y.Z or @latest")]) -> None:
     """Show a version: disks, provenance, publishing settings."""
-    from imgtool import lookup
+    from imgtool.gallery import lookup
 
     st = state(ctx)
     v, digest = lookup.get_version(st.home, ref)
@@ -135,7 +135,7 @@ def version_resolve(
     explain: Annotated[bool, Opt(help="List every candidate and why it was chosen or dropped.")] = False,
 ) -> None:
     """Say which version `latest` picks: the highest not excluded from latest (publish time plays no part)."""
-    from imgtool import lookup
+    from imgtool.gallery import lookup
 
     st = state(ctx)
     r = parse_definition_ref(ref)
@@ -160,7 +160,7 @@ def version_update(
                                                help="Block deletion before end of life.")] = None,
 ) -> None:
     """Change a version's publishing settings (its content never changes)."""
-    from imgtool import image_versions, lookup
+    from imgtool.gallery import image_versions, lookup
 
     st = state(ctx)
     changes: dict[str, Any] = {}
@@ -182,7 +182,7 @@ def version_update(
 @version_app.command("delete")
 def version_delete(ctx: typer.Context, ref: Annotated[str, Arg(help="GALLERY/DEFINITION@X.Y.Z")]) -> None:
     """Delete a version (refused while VMs use it). Its data is freed by imgtool gc."""
-    from imgtool import image_versions
+    from imgtool.gallery import image_versions
 
     st = state(ctx)
     image_versions.delete_version(st.home, ref)
@@ -198,7 +198,7 @@ def version_export(
     disk: Annotated[int | None, Opt("--disk", help="Data disk LUN (default: the OS disk).")] = None,
 ) -> None:
     """Write one disk of a version back out as a file."""
-    from imgtool import image_versions
+    from imgtool.gallery import image_versions
 
     st = state(ctx)
     bar = ProgressBar(f"exporting {ref}", enabled=not st.json)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from imgtool.cli.output import ProgressBar, emit_json, fields, state, table
-from imgtool.vmrecord import load, vm_dir
+from imgtool.vm.record import load, vm_dir
 
 vm_app = typer.Typer(help="VMs: copy-on-write qcow2 overlays over a version's disks, booted under QEMU.",
                      no_args_is_help=True)
@@ -38,7 +38,8 @@ def vm_new(
 ) -> None:
     """Create a VM from an image version: one qcow2 overlay per disk over a shared read-only base, and a
     cloud-init NoCloud seed for generalized images. The version's digest is pinned in the VM's record."""
-    from imgtool import vm, vmrun
+    from imgtool.vm import lifecycle as vm
+    from imgtool.vm import runtime as vmrun
 
     st = state(ctx)
     request = vm.NewVm(name=name, image=image, cpus=cpus, memory_mib=memory, hostname=hostname,
@@ -66,7 +67,7 @@ def vm_start(
     console: Annotated[bool, Opt(help="Then follow the serial console (Ctrl-C detaches).")] = False,
 ) -> None:
     """Boot a VM in the background (pid file, QMP socket, serial log, SSH on a loopback port)."""
-    from imgtool import vmrun
+    from imgtool.vm import runtime as vmrun
 
     st = state(ctx)
     runtime = vmrun.start(st.home, name, requested_accel=accel)
@@ -85,7 +86,7 @@ def vm_stop(
     timeout: Annotated[float, Opt(help="Seconds to wait after ACPI power-down before a hard stop.")] = 30.0,
 ) -> None:
     """Stop a VM: ACPI power-down over QMP, hard stop after the timeout."""
-    from imgtool import vmrun
+    from imgtool.vm import runtime as vmrun
 
     st = state(ctx)
     load(st.home, name)
@@ -99,7 +100,8 @@ def vm_stop(
 @vm_app.command("list")
 def vm_list(ctx: typer.Context) -> None:
     """List VMs with their real state (from the process and QMP)."""
-    from imgtool import vm, vmrun
+    from imgtool.vm import lifecycle as vm
+    from imgtool.vm import runtime as vmrun
 
     st = state(ctx)
     rows: list[dict[str, Any]] = []
@@ -124,7 +126,7 @@ def vm_list(ctx: typer.Context) -> None:
 @vm_app.command("show")
 def vm_show(ctx: typer.Context, name: str) -> None:
     """Show a VM's receipt (version digest, definition, seed digest, QEMU command line) and state."""
-    from imgtool import vmrun
+    from imgtool.vm import runtime as vmrun
 
     st = state(ctx)
     record = load(st.home, name)
@@ -146,7 +148,7 @@ def vm_show(ctx: typer.Context, name: str) -> None:
 
 
 def _follow(home: Any, name: str, until: str | None, timeout: float | None) -> None:
-    from imgtool import vmrun
+    from imgtool.vm import runtime as vmrun
     if until:
         line = vmrun.wait_for(home, name, until, timeout=timeout or 300)
         print(line)
@@ -167,7 +169,7 @@ def vm_console(
     timeout: Annotated[float | None, Opt(help="Give up after this many seconds (with --follow/--until).")] = None,
 ) -> None:
     """Print (or follow) the VM's serial console log."""
-    from imgtool import vmrun
+    from imgtool.vm import runtime as vmrun
 
     st = state(ctx)
     if follow or until:
@@ -180,7 +182,8 @@ def vm_console(
 @vm_app.command("ssh", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def vm_ssh(ctx: typer.Context, name: str) -> None:
     """Run ssh into the VM with the right port, user and key (extra arguments go to ssh)."""
-    from imgtool import run, vmrun
+    from imgtool.tools import run
+    from imgtool.vm import runtime as vmrun
 
     st = state(ctx)
     run.exec_replace(vmrun.ssh_argv(st.home, name, list(ctx.args)))
@@ -189,7 +192,7 @@ def vm_ssh(ctx: typer.Context, name: str) -> None:
 @vm_app.command("snapshot")
 def vm_snapshot(ctx: typer.Context, name: str, snap: str) -> None:
     """Snapshot a stopped VM's disks; capture or publish it later as snapshot:NAME/SNAP."""
-    from imgtool import vm
+    from imgtool.vm import lifecycle as vm
 
     st = state(ctx)
     info = vm.snapshot(st.home, name, snap)
@@ -199,7 +202,7 @@ def vm_snapshot(ctx: typer.Context, name: str, snap: str) -> None:
 @vm_app.command("delete")
 def vm_delete(ctx: typer.Context, name: str) -> None:
     """Delete a VM: stop it, remove its files, release its hold on the version."""
-    from imgtool import vm
+    from imgtool.vm import lifecycle as vm
 
     st = state(ctx)
     vm.delete(st.home, name)

@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 from imgtool.home import Home
-from imgtool.image_versions import PublishRequest, publish
+from imgtool.gallery.image_versions import PublishRequest, publish
 from imgtool.names import parse_definition_ref
-from imgtool.versions import Version
+from imgtool.gallery.versions import Version
 
 
 def number(i: int) -> str:

@@ -18,8 +18,10 @@ from typing import Any
 
 import pytest
 
-from imgtool import bases, maintenance, vm
+from imgtool import maintenance
 from imgtool.home import Home
+from imgtool.vm import bases
+from imgtool.vm import lifecycle as vm
 from store import codec
 from store.packs import Location, decode_index, iter_index_files, read_frame
 

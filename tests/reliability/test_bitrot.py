@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from imgtool import bases, maintenance
+from imgtool import maintenance
 from imgtool.home import Home
+from imgtool.vm import bases
 from store import codec
 from store.packs import Location, decode_index, iter_index_files, iter_pack_files, read_frame
 from tests.conftest import require_tools

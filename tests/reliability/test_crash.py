@@ -29,8 +29,8 @@ from typing import Any
 
 import pytest
 
-from imgtool import qemu_img
 from imgtool.home import Home
+from imgtool.tools import qemu_img
 from store.materialize import materialize
 from tests.conftest import require_tools
 from tests.reliability.harness import (

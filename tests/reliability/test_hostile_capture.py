@@ -29,9 +29,11 @@ from typing import Any
 
 import pytest
 
-from imgtool import formats, nbd, run, sources
+from imgtool import formats
+from imgtool.capture import sources
 from imgtool.errors import UnsafeImage
 from imgtool.home import Home
+from imgtool.tools import nbd, run
 from tests.conftest import require_tools
 from tests.reliability.harness import (
     Zygote,

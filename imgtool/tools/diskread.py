@@ -21,9 +21,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
-from imgtool import nbd, run
 from imgtool.errors import Corrupt
-from imgtool.qemu_img import Extent
+from imgtool.tools import nbd, run
+from imgtool.tools.qemu_img import Extent
 from store.lock import alive
 
 

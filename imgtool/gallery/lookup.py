@@ -5,12 +5,12 @@ from __future__ import annotations
 import datetime as dt
 
 from imgtool.errors import NotFound
-from imgtool.gallery import VERSIONS, get_definition_with_digest
+from imgtool.gallery.galleries import VERSIONS, get_definition_with_digest
+from imgtool.gallery.model import ImageVersion
+from imgtool.gallery.version_index import Summary, summaries
+from imgtool.gallery.versions import Candidate, Verdict, Version, resolve_latest
 from imgtool.home import Home
-from imgtool.model import ImageVersion
 from imgtool.names import DefinitionRef, ImageRef, parse_image_ref
-from imgtool.version_index import Summary, summaries
-from imgtool.versions import Candidate, Verdict, Version, resolve_latest
 
 
 def list_versions(home: Home, ref: DefinitionRef) -> list[Summary]:

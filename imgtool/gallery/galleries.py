@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from imgtool.errors import AlreadyExists, InvalidArgument, NotFound, Refused
+from imgtool.gallery.model import UPDATABLE_DEFINITION, Definition, Gallery, now
 from imgtool.home import Home
-from imgtool.model import UPDATABLE_DEFINITION, Definition, Gallery, now
 from imgtool.names import DefinitionRef, check_name
 from store.lock import file_lock
 

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from imgtool import qemu_img, run
 from imgtool.errors import Corrupt, InvalidArgument, ToolFailed
+from imgtool.tools import qemu_img, run
 
 # --- protocol constants (all integers are big-endian on the wire) -----------------
 NBDMAGIC = b"NBDMAGIC"

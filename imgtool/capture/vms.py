@@ -10,12 +10,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-from imgtool import vmrun
-from imgtool.capture import Captured, Progress, capture_overlay
+from imgtool.capture.disk import Captured, Progress, capture_overlay
 from imgtool.errors import InvalidArgument, NotFound, Refused
 from imgtool.home import Home
 from imgtool.names import check_name
-from imgtool.vmrecord import load, vm_dir
+from imgtool.vm import runtime as vmrun
+from imgtool.vm.record import load, vm_dir
 
 
 def _split_lun(text: str) -> tuple[str, int | None]:

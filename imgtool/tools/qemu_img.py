@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imgtool import run
 from imgtool.errors import Corrupt, InvalidArgument, NotFound, ToolFailed
+from imgtool.tools import run
 
 PathLike = str | os.PathLike[str]
 

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imgtool import diskread, formats, nbd, qemu_img
+from imgtool import formats
 from imgtool.errors import Corrupt
 from imgtool.home import Home
+from imgtool.tools import diskread, nbd, qemu_img
 from store import digest as digests
 from store.ingest import IngestResult, chunk_indexes, ingest
 from store.repo import Store

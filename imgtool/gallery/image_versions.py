@@ -15,14 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imgtool import formats, qemu_img, sources, vmrecord
+from imgtool import formats
+from imgtool.capture import sources
 from imgtool.errors import AlreadyExists, InvalidArgument, NotFound, Refused
-from imgtool.gallery import VERSIONS, gallery_lock, get_definition_with_digest
+from imgtool.gallery.galleries import VERSIONS, gallery_lock, get_definition_with_digest
+from imgtool.gallery.lookup import get_version
+from imgtool.gallery.model import OS_STATES, Definition, Disk, ImageVersion, check_choice, check_date
+from imgtool.gallery.versions import Version
 from imgtool.home import Home
-from imgtool.lookup import get_version
-from imgtool.model import OS_STATES, Definition, Disk, ImageVersion, check_choice, check_date
 from imgtool.names import DefinitionRef, parse_image_ref
-from imgtool.versions import Version
+from imgtool.tools import qemu_img
+from imgtool.vm import record as vmrecord
 from store import atomic
 from store.materialize import materialize
 

@@ -29,9 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from imgtool import run
 from imgtool.errors import InvalidArgument, ToolMissing
-from imgtool.qemu import ACCELS, escape, qemu_binary
+from imgtool.tools import run
+from imgtool.tools.qemu import ACCELS, escape, qemu_binary
 
 log = logging.getLogger("imgtool.accel")
 

@@ -27,9 +27,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from imgtool.gallery import VERSIONS
+from imgtool.gallery.galleries import VERSIONS
+from imgtool.gallery.model import ImageVersion
 from imgtool.home import Home
-from imgtool.model import ImageVersion
 from imgtool.names import DefinitionRef
 from store import atomic
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from imgtool import lookup, vmcapture
-from imgtool.capture import Captured, Progress, capture_file
+from imgtool.capture import vms as vmcapture
+from imgtool.capture.disk import Captured, Progress, capture_file
 from imgtool.errors import NotFound
+from imgtool.gallery import lookup
 from imgtool.home import Home
 from store import digest as digests
 

@@ -18,9 +18,9 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from imgtool import vmrecord
 from imgtool.errors import Corrupt, NotFound
 from imgtool.home import Home
+from imgtool.vm import record as vmrecord
 from store import atomic, codec
 from store import digest as digests
 from store.disks import DiskManifest

@@ -20,13 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imgtool import accel, bases, lookup, qemu_img, seed, vmrecord, vmrun
 from imgtool.errors import AlreadyExists, InvalidArgument, NotFound, Refused
-from imgtool.gallery import get_definition
+from imgtool.gallery import lookup
+from imgtool.gallery.galleries import get_definition
+from imgtool.gallery.model import Definition, ImageVersion, Range, now
 from imgtool.home import Home
-from imgtool.model import Definition, ImageVersion, Range, now
 from imgtool.names import DefinitionRef, check_name, parse_image_ref
-from imgtool.vmrecord import FORMAT, load, save, vm_dir
+from imgtool.tools import accel, qemu_img
+from imgtool.vm import bases, seed
+from imgtool.vm import record as vmrecord
+from imgtool.vm import runtime as vmrun
+from imgtool.vm.record import FORMAT, load, save, vm_dir
 from store import atomic
 from store.lock import file_lock
 

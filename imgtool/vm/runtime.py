@@ -20,12 +20,13 @@ from typing import Any
 
 import blake3
 
-from imgtool import accel, bases, qemu, qmp, run
 from imgtool.errors import InvalidArgument, NotFound, Refused, ToolFailed
+from imgtool.gallery.model import now
 from imgtool.home import Home
-from imgtool.model import now
-from imgtool.ports import free_port
-from imgtool.vmrecord import load, save, vm_dir
+from imgtool.tools import accel, qemu, qmp, run
+from imgtool.tools.ports import free_port
+from imgtool.vm import bases
+from imgtool.vm.record import load, save, vm_dir
 from store import atomic
 
 STATE = "state.json"

@@ -1,0 +1,1 @@
+"""Turning image sources into disk manifests: the source grammar, file and overlay capture, VM capture."""
