@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from imgtool.cli.output import ProgressBar, emit_json, fields, state, table
+from imgtool.errors import InvalidArgument
 from imgtool.vm.record import load, vm_dir
 
 vm_app = typer.Typer(help="VMs: copy-on-write qcow2 overlays over a version's disks, booted under QEMU.",
@@ -35,6 +36,8 @@ def vm_new(
     ignore_recommendations: Annotated[bool, Opt(help="Allow vCPUs/memory outside the recommended ranges.")] = False,
     start: Annotated[bool, Opt(help="Start it right away.")] = False,
     accel: Annotated[str | None, Opt(help="With --start: kvm or tcg (default: probe).")] = None,
+    wait: Annotated[bool, Opt(help="With --start: return once SSH accepts the seeded key (see vm wait).")] = False,
+    wait_timeout: Annotated[float, Opt(help="With --wait: give up after this many seconds.")] = 600.0,
 ) -> None:
     """Create a VM from an image version: one qcow2 overlay per disk over a shared read-only base, and a
     cloud-init NoCloud seed for generalized images. The version's digest is pinned in the VM's record."""
@@ -51,6 +54,11 @@ def vm_new(
     finally:
         bar.close()
     runtime = vmrun.start(st.home, name, requested_accel=accel) if start else None
+    if wait and runtime is None:
+        raise InvalidArgument("--wait needs --start", hint=f"imgtool vm new {name} ... --start --wait")
+    if wait:
+        from imgtool.cli.guest_cmds import wait_ready
+        wait_ready(st, name, timeout=wait_timeout, cloud_init=False)
     if st.json:
         emit_json({**_public(record), "runtime": runtime})
         return
@@ -65,12 +73,13 @@ def vm_start(
     name: str,
     accel: Annotated[str | None, Opt(help="kvm or tcg (default: KVM only if a probe proves it works).")] = None,
     console: Annotated[bool, Opt(help="Then follow the serial console (Ctrl-C detaches).")] = False,
+    force: Annotated[bool, Opt(help="Start a generalized VM anyway (it stops being generalized).")] = False,
 ) -> None:
     """Boot a VM in the background (pid file, QMP socket, serial log, SSH on a loopback port)."""
     from imgtool.vm import runtime as vmrun
 
     st = state(ctx)
-    runtime = vmrun.start(st.home, name, requested_accel=accel)
+    runtime = vmrun.start(st.home, name, requested_accel=accel, force=force)
     if st.json:
         emit_json(runtime)
     else:
@@ -126,6 +135,7 @@ def vm_list(ctx: typer.Context) -> None:
 @vm_app.command("show")
 def vm_show(ctx: typer.Context, name: str) -> None:
     """Show a VM's receipt (version digest, definition, seed digest, QEMU command line) and state."""
+    from imgtool.guest.generalize import is_generalized
     from imgtool.vm import runtime as vmrun
 
     st = state(ctx)
@@ -133,8 +143,9 @@ def vm_show(ctx: typer.Context, name: str) -> None:
     status = vmrun.status(st.home, name)
     snaps = sorted(p.name for p in (vm_dir(st.home, name) / "snapshots").glob("*")
                    if not p.name.startswith("."))
+    generalized = is_generalized(st.home, name)
     if st.json:
-        emit_json({**record, "status": status, "snapshots": snaps})
+        emit_json({**record, "status": status, "snapshots": snaps, "generalized": generalized})
         return
     seed = record.get("seed") or {}
     fields([("name", name), ("image", record["image"]), ("version record", record["version_digest"]),
@@ -144,6 +155,7 @@ def vm_show(ctx: typer.Context, name: str) -> None:
             ("disks", ", ".join(d["overlay"] for d in record["disks"])), ("seed", seed.get("digest")),
             ("hostname", seed.get("hostname")), ("admin user", seed.get("admin_user")),
             ("snapshots", ", ".join(snaps)), ("created", record["created"]),
+            ("generalized", (generalized or {}).get("generalized_at")),
             ("qemu", " ".join(record["qemu_argv"]) if record.get("qemu_argv") else None)])
 
 
@@ -182,11 +194,11 @@ def vm_console(
 @vm_app.command("ssh", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def vm_ssh(ctx: typer.Context, name: str) -> None:
     """Run ssh into the VM with the right port, user and key (extra arguments go to ssh)."""
+    from imgtool.guest import ssh as guest_ssh
     from imgtool.tools import run
-    from imgtool.vm import runtime as vmrun
 
     st = state(ctx)
-    run.exec_replace(vmrun.ssh_argv(st.home, name, list(ctx.args)))
+    run.exec_replace(guest_ssh.argv(st.home, name, list(ctx.args), batch=False))
 
 
 @vm_app.command("snapshot")

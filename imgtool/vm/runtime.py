@@ -30,6 +30,7 @@ from imgtool.vm.record import load, save, vm_dir
 from store import atomic
 
 STATE = "state.json"
+GENERALIZED = "generalized.json"  # written by `vm generalize` (imgtool.guest.generalize)
 SERIAL = "serial.log"
 SOCKET_MAX = 100
 
@@ -96,12 +97,22 @@ def spec_for(home: Home, record: dict[str, Any], *, accel_name: str, port: int) 
         pid_file=folder / "qemu.pid")
 
 
-def start(home: Home, name: str, *, requested_accel: str | None = None) -> dict[str, Any]:
-    """Boot the VM in the background; returns its runtime state."""
+def start(home: Home, name: str, *, requested_accel: str | None = None, force: bool = False) -> dict[str, Any]:
+    """Boot the VM in the background; returns its runtime state.
+
+    A generalized VM is refused unless `force`: its first boot would personalize it again (new
+    machine-id, host keys, cloud-init instance). Forced, it stops being generalized.
+    """
     record = load(home, name)
     folder = vm_dir(home, name)
     if is_running(home, name):
         raise Refused(f"VM '{name}' is already running", hint=f"imgtool vm console {name}, or vm stop {name}")
+    if (folder / GENERALIZED).exists():
+        if not force:
+            raise Refused(f"VM '{name}' is generalized: booting it would give it an identity again",
+                          hint=f"publish it (imgtool publish G/D --os-disk vm:{name} --os-state generalized), "
+                               f"or start it anyway with imgtool vm start {name} --force")
+        (folder / GENERALIZED).unlink()
     _check_disks(home, record, folder)
     accel_name = accel.choose_accel(home.cache, requested=requested_accel, arch=record["arch"])
     log = folder / SERIAL

@@ -1,0 +1,78 @@
+"""What `audit` and `vm generalize` work on, as users name it: a disk file, vm:NAME,
+snapshot:VM/SNAP, or GALLERY/DEF@X.Y.Z (its OS disk, through the version's base).
+
+A VM must be stopped: QEMU holds its disk and the guest is changing it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from imgtool import formats
+from imgtool.errors import InvalidArgument, NotFound, Refused
+from imgtool.gallery import lookup
+from imgtool.gallery.galleries import get_definition
+from imgtool.home import Home
+from imgtool.names import DefinitionRef, check_name
+from imgtool.vm import bases
+from imgtool.vm import runtime as vmrun
+from imgtool.vm.record import load, vm_dir
+
+
+@dataclass(frozen=True)
+class Target:
+    """A disk file and its format, plus the firmware its definition declares (if known)."""
+
+    path: Path
+    fmt: str
+    firmware: str | None
+    vm: str | None = None
+
+
+def vm_target(home: Home, name: str) -> Target:
+    record = load(home, name)
+    if vmrun.is_running(home, name):
+        raise Refused(f"VM '{name}' is running: its disk is changing",
+                      hint=f"stop it first: imgtool vm stop {name}")
+    disk = next((d for d in record["disks"] if d["lun"] is None), None)
+    if disk is None:
+        raise NotFound(f"VM '{name}' has no OS disk", hint="check it with imgtool vm show " + name)
+    return Target(vm_dir(home, name) / disk["overlay"], "qcow2", record.get("firmware"), name)
+
+
+def _snapshot_target(home: Home, text: str) -> Target:
+    name, _, snap = text.partition("/")
+    record = load(home, name)
+    path = vm_dir(home, name) / "snapshots" / check_name(snap, "snapshot") / "disk-os.qcow2"
+    if not path.exists():
+        raise NotFound(f"snapshot '{text}' does not exist", hint=f"list snapshots: imgtool vm show {name}")
+    return Target(path, "qcow2", record.get("firmware"))
+
+
+@contextlib.contextmanager
+def resolve(home: Home, text: str) -> Iterator[Target]:
+    """The target named by `text`, valid for the duration of the block."""
+    if text.startswith("vm:"):
+        yield vm_target(home, text[3:])
+    elif text.startswith("snapshot:"):
+        yield _snapshot_target(home, text[len("snapshot:"):])
+    elif "@" in text and not Path(text).exists():
+        version, _ = lookup.get_version(home, text)
+        try:
+            firmware: str | None = get_definition(home, DefinitionRef(version.gallery, version.definition)).firmware
+        except NotFound:
+            firmware = None
+        with home.store.writing():
+            base = bases.ensure(home, version.os_disk.digest)
+        yield Target(base, "raw", firmware)
+    else:
+        path = Path(text)
+        if not path.exists():
+            raise InvalidArgument(f"'{text}' is not a disk file, vm:NAME, snapshot:VM/SNAP or GALLERY/DEF@X.Y.Z",
+                                  hint="give an existing disk file or a VM/version name")
+        # Untrusted: the same checks as capture (no backing file, no external data file, ...).
+        info = formats.inspect(path)
+        yield Target(path, info.format, None)
