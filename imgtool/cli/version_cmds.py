@@ -68,8 +68,14 @@ def publish(
     os_state: Annotated[str | None, Opt(help="Declared OS state of the source (required for VM sources); must "
                                              "match the definition.")] = None,
     fmt: Annotated[str | None, Opt("--format", help="Assert the OS disk file's format.")] = None,
+    allow_identity: Annotated[bool, Opt(help="Generalized definitions: publish even if the audit finds machine "
+                                             "identity (host keys, machine-id, cloud-init state); recorded.")]
+    = False,
 ) -> None:
-    """Publish a new, immutable image version from its disks."""
+    """Publish a new, immutable image version from its disks.
+
+    Into a generalized definition the OS disk is audited first (see imgtool audit): SSH host keys, a
+    machine-id or cloud-init instance state refuse the publish. The audit is stored on the version."""
     from imgtool.gallery import image_versions, lookup
 
     st = state(ctx)
@@ -77,7 +83,8 @@ def publish(
         ref=parse_definition_ref(ref), version=Version.parse(version), os_disk=os_disk,
         data_disks=tuple(image_versions.parse_data_disk(d) for d in data_disk or []), os_state=os_state,
         exclude_from_latest=exclude_from_latest, end_of_life=end_of_life,
-        block_deletion_before_end_of_life=block_deletion_before_end_of_life, source_format=fmt)
+        block_deletion_before_end_of_life=block_deletion_before_end_of_life, source_format=fmt,
+        allow_identity=allow_identity)
     bar = ProgressBar(f"publishing {ref}@{version}", enabled=not st.json)
     try:
         published = image_versions.publish(st.home, request, progress=bar)
@@ -125,7 +132,21 @@ def version_show(ctx: typer.Context, ref: Annotated[str, Arg(help="GALLERY/DEFIN
         label = "os disk" if disk.lun is None else f"data disk {disk.lun}"
         origin = disk.source.get("path") or disk.source.get("name") or disk.source.get("kind")
         pairs.append((label, f"{disk.digest} {human_bytes(disk.virtual_size)} from {origin}"))
+    pairs.append(("audit", _audit_line(v.audit)))
     fields(pairs)
+
+
+def _audit_line(audit: dict[str, Any] | None) -> str:
+    if audit is None:
+        return "none (not published into a generalized definition)"
+    if not audit.get("audited"):
+        return f"not audited: {audit.get('reason')}"
+    found = [f"{f['check']} ({f['severity']})" for f in audit.get("findings", [])]
+    verdict = "clean" if audit.get("clean") else "IDENTITY FOUND"
+    if audit.get("allowed_identity"):
+        verdict += ", published with --allow-identity"
+    os_name = (audit.get("facts") or {}).get("os")
+    return f"{verdict}; {os_name or 'unknown OS'}; " + (", ".join(found) or "no findings")
 
 
 @version_app.command("resolve")

@@ -189,6 +189,9 @@ class ImageVersion:
     block_deletion_before_end_of_life: bool = False
     provenance: JsonObject = field(default_factory=dict)
     updated: str | None = None
+    # The guest audit made when publishing into a generalized definition (imgtool.guest.audit's shape
+    # plus "source" and "allowed_identity"); absent from records that were not audited.
+    audit: JsonObject | None = None
 
     @property
     def os_disk(self) -> Disk:
@@ -201,6 +204,8 @@ class ImageVersion:
     def to_json(self) -> JsonObject:
         body = dataclasses.asdict(self)
         body["disks"] = [d.to_json() for d in self.disks]
+        if body["audit"] is None:
+            del body["audit"]  # records without an audit stay as they were before the field existed
         links = sorted({d.digest for d in self.disks} | {self.definition_record})
         return {"format": FORMAT, "kind": "version", "links": links, **body}
 

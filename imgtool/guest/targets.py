@@ -1,5 +1,5 @@
 """What `audit` and `vm generalize` work on, as users name it: a disk file, vm:NAME,
-snapshot:VM/SNAP, or GALLERY/DEF@X.Y.Z (its OS disk, through the version's base).
+snapshot:VM/SNAP, blake3:<digest> or GALLERY/DEF@X.Y.Z (stored disks through their VM base).
 
 A VM must be stopped: QEMU holds its disk and the guest is changing it.
 """
@@ -20,6 +20,7 @@ from imgtool.names import DefinitionRef, check_name
 from imgtool.vm import bases
 from imgtool.vm import runtime as vmrun
 from imgtool.vm.record import load, vm_dir
+from store import digest as digests
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,10 @@ def resolve(home: Home, text: str) -> Iterator[Target]:
         yield vm_target(home, text[3:])
     elif text.startswith("snapshot:"):
         yield _snapshot_target(home, text[len("snapshot:"):])
+    elif digests.looks_like(text):
+        with home.store.writing():
+            base = bases.ensure(home, digests.full(text))
+        yield Target(base, "raw", None)
     elif "@" in text and not Path(text).exists():
         version, _ = lookup.get_version(home, text)
         try:
