@@ -237,6 +237,7 @@ def _remove_files_under(dbg: Debugfs, plan: Plan, top: str) -> None:
 
 def _plan_account_edits(dbg: Debugfs, plan: Plan, admin: str) -> None:
     """Drop the admin's lines from the account files (and from group member lists)."""
+    edited_any = False
     for path in ACCOUNT_FILES:
         entry = dbg.entry(path)
         data = dbg.read(path)
@@ -249,7 +250,9 @@ def _plan_account_edits(dbg: Debugfs, plan: Plan, admin: str) -> None:
         plan.files[key] = edited.encode()
         plan.requests += [f'rm "{path}"', f'write "{{{key}}}" "{path}"', f'sif "{path}" mode 0{entry.mode:o}',
                           f'sif "{path}" uid {entry.uid}', f'sif "{path}" gid {entry.gid}']
-    plan.removed.append(f"user {admin} (account, group, home)")
+        edited_any = True
+    if edited_any:
+        plan.removed.append(f"user {admin} (account, group, home)")
 
 
 def drop_account(text: str, user: str, *, groups: bool) -> str:
