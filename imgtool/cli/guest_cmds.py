@@ -1,6 +1,7 @@
 """imgtool audit, imgtool vm wait, imgtool vm generalize"""
 
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -73,11 +74,16 @@ def vm_wait(
                                            "cloud-init is asked over SSH).")] = True,
     cloud_init: Annotated[bool, Opt(help="Also wait until `cloud-init status` says done.")] = False,
     timeout: Annotated[float, Opt(help="Give up after this many seconds.")] = 600.0,
+    user: Annotated[str | None, Opt(help="Log in as this user (default: the seeded admin; needed for "
+                                         "specialized VMs).")] = None,
+    identity: Annotated[Path | None, Opt(help="Private key to use (default: the seeded key's).")] = None,
 ) -> None:
     """Wait until a running VM accepts SSH with its seeded key (and cloud-init is done)."""
+    from imgtool.guest.ssh import Login
+
     del ssh  # always: it is how the guest is asked
     st = state(ctx)
-    took = wait_ready(st, name, timeout=timeout, cloud_init=cloud_init)
+    took = wait_ready(st, name, timeout=timeout, cloud_init=cloud_init, login=Login(user, identity))
     if st.json:
         emit_json({"name": name, "ready": True, "seconds": {k: round(v, 1) for k, v in took.items()}})
     else:
@@ -85,13 +91,13 @@ def vm_wait(
               + (f", cloud-init after {took['cloud_init']:.0f}s)" if "cloud_init" in took else ")"))
 
 
-def wait_ready(st: Any, name: str, *, timeout: float, cloud_init: bool) -> dict[str, float]:
+def wait_ready(st: Any, name: str, *, timeout: float, cloud_init: bool, login: Any = None) -> dict[str, float]:
     """vm wait's work, shared with `vm new --start --wait`: progress on a terminal, never in --json."""
     from imgtool.guest import ssh as guest_ssh
 
     try:
         return guest_ssh.wait(st.home, name, timeout=timeout, cloud_init=cloud_init,
-                              progress=_progress(not st.json))
+                              progress=_progress(not st.json), login=login or guest_ssh.Login())
     finally:
         _progress_done(not st.json)
 

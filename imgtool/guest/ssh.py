@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from imgtool.errors import InvalidArgument, Refused, ToolFailed
@@ -23,8 +24,9 @@ PROBE_TIMEOUT = 60.0
 Progress = Callable[[str], None]
 
 
-def options(home: Home, name: str, *, batch: bool = True) -> list[str]:
-    """ssh options for VM `name` (port, key, known_hosts), without the destination."""
+def options(home: Home, name: str, *, batch: bool = True, identity: Path | None = None) -> list[str]:
+    """ssh options for VM `name` (port, key, known_hosts), without the destination. `identity`: a
+    private key to use instead of the seeded one (a specialized VM has no seed)."""
     record = load(home, name)
     status = vmrun.status(home, name)
     if status["state"] == "stopped":
@@ -38,7 +40,9 @@ def options(home: Home, name: str, *, batch: bool = True) -> list[str]:
     if batch:
         argv += ["-o", "BatchMode=yes"]
     key = ((record.get("seed") or {}).get("ssh_key")) or ""
-    if key.endswith(".pub") and Path(key[:-4]).exists():
+    if identity is not None:
+        argv += ["-i", str(identity), "-o", "IdentitiesOnly=yes"]
+    elif key.endswith(".pub") and Path(key[:-4]).exists():
         argv += ["-i", key[:-4], "-o", "IdentitiesOnly=yes"]
     return argv
 
@@ -52,18 +56,27 @@ def user(home: Home, name: str) -> str:
     return str(admin)
 
 
-def argv(home: Home, name: str, command: list[str], *, batch: bool = True, login: str | None = None) -> list[str]:
-    return ["ssh", *options(home, name, batch=batch), f"{login or user(home, name)}@127.0.0.1", *command]
+@dataclass(frozen=True)
+class Login:
+    """Who to log in as: the seeded admin by default; a specialized VM's own account otherwise."""
+
+    user: str | None = None
+    identity: Path | None = None
+
+
+def argv(home: Home, name: str, command: list[str], *, batch: bool = True, login: Login = Login()) -> list[str]:
+    return ["ssh", *options(home, name, batch=batch, identity=login.identity),
+            f"{login.user or user(home, name)}@127.0.0.1", *command]
 
 
 def run_in(home: Home, name: str, command: list[str], *, input: bytes | None = None,
-           timeout: float = PROBE_TIMEOUT, check: bool = True) -> run.Result:
+           timeout: float = PROBE_TIMEOUT, check: bool = True, login: Login = Login()) -> run.Result:
     """Run a command in the guest over SSH (BatchMode); ToolFailed when ssh or the command fails."""
-    return run.run(argv(home, name, command), input=input, timeout=timeout, check=check)
+    return run.run(argv(home, name, command, login=login), input=input, timeout=timeout, check=check)
 
 
 def wait(home: Home, name: str, *, timeout: float, cloud_init: bool = False,
-         progress: Progress | None = None) -> dict[str, float]:
+         progress: Progress | None = None, login: Login = Login()) -> dict[str, float]:
     """Return once the guest accepts SSH with the seeded key (and, with `cloud_init`, once
     `cloud-init status` says done). Bounded by `timeout`; ToolFailed with what was last seen.
 
@@ -72,15 +85,18 @@ def wait(home: Home, name: str, *, timeout: float, cloud_init: bool = False,
     start = time.monotonic()
     deadline = start + timeout
     took: dict[str, float] = {}
-    _until(home, name, deadline, _ssh_ready, "SSH", progress, start)
+    if login.user is None:
+        user(home, name)  # a VM without a provisioned user needs --user: say so now, not at the timeout
+    _until(home, name, deadline, lambda t: _ssh_ready(home, name, t, login), "SSH", progress, start)
     took["ssh"] = time.monotonic() - start
     if cloud_init:
-        _until(home, name, deadline, _cloud_init_done, "cloud-init", progress, start)
+        _until(home, name, deadline, lambda t: _cloud_init_done(home, name, t, login), "cloud-init", progress,
+               start)
         took["cloud_init"] = time.monotonic() - start
     return took
 
 
-def _until(home: Home, name: str, deadline: float, probe: Callable[[Home, str, float], str | None], what: str,
+def _until(home: Home, name: str, deadline: float, probe: Callable[[float], str | None], what: str,
            progress: Progress | None, start: float) -> None:
     last = "no answer yet"
     while True:
@@ -94,23 +110,23 @@ def _until(home: Home, name: str, deadline: float, probe: Callable[[Home, str, f
                              hint=f"read its console (imgtool vm console {name}), or wait longer with --timeout")
         if progress:
             progress(f"waiting for {what} ({time.monotonic() - start:.0f}s)")
-        problem = probe(home, name, min(left, PROBE_TIMEOUT))
+        problem = probe(min(left, PROBE_TIMEOUT))
         if problem is None:
             return
         last = problem
         time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
 
 
-def _ssh_ready(home: Home, name: str, timeout: float) -> str | None:
+def _ssh_ready(home: Home, name: str, timeout: float, login: Login) -> str | None:
     try:
-        run_in(home, name, ["true"], timeout=timeout)
+        run_in(home, name, ["true"], timeout=timeout, login=login)
     except ToolFailed as exc:
         return exc.message.splitlines()[0][:200]
     return None
 
 
-def _cloud_init_done(home: Home, name: str, timeout: float) -> str | None:
-    result = run_in(home, name, ["cloud-init", "status"], timeout=timeout, check=False)
+def _cloud_init_done(home: Home, name: str, timeout: float, login: Login) -> str | None:
+    result = run_in(home, name, ["cloud-init", "status"], timeout=timeout, check=False, login=login)
     text = result.stdout.strip()
     if "status: done" in text:
         return None
