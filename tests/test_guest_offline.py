@@ -173,6 +173,8 @@ def test_allow_identity_is_recorded_and_remove_admin_edits_accounts(cli: Cli, tm
     key = tmp_path / "id.pub"
     key.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl test\n")
     cli("vm", "new", "web", "--image", "lab/gene", "--admin-user", "admin", "--ssh-key", str(key))
+    waited = cli("vm", "wait", "web", "--timeout", "5", ok=False)
+    assert waited.returncode == 5 and "not running" in waited.stderr and "vm start web" in waited.stderr
     done = cli.json("vm", "generalize", "web", "--remove-admin")
     assert isinstance(done, dict)
     assert {"user admin (account, group, home)", "/home/admin/", "/etc/sudoers.d/90-cloud-init-users"} \

@@ -14,7 +14,7 @@ Arg = typer.Argument
 AUDIT_HELP = """Inspect a guest's root file system read-only (debugfs through a FUSE export; never mounted)
 and report identity that must not be cloned and facts about the guest.
 
-SOURCE: a disk file, vm:NAME (stopped), snapshot:VM/SNAP, or GALLERY/DEF@X.Y.Z.
+SOURCE: a disk file, vm:NAME (stopped), snapshot:VM/SNAP, blake3:DIGEST or GALLERY/DEF@X.Y.Z.
 
 Exit code 0 when audited clean, 5 when identity was found, 9 when the file system could not be
 read ("not audited" is never a pass).

@@ -6,7 +6,7 @@ cloud-init instance state; publishing into a generalized definition refuses them
 A file system the audit cannot read gives `audited: false` with the reason, never a pass.
 
 JSON shape (`imgtool audit --json`, and the `audit` field of a version record):
-    {"audited": bool, "reason": str|null, "clean": bool, "findings": [{"check", "severity", "paths",
+    {"audited": bool, "reason": str|null, "clean": bool, "findings": [{"check", "severity", "paths", "count",
      "detail"}], "facts": {"os", "kernels", "partition_table", "root_partition", "boot_modes",
      "firmware", "boot_mode_ok", "fs_size", "fs_free"}, "audited_at": str}
 `clean` is true only when audited and no identity finding was made.

@@ -85,6 +85,8 @@ def wait(home: Home, name: str, *, timeout: float, cloud_init: bool = False,
     start = time.monotonic()
     deadline = start + timeout
     took: dict[str, float] = {}
+    if not vmrun.is_running(home, name):
+        raise Refused(f"VM '{name}' is not running", hint=f"start it: imgtool vm start {name}")
     if login.user is None:
         user(home, name)  # a VM without a provisioned user needs --user: say so now, not at the timeout
     _until(home, name, deadline, lambda t: _ssh_ready(home, name, t, login), "SSH", progress, start)

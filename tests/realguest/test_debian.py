@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -102,8 +103,10 @@ def boot_seconds(cli: Cli, vm: str, *extra: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def first(cli: Cli, key: Path) -> dict[str, str]:
+    started = time.monotonic()
     cli("vm", "new", "first", "--image", "lab/deb@1.0.0", "--admin-user", ADMIN, "--ssh-key", f"{key}.pub",
         "--memory", "1024", "--start", "--wait", "--wait-timeout", WAIT)
+    print(f"\nfirst: vm new --start --wait took {time.monotonic() - started:.0f}s (TCG, base included)")
     boot_seconds(cli, "first", "--cloud-init")
     return identity(cli, "first")
 
