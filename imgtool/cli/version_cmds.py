@@ -145,8 +145,11 @@ def _audit_line(audit: dict[str, Any] | None) -> str:
     verdict = "clean" if audit.get("clean") else "IDENTITY FOUND"
     if audit.get("allowed_identity"):
         verdict += ", published with --allow-identity"
-    os_name = (audit.get("facts") or {}).get("os")
-    return f"{verdict}; {os_name or 'unknown OS'}; " + (", ".join(found) or "no findings")
+    facts = audit.get("facts") or {}
+    if facts.get("boot_mode_ok") is False:
+        verdict += f"; boot MISMATCH (layout boots {', '.join(facts.get('boot_modes') or []) or 'nothing'}, " \
+                   f"definition says {facts.get('firmware')})"
+    return f"{verdict}; {facts.get('os') or 'unknown OS'}; " + (", ".join(found) or "no findings")
 
 
 @version_app.command("resolve")
