@@ -1,15 +1,11 @@
-"""Store-wide maintenance with the domain's roots: gc, verify, du.
+"""Store-wide maintenance with the domain's roots: verify, repair, du (gc is imgtool/garbage.py).
 
-gc roots are every name (galleries, definitions, versions, unexpired capture
-leases) plus the versions VMs stand on; verify maps damage back to the
-versions and VMs it hits; du says what each version costs.
+verify maps damage back to the versions and VMs it hits; du says what each version costs and what
+else the home holds.
 """
 
 from __future__ import annotations
 
-import shutil
-import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from imgtool.capture.disk import CAPTURES
@@ -17,75 +13,11 @@ from imgtool.gallery.galleries import VERSIONS
 from imgtool.gallery.model import ImageVersion
 from imgtool.home import Home
 from imgtool.vm import bases
-from imgtool.vm import lifecycle as vm
 from imgtool.vm import record as vmrecord
-from store import gc as store_gc
 from store.packs import rebuild_index
 from store.reach import closure, mark
 from store.verify import Report
 from store.verify import verify as store_verify
-
-DEFAULT_CAPTURE_RETENTION = 24 * 3600  # seconds an unpublished capture is kept
-
-
-@dataclass
-class GcResult:
-    dry_run: bool
-    expired_captures: list[str] = field(default_factory=list)
-    store: dict[str, int] = field(default_factory=dict)
-    bases_evicted: list[str] = field(default_factory=list)
-    bases_bytes: int = 0
-    unfinished_vms: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"dry_run": self.dry_run, "expired_captures": self.expired_captures, **self.store,
-                "bases_evicted": self.bases_evicted, "bases_bytes_freed": self.bases_bytes,
-                "unfinished_vms": self.unfinished_vms,
-                "total_bytes_freed": self.store.get("bytes_freed", 0) + self.bases_bytes}
-
-
-def _expired_captures(home: Home, retention: float) -> list[str]:
-    now = time.time()
-    expired = []
-    for key, _digest in home.store.list_names(CAPTURES):
-        path = home.store.layout.name(CAPTURES, *key)
-        try:
-            if now - path.stat().st_mtime >= retention:
-                expired.append(key[-1])
-        except FileNotFoundError:
-            continue
-    return expired
-
-
-def gc(home: Home, *, dry_run: bool, capture_retention: float = DEFAULT_CAPTURE_RETENTION,
-       timeout: float = 60.0) -> GcResult:
-    """Plan (and unless dry_run, execute) garbage collection under the exclusive lock."""
-    store = home.store
-    result = GcResult(dry_run)
-    with store.exclusive(timeout=timeout):
-        result.expired_captures = _expired_captures(home, capture_retention)
-        expired = set(result.expired_captures)
-        roots = [d for key, d in store.all_names() if not (key[0] == CAPTURES and key[-1] in expired)]
-        roots += vmrecord.roots(home).values()
-        plan = store_gc.plan(store, roots)
-        result.store = plan.summary()
-        leftovers = vm.unfinished(home)
-        result.unfinished_vms = [p.name for p in leftovers]
-        evict = bases.unused(home)
-        stale = bases.stale_temporaries(home)
-        result.bases_evicted = [b.name for b in evict]
-        result.bases_bytes = sum(bases.size_on_disk(b) for b in evict + stale)
-        if not dry_run:
-            for name in result.expired_captures:
-                store.delete_name(CAPTURES, name)
-            store_gc.execute(store, plan)
-            for base in evict:
-                bases.evict(base)
-            for leftover in stale:
-                leftover.unlink(missing_ok=True)
-            for folder in leftovers:
-                shutil.rmtree(folder, ignore_errors=True)
-    return result
 
 
 def repair_indexes(home: Home) -> list[str]:
@@ -121,20 +53,21 @@ def verify(home: Home, *, deep: bool) -> tuple[Report, dict[str, list[str]]]:
     return report, hit
 
 
-def du(home: Home) -> list[dict[str, Any]]:
-    """Per version: logical size, data bytes, stored bytes, bytes only it holds."""
+def du(home: Home) -> dict[str, Any]:
+    """What the home holds: per version (in version order) its logical size, data, stored and unique
+    bytes; unpublished captures; VM bases; VM folders; and the totals on disk."""
     store = home.store
-    versions = [(key, ImageVersion.from_json(store.get_manifest(d)), d) for key, d in store.list_names(VERSIONS)]
+    versions = sorted(((key, ImageVersion.from_json(store.get_manifest(d)), d)
+                       for key, d in store.list_names(VERSIONS)),
+                      key=lambda row: (row[0][0], row[0][1], _version_key(row[0][2])))
+    captures = [d for _key, d in store.list_names(CAPTURES)]
     index = store.index
-    # One mark over all versions: each manifest is read once, however many versions share it.
-    reach = mark(store, [d for _k, _v, d in versions])
-    chunk_sets: dict[str, set[str]] = {}
-    for _key, _version, digest in versions:
-        reached = closure(reach, digest)
-        chunk_sets[digest] = set().union(*(reach.disk_chunks.get(m, set()) for m in reached))
-    users: dict[str, int] = {}
-    for chunks in chunk_sets.values():
-        for chunk in chunks:
+    # One mark over all roots: each manifest is read once, however many versions share it.
+    reach = mark(store, [d for _k, _v, d in versions] + captures)
+    chunk_sets = {d: _chunks(reach, d) for d in [d for _k, _v, d in versions] + captures}
+    users: dict[str, int] = {}  # how many versions hold each chunk (captures do not make a chunk shared)
+    for _k, _v, digest in versions:
+        for chunk in chunk_sets[digest]:
             users[chunk] = users.get(chunk, 0) + 1
 
     def clen(chunk: str) -> int:
@@ -149,11 +82,45 @@ def du(home: Home) -> list[dict[str, Any]]:
     for key, version, digest in versions:
         chunks = chunk_sets[digest]
         rows.append({
-            "version": f"{key[0]}/{key[1]}@{key[2]}",
+            "version": f"{key[0]}/{key[1]}@{key[2]}", "gallery": key[0], "definition": key[1], "number": key[2],
             "disks": len(version.disks),
             "logical_bytes": sum(d.virtual_size for d in version.disks),
             "data_bytes": sum(rawlen(c) for c in chunks),
             "stored_bytes": sum(clen(c) for c in chunks),
             "unique_bytes": sum(clen(c) for c in chunks if users[c] == 1),
         })
-    return rows
+    unpublished = set().union(*(chunk_sets[d] for d in captures)) - set().union(
+        *(chunk_sets[d] for _k, _v, d in versions))
+    store_bytes = _tree_bytes(store.layout.root)
+    base_bytes = sum(bases.size_on_disk(b) for b in bases.all_bases(home))
+    vm_rows = [{"name": f.name, "bytes": _tree_bytes(f)} for f in sorted(home.vms.iterdir())
+               if f.is_dir() and not f.name.startswith(".")] if home.vms.is_dir() else []
+    return {"versions": rows,
+            "captures": {"count": len(captures), "unpublished_bytes": sum(clen(c) for c in unpublished)},
+            "bases": {"count": len(bases.all_bases(home)), "bytes": base_bytes},
+            "vms": vm_rows, "store_bytes": store_bytes,
+            "home_bytes": _tree_bytes(home.root)}
+
+
+def _version_key(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split("."))
+    except ValueError:
+        return (1 << 32,)
+
+
+def _chunks(reach: Any, digest: str) -> set[str]:
+    return set().union(*(reach.disk_chunks.get(m, set()) for m in closure(reach, digest)))
+
+
+def _tree_bytes(root: Any) -> int:
+    """Bytes allocated on disk under `root` (sparse files count what they really use)."""
+    total = 0
+    for path in root.rglob("*") if root.is_dir() else []:
+        try:
+            info = path.lstat()
+        except FileNotFoundError:
+            continue  # removed while we walked
+        if not path.is_symlink() and path.is_file():
+            total += info.st_blocks * 512
+    return total

@@ -29,6 +29,7 @@ class Plan:
     orphans: list[Path] = field(default_factory=list)  # packs without an index
     leftovers: list[Path] = field(default_factory=list)  # temporary files and scratch dirs
     bytes_freed: int = 0
+    freed: dict[Path, int] = field(default_factory=dict)  # what each listed path frees (its pack, for indexes)
     live_chunks: int = 0
     dead_chunks: int = 0
     kept_manifests: int = 0
@@ -69,7 +70,9 @@ def plan(store: Store, roots: Iterable[str]) -> Plan:
     _plan_manifests(store, reach.manifests, result)
     _plan_packs(store, result.live, result)
     result.leftovers = _leftovers(store)
-    result.bytes_freed += sum(_size(p) for p in result.leftovers)
+    for path in result.leftovers:
+        result.freed[path] = _size(path)
+        result.bytes_freed += result.freed[path]
     return result
 
 
@@ -81,7 +84,8 @@ def _plan_manifests(store: Store, live: set[str], result: Plan) -> None:
             continue
         if path.name not in live:
             result.manifests.append(path)
-            result.bytes_freed += _size(path)
+            result.freed[path] = _size(path)
+            result.bytes_freed += result.freed[path]
 
 
 def _plan_packs(store: Store, live_raw: set[bytes], result: Plan) -> None:
@@ -95,14 +99,16 @@ def _plan_packs(store: Store, live_raw: set[bytes], result: Plan) -> None:
         dead_bytes = sum(e[2] for e in entries if e[0] not in live_raw)
         if not alive:
             result.packs.append(index_path)
-            result.bytes_freed += _size(index_path) + _size(store.layout.pack(pack_hex))
+            result.freed[index_path] = _size(index_path) + _size(store.layout.pack(pack_hex))
         elif dead_bytes:
             result.repack.append(index_path)
-            result.bytes_freed += dead_bytes
+            result.freed[index_path] = dead_bytes
+        result.bytes_freed += result.freed.get(index_path, 0)
     for pack_path in iter_pack_files(store.layout):
         if pack_path.stem not in indexed:
             result.orphans.append(pack_path)
-            result.bytes_freed += _size(pack_path)
+            result.freed[pack_path] = _size(pack_path)
+            result.bytes_freed += result.freed[pack_path]
 
 
 def _leftovers(store: Store) -> list[Path]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from store import codec
 from store.disks import DiskManifest
 from store.packs import PackWriter
+from store.progress import Progress, announce_total
 from store.repo import Store
 
 # read(offset, length) is called from pool threads (it must be thread-safe) and returns a fresh buffer.
@@ -27,7 +28,6 @@ Reader = Callable[[int, int], Chunk]
 _ZERO_DIGESTS: dict[int, bytes] = {}  # BLAKE3 of an all-zero chunk, per length
 Encoded = tuple[bytes, bytes | None] | None  # (raw digest, frame or None if already stored), None if zero
 RUN = 8  # contiguous chunks per pool task (1 MiB at 128 KiB chunks)
-Progress = Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -107,9 +107,7 @@ def ingest(
     """
     chunk_size = store.config.chunk_size
     indexes = list(indexes)
-    set_total = getattr(progress, "set_total", None)
-    if callable(set_total):  # a progress bar that can show a percentage
-        set_total(sum(min(chunk_size, virtual_size - i * chunk_size) for i in indexes))
+    announce_total(progress, sum(min(chunk_size, virtual_size - i * chunk_size) for i in indexes))
     chunks: dict[int, str] = dict(reused or {})
     writer = store.pack_writer()
     workers = workers or max(2, os.cpu_count() or 2)

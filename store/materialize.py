@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,11 +16,12 @@ from store import codec
 from store.disks import DiskManifest
 from store.errors import NotFound
 from store.packs import PackReader
+from store.progress import Progress, announce_total
 from store.repo import Store
 
 
 def materialize(store: Store, disk: DiskManifest, out: Path, *,
-                progress: Callable[[int], None] | None = None, workers: int | None = None,
+                progress: Progress | None = None, workers: int | None = None,
                 durable: bool = True) -> None:
     """Write `disk` to `out` (created or truncated), sparse; fsynced when `durable`.
 
@@ -31,9 +31,7 @@ def materialize(store: Store, disk: DiskManifest, out: Path, *,
     Raises NotFound if a chunk is missing, Corrupt if one does not match.
     """
     workers = workers or max(2, os.cpu_count() or 2)
-    set_total = getattr(progress, "set_total", None)
-    if callable(set_total):  # a progress bar that can show a percentage
-        set_total(sum(disk.chunk_length(i) for i in disk.chunks))
+    announce_total(progress, sum(disk.chunk_length(i) for i in disk.chunks))
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.ftruncate(fd, disk.virtual_size)
@@ -59,7 +57,7 @@ def _decode_and_write(jobs: list[Job], fd: int, chunk_size: int) -> int:
 
 
 def _write_chunks(store: Store, disk: DiskManifest, fd: int, workers: int,
-                  progress: Callable[[int], None] | None) -> None:
+                  progress: Progress | None) -> None:
     window: deque[Future[int]] = deque()
     batch: list[Job] = []
 

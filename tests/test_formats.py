@@ -7,6 +7,7 @@ import os
 import socket
 import struct
 import sys
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,23 @@ EXPECTED = {
     "vhd-fixed-truncated.vhd": "truncated: the fixed disk's data",
     "vhd-old-511-footer.vhd": "511 bytes from the end",
     "vhd-huge.vhd": "vpc virtual size 1.0 PiB",
+    "iso-9660.iso": "ISO 9660/UDF images are installation media",
+    "iso-qcow2-polyglot.iso": "several formats at once (ISO 9660, qcow2)",
+    "qcow2-mbr-polyglot.qcow2": "several formats at once (an MBR/GPT partition table, qcow2)",
+    "mbr-bad-boot-flag.img": "boot flag 0x0a",
+    "mbr-no-partitions.img": "no partition defined",
+    "mbr-protective-hybrid.img": "other partitions beside it (entries 0, 1)",
+    "mbr-protective-bad-chs.img": "CHS bytes 00 01 00",
+    "mbr-protective-bad-lba.img": "starts at LBA 2",
+    "gpt-no-header.img": "no valid GPT header",
+    "gpt-bad-header-crc.img": "primary at 512: header CRC32 mismatch",
+    "vmdk-sparse-desc-offset.vmdk": "must start at sector 1",
+    "vmdk-stream-marker-padding.vmdk": "padding is not all zero",
 }
+
+
+MBR = bytes(446) + bytes([0x80, 0, 2, 0, 0x83, 0, 0, 0]) + struct.pack("<II", 2048, 2048) + bytes(48) + b"\x55\xaa"
+FAT_BOOT_SECTOR = b"\xeb\x3c\x90MSDOS5.0" + bytes(5) + b"\x02" + bytes(4) + b"\xf8" + bytes(488) + b"\x55\xaa"
 
 
 def refusal(path: Path, **kwargs: Any) -> ImgtoolError:
@@ -84,7 +101,8 @@ def test_every_fixture_is_listed_and_documented() -> None:
     assert files == set(EXPECTED)
     readme = (HOSTILE / "README.md").read_text()
     assert all(f"`{name}`" in readme for name in files)
-    assert all(p.stat().st_size <= 8192 for p in HOSTILE.iterdir())
+    # small, except ISOs: their volume descriptor is at 32 KiB
+    assert all(p.stat().st_size <= (36864 if p.suffix == ".iso" else 8192) for p in HOSTILE.iterdir())
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -227,14 +245,28 @@ def test_inspect_never_runs_a_subprocess(tmp_path: Path, monkeypatch: pytest.Mon
     (bytes(512), 1024, b"koly" + bytes(508), "dmg"),
     (b"\xeb\x63\x90", 1 << 20, bytes(512), "raw"),
     (b"hello version=1\n", 100, b"", "raw"),
+    (MBR, 1 << 20, bytes(512), "raw"),  # a raw disk's own partition table
+    (FAT_BOOT_SECTOR, 1 << 20, bytes(512), "raw"),  # a FAT volume is not an MBR (as the peer decides)
+    (bytes(32769) + b"CD001\x01", 1 << 20, bytes(512), "iso"),
+    (bytes(32769) + b"BEA01\x01", 1 << 20, bytes(512), "iso"),  # UDF
+    (bytes(32769) + b"NSR02\x01", 1 << 20, bytes(512), "iso"),
+    (MBR + bytes(32769 - 512) + b"CD001\x01", 1 << 20, bytes(512), "iso"),  # hybrid ISO
+    (MBR, 1 << 20, b"conectix" + bytes(504), "vpc"),  # a fixed VHD whose guest has an MBR
+    (bytes(32769) + b"CD001\x01", 1 << 20, b"conectix" + bytes(504), "vpc"),  # ... or is an ISO
 ])
 def test_detect_format(header: bytes, size: int, tail: bytes, expected: str) -> None:
     assert detect_format(header, size, tail) == expected
 
 
-def test_detect_format_refuses_several_formats() -> None:
-    with pytest.raises(UnsafeImage, match="several formats"):
-        detect_format(b"vhdxfile", 1024, bytes(512) + b"conectix" + bytes(504))
+@pytest.mark.parametrize(("header", "tail", "listed"), [
+    (b"vhdxfile", bytes(512) + b"conectix" + bytes(504), "vhdx, vpc"),
+    (b"QFI\xfb" + MBR[4:], bytes(512), "an MBR/GPT partition table, qcow2"),
+    (b"QFI\xfb" + bytes(32765) + b"CD001\x01", bytes(512), "ISO 9660, qcow2"),
+    (b"LUKS\xba\xbe" + bytes(32763) + b"CD001\x01", bytes(512), "ISO 9660, luks"),
+])
+def test_detect_format_refuses_several_formats(header: bytes, tail: bytes, listed: str) -> None:
+    with pytest.raises(UnsafeImage, match=f"several formats at once \\({listed}\\)"):
+        detect_format(header, 1 << 20, tail)
 
 
 def test_crc32c_known_value() -> None:
@@ -426,3 +458,68 @@ def test_fixture_script_is_deterministic(tmp_path: Path) -> None:
     run.run([sys.executable, SCRIPT, tmp_path], timeout=120)
     for committed in HOSTILE.iterdir():
         assert (tmp_path / committed.name).read_bytes() == committed.read_bytes(), committed.name
+
+
+# --- partition tables of raw disks (real tables made by sfdisk) ----------------------------------
+
+def sfdisk_disk(tmp: Path, label: str, *, sector_size: int = 512) -> Path:
+    require_tools("sfdisk")
+    path = tmp / f"{label}-{sector_size}.img"
+    with path.open("wb") as f:
+        f.truncate(16 << 20)
+    script = "label: gpt\n,8M,L\n,,L\n" if label == "gpt" else "label: dos\n,8M,83,*\n,,83\n"
+    run.run(["sfdisk", "-q", path], input=script.encode(), timeout=60)
+    if sector_size == 4096:
+        as_4k_sectors(path)
+    return path
+
+
+def as_4k_sectors(path: Path) -> None:
+    """Move sfdisk's primary GPT to where a 4096-byte-sector disk has it (header LBA 1, entries LBA 2)."""
+    data = bytearray(path.read_bytes())
+    header, entries = bytes(data[512:1024]), bytes(data[1024:1024 + 128 * 128])
+    data[512:1024 + 128 * 128] = bytes(512 + 128 * 128)
+    size = struct.unpack_from("<I", header, 12)[0]
+    fixed = bytearray(header[:size])
+    struct.pack_into("<IIQ", fixed, 16, 0, 0, 1)  # CRC zeroed, my_lba 1
+    struct.pack_into("<Q", fixed, 72, 2)  # entries at LBA 2
+    struct.pack_into("<I", fixed, 16, zlib.crc32(bytes(fixed)))
+    data[4096:4096 + size] = fixed
+    data[8192:8192 + len(entries)] = entries
+    data[-512:] = bytes(512)  # the 512-byte-sector backup is no longer valid on a 4K disk
+    path.write_bytes(bytes(data))
+
+
+def edit(path: Path, offset: int, value: bytes) -> None:
+    with path.open("r+b") as f:
+        f.seek(offset)
+        f.write(value)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("label", "sector_size"), [("gpt", 512), ("gpt", 4096), ("dos", 512)])
+def test_real_partition_tables_are_raw(label: str, sector_size: int, tmp_path: Path) -> None:
+    path = sfdisk_disk(tmp_path, label, sector_size=sector_size)
+    assert inspect(path, expected="raw").format == "raw"
+
+
+@pytest.mark.integration
+def test_gpt_with_a_damaged_primary_header_falls_back_to_the_backup_like_linux(tmp_path: Path) -> None:
+    path = sfdisk_disk(tmp_path, "gpt")
+    edit(path, 512 + 100, b"\xff")  # past the 92-byte header: not covered by its CRC
+    assert inspect(path).format == "raw"
+    edit(path, 512 + 24, b"\xff")  # my_lba: primary header CRC now fails
+    assert inspect(path).format == "raw"  # the backup in the last sector is intact
+    edit(path, (16 << 20) - 512 + 24, b"\x00")  # and now the backup too (its my_lba is 0x7fff)
+    error = refusal(path)
+    assert isinstance(error, UnsafeImage)
+    assert "no valid GPT header" in error.message and "backup at" in error.message
+
+
+@pytest.mark.integration
+def test_gpt_entry_array_crc_is_checked(tmp_path: Path) -> None:
+    path = sfdisk_disk(tmp_path, "gpt")
+    edit(path, 1024 + 56, b"X")  # the first partition's name, in the entry array
+    edit(path, (16 << 20) - 33 * 512 + 56, b"X")  # and in the backup array
+    error = refusal(path)
+    assert "partition entry array CRC32 mismatch" in error.message

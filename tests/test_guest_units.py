@@ -131,3 +131,15 @@ def test_not_audited_is_never_clean() -> None:
     report = audit.Report(False, "no ext file system")
     assert not report.clean
     assert report.to_json()["clean"] is False
+
+
+def test_version_record_keeps_its_audit_and_omits_none() -> None:
+    from imgtool.gallery.model import Disk, ImageVersion
+
+    disk = Disk(None, "blake3:" + "a" * 64, 1 << 20, {"kind": "file"})
+    plain = ImageVersion("g", "d", "1.0.0", "generalized", (disk,), "blake3:" + "b" * 64)
+    assert "audit" not in plain.to_json()  # records published before the field existed read the same
+    assert ImageVersion.from_json(plain.to_json()).audit is None
+    body = {**audit.Report(True).to_json(), "source": "disk.raw", "allowed_identity": False}
+    audited = ImageVersion("g", "d", "1.0.0", "generalized", (disk,), "blake3:" + "b" * 64, audit=body)
+    assert ImageVersion.from_json(audited.to_json()).audit == body

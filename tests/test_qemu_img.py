@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from imgtool.errors import Corrupt, InvalidArgument, NotFound, ToolFailed
+from imgtool.errors import Corrupt, InvalidArgument, ToolFailed
 from imgtool.tools import qemu_img, run
 from imgtool.tools.qemu_img import Extent, data_ranges
 from tests.conftest import require_tools
+from tests.images import identical
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
@@ -99,11 +100,6 @@ def test_convert_argv() -> None:
         "qemu-img", "convert", "-q", "-f", "vmdk", "-O", "qcow2", "/a.vmdk", "/b.qcow2"]
     argv = qemu_img.convert_argv("/a", "/b", src_fmt="raw", dst_fmt="qcow2", compress=True, sparse=False)
     assert argv == ["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", "-c", "-S", "0", "/a", "/b"]
-
-
-def test_compare_argv() -> None:
-    assert qemu_img.compare_argv("/a", "/b", fmt_a="qcow2", fmt_b="raw") == [
-        "qemu-img", "compare", "-q", "-f", "qcow2", "-F", "raw", "/a", "/b"]
 
 
 def test_unknown_format_is_refused_before_running() -> None:
@@ -224,83 +220,15 @@ def test_death_under_limits_says_hostile(tmp_path: Path, monkeypatch: pytest.Mon
     assert "hostile" in caught.value.hint
 
 
-def test_compare_exit_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "a").touch()
-    (tmp_path / "b").touch()
-    fake_run(monkeypatch, 1, stdout="Content mismatch at offset 0!")
-    assert qemu_img.compare(tmp_path / "a", tmp_path / "b", fmt_a="raw", fmt_b="raw") is False
-    fake_run(monkeypatch, 2, stderr="qemu-img: Could not open")
-    with pytest.raises(ToolFailed, match="exit code 2"):
-        qemu_img.compare(tmp_path / "a", tmp_path / "b", fmt_a="raw", fmt_b="raw")
-
-
-def test_missing_image_is_not_found(tmp_path: Path) -> None:
-    with pytest.raises(NotFound):
-        qemu_img.info(tmp_path / "nope.qcow2", fmt="qcow2")
-    with pytest.raises(NotFound):
-        qemu_img.map_extents(tmp_path / "nope.qcow2", fmt="qcow2")
-
-
-# ---------------------------------------------------------------------------
-# integration: real qemu-img
-
-
-@pytest.mark.integration
-@pytest.mark.parametrize("fmt", FORMATS)
-def test_data_ranges_find_the_written_regions(tmp_path: Path, fmt: str) -> None:
-    require_tools("qemu-img", "qemu-io")
-    image = make_image(tmp_path / f"disk.{fmt}", fmt)
-    extents = qemu_img.map_extents(image, fmt=fmt)
-    assert extents[-1].end == qemu_img.info(image, fmt=fmt).virtual_size
-    ranges = data_ranges(extents)
-    for _pattern, start, length in DATA:
-        assert covers(ranges, start, length), (fmt, ranges)
-    if fmt in ("qcow2", "vmdk"):
-        # Exact: allocation is per 64 KiB cluster and the writes are cluster-aligned.
-        assert ranges == [(start, length) for _p, start, length in DATA]
-    if fmt == "raw":
-        # qemu's file driver always reports the first 4 KiB as data (it probes alignment there).
-        assert [r for r in ranges if r != (0, 4 * KiB)] == [(start, length) for _p, start, length in DATA]
-    if fmt in ("qcow2", "vmdk", "raw"):
-        assert not overlaps(ranges, *ZEROED)
-        zeroed = [e for e in extents if e.start <= ZEROED[0] < e.end]
-        assert zeroed[0].zero and not zeroed[0].data
-
-
-@pytest.mark.integration
-def test_overlay_own_ranges_are_exactly_its_writes(tmp_path: Path) -> None:
-    require_tools("qemu-img", "qemu-io")
-    base = tmp_path / "base.raw"
-    run.run(["qemu-img", "create", "-q", "-f", "raw", base, IMAGE_SIZE])
-    qemu_io(base, "raw", "write -P 0x11 0 2M", "write -P 0x22 6M 1M")
-    overlay = tmp_path / "vm.qcow2"
-    qemu_img.create_overlay(overlay, backing=base, backing_fmt="raw")
-    # Unaligned writes (rounded to 64 KiB clusters) and a zero write over base data.
-    qemu_io(overlay, "qcow2", "write -P 0x33 100k 10k", "write -z 6M 64k", "write -P 0x44 12M 4k")
-
-    extents = qemu_img.map_extents(overlay, fmt="qcow2")
-    assert data_ranges(extents, own_only=True) == [(64 * KiB, 64 * KiB), (6 * MiB, 64 * KiB),
-                                                   (12 * MiB, 64 * KiB)]
-    assert data_ranges(extents) == [(0, 2 * MiB), (6 * MiB + 64 * KiB, 1 * MiB - 64 * KiB),
-                                    (12 * MiB, 64 * KiB)]
-
-    info = qemu_img.info(overlay, fmt="qcow2")
-    assert (info.format, info.virtual_size) == ("qcow2", IMAGE_SIZE)
-    assert (info.backing_file, info.backing_format) == (str(base), "raw")
-    assert info.data_file is None and not info.dirty
-    with pytest.raises(InvalidArgument, match="already exists"):
-        qemu_img.create_overlay(overlay, backing=base, backing_fmt="raw")
-
-
 @pytest.mark.integration
 def test_compare_identical_and_different(tmp_path: Path) -> None:
     require_tools("qemu-img", "qemu-io")
     image = make_image(tmp_path / "a.qcow2", "qcow2")
     copy = tmp_path / "a.vmdk"
     qemu_img.convert(image, copy, src_fmt="qcow2", dst_fmt="vmdk")
-    assert qemu_img.compare(image, copy, fmt_a="qcow2", fmt_b="vmdk")
+    assert identical(image, copy, "qcow2", "vmdk")
     qemu_io(copy, "vmdk", "write -P 0x01 15M 512")
-    assert not qemu_img.compare(image, copy, fmt_a="qcow2", fmt_b="vmdk")
+    assert not identical(image, copy, "qcow2", "vmdk")
 
 
 @pytest.mark.integration
@@ -309,7 +237,7 @@ def test_compressed_convert_keeps_content(tmp_path: Path) -> None:
     image = make_image(tmp_path / "a.qcow2", "qcow2")
     packed = tmp_path / "packed.qcow2"
     qemu_img.convert(image, packed, src_fmt="qcow2", dst_fmt="qcow2", compress=True)
-    assert qemu_img.compare(image, packed, fmt_a="qcow2", fmt_b="qcow2")
+    assert identical(image, packed, "qcow2", "qcow2")
     assert to_raw(packed, "qcow2", tmp_path) == to_raw(image, "qcow2", tmp_path)
 
 

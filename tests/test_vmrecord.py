@@ -20,18 +20,53 @@ def write_record(home: Home, name: str, body: object) -> None:
 
 def test_known_format_loads(tmp_path: Path) -> None:
     home = Home.at(tmp_path)
-    write_record(home, "a", {"format": FORMAT, "kind": "vm", "name": "a"})
-    assert load(home, "a")["name"] == "a"
+    write_record(home, "a", RECORD)
+    assert load(home, "a").name == "a"
+    assert load(home, "a").to_json() == {**RECORD, "base_disks": ["blake3:" + "b" * 64], "generalized": False}
+
+
+RECORD = {"format": FORMAT, "kind": "vm", "name": "a", "created": "2026-12-01T00:00:00Z", "image": "g/d@1.0.0",
+          "version_digest": "blake3:" + "a" * 64, "os_state": "generalized", "definition": {},
+          "definition_record": "blake3:" + "c" * 64, "cpus": 1, "memory_mib": 256, "firmware": "bios",
+          "arch": "x86_64", "seed": None,
+          "disks": [{"lun": None, "overlay": "disk-os.qcow2", "base": "/b", "base_disk": "blake3:" + "b" * 64,
+                     "virtual_size": 1024}]}
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"disks": None}, "disks"), ({"cpus": "2"}, "cpus"), ({"cpus": True}, "cpus"), ({"name": 3}, "name"),
+    ({"disks": [{"lun": None}]}, "overlay"), ({"disks": [{**RECORD["disks"][0], "overlay": "../x"}]}, "overlay"),  # type: ignore[index]
+    ({"seed": {"file": "seed.iso"}}, "digest"), ({"image": None}, "image")])
+def test_mistyped_or_missing_fields_are_corrupt_naming_the_field(tmp_path: Path, change: dict[str, object],
+                                                                 field: str) -> None:
+    home = Home.at(tmp_path)
+    write_record(home, "a", {**RECORD, **change})
+    with pytest.raises(Corrupt, match=field) as info:
+        load(home, "a")
+    assert "VM 'a'" in info.value.message
 
 
 @pytest.mark.parametrize("body", [{"format": 2, "kind": "vm", "name": "b"}, {"kind": "vm", "name": "b"},
-                                  {"format": FORMAT, "kind": "gallery"}, ["not", "a", "record"]])
+                                  {"format": True, "kind": "vm", "name": "b"}])
 def test_unknown_formats_are_refused(tmp_path: Path, body: object) -> None:
     home = Home.at(tmp_path)
     write_record(home, "b", body)
     with pytest.raises(Corrupt, match="format") as info:
         load(home, "b")
     assert "upgrade imgtool" in info.value.hint
+
+
+@pytest.mark.parametrize(("body", "says"), [({"format": FORMAT, "kind": "gallery"}, "'gallery' record"),
+                                            (["not", "a", "record"], "not a JSON object"), ("{", "unreadable")])
+def test_records_of_another_kind_or_shape_are_corrupt(tmp_path: Path, body: object, says: str) -> None:
+    home = Home.at(tmp_path)
+    if body == "{":
+        (home.vms / "b").mkdir(parents=True)
+        (home.vms / "b" / "vm.json").write_text("{")
+    else:
+        write_record(home, "b", body)
+    with pytest.raises(Corrupt, match=says):
+        load(home, "b")
 
 
 def test_missing_vm(tmp_path: Path) -> None:

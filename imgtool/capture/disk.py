@@ -22,11 +22,10 @@ from imgtool.home import Home
 from imgtool.tools import diskread, nbd, qemu_img
 from store import digest as digests
 from store.ingest import IngestResult, chunk_indexes, ingest
+from store.progress import Progress
 from store.repo import Store
 
 CAPTURES = "captures"
-
-Progress = Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -50,8 +49,26 @@ def _stats(result: IngestResult) -> dict[str, int]:
             "bytes_read": result.bytes_read, "bytes_stored": result.bytes_stored}
 
 
-def capture_file(home: Home, path: Path, *, fmt: str | None = None, progress: Progress | None = None) -> Captured:
-    """Inspect, map and ingest a disk file. The store is unchanged if anything fails."""
+def check_nested(read: Callable[[int, int], bytes | bytearray], virtual_size: int, *, what: str, outer: str,
+                 allow_nested: bool) -> list[str]:
+    """Refuse a disk whose guest data starts with an image header, unless allowed; return what was found.
+
+    Runs before anything is ingested, so a refusal leaves the store as it was.
+    """
+    head = bytes(read(0, min(formats.GUEST_PROBE, virtual_size)))
+    if not allow_nested:
+        formats.refuse_nested(head, what=what, outer=outer)
+    return sorted(formats.nested_formats(head))
+
+
+def capture_file(home: Home, path: Path, *, fmt: str | None = None, progress: Progress | None = None,
+                 allow_nested: bool = False) -> Captured:
+    """Inspect, map and ingest a disk file. The store is unchanged if anything fails.
+
+    A disk whose guest data is itself an image (imgtool.formats.nested) is
+    refused unless `allow_nested`; an allowed nested image is recorded in the
+    disk's source as `nested_image` (the formats found).
+    """
     info = formats.inspect(Path(path), expected=fmt)
     store = home.store
     with store.writing():
@@ -62,22 +79,28 @@ def capture_file(home: Home, path: Path, *, fmt: str | None = None, progress: Pr
             if extents and extents[-1].end != info.virtual_size:
                 raise Corrupt(f"{path}: qemu-img maps {extents[-1].end} bytes, the header says {info.virtual_size}",
                               hint="the image is inconsistent; refusing to capture it")
+            nested = check_nested(mapped.read, info.virtual_size, what=str(path), outer=info.format,
+                                  allow_nested=allow_nested)
             result = ingest(store, virtual_size=info.virtual_size, read=mapped.read, indexes=indexes,
                             progress=progress)
         lease(store, result.digest)
-    source = {"kind": "file", "path": str(info.path), "format": info.format,
-              "file_size": info.path.stat().st_size}
+    source: dict[str, Any] = {"kind": "file", "path": str(info.path), "format": info.format,
+                              "file_size": info.path.stat().st_size}
+    if nested:
+        source["nested_image"] = nested
     return Captured(result.digest, info.virtual_size, source, _stats(result))
 
 
 def capture_overlay(home: Home, overlay: Path, *, base_digest: str, base_path: Path,
-                    source: dict[str, Any], progress: Progress | None = None) -> Captured:
+                    source: dict[str, Any], progress: Progress | None = None,
+                    allow_nested: bool = False) -> Captured:
     """Incremental capture of a VM's qcow2 overlay over a materialized base.
 
     Only chunks touched by the overlay's own clusters are read; all others keep
     the base disk's chunk digests, so the cost follows the size of the change.
     The overlay is ours, but it is still checked: its backing file must be
-    exactly the expected base, with no external data file.
+    exactly the expected base, with no external data file. The guest wrote its
+    disk, so a nested image is refused as for a file (see capture_file).
     """
     store = home.store
     info = qemu_img.info(overlay, fmt="qcow2")
@@ -94,7 +117,10 @@ def capture_overlay(home: Home, overlay: Path, *, base_digest: str, base_path: P
         reused = {i: h for i, h in base.chunks.items() if i not in changed}
         with diskread.MappedReader(overlay, fmt="qcow2", extents=extents, layers={0: overlay, 1: base_path},
                                    limits=None) as mapped:
+            nested = check_nested(mapped.read, base.virtual_size, what=str(overlay), outer="VM's",
+                                  allow_nested=allow_nested)
             result = ingest(store, virtual_size=base.virtual_size, read=mapped.read, indexes=indexes,
                             reused=reused, progress=progress)
         lease(store, result.digest)
-    return Captured(result.digest, base.virtual_size, {**source, "parent_disk": base_digest}, _stats(result))
+    recorded = {**source, "parent_disk": base_digest, **({"nested_image": nested} if nested else {})}
+    return Captured(result.digest, base.virtual_size, recorded, _stats(result))

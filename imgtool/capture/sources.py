@@ -12,11 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from imgtool.capture import vms as vmcapture
-from imgtool.capture.disk import Captured, Progress, capture_file
+from imgtool.capture.disk import Captured, capture_file
 from imgtool.errors import NotFound
 from imgtool.gallery import lookup
 from imgtool.home import Home
 from store import digest as digests
+from store.progress import Progress
 
 
 def capture_digest(home: Home, text: str) -> Captured:

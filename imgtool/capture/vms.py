@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
-from imgtool.capture.disk import Captured, Progress, capture_overlay
+from imgtool.capture.disk import Captured, capture_overlay
 from imgtool.errors import InvalidArgument, NotFound, Refused
 from imgtool.home import Home
 from imgtool.names import check_name
-from imgtool.vm import runtime as vmrun
-from imgtool.vm.record import load, vm_dir
+from imgtool.vm import state as vmstate
+from imgtool.vm.record import VmDisk, load, vm_dir
+from store.progress import Progress
 
 
 def _split_lun(text: str) -> tuple[str, int | None]:
@@ -27,9 +27,9 @@ def _split_lun(text: str) -> tuple[str, int | None]:
     return name, int(lun)
 
 
-def _disk(disks: list[dict[str, Any]], lun: int | None, what: str) -> dict[str, Any]:
+def _disk(disks: tuple[VmDisk, ...], lun: int | None, what: str) -> VmDisk:
     for disk in disks:
-        if disk["lun"] == lun:
+        if disk.lun == lun:
             return disk
     raise NotFound(f"{what} has no {'OS disk' if lun is None else f'data disk at LUN {lun}'}",
                    hint="check the LUNs with imgtool vm show")
@@ -40,10 +40,10 @@ def capture_vm_source(home: Home, text: str, *, progress: Progress | None = None
     if kind == "vm":
         name, lun = _split_lun(rest)
         record = load(home, name)
-        if vmrun.is_running(home, name):
+        if vmstate.is_running(home, name):
             raise Refused(f"VM '{name}' is running", hint=f"stop it first (imgtool vm stop {name}) or snapshot it")
-        disk = _disk(record["disks"], lun, f"VM '{name}'")
-        overlay = vm_dir(home, name) / disk["overlay"]
+        disk = _disk(record.disks, lun, f"VM '{name}'")
+        overlay = vm_dir(home, name) / disk.overlay
         source = {"kind": "vm", "name": name, "lun": lun}
     else:
         vm_and_snap, lun = _split_lun(rest)
@@ -52,10 +52,9 @@ def capture_vm_source(home: Home, text: str, *, progress: Progress | None = None
         folder = vm_dir(home, name) / "snapshots" / check_name(snap, "snapshot")
         if not folder.is_dir():
             raise NotFound(f"snapshot '{name}/{snap}' does not exist", hint=f"imgtool vm show {name} lists them")
-        disk = _disk(record["disks"], lun, f"snapshot '{name}/{snap}'")
-        overlay = folder / disk["overlay"]
+        disk = _disk(record.disks, lun, f"snapshot '{name}/{snap}'")
+        overlay = folder / disk.overlay
         source = {"kind": "snapshot", "name": f"{name}/{snap}", "lun": lun}
-    source.update({"format": "qcow2", "parent_version": record["image"],
-                   "parent_record": record["version_digest"]})
-    return capture_overlay(home, overlay, base_digest=disk["base_disk"], base_path=Path(disk["base"]),
+    source.update({"format": "qcow2", "parent_version": record.image, "parent_record": record.version_digest})
+    return capture_overlay(home, overlay, base_digest=disk.base_disk, base_path=Path(disk.base),
                            source=source, progress=progress)

@@ -1,6 +1,6 @@
 """imgtool verify, imgtool gc, imgtool du"""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -8,6 +8,7 @@ from imgtool.cli.output import emit_json, human_bytes, state, table
 from imgtool.errors import Corrupt, InvalidArgument
 
 Opt = typer.Option
+MAX_LISTED = 20  # items shown per kind in the text plan; --json has them all
 
 
 def register(app: typer.Typer) -> None:
@@ -66,34 +67,58 @@ def gc(
 ) -> None:
     """Delete what no name, VM or recent capture needs: plan first, then execute.
 
-    Takes the store to itself (waits for running captures and publishes). Unused VM bases are evicted."""
-    from imgtool import maintenance
+    Prints each item with the reason it goes and the bytes it frees, then what is kept although
+    nothing published needs it, and the command that would free it. Takes the store to itself
+    (waits for running captures and publishes)."""
+    from imgtool import garbage
 
     st = state(ctx)
     for option, value in (("--keep-captures", keep_captures), ("--wait", wait)):
         if not value >= 0:  # also refuses NaN
             raise InvalidArgument(f"{option} {value:g} is not a number of hours/seconds >= 0",
                                   hint=f"e.g. {option} 24" if option == "--keep-captures" else f"e.g. {option} 60")
-    result = maintenance.gc(st.home, dry_run=dry_run, capture_retention=keep_captures * 3600, timeout=wait)
+    the_plan = garbage.gc(st.home, dry_run=dry_run, capture_retention=keep_captures * 3600, timeout=wait)
     if st.json:
-        emit_json(result.to_json())
+        emit_json(the_plan.to_json(dry_run=dry_run))
         return
-    body = result.to_json()
+    _print_plan(the_plan, dry_run)
+
+
+def _print_plan(the_plan: Any, dry_run: bool) -> None:
+    by_kind: dict[str, list[Any]] = {}
+    for item in the_plan.items:
+        by_kind.setdefault(item.kind, []).append(item)
+    for kind, items in by_kind.items():
+        print(f"{kind} ({len(items)}): {items[0].reason if kind != 'capture-lease' else 'expired capture lease'}")
+        for item in items[:MAX_LISTED]:
+            print(f"  {item.name[:60]:<60} {human_bytes(item.bytes):>10}")
+        if len(items) > MAX_LISTED:
+            print(f"  ... and {len(items) - MAX_LISTED} more (--json lists all)")
+    for kept in the_plan.kept:
+        until = f" until {kept.until}" if kept.until else ""
+        size = f", {human_bytes(kept.bytes)}" if kept.bytes else ""
+        print(f"kept {kept.kind} {kept.name[:40]}: {kept.reason}{until}{size}")
+        print(f"  to free it: {kept.hint}")
     verb = "would free" if dry_run else "freed"
-    table(["item", "count"], [[k.replace("_", " "), v] for k, v in body.items()
-                              if isinstance(v, int) and not isinstance(v, bool) and not k.endswith("bytes_freed")])
-    print(f"{verb} {human_bytes(body['total_bytes_freed'])}")
+    print(f"{verb} {human_bytes(the_plan.bytes_freed)} ({len(the_plan.items)} items)")
 
 
 def du(ctx: typer.Context) -> None:
-    """Disk usage per version: logical size, data, stored (compressed, shared counted), only-this-version."""
+    """Disk usage: per version (logical size, data, stored compressed with shared chunks counted, bytes only
+    that version holds), then unpublished captures, VM bases, VM folders and the totals on disk."""
     from imgtool import maintenance
 
     st = state(ctx)
-    rows = maintenance.du(st.home)
+    usage = maintenance.du(st.home)
     if st.json:
-        emit_json(rows)
+        emit_json(usage)
         return
-    table(["version", "disks", "logical", "data", "stored", "unique"],
-          [[r["version"], r["disks"], human_bytes(r["logical_bytes"]), human_bytes(r["data_bytes"]),
-            human_bytes(r["stored_bytes"]), human_bytes(r["unique_bytes"])] for r in rows])
+    rows: list[list[Any]] = [[r["version"], r["disks"], human_bytes(r["logical_bytes"]), human_bytes(r["data_bytes"]),
+                              human_bytes(r["stored_bytes"]), human_bytes(r["unique_bytes"])]
+                             for r in usage["versions"]]
+    table(["version", "disks", "logical", "data", "stored", "unique"], rows)
+    captures, base_info = usage["captures"], usage["bases"]
+    print(f"unpublished captures: {captures['count']}, {human_bytes(captures['unpublished_bytes'])} only they hold")
+    print(f"VM bases: {base_info['count']}, {human_bytes(base_info['bytes'])}")
+    print(f"VM folders: {len(usage['vms'])}, {human_bytes(sum(v['bytes'] for v in usage['vms']))}")
+    print(f"store: {human_bytes(usage['store_bytes'])} on disk; home total: {human_bytes(usage['home_bytes'])}")

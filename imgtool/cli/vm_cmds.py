@@ -8,7 +8,7 @@ import typer
 
 from imgtool.cli.output import ProgressBar, emit_json, fields, state, table
 from imgtool.errors import InvalidArgument
-from imgtool.vm.record import load, vm_dir
+from imgtool.vm.record import VmRecord, load, vm_dir
 
 vm_app = typer.Typer(help="VMs: copy-on-write qcow2 overlays over a version's disks, booted under QEMU.",
                      no_args_is_help=True)
@@ -16,9 +16,10 @@ Opt = typer.Option
 Arg = typer.Argument
 
 
-def _public(record: dict[str, Any]) -> dict[str, Any]:
-    """The record as shown: never key material or user-data (the seed holds those, mode 0600)."""
-    return {k: v for k, v in record.items() if k != "definition"}
+def _public(record: VmRecord) -> dict[str, Any]:
+    """The receipt as shown, without the embedded definition record (version show has it). The receipt
+    holds no key material or user-data: those are only in the seed, mode 0600."""
+    return {k: v for k, v in record.to_json().items() if k not in ("definition", "format", "kind")}
 
 
 @vm_app.command("new")
@@ -62,7 +63,7 @@ def vm_new(
     if st.json:
         emit_json({**_public(record), "runtime": runtime})
         return
-    print(f"created VM {name} from {record['image']}")
+    print(f"created VM {name} from {record.image}")
     if runtime:
         print(f"started VM {name} ({runtime['accel']}, ssh on 127.0.0.1:{runtime['ssh_port']})")
 
@@ -121,8 +122,8 @@ def vm_list(ctx: typer.Context) -> None:
             rows.append({"name": name, "state": "incomplete"})
             continue
         status = vmrun.status(st.home, name)
-        rows.append({"name": name, "image": record["image"], "state": status["state"], "cpus": record["cpus"],
-                     "memory_mib": record["memory_mib"], "ssh_port": status.get("ssh_port"),
+        rows.append({"name": name, "image": record.image, "state": status["state"], "cpus": record.cpus,
+                     "memory_mib": record.memory_mib, "ssh_port": status.get("ssh_port"),
                      "accel": status.get("accel")})
     if st.json:
         emit_json(rows)
@@ -135,7 +136,6 @@ def vm_list(ctx: typer.Context) -> None:
 @vm_app.command("show")
 def vm_show(ctx: typer.Context, name: str) -> None:
     """Show a VM's receipt (version digest, definition, seed digest, QEMU command line) and state."""
-    from imgtool.guest.generalize import is_generalized
     from imgtool.vm import runtime as vmrun
 
     st = state(ctx)
@@ -143,20 +143,20 @@ def vm_show(ctx: typer.Context, name: str) -> None:
     status = vmrun.status(st.home, name)
     snaps = sorted(p.name for p in (vm_dir(st.home, name) / "snapshots").glob("*")
                    if not p.name.startswith("."))
-    generalized = is_generalized(st.home, name)
     if st.json:
-        emit_json({**record, "status": status, "snapshots": snaps, "generalized": generalized})
+        emit_json({**_public(record), "status": {k: v for k, v in status.items() if k != "qemu_argv"},
+                   "qemu_argv": status.get("qemu_argv"), "snapshots": snaps})
         return
-    seed = record.get("seed") or {}
-    fields([("name", name), ("image", record["image"]), ("version record", record["version_digest"]),
-            ("os state", record["os_state"]), ("state", status["state"]), ("accel", status.get("accel")),
-            ("ssh", status.get("ssh_port") and f"127.0.0.1:{status['ssh_port']}"), ("cpus", record["cpus"]),
-            ("memory", f"{record['memory_mib']} MiB"), ("firmware", record["firmware"]),
-            ("disks", ", ".join(d["overlay"] for d in record["disks"])), ("seed", seed.get("digest")),
-            ("hostname", seed.get("hostname")), ("admin user", seed.get("admin_user")),
-            ("snapshots", ", ".join(snaps)), ("created", record["created"]),
-            ("generalized", (generalized or {}).get("generalized_at")),
-            ("qemu", " ".join(record["qemu_argv"]) if record.get("qemu_argv") else None)])
+    seed = record.seed
+    fields([("name", name), ("image", record.image), ("version record", record.version_digest),
+            ("os state", record.os_state), ("state", status["state"]), ("accel", status.get("accel")),
+            ("ssh", status.get("ssh_port") and f"127.0.0.1:{status['ssh_port']}"), ("cpus", record.cpus),
+            ("memory", f"{record.memory_mib} MiB"), ("firmware", record.firmware),
+            ("disks", ", ".join(d.overlay for d in record.disks)), ("seed", seed and seed.digest),
+            ("hostname", seed and seed.hostname), ("admin user", seed and seed.admin_user),
+            ("snapshots", ", ".join(snaps)), ("created", record.created),
+            ("generalized", "yes (vm start needs --force)" if record.generalized else "no"),
+            ("qemu", " ".join(status["qemu_argv"]) if status.get("qemu_argv") else None)])
 
 
 def _follow(home: Any, name: str, until: str | None, timeout: float | None) -> None:

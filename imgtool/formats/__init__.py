@@ -10,5 +10,7 @@ virtual sizes is refused before qemu ever sees it.
 from ._common import ACCEPTED_FORMATS, DEFAULT_MAX_VIRTUAL_SIZE, ImageInfo
 from ._inspect import inspect
 from .detect import detect_format
+from .nested import GUEST_PROBE, nested_formats, refuse_nested
 
-__all__ = ["ACCEPTED_FORMATS", "DEFAULT_MAX_VIRTUAL_SIZE", "ImageInfo", "detect_format", "inspect"]
+__all__ = ["ACCEPTED_FORMATS", "DEFAULT_MAX_VIRTUAL_SIZE", "GUEST_PROBE", "ImageInfo", "detect_format", "inspect",
+           "nested_formats", "refuse_nested"]

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imgtool.errors import UnsafeImage
+from imgtool.vocab import DiskFormat, values
 
-ACCEPTED_FORMATS = ("raw", "qcow2", "vmdk", "vpc", "vhdx")
+ACCEPTED_FORMATS = values(DiskFormat)
 DEFAULT_MAX_VIRTUAL_SIZE = 4 << 40  # 4 TiB
 LIMIT_ENV = "IMGTOOL_MAX_VIRTUAL_SIZE"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from imgtool.errors import InvalidArgument, NotFound, UnsafeImage
 
-from . import qcow2, vhdx, vmdk, vpc
+from . import partitions, qcow2, vhdx, vmdk, vpc
 from ._common import (
     ACCEPTED_FORMATS,
     DEFAULT_MAX_VIRTUAL_SIZE,
@@ -25,7 +25,7 @@ from ._common import (
     ImageInfo,
     Source,
 )
-from .detect import PROBE_SIZE, TAIL_SIZE, detect_format
+from .detect import PROBE_SIZE, TAIL_SIZE, detect_format, is_partition_table
 
 CHECKERS: dict[str, Callable[[Source], int]] = {
     "qcow2": qcow2.check,
@@ -43,6 +43,11 @@ REFUSED = {
     "bochs": "Bochs images are not accepted",
     "cloop": "cloop images are not accepted",
     "dmg": "Apple DMG images are not accepted",
+    "iso": "ISO 9660/UDF images are installation media, not disks, and are not accepted as one",
+}
+REFUSED_HINTS = {
+    "iso": "to use its bytes as a disk anyway, convert it with `qemu-img convert -f raw -O qcow2 FILE.iso "
+           "FILE.qcow2` (an ISO inside a disk is ordinary guest content)",
 }
 
 _KINDS = (
@@ -93,8 +98,11 @@ def _inspect_fd(fd: int, limit: int) -> tuple[str, int]:
     tail = os.pread(fd, tail_length, size - tail_length)
     fmt = detect_format(header, size, tail)
     if fmt in REFUSED:
-        raise UnsafeImage(f"{REFUSED[fmt]} (accepted: {', '.join(ACCEPTED_FORMATS)})", hint=FLATTEN_HINT)
+        raise UnsafeImage(f"{REFUSED[fmt]} (accepted: {', '.join(ACCEPTED_FORMATS)})",
+                          hint=REFUSED_HINTS.get(fmt, FLATTEN_HINT))
     src = Source(fd, size, fmt, limit)
+    if fmt == "raw" and is_partition_table(header):
+        partitions.check(src)
     # raw: qemu counts whole sectors, so a ragged last sector reads as zero-padded
     virtual_size = CHECKERS[fmt](src) if fmt in CHECKERS else -(-size // 512) * 512
     src.check_virtual_size(virtual_size)  # every format, raw included

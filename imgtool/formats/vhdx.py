@@ -4,7 +4,10 @@ the virtual size and to refuse differencing disks.
 Refused: a parent locator metadata item or the HasParent flag (a differencing
 disk), a pending log (qemu would replay it, writing into the image, when
 opened read-write), unknown required regions or metadata items, checksum
-failures, and regions or items that point outside the file.
+failures, and regions or item values that point outside the file. Metadata
+items are read as qemu reads them (a fixed size at their offset): their
+declared lengths and the physical sector size are not checked, since qemu
+opens such images.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ VIRTUAL_DISK_ID = _guid("BECA12AB-B2E6-4523-93EF-C309E000C746")
 LOGICAL_SECTOR_SIZE = _guid("8141BF1D-A96F-4709-BA47-F233A8FAAB5F")
 PHYSICAL_SECTOR_SIZE = _guid("CDA348C7-445D-4471-9CC9-E9885251C556")
 PARENT_LOCATOR = _guid("A8D35F2D-B30B-454D-ABF7-D3D84834AB0C")
-# The items qemu requires, with their exact lengths.
+# The items qemu requires, with the bytes it reads of each (their declared lengths are not used).
 REQUIRED_ITEMS = {FILE_PARAMETERS: 8, VIRTUAL_DISK_SIZE: 8, VIRTUAL_DISK_ID: 16,
                   LOGICAL_SECTOR_SIZE: 4, PHYSICAL_SECTOR_SIZE: 4}
 REGION_REQUIRED = 1
@@ -76,9 +79,9 @@ def check(src: Source) -> int:
     size = int.from_bytes(_item(src, metadata, items, VIRTUAL_DISK_SIZE), "little")
     src.check_virtual_size(size)
     sector = int.from_bytes(_item(src, metadata, items, LOGICAL_SECTOR_SIZE), "little")
-    physical = int.from_bytes(_item(src, metadata, items, PHYSICAL_SECTOR_SIZE), "little")
-    _check_geometry(size, block_size, sector, physical, bat)
-    return size
+    _item(src, metadata, items, PHYSICAL_SECTOR_SIZE)  # qemu reads it and accepts any value
+    _check_geometry(size, block_size, sector, bat)
+    return size // sector * sector  # qemu keeps whole logical sectors
 
 
 def _current_header(src: Source) -> Region:
@@ -168,20 +171,21 @@ def _metadata_items(src: Source, metadata: Region) -> dict[bytes, Region]:
 
 
 def _item(src: Source, metadata: Region, items: dict[bytes, Region], guid: bytes) -> bytes:
+    """The item's value, read as qemu reads it: its fixed size at its offset, whatever length it declares.
+
+    qemu (vhdx_parse_metadata) never looks at an item's length nor checks that it
+    lies inside the metadata region, so neither is required here: refusing
+    them refused images qemu opens. The bytes read must exist in the file.
+    """
     place, want = items[guid], REQUIRED_ITEMS[guid]
-    if place.length != want or place.offset < TABLE_SIZE or place.offset + want > metadata.length:
-        raise claims("vhdx", f"has metadata item {uuid.UUID(bytes_le=guid)} at {place.offset} "
-                             f"({place.length} bytes) outside its region or of the wrong size")
-    return src.read(metadata.offset + place.offset, want, "a VHDX metadata item")
+    return src.read(metadata.offset + place.offset, want, f"VHDX metadata item {uuid.UUID(bytes_le=guid)}")
 
 
-def _check_geometry(size: int, block_size: int, sector: int, physical: int, bat: Region) -> None:
+def _check_geometry(size: int, block_size: int, sector: int, bat: Region) -> None:
     if not MIB <= block_size <= 256 * MIB or block_size & (block_size - 1):
         raise claims("vhdx", f"has block size {block_size} (a power of two, 1..256 MiB)")
-    if sector not in (512, 4096) or physical not in (512, 4096):
-        raise claims("vhdx", f"has sector sizes {sector}/{physical} (512 or 4096)")
-    if size % sector:
-        raise claims("vhdx", f"has virtual size {size}, not a multiple of its {sector}-byte sectors")
+    if sector not in (512, 4096):
+        raise claims("vhdx", f"has logical sector size {sector} (512 or 4096)")
     chunk_ratio = (1 << 23) * sector // block_size  # data blocks per sector-bitmap block
     data_blocks = -(-size // block_size)
     entries = data_blocks + (data_blocks - 1) // chunk_ratio if data_blocks else 0

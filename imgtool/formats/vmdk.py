@@ -4,8 +4,12 @@ Accepted: a hosted sparse extent (magic KDMV) whose embedded descriptor says
 createType monolithicSparse or streamOptimized and lists exactly one extent,
 itself. Refused: text descriptor files (their extents are other files: qemu
 would open whatever paths they name), ESX "COWD" sparse files, a zero capacity
-(qemu then follows the embedded descriptor's extents), parent hints, and a
-streamOptimized footer that disagrees with its header.
+(qemu then follows the embedded descriptor's extents), parent hints, a
+descriptor anywhere but sector 1 (where qemu reads it, whatever the header
+says), and a streamOptimized footer that disagrees with its header or whose
+markers are not exactly a marker (size 0, its type, zero padding) -- the peer's
+checks. The header's descriptor size is not a limit qemu has; at most
+MAX_DESCRIPTOR_BYTES of it are read, as qemu does.
 """
 
 from __future__ import annotations
@@ -27,7 +31,10 @@ MARKER_END_OF_STREAM = 0
 MARKER_FOOTER = 3
 QEMU_DESC_OFFSET = 0x200  # qemu looks for parentFileNameHint here, whatever the header says
 QEMU_DESC_SIZE = 20 * 512
-MAX_DESCRIPTOR_SECTORS = 2048
+# qemu reads at most 1 MiB - 1 of descriptor text (vmdk_read_desc) and never looks at the header's
+# descriptor size for a sparse file, so any size is accepted and only this much is read.
+MAX_DESCRIPTOR_BYTES = (1 << 20) - 1
+MARKER_PADDING = bytes(496)
 MAX_GRAIN_SECTORS = 0x200000
 MAX_GTES = 512
 MAX_L1_ENTRIES = 32 << 20
@@ -99,6 +106,9 @@ def _footer(src: Source, header: SparseHeader) -> SparseHeader:
     if end[512:516] != b"KDMV" or footer_marker[1:] != (0, MARKER_FOOTER) or eos_marker != (0, 0,
                                                                                              MARKER_END_OF_STREAM):
         raise claims("vmdk", "says its grain directory is at the end, and has no valid footer there")
+    if end[16:512] != MARKER_PADDING or end[1024 + 16:] != MARKER_PADDING:
+        # as the peer: bytes hidden in a marker's padding are no part of any VMDK qemu or VMware writes
+        raise claims("vmdk", "has a footer or end-of-stream marker whose padding is not all zero")
     footer = SparseHeader.parse(end[512:1024])
     differing = [f.name for f in fields(SparseHeader)
                  if f.name != "gd_offset" and getattr(footer, f.name) != getattr(header, f.name)]
@@ -112,10 +122,13 @@ def _footer(src: Source, header: SparseHeader) -> SparseHeader:
 
 
 def _check_descriptor(src: Source, header: SparseHeader) -> None:
-    if header.desc_offset == 0 or not 0 < header.desc_size <= MAX_DESCRIPTOR_SECTORS:
-        raise claims("vmdk", f"has no usable embedded descriptor (offset {header.desc_offset}, "
-                             f"{header.desc_size} sectors)")
-    raw = src.read(header.desc_offset * 512, header.desc_size * 512, "the embedded descriptor")
+    if header.desc_offset * 512 != QEMU_DESC_OFFSET or header.desc_size == 0:
+        # qemu reads the descriptor (CID, parent hint) at 0x200 whatever the header says: one place only
+        raise claims("vmdk", f"has its embedded descriptor at sector {header.desc_offset} with "
+                             f"{header.desc_size} sectors (the descriptor must start at sector 1)")
+    length = min(header.desc_size * 512, MAX_DESCRIPTOR_BYTES)
+    src.require(QEMU_DESC_OFFSET, min(length, 512), "the embedded descriptor")
+    raw = src.read_padded(QEMU_DESC_OFFSET, length)
     text = raw.split(b"\0", 1)[0]
     qemu_view = src.read_padded(QEMU_DESC_OFFSET, QEMU_DESC_SIZE).split(b"\0", 1)[0]
     if b"parentFileNameHint" in text or b"parentFileNameHint" in qemu_view:

@@ -1,4 +1,4 @@
-"""Image versions: publish, read, resolve `latest`, update, delete, export.
+"""Image versions: publish, update, delete, export (reading and `latest` are in gallery/lookup.py).
 
 Publishing writes in the store's order: chunks (capture) -> disk manifests ->
 version record -> name. The name is created with create-only semantics, so of
@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,8 +28,8 @@ from imgtool.tools import qemu_img
 from imgtool.vm import record as vmrecord
 from store import atomic
 from store.materialize import materialize
+from store.progress import Progress
 
-Progress = Callable[[int], None]
 MAX_LUN = 63
 
 

@@ -12,15 +12,16 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from imgtool.errors import InvalidArgument
-from imgtool.records import JsonObject, check_record, opt_str
+from imgtool.errors import Corrupt, InvalidArgument
+from imgtool.records import Fields, JsonObject, build, check_record
+from imgtool.vocab import Architecture, DiskFormat, Firmware, OsState, OsType, values
 
 FORMAT = 1
-OS_TYPES = ("linux", "windows")
-OS_STATES = ("generalized", "specialized")
-FIRMWARES = ("bios", "uefi")
-ARCHITECTURES = ("x86_64", "aarch64")
-DISK_FORMATS = ("raw", "qcow2", "vmdk", "vpc", "vhdx")
+OS_TYPES = values(OsType)
+OS_STATES = values(OsState)
+FIRMWARES = values(Firmware)
+ARCHITECTURES = values(Architecture)
+DISK_FORMATS = values(DiskFormat)
 UPDATABLE_DEFINITION = ("description", "recommended", "end_of_life", "release_notes_uri", "tags")
 UPDATABLE_VERSION = ("exclude_from_latest", "end_of_life", "block_deletion_before_end_of_life")
 
@@ -70,9 +71,9 @@ class Range:
         return {"min": self.min, "max": self.max}
 
     @classmethod
-    def from_json(cls, obj: Any) -> Range:
-        obj = obj or {}
-        return cls(obj.get("min"), obj.get("max"))
+    def from_json(cls, obj: JsonObject, what: str = "recommended range") -> Range:
+        f = Fields(obj, what)
+        return build(what, lambda: cls(f.opt_integer("min"), f.opt_integer("max")))
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,10 @@ class Gallery:
 
     @classmethod
     def from_json(cls, obj: JsonObject) -> Gallery:
-        check_record(obj, kind="gallery", fmt=FORMAT, fields=set(cls.FIELDS), what="gallery record")
-        return cls(str(obj["name"]), str(obj.get("description", "")), str(obj["created"]), opt_str(obj, "updated"))
+        what = "gallery record"
+        f = Fields(check_record(obj, kind="gallery", fmt=FORMAT, fields=set(cls.FIELDS), what=what), what)
+        return build(what, lambda: cls(f.text("name"), f.text_or("description", ""), f.text("created"),
+                                       f.opt_text("updated")))
 
 
 @dataclass(frozen=True)
@@ -145,15 +148,20 @@ class Definition:
     @classmethod
     def from_json(cls, obj: JsonObject) -> Definition:
         names = {f.name for f in dataclasses.fields(cls)} - {"vcpus", "memory_mib"} | {"recommended"}
-        check_record(obj, kind="definition", fmt=FORMAT, fields=names, what="definition record")
-        body = {k: v for k, v in obj.items() if k not in ("kind", "format", "links", "recommended")}
-        rec = obj.get("recommended") or {}
-        body["vcpus"] = Range.from_json(rec.get("vcpus"))
-        body["memory_mib"] = Range.from_json(rec.get("memory_mib"))
-        body["disallowed_disk_formats"] = tuple(body.get("disallowed_disk_formats", ()))
-        body["features"] = tuple(sorted((body.get("features") or {}).items()))
-        body["tags"] = tuple(sorted((body.get("tags") or {}).items()))
-        return cls(**body)
+        what = "definition record"
+        f = Fields(check_record(obj, kind="definition", fmt=FORMAT, fields=names, what=what), what)
+        rec = Fields(f.obj_or_empty("recommended"), f"{what} recommended")
+        return build(what, lambda: cls(
+            gallery=f.text("gallery"), name=f.text("name"), publisher=f.text("publisher"), offer=f.text("offer"),
+            sku=f.text("sku"), os_type=f.text("os_type"), os_state=f.text("os_state"),
+            firmware=f.text_or("firmware", "bios"), architecture=f.text_or("architecture", "x86_64"),
+            vcpus=Range.from_json(rec.obj_or_empty("vcpus"), f"{what} recommended vcpus"),
+            memory_mib=Range.from_json(rec.obj_or_empty("memory_mib"), f"{what} recommended memory_mib"),
+            disallowed_disk_formats=f.texts("disallowed_disk_formats"),
+            description=f.text_or("description", ""), eula=f.text_or("eula", ""),
+            privacy_uri=f.text_or("privacy_uri", ""), release_notes_uri=f.text_or("release_notes_uri", ""),
+            end_of_life=f.opt_text("end_of_life"), features=f.text_map("features"), tags=f.text_map("tags"),
+            created=f.text("created"), updated=f.opt_text("updated")))
 
 
 @dataclass(frozen=True)
@@ -169,10 +177,9 @@ class Disk:
         return {"lun": self.lun, "digest": self.digest, "virtual_size": self.virtual_size, "source": self.source}
 
     @classmethod
-    def from_json(cls, obj: JsonObject) -> Disk:
-        lun = obj.get("lun")
-        return cls(None if lun is None else int(lun), str(obj["digest"]), int(obj["virtual_size"]),
-                   dict(obj.get("source") or {}))
+    def from_json(cls, obj: JsonObject, what: str = "disk") -> Disk:
+        f = Fields(obj, what)
+        return cls(f.opt_integer("lun"), f.text("digest"), f.integer("virtual_size"), f.obj_or_empty("source"))
 
 
 @dataclass(frozen=True)
@@ -212,10 +219,18 @@ class ImageVersion:
     @classmethod
     def from_json(cls, obj: JsonObject) -> ImageVersion:
         names = {f.name for f in dataclasses.fields(cls)}
-        check_record(obj, kind="version", fmt=FORMAT, fields=names, what="version record")
-        body = {k: v for k, v in obj.items() if k not in ("kind", "format", "links")}
-        body["disks"] = tuple(Disk.from_json(d) for d in obj["disks"])
-        return cls(**body)
+        what = "version record"
+        f = Fields(check_record(obj, kind="version", fmt=FORMAT, fields=names, what=what), what)
+        disks = f.each("disks", Disk.from_json)
+        if not disks:
+            raise Corrupt(f"{what} has no disks", hint="the record is damaged; run imgtool verify")
+        return cls(gallery=f.text("gallery"), definition=f.text("definition"), version=f.text("version"),
+                   os_state=f.text("os_state"), disks=disks, definition_record=f.text("definition_record"),
+                   published=f.text("published"), exclude_from_latest=f.flag("exclude_from_latest"),
+                   end_of_life=f.opt_text("end_of_life"),
+                   block_deletion_before_end_of_life=f.flag("block_deletion_before_end_of_life"),
+                   provenance=f.obj_or_empty("provenance"), updated=f.opt_text("updated"),
+                   audit=f.obj_or_empty("audit") or None)
 
     def updated_with(self, **changes: Any) -> ImageVersion:
         bad = set(changes) - set(UPDATABLE_VERSION)

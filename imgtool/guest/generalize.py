@@ -7,13 +7,13 @@ with `remove_admin` the provisioned admin user (account, group, home, sudoers ru
 
 Online (the VM runs and answers SSH): a script run with sudo in the guest, which then powers off.
 Offline (the VM is stopped): the same removals on its OS overlay through qemu-storage-daemon's FUSE
-export and `debugfs -w`. Either way every removal is listed, and `<vm>/generalized.json` records it;
+export and `debugfs -w`. Either way every removal is listed, and the VM's record says `generalized`;
 `vm start` refuses a generalized VM without --force (booting would personalize it again).
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import tempfile
 import time
 from dataclasses import dataclass
@@ -21,17 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from imgtool.errors import Refused, ToolFailed
-from imgtool.gallery.model import now
 from imgtool.guest import fs, ssh
 from imgtool.guest.audit import HISTORIES, LEASE_DIRS, home_dirs
 from imgtool.guest.fs import Debugfs
 from imgtool.guest.targets import vm_target
 from imgtool.home import Home
 from imgtool.vm import runtime as vmrun
-from imgtool.vm.record import load, vm_dir
-from store import atomic
+from imgtool.vm.record import load, save
 
-MARKER = vmrun.GENERALIZED
 CLOUD_INIT_SUDOERS = "/etc/sudoers.d/90-cloud-init-users"
 ACCOUNT_FILES = ("/etc/passwd", "/etc/shadow", "/etc/group", "/etc/gshadow")
 POWEROFF_TIMEOUT = 120.0
@@ -50,22 +47,10 @@ class Result:
                 "generalized": True}
 
 
-def is_generalized(home: Home, name: str) -> dict[str, Any] | None:
-    try:
-        value: dict[str, Any] = json.loads((vm_dir(home, name) / MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-    return value
-
-
-def clear_mark(home: Home, name: str) -> None:
-    (vm_dir(home, name) / MARKER).unlink(missing_ok=True)
-
-
 def generalize(home: Home, name: str, *, remove_admin: bool = False, timeout: float = POWEROFF_TIMEOUT) -> Result:
     """Online when the VM runs, else offline. Refuses a VM already generalized (nothing to do)."""
     record = load(home, name)
-    admin = (record.get("seed") or {}).get("admin_user") if remove_admin else None
+    admin = record.seed.admin_user if remove_admin and record.seed else None
     if remove_admin and not admin:
         raise Refused(f"VM '{name}' has no provisioned admin user to remove (specialized image)",
                       hint="generalize without --remove-admin")
@@ -76,8 +61,8 @@ def generalize(home: Home, name: str, *, remove_admin: bool = False, timeout: fl
 
 
 def _mark(home: Home, result: Result) -> None:
-    body = {"generalized_at": now(), "mode": result.mode, "removed": list(result.removed)}
-    atomic.replace(vm_dir(home, result.name) / MARKER, json.dumps(body, indent=2).encode())
+    # Reloaded: the online path stopped the VM meanwhile (and the runtime may have touched its files).
+    save(home, dataclasses.replace(load(home, result.name), generalized=True))
 
 
 # -- online ---------------------------------------------------------------

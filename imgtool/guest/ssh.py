@@ -15,7 +15,7 @@ from pathlib import Path
 from imgtool.errors import InvalidArgument, Refused, ToolFailed
 from imgtool.home import Home
 from imgtool.tools import run
-from imgtool.vm import runtime as vmrun
+from imgtool.vm import state as vmstate
 from imgtool.vm.record import load, vm_dir
 
 KNOWN_HOSTS = "known_hosts"
@@ -28,8 +28,8 @@ def options(home: Home, name: str, *, batch: bool = True, identity: Path | None 
     """ssh options for VM `name` (port, key, known_hosts), without the destination. `identity`: a
     private key to use instead of the seeded one (a specialized VM has no seed)."""
     record = load(home, name)
-    status = vmrun.status(home, name)
-    if status["state"] == "stopped":
+    status = vmstate.running_state(home, name)
+    if status is None:
         raise Refused(f"VM '{name}' is not running", hint=f"start it: imgtool vm start {name}")
     argv = ["-p", str(status["ssh_port"]),
             "-o", f"UserKnownHostsFile={vm_dir(home, name) / KNOWN_HOSTS}",
@@ -39,7 +39,7 @@ def options(home: Home, name: str, *, batch: bool = True, identity: Path | None 
             "-o", "LogLevel=ERROR"]
     if batch:
         argv += ["-o", "BatchMode=yes"]
-    key = ((record.get("seed") or {}).get("ssh_key")) or ""
+    key = (record.seed.ssh_key if record.seed else None) or ""
     if identity is not None:
         argv += ["-i", str(identity), "-o", "IdentitiesOnly=yes"]
     elif key.endswith(".pub") and Path(key[:-4]).exists():
@@ -48,8 +48,8 @@ def options(home: Home, name: str, *, batch: bool = True, identity: Path | None 
 
 
 def user(home: Home, name: str) -> str:
-    seed = load(home, name).get("seed") or {}
-    admin = seed.get("admin_user")
+    seed = load(home, name).seed
+    admin = seed.admin_user if seed else None
     if not admin:
         raise InvalidArgument(f"VM '{name}' has no provisioned user (specialized image)",
                               hint="use the source image's own accounts: ssh -p PORT USER@127.0.0.1")
@@ -85,7 +85,7 @@ def wait(home: Home, name: str, *, timeout: float, cloud_init: bool = False,
     start = time.monotonic()
     deadline = start + timeout
     took: dict[str, float] = {}
-    if not vmrun.is_running(home, name):
+    if not vmstate.is_running(home, name):
         raise Refused(f"VM '{name}' is not running", hint=f"start it: imgtool vm start {name}")
     if login.user is None:
         user(home, name)  # a VM without a provisioned user needs --user: say so now, not at the timeout
@@ -102,7 +102,7 @@ def _until(home: Home, name: str, deadline: float, probe: Callable[[float], str 
            progress: Progress | None, start: float) -> None:
     last = "no answer yet"
     while True:
-        if not vmrun.is_running(home, name):
+        if not vmstate.is_running(home, name):
             raise ToolFailed(f"VM '{name}' stopped while waiting for {what}",
                              hint=f"read its console: imgtool vm console {name}")
         left = deadline - time.monotonic()

@@ -18,7 +18,7 @@ from imgtool.gallery.galleries import get_definition
 from imgtool.home import Home
 from imgtool.names import DefinitionRef, check_name
 from imgtool.vm import bases
-from imgtool.vm import runtime as vmrun
+from imgtool.vm import state as vmstate
 from imgtool.vm.record import load, vm_dir
 from store import digest as digests
 
@@ -35,13 +35,13 @@ class Target:
 
 def vm_target(home: Home, name: str) -> Target:
     record = load(home, name)
-    if vmrun.is_running(home, name):
+    if vmstate.is_running(home, name):
         raise Refused(f"VM '{name}' is running: its disk is changing",
                       hint=f"stop it first: imgtool vm stop {name}")
-    disk = next((d for d in record["disks"] if d["lun"] is None), None)
+    disk = record.disk(None)
     if disk is None:
         raise NotFound(f"VM '{name}' has no OS disk", hint="check it with imgtool vm show " + name)
-    return Target(vm_dir(home, name) / disk["overlay"], "qcow2", record.get("firmware"), name)
+    return Target(vm_dir(home, name) / disk.overlay, "qcow2", record.firmware, name)
 
 
 def _snapshot_target(home: Home, text: str) -> Target:
@@ -50,7 +50,7 @@ def _snapshot_target(home: Home, text: str) -> Target:
     path = vm_dir(home, name) / "snapshots" / check_name(snap, "snapshot") / "disk-os.qcow2"
     if not path.exists():
         raise NotFound(f"snapshot '{text}' does not exist", hint=f"list snapshots: imgtool vm show {name}")
-    return Target(path, "qcow2", record.get("firmware"))
+    return Target(path, "qcow2", record.firmware)
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 
 from imgtool.errors import Corrupt
-from imgtool.tools import nbd, run
+from imgtool.tools import nbd, run, sockets
 from imgtool.tools.qemu_img import Extent
 from store.lock import alive
 
@@ -35,8 +35,7 @@ def socket_dir() -> Iterator[Path]:
     no home's gc sees it: folders left by killed captures are pruned here instead,
     by the pid in their name.
     """
-    parent = Path(tempfile.gettempdir()) / f"imgtool-{os.getuid()}"
-    parent.mkdir(mode=0o700, exist_ok=True)
+    parent = sockets.private_dir()
     for stale in parent.glob("nbd-*"):
         pid = stale.name.split("-")[1]
         if pid.isdigit() and not alive(int(pid)):

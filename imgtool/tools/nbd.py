@@ -20,22 +20,18 @@ decompression at ~210 MB/s.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import itertools
 import os
 import queue
-import signal
 import socket
 import struct
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from imgtool.errors import Corrupt, InvalidArgument, ToolFailed
-from imgtool.tools import qemu_img, run
+from imgtool.tools import qemu_img, run, sockets
 
 # --- protocol constants (all integers are big-endian on the wire) -----------------
 NBDMAGIC = b"NBDMAGIC"
@@ -77,7 +73,6 @@ REQUEST_SIZE = 8 << 20  # what we ask per request: with PIPELINE of them in flig
 MAX_OPTION_REPLY = 1 << 16  # option replies are short; anything bigger is a broken server
 PIPELINE = 4  # requests in flight per connection
 EXPORT_NAME = "imgtool"
-SOCKET_PATH_MAX = 107  # sun_path is 108 bytes including the NUL
 
 
 def limits_for(virtual_size: int) -> run.Limits:
@@ -90,41 +85,6 @@ def limits_for(virtual_size: int) -> run.Limits:
     gib = -(-max(virtual_size, 0) // (1 << 30))
     base = run.UNTRUSTED.cpu_seconds or 120
     return run.Limits(cpu_seconds=base + 10 * gib, address_space=run.UNTRUSTED.address_space)
-
-
-PR_SET_PDEATHSIG = 1  # prctl(2) option: the signal a child gets when its parent thread dies
-
-
-@dataclass(frozen=True)
-class Tethered(run.Limits):
-    """run.Limits that also tie qemu-nbd's life to the process that started it.
-
-    qemu-nbd runs --persistent in a session of its own, so if imgtool is killed
-    (SIGKILL, the OOM killer) nothing would ever stop it: it would keep the image
-    open for good (and a VM overlay it holds could not be started). The kernel
-    SIGKILLs it when the thread that spawned it dies, so the export must be opened
-    and closed by one long-lived thread (captures read on their calling thread).
-    """
-
-    parent: int = 0
-
-    def preexec(self) -> Callable[[], None]:
-        limit = super().preexec()
-
-        def apply() -> None:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-            if os.getppid() != self.parent:  # the parent died before prctl: nobody would signal us
-                os._exit(1)
-            limit()
-
-        return apply
-
-
-def tethered(limits: run.Limits | None) -> Tethered:
-    """`limits` (or none) plus death with the calling process."""
-    base = limits or run.Limits()
-    return Tethered(base.cpu_seconds, base.address_space, parent=os.getpid())
 
 
 def _violation(what: str) -> ToolFailed:
@@ -308,11 +268,6 @@ class Reader:
         while pending:
             self._complete(pending)
 
-    def read(self, offset: int, length: int) -> bytes:
-        buf = bytearray(length)
-        self.readinto(offset, memoryview(buf))
-        return bytes(buf)
-
     def close(self) -> None:
         """Soft disconnect (NBD_CMD_DISC; no reply) and close; never raises."""
         if self._broken is None:
@@ -366,7 +321,7 @@ class Export:
         self.path = Path(path)
         self.fmt = fmt
         self.socket_path = Path(workdir) / f"nbd-{os.getpid()}-{id(self):x}.sock"
-        if len(os.fsencode(self.socket_path)) > SOCKET_PATH_MAX:
+        if not sockets.fits(self.socket_path):
             raise InvalidArgument(f"socket path {self.socket_path} is too long for a unix socket",
                                   hint="use a shorter work directory")
         self.limits = limits
@@ -381,7 +336,7 @@ class Export:
     def __enter__(self) -> Export:
         qemu_img.require_file(self.path)
         argv = qemu_nbd_argv(self.path, fmt=self.fmt, socket_path=self.socket_path, shared=self.connections)
-        self._server = run.spawn(argv, limits=tethered(self.limits))
+        self._server = run.spawn(argv, limits=self.limits, tethered=True)
         try:
             for _ in range(self.connections):
                 reader = Reader(self._connect())
@@ -468,12 +423,6 @@ class Export:
         finally:
             self._pool.put(reader)
 
-    def read(self, offset: int, length: int) -> bytes:
-        """`length` guest bytes from `offset` (any length; split into REQUEST_SIZE requests)."""
-        buf = bytearray(length)
-        self.readinto(offset, memoryview(buf))
-        return bytes(buf)
-
     def close(self) -> None:
         """Disconnect, stop qemu-nbd, remove the socket; idempotent."""
         for reader in self._readers:
@@ -481,9 +430,6 @@ class Export:
         self._readers.clear()
         self._pool = queue.Queue()
         if self._server is not None:
-            with contextlib.suppress(OSError):
-                # run.Background.stop() tries to SIGKILL a child that already died of a
-                # signal, which raises ProcessLookupError: it is stopped either way.
-                self._server.stop()
+            self._server.stop()  # never raises, even for a server that already died of a signal
             self._server = None
         self.socket_path.unlink(missing_ok=True)

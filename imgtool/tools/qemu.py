@@ -28,14 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imgtool.errors import InvalidArgument
+from imgtool.vocab import MAX_SOCKET_PATH, Architecture, Firmware, values
 
-ARCHES = ("x86_64", "aarch64")
+ARCHES = values(Architecture)
 ACCELS = ("kvm", "tcg")
-FIRMWARES = ("bios", "uefi")
+FIRMWARES = values(Firmware)
 DRIVE_FORMATS = ("qcow2", "raw")
 MIN_MEMORY_MIB = 64
-# sun_path is 108 bytes including the terminating NUL.
-MAX_SOCKET_PATH = 107
 
 _MACHINE = {"x86_64": "q35", "aarch64": "virt"}
 

@@ -145,14 +145,6 @@ def convert_argv(
     return [*argv, image_arg(src), image_arg(dst)]
 
 
-def compare_argv(a: PathLike, b: PathLike, *, fmt_a: str, fmt_b: str) -> list[str]:
-    return ["qemu-img", "compare",
-            "-q",
-            "-f", check_format(fmt_a),
-            "-F", check_format(fmt_b),
-            image_arg(a), image_arg(b)]
-
-
 # ---------------------------------------------------------------------------
 # parsers (pure)
 
@@ -315,13 +307,3 @@ def convert(
     """Convert src to dst (sparse). Pass limits for untrusted sources."""
     require_file(src)
     run.run(convert_argv(src, dst, src_fmt=src_fmt, dst_fmt=dst_fmt, compress=compress), limits=limits)
-
-
-def compare(a: PathLike, b: PathLike, *, fmt_a: str, fmt_b: str) -> bool:
-    """True if the guest-visible content is identical (unallocated counts as zeros)."""
-    require_file(a)
-    require_file(b)
-    result = run.run(compare_argv(a, b, fmt_a=fmt_a, fmt_b=fmt_b), check=False)
-    if result.returncode in (0, 1):
-        return result.returncode == 0
-    raise run.failure(result)

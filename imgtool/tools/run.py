@@ -10,8 +10,10 @@ untrusted input) CPU and address-space limits set before exec.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
+import queue
 import resource
 import shlex
 import shutil
@@ -196,7 +198,10 @@ class Background:
         return bool(self.handle.process.is_alive()[0])
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Terminate the child (SIGKILL if it ignores SIGTERM for `timeout` s) and reap it."""
+        """Terminate the child (SIGKILL if it ignores SIGTERM for `timeout` s) and reap it.
+
+        Never raises: a child that is already gone (dead of a signal, or exited) is stopped.
+        """
         if self.alive():
             with contextlib.suppress(ProcessLookupError):
                 self.handle.process.terminate()
@@ -227,13 +232,82 @@ class Background:
             return ""
 
 
+PR_SET_PDEATHSIG = 1  # prctl(2) option: the signal a child gets when the thread that forked it exits
+
+
+def _tether(parent: int, then: Callable[[], None] | None) -> Callable[[], None]:
+    """A preexec step: the kernel SIGKILLs the child when its forking thread dies (see _Spawner)."""
+
+    def apply() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl: nobody would signal us
+            os._exit(1)
+        if then is not None:
+            then()
+
+    return apply
+
+
+class _Spawner:
+    """One thread that lives as long as the process and forks every tethered child.
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, not the process: a child
+    started from a pool thread would be killed when that worker retires, and one started from a
+    short-lived thread at once. Forking from this thread ties children to the process's life. After
+    fork(2) (the test harness's fork server) the thread does not exist in the child: it is restarted.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: queue.Queue[tuple[Callable[[], Any], queue.Queue[tuple[bool, Any]]]] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        if threading.current_thread() is self._thread:
+            return fn()
+        self._ensure()
+        answer: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=1)
+        self._jobs.put((fn, answer))
+        ok, value = answer.get()
+        if not ok:
+            raise value
+        return value
+
+    def _ensure(self) -> None:
+        with self._lock:
+            if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
+                return
+            self._jobs = queue.Queue()
+            self._pid = os.getpid()
+            self._thread = threading.Thread(target=self._serve, name="imgtool-spawner", daemon=True)
+            self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            fn, answer = self._jobs.get()
+            try:
+                answer.put((True, fn()))
+            except BaseException as exc:  # handed to the caller, raised on its own thread
+                answer.put((False, exc))
+
+
+_spawner = _Spawner()
+
+
 def spawn(
     argv: Sequence[Arg],
     *,
     limits: Limits | None = None,
     env: dict[str, str] | None = None,
+    tethered: bool = False,
 ) -> Background:
-    """Start a program in the background; the caller must `stop()` it."""
+    """Start a program in the background; the caller must `stop()` it.
+
+    tethered: the child dies with this process even if it is SIGKILLed (qemu-nbd and probe guests
+    run in sessions of their own, so nothing else would ever stop them).
+    """
     args = argv_strings(argv)
     command = sh.Command(which(args[0]))
     log.debug("+ %s &", shlex.join(args))
@@ -246,9 +320,13 @@ def spawn(
         "_ok_code": OK_CODES,
         "_new_session": True,
     }
-    if limits is not None:
-        kwargs["_preexec_fn"] = limits.preexec()
-    return Background(args, command(*args[1:], **kwargs))
+    preexec = limits.preexec() if limits is not None else None
+    if not tethered:
+        if preexec is not None:
+            kwargs["_preexec_fn"] = preexec
+        return Background(args, command(*args[1:], **kwargs))
+    kwargs["_preexec_fn"] = _tether(os.getpid(), preexec)
+    return Background(args, _spawner.call(lambda: command(*args[1:], **kwargs)))
 
 
 def exec_replace(argv: Sequence[Arg]) -> None:

@@ -13,12 +13,12 @@ Silent media bit rot is found by `imgtool verify --deep`, which re-hashes bases.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 
-from imgtool.errors import Corrupt, NotFound
+from imgtool.errors import Corrupt, InvalidArgument, NotFound
 from imgtool.home import Home
 from imgtool.vm import record as vmrecord
 from store import atomic, codec
@@ -26,6 +26,7 @@ from store import digest as digests
 from store.disks import DiskManifest
 from store.lock import alive, file_lock
 from store.materialize import materialize
+from store.progress import Progress
 from store.verify import Problem
 
 SUFFIX = ".raw"
@@ -52,7 +53,7 @@ def _unchanged(base: Path) -> bool:
         return False
 
 
-def ensure(home: Home, disk_digest: str, *, progress: Callable[[int], None] | None = None) -> Path:
+def ensure(home: Home, disk_digest: str, *, progress: Progress | None = None) -> Path:
     """The verified base of a disk, materialized (or rebuilt) if needed."""
     base = path_for(home, disk_digest)
     if base.exists() and _unchanged(base):
@@ -69,7 +70,7 @@ def ensure(home: Home, disk_digest: str, *, progress: Callable[[int], None] | No
     return base
 
 
-def _build(home: Home, disk: DiskManifest, base: Path, progress: Callable[[int], None] | None = None) -> None:
+def _build(home: Home, disk: DiskManifest, base: Path, progress: Progress | None = None) -> None:
     tmp = atomic.tmp_name(base.parent)
     try:
         with atomic.translated(f"base {base.name}"):
@@ -138,8 +139,9 @@ def all_bases(home: Home) -> list[Path]:
 
 def used_disks(home: Home) -> set[str]:
     used: set[str] = set()
-    for record in vmrecord.load_records(home):
-        used.update(digests.parse(str(d)) for d in record.get("base_disks", []))
+    for digest in vmrecord.used_base_disks(home):
+        with contextlib.suppress(InvalidArgument):
+            used.add(digests.parse(digest))
     return used
 
 
@@ -201,5 +203,4 @@ def repair_all(home: Home) -> list[str]:
 
 
 def vms_on(home: Home, disk_hex: str) -> list[str]:
-    return [str(r["name"]) for r in vmrecord.load_records(home) if disk_hex in
-            {digests.parse(str(d)) for d in r.get("base_disks", [])}]
+    return [r.name for r in vmrecord.load_records(home) if disk_hex in {digests.parse(d) for d in r.base_disks}]

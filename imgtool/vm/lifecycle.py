@@ -10,12 +10,12 @@ atomic, so of two `vm new` with the same name exactly one wins.
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import json
 import os
 import shutil
 import stat
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,9 +30,11 @@ from imgtool.tools import accel, qemu_img
 from imgtool.vm import bases, seed
 from imgtool.vm import record as vmrecord
 from imgtool.vm import runtime as vmrun
-from imgtool.vm.record import FORMAT, load, save, vm_dir
+from imgtool.vm import state as vmstate
+from imgtool.vm.record import SeedInfo, VmDisk, VmRecord, load, save, vm_dir
 from store import atomic
 from store.lock import file_lock
+from store.progress import Progress
 
 OVERLAY_FORMAT = "qcow2"
 MAX_KEY_FILE = 1 << 20  # an authorized_keys line is a few KiB at most
@@ -137,7 +139,7 @@ def _read(path: Path, what: str, limit: int) -> str:
         raise InvalidArgument(f"{what} {path} is not UTF-8 text", hint="pass a text file") from None
 
 
-def create(home: Home, req: NewVm, *, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+def create(home: Home, req: NewVm, *, progress: Progress | None = None) -> VmRecord:
     """Make a VM from a version. On failure nothing is left but a folder gc removes."""
     folder = vm_dir(home, req.name)
     version, version_digest = lookup.get_version(home, parse_image_ref(req.image))
@@ -188,34 +190,28 @@ def _definition(home: Home, version: ImageVersion) -> Definition:
 
 def _build(home: Home, folder: Path, req: NewVm, version: ImageVersion, version_digest: str,
            definition: Definition, cpus: int, memory: int, provisioning: seed.Provisioning | None,
-           base_paths: dict[str, Path]) -> dict[str, Any]:
-    disks: list[dict[str, Any]] = []
+           base_paths: dict[str, Path]) -> VmRecord:
+    disks: list[VmDisk] = []
     for disk in version.disks:
         base = base_paths[disk.digest]
         overlay = folder / ("disk-os.qcow2" if disk.lun is None else f"disk-lun{disk.lun}.qcow2")
         qemu_img.create_overlay(overlay, backing=base, backing_fmt="raw")
         os.chmod(overlay, 0o600)
-        disks.append({"lun": disk.lun, "overlay": overlay.name, "base": str(base), "base_disk": disk.digest,
-                      "virtual_size": disk.virtual_size})
+        disks.append(VmDisk(disk.lun, overlay.name, str(base), disk.digest, disk.virtual_size))
     seed_info = None
     if provisioning is not None:
         digest = seed.write_seed(folder / "seed.iso", provisioning)
-        seed_info = {"file": "seed.iso", "digest": digest, "instance_id": provisioning.instance_id,
-                     "hostname": provisioning.hostname, "admin_user": provisioning.admin_user,
-                     "ssh_key": str(req.ssh_key or _default_key() or "") or None}
+        seed_info = SeedInfo("seed.iso", digest, provisioning.instance_id, provisioning.hostname,
+                             provisioning.admin_user, str(req.ssh_key or _default_key() or "") or None)
     if definition.firmware == "uefi":
         _, vars_template = accel.ovmf_paths()
         shutil.copyfile(vars_template, folder / "ovmf-vars.fd")
         os.chmod(folder / "ovmf-vars.fd", 0o600)
-    record = {
-        "format": FORMAT, "kind": "vm", "name": req.name, "created": now(),
-        "image": f"{version.gallery}/{version.definition}@{version.version}", "version_digest": version_digest,
-        "os_state": version.os_state, "definition": definition.to_json(),
-        "definition_record": version.definition_record,
-        "cpus": cpus, "memory_mib": memory, "firmware": definition.firmware, "arch": definition.architecture,
-        "disks": disks, "base_disks": sorted({str(d["base_disk"]) for d in disks}), "seed": seed_info,
-        "qemu_argv": None,
-    }
+    record = VmRecord(
+        name=req.name, created=now(), image=f"{version.gallery}/{version.definition}@{version.version}",
+        version_digest=version_digest, os_state=version.os_state, definition=definition.to_json(),
+        definition_record=version.definition_record, cpus=cpus, memory_mib=memory, firmware=definition.firmware,
+        arch=definition.architecture, disks=tuple(disks), seed=seed_info)
     save(home, record)  # the commit point: from here on the VM exists
     return record
 
@@ -257,7 +253,7 @@ def snapshot(home: Home, name: str, snap: str) -> dict[str, Any]:
     """Copy a stopped VM's overlays into snapshots/<snap>/ (they keep standing on the same bases)."""
     record = load(home, name)
     check_name(snap, "snapshot")
-    if vmrun.is_running(home, name):
+    if vmstate.is_running(home, name):
         raise Refused(f"VM '{name}' is running", hint="stop it first: imgtool vm stop " + name)
     target = vm_dir(home, name) / "snapshots" / snap
     target.parent.mkdir(exist_ok=True, mode=0o700)
@@ -266,10 +262,11 @@ def snapshot(home: Home, name: str, snap: str) -> dict[str, Any]:
     if target.exists():
         raise AlreadyExists(f"snapshot '{name}/{snap}' already exists", hint="choose another name")
     tmp.mkdir(mode=0o700)
-    for disk in record["disks"]:
-        shutil.copyfile(vm_dir(home, name) / disk["overlay"], tmp / disk["overlay"])
-        os.chmod(tmp / disk["overlay"], 0o600)  # like the VM's own disks: what the guest wrote is private
-    info = {"name": snap, "vm": name, "created": now(), "disks": record["disks"], "image": record["image"]}
+    for disk in record.disks:
+        shutil.copyfile(vm_dir(home, name) / disk.overlay, tmp / disk.overlay)
+        os.chmod(tmp / disk.overlay, 0o600)  # like the VM's own disks: what the guest wrote is private
+    info = {"name": snap, "vm": name, "created": now(), "disks": [dataclasses.asdict(d) for d in record.disks],
+            "image": record.image}
     atomic.replace(tmp / "snapshot.json", json.dumps(info, indent=2, sort_keys=True).encode())
     os.rename(tmp, target)
     return info

@@ -1,44 +1,103 @@
-"""VM records on disk: what each VM stands on (read by version delete and gc).
+"""VM records on disk: the receipt `vm.json`, written once by `vm new` (read by version delete and gc).
 
-A VM's record is a receipt (see imgtool/vm.py); this module only reads the
-parts other modules need, so they do not import the VM lifecycle.
+The receipt says what the VM stands on and how it was made: the version record it pins, the
+definition as it was, its disks and bases, its seed. Runtime facts (pid, port, the QEMU command line
+of the last start) live in `state.json` (imgtool/vm/state.py). The schema is in docs/STORE-FORMAT.md.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from imgtool.errors import Corrupt, NotFound
 from imgtool.home import Home
 from imgtool.names import check_name
+from imgtool.records import Fields, JsonObject, build, check_record
 from store import atomic
 
 RECORD = "vm.json"
-FORMAT = 1  # vm.json record format; imgtool.vm writes it
+FORMAT = 1
+_FIELDS = {"name", "created", "image", "version_digest", "os_state", "definition", "definition_record", "cpus",
+           "memory_mib", "firmware", "arch", "disks", "base_disks", "seed", "qemu_argv", "generalized"}
 
 
-def load_records(home: Home) -> list[dict[str, Any]]:
-    records: list[dict[str, Any]] = []
-    if not home.vms.is_dir():
-        return records
-    for path in sorted(home.vms.glob(f"*/{RECORD}")):
-        try:
-            records.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            continue  # a half-made VM has no record yet; vm list reports it
-    return records
+@dataclass(frozen=True)
+class VmDisk:
+    lun: int | None  # None: the OS disk
+    overlay: str  # file name in the VM folder
+    base: str  # path of the read-only base the overlay stands on
+    base_disk: str  # digest of that disk's manifest
+    virtual_size: int
+
+    @classmethod
+    def from_json(cls, obj: JsonObject, what: str) -> VmDisk:
+        f = Fields(obj, what)
+        overlay = f.text("overlay")
+        if "/" in overlay or overlay in ("", ".", ".."):
+            raise Corrupt(f"{what}: overlay '{overlay}' is not a file name", hint="the record is damaged")
+        return cls(f.opt_integer("lun"), overlay, f.text("base"), f.text("base_disk"), f.integer("virtual_size"))
 
 
-def vms_using(home: Home, gallery: str, definition: str, version: str) -> list[str]:
-    image = f"{gallery}/{definition}@{version}"
-    return [str(r["name"]) for r in load_records(home) if r.get("image") == image]
+@dataclass(frozen=True)
+class SeedInfo:
+    file: str
+    digest: str
+    instance_id: str
+    hostname: str
+    admin_user: str
+    ssh_key: str | None  # the public key file given (its private half is used by vm ssh)
+
+    @classmethod
+    def from_json(cls, obj: JsonObject, what: str) -> SeedInfo:
+        f = Fields(obj, what)
+        return cls(f.text("file"), f.text("digest"), f.text("instance_id"), f.text("hostname"),
+                   f.text("admin_user"), f.opt_text("ssh_key"))
 
 
-def roots(home: Home) -> dict[str, str]:
-    """gc/verify roots held by VMs: label -> version record digest."""
-    return {f"vm/{r['name']}": str(r["version_digest"]) for r in load_records(home) if "version_digest" in r}
+@dataclass(frozen=True)
+class VmRecord:
+    name: str
+    created: str
+    image: str  # GALLERY/DEFINITION@X.Y.Z as resolved
+    version_digest: str  # the version record pinned (gc root)
+    os_state: str
+    definition: JsonObject  # the definition record as it was at vm new
+    definition_record: str
+    cpus: int
+    memory_mib: int
+    firmware: str
+    arch: str
+    disks: tuple[VmDisk, ...]
+    seed: SeedInfo | None
+    generalized: bool = False  # set by vm generalize: starting it would re-personalize it
+
+    @property
+    def base_disks(self) -> tuple[str, ...]:
+        return tuple(sorted({d.base_disk for d in self.disks}))
+
+    def disk(self, lun: int | None) -> VmDisk | None:
+        return next((d for d in self.disks if d.lun == lun), None)
+
+    def to_json(self) -> JsonObject:
+        body = dataclasses.asdict(self)
+        body["disks"] = [dataclasses.asdict(d) for d in self.disks]
+        return {"format": FORMAT, "kind": "vm", **body, "base_disks": list(self.base_disks)}
+
+    @classmethod
+    def from_json(cls, obj: object, what: str) -> VmRecord:
+        f = Fields(check_record(obj, kind="vm", fmt=FORMAT, fields=_FIELDS, what=what), what)
+        seed = f.obj_or_empty("seed")
+        return build(what, lambda: cls(
+            name=f.text("name"), created=f.text("created"), image=f.text("image"),
+            version_digest=f.text("version_digest"), os_state=f.text("os_state"),
+            definition=f.obj_or_empty("definition"), definition_record=f.text("definition_record"),
+            cpus=f.integer("cpus"), memory_mib=f.integer("memory_mib"), firmware=f.text("firmware"),
+            arch=f.text("arch"), disks=f.each("disks", VmDisk.from_json),
+            seed=SeedInfo.from_json(seed, f"{what} seed") if seed else None,
+            generalized=f.flag("generalized")))
 
 
 def record_path(home: Home, name: str) -> Path:
@@ -49,20 +108,65 @@ def vm_dir(home: Home, name: str) -> Path:
     return home.vms / check_name(name, "VM")
 
 
-def load(home: Home, name: str) -> dict[str, Any]:
+def load(home: Home, name: str) -> VmRecord:
     path = record_path(home, check_name(name, "VM"))
     try:
-        record: dict[str, Any] = json.loads(path.read_text())
+        obj = json.loads(path.read_text())
     except FileNotFoundError:
         raise NotFound(f"VM '{name}' does not exist", hint="list VMs with imgtool vm list") from None
-    except ValueError as exc:
-        raise NotFound(f"VM '{name}' has an unreadable record: {exc}", hint="delete it with imgtool vm delete") from exc
-    if not isinstance(record, dict) or record.get("kind") != "vm" or record.get("format") != FORMAT:
-        found = record.get("format") if isinstance(record, dict) else None
-        raise Corrupt(f"VM '{name}' has a record of format {found!r}; this imgtool reads format {FORMAT}",
-                      hint="it was written by a newer imgtool: upgrade imgtool to use this VM")
-    return record
+    except (OSError, ValueError) as exc:
+        raise Corrupt(f"VM '{name}' has an unreadable record: {exc}",
+                      hint=f"delete it with imgtool vm delete {name}") from None
+    return VmRecord.from_json(obj, f"VM '{name}' record")
 
 
-def save(home: Home, record: dict[str, Any]) -> None:
-    atomic.replace(record_path(home, record["name"]), json.dumps(record, indent=2, sort_keys=True).encode())
+def load_records(home: Home) -> list[VmRecord]:
+    """Every VM with a readable record (a half-made VM has none yet; vm list reports it)."""
+    records: list[VmRecord] = []
+    if not home.vms.is_dir():
+        return records
+    for path in sorted(home.vms.glob(f"*/{RECORD}")):
+        try:
+            records.append(load(home, path.parent.name))
+        except (NotFound, Corrupt):
+            continue
+    return records
+
+
+def save(home: Home, record: VmRecord) -> None:
+    atomic.replace(record_path(home, record.name), json.dumps(record.to_json(), indent=2, sort_keys=True).encode())
+
+
+def vms_using(home: Home, gallery: str, definition: str, version: str) -> list[str]:
+    image = f"{gallery}/{definition}@{version}"
+    return [r.name for r in load_records(home) if r.image == image]
+
+
+def _raw_records(home: Home) -> list[tuple[str, JsonObject]]:
+    """Every parseable vm.json, strict or not: what gc keeps must not depend on a record being tidy."""
+    found: list[tuple[str, JsonObject]] = []
+    for path in sorted(home.vms.glob(f"*/{RECORD}")) if home.vms.is_dir() else []:
+        try:
+            obj = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(obj, dict):
+            found.append((path.parent.name, obj))
+    return found
+
+
+def roots(home: Home) -> dict[str, str]:
+    """gc/verify roots held by VMs: label -> version record digest (damaged records still hold theirs)."""
+    return {f"vm/{name}": obj["version_digest"] for name, obj in _raw_records(home)
+            if isinstance(obj.get("version_digest"), str)}
+
+
+def used_base_disks(home: Home) -> set[str]:
+    """Disk digests whose bases some VM stands on (damaged records still hold theirs)."""
+    used: set[str] = set()
+    for _, obj in _raw_records(home):
+        disks = obj.get("disks")
+        for disk in disks if isinstance(disks, list) else []:
+            if isinstance(disk, dict) and isinstance(disk.get("base_disk"), str):
+                used.add(disk["base_disk"])
+    return used

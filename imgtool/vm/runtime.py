@@ -9,10 +9,10 @@ process; QMP then says whether the guest is running or paused.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,47 +23,28 @@ import blake3
 from imgtool.errors import InvalidArgument, NotFound, Refused, ToolFailed
 from imgtool.gallery.model import now
 from imgtool.home import Home
-from imgtool.tools import accel, qemu, qmp, run
+from imgtool.tools import accel, qemu, qmp, run, sockets
 from imgtool.tools.ports import free_port
 from imgtool.vm import bases
-from imgtool.vm.record import load, save, vm_dir
+from imgtool.vm import state as vmstate
+from imgtool.vm.record import VmRecord, load, save, vm_dir
 from store import atomic
 
-STATE = "state.json"
-GENERALIZED = "generalized.json"  # written by `vm generalize` (imgtool.guest.generalize)
+STATE = vmstate.STATE
 SERIAL = "serial.log"
-SOCKET_MAX = 100
 
 
 def qmp_socket(folder: Path) -> Path:
     """The VM's QMP socket: in its folder when the path fits a unix socket, else in a private temp dir."""
     candidate = folder / "qmp.sock"
-    if len(os.fsencode(candidate)) <= SOCKET_MAX:
+    if sockets.fits(candidate):
         return candidate
-    private = Path(tempfile.gettempdir()) / f"imgtool-{os.getuid()}"
-    private.mkdir(mode=0o700, exist_ok=True)
-    return private / f"{blake3.blake3(os.fsencode(folder)).hexdigest()[:20]}.qmp"
+    return sockets.private_dir() / f"{blake3.blake3(os.fsencode(folder)).hexdigest()[:20]}.qmp"
 
 
-def _state(folder: Path) -> dict[str, Any] | None:
-    try:
-        value: dict[str, Any] = json.loads((folder / STATE).read_text())
-    except (OSError, ValueError):
-        return None
-    return value
-
-
-def _qemu_alive(pid: int) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"qemu-system" in cmdline
-
-
-def is_running(home: Home, name: str) -> bool:
-    state = _state(vm_dir(home, name))
-    return bool(state and _qemu_alive(int(state["pid"])))
+_state = vmstate.read
+_qemu_alive = vmstate.qemu_alive
+is_running = vmstate.is_running
 
 
 def status(home: Home, name: str) -> dict[str, Any]:
@@ -76,23 +57,23 @@ def status(home: Home, name: str) -> dict[str, Any]:
     return {"state": guest or "unresponsive", **state}
 
 
-def _check_disks(home: Home, record: dict[str, Any], folder: Path) -> None:
-    for disk in record["disks"]:
-        if not (folder / disk["overlay"]).exists():
-            raise NotFound(f"VM '{record['name']}' lost its disk {disk['overlay']}",
-                           hint="delete the VM and create it again")
-        bases.check(home, disk["base_disk"])  # refuses a damaged base
+def _check_disks(home: Home, record: VmRecord, folder: Path) -> None:
+    for disk in record.disks:
+        if not (folder / disk.overlay).exists():
+            raise NotFound(f"VM '{record.name}' lost its disk {disk.overlay}",
+                           hint=f"delete the VM (imgtool vm delete {record.name}) and create it again")
+        bases.check(home, disk.base_disk)  # refuses a damaged base
 
 
-def spec_for(home: Home, record: dict[str, Any], *, accel_name: str, port: int) -> qemu.VmSpec:
-    folder = vm_dir(home, record["name"])
-    drives = tuple(qemu.Drive(folder / d["overlay"], "qcow2") for d in record["disks"])
-    seed = folder / record["seed"]["file"] if record.get("seed") else None
-    code, vars_path = (accel.ovmf_paths()[0], folder / "ovmf-vars.fd") if record["firmware"] == "uefi" \
+def spec_for(home: Home, record: VmRecord, *, accel_name: str, port: int) -> qemu.VmSpec:
+    folder = vm_dir(home, record.name)
+    drives = tuple(qemu.Drive(folder / d.overlay, "qcow2") for d in record.disks)
+    seed = folder / record.seed.file if record.seed else None
+    code, vars_path = (accel.ovmf_paths()[0], folder / "ovmf-vars.fd") if record.firmware == "uefi" \
         else (None, None)
     return qemu.VmSpec(
-        name=record["name"], arch=record["arch"], cpus=record["cpus"], memory_mib=record["memory_mib"],
-        disks=drives, seed=seed, firmware=record["firmware"], ovmf_code=code, ovmf_vars=vars_path,
+        name=record.name, arch=record.arch, cpus=record.cpus, memory_mib=record.memory_mib,
+        disks=drives, seed=seed, firmware=record.firmware, ovmf_code=code, ovmf_vars=vars_path,
         accel=accel_name, ssh_port=port, qmp_socket=qmp_socket(folder), serial_log=folder / SERIAL,
         pid_file=folder / "qemu.pid")
 
@@ -107,14 +88,15 @@ def start(home: Home, name: str, *, requested_accel: str | None = None, force: b
     folder = vm_dir(home, name)
     if is_running(home, name):
         raise Refused(f"VM '{name}' is already running", hint=f"imgtool vm console {name}, or vm stop {name}")
-    if (folder / GENERALIZED).exists():
+    if record.generalized:
         if not force:
             raise Refused(f"VM '{name}' is generalized: booting it would give it an identity again",
                           hint=f"publish it (imgtool publish G/D --os-disk vm:{name} --os-state generalized), "
                                f"or start it anyway with imgtool vm start {name} --force")
-        (folder / GENERALIZED).unlink()
+        record = dataclasses.replace(record, generalized=False)
+        save(home, record)
     _check_disks(home, record, folder)
-    accel_name = accel.choose_accel(home.cache, requested=requested_accel, arch=record["arch"])
+    accel_name = accel.choose_accel(home.cache, requested=requested_accel, arch=record.arch)
     log = folder / SERIAL
     if log.exists():
         os.replace(log, folder / f"{SERIAL}.1")  # each boot starts a fresh console log
@@ -132,10 +114,8 @@ def start(home: Home, name: str, *, requested_accel: str | None = None, force: b
                 raise
     pid = int((folder / "qemu.pid").read_text().strip())
     state = {"pid": pid, "accel": accel_name, "ssh_port": spec.ssh_port, "qmp": str(spec.qmp_socket),
-             "started": now()}
+             "started": now(), "qemu_argv": argv}
     atomic.replace(folder / STATE, json.dumps(state, indent=2).encode())
-    record["qemu_argv"] = argv
-    save(home, record)
     return state
 
 
@@ -221,14 +201,13 @@ def ssh_argv(home: Home, name: str, extra: list[str]) -> list[str]:
     state = _state(vm_dir(home, name))
     if not state or not _qemu_alive(int(state["pid"])):
         raise Refused(f"VM '{name}' is not running", hint=f"start it: imgtool vm start {name}")
-    seed = record.get("seed") or {}
-    user = seed.get("admin_user")
+    user = record.seed.admin_user if record.seed else None
     if not user:
         raise InvalidArgument(f"VM '{name}' has no provisioned user (specialized image)",
                               hint="use the source image's own accounts: ssh -p PORT USER@127.0.0.1")
     argv = ["ssh", "-p", str(state["ssh_port"]), "-o", "StrictHostKeyChecking=no",
             "-o", "UserKnownHostsFile=/dev/null"]
-    key = seed.get("ssh_key")
+    key = record.seed.ssh_key if record.seed else None
     if key and key.endswith(".pub") and Path(key[:-4]).exists():
         argv += ["-i", key[:-4]]
     return [*argv, f"{user}@127.0.0.1", *extra]

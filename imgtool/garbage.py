@@ -1,0 +1,183 @@
+"""Garbage collection at the domain level: one plan, item by item, then its execution.
+
+The plan lists everything gc would remove, each with the reason it goes and the bytes it frees:
+expired capture leases, unused VM bases and half-written ones, unfinished VM folders, and the store's
+own plan (unreferenced manifests, dead packs, packs to repack, packs without an index, leftovers).
+It also lists what gc keeps although nothing published needs it, with the reason and the command
+that would free it (capture leases, bases VMs stand on, versions pinned only by VMs). `--dry-run`
+prints the plan; execution takes the same plan, under the same exclusive store lock, so what it
+marked live still is. Roots: every name, minus expired capture leases, plus what VMs pin.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imgtool.capture.disk import CAPTURES
+from imgtool.gallery.galleries import VERSIONS
+from imgtool.home import Home
+from imgtool.vm import bases
+from imgtool.vm import lifecycle as vm
+from imgtool.vm import record as vmrecord
+from store import gc as store_gc
+
+DEFAULT_CAPTURE_RETENTION = 24 * 3600  # seconds an unpublished capture is kept
+STORE_REASONS = {
+    "manifest": "no name, VM or capture reaches it",
+    "pack": "none of its chunks is used",
+    "repack": "some of its chunks are unused: live frames are copied to a new pack, the old one deleted",
+    "orphan-pack": "a pack without an index (a write interrupted before its index)",
+    "leftover": "a temporary file of an unfinished write",
+}
+
+
+@dataclass(frozen=True)
+class Item:
+    """Something the plan removes."""
+
+    kind: str
+    name: str
+    reason: str
+    bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "reason": self.reason, "bytes": self.bytes}
+
+
+@dataclass(frozen=True)
+class Kept:
+    """Something gc keeps although nothing published needs it, and how to let it go."""
+
+    kind: str
+    name: str
+    reason: str
+    hint: str
+    bytes: int | None = None
+    until: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "reason": self.reason, "hint": self.hint,
+                "bytes": self.bytes, "until": self.until}
+
+
+@dataclass
+class GcPlan:
+    store: store_gc.Plan
+    items: list[Item] = field(default_factory=list)
+    kept: list[Kept] = field(default_factory=list)
+    expired_captures: list[str] = field(default_factory=list)
+    evict: list[Path] = field(default_factory=list)
+    stale: list[Path] = field(default_factory=list)
+    unfinished: list[Path] = field(default_factory=list)
+
+    @property
+    def bytes_freed(self) -> int:
+        return sum(item.bytes for item in self.items)
+
+    def to_json(self, *, dry_run: bool) -> dict[str, Any]:
+        counts: dict[str, int] = {}
+        for item in self.items:
+            counts[item.kind] = counts.get(item.kind, 0) + 1
+        return {"dry_run": dry_run, "bytes_freed": self.bytes_freed, "counts": counts,
+                "live_chunks": self.store.live_chunks, "dead_chunks": self.store.dead_chunks,
+                "items": [i.to_json() for i in self.items], "kept": [k.to_json() for k in self.kept]}
+
+
+def _iso(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def _captures(home: Home, retention: float, now: float) -> tuple[list[str], list[Kept]]:
+    expired: list[str] = []
+    kept: list[Kept] = []
+    for key, digest in home.store.list_names(CAPTURES):
+        try:
+            made = home.store.layout.name(CAPTURES, *key).stat().st_mtime
+        except FileNotFoundError:
+            continue
+        if now - made >= retention:
+            expired.append(key[-1])
+        else:
+            kept.append(Kept("capture-lease", digest, "an unpublished capture, kept so it can still be published",
+                             f"publish it (imgtool publish G/D --version X.Y.Z --os-disk {digest}), or "
+                             "imgtool gc --keep-captures 0 to let it go", until=_iso(made + retention)))
+    return expired, kept
+
+
+def _held_by_vms(home: Home) -> list[Kept]:
+    """Versions whose names are gone but which VMs still pin, and bases VMs stand on."""
+    named = {f"{g}/{d}@{v}" for (g, d, v), _digest in home.store.list_names(VERSIONS)}
+    kept: list[Kept] = []
+    for record in vmrecord.load_records(home):
+        if record.image not in named:
+            kept.append(Kept("version", record.image, f"deleted, but VM '{record.name}' was made from it",
+                             f"imgtool vm delete {record.name}"))
+        for digest in record.base_disks:
+            base = home.bases / f"{digest.split(':', 1)[-1]}{bases.SUFFIX}"
+            if base.exists():
+                kept.append(Kept("base", base.name, f"VM '{record.name}' stands on it",
+                                 f"imgtool vm delete {record.name}", bytes=bases.size_on_disk(base)))
+    return kept
+
+
+def _store_items(the_plan: store_gc.Plan) -> list[Item]:
+    items = [Item("manifest", p.name, STORE_REASONS["manifest"], the_plan.freed.get(p, 0)) for p in the_plan.manifests]
+    items += [Item("pack", p.stem, STORE_REASONS["pack"], the_plan.freed.get(p, 0)) for p in the_plan.packs]
+    items += [Item("repack", p.stem, STORE_REASONS["repack"], the_plan.freed.get(p, 0)) for p in the_plan.repack]
+    items += [Item("orphan-pack", p.stem, STORE_REASONS["orphan-pack"], the_plan.freed.get(p, 0))
+              for p in the_plan.orphans]
+    items += [Item("leftover", p.name, STORE_REASONS["leftover"], the_plan.freed.get(p, 0)) for p in the_plan.leftovers]
+    return items
+
+
+def plan(home: Home, *, capture_retention: float = DEFAULT_CAPTURE_RETENTION, now: float | None = None) -> GcPlan:
+    """What gc would do now. The caller holds the store's exclusive lock (and executes under it)."""
+    store = home.store
+    expired, kept = _captures(home, capture_retention, time.time() if now is None else now)
+    gone = set(expired)
+    roots = [d for key, d in store.all_names() if not (key[0] == CAPTURES and key[-1] in gone)]
+    roots += vmrecord.roots(home).values()
+    result = GcPlan(store_gc.plan(store, roots), kept=kept + _held_by_vms(home), expired_captures=expired)
+    result.items = [Item("capture-lease", h, "an unpublished capture older than the retention", 0) for h in expired]
+    result.items += _store_items(result.store)
+    result.evict, result.stale, result.unfinished = bases.unused(home), bases.stale_temporaries(home), \
+        vm.unfinished(home)
+    result.items += [Item("base", b.name, "no VM stands on it (the next vm new rebuilds it)", bases.size_on_disk(b))
+                     for b in result.evict]
+    result.items += [Item("base-temporary", b.name, "a half-written base whose writer is gone", bases.size_on_disk(b))
+                     for b in result.stale]
+    result.items += [Item("unfinished-vm", f.name, "a VM folder without a record (an interrupted vm new or delete)",
+                          _tree_size(f)) for f in result.unfinished]
+    return result
+
+
+def _tree_size(folder: Path) -> int:
+    return sum(p.lstat().st_blocks * 512 for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def execute(home: Home, the_plan: GcPlan) -> None:
+    """Carry out a plan made under the same exclusive lock."""
+    for name in the_plan.expired_captures:
+        home.store.delete_name(CAPTURES, name)
+    store_gc.execute(home.store, the_plan.store)
+    for base in the_plan.evict:
+        bases.evict(base)
+    for leftover in the_plan.stale:
+        leftover.unlink(missing_ok=True)
+    for folder in the_plan.unfinished:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def gc(home: Home, *, dry_run: bool, capture_retention: float = DEFAULT_CAPTURE_RETENTION,
+       timeout: float = 60.0) -> GcPlan:
+    """Plan (and unless dry_run, execute) garbage collection under the exclusive store lock."""
+    with home.store.exclusive(timeout=timeout):
+        the_plan = plan(home, capture_retention=capture_retention)
+        if not dry_run:
+            execute(home, the_plan)
+    return the_plan

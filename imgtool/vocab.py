@@ -1,0 +1,47 @@
+"""The closed sets of imgtool's vocabulary, each defined once (pure module).
+
+Members are strings (StrEnum), so records and JSON keep plain values and comparisons with what a user
+typed work unchanged.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class DiskFormat(StrEnum):
+    """Image formats imgtool captures (qemu-img names; vpc is VHD)."""
+
+    RAW = "raw"
+    QCOW2 = "qcow2"
+    VMDK = "vmdk"
+    VPC = "vpc"
+    VHDX = "vhdx"
+
+
+class Architecture(StrEnum):
+    X86_64 = "x86_64"
+    AARCH64 = "aarch64"
+
+
+class Firmware(StrEnum):
+    BIOS = "bios"
+    UEFI = "uefi"
+
+
+class OsType(StrEnum):
+    LINUX = "linux"
+    WINDOWS = "windows"
+
+
+class OsState(StrEnum):
+    GENERALIZED = "generalized"
+    SPECIALIZED = "specialized"
+
+
+def values(enum: type[StrEnum]) -> tuple[str, ...]:
+    return tuple(member.value for member in enum)
+
+
+# sun_path holds 108 bytes including the terminating NUL: the longest unix socket path any tool accepts.
+MAX_SOCKET_PATH = 107
