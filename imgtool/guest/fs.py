@@ -44,7 +44,9 @@ def disk_bytes(path: Path, fmt: str, *, writable: bool = False) -> Iterator[Path
         mountpoint = Path(tmp) / "disk"
         mountpoint.touch(mode=0o600)
         pidfile = Path(tmp) / "qsd.pid"
-        run.run(export_argv(path, fmt, mountpoint, pidfile, writable=writable), timeout=EXPORT_TIMEOUT)
+        # The disk may be hostile (a file given to audit): the daemon runs under the untrusted limits.
+        run.run(export_argv(path, fmt, mountpoint, pidfile, writable=writable), timeout=EXPORT_TIMEOUT,
+                limits=run.UNTRUSTED)
         pid = int(pidfile.read_text().strip())
         try:
             yield mountpoint
@@ -186,7 +188,8 @@ class Debugfs:
     def request(self, text: str) -> tuple[str, str]:
         """One debugfs request; (stdout, stderr). debugfs exits 0 even when a request fails."""
         flags = ["-w"] if self.writable else ["-c"]
-        result = run.run(["debugfs", *flags, "-R", text, self.root.device], timeout=DEBUGFS_TIMEOUT)
+        result = run.run(["debugfs", *flags, "-R", text, self.root.device], timeout=DEBUGFS_TIMEOUT,
+                         limits=run.UNTRUSTED)
         # The banner ("debugfs 1.47.0 ...") and catastrophic-mode notice go to stderr; drop them.
         errors = "\n".join(line for line in result.stderr.splitlines()
                            if not line.startswith(("debugfs ", "catastrophic mode")))
@@ -196,7 +199,8 @@ class Debugfs:
         """Several requests in one debugfs process (writes): its stderr, where failures are reported."""
         flags = ["-w"] if self.writable else ["-c"]
         body = "".join(f"{r}\n" for r in requests).encode()
-        result = run.run(["debugfs", *flags, "-f", "-", self.root.device], timeout=DEBUGFS_TIMEOUT, input=body)
+        result = run.run(["debugfs", *flags, "-f", "-", self.root.device], timeout=DEBUGFS_TIMEOUT, input=body,
+                         limits=run.UNTRUSTED)
         return result.stderr
 
     def listdir(self, path: str) -> list[Entry] | None:
