@@ -148,6 +148,11 @@ def test_publish_refuses_identity_then_offline_generalize_makes_it_clean(cli: Cl
     assert shown["audit"]["clean"] and shown["audit"]["source"] == "vm:box"
     assert not shown["audit"]["allowed_identity"]
     assert "clean; Testix 1.0" in cli("version", "show", "lab/gene@1.0.0").stdout
+    # Stored versions are audited through their base: the generalized one is clean, its source was not.
+    assert cli.json("audit", "lab/gene@1.0.0")["clean"] is True  # type: ignore[index]
+    assert cli("audit", "lab/spec@1.0.0", ok=False).returncode == 5
+    digest = shown["disks"][0]["digest"]
+    assert cli.json("audit", digest)["clean"] is True  # type: ignore[index]
     # The guest's other files are untouched and the edited file system is consistent.
     exported = tmp_path / "out.raw"
     cli("version", "export", "lab/gene@1.0.0", str(exported), "--format", "raw")
