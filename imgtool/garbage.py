@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from imgtool.capture.disk import CAPTURES
+from imgtool.gallery import recycle
 from imgtool.gallery.galleries import VERSIONS
 from imgtool.home import Home
 from imgtool.vm import bases
@@ -74,6 +75,7 @@ class GcPlan:
     evict: list[Path] = field(default_factory=list)
     stale: list[Path] = field(default_factory=list)
     unfinished: list[Path] = field(default_factory=list)
+    purged: list[recycle.DeletedItem] = field(default_factory=list)
 
     @property
     def bytes_freed(self) -> int:
@@ -135,15 +137,29 @@ def _store_items(the_plan: store_gc.Plan) -> list[Item]:
     return items
 
 
+def _deletions(home: Home, now: float) -> tuple[list[recycle.DeletedItem], list[Kept]]:
+    """Soft-deleted galleries, definitions and versions: past their retention, or kept until it ends."""
+    when = dt.datetime.fromtimestamp(now, dt.UTC)
+    kept = [Kept(f"deleted-{i.kind}", i.label, f"deleted at {i.deleted_at}, kept for the retention period",
+                 f"imgtool {i.kind} restore {i.label} brings it back; imgtool {i.kind} delete --purge frees it now",
+                 until=i.purge_after) for i in recycle.kept(home, when)]
+    return recycle.expired(home, when), kept
+
+
 def plan(home: Home, *, capture_retention: float = DEFAULT_CAPTURE_RETENTION, now: float | None = None) -> GcPlan:
     """What gc would do now. The caller holds the store's exclusive lock (and executes under it)."""
     store = home.store
-    expired, kept = _captures(home, capture_retention, time.time() if now is None else now)
-    gone = set(expired)
-    roots = [d for key, d in store.all_names() if not (key[0] == CAPTURES and key[-1] in gone)]
+    at = time.time() if now is None else now
+    expired, kept = _captures(home, capture_retention, at)
+    purged, retained = _deletions(home, at)
+    gone = {(CAPTURES, h) for h in expired} | {(recycle.DELETED, *i.key) for i in purged}
+    roots = [d for key, d in store.all_names() if key not in gone and (key[0], key[-1]) not in gone]
     roots += vmrecord.roots(home).values()
-    result = GcPlan(store_gc.plan(store, roots), kept=kept + _held_by_vms(home), expired_captures=expired)
+    result = GcPlan(store_gc.plan(store, roots), kept=kept + retained + _held_by_vms(home), expired_captures=expired,
+                    purged=purged)
     result.items = [Item("capture-lease", h, "an unpublished capture older than the retention", 0) for h in expired]
+    result.items += [Item(f"deleted-{i.kind}", i.label, f"deleted at {i.deleted_at}; its retention ended "
+                          f"{i.purge_after}", 0) for i in purged]
     result.items += _store_items(result.store)
     result.evict, result.stale, result.unfinished = bases.unused(home), bases.stale_temporaries(home), \
         vm.unfinished(home)
@@ -164,6 +180,7 @@ def execute(home: Home, the_plan: GcPlan) -> None:
     """Carry out a plan made under the same exclusive lock."""
     for name in the_plan.expired_captures:
         home.store.delete_name(CAPTURES, name)
+    recycle.purge(home, the_plan.purged)
     store_gc.execute(home.store, the_plan.store)
     for base in the_plan.evict:
         bases.evict(base)
@@ -174,10 +191,10 @@ def execute(home: Home, the_plan: GcPlan) -> None:
 
 
 def gc(home: Home, *, dry_run: bool, capture_retention: float = DEFAULT_CAPTURE_RETENTION,
-       timeout: float = 60.0) -> GcPlan:
+       timeout: float = 60.0, now: float | None = None) -> GcPlan:
     """Plan (and unless dry_run, execute) garbage collection under the exclusive store lock."""
     with home.store.exclusive(timeout=timeout):
-        the_plan = plan(home, capture_retention=capture_retention)
+        the_plan = plan(home, capture_retention=capture_retention, now=now)
         if not dry_run:
             execute(home, the_plan)
     return the_plan

@@ -52,7 +52,7 @@ def test_a_deleted_version_is_listed_item_by_item_and_freed(tmp_path: Path) -> N
     home = setup_home(tmp_path)
     publish(home, PublishRequest(REF, Version.parse("1.0.0"), os_disk=store_disk(home, 2)))
     publish(home, PublishRequest(REF, Version.parse("2.0.0"), os_disk=store_disk(home, 3)))
-    delete_version(home, "team/base@1.0.0")
+    delete_version(home, "team/base@1.0.0", purge=True)  # a soft delete keeps its data (recycle.py)
     plan = garbage.gc(home, dry_run=True)
     assert kinds(plan) == {"manifest": 2, "pack": 1} or kinds(plan) == {"manifest": 2, "repack": 1}
     assert all(item.reason and item.bytes > 0 for item in plan.items)

@@ -30,12 +30,28 @@ def gallery_create(ctx: typer.Context, name: str,
     emit_json(_gallery_json(created)) if st.json else print(f"created gallery {name}")
 
 
+def _list_deleted(home: Any, prefix: tuple[str, ...], as_json: bool) -> None:
+    from imgtool.gallery import recycle
+
+    kept = recycle.items(home, *prefix)
+    if as_json:
+        emit_json([{"name": i.label, **i.to_json()} for i in kept])
+        return
+    table(["name", "deleted", "kept until"], [[i.label, i.deleted_at, i.purge_after] for i in kept])
+
+
 @gallery_app.command("list")
-def gallery_list(ctx: typer.Context) -> None:
+def gallery_list(
+    ctx: typer.Context,
+    deleted: Annotated[bool, typer.Option("--deleted", help="List the deleted galleries still kept.")] = False,
+) -> None:
     """List galleries."""
     from imgtool.gallery import galleries as gallery
 
     st = state(ctx)
+    if deleted:
+        _list_deleted(st.home, (gallery.GALLERIES,), st.json)
+        return
     found = gallery.list_galleries(st.home)
     if st.json:
         emit_json([_gallery_json(g) for g in found])
@@ -69,14 +85,36 @@ def gallery_update(ctx: typer.Context, name: str,
     emit_json(_gallery_json(updated)) if st.json else print(f"updated gallery {name}")
 
 
+def _deleted(what: str, name: str, kept: Any, as_json: bool) -> None:
+    if as_json:
+        emit_json({"deleted": name, "purged": kept is None, "kept_until": kept and kept.purge_after})
+        return
+    print(f"deleted {what} {name}" + (f" (restorable until {kept.purge_after})" if kept else " for good"))
+
+
 @gallery_app.command("delete")
-def gallery_delete(ctx: typer.Context, name: str) -> None:
-    """Delete an empty gallery (refused while it has definitions)."""
-    from imgtool.gallery import galleries as gallery
+def gallery_delete(
+    ctx: typer.Context,
+    name: str,
+    purge: Annotated[bool, typer.Option("--purge", help="Delete for good now (with the deleted definitions and "
+                                                        "versions kept under it).")] = False,
+) -> None:
+    """Delete a gallery without definitions (deleted ones do not count). It is kept as deleted for 7 days
+    (imgtool gallery restore brings it back), unless --purge."""
+    from imgtool.gallery import removal
 
     st = state(ctx)
-    gallery.delete_gallery(st.home, name)
-    emit_json({"deleted": name}) if st.json else print(f"deleted gallery {name}")
+    _deleted("gallery", name, removal.delete_gallery(st.home, name, purge=purge), st.json)
+
+
+@gallery_app.command("restore")
+def gallery_restore(ctx: typer.Context, name: str) -> None:
+    """Bring a deleted gallery back (its deleted definitions are restored one by one)."""
+    from imgtool.gallery import removal
+
+    st = state(ctx)
+    restored = removal.restore_gallery(st.home, name)
+    emit_json(_gallery_json(restored)) if st.json else print(f"restored gallery {name}")
 
 
 def _pairs(values: list[str] | None, what: str) -> tuple[tuple[str, str], ...]:
@@ -123,6 +161,10 @@ def definition_create(
     end_of_life: Annotated[str | None, Opt(help="YYYY-MM-DD (informational).")] = None,
     feature: Annotated[list[str] | None, Opt(help="NAME=VALUE, e.g. SecureBoot=true (repeatable).")] = None,
     tag: Annotated[list[str] | None, Opt(help="KEY=VALUE (repeatable).")] = None,
+    require_boot_check: Annotated[bool, Opt("--require-boot-check", help="New versions start pending: latest "
+                                            "skips them until imgtool version check sees them boot.")] = False,
+    boot_check: Annotated[str | None, Opt(help="ssh (default), cloud-init or console:TEXT.")] = None,
+    boot_timeout: Annotated[int | None, Opt(help="Seconds a boot check may take (default 300).")] = None,
 ) -> None:
     """Create an image definition."""
     from imgtool.gallery import galleries as gallery
@@ -136,17 +178,26 @@ def definition_create(
         disallowed_disk_formats=tuple(disallow_format or ()), description=description, eula=eula,
         privacy_uri=privacy_uri, release_notes_uri=release_notes_uri,
         end_of_life=check_date(end_of_life, "end of life"), features=_pairs(feature, "feature"),
-        tags=_pairs(tag, "tag"))
+        tags=_pairs(tag, "tag"),
+        boot_check=_boot_check(require_boot_check or None, boot_check, boot_timeout, None))
     gallery.create_definition(st.home, definition)
     emit_json(definition_json(definition)) if st.json else print(f"created definition {r}")
 
 
 @definition_app.command("list")
-def definition_list(ctx: typer.Context, gallery_name: Annotated[str, typer.Argument(metavar="GALLERY")]) -> None:
+def definition_list(
+    ctx: typer.Context,
+    gallery_name: Annotated[str, typer.Argument(metavar="GALLERY")],
+    deleted: Annotated[bool, Opt("--deleted", help="List the deleted definitions still kept.")] = False,
+) -> None:
     """List the definitions of a gallery."""
     from imgtool.gallery import galleries as gallery
+    from imgtool.names import check_name
 
     st = state(ctx)
+    if deleted:
+        _list_deleted(st.home, (gallery.DEFINITIONS, check_name(gallery_name, "gallery")), st.json)
+        return
     found = gallery.list_definitions(st.home, gallery_name)
     if st.json:
         emit_json([definition_json(d) for d in found])
@@ -172,7 +223,9 @@ def definition_show(ctx: typer.Context, ref: Annotated[str, typer.Argument(help=
             ("disallowed formats", ", ".join(d.disallowed_disk_formats)), ("description", d.description),
             ("eula", d.eula), ("privacy uri", d.privacy_uri), ("release notes", d.release_notes_uri),
             ("end of life", d.end_of_life), ("features", ", ".join(f"{k}={v}" for k, v in d.features)),
-            ("tags", ", ".join(f"{k}={v}" for k, v in d.tags)), ("created", d.created), ("updated", d.updated)])
+            ("tags", ", ".join(f"{k}={v}" for k, v in d.tags)),
+            ("boot check", f"{d.boot_check.describe()} within {d.boot_check.timeout}s" if d.boot_check
+             else "not required"), ("created", d.created), ("updated", d.updated)])
 
 
 @definition_app.command("update")
@@ -187,9 +240,14 @@ def definition_update(
     end_of_life: Annotated[str | None, Opt(help="YYYY-MM-DD")] = None,
     release_notes_uri: Annotated[str | None, Opt()] = None,
     tag: Annotated[list[str] | None, Opt(help="KEY=VALUE; replaces all tags (repeatable).")] = None,
+    require_boot_check: Annotated[bool | None, Opt("--require-boot-check/--no-require-boot-check",
+                                                   help="Whether new versions start pending a boot check.")]
+    = None,
+    boot_check: Annotated[str | None, Opt(help="ssh, cloud-init or console:TEXT.")] = None,
+    boot_timeout: Annotated[int | None, Opt(help="Seconds a boot check may take.")] = None,
 ) -> None:
     """Change the updatable fields of a definition: description, recommended ranges, end of life, release
-    notes, tags. Everything else is fixed at creation."""
+    notes, tags, boot check. Everything else is fixed at creation."""
     from imgtool.gallery import galleries as gallery
 
     st = state(ctx)
@@ -210,6 +268,8 @@ def definition_update(
         changes["release_notes_uri"] = release_notes_uri
     if tag is not None:
         changes["tags"] = _pairs(tag, "tag")
+    if require_boot_check is not None or boot_check is not None or boot_timeout is not None:
+        changes["boot_check"] = _boot_check(require_boot_check, boot_check, boot_timeout, current.boot_check)
     if not changes:
         raise InvalidArgument("nothing to update", hint="give at least one option; see --help")
     updated = gallery.update_definition(st.home, r, **changes)
@@ -217,11 +277,44 @@ def definition_update(
 
 
 @definition_app.command("delete")
-def definition_delete(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="GALLERY/DEFINITION")]) -> None:
-    """Delete a definition (refused while it has versions)."""
-    from imgtool.gallery import galleries as gallery
+def definition_delete(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="GALLERY/DEFINITION")],
+    purge: Annotated[bool, Opt("--purge", help="Delete for good now (with its deleted versions).")] = False,
+) -> None:
+    """Delete a definition without versions (deleted ones do not count). It is kept as deleted for 7 days
+    (imgtool definition restore brings it back), unless --purge."""
+    from imgtool.gallery import removal
 
     st = state(ctx)
     r = parse_definition_ref(ref)
-    gallery.delete_definition(st.home, r)
-    emit_json({"deleted": str(r)}) if st.json else print(f"deleted definition {r}")
+    _deleted("definition", str(r), removal.delete_definition(st.home, r, purge=purge), st.json)
+
+
+@definition_app.command("restore")
+def definition_restore(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="GALLERY/DEFINITION")]) -> None:
+    """Bring a deleted definition back (its deleted versions are restored one by one)."""
+    from imgtool.gallery import removal
+
+    st = state(ctx)
+    restored = removal.restore_definition(st.home, parse_definition_ref(ref))
+    emit_json(definition_json(restored)) if st.json else print(f"restored definition {ref}")
+
+
+def _boot_check(require: bool | None, kind: str | None, timeout: int | None, current: Any) -> Any:
+    """The definition's boot check from the options: None to clear it, `current` if untouched."""
+    from imgtool.gallery.lifecycle_model import DEFAULT_BOOT_TIMEOUT, BootCheck
+
+    if require is False:
+        if kind is not None or timeout is not None:
+            raise InvalidArgument("--boot-check and --boot-timeout go with --require-boot-check",
+                                  hint="drop them, or require the check")
+        return None
+    if require is None and current is None:
+        if kind is not None or timeout is not None:
+            raise InvalidArgument("--boot-check and --boot-timeout need --require-boot-check",
+                                  hint="add --require-boot-check")
+        return None
+    base = current or BootCheck()
+    kind_text = kind if kind is not None else base.describe()
+    return BootCheck.parse(kind_text, timeout if timeout is not None else (base.timeout or DEFAULT_BOOT_TIMEOUT))

@@ -16,7 +16,7 @@ import typer
 from typer._click import exceptions as clicks
 
 from imgtool import __version__
-from imgtool.cli import gallery_cmds, guest_cmds, store_cmds, version_cmds, vm_cmds
+from imgtool.cli import gallery_cmds, guest_cmds, remote_cmds, store_cmds, trust_cmds, version_cmds, vm_cmds
 from imgtool.cli.output import State, emit_json
 from imgtool.errors import ImgtoolError, InvalidArgument
 from imgtool.home import Home
@@ -38,6 +38,8 @@ app.add_typer(version_cmds.version_app, name="version")
 app.add_typer(vm_cmds.vm_app, name="vm")
 version_cmds.register(app)
 store_cmds.register(app)
+remote_cmds.register(app)
+trust_cmds.register(app)
 guest_cmds.register(app, vm_cmds.vm_app)
 
 _flags = {"json": False, "debug": False}

@@ -96,3 +96,9 @@ class ProgressBar:
     def close(self) -> None:
         if self.enabled and self.done:
             sys.stderr.write("\n")
+
+
+def warn(warnings: Sequence[str]) -> None:
+    """Warnings the library returned (never printed by it): one line each on stderr, also with --json."""
+    for line in warnings:
+        sys.stderr.write(f"imgtool: warning: {line}\n")

@@ -1,7 +1,7 @@
 """imgtool capture, imgtool publish, imgtool version …"""
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -10,6 +10,10 @@ from imgtool.errors import InvalidArgument
 from imgtool.gallery.model import ImageVersion
 from imgtool.gallery.versions import Version
 from imgtool.names import parse_definition_ref
+
+if TYPE_CHECKING:
+    from imgtool.gallery.lifecycle_model import CheckResult
+    from imgtool.gallery.version_index import Summary
 
 version_app = typer.Typer(help="Image versions (GALLERY/DEFINITION@X.Y.Z): list, show, update, delete, resolve "
                           "latest, export.", no_args_is_help=True)
@@ -68,17 +72,26 @@ def publish(
     os_state: Annotated[str | None, Opt(help="Declared OS state of the source (required for VM sources); must "
                                              "match the definition.")] = None,
     fmt: Annotated[str | None, Opt("--format", help="Assert the OS disk file's format.")] = None,
+    check: Annotated[bool, Opt("--check", help="Then boot-check it (definitions that require a boot check).")]
+    = False,
+    replicate_to: Annotated[str | None, Opt(help="Target remotes R1,R2: push the version there after publishing "
+                                                 "(a failure is recorded; imgtool replicate retries).")] = None,
     allow_identity: Annotated[bool, Opt(help="Generalized definitions: publish even if the audit finds machine "
                                              "identity (host keys, machine-id, cloud-init state); recorded.")]
     = False,
 ) -> None:
-    """Publish a new, immutable image version from its disks.
+    """Publish a new, immutable image version from its disks. In a definition that requires a boot check it
+    starts pending: latest skips it until imgtool version check (or --check here) sees it boot.
 
     Into a generalized definition the OS disk is audited first (see imgtool audit): SSH host keys, a
     machine-id or cloud-init instance state refuse the publish. The audit is stored on the version."""
+    from imgtool.cli import remote_cmds
     from imgtool.gallery import image_versions, lookup
 
     st = state(ctx)
+    targets = remote_cmds.check_targets(st.home, replicate_to)
+    if check:
+        _need_boot_check(st.home, ref)
     request = image_versions.PublishRequest(
         ref=parse_definition_ref(ref), version=Version.parse(version), os_disk=os_disk,
         data_disks=tuple(image_versions.parse_data_disk(d) for d in data_disk or []), os_state=os_state,
@@ -90,50 +103,110 @@ def publish(
         published = image_versions.publish(st.home, request, progress=bar)
     finally:
         bar.close()
+    result = None
+    if check:
+        from imgtool.gallery import checks
+
+        result = checks.check_version(st.home, published.label)
+    if not st.json:
+        print(f"published {ref}@{published.version}" + (" (pending its boot check)" if published.check else ""))
+    replicas = remote_cmds.replicate_now(st.home, f"{ref}@{published.version}", add=targets, remove=[],
+                                         quiet=st.json)
     if st.json:
-        emit_json(version_json(*lookup.get_version(st.home, f"{ref}@{published.version}")))
-        return
-    print(f"published {ref}@{published.version}")
+        emit_json({**version_json(*lookup.get_version(st.home, f"{ref}@{published.version}")),
+                   **({"replication": replicas} if targets else {})})
+    if result is not None:
+        _report_check(published.label, result, st.json)
+
+
+def _need_boot_check(home: Any, ref: str) -> None:
+    """--check on a definition without a boot check fails before anything is published."""
+    from imgtool.gallery import galleries
+
+    r = parse_definition_ref(ref)
+    if galleries.get_definition(home, r).boot_check is None:
+        raise InvalidArgument(f"definition {r} asks for no boot check, so --check has nothing to run",
+                              hint=f"set one: imgtool definition update {r} --require-boot-check --boot-check "
+                                   "console:TEXT")
+
+
+def _status(v: "Summary") -> str:
+    """Why a version is not eligible for latest, in one word or two."""
+    words = ["revoked" if v.revoked else "", "excluded" if v.exclude_from_latest else "",
+             v.check if v.check in ("pending", "failed") else ""]
+    return ",".join(w for w in words if w)
 
 
 @version_app.command("list")
-def version_list(ctx: typer.Context, ref: Annotated[str, Arg(help="GALLERY/DEFINITION")]) -> None:
-    """List the versions of a definition, lowest first; the one `latest` picks is marked."""
+def version_list(
+    ctx: typer.Context,
+    ref: Annotated[str, Arg(help="GALLERY/DEFINITION")],
+    deleted: Annotated[bool, Opt("--deleted", help="List the deleted versions still kept (restorable).")] = False,
+) -> None:
+    """List the versions of a definition, lowest first; the one `latest` picks is marked. STATUS says
+    what keeps a version out of latest: revoked, excluded, pending or failed (its boot check)."""
     from imgtool.gallery import lookup
 
     st = state(ctx)
     r = parse_definition_ref(ref)
+    if deleted:
+        _list_deleted(st.home, r, st.json)
+        return
     found = lookup.list_versions(st.home, r)
     latest = str(lookup.latest_of(found)[0])
     if st.json:
         emit_json([{"name": f"{r}@{v.version}", **v.to_json(), "latest": v.version == latest} for v in found])
         return
-    table(["version", "latest", "excluded", "disks", "size", "published", "end of life"],
-          [[v.version, "*" if v.version == latest else "", "yes" if v.exclude_from_latest else "",
+    table(["version", "latest", "status", "disks", "size", "published", "end of life"],
+          [[v.version, "*" if v.version == latest else "", _status(v),
             len(v.disks), human_bytes(v.disks[0]["virtual_size"]), v.published, v.end_of_life] for v in found])
+
+
+def _list_deleted(home: Any, r: Any, as_json: bool) -> None:
+    from imgtool.gallery import galleries, recycle
+
+    galleries.get_definition(home, r)
+    kept = recycle.items(home, galleries.VERSIONS, r.gallery, r.definition)
+    if as_json:
+        emit_json([{"name": i.label, **i.to_json()} for i in kept])
+        return
+    table(["version", "deleted", "kept until"], [[i.key[-1], i.deleted_at, i.purge_after] for i in kept])
 
 
 @version_app.command("show")
 def version_show(ctx: typer.Context, ref: Annotated[str, Arg(help="GALLERY/DEFINITION@X.Y.Z or @latest")]) -> None:
-    """Show a version: disks, provenance, publishing settings."""
+    """Show a version: disks, provenance, publishing settings, replication targets."""
+    from imgtool.cli import remote_cmds
     from imgtool.gallery import lookup
+    from imgtool.remote import replication
 
     st = state(ctx)
     v, digest = lookup.get_version(st.home, ref)
     if st.json:
-        emit_json(version_json(v, digest))
+        emit_json({**version_json(v, digest),
+                   "replication": replication.describe(st.home, v.gallery, v.definition, v.version)})
         return
     pairs: list[tuple[str, Any]] = [
         ("version", f"{v.gallery}/{v.definition}@{v.version}"), ("record", digest), ("os state", v.os_state),
         ("published", v.published), ("exclude from latest", v.exclude_from_latest),
         ("end of life", v.end_of_life), ("block deletion before eol", v.block_deletion_before_end_of_life),
+        ("boot check", v.check.describe() if v.check else "not required"),
+        ("revoked", f"{v.revocation.reason} (since {v.revocation.when})" if v.revocation else None),
         ("updated", v.updated)]
     for disk in v.disks:
         label = "os disk" if disk.lun is None else f"data disk {disk.lun}"
         origin = disk.source.get("path") or disk.source.get("name") or disk.source.get("kind")
         pairs.append((label, f"{disk.digest} {human_bytes(disk.virtual_size)} from {origin}"))
+    pulled = v.provenance.get("pulled_from")
+    if isinstance(pulled, dict):
+        pairs.append(("pulled from", f"{pulled.get('remote')}:{pulled.get('repository')}:{pulled.get('tag')} "
+                                     f"{str(pulled.get('manifest'))[:19]}"))
+    pairs.extend(remote_cmds.replication_rows(st.home, v.gallery, v.definition, v.version))
     pairs.append(("audit", _audit_line(v.audit)))
     fields(pairs)
+    if v.check and v.check.console_tail:
+        print("console tail of the failed check:")
+        print(v.check.console_tail.rstrip("\n"))
 
 
 def _audit_line(audit: dict[str, Any] | None) -> str:
@@ -158,7 +231,8 @@ def version_resolve(
     ref: Annotated[str, Arg(help="GALLERY/DEFINITION")],
     explain: Annotated[bool, Opt(help="List every candidate and why it was chosen or dropped.")] = False,
 ) -> None:
-    """Say which version `latest` picks: the highest not excluded from latest (publish time plays no part)."""
+    """Say which version `latest` picks: the highest not excluded from latest, not revoked and not held back
+    by a pending or failed boot check (publish time plays no part)."""
     from imgtool.gallery import lookup
 
     st = state(ctx)
@@ -182,11 +256,19 @@ def version_update(
     end_of_life: Annotated[str | None, Opt(help="YYYY-MM-DD")] = None,
     block_deletion: Annotated[bool | None, Opt("--block-deletion/--allow-deletion",
                                                help="Block deletion before end of life.")] = None,
+    promote: Annotated[bool, Opt("--promote", help="Let a pending or failed version into latest without a "
+                                                   "passing boot check (recorded).")] = False,
+    replicate_to: Annotated[str | None, Opt(help="Add replication targets R1,R2 (and replicate now).")] = None,
+    no_replicate_to: Annotated[str | None, Opt(help="Remove replication targets R1,R2.")] = None,
 ) -> None:
-    """Change a version's publishing settings (its content never changes)."""
-    from imgtool.gallery import image_versions, lookup
+    """Change a version's publishing settings (its content never changes) or its replication targets."""
+    from imgtool.cli import remote_cmds
+    from imgtool.gallery import checks, image_versions, lookup
+    from imgtool.remote import replication
 
     st = state(ctx)
+    if promote:
+        checks.promote(st.home, ref)
     changes: dict[str, Any] = {}
     if exclude_from_latest is not None:
         changes["exclude_from_latest"] = exclude_from_latest
@@ -194,23 +276,139 @@ def version_update(
         changes["end_of_life"] = end_of_life
     if block_deletion is not None:
         changes["block_deletion_before_end_of_life"] = block_deletion
-    if not changes:
-        raise InvalidArgument("nothing to update", hint="give --exclude-from-latest, --end-of-life, ...")
-    image_versions.update_version(st.home, ref, **changes)
+    add = remote_cmds.check_targets(st.home, replicate_to)
+    remove = replication.parse_targets(no_replicate_to)
+    if not changes and not add and not remove and not promote:
+        raise InvalidArgument("nothing to update", hint="give --exclude-from-latest, --end-of-life, "
+                              "--promote, --replicate-to, ...")
+    if changes:
+        image_versions.update_version(st.home, ref, **changes)
+    replicas = remote_cmds.replicate_now(st.home, ref, add=add, remove=remove, quiet=st.json)
     if st.json:
-        emit_json(version_json(*lookup.get_version(st.home, ref)))
+        emit_json({**version_json(*lookup.get_version(st.home, ref)), "replication": replicas})
         return
     print(f"updated {ref}")
 
 
 @version_app.command("delete")
-def version_delete(ctx: typer.Context, ref: Annotated[str, Arg(help="GALLERY/DEFINITION@X.Y.Z")]) -> None:
-    """Delete a version (refused while VMs use it). Its data is freed by imgtool gc."""
+def version_delete(
+    ctx: typer.Context,
+    ref: Annotated[str, Arg(help="GALLERY/DEFINITION@X.Y.Z")],
+    purge: Annotated[bool, Opt("--purge", help="Delete for good now, without the retention period.")] = False,
+) -> None:
+    """Delete a version (refused while VMs use it). It is kept as deleted for 7 days (imgtool version restore
+    brings it back); imgtool gc frees its data after that, or right away with --purge."""
     from imgtool.gallery import image_versions
 
     st = state(ctx)
-    image_versions.delete_version(st.home, ref)
-    emit_json({"deleted": ref}) if st.json else print(f"deleted {ref}")
+    kept = image_versions.delete_version(st.home, ref, purge=purge)
+    if st.json:
+        emit_json({"deleted": ref, "purged": kept is None, "kept_until": kept and kept.purge_after})
+        return
+    print(f"deleted {ref}" + (f" (restorable until {kept.purge_after})" if kept else " for good"))
+
+
+@version_app.command("restore")
+def version_restore(ctx: typer.Context, ref: Annotated[str, Arg(help="GALLERY/DEFINITION@X.Y.Z")]) -> None:
+    """Bring a deleted version back, exactly as it was (same record, same disks)."""
+    from imgtool.gallery import lookup, removal
+
+    st = state(ctx)
+    restored = removal.restore_version(st.home, ref)
+    if st.json:
+        emit_json(version_json(*lookup.get_version(st.home, restored.label)))
+        return
+    print(f"restored {restored.label}")
+
+
+def _report_check(label: str, result: "CheckResult", as_json: bool) -> None:
+    if not as_json:
+        print(f"boot check of {label}: {result.describe()}")
+        if result.console_tail:
+            print("console tail:\n" + result.console_tail.rstrip("\n"))
+    if result.state == "failed":
+        raise typer.Exit(1)
+
+
+@version_app.command("check")
+def version_check(
+    ctx: typer.Context,
+    ref: Annotated[str, Arg(help="GALLERY/DEFINITION@X.Y.Z")],
+    timeout: Annotated[int | None, Opt(help="Seconds to wait (default: the definition's boot timeout).")] = None,
+    accel: Annotated[str | None, Opt(help="kvm or tcg (default: probe).")] = None,
+) -> None:
+    """Boot-check a version: make a throwaway VM from it, wait for the definition's check (ssh, cloud-init or
+    a console line), delete the VM, and record passed or failed on the version. Exit 1 when it failed."""
+    from imgtool.gallery import checks
+
+    st = state(ctx)
+    result = checks.check_version(st.home, ref, timeout=timeout, accel=accel)
+    if st.json:
+        emit_json({"version": ref, **result.to_json()})
+    _report_check(ref, result, st.json)
+
+
+@version_app.command("revoke")
+def version_revoke(
+    ctx: typer.Context,
+    ref: Annotated[str, Arg(help="GALLERY/DEFINITION@X.Y.Z")],
+    reason: Annotated[str | None, Opt(help="Why (shown on every VM standing on it).")] = None,
+    push: Annotated[list[str] | None, Opt("--push", help="Also attach a signed revocation statement to the "
+                                                         "version on this remote (repeatable).")] = None,
+    sign: Annotated[str | None, Opt("--sign", help="With --push: the signing key (default: the remote's "
+                                                   "signing key).")] = None,
+) -> None:
+    """Revoke a version: never latest again, refused by vm new (unless --allow-revoked), and every VM standing
+    on it is flagged. With --push the revocation reaches a remote as a statement signed like a signature;
+    pull and vm new from it refuse the version, and imgtool remote sync marks other stores' copies. A
+    version already revoked here can be pushed again without --reason."""
+    from imgtool.gallery import lookup, revocation
+
+    st = state(ctx)
+    current, _ = lookup.get_version(st.home, ref)
+    if reason is None and (current.revocation is None or not push):
+        raise InvalidArgument("--reason is required", hint="say why it is revoked, e.g. --reason 'CVE-2026-1234'")
+    if reason is not None:
+        current, vms = revocation.revoke(st.home, ref, reason)
+    else:
+        vms = vmrecord_users(st.home, current)
+    pushed = [_push_revocation(st.home, ref, remote, sign) for remote in push or []]
+    if st.json:
+        emit_json({"version": current.label, "revocation": current.revocation and current.revocation.to_json(),
+                   "vms": vms, "pushed": pushed})
+        return
+    print(f"revoked {current.label}" + (f"; VMs standing on it: {', '.join(vms)}" if vms else ""))
+    for item in pushed:
+        print(f"revocation attached on {item['remote']} ({item['repository']}, signed by {item['key_id'][:19]}...)")
+
+
+def vmrecord_users(home: Any, version: ImageVersion) -> list[str]:
+    from imgtool.vm import record as vmrecord
+
+    return vmrecord.vms_using(home, version.gallery, version.definition, version.version)
+
+
+def _push_revocation(home: Any, ref: str, remote: str, key: str | None) -> dict[str, Any]:
+    from imgtool.remote import revoke
+
+    return revoke.push_revocation(home, ref, remote, key_name=key)
+
+
+@version_app.command("users")
+def version_users(ctx: typer.Context, ref: Annotated[str, Arg(help="GALLERY/DEFINITION@X.Y.Z")]) -> None:
+    """List what comes from a version, locally: the VMs standing on it and the versions captured or copied
+    from it (and from those, transitively), with the VMs standing on them."""
+    from imgtool.gallery import users
+
+    st = state(ctx)
+    found = users.users(st.home, ref)
+    if st.json:
+        emit_json(found.to_json())
+        return
+    print(f"versions from {found.version}:")
+    table(["version", "captured from"], [[v["version"], v["parent"]] for v in found.versions])
+    print("VMs:")
+    table(["vm", "image"], [[v["name"], v["image"]] for v in found.vms])
 
 
 @version_app.command("export")

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from imgtool.cli.output import ProgressBar, emit_json, fields, state, table
+from imgtool.cli.output import ProgressBar, emit_json, fields, state, table, warn
 from imgtool.errors import InvalidArgument
 from imgtool.vm.record import VmRecord, load, vm_dir
 
@@ -22,11 +22,31 @@ def _public(record: VmRecord) -> dict[str, Any]:
     return {k: v for k, v in record.to_json().items() if k not in ("definition", "format", "kind")}
 
 
+def _local_image(st: Any, image: str) -> str:
+    """REMOTE:G/D[@V] is pulled (what is missing) and becomes the local G/D@X.Y.Z; a pulled version is
+    re-verified from the local store (signature, manifest and config chain, chunks present) every time."""
+    from imgtool.remote import service
+    from imgtool.trust import gate
+
+    warnings: tuple[str, ...] | list[str] = ()
+    if service.is_remote_image(image):
+        bar = ProgressBar(f"pulling {image}", enabled=not st.json)
+        try:
+            pulled = service.pull_ref(st.home, image, progress=bar)
+        finally:
+            bar.close()
+        image, warnings = pulled.name, pulled.warnings
+    verdict = gate.verify_local(st.home, image, deep=False)
+    warn(warnings or (verdict.acceptance.warnings if verdict else ()))
+    return image
+
+
 @vm_app.command("new")
 def vm_new(
     ctx: typer.Context,
     name: Annotated[str, Arg(help="VM name.")],
-    image: Annotated[str, Opt(help="GALLERY/DEFINITION[@X.Y.Z|@latest]")],
+    image: Annotated[str, Opt(help="GALLERY/DEFINITION[@X.Y.Z|@latest], or REMOTE:GALLERY/DEFINITION[@…] "
+                                   "(pulled first: only missing chunks travel)")],
     cpus: Annotated[int | None, Opt(help="vCPUs (default: 2, within the definition's recommendation).")] = None,
     memory: Annotated[int | None, Opt(help="Memory in MiB (default: 512, within the recommendation).")] = None,
     hostname: Annotated[str | None, Opt(help="Generalized images: the VM's hostname (default: its name).")] = None,
@@ -35,6 +55,7 @@ def vm_new(
                                               "(default: ~/.ssh/id_*.pub).")] = None,
     user_data: Annotated[Path | None, Opt(help="Generalized images: your own cloud-init user-data, merged.")] = None,
     ignore_recommendations: Annotated[bool, Opt(help="Allow vCPUs/memory outside the recommended ranges.")] = False,
+    allow_revoked: Annotated[bool, Opt(help="Allow a revoked version (recorded on the VM).")] = False,
     start: Annotated[bool, Opt(help="Start it right away.")] = False,
     accel: Annotated[str | None, Opt(help="With --start: kvm or tcg (default: probe).")] = None,
     wait: Annotated[bool, Opt(help="With --start: return once SSH accepts the seeded key (see vm wait).")] = False,
@@ -46,9 +67,10 @@ def vm_new(
     from imgtool.vm import runtime as vmrun
 
     st = state(ctx)
+    image = _local_image(st, image)
     request = vm.NewVm(name=name, image=image, cpus=cpus, memory_mib=memory, hostname=hostname,
                        admin_user=admin_user, ssh_key=ssh_key, user_data=user_data,
-                       ignore_recommendations=ignore_recommendations)
+                       ignore_recommendations=ignore_recommendations, allow_revoked=allow_revoked)
     bar = ProgressBar(f"preparing {name}", enabled=not st.json)
     try:
         record = vm.create(st.home, request, progress=bar)
@@ -76,13 +98,18 @@ def vm_start(
     console: Annotated[bool, Opt(help="Then follow the serial console (Ctrl-C detaches).")] = False,
     force: Annotated[bool, Opt(help="Start a generalized VM anyway (it stops being generalized).")] = False,
 ) -> None:
-    """Boot a VM in the background (pid file, QMP socket, serial log, SSH on a loopback port)."""
+    """Boot a VM in the background (pid file, QMP socket, serial log, SSH on a loopback port). Warns when its
+    version is revoked."""
+    from imgtool.gallery import revocation
     from imgtool.vm import runtime as vmrun
 
     st = state(ctx)
+    warnings = revocation.start_warnings(st.home, name)
+    for warning in warnings:
+        sys.stderr.write(f"imgtool: warning: {warning}\n")
     runtime = vmrun.start(st.home, name, requested_accel=accel, force=force)
     if st.json:
-        emit_json(runtime)
+        emit_json({**runtime, "warnings": warnings})
     else:
         print(f"started VM {name} ({runtime['accel']}, ssh on 127.0.0.1:{runtime['ssh_port']})")
     if console:
@@ -109,7 +136,8 @@ def vm_stop(
 
 @vm_app.command("list")
 def vm_list(ctx: typer.Context) -> None:
-    """List VMs with their real state (from the process and QMP)."""
+    """List VMs with their real state (from the process and QMP); VMs on a revoked version say so."""
+    from imgtool.gallery import revocation
     from imgtool.vm import lifecycle as vm
     from imgtool.vm import runtime as vmrun
 
@@ -125,27 +153,36 @@ def vm_list(ctx: typer.Context) -> None:
         rows.append({"name": name, "image": record.image, "state": status["state"], "cpus": record.cpus,
                      "memory_mib": record.memory_mib, "ssh_port": status.get("ssh_port"),
                      "accel": status.get("accel")})
+    flags = revocation.vm_flags(st.home, {r["name"]: r["image"] for r in rows if "image" in r})
+    for row in rows:
+        row["revoked"] = flags[row["name"]].reason if row["name"] in flags else None
     if st.json:
         emit_json(rows)
         return
     table(["name", "image", "state", "cpus", "memory", "ssh"],
           [[r["name"], r.get("image"), r["state"], r.get("cpus"), r.get("memory_mib") and f"{r['memory_mib']} MiB",
             r.get("ssh_port") and f"127.0.0.1:{r['ssh_port']}"] for r in rows])
+    for row in rows:
+        if row["revoked"]:
+            print(f"{row['name']}: revoked: {row['revoked']}")
 
 
 @vm_app.command("show")
 def vm_show(ctx: typer.Context, name: str) -> None:
     """Show a VM's receipt (version digest, definition, seed digest, QEMU command line) and state."""
+    from imgtool.gallery import revocation
     from imgtool.vm import runtime as vmrun
 
     st = state(ctx)
     record = load(st.home, name)
     status = vmrun.status(st.home, name)
+    revoked = revocation.revocation_of(st.home, record.image)
     snaps = sorted(p.name for p in (vm_dir(st.home, name) / "snapshots").glob("*")
                    if not p.name.startswith("."))
     if st.json:
         emit_json({**_public(record), "status": {k: v for k, v in status.items() if k != "qemu_argv"},
-                   "qemu_argv": status.get("qemu_argv"), "snapshots": snaps})
+                   "qemu_argv": status.get("qemu_argv"), "snapshots": snaps,
+                   "revoked": revoked and revoked.to_json()})
         return
     seed = record.seed
     fields([("name", name), ("image", record.image), ("version record", record.version_digest),
@@ -156,6 +193,8 @@ def vm_show(ctx: typer.Context, name: str) -> None:
             ("hostname", seed and seed.hostname), ("admin user", seed and seed.admin_user),
             ("snapshots", ", ".join(snaps)), ("created", record.created),
             ("generalized", "yes (vm start needs --force)" if record.generalized else "no"),
+            ("revoked", revoked and f"revoked: {revoked.reason}"),
+            ("allowed revoked", record.allowed_revoked),
             ("qemu", " ".join(status["qemu_argv"]) if status.get("qemu_argv") else None)])
 
 

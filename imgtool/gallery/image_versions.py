@@ -17,7 +17,9 @@ from typing import Any
 from imgtool import formats
 from imgtool.capture import sources
 from imgtool.errors import AlreadyExists, InvalidArgument, NotFound, Refused
+from imgtool.gallery import recycle
 from imgtool.gallery.galleries import VERSIONS, gallery_lock, get_definition_with_digest
+from imgtool.gallery.lifecycle_model import CheckResult
 from imgtool.gallery.lookup import get_version
 from imgtool.gallery.model import OS_STATES, Definition, Disk, ImageVersion, check_choice, check_date
 from imgtool.gallery.versions import Version
@@ -94,7 +96,8 @@ def publish(home: Home, req: PublishRequest, *, progress: Progress | None = None
             os_state=definition.os_state, disks=tuple(disks), definition_record=def_digest,
             exclude_from_latest=req.exclude_from_latest, end_of_life=check_date(req.end_of_life, "end of life"),
             block_deletion_before_end_of_life=req.block_deletion_before_end_of_life,
-            provenance={"os_disk": disks[0].source}, audit=audit)
+            provenance={"os_disk": disks[0].source},
+            check=CheckResult("pending") if definition.boot_check else None, audit=audit)
         digest = home.store.put_manifest(record.to_json())
         with gallery_lock(home, req.ref.gallery):
             get_definition_with_digest(home, req.ref)  # still there?
@@ -169,8 +172,11 @@ def update_version(home: Home, text: str, **changes: Any) -> ImageVersion:
     return updated
 
 
-def delete_version(home: Home, text: str) -> None:
-    """Remove a version's name. Refused while VMs stand on it or before a blocking end of life."""
+def delete_version(home: Home, text: str, *, purge: bool = False, now: dt.datetime | None = None,
+                   retention: dt.timedelta = recycle.DEFAULT_RETENTION) -> recycle.DeletedItem | None:
+    """Delete a version: kept as deleted for `retention` (restorable), or for good with `purge`.
+
+    Refused while VMs stand on it or before a blocking end of life. Returns what is kept (None: purged)."""
     ref = parse_image_ref(text, require_version=True)
     with gallery_lock(home, ref.gallery):
         current, _ = get_version(home, ref)
@@ -182,7 +188,11 @@ def delete_version(home: Home, text: str) -> None:
                 current.end_of_life is None or current.end_of_life[:10] > dt.date.today().isoformat()):
             raise Refused(f"version {text} blocks deletion before its end of life ({current.end_of_life})",
                           hint="wait for the end of life, or clear the block with imgtool version update")
-        home.store.delete_name(VERSIONS, ref.gallery, ref.definition, current.version)
+        key = (VERSIONS, ref.gallery, ref.definition, current.version)
+        if purge:
+            home.store.delete_name(*key)
+            return None
+        return recycle.hide(home, key, now=now, retention=retention)
 
 
 def export(home: Home, text: str, out: Path, *, fmt: str = "qcow2", lun: int | None = None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from imgtool.errors import NotFound
+from imgtool.gallery import recycle
 from imgtool.gallery.galleries import VERSIONS, get_definition_with_digest
 from imgtool.gallery.model import ImageVersion
 from imgtool.gallery.version_index import Summary, summaries
@@ -21,8 +22,8 @@ def list_versions(home: Home, ref: DefinitionRef) -> list[Summary]:
 
 
 def latest_of(found: list[Summary]) -> tuple[Version | None, list[Verdict]]:
-    candidates = [Candidate(Version(*map(int, s.version.split("."))), s.exclude_from_latest, s.end_of_life)
-                  for s in found]
+    candidates = [Candidate(Version(*map(int, s.version.split("."))), s.exclude_from_latest, s.end_of_life,
+                            s.check, s.revoked) for s in found]
     return resolve_latest(candidates, today=dt.date.today().isoformat())
 
 
@@ -43,6 +44,7 @@ def get_version(home: Home, text: str | ImageRef) -> tuple[ImageVersion, str]:
     digest = home.store.get_name(VERSIONS, ref.gallery, ref.definition, str(version))
     if digest is None:
         get_definition_with_digest(home, ref.definition_ref)
+        deleted = recycle.deleted_hint(home, (VERSIONS, ref.gallery, ref.definition, str(version)))
         raise NotFound(f"version {ref.definition_ref}@{version} does not exist",
-                       hint=f"list versions with imgtool version list {ref.definition_ref}")
+                       hint=deleted or f"list versions with imgtool version list {ref.definition_ref}")
     return ImageVersion.from_json(home.store.get_manifest(digest)), digest

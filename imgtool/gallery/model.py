@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imgtool.errors import Corrupt, InvalidArgument
+from imgtool.gallery.lifecycle_model import BootCheck, CheckResult, Revocation
 from imgtool.records import Fields, JsonObject, build, check_record
 from imgtool.vocab import Architecture, DiskFormat, Firmware, OsState, OsType, values
 
@@ -22,8 +23,9 @@ OS_STATES = values(OsState)
 FIRMWARES = values(Firmware)
 ARCHITECTURES = values(Architecture)
 DISK_FORMATS = values(DiskFormat)
-UPDATABLE_DEFINITION = ("description", "recommended", "end_of_life", "release_notes_uri", "tags")
-UPDATABLE_VERSION = ("exclude_from_latest", "end_of_life", "block_deletion_before_end_of_life")
+UPDATABLE_DEFINITION = ("description", "recommended", "end_of_life", "release_notes_uri", "tags", "boot_check")
+UPDATABLE_VERSION = ("exclude_from_latest", "end_of_life", "block_deletion_before_end_of_life", "check",
+                     "revocation")
 
 
 def now() -> str:
@@ -119,6 +121,7 @@ class Definition:
     tags: tuple[tuple[str, str], ...] = ()
     created: str = field(default_factory=now)
     updated: str | None = None
+    boot_check: BootCheck | None = None  # set: versions start pending until a boot check passes
 
     def __post_init__(self) -> None:
         for ident, what in ((self.publisher, "publisher"), (self.offer, "offer"), (self.sku, "sku")):
@@ -143,6 +146,10 @@ class Definition:
         body["disallowed_disk_formats"] = list(self.disallowed_disk_formats)
         body["features"] = dict(self.features)
         body["tags"] = dict(self.tags)
+        # Absent rather than null when unset: records written before boot checks keep their exact bytes.
+        body.pop("boot_check")
+        if self.boot_check is not None:
+            body["boot_check"] = self.boot_check.to_json()
         return {"format": FORMAT, "kind": "definition", "links": [], **body}
 
     @classmethod
@@ -161,7 +168,9 @@ class Definition:
             description=f.text_or("description", ""), eula=f.text_or("eula", ""),
             privacy_uri=f.text_or("privacy_uri", ""), release_notes_uri=f.text_or("release_notes_uri", ""),
             end_of_life=f.opt_text("end_of_life"), features=f.text_map("features"), tags=f.text_map("tags"),
-            created=f.text("created"), updated=f.opt_text("updated")))
+            created=f.text("created"), updated=f.opt_text("updated"),
+            boot_check=BootCheck.from_json(f.obj_or_empty("boot_check"), f"{what} boot_check")
+            if f.obj.get("boot_check") is not None else None))
 
 
 @dataclass(frozen=True)
@@ -196,9 +205,19 @@ class ImageVersion:
     block_deletion_before_end_of_life: bool = False
     provenance: JsonObject = field(default_factory=dict)
     updated: str | None = None
+    check: CheckResult | None = None  # None: its definition asked for no boot check
+    revocation: Revocation | None = None
     # The guest audit made when publishing into a generalized definition (imgtool.guest.audit's shape
     # plus "source" and "allowed_identity"); absent from records that were not audited.
     audit: JsonObject | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.gallery}/{self.definition}@{self.version}"
+
+    @property
+    def check_state(self) -> str | None:
+        return None if self.check is None else self.check.state
 
     @property
     def os_disk(self) -> Disk:
@@ -211,8 +230,13 @@ class ImageVersion:
     def to_json(self) -> JsonObject:
         body = dataclasses.asdict(self)
         body["disks"] = [d.to_json() for d in self.disks]
+        # Absent rather than null when unset: records written before these settings keep their exact bytes.
+        for key, value in (("check", self.check), ("revocation", self.revocation)):
+            body.pop(key)
+            if value is not None:
+                body[key] = value.to_json()
         if body["audit"] is None:
-            del body["audit"]  # records without an audit stay as they were before the field existed
+            del body["audit"]
         links = sorted({d.digest for d in self.disks} | {self.definition_record})
         return {"format": FORMAT, "kind": "version", "links": links, **body}
 
@@ -230,6 +254,10 @@ class ImageVersion:
                    end_of_life=f.opt_text("end_of_life"),
                    block_deletion_before_end_of_life=f.flag("block_deletion_before_end_of_life"),
                    provenance=f.obj_or_empty("provenance"), updated=f.opt_text("updated"),
+                   check=CheckResult.from_json(f.obj_or_empty("check"), f"{what} check")
+                   if f.obj.get("check") is not None else None,
+                   revocation=Revocation.from_json(f.obj_or_empty("revocation"), f"{what} revocation")
+                   if f.obj.get("revocation") is not None else None,
                    audit=f.obj_or_empty("audit") or None)
 
     def updated_with(self, **changes: Any) -> ImageVersion:

@@ -33,7 +33,7 @@ from imgtool.home import Home
 from imgtool.names import DefinitionRef
 from store import atomic
 
-FORMAT = 1
+FORMAT = 2  # 2: summaries carry the boot check state and revocation
 RACY_NS = 2_000_000_000
 
 
@@ -46,11 +46,14 @@ class Summary:
     exclude_from_latest: bool
     end_of_life: str | None
     disks: list[dict[str, Any]]  # lun, digest, virtual_size
+    check: str | None = None  # boot check state (pending, passed, failed, promoted); None: not required
+    revoked: str | None = None  # the revocation's reason
 
     @classmethod
     def of(cls, v: ImageVersion, record: str) -> Summary:
         disks = [{"lun": d.lun, "digest": d.digest, "virtual_size": d.virtual_size} for d in v.disks]
-        return cls(v.version, record, v.os_state, v.published, v.exclude_from_latest, v.end_of_life, disks)
+        return cls(v.version, record, v.os_state, v.published, v.exclude_from_latest, v.end_of_life, disks,
+                   v.check_state, v.revocation.reason if v.revocation else None)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

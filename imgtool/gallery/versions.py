@@ -1,8 +1,9 @@
 """Image version numbers and the `latest` rule (pure).
 
 A version is MAJOR.MINOR.PATCH, each an unsigned 32-bit integer written without
-leading zeros. `latest` is the highest version not excluded from latest; the
-publish date plays no part (as in Azure Compute Gallery).
+leading zeros. `latest` is the highest version not excluded from latest, not
+revoked, and not held back by a boot check (pending or failed); the publish
+date plays no part (as in Azure Compute Gallery).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 from imgtool.errors import InvalidArgument
+from imgtool.gallery.lifecycle_model import ELIGIBLE_STATES
 
 MAX_PART = 2**32 - 1
 _VERSION = re.compile(r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)$")
@@ -45,6 +47,12 @@ class Candidate:
     version: Version
     exclude_from_latest: bool
     end_of_life: str | None = None
+    check: str | None = None  # boot check state; None: no check required
+    revoked: str | None = None  # the revocation's reason
+
+    @property
+    def eligible(self) -> bool:
+        return not self.exclude_from_latest and self.check in ELIGIBLE_STATES and self.revoked is None
 
 
 @dataclass(frozen=True)
@@ -60,7 +68,7 @@ def resolve_latest(candidates: list[Candidate], *, today: str | None = None) -> 
     End of life is informational (as in Azure): it is reported, not a reason to drop.
     """
     ordered = sorted(candidates, key=lambda c: c.version, reverse=True)
-    winner = next((c.version for c in ordered if not c.exclude_from_latest), None)
+    winner = next((c.version for c in ordered if c.eligible), None)
     verdicts = [Verdict(c.version, c.version == winner, _reason(c, winner, today)) for c in ordered]
     return winner, verdicts
 
@@ -69,8 +77,14 @@ def _reason(c: Candidate, winner: Version | None, today: str | None) -> str:
     eol = ""
     if c.end_of_life and today and c.end_of_life[:10] < today:
         eol = f"; past its end of life {c.end_of_life[:10]} (informational)"
+    if c.revoked is not None:
+        return f"dropped: revoked ({c.revoked})" + eol
     if c.exclude_from_latest:
         return "dropped: excluded from latest" + eol
+    if c.check == "pending":
+        return "dropped: boot check pending (imgtool version check)" + eol
+    if c.check == "failed":
+        return "dropped: boot check failed (check again, or version update --promote)" + eol
     if c.version == winner:
-        return "chosen: highest version not excluded from latest" + eol
+        return "chosen: highest eligible version" + eol
     return f"kept out: {winner} is higher" + eol

@@ -52,6 +52,7 @@ class NewVm:
     ssh_key: Path | None = None
     user_data: Path | None = None
     ignore_recommendations: bool = False
+    allow_revoked: bool = False  # a revoked version only on purpose; recorded in the receipt
 
 
 def _pick(value: int | None, rng: Range, default: int) -> int:
@@ -143,6 +144,9 @@ def create(home: Home, req: NewVm, *, progress: Progress | None = None) -> VmRec
     """Make a VM from a version. On failure nothing is left but a folder gc removes."""
     folder = vm_dir(home, req.name)
     version, version_digest = lookup.get_version(home, parse_image_ref(req.image))
+    if version.revocation is not None and not req.allow_revoked:
+        raise Refused(f"version {version.label} is revoked: {version.revocation.reason}",
+                      hint="use another version, or pass --allow-revoked (recorded on the VM)")
     definition = _definition(home, version)
     cpus = _pick(req.cpus, definition.vcpus, 2)
     memory = _pick(req.memory_mib, definition.memory_mib, 512)
@@ -211,7 +215,8 @@ def _build(home: Home, folder: Path, req: NewVm, version: ImageVersion, version_
         name=req.name, created=now(), image=f"{version.gallery}/{version.definition}@{version.version}",
         version_digest=version_digest, os_state=version.os_state, definition=definition.to_json(),
         definition_record=version.definition_record, cpus=cpus, memory_mib=memory, firmware=definition.firmware,
-        arch=definition.architecture, disks=tuple(disks), seed=seed_info)
+        arch=definition.architecture, disks=tuple(disks), seed=seed_info,
+        allowed_revoked=version.revocation.reason if version.revocation else None)
     save(home, record)  # the commit point: from here on the VM exists
     return record
 

@@ -21,7 +21,8 @@ from store import atomic
 RECORD = "vm.json"
 FORMAT = 1
 _FIELDS = {"name", "created", "image", "version_digest", "os_state", "definition", "definition_record", "cpus",
-           "memory_mib", "firmware", "arch", "disks", "base_disks", "seed", "qemu_argv", "generalized"}
+           "memory_mib", "firmware", "arch", "disks", "base_disks", "seed", "qemu_argv", "generalized",
+           "allowed_revoked"}
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class VmRecord:
     disks: tuple[VmDisk, ...]
     seed: SeedInfo | None
     generalized: bool = False  # set by vm generalize: starting it would re-personalize it
+    allowed_revoked: str | None = None  # made from a revoked version on purpose (--allow-revoked): its reason
 
     @property
     def base_disks(self) -> tuple[str, ...]:
@@ -84,6 +86,8 @@ class VmRecord:
     def to_json(self) -> JsonObject:
         body = dataclasses.asdict(self)
         body["disks"] = [dataclasses.asdict(d) for d in self.disks]
+        if self.allowed_revoked is None:
+            del body["allowed_revoked"]  # absent unless set, like every field added after format 1
         return {"format": FORMAT, "kind": "vm", **body, "base_disks": list(self.base_disks)}
 
     @classmethod
@@ -97,7 +101,7 @@ class VmRecord:
             cpus=f.integer("cpus"), memory_mib=f.integer("memory_mib"), firmware=f.text("firmware"),
             arch=f.text("arch"), disks=f.each("disks", VmDisk.from_json),
             seed=SeedInfo.from_json(seed, f"{what} seed") if seed else None,
-            generalized=f.flag("generalized")))
+            generalized=f.flag("generalized"), allowed_revoked=f.opt_text("allowed_revoked")))
 
 
 def record_path(home: Home, name: str) -> Path:

@@ -1,0 +1,297 @@
+"""imgtool remote …, imgtool push, imgtool pull, imgtool replicate"""
+
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from imgtool.cli.output import ProgressBar, emit_json, fields, human_bytes, state, table, warn
+
+remote_app = typer.Typer(help="Remotes: OCI registries (ACR, GHCR, Harbor, Quay, distribution) or OCI layout "
+                         "folders that galleries are shared through.", no_args_is_help=True)
+Opt = typer.Option
+Arg = typer.Argument
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(remote_app, name="remote")
+    app.command("push")(push_cmd)
+    app.command("pull")(pull_cmd)
+    app.command("replicate")(replicate_cmd)
+
+
+@remote_app.command("add")
+def remote_add(
+    ctx: typer.Context,
+    name: Annotated[str, Arg(help="A name for the remote.")],
+    url: Annotated[str, Arg(help="https://HOST[:PORT][/PREFIX], or oci-layout:/ABSOLUTE/PATH")],
+    insecure: Annotated[bool, Opt(help="Allow plain http to a non-loopback host, and skip TLS verification.")]
+    = False,
+    ca_file: Annotated[str | None, Opt(help="PEM file of the CA that signed the registry's certificate.")] = None,
+) -> None:
+    """Add a remote. http:// is accepted only for this machine's loopback addresses (or with --insecure)."""
+    from imgtool.remote import remotes
+
+    st = state(ctx)
+    remote = remotes.add(st.home, name, url, insecure=insecure, ca_file=ca_file)
+    emit_json(remote.describe()) if st.json else print(f"added remote {name} ({remote.url})")
+
+
+@remote_app.command("list")
+def remote_list(ctx: typer.Context) -> None:
+    """List remotes."""
+    from imgtool.remote import remotes
+
+    st = state(ctx)
+    found = remotes.load_all(st.home)
+    if st.json:
+        emit_json([r.describe() for r in found.values()])
+        return
+    table(["name", "kind", "url"], [[r.name, r.kind, r.url + (" (insecure)" if r.insecure else "")]
+                                    for r in found.values()])
+
+
+@remote_app.command("show")
+def remote_show(ctx: typer.Context, name: Annotated[str, Arg(help="Remote name.")]) -> None:
+    """Show a remote and whether credentials are known for it (never the credentials)."""
+    from imgtool.remote import auth, remotes
+
+    st = state(ctx)
+    remote = remotes.get(st.home, name)
+    creds = auth.lookup(remote.host, st.home.root) if remote.kind == "registry" else None
+    body = {**remote.describe(), "logged_in_as": creds.username if creds else None}
+    if st.json:
+        emit_json(body)
+        return
+    fields([("name", remote.name), ("kind", remote.kind), ("url", remote.url), ("insecure", remote.insecure),
+            ("ca file", remote.ca_file), ("logged in as", body["logged_in_as"])])
+
+
+@remote_app.command("remove")
+def remote_remove(ctx: typer.Context, name: Annotated[str, Arg(help="Remote name.")]) -> None:
+    """Forget a remote (its registry and the credentials in other tools' files are left alone)."""
+    from imgtool.remote import remotes, service
+
+    st = state(ctx)
+    service.logout(st.home, name)
+    remotes.remove(st.home, name)
+    emit_json({"removed": name}) if st.json else print(f"removed remote {name}")
+
+
+@remote_app.command("login")
+def remote_login(
+    ctx: typer.Context,
+    name: Annotated[str, Arg(help="Remote name.")],
+    username: Annotated[str, Opt("--username", "-u", help="User name (or token name).")],
+    password_stdin: Annotated[bool, Opt("--password-stdin", help="Read the password or token from stdin.")]
+    = False,
+) -> None:
+    """Check credentials against the registry and keep them in <home>/auth.json (mode 0600)."""
+    from imgtool.errors import InvalidArgument
+    from imgtool.remote import service
+
+    st = state(ctx)
+    if not password_stdin:
+        raise InvalidArgument("the password is read from stdin only", hint="echo TOKEN | imgtool remote login "
+                              f"{name} --username U --password-stdin")
+    password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise InvalidArgument("no password on stdin", hint="pipe the password or token into the command")
+    host = service.login(st.home, name, username, password)
+    emit_json({"remote": name, "host": host, "username": username}) if st.json else \
+        print(f"logged in to {name} ({host}) as {username}")
+
+
+@remote_app.command("logout")
+def remote_logout(ctx: typer.Context, name: Annotated[str, Arg(help="Remote name.")]) -> None:
+    """Forget the credentials imgtool keeps for a remote."""
+    from imgtool.remote import service
+
+    st = state(ctx)
+    removed = service.logout(st.home, name)
+    emit_json({"remote": name, "removed": removed}) if st.json else \
+        print(f"logged out of {name}" if removed else f"imgtool kept no credentials for {name}")
+
+
+def _status(v: Any) -> str:
+    words = ["revoked" if v.revoked else "", "excluded" if v.exclude_from_latest else "",
+             v.check if v.check in ("pending", "failed") else ""]
+    return ",".join(w for w in words if w)
+
+
+@remote_app.command("sync")
+def remote_sync(ctx: typer.Context, name: Annotated[str, Arg(help="Remote name.")]) -> None:
+    """Learn the revocations of a remote: every local version pulled from it that a trusted key revoked there
+    is marked revoked here (its VMs are flagged). Statements by keys not trusted are reported, not used."""
+    from imgtool.remote import revoke
+
+    st = state(ctx)
+    found = revoke.sync(st.home, name)
+    if st.json:
+        emit_json(found)
+        return
+    for item in found:
+        if item["revoked"]:
+            vms = f"; VMs: {', '.join(item['vms'])}" if item["vms"] else ""
+            print(f"{item['version']}: revoked: {item['revoked']}{vms}")
+        for why in item["ignored"]:
+            print(f"{item['version']}: ignored a revocation statement: {why}")
+    if not any(item["revoked"] for item in found):
+        print(f"no revocations on {name} for versions pulled from it")
+
+
+@remote_app.command("versions")
+def remote_versions(
+    ctx: typer.Context,
+    ref: Annotated[str, Arg(help="REMOTE:GALLERY/DEFINITION")],
+    explain: Annotated[bool, Opt(help="Say why latest picks what it picks.")] = False,
+) -> None:
+    """List a remote definition's versions and which one `latest` picks there."""
+    from imgtool.remote import service
+
+    st = state(ctx)
+    found, chosen, verdicts, repo = service.versions(st.home, ref)
+    latest = str(chosen) if chosen else None
+    if st.json:
+        emit_json({"definition": ref, "repository": repo, "latest": latest,
+                   "versions": [{**{k: x for k, x in v.__dict__.items() if k != "annotations"},
+                                 "latest": v.version == latest} for v in found],
+                   "candidates": [{"version": str(v.version), "chosen": v.chosen, "reason": v.reason}
+                                  for v in verdicts]})
+        return
+    table(["version", "latest", "status", "published", "manifest"],
+          [[v.version, "*" if v.version == latest else "", _status(v), v.published, v.manifest[:19]]
+           for v in found])
+    for v in found:
+        if v.revoked:
+            print(f"{v.version}: revoked: {v.revoked}")
+    if explain:
+        print(f"{ref}@latest -> {latest or 'nothing (no eligible version)'}")
+        table(["version", "verdict"], [[str(v.version), v.reason] for v in verdicts])
+
+
+def push_cmd(
+    ctx: typer.Context,
+    source: Annotated[str, Arg(help="GALLERY, GALLERY/DEFINITION or GALLERY/DEFINITION@X.Y.Z")],
+    remote: Annotated[str, Arg(help="Remote name.")],
+    sign: Annotated[str | None, Opt("--sign", help="Sign each version pushed with this key of yours "
+                                                   "(default: the remote's signing key, see imgtool trust "
+                                                   "signing-key).")] = None,
+) -> None:
+    """Push versions (and their definition and gallery records) the remote lacks. Only chunks the remote
+    does not hold travel; the tag is put last; a second push sends nothing; a killed push resumes."""
+    from imgtool.remote import service
+    from imgtool.trust.gate import SIGNING_KEY
+    from imgtool.trust.homes import keyring
+
+    st = state(ctx)
+    if sign is not None:
+        keyring(st.home).load(sign)  # a missing or unusable key fails before anything moves
+    bar = ProgressBar(f"pushing {source}", enabled=not st.json)
+    stats: dict[str, int] = {}
+    token = SIGNING_KEY.set(sign)
+    try:
+        results = service.push_source(st.home, source, remote, progress=bar, stats=stats)
+    finally:
+        SIGNING_KEY.reset(token)
+        bar.close()
+    if st.json:
+        emit_json({"versions": [r.to_json() for r in results], "transfer": stats})
+        return
+    table(["version", "status", "uploaded", "packs", "mounted", "manifest"],
+          [[r.name, r.status, human_bytes(r.bytes_uploaded), r.packs_uploaded, r.packs_mounted, r.manifest[:19]]
+           for r in results])
+
+
+def pull_cmd(
+    ctx: typer.Context,
+    ref: Annotated[str, Arg(help="REMOTE:GALLERY/DEFINITION[@X.Y.Z|@latest]")],
+    as_ref: Annotated[str | None, Opt("--as", help="Store it as GALLERY/DEFINITION here.")] = None,
+) -> None:
+    """Pull a version: only chunks the local store lacks travel, every blob and chunk is verified, and
+    nothing is named until all of it is stored. A missing gallery/definition is created from the remote's."""
+    from imgtool.remote import service
+
+    st = state(ctx)
+    bar = ProgressBar(f"pulling {ref}", enabled=not st.json)
+    stats: dict[str, int] = {}
+    try:
+        result = service.pull_ref(st.home, ref, as_ref=as_ref, progress=bar, stats=stats)
+    finally:
+        bar.close()
+    warn(result.warnings)
+    if st.json:
+        emit_json({**result.to_json(), "transfer": stats})
+        return
+    if result.status == "present":
+        print(f"{result.name} is already here ({result.manifest[:19]})")
+        return
+    print(f"pulled {result.name} ({result.chunks_fetched} chunks, {human_bytes(result.bytes_received)} "
+          f"received, manifest {result.manifest[:19]})")
+
+
+def replicate_cmd(
+    ctx: typer.Context,
+    scope: Annotated[str | None, Arg(help="GALLERY, GALLERY/DEFINITION or GALLERY/DEFINITION@X.Y.Z "
+                                          "(default: everything).")] = None,
+) -> None:
+    """Bring every replication target up to date (resumable; a failure is recorded, never fatal to others)."""
+    from imgtool.remote import replication
+
+    st = state(ctx)
+    bar = ProgressBar("replicating", enabled=not st.json)
+    try:
+        outcomes = replication.replicate(st.home, scope, progress=bar)
+    finally:
+        bar.close()
+    failed = [o for o in outcomes if o.state == "failed"]
+    if st.json:
+        emit_json([o.to_json() for o in outcomes])
+    else:
+        table(["version", "target", "state", "detail"],
+              [[o.version, o.target, o.state, (o.manifest or "")[:19] if o.state == "completed" else o.error]
+               for o in outcomes])
+    if failed:
+        raise typer.Exit(code=12)
+
+
+def replication_rows(home: Any, gallery: str, definition: str, version: str) -> list[tuple[str, Any]]:
+    """`version show` lines: one per replication target."""
+    from imgtool.remote import replication
+
+    rows: list[tuple[str, Any]] = []
+    for entry in replication.describe(home, gallery, definition, version):
+        detail = entry.get("state", "?")
+        if detail == "completed":
+            detail += f" {str(entry.get('manifest', ''))[:19]} at {entry.get('when')}"
+        elif detail == "failed":
+            detail += f": {entry.get('error')} (retry: {entry.get('retry')})"
+        rows.append((f"replica {entry['target']}", detail))
+    return rows
+
+
+def check_targets(home: Any, text: str | None) -> list[str]:
+    """`--replicate-to R1,R2`: every name must be a known remote (checked before any work)."""
+    from imgtool.remote import remotes, replication
+
+    names = replication.parse_targets(text)
+    for name in names:
+        remotes.get(home, name)
+    return names
+
+
+def replicate_now(home: Any, ref: str, *, add: list[str], remove: list[str], quiet: bool) -> list[dict[str, Any]]:
+    """Set a version's targets and replicate it; a failed target is a warning (the version stays)."""
+    from imgtool.remote import replication
+
+    if not add and not remove:
+        return []
+    replication.set_targets(home, ref, add=add, remove=remove)
+    outcomes = replication.replicate(home, ref) if add else []
+    for outcome in outcomes:
+        if outcome.state == "failed" and not quiet:
+            sys.stderr.write(f"imgtool: warning: replication of {ref} to {outcome.target} failed: "
+                             f"{outcome.error}\n  hint: retry with imgtool replicate {ref}\n")
+        elif not quiet:
+            print(f"replicated {ref} to {outcome.target} ({(outcome.manifest or '')[:19]})")
+    return [o.to_json() for o in outcomes]

@@ -1,0 +1,47 @@
+"""A remote definition's versions and which one `latest` picks there (from manifest annotations)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from imgtool.errors import Corrupt, InvalidArgument, NotFound
+from imgtool.gallery.versions import Candidate, Verdict, Version, resolve_latest
+from imgtool.remote.format import parse_manifest
+from imgtool.remote.knowledge import version_tags
+from imgtool.remote.target import Target
+
+
+@dataclass(frozen=True)
+class RemoteVersion:
+    version: str
+    manifest: str
+    exclude_from_latest: bool
+    end_of_life: str | None
+    published: str | None
+    check: str | None = None  # the boot check state the publisher recorded (None: none required)
+    revoked: str | None = None  # the reason, when a trusted key revoked it (imgtool.remote.revoke)
+    annotations: dict[str, str] = field(default_factory=dict, compare=False)
+
+
+def remote_versions(target: Target, repo: str) -> list[RemoteVersion]:
+    """Every imgtool version tag of `repo`, lowest first; tags that are not imgtool versions are skipped."""
+    found = []
+    for tag in reversed(version_tags(target.tags(repo))):
+        try:
+            fetched = target.get_manifest(repo, tag)
+            manifest = parse_manifest(fetched.data, fetched.digest, f"{repo}:{tag}")
+        except (InvalidArgument, Corrupt, NotFound):
+            continue
+        notes = manifest.annotations
+        found.append(RemoteVersion(tag, fetched.digest, notes.get("org.imgtool.exclude-from-latest") == "true",
+                                   notes.get("org.imgtool.end-of-life"),
+                                   notes.get("org.opencontainers.image.created"), notes.get("org.imgtool.boot-check"),
+                                   None, dict(notes)))
+    return found
+
+
+def resolve(found: list[RemoteVersion]) -> tuple[Version | None, list[Verdict]]:
+    candidates = [Candidate(Version.parse(v.version), v.exclude_from_latest, v.end_of_life, v.check, v.revoked)
+                  for v in found]
+    return resolve_latest(candidates, today=dt.date.today().isoformat())

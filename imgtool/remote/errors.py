@@ -1,0 +1,12 @@
+"""The error a remote adds to imgtool's categories: it could not be reached or kept failing."""
+
+from __future__ import annotations
+
+from imgtool.errors import ImgtoolError
+
+
+class RemoteFailed(ImgtoolError):
+    """The registry could not be reached, or kept failing after bounded retries."""
+
+    exit_code = 12
+    category = "remote-failed"

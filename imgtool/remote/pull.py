@@ -1,0 +1,299 @@
+"""Pull a version from a remote into the local store: only chunks the store lacks travel.
+
+Order (a kill at any point leaves no local name pointing at missing data):
+1. resolve the tag, read the manifest (its digest is what provenance records) and the config;
+   the records inside are parsed strictly and must name what was asked for;
+2. check the local side: an existing definition must agree on identity, an existing version with the
+   same disks means there is nothing to do;
+3. read every disk's chunk index; it must rebuild exactly the disk manifest the version names;
+4. fetch the chunks the store lacks (whole packs or Range GETs, several packs at a time), each
+   verified (sha256 of whole blobs while streaming, BLAKE3 of every chunk), written with the store's
+   pack writer (chunks -> pack index), under the store's shared lock;
+5. disk manifests -> definition record -> version record; the hook runs (signature checks);
+6. names last: gallery and definition when missing, then the version (create-only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from imgtool.errors import AlreadyExists, Corrupt, InvalidArgument, NotFound, Refused
+from imgtool.gallery import galleries
+from imgtool.gallery.galleries import DEFINITIONS, GALLERIES, VERSIONS, gallery_lock
+from imgtool.gallery.model import Definition, Gallery, ImageVersion, now
+from imgtool.home import Home
+from imgtool.names import DefinitionRef, ImageRef, parse_definition_ref, parse_image_ref
+from imgtool.remote import catalog, fetch
+from imgtool.remote import format as fmt
+from imgtool.remote.format import DiskIndex, IndexEntry, VersionManifest
+from imgtool.remote.knowledge import load_index
+from imgtool.remote.remotes import Remote
+from imgtool.remote.target import Fetched, Target, read_all
+from store import canonical
+from store import digest as store_digest
+from store.disks import DiskManifest
+
+WORKERS = 3
+IDENTITY = ("publisher", "offer", "sku", "os_type", "os_state", "architecture", "firmware")
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Pulling:
+    """The hook's view: everything is verified and stored, nothing is named yet."""
+
+    target: Target
+    repository: str
+    tag: str
+    manifest_digest: str
+    version: ImageVersion
+
+
+PullHook = Callable[[Pulling], None]
+
+
+@dataclass(frozen=True)
+class Checking:
+    """The trust check's view: the manifest and records are read and match the name; nothing is stored."""
+
+    target: Target
+    repository: str
+    tag: str
+    fetched: Fetched
+    version: ImageVersion
+
+
+@dataclass(frozen=True)
+class Checked:
+    """The check's answer (it raises to refuse): warnings to show, and what to store with the version."""
+
+    warnings: tuple[str, ...] = ()
+    keep: Callable[[ImageVersion], None] | None = None
+
+
+CheckHook = Callable[[Checking], Checked]
+
+
+@dataclass
+class PullResult:
+    name: str
+    remote: str
+    repository: str
+    tag: str
+    manifest: str
+    status: str  # pulled | present
+    chunks_fetched: int = 0
+    bytes_received: int = 0
+    packs_whole: int = 0
+    range_requests: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def resolve_tag(target: Target, repo: str, ref: ImageRef, remote_name: str) -> str:
+    if ref.version is not None:
+        return str(ref.version)
+    chosen, _verdicts = catalog.resolve(catalog.remote_versions(target, repo))
+    if chosen is None:
+        raise NotFound(f"{remote_name}:{ref.definition_ref} has no version that latest can pick",
+                       hint=f"see imgtool remote versions {remote_name}:{ref.definition_ref} --explain")
+    return str(chosen)
+
+
+def _records(target: Target, repo: str, manifest: VersionManifest,
+             what: str) -> tuple[ImageVersion, Definition, dict[str, Any], Gallery | None]:
+    data = read_all(target.get_blob(repo, manifest.config.digest, size=manifest.config.size))
+    version_obj, definition_obj, gallery_obj = fmt.parse_config(data, f"config of {what}")
+    try:
+        version = ImageVersion.from_json(version_obj)
+        definition = Definition.from_json(definition_obj)
+        gallery = Gallery.from_json(gallery_obj) if gallery_obj is not None else None
+    except (KeyError, TypeError, ValueError, InvalidArgument) as exc:
+        raise Corrupt(f"the records in {what} are malformed: {str(exc)[:120]}",
+                      hint="the remote version is damaged; ask its publisher to push it again") from None
+    return version, definition, definition_obj, gallery
+
+
+def _check_names(version: ImageVersion, definition: Definition, remote: Remote, repo: str, tag: str) -> None:
+    """A version served under another name or tag is refused: the records must name this repository."""
+    parse_image_ref(f"{version.gallery}/{version.definition}@{version.version}")
+    if version.version != tag or fmt.repository(remote.prefix, version.gallery, version.definition) != repo:
+        raise Refused(f"{remote.name}:{repo}:{tag} holds version {version.gallery}/{version.definition}@"
+                      f"{version.version}", hint="the remote serves a version under a name that is not its own")
+    if (definition.gallery, definition.name) != (version.gallery, version.definition):
+        raise Corrupt(f"the definition record in {repo}:{tag} is not the version's", hint="the remote is damaged")
+    if not version.disks or version.os_state != definition.os_state:
+        raise Corrupt(f"the version record in {repo}:{tag} is inconsistent", hint="the remote is damaged")
+
+
+def check_identity(local: Definition, remote: Definition, local_ref: DefinitionRef) -> None:
+    mine, theirs = local.to_json(), remote.to_json()
+    differ = [k for k in IDENTITY if mine.get(k) != theirs.get(k)]
+    if differ:
+        listed = ", ".join(f"{k} {mine.get(k)!r} here, {theirs.get(k)!r} there" for k in differ)
+        raise Refused(f"the local definition {local_ref} is not the remote one: {listed}",
+                      hint="pull into another definition with --as GALLERY/DEFINITION")
+
+
+class Puller:
+    def __init__(self, home: Home, remote: Remote, target: Target, *, progress: Progress | None = None,
+                 workers: int = WORKERS, hook: PullHook | None = None, check: CheckHook | None = None) -> None:
+        self.home, self.remote, self.target = home, remote, target
+        self.progress, self.workers, self.hook, self.check = progress, workers, hook, check
+
+    def pull(self, text: str, *, as_ref: str | None = None) -> PullResult:
+        ref = parse_image_ref(text)
+        repo = fmt.repository(self.remote.prefix, ref.gallery, ref.definition)
+        tag = resolve_tag(self.target, repo, ref, self.remote.name)
+        local = parse_definition_ref(as_ref) if as_ref else ref.definition_ref
+        fetched = self.target.get_manifest(repo, tag)
+        what = f"{self.remote.name}:{repo}:{tag}"
+        manifest = fmt.parse_manifest(fetched.data, fetched.digest, what)
+        version, definition, definition_obj, gallery = _records(self.target, repo, manifest, what)
+        _check_names(version, definition, self.remote, repo, tag)
+        # Trust is judged before anything moves, and on every pull, cache hits included.
+        checked = self.check(Checking(self.target, repo, tag, fetched, version)) if self.check else Checked()
+        result = PullResult(f"{local}@{tag}", self.remote.name, repo, tag, fetched.digest, "pulled",
+                            warnings=list(checked.warnings))
+        if self._present(local, version, definition):
+            result.status = "present"
+            return result
+        store = self.home.store
+        with store.writing():
+            self._fetch_disks(repo, manifest, version, result)
+            definition_record = store.put_manifest(definition_obj)
+            if definition_record != version.definition_record:
+                raise Corrupt(f"the definition record in {what} is not the one the version names",
+                              hint="the remote version is damaged; ask its publisher to push it again")
+            pulled = self._local_version(version, local, repo, tag, fetched.digest)
+            record = store.put_manifest(pulled.to_json())
+            if checked.keep is not None:
+                checked.keep(pulled)  # the signatures, named before the version is
+            if self.hook is not None:
+                self.hook(Pulling(self.target, repo, tag, fetched.digest, pulled))
+            self._name(local, definition, gallery, tag, record)
+        return result
+
+    def _present(self, local: DefinitionRef, version: ImageVersion, definition: Definition) -> bool:
+        store = self.home.store
+        defined = store.get_name(DEFINITIONS, local.gallery, local.definition)
+        if defined is not None:
+            check_identity(Definition.from_json(store.get_manifest(defined)), definition, local)
+        existing = store.get_name(VERSIONS, local.gallery, local.definition, version.version)
+        if existing is None:
+            return False
+        have = ImageVersion.from_json(store.get_manifest(existing))
+        if [(d.lun, d.digest) for d in have.disks] != [(d.lun, d.digest) for d in version.disks]:
+            raise AlreadyExists(f"version {local}@{version.version} already exists here with other disks",
+                                hint="pull into another definition with --as GALLERY/DEFINITION")
+        return True
+
+    def _fetch_disks(self, repo: str, manifest: VersionManifest, version: ImageVersion, result: PullResult) -> None:
+        store = self.home.store
+        if len(manifest.indexes) != len(version.disks):
+            raise Corrupt(f"{repo}:{version.version} has {len(manifest.indexes)} indexes for "
+                          f"{len(version.disks)} disks", hint="the remote version is damaged")
+        cache = self.home.cache / "remote-indexes"
+        indexes = [load_index(self.target, repo, manifest, n, cache) for n in range(len(manifest.indexes))]
+        disks: list[DiskManifest] = []
+        for disk, index in zip(version.disks, indexes, strict=True):
+            disks.append(self._disk_manifest(disk.digest, disk.virtual_size, index))
+        before = self.target.stats.bytes_received
+        self._fetch_missing(repo, manifest, indexes, result)
+        result.bytes_received = self.target.stats.bytes_received - before
+        for manifest_of_disk in disks:  # after their chunks: write order chunks -> disk manifest
+            store.put_manifest(manifest_of_disk.to_json())
+
+    def _disk_manifest(self, expected: str, virtual_size: int, index: DiskIndex) -> DiskManifest:
+        if index.chunk_size != self.home.store.config.chunk_size:
+            raise Refused(f"the remote disk uses {index.chunk_size}-byte chunks, this store "
+                          f"{self.home.store.config.chunk_size}",
+                          hint="pull into a store created with the same chunk size")
+        disk = DiskManifest(index.virtual_size, index.chunk_size, {e.chunk: e.blake3.hex() for e in index.entries})
+        if index.virtual_size != virtual_size or \
+                store_digest.of(canonical.dumps(disk.to_json())) != store_digest.full(expected):
+            raise Corrupt(f"a chunk index does not rebuild disk {expected[:23]}",
+                          hint="the remote version is damaged; ask its publisher to push it again")
+        return disk
+
+    def _fetch_missing(self, repo: str, manifest: VersionManifest, indexes: list[DiskIndex],
+                       result: PullResult) -> None:
+        store = self.home.store
+        writer = store.pack_writer()
+        wanted: dict[str, dict[bytes, IndexEntry]] = {}
+        for index in indexes:
+            for entry in index.entries:
+                if not writer.has(entry.blake3):
+                    wanted.setdefault(entry.pack, {}).setdefault(entry.blake3, entry)
+        plans = [fetch.PackPlan(pack, manifest.packs[pack].size, sorted(found.values(), key=lambda e: e.offset))
+                 for pack, found in wanted.items()]
+        set_total = getattr(self.progress, "set_total", None)
+        if callable(set_total):
+            set_total(sum(p.wanted for p in plans))
+        window: deque[Future[list[fetch.Verified]]] = deque()
+
+        def drain(limit: int) -> None:
+            while len(window) > limit:
+                for raw, frame, rawlen in window.popleft().result():
+                    if writer.add(raw, frame, rawlen):
+                        result.chunks_fetched += 1
+                    if self.progress is not None:
+                        self.progress(len(frame))
+
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="pull") as pool:
+            for plan in plans:
+                if plan.whole:
+                    result.packs_whole += 1
+                else:
+                    result.range_requests += len(plan.ranges())
+                window.append(pool.submit(fetch.fetch_pack, self.target, repo, plan))
+                drain(self.workers)
+            drain(0)
+        writer.flush()
+
+    def _local_version(self, version: ImageVersion, local: DefinitionRef, repo: str, tag: str,
+                       manifest_digest: str) -> ImageVersion:
+        origin = {"remote": self.remote.name, "url": self.remote.url, "repository": repo, "tag": tag,
+                  "manifest": manifest_digest, "pulled": now()}
+        provenance = {**version.provenance, "pulled_from": origin}
+        return replace(version, gallery=local.gallery, definition=local.definition, provenance=provenance)
+
+    def _name(self, local: DefinitionRef, definition: Definition, gallery: Gallery | None, tag: str,
+              record: str) -> None:
+        store = self.home.store
+        if store.get_name(GALLERIES, local.gallery) is None:
+            description = gallery.description if gallery is not None and gallery.name == local.gallery else ""
+            with contextlib.suppress(AlreadyExists):  # a concurrent pull made it
+                galleries.create_gallery(self.home, local.gallery, description)
+        if store.get_name(DEFINITIONS, local.gallery, local.definition) is None:
+            mine = replace(definition, gallery=local.gallery, name=local.definition, created=now(), updated=None)
+            try:
+                galleries.create_definition(self.home, mine)
+            except AlreadyExists:
+                defined = store.get_name(DEFINITIONS, local.gallery, local.definition)
+                if defined is None:
+                    raise  # the identifier is used by another definition of that gallery
+        with gallery_lock(self.home, local.gallery):
+            defined = store.get_name(DEFINITIONS, local.gallery, local.definition)
+            if defined is None:
+                raise NotFound(f"definition {local} was deleted during the pull", hint="run the pull again")
+            check_identity(Definition.from_json(store.get_manifest(defined)), definition, local)
+            try:
+                store.set_name(VERSIONS, local.gallery, local.definition, tag, target=record, create_only=True)
+            except FileExistsError:
+                raise AlreadyExists(f"version {local}@{tag} appeared during the pull",
+                                    hint=f"compare it with imgtool version show {local}@{tag}") from None
+
+
+def pull(home: Home, remote: Remote, target: Target, text: str, *, as_ref: str | None = None,
+         progress: Progress | None = None, hook: PullHook | None = None, workers: int = WORKERS,
+         check: CheckHook | None = None) -> PullResult:
+    return Puller(home, remote, target, progress=progress, hook=hook, workers=workers,
+                  check=check).pull(text, as_ref=as_ref)

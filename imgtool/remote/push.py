@@ -1,0 +1,321 @@
+"""Push versions to a remote: only chunks the remote lacks travel, the tag comes last.
+
+Order for one version (a kill at any point leaves the remote without a tag that names missing data):
+1. learn what the repository and its siblings hold (their indexes);
+2. mount packs that only siblings hold (no bytes move); a refused mount makes those chunks "new";
+3. upload new packs (zstd frames read straight from the local store, never recompressed), several
+   at a time, skipping any a killed run already uploaded (packs are deterministic: the same new
+   chunks in the same order give the same bytes, hence the same sha256);
+4. upload the per-disk chunk indexes and the config;
+5. put the manifest by digest, call the hook (signing), then put the tag.
+A second push of the same version finds the tag with the same disks and settings and sends nothing.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from imgtool.errors import NotFound, Refused
+from imgtool.gallery.galleries import DEFINITIONS, GALLERIES, VERSIONS
+from imgtool.gallery.model import ImageVersion
+from imgtool.home import Home
+from imgtool.names import check_name, parse_image_ref
+from imgtool.remote import format as fmt
+from imgtool.remote.format import Descriptor, DiskIndex, IndexEntry
+from imgtool.remote.knowledge import Known, learn
+from imgtool.remote.remotes import Remote
+from imgtool.remote.target import Target, read_all, sha256_of
+from store.packs import PackReader
+from store.repo import Store
+
+PACK_TARGET = 32 << 20  # "tens of MiB": few requests per GiB, small enough to hold a few in memory
+WORKERS = 3
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Pushed:
+    """The hook's view of a version whose manifest is on the remote (by digest) but not yet tagged."""
+
+    target: Target
+    repository: str
+    tag: str
+    manifest: Descriptor
+    version: ImageVersion
+
+
+PushHook = Callable[[Pushed], None]
+
+
+@dataclass
+class PushResult:
+    name: str
+    repository: str
+    tag: str
+    manifest: str
+    status: str  # pushed | present | updated
+    packs_uploaded: int = 0
+    packs_mounted: int = 0
+    bytes_uploaded: int = 0
+    chunks_new: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def versions_of(home: Home, source: str) -> list[tuple[ImageVersion, str]]:
+    """SRC (`G`, `G/D` or `G/D@X.Y.Z`) as (version, record digest) pairs, lowest version first."""
+    store = home.store
+    if "/" not in source:
+        gallery = check_name(source, "gallery")
+        if store.get_name(GALLERIES, gallery) is None:
+            raise NotFound(f"gallery '{gallery}' does not exist", hint="list galleries with imgtool gallery list")
+        keys = [(gallery, *key) for key, _ in store.list_names(VERSIONS, gallery)]
+    else:
+        ref = parse_image_ref(source)
+        if store.get_name(DEFINITIONS, ref.gallery, ref.definition) is None:
+            raise NotFound(f"definition '{ref.definition_ref}' does not exist",
+                           hint=f"list them with imgtool definition list {ref.gallery}")
+        if ref.version is not None and "@" in source:
+            keys = [(ref.gallery, ref.definition, str(ref.version))]
+        else:
+            keys = [(ref.gallery, ref.definition, key[0]) for key, _ in
+                    store.list_names(VERSIONS, ref.gallery, ref.definition)]
+    found = []
+    for gallery, definition, version in keys:
+        record = store.get_name(VERSIONS, gallery, definition, version)
+        if record is None:
+            raise NotFound(f"version {gallery}/{definition}@{version} does not exist",
+                           hint=f"list versions with imgtool version list {gallery}/{definition}")
+        found.append((ImageVersion.from_json(store.get_manifest(record)), record))
+    return sorted(found, key=lambda p: (p[0].gallery, p[0].definition, tuple(map(int, p[0].version.split(".")))))
+
+
+def manifest_annotations(version: ImageVersion, definition: dict[str, Any]) -> dict[str, str]:
+    notes = {
+        "org.opencontainers.image.title": f"{version.gallery}/{version.definition}",
+        "org.opencontainers.image.version": version.version,
+        "org.opencontainers.image.created": version.published,
+        "org.imgtool.gallery": version.gallery,
+        "org.imgtool.definition": version.definition,
+        "org.imgtool.identifier": "/".join(str(definition.get(k, "")) for k in ("publisher", "offer", "sku")),
+        "org.imgtool.os-state": version.os_state,
+        "org.imgtool.exclude-from-latest": "true" if version.exclude_from_latest else "false",
+    }
+    if definition.get("description"):
+        notes["org.opencontainers.image.description"] = str(definition["description"])[:512]
+    if version.end_of_life:
+        notes["org.imgtool.end-of-life"] = version.end_of_life
+    if version.check is not None:  # the remote's latest obeys boot checks too (imgtool.remote.catalog)
+        notes["org.imgtool.boot-check"] = version.check.state
+    return notes
+
+
+def _settings(record: dict[str, Any]) -> tuple[Any, ...]:
+    check = record.get("check")
+    return (record.get("exclude_from_latest"), record.get("end_of_life"),
+            record.get("block_deletion_before_end_of_life"), check.get("state") if isinstance(check, dict) else None)
+
+
+def _disks(record: dict[str, Any]) -> list[tuple[Any, Any]]:
+    return [(d.get("lun"), d.get("digest")) for d in record.get("disks") or [] if isinstance(d, dict)]
+
+
+class Pusher:
+    """Pushes versions of one home to one remote; reuses what it learned between versions."""
+
+    def __init__(self, home: Home, remote: Remote, target: Target, *, progress: Progress | None = None,
+                 workers: int = WORKERS, hook: PushHook | None = None, pack_target: int = PACK_TARGET) -> None:
+        self.home, self.remote, self.target = home, remote, target
+        self.progress, self.workers, self.hook, self.pack_target = progress, workers, hook, pack_target
+        self.known: dict[str, Known] = {}
+
+    @property
+    def store(self) -> Store:
+        return self.home.store
+
+    def repository(self, version: ImageVersion) -> str:
+        return fmt.repository(self.remote.prefix, version.gallery, version.definition)
+
+    def siblings(self, version: ImageVersion) -> list[str]:
+        own = self.repository(version)
+        others = [fmt.repository(self.remote.prefix, version.gallery, key[0])
+                  for key, _ in self.store.list_names(DEFINITIONS, version.gallery)]
+        return [own, *(r for r in others if r != own)]
+
+    def push(self, version: ImageVersion) -> PushResult:
+        repo, tag = self.repository(version), version.version
+        name = f"{version.gallery}/{version.definition}@{version.version}"
+        record = version.to_json()
+        definition = self.store.get_manifest(version.definition_record)
+        existing = self._existing(repo, tag)
+        if existing is not None:
+            remote_record, manifest = existing
+            if _disks(remote_record) != _disks(record):
+                raise Refused(f"{self.remote.name} already has {repo}:{tag} with other disks",
+                              hint="versions are immutable: publish a higher version and push that")
+            if _settings(remote_record) == _settings(record):
+                return PushResult(name, repo, tag, manifest.digest, "present")
+            layers = [*manifest.indexes, *manifest.packs.values()]
+            digest = self._put(version, repo, tag, record, definition, layers)
+            return PushResult(name, repo, tag, digest, "updated")
+        result = PushResult(name, repo, tag, "", "pushed")
+        with self.store.writing():
+            layers = self._upload_content(version, repo, result)
+            result.manifest = self._put(version, repo, tag, record, definition, layers)
+        return result
+
+    def _existing(self, repo: str, tag: str) -> tuple[dict[str, Any], fmt.VersionManifest] | None:
+        if tag not in self.target.tags(repo):
+            return None
+        fetched = self.target.get_manifest(repo, tag)
+        manifest = fmt.parse_manifest(fetched.data, fetched.digest, f"{self.remote.name}:{repo}:{tag}")
+        config = read_all(self.target.get_blob(repo, manifest.config.digest, size=manifest.config.size))
+        remote_record, _definition, _gallery = fmt.parse_config(config, f"config of {repo}:{tag}")
+        return remote_record, manifest
+
+    def _learn(self, version: ImageVersion) -> Known:
+        repo = self.repository(version)
+        if repo not in self.known:
+            self.known[repo] = learn(self.target, self.siblings(version), self.home.cache / "remote-indexes")
+        return self.known[repo]
+
+    def _upload_content(self, version: ImageVersion, repo: str, result: PushResult) -> list[Descriptor]:
+        known = self._learn(version)
+        disks = [self.store.get_disk(d.digest) for d in version.disks]
+        located = self._mount_siblings(repo, known, disks, result)
+        new: list[bytes] = []
+        for disk in disks:
+            for index in sorted(disk.chunks):
+                raw = bytes.fromhex(disk.chunks[index])
+                if raw not in located and raw not in new:
+                    located[raw] = None
+                    new.append(raw)
+        located.update(self._upload_packs(repo, new, result))
+        indexes: list[Descriptor] = []
+        packs: dict[str, Descriptor] = {}
+        for disk in disks:
+            entries = []
+            for index in sorted(disk.chunks):
+                entry = located[bytes.fromhex(disk.chunks[index])]
+                assert entry is not None
+                entries.append(IndexEntry(index, entry.blake3, entry.pack, entry.offset, entry.clen, entry.rawlen))
+                packs.setdefault(entry.pack, Descriptor(fmt.PACK_TYPE, entry.pack, known.pack_sizes[entry.pack]))
+            data = fmt.encode_index(DiskIndex(disk.virtual_size, disk.chunk_size, entries))
+            indexes.append(self._ensure_blob(repo, fmt.INDEX_TYPE, data))
+        return [*indexes, *packs.values()]
+
+    def _mount_siblings(self, repo: str, known: Known, disks: list[Any],
+                        result: PushResult) -> dict[bytes, IndexEntry | None]:
+        """Chunks the remote holds, located in `repo` (mounting their packs from siblings first)."""
+        needed: dict[str, str] = {}  # pack -> sibling repository
+        located: dict[bytes, IndexEntry | None] = {}
+        for disk in disks:
+            for hex_digest in disk.chunks.values():
+                held = known.chunks.get(bytes.fromhex(hex_digest))
+                if held is not None and held[0] != repo:
+                    needed.setdefault(held[1].pack, held[0])
+        mounted = {pack for pack, source in needed.items() if self.target.mount_blob(repo, pack, source)}
+        result.packs_mounted += len(mounted)
+        for disk in disks:
+            for hex_digest in disk.chunks.values():
+                raw = bytes.fromhex(hex_digest)
+                held = known.chunks.get(raw)
+                if held is not None and (held[0] == repo or held[1].pack in mounted):
+                    located[raw] = held[1]
+        for pack in mounted:  # now also in `repo`
+            for raw, (source, entry) in list(known.chunks.items()):
+                if entry.pack == pack and source != repo:
+                    known.chunks[raw] = (repo, entry)
+        return located
+
+    def _upload_packs(self, repo: str, new: list[bytes], result: PushResult) -> dict[bytes, IndexEntry]:
+        known = self.known[repo]
+        located: dict[bytes, IndexEntry] = {}
+        set_total = getattr(self.progress, "set_total", None)
+        index = self.store.index
+        if callable(set_total):
+            set_total(sum(loc.clen for raw in new if (loc := index.get(raw)) is not None))
+        window: deque[Future[int]] = deque()
+        with PackReader(self.store.layout) as reader, \
+                ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="push") as pool:
+            frames: list[bytes] = []
+            members: list[tuple[bytes, int, int, int]] = []  # raw, offset, clen, rawlen
+            size = 0
+
+            def seal() -> None:
+                nonlocal frames, members, size
+                data = b"".join(frames)
+                pack = sha256_of(data)
+                for raw, offset, clen, rawlen in members:
+                    located[raw] = IndexEntry(0, raw, pack, offset, clen, rawlen)
+                    known.chunks.setdefault(raw, (repo, located[raw]))
+                known.pack_sizes[pack] = len(data)
+                result.chunks_new += len(members)
+                window.append(pool.submit(self._upload_pack, repo, pack, data))
+                while len(window) > self.workers:
+                    _count(result, window.popleft().result())
+                frames, members, size = [], [], 0
+
+            for raw in new:
+                location = index.get(raw)
+                if location is None:
+                    raise NotFound(f"chunk {raw.hex()[:16]} of this version is missing from the local store",
+                                   hint="run imgtool verify to see which versions are affected")
+                frame = reader.read(location)
+                members.append((raw, size, len(frame), location.rawlen))
+                frames.append(frame)
+                size += len(frame)
+                if size >= self.pack_target:
+                    seal()
+            if frames:
+                seal()
+            while window:
+                _count(result, window.popleft().result())
+        return located
+
+    def _upload_pack(self, repo: str, pack: str, data: bytes) -> int:
+        """Upload one pack unless the remote has it (a killed run may have sent it); bytes sent."""
+        sent = 0
+        if self.target.blob_size(repo, pack) is None:
+            self.target.put_blob(repo, pack, data)
+            sent = len(data)
+        if self.progress is not None:
+            self.progress(len(data))
+        return sent
+
+    def _ensure_blob(self, repo: str, media_type: str, data: bytes) -> Descriptor:
+        descriptor = Descriptor.of(media_type, data)
+        if self.target.blob_size(repo, descriptor.digest) is None:
+            self.target.put_blob(repo, descriptor.digest, data)
+        return descriptor
+
+    def _put(self, version: ImageVersion, repo: str, tag: str, record: dict[str, Any], definition: dict[str, Any],
+             layers: list[Descriptor]) -> str:
+        gallery_ref = self.store.get_name(GALLERIES, version.gallery)
+        gallery = self.store.get_manifest(gallery_ref) if gallery_ref else None
+        config = self._ensure_blob(repo, fmt.CONFIG_TYPE, fmt.config_bytes(record, definition, gallery))
+        data = fmt.manifest_bytes(config, layers, manifest_annotations(version, definition))
+        digest = self.target.put_manifest(repo, sha256_of(data), data, fmt.MANIFEST_TYPE)
+        if self.hook is not None:
+            self.hook(Pushed(self.target, repo, tag, Descriptor(fmt.MANIFEST_TYPE, digest, len(data)), version))
+        self.target.put_manifest(repo, tag, data, fmt.MANIFEST_TYPE)
+        return digest
+
+
+def _count(result: PushResult, sent: int) -> None:
+    if sent:
+        result.packs_uploaded += 1
+        result.bytes_uploaded += sent
+
+
+def push(home: Home, remote: Remote, target: Target, source: str, *, progress: Progress | None = None,
+         hook: PushHook | None = None, workers: int = WORKERS) -> list[PushResult]:
+    """Push every version SRC names that the remote lacks (lowest first, so later ones reuse packs)."""
+    pusher = Pusher(home, remote, target, progress=progress, workers=workers, hook=hook)
+    return [pusher.push(version) for version, _record in versions_of(home, source)]
+

@@ -1,0 +1,515 @@
+"""The distribution (OCI registry) HTTP client.
+
+Contract:
+- Every request carries the OCI Accept headers; manifests are read with a 4 MiB cap and checked
+  against their digest; blobs stream (never whole into memory unless the caller asks for bytes).
+- Failures that may pass (connection reset, timeout, 5xx, 429) are retried a bounded number of times
+  with backoff (429 honours Retry-After, capped); then one RemoteFailed with the registry's words.
+- Auth: a 401 is answered once from its challenge (Basic, or a Bearer token for the repository's
+  scope, cached per scope until it expires); a second 401 means "log in", a 403 names the right.
+- Redirects are followed by hand, at most MAX_REDIRECTS, and credentials never follow a redirect to
+  another host.
+- Nothing secret is ever logged or put into an error: only method, path and status.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+from imgtool.errors import Corrupt, NotFound, Refused
+from imgtool.remote import auth
+from imgtool.remote.errors import RemoteFailed
+from imgtool.remote.target import MAX_MANIFEST, READ_SIZE, Fetched, Stats, check_digest, sha256_of, verified_stream
+
+log = logging.getLogger("imgtool.remote")
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+MANIFEST_ACCEPT = ", ".join([OCI_MANIFEST, OCI_INDEX,
+                             "application/vnd.docker.distribution.manifest.v2+json",
+                             "application/vnd.docker.distribution.manifest.list.v2+json"])
+ATTEMPTS = 5
+BACKOFF = (0.2, 0.5, 1.0, 2.0, 4.0)
+MAX_RETRY_AFTER = 30.0
+MAX_REDIRECTS = 3
+MAX_ERROR_BODY = 64 << 10
+RETRIABLE = {429, 500, 502, 503, 504}
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    """Text from a remote, safe to show: printable, bounded."""
+    cleaned = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return cleaned[:limit] + ("…" if len(cleaned) > limit else "")
+
+
+def registry_message(response: httpx.Response) -> str:
+    """The registry's own error words (`errors[0].code: message`), or the status line."""
+    try:
+        body = json.loads(response.read()[:MAX_ERROR_BODY])
+        first = body["errors"][0]
+        return _printable(f"{first.get('code', '')}: {first.get('message', '')}".strip(": "))
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, httpx.HTTPError):
+        return f"HTTP {response.status_code}"
+
+
+class RegistryClient:
+    """One registry (scheme://host[:port]); thread-safe (push and pull use it from a pool)."""
+
+    def __init__(self, base_url: str, *, label: str, credentials: auth.Credentials | None,
+                 verify: bool | str = True, timeout: float = 60.0, login_hint: str = "") -> None:
+        parts = urlsplit(base_url)
+        self.base = f"{parts.scheme}://{parts.netloc}"
+        self.host = parts.netloc.lower()
+        self.label = label
+        self.credentials = credentials
+        self.login_hint = login_hint or f"log in with imgtool remote login {label}"
+        self.stats = Stats()
+        self.http = httpx.Client(verify=verify, timeout=httpx.Timeout(timeout, connect=10.0),
+                                 follow_redirects=False, limits=httpx.Limits(max_connections=16),
+                                 headers={"User-Agent": "imgtool"})
+        self._tokens: dict[str, auth.Token] = {}
+        self._basic = False
+        self._lock = threading.Lock()
+        self._referrers_api: dict[str, bool] = {}
+
+    def close(self) -> None:
+        self.http.close()
+
+    # -- the request loop -------------------------------------------------------------------------
+
+    def _auth_header(self, scope: str) -> dict[str, str]:
+        with self._lock:
+            token = self._tokens.get(scope)
+            if token is not None and token.fresh:
+                return {"Authorization": f"Bearer {token.value}"}
+            if self._basic and self.credentials is not None:
+                return {"Authorization": self.credentials.basic()}
+        return {}
+
+    def request(self, method: str, path: str, *, repo: str | None = None, actions: str = "pull",
+                headers: dict[str, str] | None = None, content: bytes | None = None,
+                stream: bool = False, params: dict[str, str] | None = None) -> httpx.Response:
+        """Send with auth, retries and redirects; the caller checks the status (2xx, 404...)."""
+        scope = auth.scope_for(repo, actions) if repo else ""
+        url = self.base + path
+        answered = False
+        last: str = ""
+        for attempt in range(ATTEMPTS):
+            try:
+                response = self._send_following(method, url, scope, headers or {}, content, stream, params)
+            except httpx.TransportError as exc:
+                last = f"{type(exc).__name__}"
+                log.debug("remote %s %s: %s (attempt %d)", method, path, last, attempt + 1)
+                time.sleep(BACKOFF[attempt])
+                continue
+            if response.status_code == 401 and not answered:
+                challenge = auth.parse_challenge(response.headers.get("www-authenticate", ""))
+                response.close()
+                answered = True
+                if self._answer(challenge, scope):
+                    return self._after_auth(method, url, scope, headers, content, stream, params, path,
+                                            repo, actions)
+                raise self._unauthorized(repo)
+            if response.status_code in RETRIABLE and attempt + 1 < ATTEMPTS:
+                last = registry_message(response)
+                wait = self._retry_after(response) if response.status_code == 429 else BACKOFF[attempt]
+                response.close()
+                log.debug("remote %s %s: %s, retrying in %.1fs", method, path, last, wait)
+                time.sleep(wait)
+                continue
+            return self._checked(response, repo, actions)
+        raise RemoteFailed(f"{self.label}: {method} {path} kept failing ({last})",
+                           hint="check that the registry is up and has space, then run the command again")
+
+    def _after_auth(self, method: str, url: str, scope: str, headers: dict[str, str] | None,
+                    content: bytes | None, stream: bool, params: dict[str, str] | None, path: str,
+                    repo: str | None, actions: str) -> httpx.Response:
+        """The request again with the new credentials; retried like the first try, never re-authed."""
+        last = ""
+        for attempt in range(ATTEMPTS):
+            try:
+                response = self._send_following(method, url, scope, headers or {}, content, stream, params)
+            except httpx.TransportError as exc:
+                last = type(exc).__name__
+                time.sleep(BACKOFF[attempt])
+                continue
+            if response.status_code == 401:
+                response.close()
+                raise self._unauthorized(repo, rejected=True)
+            if response.status_code in RETRIABLE and attempt + 1 < ATTEMPTS:
+                last = registry_message(response)
+                wait = self._retry_after(response) if response.status_code == 429 else BACKOFF[attempt]
+                response.close()
+                time.sleep(wait)
+                continue
+            return self._checked(response, repo, actions)
+        raise RemoteFailed(f"{self.label}: {method} {path} kept failing ({last})",
+                           hint="check that the registry is up and has space, then run the command again")
+
+    def _send_following(self, method: str, url: str, scope: str, headers: dict[str, str],
+                        content: bytes | None, stream: bool, params: dict[str, str] | None) -> httpx.Response:
+        same_host = True
+        for _hop in range(MAX_REDIRECTS + 1):
+            sent = {**headers, **(self._auth_header(scope) if same_host else {})}
+            request = self.http.build_request(method, url, headers=sent, content=content, params=params)
+            response = self.http.send(request, stream=stream)
+            self.stats.add(requests=1, sent=len(content or b""))
+            log.debug("remote %s %s -> %d", method, urlsplit(url).path, response.status_code)
+            if response.status_code not in (301, 302, 303, 307, 308) or "location" not in response.headers:
+                return response
+            response.close()
+            url = urljoin(url, response.headers["location"])
+            params = None
+            target = urlsplit(url)
+            if target.scheme not in ("https", "http"):
+                raise RemoteFailed(f"{self.label} redirected to a {target.scheme!r} URL",
+                                   hint="the registry is misconfigured; ask its admin")
+            # Credentials never follow a redirect to another host (blob storage, CDNs, attackers).
+            same_host = same_host and target.netloc.lower() == self.host
+        raise RemoteFailed(f"{self.label}: more than {MAX_REDIRECTS} redirects for {urlsplit(url).path}",
+                           hint="the registry is misconfigured; ask its admin")
+
+    @staticmethod
+    def _retry_after(response: httpx.Response) -> float:
+        try:
+            return min(max(float(response.headers.get("retry-after", "1")), 0.0), MAX_RETRY_AFTER)
+        except ValueError:
+            return 1.0
+
+    def _answer(self, challenge: auth.Challenge | None, scope: str) -> bool:
+        """Prepare credentials for a 401's challenge; False when there is nothing to answer with."""
+        if challenge is None:
+            return False
+        if challenge.scheme == "basic":
+            if self.credentials is None:
+                return False
+            with self._lock:
+                self._basic = True
+            return True
+        token = self._fetch_token(challenge, scope)
+        with self._lock:
+            self._tokens[scope] = token
+        return True
+
+    def _fetch_token(self, challenge: auth.Challenge, scope: str) -> auth.Token:
+        realm = challenge.params.get("realm", "")
+        parts = urlsplit(realm)
+        loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+        if parts.scheme != "https" and not (parts.scheme == "http" and (loopback or self.base.startswith("http:"))):
+            raise RemoteFailed(f"{self.label} asks for a token from {_printable(realm, 80)!r}, not an https URL",
+                               hint="the registry is misconfigured; ask its admin")
+        params = {"service": challenge.params.get("service", "")}
+        wanted = scope or challenge.params.get("scope", "")
+        if wanted:
+            params["scope"] = wanted
+        headers = {"Authorization": self.credentials.basic()} if self.credentials else {}
+        try:
+            response = self.http.get(realm, params=params, headers=headers)
+        except httpx.TransportError as exc:
+            raise RemoteFailed(f"{self.label}: the token service did not answer ({type(exc).__name__})",
+                               hint="check the network, then run the command again") from None
+        self.stats.add(requests=1)
+        if response.status_code in (401, 403):
+            raise self._unauthorized(scope.split(":")[1] if scope else None, rejected=self.credentials is not None)
+        if response.status_code != 200:
+            raise RemoteFailed(f"{self.label}: the token service answered HTTP {response.status_code}",
+                               hint="run the command again later")
+        try:
+            return auth.parse_token(json.loads(response.content[:MAX_ERROR_BODY * 16]))
+        except ValueError as exc:
+            raise RemoteFailed(f"{self.label}: the token service's answer is unusable ({exc})",
+                               hint="the registry is misconfigured; ask its admin") from None
+
+    def _unauthorized(self, repo: str | None, *, rejected: bool = False) -> Refused:
+        what = f"repository {repo}" if repo else "the registry"
+        if self.credentials is None:
+            return Refused(f"{self.label} needs a login to access {what}", hint=self.login_hint)
+        return Refused(f"{self.label} rejected the credentials of user {self.credentials.username} for {what}"
+                       if rejected else f"{self.label} refused access to {what}",
+                       hint=self.login_hint + " (check the user name and password)")
+
+    def _checked(self, response: httpx.Response, repo: str | None, actions: str) -> httpx.Response:
+        if response.status_code == 403:
+            words = registry_message(response)
+            response.close()
+            right = "push" if "push" in actions else "pull"
+            raise Refused(f"{self.label} denies {right} access to {repo or 'the registry'} ({words})",
+                          hint=f"ask the registry's admin for {right} rights on {repo or 'it'}")
+        if response.status_code == 401:
+            response.close()
+            raise self._unauthorized(repo, rejected=True)
+        return response
+
+    def _fail(self, response: httpx.Response, what: str) -> RemoteFailed:
+        words = registry_message(response)
+        response.close()
+        return RemoteFailed(f"{self.label}: {what} failed: HTTP {response.status_code} {words}",
+                            hint="check the registry (space, configuration), then run the command again")
+
+    # -- API ----------------------------------------------------------------------------------------
+
+    def ping(self) -> None:
+        response = self.request("GET", "/v2/")
+        if response.status_code != 200:
+            raise self._fail(response, "GET /v2/")
+        response.close()
+
+    def tags(self, repo: str) -> list[str]:
+        found: list[str] = []
+        path: str | None = f"/v2/{repo}/tags/list"
+        for _page in range(1000):  # bounded: 1000 pages of tags
+            assert path is not None
+            response = self.request("GET", path, repo=repo, stream=True)
+            if response.status_code == 404:
+                response.close()
+                return found
+            if response.status_code != 200:
+                raise self._fail(response, f"listing the tags of {repo}")
+            body = self._read_json(response, MAX_MANIFEST, f"tag list of {repo}")
+            tags = body.get("tags") if isinstance(body, dict) else None
+            found.extend(t for t in (tags or []) if isinstance(t, str))
+            path = _next_link(response.headers.get("link", ""))
+            if path is None:
+                return found
+        return found
+
+    def get_manifest(self, repo: str, ref: str) -> Fetched:
+        response = self.request("GET", f"/v2/{repo}/manifests/{ref}", repo=repo, stream=True,
+                                headers={"Accept": MANIFEST_ACCEPT})
+        if response.status_code == 404:
+            response.close()
+            raise NotFound(f"{self.label} has no {repo}:{ref}",
+                           hint=f"list what it has with imgtool remote versions {self.label}:…")
+        if response.status_code != 200:
+            raise self._fail(response, f"reading manifest {repo}:{ref}")
+        data = self._read_capped(response, MAX_MANIFEST, f"manifest {repo}:{ref}")
+        digest = sha256_of(data)
+        if ref.startswith("sha256:") and digest != ref:
+            raise Corrupt(f"{self.label} served a manifest for {ref[:19]}… whose digest is {digest[:19]}…",
+                          hint="the registry serves wrong data; ask its admin")
+        media_type = response.headers.get("content-type", "").split(";")[0].strip()
+        return Fetched(data, digest, media_type)
+
+    def head_manifest(self, repo: str, ref: str) -> str | None:
+        response = self.request("HEAD", f"/v2/{repo}/manifests/{ref}", repo=repo,
+                                headers={"Accept": MANIFEST_ACCEPT})
+        response.close()
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise self._fail(response, f"checking manifest {repo}:{ref}")
+        found = response.headers.get("docker-content-digest")
+        return found if isinstance(found, str) else None
+
+    def put_manifest(self, repo: str, ref: str, data: bytes, media_type: str) -> str:
+        if len(data) > MAX_MANIFEST:
+            raise Refused(f"the manifest for {repo}:{ref} is {len(data)} bytes, above the 4 MiB registries accept",
+                          hint="the version has too many packs; this is a bug worth reporting")
+        response = self.request("PUT", f"/v2/{repo}/manifests/{ref}", repo=repo, actions="pull,push",
+                                content=data, headers={"Content-Type": media_type})
+        if response.status_code not in (200, 201):
+            raise self._fail(response, f"putting manifest {repo}:{ref}")
+        response.close()
+        with self._lock:
+            if "oci-subject" in response.headers:
+                self._referrers_api[repo] = True
+        return sha256_of(data)
+
+    def blob_size(self, repo: str, digest: str) -> int | None:
+        response = self.request("HEAD", f"/v2/{repo}/blobs/{digest}", repo=repo)
+        response.close()
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise self._fail(response, f"checking blob {digest[:19]}")
+        try:
+            return int(response.headers.get("content-length", "-1"))
+        except ValueError:
+            return -1
+
+    def get_blob(self, repo: str, digest: str, *, size: int) -> Iterator[bytes]:
+        check_digest(digest, "a blob reference")
+        return verified_stream(self._blob_pieces(repo, digest, None), digest, size,
+                               f"blob {digest[:19]}… of {repo}")
+
+    def _blob_pieces(self, repo: str, digest: str, byte_range: tuple[int, int] | None) -> Iterator[bytes]:
+        headers = {"Range": f"bytes={byte_range[0]}-{byte_range[1] - 1}"} if byte_range else {}
+        response = self.request("GET", f"/v2/{repo}/blobs/{digest}", repo=repo, stream=True, headers=headers)
+        try:
+            if response.status_code == 404:
+                raise NotFound(f"{self.label} has no blob {digest[:19]}… in {repo}",
+                               hint="the remote version is incomplete; ask its publisher to push it again")
+            if response.status_code not in (200, 206):
+                raise self._fail(response, f"reading blob {digest[:19]}")
+            try:
+                for piece in response.iter_bytes(READ_SIZE):
+                    self.stats.add(received=len(piece))
+                    yield piece
+            except httpx.TransportError as exc:
+                raise RemoteFailed(f"{self.label}: the transfer of blob {digest[:19]}… broke off "
+                                   f"({type(exc).__name__})", hint="run the command again; it resumes") from None
+        finally:
+            response.close()
+
+    def get_range(self, repo: str, digest: str, start: int, length: int) -> bytes:
+        """Bytes [start, start+length) of a blob (Range GET; a 200 is cut to the range)."""
+        check_digest(digest, "a blob reference")
+        response = self.request("GET", f"/v2/{repo}/blobs/{digest}", repo=repo, stream=True,
+                                headers={"Range": f"bytes={start}-{start + length - 1}"})
+        try:
+            if response.status_code == 404:
+                raise NotFound(f"{self.label} has no blob {digest[:19]}… in {repo}",
+                               hint="the remote version is incomplete; ask its publisher to push it again")
+            if response.status_code not in (200, 206):
+                raise self._fail(response, f"reading blob {digest[:19]}")
+            skip = start if response.status_code == 200 else 0
+            out = bytearray()
+            try:
+                for piece in response.iter_bytes(READ_SIZE):
+                    self.stats.add(received=len(piece))
+                    if skip >= len(piece):
+                        skip -= len(piece)
+                        continue
+                    out += piece[skip:]
+                    skip = 0
+                    if len(out) >= length:
+                        break
+            except httpx.TransportError as exc:
+                raise RemoteFailed(f"{self.label}: the transfer of blob {digest[:19]}… broke off "
+                                   f"({type(exc).__name__})", hint="run the command again; it resumes") from None
+        finally:
+            response.close()
+        if len(out) < length:
+            raise Corrupt(f"{self.label} returned {len(out)} of {length} bytes of blob {digest[:19]}…",
+                          hint="the remote version is damaged; ask its publisher to push it again")
+        return bytes(out[:length])
+
+    def put_blob(self, repo: str, digest: str, data: bytes) -> None:
+        """POST an upload session, then one monolithic PUT (the fastest on distribution)."""
+        response = self.request("POST", f"/v2/{repo}/blobs/uploads/", repo=repo, actions="pull,push")
+        response.close()
+        if response.status_code != 202 or "location" not in response.headers:
+            raise self._fail(response, f"starting the upload of {digest[:19]}")
+        location = urljoin(self.base + f"/v2/{repo}/blobs/uploads/", response.headers["location"])
+        target = urlsplit(location)
+        if target.netloc.lower() != self.host:
+            raise RemoteFailed(f"{self.label} wants the upload sent to another host",
+                               hint="imgtool never sends credentials to another host; ask the registry's admin")
+        path = target.path + (f"?{target.query}&" if target.query else "?") + f"digest={digest}"
+        response = self.request("PUT", path, repo=repo, actions="pull,push", content=data,
+                                headers={"Content-Type": "application/octet-stream"})
+        response.close()
+        if response.status_code not in (201, 204):
+            raise self._fail(response, f"uploading {digest[:19]}")
+        with self.stats.lock:
+            self.stats.blobs_uploaded += 1
+
+    def mount_blob(self, repo: str, digest: str, source: str) -> bool:
+        response = self.request("POST", f"/v2/{repo}/blobs/uploads/", repo=repo, actions="pull,push",
+                                params={"mount": digest, "from": source})
+        response.close()
+        if response.status_code == 201:
+            with self.stats.lock:
+                self.stats.blobs_mounted += 1
+            return True
+        if response.status_code == 202:  # not mounted: an upload session was opened instead; let it expire
+            return False
+        raise self._fail(response, f"mounting {digest[:19]} from {source}")
+
+    def delete_manifest(self, repo: str, digest: str) -> None:
+        response = self.request("DELETE", f"/v2/{repo}/manifests/{digest}", repo=repo, actions="pull,push,delete")
+        response.close()
+        if response.status_code not in (202, 404):
+            raise self._fail(response, f"deleting {repo}@{digest[:19]}")
+
+    # -- referrers ----------------------------------------------------------------------------------
+
+    def supports_referrers_api(self, repo: str) -> bool:
+        with self._lock:
+            known = self._referrers_api.get(repo)
+        if known is not None:
+            return known
+        probe = "sha256:" + "0" * 64
+        response = self.request("GET", f"/v2/{repo}/referrers/{probe}", repo=repo, stream=True,
+                                headers={"Accept": OCI_INDEX})
+        ctype = response.headers.get("content-type", "")
+        response.close()
+        found = response.status_code == 200 and OCI_INDEX in ctype
+        with self._lock:
+            self._referrers_api[repo] = found
+        return found
+
+    def referrers(self, repo: str, digest: str) -> list[dict[str, Any]]:
+        """The referrers API when the registry has it, else the referrers tag schema's index."""
+        check_digest(digest, "a referrers subject")
+        if self.supports_referrers_api(repo):
+            response = self.request("GET", f"/v2/{repo}/referrers/{digest}", repo=repo, stream=True,
+                                    headers={"Accept": OCI_INDEX})
+            if response.status_code != 200:
+                raise self._fail(response, f"listing referrers of {digest[:19]}")
+            body = self._read_json(response, MAX_MANIFEST, f"referrers of {digest[:19]}")
+        else:
+            try:
+                body = json.loads(self.get_manifest(repo, fallback_tag(digest)).data)
+            except NotFound:
+                return []
+            except ValueError:
+                raise Corrupt(f"the referrers index of {digest[:19]}… in {repo} is not JSON",
+                              hint="delete the tag " + fallback_tag(digest) + " and push the referrers again") \
+                    from None
+        manifests = body.get("manifests") if isinstance(body, dict) else None
+        return [m for m in (manifests or []) if isinstance(m, dict)]
+
+    # -- reading bodies -----------------------------------------------------------------------------
+
+    def _read_capped(self, response: httpx.Response, limit: int, what: str) -> bytes:
+        declared = response.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            response.close()
+            raise Corrupt(f"{self.label}: {what} is {declared} bytes, above the {limit}-byte limit",
+                          hint="the remote serves something imgtool does not read")
+        out = bytearray()
+        try:
+            for piece in response.iter_bytes(READ_SIZE):
+                out += piece
+                if len(out) > limit:
+                    raise Corrupt(f"{self.label}: {what} is above the {limit}-byte limit",
+                                  hint="the remote serves something imgtool does not read")
+        except httpx.TransportError as exc:
+            raise RemoteFailed(f"{self.label}: reading {what} broke off ({type(exc).__name__})",
+                               hint="run the command again") from None
+        finally:
+            response.close()
+        self.stats.add(received=len(out))
+        return bytes(out)
+
+    def _read_json(self, response: httpx.Response, limit: int, what: str) -> Any:
+        try:
+            return json.loads(self._read_capped(response, limit, what))
+        except ValueError:
+            raise Corrupt(f"{self.label}: {what} is not JSON", hint="the registry answers wrongly") from None
+
+
+def fallback_tag(digest: str) -> str:
+    """The referrers tag schema: `sha256-<hex>` names the index of a subject's referrers."""
+    algorithm, _, hex_digest = digest.partition(":")
+    return f"{algorithm}-{hex_digest}"
+
+
+def _next_link(header: str) -> str | None:
+    """The path of a `Link: </v2/...>; rel="next"` header (tag list pagination)."""
+    if 'rel="next"' not in header:
+        return None
+    start, end = header.find("<"), header.find(">")
+    if start < 0 or end < start:
+        return None
+    path = urlsplit(header[start + 1:end])
+    return path.path + (f"?{path.query}" if path.query else "")

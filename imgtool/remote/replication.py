@@ -1,0 +1,172 @@
+"""Replication, Azure style: a version's target remotes and each target's state.
+
+The state lives OUTSIDE the immutable version record, one file per version:
+`<home>/replication/<gallery>/<definition>/<version>.json`
+
+    {"format": 1, "targets": {"R": {"state": "pending|replicating|completed|failed",
+                                     "manifest": "sha256:…", "when": "…Z", "error": "…", "progress": N}}}
+
+Changes are read-modify-write under `<home>/replication/.lock`. A replication that fails records why
+and never touches the local version; `imgtool replicate` retries everything not completed. A state
+left at `replicating` by a killed run is simply retried (push is idempotent and resumable).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imgtool.errors import Corrupt, ImgtoolError, InvalidArgument
+from imgtool.gallery.galleries import VERSIONS
+from imgtool.gallery.model import now
+from imgtool.home import Home
+from imgtool.names import check_name, parse_image_ref
+from imgtool.remote import remotes
+from imgtool.remote.service import push_source
+from store import atomic
+from store.lock import file_lock
+
+FORMAT = 1
+STATES = ("pending", "replicating", "completed", "failed")
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    version: str
+    target: str
+    state: str
+    manifest: str | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _root(home: Home) -> Path:
+    return home.root / "replication"
+
+
+def _file(home: Home, gallery: str, definition: str, version: str) -> Path:
+    return _root(home) / check_name(gallery, "gallery") / check_name(definition, "definition") / f"{version}.json"
+
+
+@contextlib.contextmanager
+def _locked(home: Home) -> Iterator[None]:
+    _root(home).mkdir(parents=True, exist_ok=True, mode=0o700)
+    with file_lock(_root(home) / ".lock"):
+        yield
+
+
+def read_state(home: Home, gallery: str, definition: str, version: str) -> dict[str, dict[str, Any]]:
+    path = _file(home, gallery, definition, version)
+    try:
+        body = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise Corrupt(f"replication state {path} is unreadable: {exc}",
+                      hint="remove the file and set the targets again") from None
+    if not isinstance(body, dict) or body.get("format") != FORMAT or not isinstance(body.get("targets"), dict):
+        raise Corrupt(f"replication state {path} has an unknown format", hint="upgrade imgtool")
+    return {str(k): v for k, v in body["targets"].items() if isinstance(v, dict)}
+
+
+def _write_state(home: Home, gallery: str, definition: str, version: str,
+                 targets: dict[str, dict[str, Any]]) -> None:
+    path = _file(home, gallery, definition, version)
+    if not targets:
+        path.unlink(missing_ok=True)
+        return
+    body = {"format": FORMAT, "targets": targets}
+    atomic.replace(path, (json.dumps(body, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _update(home: Home, key: tuple[str, str, str], target: str, **fields: Any) -> None:
+    with _locked(home):
+        targets = read_state(home, *key)
+        if target in targets:  # a target removed meanwhile stays removed
+            targets[target] = {**targets[target], **fields}
+            _write_state(home, *key, targets)
+
+
+def set_targets(home: Home, text: str, *, add: Sequence[str] = (), remove: Sequence[str] = ()) -> dict[str, Any]:
+    """Add targets (as pending; additive) and remove others; returns the new state."""
+    ref = parse_image_ref(text, require_version=True)
+    key = (ref.gallery, ref.definition, str(ref.version))
+    if home.store.get_name(VERSIONS, *key) is None:
+        raise InvalidArgument(f"version {text} does not exist", hint="publish it first")
+    for name in add:
+        remotes.get(home, name)
+    with _locked(home):
+        targets = read_state(home, *key)
+        for name in add:
+            if name not in targets or targets[name].get("state") == "failed":
+                targets[name] = {"state": "pending", "since": now()}
+        for name in remove:
+            targets.pop(name, None)
+        _write_state(home, *key, targets)
+    return targets
+
+
+def parse_targets(text: str | None) -> list[str]:
+    if not text:
+        return []
+    return [check_name(n.strip(), "remote") for n in text.split(",") if n.strip()]
+
+
+def _in_scope(key: tuple[str, str, str], scope: str | None) -> bool:
+    gallery, definition, version = key
+    if scope is None:
+        return True
+    if "@" in scope:
+        return f"{gallery}/{definition}@{version}" == scope
+    if "/" in scope:
+        return f"{gallery}/{definition}" == scope
+    return gallery == scope
+
+
+def _scoped(home: Home, scope: str | None) -> list[tuple[str, str, str]]:
+    root = _root(home)
+    if not root.is_dir():
+        return []
+    keys = [(p.parent.parent.name, p.parent.name, p.name.removesuffix(".json")) for p in root.glob("*/*/*.json")]
+    return sorted(k for k in keys if _in_scope(k, scope))
+
+
+def replicate(home: Home, scope: str | None = None, *, progress: Progress | None = None) -> list[Outcome]:
+    """Bring every target of every version in scope (`G`, `G/D`, `G/D@V`, or all) up to date."""
+    outcomes: list[Outcome] = []
+    for key in _scoped(home, scope):
+        name = f"{key[0]}/{key[1]}@{key[2]}"
+        for target, state in sorted(read_state(home, *key).items()):
+            if state.get("state") == "completed":
+                outcomes.append(Outcome(name, target, "completed", state.get("manifest")))
+                continue
+            outcomes.append(replicate_one(home, key, target, progress=progress))
+    return outcomes
+
+
+def replicate_one(home: Home, key: tuple[str, str, str], target: str, *,
+                  progress: Progress | None = None) -> Outcome:
+    name = f"{key[0]}/{key[1]}@{key[2]}"
+    _update(home, key, target, state="replicating", since=now())
+    try:
+        if home.store.get_name(VERSIONS, *key) is None:
+            raise InvalidArgument(f"version {name} no longer exists here", hint="remove the target")
+        [result] = push_source(home, name, target, progress=progress)
+    except ImgtoolError as exc:
+        _update(home, key, target, state="failed", when=now(), error=exc.message,
+                retry=f"imgtool replicate {name}")
+        return Outcome(name, target, "failed", error=exc.message)
+    _update(home, key, target, state="completed", when=now(), manifest=result.manifest, error=None)
+    return Outcome(name, target, "completed", result.manifest)
+
+
+def describe(home: Home, gallery: str, definition: str, version: str) -> list[dict[str, Any]]:
+    """For `version show`: one entry per target."""
+    return [{"target": t, **s} for t, s in sorted(read_state(home, gallery, definition, version).items())]

@@ -1,0 +1,241 @@
+"""Revocations on remotes: push a signed statement, find and verify them, refuse and sync revoked versions.
+
+- push: `push_revocation` signs "G/D@V at this manifest digest is revoked, because REASON" with the
+  remote's signing key (or the one given) and attaches it to the version's manifest as a referrer.
+- use: `refuse_if_revoked` runs in the pull check, before anything is stored (cache hits too), so
+  pull, `vm new REMOTE:…` and everything built on pull refuse a revoked version; a local copy pulled
+  at that digest is marked revoked on the way (a later pull tells this store, as sync does).
+- `remote versions` marks revoked versions (`revoked_tags`), so the remote's `latest` skips them.
+- `sync` looks for revocations of every local version pulled from a remote (at the manifest digest
+  pulled, and at the one its tag names now) and marks the local copy revoked, which flags its VMs.
+
+Only statements signed by a key the remote is trusted with (imgtool trust add) count; others are
+reported and ignored, never trusted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from imgtool.errors import Corrupt, NotFound, Refused
+from imgtool.gallery.galleries import VERSIONS
+from imgtool.gallery.image_versions import update_version
+from imgtool.gallery.lifecycle_model import Revocation
+from imgtool.gallery.lookup import get_version
+from imgtool.gallery.model import ImageVersion
+from imgtool.home import Home
+from imgtool.remote import format as fmt
+from imgtool.remote import remotes
+from imgtool.remote.connect import close, open_target
+from imgtool.remote.referrers import list_referrers, put_referrer
+from imgtool.remote.remotes import Remote
+from imgtool.remote.target import Target, read_all, sha256_of
+from imgtool.trust import revocations, strict
+from imgtool.trust import signatures as sig
+from imgtool.trust.clock import now, parse_time
+from imgtool.trust.gate import SIGNING_KEY, registry_of
+from imgtool.trust.homes import keyring, trust_store
+from imgtool.vm import record as vmrecord
+
+MAX_STATEMENTS = 64  # per version; more is a flood
+
+
+@contextlib.contextmanager
+def _connected(home: Home, name: str) -> Iterator[tuple[Remote, Target]]:
+    remote = remotes.get(home, name)
+    target = open_target(home, remote)
+    try:
+        yield remote, target
+    finally:
+        close(target)
+
+
+def _name(remote: Remote, repo: str, gallery: str, definition: str, version: str) -> sig.SignedName:
+    return sig.SignedName(registry_of(remote), repo, gallery, definition, version)
+
+
+# -- push ---------------------------------------------------------------------------------------------
+
+
+def push_revocation(home: Home, text: str, remote_name: str, *, key_name: str | None = None) -> dict[str, Any]:
+    """Attach a signed revocation of the locally revoked G/D@V to its manifest on `remote_name`."""
+    version, _ = get_version(home, text)
+    if version.revocation is None:
+        raise Refused(f"{version.label} is not revoked here",
+                      hint=f"revoke it first: imgtool version revoke {version.label} --reason TEXT")
+    with _connected(home, remote_name) as (remote, target):
+        repo = fmt.repository(remote.prefix, version.gallery, version.definition)
+        try:
+            fetched = target.get_manifest(repo, version.version)
+        except NotFound:
+            raise NotFound(f"{remote.name} has no {repo}:{version.version}",
+                           hint="nothing to revoke there (push it first, if that was meant)") from None
+        chosen = key_name or SIGNING_KEY.get() or trust_store(home).remote(remote.name).signing_key
+        if chosen is None:
+            raise Refused(f"no key to sign the revocation for {remote.name} with",
+                          hint=f"pass --sign KEY, or set one: imgtool trust signing-key {remote.name} KEY")
+        key = keyring(home).load(chosen)
+        when = parse_time(version.revocation.when, "revoked at")
+        envelope = revocations.sign(key, _name(remote, repo, version.gallery, version.definition, version.version),
+                                    fetched.digest, version.revocation.reason, revoked_at=when)
+        subject = fmt.Descriptor(fmt.MANIFEST_TYPE, fetched.digest, len(fetched.data))
+        put_referrer(target, repo, subject, revocations.REVOCATION_MEDIA_TYPE, envelope,
+                     blob_type=revocations.REVOCATION_MEDIA_TYPE)
+    return {"version": version.label, "remote": remote_name, "repository": repo, "manifest": fetched.digest,
+            "key_id": key.public.key_id}
+
+
+# -- finding and judging ---------------------------------------------------------------------------------
+
+
+def statements(target: Target, repo: str, digest: str) -> list[bytes]:
+    """The envelopes of the revocation referrers of `digest`, each checked for shape and digest."""
+    found = []
+    listed = list_referrers(target, repo, digest, artifact_type=revocations.REVOCATION_MEDIA_TYPE)
+    if len(listed) > MAX_STATEMENTS * 4:
+        raise Corrupt(f"{target.label}: {len(listed)} referrers for one version",
+                      hint="nothing was used; the repository's referrers were flooded: tell its owner")
+    for descriptor in listed:
+        envelope = _statement(target, repo, digest, descriptor.digest)
+        if envelope is not None:
+            found.append(envelope)
+    return found[:MAX_STATEMENTS]
+
+
+def _statement(target: Target, repo: str, subject: str, digest: str) -> bytes | None:
+    what = f"referrer {digest[:19]}…"
+    try:
+        fetched = target.get_manifest(repo, digest)
+    except NotFound:
+        return None
+    if sha256_of(fetched.data) != digest:
+        raise Corrupt(f"{target.label} sent other bytes for {what}", hint="nothing was used")
+    body = strict.load_object(fetched.data, what=what, limit=sig.MAX_REFERRER_MANIFEST)
+    subject_of = body.get("subject")
+    layers = body.get("layers")
+    if body.get("artifactType") != revocations.REVOCATION_MEDIA_TYPE or not isinstance(subject_of, dict) \
+            or subject_of.get("digest") != subject or not isinstance(layers, list) or len(layers) != 1 \
+            or not isinstance(layers[0], dict):
+        return None  # another kind of referrer (a signature, an SBOM), or not about this version
+    layer = layers[0]
+    size = layer.get("size")
+    if layer.get("mediaType") != revocations.REVOCATION_MEDIA_TYPE or not isinstance(size, int) \
+            or not 0 < size <= sig.MAX_ENVELOPE or not isinstance(layer.get("digest"), str) \
+            or not strict.SHA256.fullmatch(layer["digest"]):
+        return None
+    return read_all(target.get_blob(repo, layer["digest"], size=size))
+
+
+@dataclass
+class Finding:
+    revoked: revocations.Revoked | None = None
+    ignored: list[str] = field(default_factory=list)  # statements that did not count, and why
+
+
+def find(home: Home, remote: Remote, target: Target, repo: str, name: sig.SignedName,
+         digests: list[str]) -> Finding:
+    """A verified revocation of `name` at any of `digests`, and the statements that did not count."""
+    keys = trust_store(home).remote(remote.name).keys
+    finding = Finding()
+    for digest in digests:
+        for envelope in statements(target, repo, digest):
+            verdict = revocations.judge(envelope, keys=keys, name=name, manifest_digest=digest, when=now())
+            if isinstance(verdict, revocations.Revoked):
+                finding.revoked = verdict
+                return finding
+            finding.ignored.append(verdict)
+    return finding
+
+
+def refuse_if_revoked(home: Home, remote: Remote, target: Target, repo: str, digest: str,
+                      version: ImageVersion) -> None:
+    """Raise Refused when a trusted key revoked this version (the pull check; nothing is stored yet)."""
+    found = find(home, remote, target, repo, _name(remote, repo, version.gallery, version.definition,
+                                                   version.version), [digest])
+    if found.revoked is None:
+        return
+    marked = mark_local_copies(home, remote.name, digest, found.revoked)
+    also = f"; marked revoked here: {', '.join(marked)}" if marked else ""
+    raise Refused(f"{remote.name}:{version.gallery}/{version.definition}@{version.version} is revoked: "
+                  f"{found.revoked.reason} (since {found.revoked.revoked_at}, signed by "
+                  f"{found.revoked.key_id[:19]}…){also}",
+                  hint=f"nothing was pulled; pick another version: imgtool remote versions "
+                       f"{remote.name}:{version.gallery}/{version.definition}")
+
+
+def mark_local_copies(home: Home, remote_name: str, digest: str, revoked: revocations.Revoked) -> list[str]:
+    """Mark revoked the local versions pulled from `remote_name` at manifest `digest` (not yet marked)."""
+    marked = []
+    for _key, record in home.store.list_names(VERSIONS):
+        version = ImageVersion.from_json(home.store.get_manifest(record))
+        origin = version.provenance.get("pulled_from")
+        if not isinstance(origin, dict) or origin.get("remote") != remote_name or origin.get("manifest") != digest:
+            continue
+        if version.revocation is None:
+            update_version(home, version.label, revocation=Revocation(revoked.reason, revoked.revoked_at))
+            marked.append(version.label)
+    return marked
+
+
+def revoked_tags(home: Home, remote: Remote, target: Target, repo: str,
+                 tags: list[tuple[str, str, dict[str, str]]]) -> dict[str, str]:
+    """tag -> reason for the listed (tag, manifest digest, annotations) that a trusted key revoked."""
+    found: dict[str, str] = {}
+    for tag, digest, notes in tags:
+        gallery, definition = notes.get("org.imgtool.gallery"), notes.get("org.imgtool.definition")
+        if not gallery or not definition:
+            continue
+        try:
+            name = _name(remote, repo, gallery, definition, tag)
+        except Exception:  # annotations a remote sent that make no valid name: nothing to verify against
+            continue
+        verdict = find(home, remote, target, repo, name, [digest]).revoked
+        if verdict is not None:
+            found[tag] = verdict.reason
+    return found
+
+
+# -- sync -------------------------------------------------------------------------------------------------
+
+
+def sync(home: Home, remote_name: str) -> list[dict[str, Any]]:
+    """Mark local copies of versions pulled from `remote_name` revoked where the remote revoked them."""
+    results: list[dict[str, Any]] = []
+    with _connected(home, remote_name) as (remote, target):
+        for _key, record in home.store.list_names(VERSIONS):
+            version = ImageVersion.from_json(home.store.get_manifest(record))
+            origin = version.provenance.get("pulled_from")
+            if not isinstance(origin, dict) or origin.get("remote") != remote.name:
+                continue
+            result = _sync_one(home, remote, target, version, origin)
+            if result is not None:
+                results.append(result)
+    return results
+
+
+def _sync_one(home: Home, remote: Remote, target: Target, version: ImageVersion,
+              origin: dict[str, Any]) -> dict[str, Any] | None:
+    repo, tag, pulled = str(origin.get("repository")), str(origin.get("tag")), str(origin.get("manifest"))
+    try:
+        fetched = target.get_manifest(repo, pulled)
+    except NotFound:
+        return None  # gone from the remote: nothing can be verified against it
+    notes = fmt.parse_manifest(fetched.data, fetched.digest, f"{remote.name}:{repo}@{pulled[:19]}").annotations
+    digests = [pulled]
+    with contextlib.suppress(NotFound):
+        current = target.get_manifest(repo, tag).digest
+        if current != pulled:
+            digests.append(current)
+    name = _name(remote, repo, notes.get("org.imgtool.gallery", version.gallery),
+                 notes.get("org.imgtool.definition", version.definition), tag)
+    found = find(home, remote, target, repo, name, digests)
+    if found.revoked is None:
+        return {"version": version.label, "revoked": None, "ignored": found.ignored} if found.ignored else None
+    if version.revocation is None:
+        update_version(home, version.label, revocation=Revocation(found.revoked.reason, found.revoked.revoked_at))
+    return {"version": version.label, "revoked": found.revoked.reason, "since": found.revoked.revoked_at,
+            "key_id": found.revoked.key_id, "ignored": found.ignored,
+            "vms": vmrecord.vms_using(home, version.gallery, version.definition, version.version)}

@@ -1,0 +1,147 @@
+"""The remote operations as the CLI (and `vm new`) calls them: names in, results out."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+
+from imgtool.errors import InvalidArgument
+from imgtool.gallery.model import ImageVersion
+from imgtool.gallery.versions import Verdict, Version
+from imgtool.home import Home
+from imgtool.names import parse_definition_ref, parse_image_ref
+from imgtool.remote import auth, catalog, remotes, revoke
+from imgtool.remote import format as fmt
+from imgtool.remote.connect import close, open_target
+from imgtool.remote.format import Descriptor
+from imgtool.remote.pull import Checked, Checking, PullHook, PullResult, pull
+from imgtool.remote.push import Pushed, PushHook, PushResult, push
+from imgtool.remote.registry import RegistryClient
+from imgtool.remote.target import Target
+from imgtool.trust import gate, pins
+from imgtool.trust.signatures import Descriptor as Subject
+
+Progress = Callable[[int], None]
+# Hooks the signing layer installs (imgtool.remote.service.PUSH_HOOKS.append(...)): called with the
+# version's manifest on the remote before its tag is put (push) or before anything is named (pull).
+PUSH_HOOKS: list[PushHook] = []
+PULL_HOOKS: list[PullHook] = []
+
+
+@contextlib.contextmanager
+def connected(home: Home, name: str) -> Iterator[tuple[remotes.Remote, Target]]:
+    remote = remotes.get(home, name)
+    target = open_target(home, remote)
+    try:
+        yield remote, target
+    finally:
+        close(target)
+
+
+def _push_hook(event: object) -> None:
+    for hook in PUSH_HOOKS:
+        hook(event)  # type: ignore[arg-type]
+
+
+def _pull_hook(event: object) -> None:
+    for hook in PULL_HOOKS:
+        hook(event)  # type: ignore[arg-type]
+
+
+def push_source(home: Home, source: str, remote_name: str, *, progress: Progress | None = None,
+                stats: dict[str, int] | None = None) -> list[PushResult]:
+    with connected(home, remote_name) as (remote, target):
+
+        def hook(event: Pushed) -> None:
+            gate.sign_pushed(home, remote, event.target, event.repository, _subject(event.manifest), event.version)
+            _push_hook(event)
+
+        try:
+            return push(home, remote, target, source, progress=progress, hook=hook)
+        finally:
+            if stats is not None:
+                stats.update(target.stats.to_json())
+
+
+def pull_ref(home: Home, text: str, *, as_ref: str | None = None, progress: Progress | None = None,
+             stats: dict[str, int] | None = None) -> PullResult:
+    name, rest = remotes.split_ref(text)
+    pinned = pins.parse_remote_ref(text)  # REMOTE:G/D@X.Y.Z@sha256:… pins the manifest digest
+    if pinned.digest is not None:
+        rest = rest.rsplit("@", 1)[0]
+    if as_ref is not None:
+        parse_definition_ref(as_ref)
+    with connected(home, name) as (remote, target):
+        try:
+            return pull(home, remote, target, rest, as_ref=as_ref, progress=progress, hook=_pull_hook,
+                        check=lambda event: _check(home, remote, event, pinned))
+        finally:
+            if stats is not None:
+                stats.update(target.stats.to_json())
+
+
+def _subject(manifest: Descriptor) -> Subject:
+    return Subject(manifest.media_type, manifest.digest, manifest.size)
+
+
+def _check(home: Home, remote: remotes.Remote, event: Checking, pinned: pins.RemoteRef) -> Checked:
+    """The pin, then the remote's trust policy, on the version about to be pulled (raises Refused)."""
+    pins.check_pin(pinned, event.fetched.digest, where=f"{remote.name}:{event.repository}:{event.tag}")
+    revoke.refuse_if_revoked(home, remote, event.target, event.repository, event.fetched.digest, event.version)
+    found = gate.check_pull(home, remote, event.target, event.repository, event.tag, event.fetched, event.version)
+
+    def keep(local: ImageVersion) -> None:
+        gate.keep_pulled(home, remote, event.repository, event.tag, found, local)
+
+    return Checked(found.acceptance.warnings, keep)
+
+
+def is_remote_image(image: str) -> bool:
+    return ":" in image
+
+
+def image_for_vm(home: Home, image: str, *, progress: Progress | None = None) -> str:
+    """`vm new --image REMOTE:G/D[@V]`: pull what is missing, return the local `G/D@X.Y.Z`."""
+    if not is_remote_image(image):
+        return image
+    result = pull_ref(home, image, progress=progress)
+    return result.name
+
+
+def versions(home: Home, text: str) -> tuple[list[catalog.RemoteVersion], Version | None, list[Verdict], str]:
+    name, rest = remotes.split_ref(text)
+    ref = parse_definition_ref(rest)
+    with connected(home, name) as (remote, target):
+        repo = fmt.repository(remote.prefix, ref.gallery, ref.definition)
+        found = catalog.remote_versions(target, repo)
+        revoked = revoke.revoked_tags(home, remote, target, repo,
+                                      [(v.version, v.manifest, v.annotations) for v in found])
+    found = [replace(v, revoked=revoked.get(v.version)) for v in found]
+    chosen, verdicts = catalog.resolve(found)
+    return found, chosen, verdicts, repo
+
+
+def login(home: Home, name: str, username: str, password: str) -> str:
+    """Check the credentials against the registry, then keep them (0600); returns the host."""
+    remote = remotes.get(home, name)
+    if remote.kind != "registry":
+        raise InvalidArgument(f"remote '{name}' is a layout folder; it has no login", hint="just use it")
+    creds = auth.Credentials(username, password)
+    verify: bool | str = False if remote.insecure else (remote.ca_file or True)
+    client = RegistryClient(remote.base_url, label=name, credentials=creds, verify=verify)
+    try:
+        client.ping()
+    finally:
+        client.close()
+    auth.save(home.root, remote.host, creds)
+    return remote.host
+
+
+def logout(home: Home, name: str) -> bool:
+    remote = remotes.get(home, name)
+    return auth.forget(home.root, remote.host) if remote.kind == "registry" else False
+
+
+def check_image_ref(text: str) -> None:
+    parse_image_ref(text)

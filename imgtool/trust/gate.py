@@ -1,0 +1,267 @@
+"""The trust gate between imgtool.remote and the registries: sign on push, verify on pull and use.
+
+- push: a version is signed with `push --sign KEY` (the `SIGNING_KEY` context) or the remote's
+  default signing key (`imgtool trust signing-key REMOTE KEY`), over the name it gets there, and the
+  signature is attached as a referrer before the version's tag is put. Signatures the version
+  already carries (it was pulled) go along when they sign the very manifest pushed.
+- pull: before any chunk moves, and on cache hits too, the remote's policy judges the version
+  (`check_pull`); under `signed` nothing is fetched, stored or named unless a trusted key signed
+  this manifest digest as this name. The signatures are then kept in the local store
+  (`keep_pulled`): a signature set manifest named `signatures/G/D/V`, written before the version's
+  own name, so gc keeps it and `version verify` / `vm new` re-check it offline.
+- use: `verify_local` re-checks a pulled version offline: the stored OCI manifest hashes to the
+  digest its provenance records, the stored config hashes to the digest that manifest names and
+  holds the same disks and definition as the local record, the disks and their chunks are intact,
+  and a signature by a key trusted *now* covers that digest and name.
+"""
+
+from __future__ import annotations
+
+import base64
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from imgtool.errors import Corrupt, NotFound, Refused
+from imgtool.gallery.lookup import get_version
+from imgtool.gallery.model import ImageVersion
+from imgtool.home import Home
+from imgtool.records import check_record
+from imgtool.remote import format as fmt
+from imgtool.remote.remotes import Remote
+from imgtool.remote.target import Fetched, Target, read_all, sha256_of
+from imgtool.trust import referrers
+from imgtool.trust import signatures as sig
+from imgtool.trust.clock import now
+from imgtool.trust.homes import keyring, trust_store
+from imgtool.trust.policy import ANY, UNSET, Acceptance
+from store import codec
+from store.packs import PackReader
+
+SIGNATURES = "signatures"  # store name namespace: signatures/GALLERY/DEFINITION/VERSION
+SIGNING_KEY: ContextVar[str | None] = ContextVar("imgtool_signing_key", default=None)
+_SET_FIELDS = {"remote", "registry", "repository", "tag", "gallery", "definition", "manifest_digest", "manifest",
+               "config", "referrers"}
+
+
+class TargetAdapter:
+    """imgtool.trust.referrers' reader/writer over an imgtool.remote Target (registry or layout)."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+
+    def get_manifest(self, repository: str, reference: str, *, limit: int) -> bytes | None:
+        try:
+            return self.target.get_manifest(repository, reference).data
+        except NotFound:
+            return None
+
+    def get_blob(self, repository: str, digest: str, *, limit: int) -> bytes | None:
+        size = self.target.blob_size(repository, digest)
+        if size is None:
+            return None
+        if size > limit:
+            raise Corrupt(f"{self.target.label}: blob {digest[:19]}… is {size} bytes, above the {limit}-byte limit "
+                          "for a signature", hint="nothing was used; the remote serves something else")
+        return read_all(self.target.get_blob(repository, digest, size=size))
+
+    def get_referrers(self, repository: str, digest: str, *, limit: int) -> bytes | None:
+        if not self.target.supports_referrers_api(repository):
+            return None
+        entries = self.target.referrers(repository, digest)
+        return sig.canonical({"schemaVersion": 2, "mediaType": sig.OCI_INDEX, "manifests": entries})
+
+    def put_blob(self, repository: str, data: bytes) -> None:
+        digest = sha256_of(data)
+        if self.target.blob_size(repository, digest) is None:
+            self.target.put_blob(repository, digest, data)
+
+    def put_manifest(self, repository: str, reference: str, data: bytes, *, media_type: str) -> None:
+        self.target.put_manifest(repository, reference, data, media_type)
+
+
+def registry_of(remote: Remote) -> str:
+    """The registry part of a signed name: the host, or `oci-layout` for a folder (its path can move)."""
+    return remote.host if remote.kind == "registry" else "oci-layout"
+
+
+def signed_name(remote: Remote, repository: str, version: ImageVersion) -> sig.SignedName:
+    return sig.SignedName(registry_of(remote), repository, version.gallery, version.definition, version.version)
+
+
+# -- push -------------------------------------------------------------------------------------------------------------
+
+def sign_pushed(home: Home, remote: Remote, target: Target, repository: str, subject: sig.Descriptor,
+                version: ImageVersion) -> list[str]:
+    """Sign and attach before the tag is put; returns the key ids that signed (or carried signatures)."""
+    adapter = TargetAdapter(target)
+    signed: list[str] = []
+    key_name = SIGNING_KEY.get() or trust_store(home).remote(remote.name).signing_key
+    if key_name is not None:
+        key = keyring(home).load(key_name)
+        when = now()
+        envelope = sig.sign(key, signed_name(remote, repository, version), subject.digest, signed_at=when)
+        referrers.attach(adapter, repository, referrers.make(envelope, subject, key_id=key.public.key_id,
+                                                            created=when))
+        signed.append(key.public.key_id)
+    for carried in _carried(home, version, subject.digest):
+        referrers.attach(adapter, repository, carried)
+        signed.append(sig.open_envelope(carried.envelope).key_id)
+    return signed
+
+
+def _carried(home: Home, version: ImageVersion, digest: str) -> list[referrers.Attached]:
+    stored = _signature_set(home, version.gallery, version.definition, version.version)
+    if stored is None or stored["manifest_digest"] != digest:
+        return []  # the manifest pushed is not the one they sign: they cannot vouch for it there
+    return _attached(stored)
+
+
+# -- pull -------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class PullCheck:
+    """What check_pull learnt, for keep_pulled (same pull)."""
+
+    acceptance: Acceptance
+    found: list[referrers.Attached] = field(default_factory=list)
+    manifest: bytes = b""
+    config: bytes = b""
+    name: sig.SignedName | None = None
+
+
+def check_pull(home: Home, remote: Remote, target: Target, repository: str, tag: str, fetched: Fetched,
+               version: ImageVersion) -> PullCheck:
+    """Judge a remote version by its remote's policy before anything of it is stored; raises Refused."""
+    trust = trust_store(home)
+    name = signed_name(remote, repository, version)
+    if trust.remote(remote.name).policy in (ANY, UNSET):
+        return PullCheck(trust.check(remote.name, name, fetched.digest, []))  # warns, or refuses when unset
+    found = referrers.find(TargetAdapter(target), repository, fetched.digest)
+    acceptance = trust.check(remote.name, name, fetched.digest, [a.envelope for a in found])
+    manifest = fmt.parse_manifest(fetched.data, fetched.digest, f"{remote.name}:{repository}:{tag}")
+    config = read_all(target.get_blob(repository, manifest.config.digest, size=manifest.config.size))
+    return PullCheck(acceptance, found, fetched.data, config, name)
+
+
+def keep_pulled(home: Home, remote: Remote, repository: str, tag: str, check: PullCheck,
+                local: ImageVersion) -> None:
+    """Store the verified signatures with the pulled version (before its name is set)."""
+    if check.name is None:
+        return  # policy any: nothing was verified, nothing to keep
+    record = {
+        "kind": "imgtool.signatures", "format": 1, "links": [], "remote": remote.name,
+        "registry": check.name.registry, "repository": repository, "tag": tag, "gallery": check.name.gallery,
+        "definition": check.name.definition, "manifest_digest": sha256_of(check.manifest),
+        "manifest": _b64(check.manifest), "config": _b64(check.config),
+        "referrers": [{"manifest": _b64(a.manifest), "envelope": _b64(a.envelope)} for a in check.found],
+    }
+    store = home.store
+    digest = store.put_manifest(record)
+    store.set_name(SIGNATURES, local.gallery, local.definition, local.version, target=digest)
+
+
+# -- use --------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LocalVerdict:
+    name: str
+    remote: str
+    manifest_digest: str
+    acceptance: Acceptance
+
+
+def verify_local(home: Home, ref: str, *, deep: bool = True) -> LocalVerdict | None:
+    """Re-check a pulled version offline (None: it was not pulled, there is nothing to prove).
+
+    Raises Refused when its remote's policy refuses it now, Corrupt when what is
+    stored does not add up.
+    """
+    version, _record = get_version(home, ref)
+    origin = version.provenance.get("pulled_from")
+    if not isinstance(origin, dict):
+        return None
+    label = f"{version.gallery}/{version.definition}@{version.version}"
+    remote_name, digest = str(origin.get("remote")), str(origin.get("manifest"))
+    trust = trust_store(home)
+    if trust.remote(remote_name).policy == ANY:
+        return LocalVerdict(label, remote_name, digest, trust.check(remote_name, _placeholder(origin, version),
+                                                                    digest, []))
+    stored = _signature_set(home, version.gallery, version.definition, version.version)
+    if stored is None:
+        trust.check(remote_name, _placeholder(origin, version), digest, [])  # refuses: unsigned, or no policy
+        raise Refused(f"{label} has no stored signatures", hint=f"pull it again from {remote_name}")
+    _check_content(home, stored, version, digest, label, deep=deep)
+    name = sig.SignedName(stored["registry"], stored["repository"], stored["gallery"], stored["definition"],
+                          stored["tag"])
+    acceptance = trust.check(remote_name, name, digest, [a.envelope for a in _attached(stored)])
+    return LocalVerdict(label, remote_name, digest, acceptance)
+
+
+def _placeholder(origin: dict[str, Any], version: ImageVersion) -> sig.SignedName:
+    """A name for messages when no signature set is stored (the policy refuses or warns before using it)."""
+    repository = str(origin.get("repository") or "unknown")
+    return sig.SignedName("unknown", repository if sig._REPOSITORY.fullmatch(repository) else "unknown",
+                          version.gallery, version.definition, version.version)
+
+
+def _check_content(home: Home, stored: dict[str, Any], version: ImageVersion, digest: str, label: str, *,
+                   deep: bool) -> None:
+    manifest, config = _unb64(stored["manifest"]), _unb64(stored["config"])
+    if sha256_of(manifest) != digest or stored["manifest_digest"] != digest:
+        raise Corrupt(f"the stored manifest of {label} is not {digest[:19]}…",
+                      hint=f"imgtool version delete {label}, then pull it again")
+    parsed = fmt.parse_manifest(manifest, digest, f"the stored manifest of {label}")
+    if sha256_of(config) != parsed.config.digest:
+        raise Corrupt(f"the stored config of {label} is not the one its manifest names",
+                      hint=f"imgtool version delete {label}, then pull it again")
+    remote_version, _definition, _gallery = fmt.parse_config(config, f"the stored config of {label}")
+    signed = ImageVersion.from_json(remote_version)
+    if ([d.to_json() for d in signed.disks] != [d.to_json() for d in version.disks]
+            or signed.definition_record != version.definition_record or signed.version != version.version):
+        raise Corrupt(f"{label} is not the version its signatures cover (disks or definition differ)",
+                      hint=f"imgtool version delete {label}, then pull it again")
+    _check_disks(home, version, label, rehash=deep)
+
+
+def _check_disks(home: Home, version: ImageVersion, label: str, *, rehash: bool) -> None:
+    """Every disk manifest (digest-checked on read) and every chunk it names is present; with
+    `rehash`, every chunk is decompressed and its BLAKE3 re-checked."""
+    store = home.store
+    index = store.index
+    with PackReader(store.layout) as reader:
+        for disk in version.disks:
+            manifest = store.get_disk(disk.digest)
+            for hex_digest in sorted(manifest.chunk_digests()):
+                raw = bytes.fromhex(hex_digest)
+                location = index.get(raw)
+                if location is None:
+                    raise Corrupt(f"{label}: chunk {hex_digest[:16]} is missing from the store",
+                                  hint="run imgtool verify, then pull the version again")
+                if rehash:
+                    codec.decompress(reader.read(location), location.rawlen, raw, what=hex_digest[:16])
+
+
+def _signature_set(home: Home, gallery: str, definition: str, version: str) -> dict[str, Any] | None:
+    digest = home.store.get_name(SIGNATURES, gallery, definition, version)
+    if digest is None:
+        return None
+    obj = check_record(home.store.get_manifest(digest), kind="imgtool.signatures", fmt=1, fields=_SET_FIELDS,
+                       what=f"the signatures of {gallery}/{definition}@{version}")
+    return obj
+
+
+def _attached(stored: dict[str, Any]) -> list[referrers.Attached]:
+    found = []
+    for entry in stored["referrers"]:
+        manifest = _unb64(entry["manifest"])
+        found.append(referrers.Attached(sha256_of(manifest), manifest, _unb64(entry["envelope"])))
+    return found
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text, validate=True)

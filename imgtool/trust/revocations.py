@@ -1,0 +1,124 @@
+"""Revocation statements: "this version, under this name, is revoked, because …", signed (pure module).
+
+The same keys, envelope and pre-authentication encoding as signatures (signatures.py), with their
+own payload type so a signature can never be read as a revocation nor the other way round::
+
+  {"critical": {"identity": {registry, repository, gallery, definition, version},
+                "image": {"manifest-digest": "sha256:…"},
+                "reason": "CVE-2026-1234 in openssl",
+                "type": "imgtool version revocation v1"},
+   "optional": {"revoked-at": "2026-12-01T09:00:00Z"}}
+
+The statement is attached to the version's manifest as an OCI referrer whose artifact type and
+single layer are REVOCATION_MEDIA_TYPE. A statement counts only when a key the remote trusts (for
+that gallery) signed it, for the very name and manifest digest it is attached to.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from imgtool.errors import Corrupt, InvalidArgument
+from imgtool.trust import strict
+from imgtool.trust.clock import format_time, parse_time
+from imgtool.trust.keys import ALGORITHM, KEY_ID, SigningKey
+from imgtool.trust.policy import TrustedKey
+from imgtool.trust.signatures import MAX_ENVELOPE, MAX_PAYLOAD, SignedName, canonical, pae
+
+REVOCATION_MEDIA_TYPE = "application/vnd.imgtool.revocation.v1+json"
+PAYLOAD_TYPE = "application/vnd.imgtool.revocation-payload.v1+json"
+REVOCATION_TYPE = "imgtool version revocation v1"
+MAX_REASON = 1024
+
+
+@dataclass(frozen=True)
+class Revoked:
+    """A verified statement."""
+
+    reason: str
+    revoked_at: str
+    key_id: str
+
+
+def payload_for(name: SignedName, manifest_digest: str, reason: str, *, revoked_at: datetime) -> bytes:
+    if not strict.SHA256.fullmatch(manifest_digest):
+        raise InvalidArgument(f"'{manifest_digest}' is not a sha256 manifest digest", hint="sha256:<64 hex digits>")
+    if not reason.strip() or len(reason) > MAX_REASON:
+        raise InvalidArgument("a revocation needs a reason of 1-1024 characters", hint="say why")
+    return canonical({"critical": {"identity": name.as_json(), "image": {"manifest-digest": manifest_digest},
+                                   "reason": reason, "type": REVOCATION_TYPE},
+                      "optional": {"revoked-at": format_time(revoked_at)}})
+
+
+def sign(key: SigningKey, name: SignedName, manifest_digest: str, reason: str, *, revoked_at: datetime) -> bytes:
+    """The envelope bytes revoking `manifest_digest` as `name`, signed with `key`."""
+    if key.public.expires is not None and key.public.expires <= revoked_at:
+        raise InvalidArgument(f"signing key {key.name} expired on {format_time(key.public.expires)}",
+                              hint="sign the revocation with a key that has not expired")
+    payload = payload_for(name, manifest_digest, reason, revoked_at=revoked_at)
+    signature = key.sign(pae(PAYLOAD_TYPE, payload))
+    return canonical({"payloadType": PAYLOAD_TYPE, "payload": base64.b64encode(payload).decode(),
+                      "keyid": key.public.key_id, "algorithm": ALGORITHM,
+                      "sig": base64.b64encode(signature).decode()})
+
+
+def judge(data: bytes, *, keys: Sequence[TrustedKey], name: SignedName, manifest_digest: str,
+          when: datetime) -> Revoked | str:
+    """The verified statement, or why it does not count (never raises for what a remote sends)."""
+    what = "a revocation statement"
+    try:
+        obj = strict.load_object(data, what=what, limit=MAX_ENVELOPE)
+        strict.exact(obj, what=what, required={"payloadType", "payload", "keyid", "algorithm", "sig"})
+        strict.equal(obj, "payloadType", PAYLOAD_TYPE, what=what)
+        strict.equal(obj, "algorithm", ALGORITHM, what=what)
+        payload = strict.b64(obj, "payload", what=what, limit=MAX_PAYLOAD)
+        signature = strict.b64(obj, "sig", what=what, limit=64)
+        key_id = strict.text(obj, "keyid", what=what, pattern=KEY_ID)
+    except Corrupt as exc:
+        return f"malformed ({exc.message})"
+    applicable = [k for k in keys if k.key_id == key_id and k.applies_to(name.gallery)]
+    if not applicable:
+        return f"signed by {key_id[:19]}…, not a key trusted for {name.gallery} on this remote"
+    key = applicable[0].key
+    if len(signature) != 64 or not key.verify(signature, pae(PAYLOAD_TYPE, payload)):
+        return "bad signature (it does not match its payload)"
+    if key.expires is not None and when >= key.expires:
+        return f"signed by a key that expired on {format_time(key.expires)}"
+    try:
+        claimed, digest, reason, revoked_at = _read(payload)
+    except Corrupt as exc:
+        return f"malformed payload ({exc.message})"
+    if digest != manifest_digest:
+        return f"revokes another manifest ({digest[:19]}…)"
+    if claimed != name:
+        return f"revokes another name ({claimed})"
+    return Revoked(reason, revoked_at, key_id)
+
+
+def _read(payload: bytes) -> tuple[SignedName, str, str, str]:
+    what = "a revocation payload"
+    obj = strict.load_object(payload, what=what, limit=MAX_PAYLOAD)
+    if canonical(obj) != payload:
+        raise strict.refuse(what, "not canonical JSON")
+    strict.exact(obj, what=what, required={"critical", "optional"})
+    critical = strict.child(obj, "critical", what=what)
+    strict.exact(critical, what=what, required={"identity", "image", "reason", "type"})
+    strict.equal(critical, "type", REVOCATION_TYPE, what=what)
+    identity = strict.child(critical, "identity", what=what)
+    strict.exact(identity, what=what, required={"registry", "repository", "gallery", "definition", "version"})
+    image = strict.child(critical, "image", what=what)
+    strict.exact(image, what=what, required={"manifest-digest"})
+    optional = strict.child(obj, "optional", what=what)
+    strict.exact(optional, what=what, required={"revoked-at"})
+    reason = strict.text(critical, "reason", what=what)
+    if not reason.strip() or len(reason) > MAX_REASON:
+        raise strict.refuse(what, "the reason must be 1-1024 characters")
+    try:
+        name = SignedName(**{k: strict.text(identity, k, what=what) for k in identity})
+        revoked_at = format_time(parse_time(strict.text(optional, "revoked-at", what=what), "revoked-at"))
+    except InvalidArgument as exc:
+        raise strict.refuse(what, exc.message) from exc
+    return name, strict.text(image, "manifest-digest", what=what, pattern=strict.SHA256), reason, revoked_at

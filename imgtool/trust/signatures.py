@@ -1,0 +1,298 @@
+"""Signatures over a version's content and name, and how they sit on a registry.
+
+Pure module (no I/O). Three documents, each read back strictly:
+
+1. The **payload** (canonical JSON: sorted keys, no spaces, UTF-8), shaped like
+   cosign's "simple signing" payload so its meaning is familiar::
+
+     {"critical": {"identity": {"registry": "reg.example:5000", "repository": "img/team/base",
+                                "gallery": "team", "definition": "base", "version": "1.0.0"},
+                   "image": {"manifest-digest": "sha256:…"},
+                   "type": "imgtool version signature v1"},
+      "optional": {"signed-at": "2026-12-01T09:00:00Z"}}
+
+   The manifest digest covers the config (version and definition records) and
+   every blob, so it binds the content; the identity binds the name, so a
+   validly signed version served under another repository, tag or gallery is
+   refused. cosign puts only `docker-reference` in the identity; imgtool also
+   names gallery/definition/version because a repository can be re-mapped.
+
+2. The **envelope** (media type application/vnd.imgtool.signature.v1+json)::
+
+     {"payloadType": "application/vnd.imgtool.signature-payload.v1+json",
+      "payload": BASE64, "keyid": "sha256:…", "algorithm": "ed25519", "sig": BASE64}
+
+   The signature is ed25519 over DSSE's pre-authentication encoding
+   `DSSEv1 <len> <payloadType> <len> <payload>` (the in-toto/sigstore envelope
+   rule), so the bytes signed can never be confused with another document
+   type. Unlike DSSE it holds exactly one signature (one signer = one referrer,
+   as the Notary Project does it), and it names the algorithm so that a
+   verifier refuses anything but ed25519 before it looks further.
+
+3. The **referrer manifest**: an OCI 1.1 image manifest with `artifactType` =
+   the envelope media type, the empty config, one layer (the envelope) and
+   `subject` = the version manifest. It is found through the referrers API or,
+   where a registry has none (distribution 2.8, GHCR), the referrers tag schema
+   (an index tagged `sha256-<hex>`). skopeo rewrites that index without the
+   descriptors' `artifactType`, and anyone who can push can add entries, so
+   index entries are only *candidates*: every one is fetched by digest and
+   checked (subject, artifact type, layer) before its envelope is even parsed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from imgtool.errors import Corrupt, InvalidArgument
+from imgtool.gallery.versions import Version
+from imgtool.names import check_name
+from imgtool.trust import strict
+from imgtool.trust.clock import format_time, parse_time
+from imgtool.trust.keys import ALGORITHM, KEY_ID, SigningKey
+
+SIGNATURE_MEDIA_TYPE = "application/vnd.imgtool.signature.v1+json"
+PAYLOAD_TYPE = "application/vnd.imgtool.signature-payload.v1+json"
+SIGNATURE_TYPE = "imgtool version signature v1"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
+EMPTY_DIGEST = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
+KEY_ID_ANNOTATION = "dev.imgtool.signature.key-id"
+CREATED_ANNOTATION = "org.opencontainers.image.created"
+
+# Limits for what a remote may send; real documents are far smaller.
+MAX_ENVELOPE = 64 * 1024
+MAX_PAYLOAD = 16 * 1024
+MAX_REFERRER_MANIFEST = 64 * 1024
+MAX_REFERRERS_INDEX = 4 * 1024 * 1024  # the registry manifest limit
+MAX_REFERRERS = 256  # candidates fetched per version; more is a flood, refused
+
+_REGISTRY = re.compile(r"^[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?(?::[0-9]{1,5})?$")
+_REPOSITORY = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
+_STAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+
+
+@dataclass(frozen=True)
+class SignedName:
+    """Where and as what a version is published: the name a signature binds."""
+
+    registry: str
+    repository: str
+    gallery: str
+    definition: str
+    version: str
+
+    def __post_init__(self) -> None:
+        if not _REGISTRY.fullmatch(self.registry) or not _REPOSITORY.fullmatch(self.repository):
+            raise InvalidArgument(f"'{self.registry}/{self.repository}' is not a registry repository",
+                                  hint="a lower-case host[:port] and repository path")
+        check_name(self.gallery, "gallery")
+        check_name(self.definition, "definition")
+        Version.parse(self.version)
+
+    def __str__(self) -> str:
+        return f"{self.registry}/{self.repository}:{self.version} ({self.gallery}/{self.definition}@{self.version})"
+
+    def as_json(self) -> dict[str, str]:
+        return {"registry": self.registry, "repository": self.repository, "gallery": self.gallery,
+                "definition": self.definition, "version": self.version}
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a payload states: this manifest digest is this name."""
+
+    name: SignedName
+    manifest_digest: str
+    signed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Envelope:
+    payload: bytes
+    key_id: str
+    signature: bytes
+
+    def signed_bytes(self) -> bytes:
+        return pae(PAYLOAD_TYPE, self.payload)
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    media_type: str
+    digest: str
+    size: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+
+
+def canonical(obj: object) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def pae(payload_type: str, payload: bytes) -> bytes:
+    """DSSE's pre-authentication encoding: what is actually signed."""
+    kind = payload_type.encode()
+    return b"DSSEv1 %d %b %d %b" % (len(kind), kind, len(payload), payload)
+
+
+# -- making ---------------------------------------------------------------------------------------------------------
+
+def payload_for(name: SignedName, manifest_digest: str, *, signed_at: datetime) -> bytes:
+    if not strict.SHA256.fullmatch(manifest_digest):
+        raise InvalidArgument(f"'{manifest_digest}' is not a sha256 manifest digest", hint="sha256:<64 hex digits>")
+    return canonical({"critical": {"identity": name.as_json(), "image": {"manifest-digest": manifest_digest},
+                                   "type": SIGNATURE_TYPE},
+                      "optional": {"signed-at": format_time(signed_at)}})
+
+
+def sign(key: SigningKey, name: SignedName, manifest_digest: str, *, signed_at: datetime) -> bytes:
+    """The envelope bytes (a blob) signing `manifest_digest` as `name` with `key`."""
+    if key.public.expires is not None and key.public.expires <= signed_at:
+        raise InvalidArgument(f"signing key {key.name} expired on {format_time(key.public.expires)}",
+                              hint="imgtool key generate a new key, and give its public key to your users")
+    payload = payload_for(name, manifest_digest, signed_at=signed_at)
+    signature = key.sign(pae(PAYLOAD_TYPE, payload))
+    return canonical({"payloadType": PAYLOAD_TYPE, "payload": base64.b64encode(payload).decode(),
+                      "keyid": key.public.key_id, "algorithm": ALGORITHM,
+                      "sig": base64.b64encode(signature).decode()})
+
+
+def referrer_manifest(envelope: bytes, subject: Descriptor, *, key_id: str, created: datetime) -> bytes:
+    """The OCI manifest that attaches `envelope` (pushed as a blob) to the version manifest `subject`."""
+    layer = Descriptor(SIGNATURE_MEDIA_TYPE, _sha256(envelope), len(envelope))
+    return canonical({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": SIGNATURE_MEDIA_TYPE,
+        "config": {"mediaType": EMPTY_MEDIA_TYPE, "digest": EMPTY_DIGEST, "size": 2},
+        "layers": [layer.as_json()], "subject": subject.as_json(),
+        "annotations": {KEY_ID_ANNOTATION: key_id, CREATED_ANNOTATION: format_time(created)},
+    })
+
+
+def fallback_index(existing: bytes | None, referrer: Descriptor, *, what: str) -> bytes:
+    """The referrers-tag-schema index with `referrer` added (read-modify-write by the pusher).
+
+    Entries already there are kept as they are (they may be another tool's
+    referrers); `referrer` is added once.
+    """
+    entries = [] if existing is None else _index_entries(existing, what=what)
+    if not any(e.get("digest") == referrer.digest for e in entries):
+        entries.append({**referrer.as_json(), "artifactType": SIGNATURE_MEDIA_TYPE})
+    return canonical({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries})
+
+
+def fallback_tag(subject_digest: str) -> str:
+    """The referrers tag schema's tag for a subject: `sha256-<hex>`."""
+    if not strict.SHA256.fullmatch(subject_digest):
+        raise InvalidArgument(f"'{subject_digest}' is not a sha256 digest", hint="sha256:<64 hex digits>")
+    return subject_digest.replace(":", "-", 1)
+
+
+def _sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+# -- reading what a remote sent -------------------------------------------------------------------------------------
+
+def referrer_candidates(index: bytes, *, what: str) -> list[Descriptor]:
+    """The manifests a referrers answer (API or fallback tag) lists, as candidates only.
+
+    Their `artifactType` is ignored: it is not covered by anything the signer
+    made, and skopeo drops it when it copies the index.
+    """
+    seen: dict[str, Descriptor] = {}
+    for entry in _index_entries(index, what=what):
+        if entry.get("mediaType") != OCI_MANIFEST:
+            continue  # an index or another format cannot be an imgtool signature
+        label = f"an entry of {what}"
+        digest = strict.text(entry, "digest", what=label, pattern=strict.SHA256)
+        size = strict.count(entry, "size", what=label, limit=MAX_REFERRER_MANIFEST)
+        seen.setdefault(digest, Descriptor(OCI_MANIFEST, digest, size))
+    return list(seen.values())
+
+
+def _index_entries(index: bytes, *, what: str) -> list[dict[str, Any]]:
+    obj = strict.load_object(index, what=what, limit=MAX_REFERRERS_INDEX)
+    strict.equal(obj, "schemaVersion", 2, what=what)
+    if obj.get("mediaType") not in (None, OCI_INDEX):
+        raise strict.refuse(what, f"media type {str(obj.get('mediaType'))[:60]!r} is not an OCI index")
+    entries = obj.get("manifests")
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise strict.refuse(what, "manifests is not a list of descriptors")
+    if len(entries) > MAX_REFERRERS:
+        raise strict.refuse(what, f"it lists {len(entries)} referrers, above the limit of {MAX_REFERRERS}")
+    return entries
+
+
+def signature_layer(manifest: bytes, *, subject_digest: str, what: str) -> Descriptor | None:
+    """The envelope descriptor of a referrer manifest, or None when it is another kind of referrer.
+
+    A referrer whose `subject` is another manifest is refused: the index that
+    listed it lied about what refers to this version.
+    """
+    obj = strict.load_object(manifest, what=what, limit=MAX_REFERRER_MANIFEST)
+    strict.equal(obj, "schemaVersion", 2, what=what)
+    subject = strict.child(obj, "subject", what=what)
+    if strict.text(subject, "digest", what=f"the subject of {what}", pattern=strict.SHA256) != subject_digest:
+        raise Corrupt(f"{what} is listed as a referrer of {subject_digest[:19]}… but refers to "
+                      f"{str(subject.get('digest'))[:19]}…",
+                      hint="the registry's referrers answer is wrong or tampered with; nothing was used")
+    if obj.get("artifactType") != SIGNATURE_MEDIA_TYPE:
+        return None  # someone else's referrer (an SBOM, a cosign signature): not ours to judge
+    strict.exact(obj, what=what, required={"schemaVersion", "mediaType", "artifactType", "config", "layers",
+                                            "subject"}, optional=frozenset({"annotations"}))
+    strict.equal(obj, "mediaType", OCI_MANIFEST, what=what)
+    layers = obj.get("layers")
+    if not isinstance(layers, list) or len(layers) != 1 or not isinstance(layers[0], dict):
+        raise strict.refuse(what, "a signature manifest must have exactly one layer")
+    layer = layers[0]
+    strict.equal(layer, "mediaType", SIGNATURE_MEDIA_TYPE, what=f"the layer of {what}")
+    digest = strict.text(layer, "digest", what=f"the layer of {what}", pattern=strict.SHA256)
+    return Descriptor(SIGNATURE_MEDIA_TYPE, digest, strict.count(layer, "size", what=what, limit=MAX_ENVELOPE))
+
+
+def open_envelope(data: bytes, *, what: str = "a signature envelope") -> Envelope:
+    obj = strict.load_object(data, what=what, limit=MAX_ENVELOPE)
+    strict.exact(obj, what=what, required={"payloadType", "payload", "keyid", "algorithm", "sig"})
+    strict.equal(obj, "payloadType", PAYLOAD_TYPE, what=what)
+    if obj.get("algorithm") != ALGORITHM:
+        raise strict.refuse(what, f"algorithm {str(obj.get('algorithm'))[:40]!r}; imgtool accepts ed25519 only")
+    payload = strict.b64(obj, "payload", what=what, limit=MAX_PAYLOAD)
+    signature = strict.b64(obj, "sig", what=what, limit=64)
+    if len(signature) != 64:
+        raise strict.refuse(what, "an ed25519 signature is 64 bytes")
+    return Envelope(payload, strict.text(obj, "keyid", what=what, pattern=KEY_ID), signature)
+
+
+def read_claim(payload: bytes, *, what: str = "a signature payload") -> Claim:
+    """The payload's statement; it must be canonical so that one claim has one encoding."""
+    obj = strict.load_object(payload, what=what, limit=MAX_PAYLOAD)
+    if canonical(obj) != payload:
+        raise strict.refuse(what, "not canonical JSON")
+    strict.exact(obj, what=what, required={"critical", "optional"})
+    critical = strict.child(obj, "critical", what=what)
+    strict.exact(critical, what=what, required={"identity", "image", "type"})
+    strict.equal(critical, "type", SIGNATURE_TYPE, what=what)
+    identity = strict.child(critical, "identity", what=what)
+    strict.exact(identity, what=what, required={"registry", "repository", "gallery", "definition", "version"})
+    image = strict.child(critical, "image", what=what)
+    strict.exact(image, what=what, required={"manifest-digest"})
+    optional = strict.child(obj, "optional", what=what)
+    strict.exact(optional, what=what, required=set(), optional=frozenset({"signed-at"}))
+    try:
+        name = SignedName(**{k: strict.text(identity, k, what=what) for k in identity})
+    except InvalidArgument as exc:
+        raise strict.refuse(what, exc.message) from exc
+    stamp = strict.text(optional, "signed-at", what=what, pattern=_STAMP) if "signed-at" in optional else None
+    try:
+        signed_at = parse_time(stamp, "signed-at") if stamp else None
+    except InvalidArgument as exc:
+        raise strict.refuse(what, exc.message) from exc
+    return Claim(name, strict.text(image, "manifest-digest", what=what, pattern=strict.SHA256), signed_at)

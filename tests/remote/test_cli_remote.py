@@ -1,0 +1,137 @@
+"""The remote commands end to end, through the real command line, against real registries."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.cli import Cli
+from tests.remote.conftest import PASSWORD, USER
+from tests.remote.helpers import disk_bytes, make_home, publish_bytes
+from tests.remote.registry import Registry, running
+
+pytestmark = pytest.mark.integration
+
+
+def cli_for(home_root: Path, tmp_path: Path) -> Cli:
+    # A private HOME: no auth file of the machine's user is ever read or written.
+    return Cli(home_root, env={"HOME": str(tmp_path / "user"), "XDG_RUNTIME_DIR": str(tmp_path / "run"),
+                               "REGISTRY_AUTH_FILE": ""})
+
+
+def test_push_pull_versions_show_through_the_cli(registry: Registry, tmp_path: Path) -> None:
+    src = make_home(tmp_path / "a")
+    publish_bytes(src, "team/base", "1.0.0", disk_bytes(2 << 20, seed=20))
+    publish_bytes(src, "team/base", "1.1.0", disk_bytes(2 << 20, seed=21), exclude_from_latest=True)
+    a = cli_for(src.root, tmp_path)
+    a("remote", "add", "origin", f"{registry.url}/cli")
+    assert a.json("remote", "list")[0]["url"] == f"{registry.url}/cli"  # type: ignore[index]
+    pushed = a.json("push", "team", "origin")
+    assert [v["status"] for v in pushed["versions"]] == ["pushed", "pushed"]  # type: ignore[index]
+    again = a.json("push", "team", "origin")
+    assert [v["status"] for v in again["versions"]] == ["present", "present"]  # type: ignore[index]
+    assert again["transfer"]["bytes_sent"] == 0  # type: ignore[index]
+
+    listed = a.json("remote", "versions", "origin:team/base", "--explain")
+    assert listed["latest"] == "1.0.0"  # type: ignore[index]
+    assert "excluded" in a("remote", "versions", "origin:team/base", "--explain").stdout
+
+    b = cli_for(tmp_path / "b", tmp_path)
+    b("remote", "add", "origin", f"{registry.url}/cli")
+    b("trust", "policy", "origin", "any")  # unsigned versions, accepted explicitly (tests/trust covers signed)
+    pulled = b.json("pull", "origin:team/base")
+    assert pulled["tag"] == "1.0.0" and pulled["status"] == "pulled"  # type: ignore[index]
+    shown = b("version", "show", "team/base@1.0.0").stdout
+    assert "pulled from" in shown and pulled["manifest"][:19] in shown  # type: ignore[index]
+    assert b.json("definition", "show", "team/base")["publisher"] == "acme"  # type: ignore[index]
+    b("pull", "origin:team/base@1.1.0", "--as", "copy/base")
+    assert b("verify", "--deep").returncode == 0
+
+
+def test_errors_are_one_clear_line(registry: Registry, tmp_path: Path) -> None:
+    a = cli_for(tmp_path / "a", tmp_path)
+    bad = a("remote", "add", "x", "http://example.com/p", ok=False)
+    assert bad.returncode == 2 and "--insecure" in bad.stderr
+    a("remote", "add", "origin", registry.url)
+    missing = a("pull", "origin:nobody/nothing@1.0.0", ok=False)
+    assert missing.returncode == 3 and missing.stderr.startswith("imgtool: error: ")
+    assert "Traceback" not in missing.stderr
+    unknown = a("pull", "nope:team/base", ok=False)
+    assert unknown.returncode == 3 and "remote add" in unknown.stderr
+
+
+def test_htpasswd_login_wrong_password_and_missing_login(auth_registry: Registry, tmp_path: Path) -> None:
+    src = make_home(tmp_path / "a")
+    publish_bytes(src, "team/base", "1.0.0", disk_bytes(1 << 20, seed=22))
+    a = cli_for(src.root, tmp_path)
+    a("remote", "add", "secure", auth_registry.url)
+    anonymous = a("push", "team", "secure", ok=False)
+    assert anonymous.returncode == 5 and "imgtool remote login secure" in anonymous.stderr
+
+    def login(password: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "IMGTOOL_HOME": str(src.root), "HOME": str(tmp_path / "user")}
+        return subprocess.run([sys.executable, "-m", "imgtool", "remote", "login", "secure", "--username", USER,
+                               "--password-stdin"], input=password + "\n", env=env, capture_output=True,
+                              text=True, timeout=60, check=False)
+
+    wrong = login("not-the-password")
+    assert wrong.returncode == 5 and "rejected the credentials" in wrong.stderr
+    assert "not-the-password" not in wrong.stderr + wrong.stdout
+    assert not (src.root / "auth.json").exists()
+    assert login(PASSWORD).returncode == 0
+    assert stat.S_IMODE((src.root / "auth.json").stat().st_mode) == 0o600
+    assert a.json("push", "team", "secure")["versions"][0]["status"] == "pushed"  # type: ignore[index]
+    debug = a("--debug", "--json", "remote", "show", "secure")
+    assert PASSWORD not in debug.stdout + debug.stderr
+    assert json.loads(debug.stdout)["logged_in_as"] == USER
+    a("remote", "logout", "secure")
+    assert a("pull", "secure:team/base", ok=False).returncode == 5
+
+
+def test_docker_config_credentials_are_used(auth_registry: Registry, tmp_path: Path) -> None:
+    import base64
+
+    user_home = tmp_path / "user"
+    (user_home / ".docker").mkdir(parents=True)
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    (user_home / ".docker" / "config.json").write_text(json.dumps({"auths": {auth_registry.host: {"auth": token}}}))
+    src = make_home(tmp_path / "a")
+    publish_bytes(src, "team/base", "1.0.0", disk_bytes(1 << 20, seed=23))
+    a = cli_for(src.root, tmp_path)
+    a("remote", "add", "secure", auth_registry.url + "/docker")
+    assert a.json("push", "team", "secure")["versions"][0]["status"] == "pushed"  # type: ignore[index]
+
+
+def test_replication_targets_states_and_retry(registry: Registry, tmp_path: Path) -> None:
+    src = make_home(tmp_path / "a")
+    publish_bytes(src, "team/base", "1.0.0", disk_bytes(1 << 20, seed=24))
+    a = cli_for(src.root, tmp_path)
+    a("remote", "add", "good", f"{registry.url}/replicas")
+    with running() as later:
+        port = later.port
+    a("remote", "add", "down", f"http://127.0.0.1:{port}")
+    disk = src.store.list_names("versions", "team", "base")[0][1]
+    version = json.loads(json.dumps(src.store.get_manifest(disk)))
+    published = a.json("publish", "team/base", "--version", "2.0.0", "--os-disk", version["disks"][0]["digest"],
+                       "--replicate-to", "good,down")
+    states = {r["target"]: r["state"] for r in published["replication"]}  # type: ignore[index]
+    assert states == {"good": "completed", "down": "failed"}
+    shown = a.json("version", "show", "team/base@2.0.0")["replication"]  # type: ignore[index]
+    failed = next(r for r in shown if r["target"] == "down")
+    assert failed["retry"] == "imgtool replicate team/base@2.0.0" and failed["error"]
+    assert a("version", "show", "team/base@2.0.0").stdout.count("replica ") == 2
+    assert a("replicate", ok=False).returncode == 12  # still down: recorded, not fatal to the version
+    assert a.json("version", "show", "team/base@2.0.0")["name"] == "team/base@2.0.0"  # type: ignore[index]
+    with running() as back:
+        a("version", "update", "team/base@2.0.0", "--no-replicate-to", "down")
+        a("remote", "add", "back", back.url)
+        a("version", "update", "team/base@2.0.0", "--replicate-to", "back")
+        again = a.json("replicate", "team/base")
+        assert isinstance(again, list)
+        assert {o["target"]: o["state"] for o in again} == {"good": "completed", "back": "completed"}

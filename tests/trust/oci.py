@@ -1,0 +1,188 @@
+"""A thin OCI distribution client for the tests (stdlib http.client), with the Bearer token dance.
+
+Not imgtool's client: it exists to prove what the registries and test servers enforce, and to
+feed what they serve into imgtool's verification code.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import json
+import re
+from dataclasses import dataclass, field
+from urllib.parse import urlencode, urlsplit
+
+_PARAM = re.compile(r'(\w+)="([^"]*)"')
+MANIFEST_TYPES = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json"
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> object:
+        return json.loads(self.body)
+
+
+def challenge(header: str) -> dict[str, str]:
+    kind, _, params = header.partition(" ")
+    return {"kind": kind.lower(), **dict(_PARAM.findall(params))}
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class Client:
+    host: str  # 127.0.0.1:PORT
+    user: str | None = None
+    password: str | None = None
+    tokens: dict[str, str] = field(default_factory=dict)  # scope -> token
+    fetched: int = 0
+    timeout: float = 10.0
+    max_body: int = 64 * 1024 * 1024
+
+    def _raw(self, method: str, target: str, body: bytes = b"", headers: dict[str, str] | None = None) -> Answer:
+        url = urlsplit(target if "://" in target else f"http://{self.host}{target}")
+        assert url.hostname == "127.0.0.1", "tests talk to loopback only"
+        conn = http.client.HTTPConnection(url.netloc, timeout=self.timeout)
+        try:
+            conn.request(method, url.path + (f"?{url.query}" if url.query else ""), body=body or None,
+                         headers=headers or {})
+            response = conn.getresponse()
+            data = response.read(self.max_body + 1)
+            return Answer(response.status, {k.lower(): v for k, v in response.getheaders()}, data)
+        finally:
+            conn.close()
+
+    def _basic(self) -> dict[str, str]:
+        if self.user is None:
+            return {}
+        secret = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+        return {"Authorization": f"Basic {secret}"}
+
+    def fetch_token(self, params: dict[str, str]) -> Answer:
+        query = urlencode({"service": params.get("service", ""), "scope": params.get("scope", "")})
+        answer = self._raw("GET", f"{params['realm']}?{query}", headers=self._basic())
+        if answer.status == 200:
+            self.fetched += 1
+            data = answer.json()
+            assert isinstance(data, dict)
+            self.tokens[params.get("scope", "")] = str(data["token"])
+        return answer
+
+    def request(self, method: str, path: str, *, scope: str, body: bytes = b"",
+                headers: dict[str, str] | None = None) -> Answer:
+        """One request, authenticated with the cached token for `scope`, refreshed once on a 401."""
+        sent = dict(headers or {})
+        for attempt in range(2):
+            if scope in self.tokens:
+                sent["Authorization"] = f"Bearer {self.tokens[scope]}"
+            answer = self._raw(method, path, body, sent)
+            found = challenge(answer.headers.get("www-authenticate", ""))
+            if answer.status != 401 or found["kind"] != "bearer" or attempt == 1:
+                return answer
+            if self.fetch_token(found).status != 200:
+                return answer
+        raise AssertionError("unreachable")
+
+    # -- the few calls the tests use ------------------------------------------------------------------------------
+
+    def push_blob(self, repo: str, data: bytes) -> Answer:
+        scope = f"repository:{repo}:pull,push"
+        started = self.request("POST", f"/v2/{repo}/blobs/uploads/", scope=scope)
+        if started.status != 202:
+            return started
+        location = started.headers["location"]
+        sep = "&" if "?" in location else "?"
+        return self.request("PUT", f"{location}{sep}digest={digest_of(data)}", scope=scope, body=data,
+                            headers={"Content-Type": "application/octet-stream"})
+
+    def push_manifest(self, repo: str, reference: str, data: bytes,
+                      media_type: str = "application/vnd.oci.image.manifest.v1+json") -> Answer:
+        return self.request("PUT", f"/v2/{repo}/manifests/{reference}", scope=f"repository:{repo}:pull,push",
+                            body=data, headers={"Content-Type": media_type})
+
+    def manifest(self, repo: str, reference: str) -> Answer:
+        return self.request("GET", f"/v2/{repo}/manifests/{reference}", scope=f"repository:{repo}:pull",
+                            headers={"Accept": MANIFEST_TYPES})
+
+    def blob(self, repo: str, digest: str) -> Answer:
+        return self.request("GET", f"/v2/{repo}/blobs/{digest}", scope=f"repository:{repo}:pull")
+
+    def tags(self, repo: str) -> Answer:
+        return self.request("GET", f"/v2/{repo}/tags/list", scope=f"repository:{repo}:pull")
+
+    def catalog(self) -> Answer:
+        return self.request("GET", "/v2/_catalog", scope="registry:catalog:*")
+
+
+EMPTY = b"{}"
+
+
+def artifact_manifest(layers: list[bytes], *, artifact_type: str = "application/vnd.imgtool.test.v1+json",
+                      subject: dict[str, object] | None = None) -> bytes:
+    """An OCI 1.1 artifact manifest over `layers` (the empty config), as canonical JSON."""
+    body: dict[str, object] = {
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "artifactType": artifact_type,
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": digest_of(EMPTY), "size": 2},
+        "layers": [{"mediaType": "application/octet-stream", "digest": digest_of(b), "size": len(b)} for b in layers],
+    }
+    if subject is not None:
+        body["subject"] = subject
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def push_artifact(client: Client, repo: str, tag: str, layers: list[bytes]) -> tuple[str, bytes]:
+    """Push blobs then the manifest under `tag`; returns its digest and bytes."""
+    for blob in [EMPTY, *layers]:
+        answer = client.push_blob(repo, blob)
+        assert answer.status == 201, (answer.status, answer.body[:300])
+    manifest = artifact_manifest(layers)
+    answer = client.push_manifest(repo, tag, manifest)
+    assert answer.status == 201, (answer.status, answer.body[:300])
+    return digest_of(manifest), manifest
+
+
+class Adapter:
+    """imgtool.trust.referrers' RegistryWriter over the thin client (honest transport, capped reads).
+
+    Reads return at most `limit + 1` bytes so that imgtool's own parsers see (and refuse) an
+    oversized answer; any status but 200/201/404 is an AssertionError (the transport is not what
+    these tests are about).
+    """
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def _capped(self, answer: Answer, limit: int) -> bytes | None:
+        if answer.status == 404:
+            return None
+        assert answer.status == 200, (answer.status, answer.body[:200])
+        return answer.body[: limit + 1]
+
+    def get_manifest(self, repository: str, reference: str, *, limit: int) -> bytes | None:
+        return self._capped(self.client.manifest(repository, reference), limit)
+
+    def get_blob(self, repository: str, digest: str, *, limit: int) -> bytes | None:
+        return self._capped(self.client.blob(repository, digest), limit)
+
+    def get_referrers(self, repository: str, digest: str, *, limit: int) -> bytes | None:
+        answer = self.client.request("GET", f"/v2/{repository}/referrers/{digest}",
+                                     scope=f"repository:{repository}:pull")
+        if answer.status == 404:
+            return None  # distribution 2.8: no referrers API
+        return self._capped(answer, limit)
+
+    def put_blob(self, repository: str, data: bytes) -> None:
+        answer = self.client.push_blob(repository, data)
+        assert answer.status == 201, (answer.status, answer.body[:200])
+
+    def put_manifest(self, repository: str, reference: str, data: bytes, *, media_type: str) -> None:
+        answer = self.client.push_manifest(repository, reference, data, media_type)
+        assert answer.status == 201, (answer.status, answer.body[:300])

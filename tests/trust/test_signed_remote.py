@@ -1,0 +1,193 @@
+"""Signed versions end to end through the real command line and a real distribution 2.8 registry.
+
+A publisher signs what it pushes; a user who trusts the publisher's key pulls only versions that
+key signed for that exact name and digest; everything else is refused with the key ids found, and
+nothing is stored or named.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from imgtool.home import Home
+from imgtool.trust import referrers
+from imgtool.trust import signatures as sig
+from imgtool.trust.clock import now
+from imgtool.trust.keys import KeyRing
+from tests.cli import Cli
+from tests.conftest import require_tools
+from tests.remote.helpers import disk_bytes, make_home, publish_bytes
+from tests.remote.registry import Registry, running
+from tests.trust.oci import Adapter, Client
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def registry() -> Iterator[Registry]:
+    require_tools("docker-registry")
+    with running() as reg:
+        yield reg
+
+
+def cli_for(root: Path, tmp_path: Path) -> Cli:
+    return Cli(root, env={"HOME": str(tmp_path / "user"), "XDG_RUNTIME_DIR": str(tmp_path / "run"),
+                          "REGISTRY_AUTH_FILE": ""})
+
+
+@dataclass
+class World:
+    registry: Registry
+    prefix: str
+    publisher: Cli
+    user: Cli
+    pub_key: Path
+    tmp: Path
+
+    @property
+    def url(self) -> str:
+        return f"{self.registry.url}/{self.prefix}"
+
+    def user_names(self) -> list[str]:
+        """Every name in the user's store (galleries, definitions, versions, signatures)."""
+        store = Home.at(self.user.home).store
+        return ["/".join(key) for key, _ in store.all_names()]
+
+
+@pytest.fixture
+def world(registry: Registry, tmp_path: Path, request: pytest.FixtureRequest) -> World:
+    prefix = request.node.name.replace("_", "-").lower()[:40].strip("-")
+    src = make_home(tmp_path / "publisher")
+    publish_bytes(src, "team/base", "1.0.0", disk_bytes(1 << 20, seed=41))
+    publisher = cli_for(src.root, tmp_path)
+    publisher("key", "generate", "release")
+    pub = tmp_path / "release.pub"
+    pub.write_text(publisher("key", "export", "release").stdout)
+    publisher("remote", "add", "origin", f"{registry.url}/{prefix}")
+    user = cli_for(tmp_path / "user-home", tmp_path)
+    user("remote", "add", "origin", f"{registry.url}/{prefix}")
+    return World(registry, prefix, publisher, user, pub, tmp_path)
+
+
+def test_signed_push_verified_pull_and_offline_verify(world: World) -> None:
+    pushed = world.publisher.json("push", "team/base@1.0.0", "origin", "--sign", "release")
+    digest = pushed["versions"][0]["manifest"]  # type: ignore[index]
+    world.user("trust", "add", "origin", str(world.pub_key))
+    pulled = world.user("--json", "pull", "origin:team/base@1.0.0")
+    assert json.loads(pulled.stdout)["manifest"] == digest and "warning" not in pulled.stderr
+    assert "signatures/team/base/1.0.0" in world.user_names()
+    verified = world.user.json("version", "verify", "team/base@1.0.0")
+    key_id = world.publisher.json("key", "list")[0]["key_id"]  # type: ignore[index]
+    assert verified == {"version": "team/base@1.0.0", "remote": "origin", "manifest": digest, "policy": "signed",
+                        "verified_by": [key_id]}
+    # A cache hit is judged again: the pull of a present version checks the remote's signature too.
+    again = world.user.json("pull", "origin:team/base@1.0.0")
+    assert again["status"] == "present"  # type: ignore[index]
+    # Pinned references: the right digest works, any other is an error, never a fallback.
+    world.user("pull", f"origin:team/base@1.0.0@{digest}")
+    wrong = world.user("pull", "origin:team/base@1.0.0@sha256:" + "0" * 64, ok=False)
+    assert wrong.returncode == 5 and "pinned to" in wrong.stderr
+    assert world.user("verify", "--deep").returncode == 0
+    # Trust withdrawn: the local copy is refused offline as well.
+    world.user("trust", "remove", "origin")
+    refused = world.user("version", "verify", "team/base@1.0.0", ok=False)
+    assert refused.returncode == 5 and "no trust policy" in refused.stderr
+
+
+def assert_refused_and_nothing_named(world: World, ref: str, *needles: str) -> str:
+    before = world.user_names()
+    refused = world.user("pull", ref, ok=False)
+    assert refused.returncode == 5, refused.stderr
+    assert "Traceback" not in refused.stderr
+    for needle in needles:
+        assert needle in refused.stderr, refused.stderr
+    assert world.user_names() == before
+    assert world.user("verify").returncode == 0
+    return refused.stderr
+
+
+def test_unsigned_is_refused_and_nothing_is_stored(world: World) -> None:
+    world.publisher("push", "team/base@1.0.0", "origin")
+    world.user("trust", "add", "origin", str(world.pub_key))
+    assert_refused_and_nothing_named(world, "origin:team/base@1.0.0", "is not signed", "nothing was stored")
+    assert world.user("gallery", "list").stdout.strip() == "(none)"
+
+
+def test_no_policy_is_refused_and_any_warns(world: World) -> None:
+    world.publisher("push", "team/base@1.0.0", "origin")
+    assert_refused_and_nothing_named(world, "origin:team/base@1.0.0", "no trust policy", "trust policy origin any")
+    world.user("trust", "policy", "origin", "any")
+    pulled = world.user("pull", "origin:team/base@1.0.0")
+    assert "imgtool: warning:" in pulled.stderr and "unverified" in pulled.stderr
+    verified = world.user("version", "verify", "team/base@1.0.0")
+    assert "not verified" in verified.stdout and "warning" in verified.stderr
+
+
+def test_wrong_key_is_refused_naming_the_key_found(world: World) -> None:
+    world.publisher("key", "generate", "intruder")
+    pushed = world.publisher.json("push", "team/base@1.0.0", "origin", "--sign", "intruder")
+    assert pushed["versions"][0]["status"] == "pushed"  # type: ignore[index]
+    world.user("trust", "add", "origin", str(world.pub_key))
+    keys = world.publisher.json("key", "list")
+    assert isinstance(keys, list)
+    intruder = next(k["key_id"] for k in keys if k["name"] == "intruder")
+    assert_refused_and_nothing_named(world, "origin:team/base@1.0.0", intruder[:23], "not a trusted key")
+
+
+def test_a_signature_for_another_repository_is_refused(world: World) -> None:
+    """skopeo copies the version to another prefix (same digest); its signature is copied along; the
+    signed name is the old repository, so a user of the copy refuses it."""
+    require_tools("skopeo")
+    pushed = world.publisher.json("push", "team/base@1.0.0", "origin", "--sign", "release")
+    digest = pushed["versions"][0]["manifest"]  # type: ignore[index]
+    host = world.registry.host
+    subprocess.run(["skopeo", "copy", "--src-tls-verify=false", "--dest-tls-verify=false",
+                    f"docker://{host}/{world.prefix}/team/base:1.0.0", f"docker://{host}/copy-{world.prefix}/team/base:1.0.0"],
+                   check=True, capture_output=True, timeout=120)
+    adapter = Adapter(Client(host))
+    assert referrers.copy_all(adapter, f"{world.prefix}/team/base", adapter, f"copy-{world.prefix}/team/base",
+                              digest) == 1
+    world.user("remote", "add", "copy", f"{world.registry.url}/copy-{world.prefix}")
+    world.user("trust", "add", "copy", str(world.pub_key))
+    assert_refused_and_nothing_named(world, "copy:team/base@1.0.0", "signs another name")
+
+
+def test_a_signature_over_another_digest_is_refused(world: World) -> None:
+    pushed = world.publisher.json("push", "team/base@1.0.0", "origin")
+    digest = pushed["versions"][0]["manifest"]  # type: ignore[index]
+    key = KeyRing(world.publisher.home / "keys").load("release")
+    name = sig.SignedName(world.registry.host, f"{world.prefix}/team/base", "team", "base", "1.0.0")
+    envelope = sig.sign(key, name, "sha256:" + "ab" * 32, signed_at=now())
+    adapter = Adapter(Client(world.registry.host))
+    manifest = adapter.get_manifest(f"{world.prefix}/team/base", digest, limit=1 << 22)
+    assert manifest is not None
+    subject = sig.Descriptor(sig.OCI_MANIFEST, digest, len(manifest))
+    referrers.attach(adapter, f"{world.prefix}/team/base",
+                     referrers.make(envelope, subject, key_id=key.public.key_id, created=now()))
+    world.user("trust", "add", "origin", str(world.pub_key))
+    assert_refused_and_nothing_named(world, "origin:team/base@1.0.0", "signs another manifest")
+
+
+def test_default_signing_key_and_signing_on_push_onwards(world: World, registry: Registry) -> None:
+    world.publisher("trust", "signing-key", "origin", "release")
+    world.publisher("push", "team/base@1.0.0", "origin")  # no --sign: the remote's default key signs
+    world.user("trust", "add", "origin", str(world.pub_key))
+    world.user("pull", "origin:team/base@1.0.0")
+    # The user pushes the verified version on to another repository, signing it with their own key.
+    world.user("key", "generate", "relay")
+    relay = world.tmp / "relay.pub"
+    relay.write_text(world.user("key", "export", "relay").stdout)
+    world.user("remote", "add", "onward", f"{registry.url}/onward-{world.prefix}")
+    world.user("push", "team/base@1.0.0", "onward", "--sign", "relay")
+    third = cli_for(world.tmp / "third", world.tmp)
+    third("remote", "add", "onward", f"{registry.url}/onward-{world.prefix}")
+    third("trust", "add", "onward", str(relay))
+    third("pull", "onward:team/base@1.0.0")
+    assert third.json("version", "verify", "team/base@1.0.0")["policy"] == "signed"  # type: ignore[index]
+
