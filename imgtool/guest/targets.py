@@ -20,7 +20,9 @@ from imgtool.names import DefinitionRef, check_name
 from imgtool.vm import bases
 from imgtool.vm import state as vmstate
 from imgtool.vm.record import load, vm_dir
+from store import atomic
 from store import digest as digests
+from store.materialize import materialize
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,23 @@ def _snapshot_target(home: Home, text: str) -> Target:
 
 
 @contextlib.contextmanager
+def stored_disk(home: Home, digest: str) -> Iterator[Path]:
+    """A stored disk as a raw file: its VM base when one exists (checked), else a temporary copy
+    materialized (and verified) for this audit only, so auditing leaves no base behind for gc to find.
+    The temporary name carries our pid: if we are killed, gc removes it as a stale base temporary."""
+    if bases.path_for(home, digest).exists():
+        yield bases.check(home, digest)
+        return
+    home.bases.mkdir(parents=True, exist_ok=True)
+    tmp = atomic.tmp_name(home.bases)
+    try:
+        materialize(home.store, home.store.get_disk(digest), tmp, durable=False)
+        yield tmp
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
 def resolve(home: Home, text: str) -> Iterator[Target]:
     """The target named by `text`, valid for the duration of the block."""
     if text.startswith("vm:"):
@@ -61,18 +80,16 @@ def resolve(home: Home, text: str) -> Iterator[Target]:
     elif text.startswith("snapshot:"):
         yield _snapshot_target(home, text[len("snapshot:"):])
     elif digests.looks_like(text):
-        with home.store.writing():
-            base = bases.ensure(home, digests.full(text))
-        yield Target(base, "raw", None)
+        with stored_disk(home, digests.full(text)) as path:
+            yield Target(path, "raw", None)
     elif "@" in text and not Path(text).exists():
         version, _ = lookup.get_version(home, text)
         try:
             firmware: str | None = get_definition(home, DefinitionRef(version.gallery, version.definition)).firmware
         except NotFound:
             firmware = None
-        with home.store.writing():
-            base = bases.ensure(home, version.os_disk.digest)
-        yield Target(base, "raw", firmware)
+        with stored_disk(home, version.os_disk.digest) as path:
+            yield Target(path, "raw", firmware)
     else:
         path = Path(text)
         if not path.exists():
