@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -137,13 +137,10 @@ def offline(home: Home, name: str, admin: str | None) -> Result:
 class Plan:
     """debugfs requests in order, and what they remove (for the report)."""
 
-    requests: list[str]
-    removed: list[str]
-    skipped: list[str]
-    files: dict[str, bytes]  # host-side name -> content for `write` requests
-
-    def __init__(self) -> None:
-        self.requests, self.removed, self.skipped, self.files = [], [], [], {}
+    requests: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    files: dict[str, bytes] = field(default_factory=dict)  # host-side name -> content for `write` requests
 
     def rm(self, path: str, entry: fs.Entry) -> None:
         if not fs.safe(path):
@@ -191,15 +188,15 @@ def _plan_removals(dbg: Debugfs, plan: Plan, admin: str | None) -> None:
 def _remove(dbg: Debugfs, plan: Plan, path: str, entry: fs.Entry) -> None:
     """Remove a file, symlink or whole directory tree (children first: debugfs' rmdir wants it empty)."""
     if entry.kind == "dir":
-        stack = [(path, False)]
+        stack = [path]
         order: list[tuple[str, fs.Entry]] = []
         while stack and len(order) < MAX_TREE:
-            folder, _ = stack.pop()
+            folder = stack.pop()
             for child in dbg.listdir(folder) or []:
                 child_path = f"{folder}/{child.name}"
                 order.append((child_path, child))
                 if child.kind == "dir":
-                    stack.append((child_path, False))
+                    stack.append(child_path)
         # Deepest paths first, so every directory is empty when its rmdir comes.
         for child_path, child in sorted(order, key=lambda item: item[0].count("/"), reverse=True):
             plan.rm(child_path, child)
