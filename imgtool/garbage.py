@@ -106,8 +106,9 @@ def _captures(home: Home, retention: float, now: float) -> tuple[list[str], list
             expired.append(key[-1])
         else:
             kept.append(Kept("capture-lease", digest, "an unpublished capture, kept so it can still be published",
-                             f"publish it (imgtool publish G/D --version X.Y.Z --os-disk {digest}), or "
-                             "imgtool gc --keep-captures 0 to let it go", until=_iso(made + retention)))
+                             f"publish it (imgtool publish GALLERY/DEFINITION --version X.Y.Z --os-disk "
+                             f"{digest}), or let it go now: imgtool gc --keep-captures 0",
+                             until=_iso(made + retention)))
     return expired, kept
 
 

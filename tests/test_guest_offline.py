@@ -124,6 +124,8 @@ def test_publish_refuses_identity_then_offline_generalize_makes_it_clean(cli: Cl
     cli("publish", "lab/spec", "--version", "1.0.0", "--os-disk", str(disk))
     cli("vm", "new", "box", "--image", "lab/spec")
     assert cli("audit", "vm:box", ok=False).returncode == 5
+    assert cli("audit", "vm:box:os", ok=False).returncode == 5  # the OS disk, selected explicitly
+    assert cli("audit", "vm:box:3", ok=False).returncode == 3  # no data disk at LUN 3
     refused_admin = cli("vm", "generalize", "box", "--remove-admin", ok=False)
     assert refused_admin.returncode == 5  # a specialized VM has no provisioned admin to remove
     done = cli.json("vm", "generalize", "box")

@@ -336,7 +336,7 @@ def test_cli_delete_list_restore_and_purge(tmp_path: Path) -> None:
     assert isinstance(deleted, dict) and deleted["purged"] is False and deleted["kept_until"]
     assert cli.json("version", "list", "team/base") == []
     kept = cli.json("version", "list", "team/base", "--deleted")
-    assert isinstance(kept, list) and [k["name"] for k in kept] == ["team/base@1.0.0"]
+    assert isinstance(kept, list) and [k["ref"] for k in kept] == ["team/base@1.0.0"]
     missing = cli("version", "show", "team/base@1.0.0", ok=False)
     assert missing.returncode == 3 and "imgtool version restore team/base@1.0.0" in missing.stderr
     cli("definition", "delete", "team/base")

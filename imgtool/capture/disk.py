@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from imgtool import formats
+from imgtool.capture import archives
 from imgtool.errors import Corrupt
 from imgtool.home import Home
 from imgtool.tools import diskread, nbd, qemu_img
@@ -70,6 +71,8 @@ def capture_file(home: Home, path: Path, *, fmt: str | None = None, progress: Pr
     disk's source as `nested_image` (the formats found).
     """
     info = formats.inspect(Path(path), expected=fmt)
+    if info.format == "raw":
+        archives.refuse_archive(info.path)  # "raw" only means no image magic: it may be a .gz
     store = home.store
     with store.writing():
         extents = qemu_img.map_extents(info.path, fmt=info.format)
@@ -105,22 +108,24 @@ def capture_overlay(home: Home, overlay: Path, *, base_digest: str, base_path: P
     store = home.store
     info = qemu_img.info(overlay, fmt="qcow2")
     base = store.get_disk(base_digest)
+    # An OS overlay may be larger than its base (vm new --disk-size), never smaller.
     if (info.data_file or Path(info.backing_file or "") != base_path or info.backing_format != "raw"
-            or info.virtual_size != base.virtual_size):
+            or info.virtual_size < base.virtual_size):
         raise Corrupt(f"{overlay} does not stand on {base_path} as expected",
                       hint="the VM's overlay was changed outside imgtool; refusing to capture it")
+    size, chunk = info.virtual_size, store.config.chunk_size
     with store.writing():
         extents = qemu_img.map_extents(overlay, fmt="qcow2", limits=None)
         # The overlay's own allocated clusters (depth 0, present), zeroed ones included: they hide base data.
-        indexes = chunk_indexes(qemu_img.data_ranges(extents, own_only=True), store.config.chunk_size)
-        changed = set(indexes)
-        reused = {i: h for i, h in base.chunks.items() if i not in changed}
+        indexes = set(chunk_indexes(qemu_img.data_ranges(extents, own_only=True), chunk))
+        if size != base.virtual_size and base.virtual_size % chunk:
+            indexes.add(base.virtual_size // chunk)  # the base's short last chunk is a longer one now
+        reused = {i: h for i, h in base.chunks.items() if i not in indexes}
         with diskread.MappedReader(overlay, fmt="qcow2", extents=extents, layers={0: overlay, 1: base_path},
                                    limits=None) as mapped:
-            nested = check_nested(mapped.read, base.virtual_size, what=str(overlay), outer="VM's",
-                                  allow_nested=allow_nested)
-            result = ingest(store, virtual_size=base.virtual_size, read=mapped.read, indexes=indexes,
+            nested = check_nested(mapped.read, size, what=str(overlay), outer="VM's", allow_nested=allow_nested)
+            result = ingest(store, virtual_size=size, read=mapped.read, indexes=sorted(indexes),
                             reused=reused, progress=progress)
         lease(store, result.digest)
     recorded = {**source, "parent_disk": base_digest, **({"nested_image": nested} if nested else {})}
-    return Captured(result.digest, base.virtual_size, recorded, _stats(result))
+    return Captured(result.digest, size, recorded, _stats(result))

@@ -1,23 +1,92 @@
 """Image sources as users type them, dispatched to the right capture.
 
-    path/to/disk.qcow2     a disk file (format from its bytes; --format asserts it)
-    blake3:<hex>           a disk already in the store (printed by imgtool capture)
-    GALLERY/DEF@X.Y.Z      a version of any local gallery (its OS disk; chunks are shared)
-    vm:NAME                a stopped VM's OS disk (incremental over its version)
-    snapshot:NAME/SNAP     a snapshot of a VM
+    path/to/disk.qcow2        a disk file (format from its bytes; --format asserts it)
+    blake3:<hex>              a disk already in the store (printed by imgtool capture)
+    GALLERY/DEF@X.Y.Z[:SEL]   a version of any local gallery (chunks are shared)
+    vm:NAME[:SEL]             a stopped VM (incremental over its version)
+    snapshot:VM/SNAP[:SEL]    a snapshot of a VM
+
+SEL picks one disk of a multi-disk source: a LUN (0..63) for a data disk, or `os` for the OS
+disk. Without SEL, `capture` takes the OS disk; publish's rules for what an unselected source
+brings are in imgtool.gallery.image_versions (they are the user's contract, in `publish --help`).
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from imgtool.capture import vms as vmcapture
 from imgtool.capture.disk import Captured, capture_file
-from imgtool.errors import NotFound
+from imgtool.errors import InvalidArgument, NotFound
 from imgtool.gallery import lookup
 from imgtool.home import Home
 from store import digest as digests
 from store.progress import Progress
+
+MULTI_DISK = ("version", "vm", "snapshot")
+MAX_LUN = 63
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+@dataclass(frozen=True)
+class Source:
+    """A parsed source: its kind, what it names, and the disk selected (`selected` False: none written)."""
+
+    kind: str  # "file" | "digest" | "version" | "vm" | "snapshot"
+    target: str  # path, digest, G/D@X.Y.Z, VM name, or VM/SNAP
+    lun: int | None = None  # the data disk selected; None: the OS disk
+    selected: bool = False
+
+    def text(self) -> str:
+        """The source as the user would write it (with its selector, if any)."""
+        prefix = {"vm": "vm:", "snapshot": "snapshot:"}.get(self.kind, "")
+        if not self.selected or self.kind not in MULTI_DISK:
+            return prefix + self.target
+        return f"{prefix}{self.target}:{'os' if self.lun is None else self.lun}"
+
+    def select(self, lun: int | None) -> Source:
+        return Source(self.kind, self.target, lun, True)
+
+
+def parse_selector(text: str, source: str) -> int | None:
+    """`os` -> None (the OS disk); `N` -> LUN N."""
+    if text == "os":
+        return None
+    if not re.fullmatch(r"[0-9]{1,2}", text) or int(text) > MAX_LUN:
+        raise InvalidArgument(f"'{text}' in source '{source}' is neither a LUN nor 'os'",
+                              hint=f"write :0..:{MAX_LUN} for a data disk or :os for the OS disk, e.g. vm:web:0")
+    return int(text)
+
+
+def _with_selector(kind: str, rest: str, text: str) -> Source:
+    target, sep, sel = rest.rpartition(":")
+    if not sep:
+        return Source(kind, rest)
+    return Source(kind, target, parse_selector(sel, text), True)
+
+
+def parse(text: str) -> Source:
+    """Which kind of source `text` is. Paths are taken as they are (a file name may contain ':')."""
+    if text.startswith("vm:"):
+        return _with_selector("vm", text[3:], text)
+    if text.startswith("snapshot:"):
+        return _with_selector("snapshot", text[9:], text)
+    if digests.looks_like(text):
+        return Source("digest", text)
+    if text.startswith(digests.PREFIX) and not Path(text).exists():
+        digests.parse(text)  # a mistyped digest: say so, rather than "no such file"
+    if _URL.match(text) and not Path(text).exists():
+        raise InvalidArgument(f"'{text}' is a URL; sources are local files, digests, versions or VMs",
+                              hint="download it first (e.g. curl -LO URL), then give the file's path")
+    if is_file_source(text):
+        return Source("file", text)
+    base, _, after = text.partition("@")
+    if ":" in after:
+        version, _, sel = after.rpartition(":")
+        return Source("version", f"{base}@{version}", parse_selector(sel, text), True)
+    return Source("version", text)
 
 
 def capture_digest(home: Home, text: str) -> Captured:
@@ -34,21 +103,38 @@ def is_file_source(text: str) -> bool:
     return Path(text).exists() or Path(text).is_symlink() or "@" not in text
 
 
+def data_luns(home: Home, source: Source) -> list[int]:
+    """The data disk LUNs a multi-disk source has (checked to exist; nothing is read)."""
+    if source.kind == "version":
+        version, _ = lookup.get_version(home, source.target)
+        return [d.lun for d in version.data_disks if d.lun is not None]
+    if source.kind in ("vm", "snapshot"):
+        return vmcapture.data_luns(home, source.kind, source.target)
+    return []
+
+
 def capture(home: Home, text: str, *, fmt: str | None = None, progress: Progress | None = None) -> Captured:
     """Capture any source given on the command line (see module docstring)."""
-    if text.startswith(("vm:", "snapshot:")):
-        return vmcapture.capture_vm_source(home, text, progress=progress)
-    if digests.looks_like(text):
+    source = parse(text)
+    if fmt is not None and source.kind != "file":
+        raise InvalidArgument(f"--format {fmt} applies to disk files, and '{text}' is a {source.kind} source",
+                              hint="drop --format: a stored disk's format is known")
+    if source.kind in ("vm", "snapshot"):
+        return vmcapture.capture_vm_source(home, source.kind, source.target, source.lun, progress=progress)
+    if source.kind == "digest":
         return capture_digest(home, text)
-    if text.startswith(digests.PREFIX) and not Path(text).exists():
-        digests.parse(text)  # a mistyped digest: say so, rather than "no such file"
-    if is_file_source(text):
+    if source.kind == "file":
         return capture_file(home, Path(text), fmt=fmt, progress=progress)
-    if "@" in text:
-        version, _ = lookup.get_version(home, text)
-        disk = version.os_disk
-        name = f"{version.gallery}/{version.definition}@{version.version}"
-        return Captured(disk.digest, disk.virtual_size, {**disk.source, "kind": "version", "name": name,
-                                                         "format": disk.source.get("format")})
-    raise NotFound(f"source '{text}' is not a file, digest, version or VM",
-                   hint="give a disk file path, blake3:<digest>, GALLERY/DEF@X.Y.Z, vm:NAME or snapshot:VM/SNAP")
+    return _version_disk(home, source)
+
+
+def _version_disk(home: Home, source: Source) -> Captured:
+    version, _ = lookup.get_version(home, source.target)
+    name = f"{version.gallery}/{version.definition}@{version.version}"
+    disk = next((d for d in version.disks if d.lun == source.lun), None)
+    if disk is None:
+        luns = ", ".join(str(d.lun) for d in version.data_disks) or "none"
+        raise NotFound(f"version {name} has no data disk at LUN {source.lun}",
+                       hint=f"its data disk LUNs: {luns} (imgtool version show {name})")
+    return Captured(disk.digest, disk.virtual_size, {**disk.source, "kind": "version", "name": name,
+                                                     "lun": disk.lun, "format": disk.source.get("format")})

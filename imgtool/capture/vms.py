@@ -1,4 +1,4 @@
-"""Capture a VM's disk (`vm:NAME`, `vm:NAME:LUN`) or a snapshot's (`snapshot:NAME/SNAP[:LUN]`).
+"""Capture a VM's disk (`vm:NAME[:LUN|:os]`) or a snapshot's (`snapshot:NAME/SNAP[:LUN|:os]`).
 
 The VM must be stopped: a running guest's disk is changing under us. Capture
 is incremental: only the overlay's own clusters are read (imgtool.capture).
@@ -6,7 +6,6 @@ is incremental: only the overlay's own clusters are read (imgtool.capture).
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from imgtool.capture.disk import Captured, capture_overlay
@@ -14,47 +13,50 @@ from imgtool.errors import InvalidArgument, NotFound, Refused
 from imgtool.home import Home
 from imgtool.names import check_name
 from imgtool.vm import state as vmstate
-from imgtool.vm.record import VmDisk, load, vm_dir
+from imgtool.vm.record import VmDisk, VmRecord, load, vm_dir
 from store.progress import Progress
 
 
-def _split_lun(text: str) -> tuple[str, int | None]:
-    name, sep, lun = text.partition(":")
-    if not sep:
-        return name, None
-    if not re.fullmatch(r"[0-9]{1,2}", lun):
-        raise InvalidArgument(f"'{lun}' is not a LUN", hint="write vm:NAME:LUN, e.g. vm:web:0")
-    return name, int(lun)
-
-
-def _disk(disks: tuple[VmDisk, ...], lun: int | None, what: str) -> VmDisk:
+def _disk(disks: tuple[VmDisk, ...], lun: int | None, what: str, name: str) -> VmDisk:
     for disk in disks:
         if disk.lun == lun:
             return disk
+    luns = ", ".join(str(d.lun) for d in disks if d.lun is not None) or "none"
     raise NotFound(f"{what} has no {'OS disk' if lun is None else f'data disk at LUN {lun}'}",
-                   hint="check the LUNs with imgtool vm show")
+                   hint=f"its data disk LUNs: {luns} (imgtool vm show {name})")
 
 
-def capture_vm_source(home: Home, text: str, *, progress: Progress | None = None) -> Captured:
-    kind, _, rest = text.partition(":")
+def _snapshot_folder(home: Home, target: str) -> tuple[VmRecord, Path]:
+    name, sep, snap = target.partition("/")
+    if not sep:
+        raise InvalidArgument(f"'snapshot:{target}' is not snapshot:VM/SNAP", hint="e.g. snapshot:web1/before-upgrade")
+    record = load(home, name)
+    folder = vm_dir(home, name) / "snapshots" / check_name(snap, "snapshot")
+    if not folder.is_dir():
+        raise NotFound(f"snapshot '{name}/{snap}' does not exist", hint=f"imgtool vm snapshot list {name}")
+    return record, folder
+
+
+def data_luns(home: Home, kind: str, target: str) -> list[int]:
+    """The data disk LUNs of a VM or snapshot (a snapshot has the disks of its VM)."""
+    record = load(home, target) if kind == "vm" else _snapshot_folder(home, target)[0]
+    return [d.lun for d in record.disks if d.lun is not None]
+
+
+def capture_vm_source(home: Home, kind: str, target: str, lun: int | None, *,
+                      progress: Progress | None = None) -> Captured:
     if kind == "vm":
-        name, lun = _split_lun(rest)
-        record = load(home, name)
-        if vmstate.is_running(home, name):
-            raise Refused(f"VM '{name}' is running", hint=f"stop it first (imgtool vm stop {name}) or snapshot it")
-        disk = _disk(record.disks, lun, f"VM '{name}'")
-        overlay = vm_dir(home, name) / disk.overlay
-        source = {"kind": "vm", "name": name, "lun": lun}
+        record = load(home, target)
+        if vmstate.is_running(home, target):
+            raise Refused(f"VM '{target}' is running; its disks are changing",
+                          hint=f"stop it first: imgtool vm stop {target}")
+        disk = _disk(record.disks, lun, f"VM '{target}'", target)
+        overlay = vm_dir(home, target) / disk.overlay
     else:
-        vm_and_snap, lun = _split_lun(rest)
-        name, _, snap = vm_and_snap.partition("/")
-        record = load(home, name)
-        folder = vm_dir(home, name) / "snapshots" / check_name(snap, "snapshot")
-        if not folder.is_dir():
-            raise NotFound(f"snapshot '{name}/{snap}' does not exist", hint=f"imgtool vm show {name} lists them")
-        disk = _disk(record.disks, lun, f"snapshot '{name}/{snap}'")
+        record, folder = _snapshot_folder(home, target)
+        disk = _disk(record.disks, lun, f"snapshot '{target}'", record.name)
         overlay = folder / disk.overlay
-        source = {"kind": "snapshot", "name": f"{name}/{snap}", "lun": lun}
-    source.update({"format": "qcow2", "parent_version": record.image, "parent_record": record.version_digest})
+    source = {"kind": kind, "name": target, "lun": lun, "format": "qcow2", "parent_version": record.image,
+              "parent_record": record.version_digest}
     return capture_overlay(home, overlay, base_digest=disk.base_disk, base_path=Path(disk.base),
                            source=source, progress=progress)

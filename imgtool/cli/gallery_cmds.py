@@ -5,10 +5,13 @@ from typing import Annotated, Any
 
 import typer
 
+from imgtool.cli import shapes
 from imgtool.cli.output import emit_json, fields, state, table
 from imgtool.errors import InvalidArgument
 from imgtool.gallery.model import Definition, Gallery, Range, check_date
 from imgtool.names import parse_definition_ref
+from imgtool.tools.qemu import MIN_MEMORY_MIB
+from imgtool.vm.options import MAX_CPUS, MAX_MEMORY_MIB
 
 gallery_app = typer.Typer(help="Galleries: named collections of image definitions.", no_args_is_help=True)
 definition_app = typer.Typer(help="Image definitions (GALLERY/DEFINITION): what an image is; versions live "
@@ -16,7 +19,20 @@ definition_app = typer.Typer(help="Image definitions (GALLERY/DEFINITION): what 
 
 
 def _gallery_json(g: Gallery) -> dict[str, Any]:
-    return dataclasses.asdict(g)
+    return {"ref": g.name, **dataclasses.asdict(g)}
+
+
+def _recommended(vcpus: Range, memory: Range) -> tuple[Range, Range]:
+    """A recommendation no VM could meet is refused when it is given, not at the first vm new."""
+    for bound, option in ((vcpus.min, "--min-vcpus"), (vcpus.max, "--max-vcpus")):
+        if bound is not None and bound > MAX_CPUS:
+            raise InvalidArgument(f"{option} {bound} is above what a VM can have ({MAX_CPUS} vCPUs)",
+                                  hint=f"give 1..{MAX_CPUS}")
+    for bound, option in ((memory.min, "--min-memory"), (memory.max, "--max-memory")):
+        if bound is not None and not MIN_MEMORY_MIB <= bound <= MAX_MEMORY_MIB:
+            raise InvalidArgument(f"{option} {bound} MiB is outside what a VM can have "
+                                  f"({MIN_MEMORY_MIB}..{MAX_MEMORY_MIB} MiB)", hint="memory is in MiB, e.g. 512")
+    return vcpus, memory
 
 
 @gallery_app.command("create")
@@ -128,10 +144,7 @@ def _pairs(values: list[str] | None, what: str) -> tuple[tuple[str, str], ...]:
 
 
 def definition_json(d: Definition) -> dict[str, Any]:
-    body = d.to_json()
-    for key in ("format", "kind", "links"):
-        body.pop(key)
-    return body
+    return shapes.definition(d)
 
 
 Opt = typer.Option
@@ -174,7 +187,8 @@ def definition_create(
     definition = Definition(
         gallery=r.gallery, name=r.definition, publisher=publisher, offer=offer, sku=sku,
         os_type=os_type, os_state=os_state, firmware=firmware, architecture=architecture,
-        vcpus=Range(min_vcpus, max_vcpus), memory_mib=Range(min_memory, max_memory),
+        vcpus=_recommended(Range(min_vcpus, max_vcpus), Range())[0],
+        memory_mib=_recommended(Range(), Range(min_memory, max_memory))[1],
         disallowed_disk_formats=tuple(disallow_format or ()), description=description, eula=eula,
         privacy_uri=privacy_uri, release_notes_uri=release_notes_uri,
         end_of_life=check_date(end_of_life, "end of life"), features=_pairs(feature, "feature"),
@@ -272,6 +286,7 @@ def definition_update(
         changes["boot_check"] = _boot_check(require_boot_check, boot_check, boot_timeout, current.boot_check)
     if not changes:
         raise InvalidArgument("nothing to update", hint="give at least one option; see --help")
+    _recommended(changes.get("vcpus", Range()), changes.get("memory_mib", Range()))
     updated = gallery.update_definition(st.home, r, **changes)
     emit_json(definition_json(updated)) if st.json else print(f"updated definition {r}")
 

@@ -1,8 +1,9 @@
 """imgtool's command line: global options, command groups, and how errors are reported.
 
-Errors: one line `imgtool: error: WHAT` plus `  hint: WHAT TO DO` on stderr (or a
-JSON object on stdout with --json), and the error category's exit code. A
-traceback only with --debug.
+Errors: one line `imgtool: error: WHAT` plus `  hint: WHAT TO DO` on stderr (and with
+--json, an "error" object in the one JSON document on stdout), and the error category's
+exit code. A traceback only with --debug. The global flags --json and --debug may be
+written before or after the command (`imgtool version list g/d --json`).
 """
 
 import errno
@@ -10,14 +11,15 @@ import logging
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
+import typer.main
 from typer._click import exceptions as clicks
 
 from imgtool import __version__
 from imgtool.cli import gallery_cmds, guest_cmds, remote_cmds, store_cmds, trust_cmds, version_cmds, vm_cmds
-from imgtool.cli.output import State, emit_json
+from imgtool.cli.output import State, error_json, flush_json
 from imgtool.errors import ImgtoolError, InvalidArgument
 from imgtool.home import Home
 from store.atomic import translate_os_error
@@ -27,7 +29,7 @@ app = typer.Typer(
     help="A local disk-image gallery: capture disk images into a deduplicated store, publish them as "
     "versions of image definitions in galleries, and boot VMs from them under QEMU.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -68,10 +70,56 @@ def main(
     ctx.obj = State(Home.at(home), json=json_output, debug=debug)
 
 
+GLOBAL_FLAGS = ("--json", "--debug")
+
+
+def hoist_global_flags(argv: list[str]) -> list[str]:
+    """Move --json/--debug written after the command to the front, where the root parser takes
+    them. Arguments after `--` (passed through, e.g. to ssh) are left alone."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    flags = [a for a in argv[:end] if a in GLOBAL_FLAGS]
+    rest = [a for a in argv[:end] if a not in GLOBAL_FLAGS]
+    return [*dict.fromkeys(flags), *rest, *argv[end:]]
+
+
+def tidy_help(command: Any) -> None:
+    """Help for people: metavars are names (REF, NAME), not Python types (<str>, <list[str]>), and
+    on/off flags do not print their default as a flag name."""
+    for param in getattr(command, "params", []):
+        if getattr(param, "is_flag", False) or getattr(param, "count", False):
+            param.show_default = False
+        elif param.metavar is None and param.name:
+            param.metavar = _metavar(param)
+        shown = param.metavar
+        if param.param_type_name == "argument":
+            param.display_type_rich = lambda ctx: None  # typer would print "<str>" after the name
+            usage = shown + ("..." if param.nargs != 1 else "")
+            param._usage_display_name = (lambda usage=usage, required=param.required:
+                                         usage if required else f"[{usage}]")
+        else:
+            param.display_type_rich = lambda ctx, shown=shown: shown
+    for sub in getattr(command, "commands", {}).values():
+        tidy_help(sub)
+
+
+def _metavar(param: Any) -> str:
+    annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    if annotation in (int, float):
+        return "N"
+    if annotation is Path:
+        return "PATH"
+    return str(param.name).upper()
+
+
+def build_command() -> Any:
+    built = typer.main.get_command(app)
+    tidy_help(built)
+    return built
+
+
 def report(exc: ImgtoolError) -> None:
     if _flags["json"]:
-        emit_json({"error": {"category": exc.category, "message": exc.message, "hint": exc.hint,
-                             "exit_code": exc.exit_code}})
+        flush_json(error_json(exc))
     sys.stderr.write(f"imgtool: error: {exc.message}\n")
     if exc.hint:
         sys.stderr.write(f"  hint: {exc.hint}\n")
@@ -79,9 +127,16 @@ def report(exc: ImgtoolError) -> None:
 
 def run() -> None:
     """Console entry point."""
+    argv = hoist_global_flags(sys.argv[1:])
+    _flags["json"] = "--json" in argv[:argv.index("--") if "--" in argv else len(argv)]
     try:
-        code = app(standalone_mode=False)  # usage errors come back to us, to be reported like the rest
+        # Usage errors come back to us, to be reported like the rest.
+        code = build_command()(argv, prog_name="imgtool", standalone_mode=False)
     except clicks.NoArgsIsHelpError as exc:
+        if _flags["json"]:  # a script that forgot the command gets its one document, not the help
+            path = exc.ctx.command_path if exc.ctx else "imgtool"
+            report(InvalidArgument(f"{path} needs a command", hint=f"see {path} --help"))
+            sys.exit(InvalidArgument.exit_code)
         exc.show()  # `imgtool` alone, or a command group alone: its help
         sys.exit(exc.exit_code)
     except clicks.UsageError as exc:
@@ -97,6 +152,8 @@ def run() -> None:
         report(exc)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
+        if _flags["json"]:
+            flush_json({"category": "interrupted", "message": "interrupted", "hint": None, "exit_code": 130})
         sys.stderr.write("imgtool: interrupted; the store is unchanged by unfinished work\n")
         sys.exit(130)
     except OSError as exc:
@@ -111,12 +168,16 @@ def run() -> None:
         sys.exit(error.exit_code)
     except Exception as exc:  # a bug: say so plainly, traceback only on request
         _internal(exc)
+    flush_json(None)
     sys.exit(code if isinstance(code, int) else 0)  # --help and --version return 0
 
 
 def _internal(exc: Exception) -> NoReturn:
     if _flags["debug"]:
         traceback.print_exc()
+    if _flags["json"]:
+        flush_json({"category": "internal", "message": f"{type(exc).__name__}: {exc}",
+                    "hint": "run again with --debug for the traceback, and report it", "exit_code": 70})
     sys.stderr.write(f"imgtool: internal error: {type(exc).__name__}: {exc}\n"
                      "  hint: run again with --debug for the traceback, and report it\n")
     sys.exit(70)

@@ -1,7 +1,14 @@
-"""How imgtool speaks: tables for people, JSON for scripts, progress on a terminal."""
+"""How imgtool speaks: tables for people, JSON for scripts, progress on a terminal.
+
+JSON: every invocation with --json prints exactly ONE document on stdout, at exit. A command
+gives its result with emit_json(); an error that follows (verify finding damage, say) is
+added to that document as its "error" key, or is the document alone ({"error": {...}}). The
+vocabulary every command follows is in imgtool/cli/shapes.py and docs/GUIDE.md.
+"""
 
 import json
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -9,7 +16,10 @@ from typing import Any, TextIO
 
 import typer
 
+from imgtool.errors import ImgtoolError
 from imgtool.home import Home
+
+WIDTH = 80  # human output fits a classic terminal; --json has the full values
 
 
 @dataclass
@@ -27,8 +37,48 @@ def state(ctx: typer.Context) -> State:
     return obj
 
 
+_document: list[Any] = []  # the result given by the command, printed by flush_json
+
+
 def emit_json(value: Any) -> None:
+    """Give the command's JSON result; it is printed once, when the command ends."""
+    if _document:
+        raise AssertionError("a command gave two JSON documents")  # a bug: scripts expect one
+    _document.append(value)
+
+
+def error_json(exc: ImgtoolError) -> dict[str, Any]:
+    return {"category": exc.category, "message": exc.message, "hint": exc.hint or None,
+            "exit_code": exc.exit_code}
+
+
+def flush_json(error: dict[str, Any] | None) -> None:
+    """Print the one document: the result, with the error (if any) under "error"."""
+    if not _document and error is None:
+        return
+    value: Any
+    if not _document:
+        value = {"error": error}
+    elif error is None:
+        value = _document[0]
+    elif isinstance(_document[0], dict):
+        value = {**_document[0], "error": error}
+    else:
+        value = {"result": _document[0], "error": error}
+    _document.clear()
     sys.stdout.write(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def text(value: Any) -> str:
+    """A value as people read it: never Python's None/True/False or a list's brackets."""
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list | tuple | set | frozenset):
+        return ", ".join(text(v) for v in value) or "-"
+    return str(value)
 
 
 def human_bytes(n: int | None) -> str:
@@ -42,24 +92,40 @@ def human_bytes(n: int | None) -> str:
     return f"{n} B"
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO = sys.stdout) -> None:
-    """A plain aligned table; an empty table says so instead of printing nothing."""
-    cells = [[("-" if c is None else str(c)) for c in row] for row in rows]
+def _fit(cell: str, width: int) -> str:
+    return cell if len(cell) <= width else cell[:max(width - 1, 0)] + "\u2026"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO = sys.stdout,
+          width: int = WIDTH) -> None:
+    """A plain aligned table that fits `width` columns: the widest columns are cut (with an ellipsis)
+    until it does; --json has the full values. An empty table says so instead of printing nothing."""
+    cells = [[text(c) for c in row] for row in rows]
     if not cells:
         out.write("(none)\n")
         return
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    while sum(widths) + 2 * (len(widths) - 1) > width:
+        widest = max(range(len(widths)), key=lambda i: widths[i])
+        if widths[widest] <= max(len(headers[widest]), 6):
+            break  # nothing left to cut without losing the column itself
+        widths[widest] -= 1
     line = "  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))
     out.write(line.rstrip() + "\n")
     for row in cells:
-        out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
+        out.write("  ".join(_fit(c, w).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
 
 
 def fields(pairs: Sequence[tuple[str, Any]], out: TextIO = sys.stdout) -> None:
-    """Key: value lines for `show` commands."""
+    """Key: value lines for `show` commands (long values wrap under their value column)."""
     width = max(len(k) for k, _ in pairs)
+    room = max(WIDTH - width - 2, 20)
     for key, value in pairs:
-        out.write(f"{key + ':':<{width + 1}} {'-' if value in (None, '') else value}\n")
+        shown = text(value)
+        lines = textwrap.wrap(shown, room, break_on_hyphens=False) or ["-"]
+        out.write(f"{key + ':':<{width + 1}} {lines[0]}\n")
+        for more in lines[1:]:
+            out.write(f"{'':<{width + 1}} {more}\n")
 
 
 class ProgressBar:

@@ -89,18 +89,25 @@ def _print_plan(the_plan: Any, dry_run: bool) -> None:
     for item in the_plan.items:
         by_kind.setdefault(item.kind, []).append(item)
     for kind, items in by_kind.items():
-        print(f"{kind} ({len(items)}): {items[0].reason if kind != 'capture-lease' else 'expired capture lease'}")
+        _wrapped(f"{kind} ({len(items)}): {items[0].reason}", "")
         for item in items[:MAX_LISTED]:
-            print(f"  {item.name[:60]:<60} {human_bytes(item.bytes):>10}")
+            print(f"  {item.name[:64]:<64} {human_bytes(item.bytes):>10}")
         if len(items) > MAX_LISTED:
             print(f"  ... and {len(items) - MAX_LISTED} more (--json lists all)")
     for kept in the_plan.kept:
         until = f" until {kept.until}" if kept.until else ""
-        size = f", {human_bytes(kept.bytes)}" if kept.bytes else ""
-        print(f"kept {kept.kind} {kept.name[:40]}: {kept.reason}{until}{size}")
-        print(f"  to free it: {kept.hint}")
+        size = f" ({human_bytes(kept.bytes)})" if kept.bytes else ""
+        _wrapped(f"kept {kept.kind} {kept.name}{size}: {kept.reason}{until}", "  ")
+        _wrapped(f"to free it: {kept.hint}", "  ", first="  ")
     verb = "would free" if dry_run else "freed"
     print(f"{verb} {human_bytes(the_plan.bytes_freed)} ({len(the_plan.items)} items)")
+
+
+def _wrapped(text: str, indent: str, *, first: str = "") -> None:
+    import textwrap
+
+    print("\n".join(textwrap.wrap(text, width=79, initial_indent=first, subsequent_indent=indent,
+                                  break_on_hyphens=False, break_long_words=True)))
 
 
 def du(ctx: typer.Context) -> None:

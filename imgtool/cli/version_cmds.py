@@ -5,14 +5,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from imgtool.cli import shapes
 from imgtool.cli.output import ProgressBar, emit_json, fields, human_bytes, state, table
 from imgtool.errors import InvalidArgument
-from imgtool.gallery.model import ImageVersion
 from imgtool.gallery.versions import Version
+from imgtool.home import Home
 from imgtool.names import parse_definition_ref
 
 if TYPE_CHECKING:
     from imgtool.gallery.lifecycle_model import CheckResult
+    from imgtool.gallery.model import ImageVersion
     from imgtool.gallery.version_index import Summary
 
 version_app = typer.Typer(help="Image versions (GALLERY/DEFINITION@X.Y.Z): list, show, update, delete, resolve "
@@ -21,11 +23,20 @@ Opt = typer.Option
 Arg = typer.Argument
 
 
-def version_json(v: ImageVersion, digest: str) -> dict[str, Any]:
-    body = v.to_json()
-    for key in ("format", "kind", "links"):
-        body.pop(key)
-    return {"name": f"{v.gallery}/{v.definition}@{v.version}", "record": digest, **body}
+def version_json(home: Home, text: str) -> dict[str, Any]:
+    """The version shape (imgtool/cli/shapes.py) of G/D@X.Y.Z or G/D@latest."""
+    from imgtool.gallery import lookup
+    from imgtool.names import DefinitionRef
+
+    v, digest = lookup.get_version(home, text)
+    chosen, _ = lookup.resolve(home, DefinitionRef(v.gallery, v.definition))
+    return shapes.version(v, digest, latest=str(chosen) == v.version)
+
+
+def image_versions_rules() -> str:
+    from imgtool.gallery.image_versions import DATA_DISK_RULES
+
+    return DATA_DISK_RULES
 
 
 def register(app: typer.Typer) -> None:
@@ -35,8 +46,9 @@ def register(app: typer.Typer) -> None:
 
 def capture(
     ctx: typer.Context,
-    source: Annotated[str, Arg(help="A disk file (qcow2, raw, vmdk, vpc, vhdx), vm:NAME, snapshot:VM/SNAP, "
-                                    "GALLERY/DEF@X.Y.Z or blake3:<digest>.")],
+    source: Annotated[str, Arg(help="A disk file (qcow2, raw, vmdk, vpc, vhdx), blake3:DIGEST, "
+                                    "GALLERY/DEF@X.Y.Z[:SEL], vm:NAME[:SEL] or snapshot:VM/SNAP[:SEL]; SEL is a "
+                                    "data disk's LUN or os (the default).")],
     fmt: Annotated[str | None, Opt("--format", help="Assert the file's format; a mismatch with what its "
                                                      "bytes say is an error.")] = None,
 ) -> None:
@@ -63,9 +75,12 @@ def publish(
     ctx: typer.Context,
     ref: Annotated[str, Arg(help="GALLERY/DEFINITION to publish into.")],
     version: Annotated[str, Opt("--version", help="MAJOR.MINOR.PATCH (each 0..4294967295).")],
-    os_disk: Annotated[str, Opt(help="The OS disk: a file, blake3:<digest>, GALLERY/DEF@X.Y.Z, vm:NAME or "
-                                     "snapshot:VM/SNAP.")],
-    data_disk: Annotated[list[str] | None, Opt(help="LUN=SOURCE (repeatable).")] = None,
+    os_disk: Annotated[str, Opt(help="The OS disk: a file, blake3:DIGEST, GALLERY/DEF@X.Y.Z[:SEL], "
+                                     "vm:NAME[:SEL] or snapshot:VM/SNAP[:SEL] (SEL: a LUN or os).")],
+    data_disk: Annotated[list[str] | None, Opt(metavar="LUN=SOURCE", help="A data disk at LUN 0..63 "
+                                               "(repeatable); see the rules below.")] = None,
+    replace_data_disks: Annotated[bool, Opt(help="Let --data-disk replace a data disk the OS disk's source "
+                                                 "brings at the same LUN.")] = False,
     exclude_from_latest: Annotated[bool, Opt(help="Never pick this version as latest.")] = False,
     end_of_life: Annotated[str | None, Opt(help="YYYY-MM-DD (informational; updatable).")] = None,
     block_deletion_before_end_of_life: Annotated[bool, Opt(help="Refuse deletion before end of life.")] = False,
@@ -86,7 +101,7 @@ def publish(
     Into a generalized definition the OS disk is audited first (see imgtool audit): SSH host keys, a
     machine-id or cloud-init instance state refuse the publish. The audit is stored on the version."""
     from imgtool.cli import remote_cmds
-    from imgtool.gallery import image_versions, lookup
+    from imgtool.gallery import image_versions
 
     st = state(ctx)
     targets = remote_cmds.check_targets(st.home, replicate_to)
@@ -97,7 +112,7 @@ def publish(
         data_disks=tuple(image_versions.parse_data_disk(d) for d in data_disk or []), os_state=os_state,
         exclude_from_latest=exclude_from_latest, end_of_life=end_of_life,
         block_deletion_before_end_of_life=block_deletion_before_end_of_life, source_format=fmt,
-        allow_identity=allow_identity)
+        replace_data_disks=replace_data_disks, allow_identity=allow_identity)
     bar = ProgressBar(f"publishing {ref}@{version}", enabled=not st.json)
     try:
         published = image_versions.publish(st.home, request, progress=bar)
@@ -113,7 +128,7 @@ def publish(
     replicas = remote_cmds.replicate_now(st.home, f"{ref}@{published.version}", add=targets, remove=[],
                                          quiet=st.json)
     if st.json:
-        emit_json({**version_json(*lookup.get_version(st.home, f"{ref}@{published.version}")),
+        emit_json({**version_json(st.home, f"{ref}@{published.version}"),
                    **({"replication": replicas} if targets else {})})
     if result is not None:
         _report_check(published.label, result, st.json)
@@ -137,6 +152,9 @@ def _status(v: "Summary") -> str:
     return ",".join(w for w in words if w)
 
 
+publish.__doc__ = (f"{publish.__doc__}\n\n\b\n{image_versions_rules()}")
+
+
 @version_app.command("list")
 def version_list(
     ctx: typer.Context,
@@ -155,7 +173,8 @@ def version_list(
     found = lookup.list_versions(st.home, r)
     latest = str(lookup.latest_of(found)[0])
     if st.json:
-        emit_json([{"name": f"{r}@{v.version}", **v.to_json(), "latest": v.version == latest} for v in found])
+        emit_json([{**shapes.ref_parts(r.gallery, r.definition, v.version), **v.to_json(),
+                    "latest": v.version == latest} for v in found])
         return
     table(["version", "latest", "status", "disks", "size", "published", "end of life"],
           [[v.version, "*" if v.version == latest else "", _status(v),
@@ -168,7 +187,7 @@ def _list_deleted(home: Any, r: Any, as_json: bool) -> None:
     galleries.get_definition(home, r)
     kept = recycle.items(home, galleries.VERSIONS, r.gallery, r.definition)
     if as_json:
-        emit_json([{"name": i.label, **i.to_json()} for i in kept])
+        emit_json([{**i.to_json(), **shapes.ref_parts(r.gallery, r.definition, i.key[-1])} for i in kept])
         return
     table(["version", "deleted", "kept until"], [[i.key[-1], i.deleted_at, i.purge_after] for i in kept])
 
@@ -183,7 +202,7 @@ def version_show(ctx: typer.Context, ref: Annotated[str, Arg(help="GALLERY/DEFIN
     st = state(ctx)
     v, digest = lookup.get_version(st.home, ref)
     if st.json:
-        emit_json({**version_json(v, digest),
+        emit_json({**version_json(st.home, ref),
                    "replication": replication.describe(st.home, v.gallery, v.definition, v.version)})
         return
     pairs: list[tuple[str, Any]] = [
@@ -239,9 +258,11 @@ def version_resolve(
     r = parse_definition_ref(ref)
     chosen, verdicts = lookup.resolve(st.home, r)
     if st.json:
-        emit_json({"definition": str(r), "latest": None if chosen is None else str(chosen),
-                   "candidates": [{"version": str(v.version), "chosen": v.chosen, "reason": v.reason}
-                                  for v in verdicts]})
+        emit_json({"ref": str(r), "gallery": r.gallery, "definition": r.definition,
+                   "latest": None if chosen is None else str(chosen),
+                   "resolves_to": None if chosen is None else f"{r}@{chosen}",
+                   "candidates": [{**shapes.ref_parts(r.gallery, r.definition, str(v.version)), "latest": v.chosen,
+                                   "reason": v.reason} for v in verdicts]})
         return
     print(f"{r}@latest -> {chosen if chosen else 'nothing (no eligible version)'}")
     if explain:
@@ -263,7 +284,7 @@ def version_update(
 ) -> None:
     """Change a version's publishing settings (its content never changes) or its replication targets."""
     from imgtool.cli import remote_cmds
-    from imgtool.gallery import checks, image_versions, lookup
+    from imgtool.gallery import checks, image_versions
     from imgtool.remote import replication
 
     st = state(ctx)
@@ -285,7 +306,7 @@ def version_update(
         image_versions.update_version(st.home, ref, **changes)
     replicas = remote_cmds.replicate_now(st.home, ref, add=add, remove=remove, quiet=st.json)
     if st.json:
-        emit_json({**version_json(*lookup.get_version(st.home, ref)), "replication": replicas})
+        emit_json({**version_json(st.home, ref), "replication": replicas})
         return
     print(f"updated {ref}")
 
@@ -311,12 +332,12 @@ def version_delete(
 @version_app.command("restore")
 def version_restore(ctx: typer.Context, ref: Annotated[str, Arg(help="GALLERY/DEFINITION@X.Y.Z")]) -> None:
     """Bring a deleted version back, exactly as it was (same record, same disks)."""
-    from imgtool.gallery import lookup, removal
+    from imgtool.gallery import removal
 
     st = state(ctx)
     restored = removal.restore_version(st.home, ref)
     if st.json:
-        emit_json(version_json(*lookup.get_version(st.home, restored.label)))
+        emit_json(version_json(st.home, restored.label))
         return
     print(f"restored {restored.label}")
 
@@ -344,7 +365,7 @@ def version_check(
     st = state(ctx)
     result = checks.check_version(st.home, ref, timeout=timeout, accel=accel)
     if st.json:
-        emit_json({"version": ref, **result.to_json()})
+        emit_json({"ref": ref, **result.to_json()})
     _report_check(ref, result, st.json)
 
 
@@ -374,7 +395,7 @@ def version_revoke(
         vms = vmrecord_users(st.home, current)
     pushed = [_push_revocation(st.home, ref, remote, sign) for remote in push or []]
     if st.json:
-        emit_json({"version": current.label, "revocation": current.revocation and current.revocation.to_json(),
+        emit_json({"ref": current.label, "revocation": current.revocation and current.revocation.to_json(),
                    "vms": vms, "pushed": pushed})
         return
     print(f"revoked {current.label}" + (f"; VMs standing on it: {', '.join(vms)}" if vms else ""))
@@ -382,7 +403,7 @@ def version_revoke(
         print(f"revocation attached on {item['remote']} ({item['repository']}, signed by {item['key_id'][:19]}...)")
 
 
-def vmrecord_users(home: Any, version: ImageVersion) -> list[str]:
+def vmrecord_users(home: Any, version: "ImageVersion") -> list[str]:
     from imgtool.vm import record as vmrecord
 
     return vmrecord.vms_using(home, version.gallery, version.definition, version.version)
@@ -415,20 +436,23 @@ def version_users(ctx: typer.Context, ref: Annotated[str, Arg(help="GALLERY/DEFI
 def version_export(
     ctx: typer.Context,
     ref: Annotated[str, Arg(help="GALLERY/DEFINITION@X.Y.Z or @latest")],
-    out: Annotated[Path, Arg(help="Output file.")],
-    fmt: Annotated[str, Opt("--format", help="qcow2 or raw.")] = "qcow2",
+    out: Annotated[Path, Arg(help="Output file (.qcow2, .raw or .img gives the format).")],
+    fmt: Annotated[str | None, Opt("--format", help="qcow2 or raw (default: from the file's extension).")] = None,
     disk: Annotated[int | None, Opt("--disk", help="Data disk LUN (default: the OS disk).")] = None,
+    force: Annotated[bool, Opt("--force", help="Overwrite an existing output file.")] = False,
 ) -> None:
-    """Write one disk of a version back out as a file."""
+    """Write one disk of a version back out as a file (mode 0644 less the umask, like any new file)."""
     from imgtool.gallery import image_versions
 
     st = state(ctx)
+    fmt = image_versions.export_format(out, fmt)
     bar = ProgressBar(f"exporting {ref}", enabled=not st.json)
     try:
-        exported = image_versions.export(st.home, ref, out, fmt=fmt, lun=disk, progress=bar)
+        exported = image_versions.export(st.home, ref, out, fmt=fmt, lun=disk, progress=bar, force=force)
     finally:
         bar.close()
     if st.json:
-        emit_json({"path": str(out), "format": fmt, "digest": exported.digest, "virtual_size": exported.virtual_size})
+        emit_json({"path": str(out), "format": fmt, "lun": disk, "digest": exported.digest,
+                   "virtual_size": exported.virtual_size})
         return
     print(f"wrote {out} ({fmt}, {human_bytes(exported.virtual_size)})")

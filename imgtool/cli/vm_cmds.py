@@ -5,21 +5,59 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
-from imgtool.cli.output import ProgressBar, emit_json, fields, state, table, warn
+from imgtool.cli import shapes
+from imgtool.cli.output import ProgressBar, emit_json, fields, human_bytes, state, table, warn
 from imgtool.errors import InvalidArgument
-from imgtool.vm.record import VmRecord, load, vm_dir
+from imgtool.home import Home
+from imgtool.vm.record import VmRecord, load
 
 vm_app = typer.Typer(help="VMs: copy-on-write qcow2 overlays over a version's disks, booted under QEMU.",
                      no_args_is_help=True)
+class _SnapshotGroup(TyperGroup):
+    """`vm snapshot VM SNAP` (the form before the group existed) still means `vm snapshot create VM SNAP`."""
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        if len(args) >= 2 and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["create", *args]
+        return super().resolve_command(ctx, args)
+
+
+snapshot_app = typer.Typer(help="Snapshots of a stopped VM's disks: create, list, restore, delete; capture or "
+                           "publish one as snapshot:VM/SNAP. (`vm snapshot VM SNAP` is short for create.)",
+                           no_args_is_help=True, cls=_SnapshotGroup)
+vm_app.add_typer(snapshot_app, name="snapshot")
 Opt = typer.Option
 Arg = typer.Argument
 
 
-def _public(record: VmRecord) -> dict[str, Any]:
-    """The receipt as shown, without the embedded definition record (version show has it). The receipt
-    holds no key material or user-data: those are only in the seed, mode 0600."""
-    return {k: v for k, v in record.to_json().items() if k not in ("definition", "format", "kind")}
+def vm_json(home: Home, name: str, **extra: Any) -> dict[str, Any]:
+    from imgtool.vm import runtime as vmrun
+
+    return {**shapes.vm(load(home, name), vmrun.status(home, name)), **extra}
+
+
+def _ssh_line(name: str, runtime: dict[str, Any]) -> str:
+    forwards = "".join(f", 127.0.0.1:{f['host']}->{f['guest']}" for f in runtime.get("forwards", []))
+    return (f"started VM {name} ({runtime['accel']}): ssh on 127.0.0.1:{runtime['ssh_port']}{forwards}; "
+            f"log in with: imgtool vm ssh {name}")
+
+
+def _got(record: VmRecord) -> list[str]:
+    """What vm new gave the VM, one fact per line (each fits 80 columns for plausible values)."""
+    os_disk = record.disk(None)
+    data = len(record.disks) - 1
+    lines = [f"{record.cpus} vCPUs, {record.memory_mib} MiB memory, OS disk "
+             f"{human_bytes(os_disk.virtual_size) if os_disk else '-'}"
+             + (f", {data} data disk{'s' if data > 1 else ''}" if data else "")]
+    lines += [f"forward {f}" for f in record.forwards]
+    if record.seed is None:
+        lines.append("login: the image's own accounts (a specialized image)")
+    else:
+        key = record.seed.ssh_key
+        lines.append(f"login: user {record.seed.admin_user}" + (f", key {key}" if key else ", no SSH key"))
+    return lines
 
 
 def _local_image(st: Any, image: str) -> str:
@@ -49,6 +87,10 @@ def vm_new(
                                    "(pulled first: only missing chunks travel)")],
     cpus: Annotated[int | None, Opt(help="vCPUs (default: 2, within the definition's recommendation).")] = None,
     memory: Annotated[int | None, Opt(help="Memory in MiB (default: 512, within the recommendation).")] = None,
+    disk_size: Annotated[str | None, Opt(metavar="SIZE", help="Grow the OS disk to SIZE (e.g. 20G); cloud-init "
+                                                              "in the guest grows its filesystem.")] = None,
+    forward: Annotated[list[str] | None, Opt(metavar="HOST:GUEST", help="Also forward 127.0.0.1:HOST to the "
+                                                                        "guest's port GUEST (repeatable).")] = None,
     hostname: Annotated[str | None, Opt(help="Generalized images: the VM's hostname (default: its name).")] = None,
     admin_user: Annotated[str | None, Opt(help="Generalized images: the admin user to create.")] = None,
     ssh_key: Annotated[Path | None, Opt(help="Generalized images: public key for the admin user "
@@ -64,30 +106,64 @@ def vm_new(
     """Create a VM from an image version: one qcow2 overlay per disk over a shared read-only base, and a
     cloud-init NoCloud seed for generalized images. The version's digest is pinned in the VM's record."""
     from imgtool.vm import lifecycle as vm
+    from imgtool.vm import options
     from imgtool.vm import runtime as vmrun
 
     st = state(ctx)
+    if accel is not None:
+        _check_accel(accel)
+        if not start:
+            raise InvalidArgument("--accel applies when the VM starts", hint=f"add --start, or give it to "
+                                                                               f"imgtool vm start {name} --accel")
+    if wait and not start:
+        raise InvalidArgument("--wait applies when the VM starts", hint=f"imgtool vm new {name} ... --start --wait")
+    disk_bytes = None if disk_size is None else options.parse_size(disk_size)
+    forwards = options.check_forwards(tuple(options.parse_forward(f) for f in forward or []))
     image = _local_image(st, image)
     request = vm.NewVm(name=name, image=image, cpus=cpus, memory_mib=memory, hostname=hostname,
                        admin_user=admin_user, ssh_key=ssh_key, user_data=user_data,
-                       ignore_recommendations=ignore_recommendations, allow_revoked=allow_revoked)
+                       ignore_recommendations=ignore_recommendations, allow_revoked=allow_revoked,
+                       disk_size=disk_bytes, forwards=forwards)
     bar = ProgressBar(f"preparing {name}", enabled=not st.json)
     try:
         record = vm.create(st.home, request, progress=bar)
     finally:
         bar.close()
+    warnings = vm.advice(st.home, record, request)
     runtime = vmrun.start(st.home, name, requested_accel=accel) if start else None
-    if wait and runtime is None:
-        raise InvalidArgument("--wait needs --start", hint=f"imgtool vm new {name} ... --start --wait")
     if wait:
         from imgtool.cli.guest_cmds import wait_ready
         wait_ready(st, name, timeout=wait_timeout, cloud_init=False)
     if st.json:
-        emit_json({**_public(record), "runtime": runtime})
+        emit_json(vm_json(st.home, name, warnings=warnings))
         return
     print(f"created VM {name} from {record.image}")
+    for line in _got(record):
+        print(f"  {line}")
+    warn(warnings)
     if runtime:
-        print(f"started VM {name} ({runtime['accel']}, ssh on 127.0.0.1:{runtime['ssh_port']})")
+        print(_ssh_line(name, runtime))
+    else:
+        print(f"start it with: imgtool vm start {name}")
+
+
+@vm_app.command("update")
+def vm_update(
+    ctx: typer.Context,
+    name: str,
+    cpus: Annotated[int | None, Opt(help="New vCPU count (within the definition's recommendation).")] = None,
+    memory: Annotated[int | None, Opt(help="New memory in MiB (within the recommendation).")] = None,
+    ignore_recommendations: Annotated[bool, Opt(help="Allow values outside the recommended ranges.")] = False,
+) -> None:
+    """Change a stopped VM's vCPUs or memory (takes effect at its next start)."""
+    from imgtool.vm import lifecycle as vm
+
+    st = state(ctx)
+    record = vm.update(st.home, name, cpus=cpus, memory_mib=memory, ignore_recommendations=ignore_recommendations)
+    if st.json:
+        emit_json(vm_json(st.home, name))
+        return
+    print(f"updated VM {name}: {record.cpus} vCPUs, {record.memory_mib} MiB memory")
 
 
 @vm_app.command("start")
@@ -104,16 +180,23 @@ def vm_start(
     from imgtool.vm import runtime as vmrun
 
     st = state(ctx)
+    if accel is not None:
+        _check_accel(accel)
     warnings = revocation.start_warnings(st.home, name)
-    for warning in warnings:
-        sys.stderr.write(f"imgtool: warning: {warning}\n")
+    warn(warnings)
     runtime = vmrun.start(st.home, name, requested_accel=accel, force=force)
     if st.json:
-        emit_json({**runtime, "warnings": warnings})
+        emit_json(vm_json(st.home, name, warnings=warnings))
     else:
-        print(f"started VM {name} ({runtime['accel']}, ssh on 127.0.0.1:{runtime['ssh_port']})")
-    if console:
-        _follow(st.home, name, None, None)
+        print(_ssh_line(name, runtime))
+    if console and not st.json:
+        _follow(st.home, name, None, None, raw=False)
+
+
+def _stopped(st: Any, name: str, stopped: Any, timeout: float) -> None:
+    if stopped.forced:
+        warn(f"VM {name} did not power down within {timeout:g}s and was stopped hard (like pulling the plug); "
+             "give the guest more time with --timeout")
 
 
 @vm_app.command("stop")
@@ -126,12 +209,48 @@ def vm_stop(
     from imgtool.vm import runtime as vmrun
 
     st = state(ctx)
+    _check_timeout(timeout)
     load(st.home, name)
-    stopped = vmrun.stop(st.home, name, timeout=timeout)
+    stopped = vmrun.stop_detail(st.home, name, timeout=timeout)
     if st.json:
-        emit_json({"name": name, "was_running": stopped})
-    else:
-        print(f"stopped VM {name}" if stopped else f"VM {name} was not running")
+        emit_json(vm_json(st.home, name, was_running=stopped.was_running, forced=stopped.forced))
+        return
+    print(f"stopped VM {name}" if stopped.was_running else f"VM {name} was not running")
+    _stopped(st, name, stopped, timeout)
+
+
+def _check_accel(accel: str) -> None:
+    from imgtool.tools.qemu import ACCELS
+
+    if accel not in ACCELS:
+        raise InvalidArgument(f"--accel {accel} is not one of {', '.join(ACCELS)}", hint="e.g. --accel tcg")
+
+
+def _check_timeout(timeout: float) -> None:
+    if not 0 <= timeout <= 86400:  # also refuses NaN
+        raise InvalidArgument(f"--timeout {timeout:g} is not 0..86400 seconds", hint="e.g. --timeout 30")
+
+
+@vm_app.command("restart")
+def vm_restart(
+    ctx: typer.Context,
+    name: str,
+    timeout: Annotated[float, Opt(help="Seconds to wait after ACPI power-down before a hard stop.")] = 30.0,
+    accel: Annotated[str | None, Opt(help="kvm or tcg (default: probe).")] = None,
+) -> None:
+    """Stop the VM (if running) and start it again, with its current settings (see vm update)."""
+    from imgtool.vm import runtime as vmrun
+
+    st = state(ctx)
+    _check_timeout(timeout)
+    if accel is not None:
+        _check_accel(accel)
+    stopped, runtime = vmrun.restart(st.home, name, timeout=timeout, requested_accel=accel)
+    if st.json:
+        emit_json(vm_json(st.home, name, was_running=stopped.was_running, forced=stopped.forced))
+        return
+    _stopped(st, name, stopped, timeout)
+    print(_ssh_line(name, runtime).replace("started", "restarted", 1))
 
 
 @vm_app.command("list")
@@ -147,21 +266,18 @@ def vm_list(ctx: typer.Context) -> None:
         try:
             record = load(st.home, name)
         except Exception:  # an unfinished vm new: show it, gc will remove it
-            rows.append({"name": name, "state": "incomplete"})
+            rows.append(shapes.incomplete_vm(name))
             continue
-        status = vmrun.status(st.home, name)
-        rows.append({"name": name, "image": record.image, "state": status["state"], "cpus": record.cpus,
-                     "memory_mib": record.memory_mib, "ssh_port": status.get("ssh_port"),
-                     "accel": status.get("accel")})
-    flags = revocation.vm_flags(st.home, {r["name"]: r["image"] for r in rows if "image" in r})
+        rows.append(shapes.vm(record, vmrun.status(st.home, name)))
+    flags = revocation.vm_flags(st.home, {r["name"]: r["image"] for r in rows if r["image"]})
     for row in rows:
         row["revoked"] = flags[row["name"]].reason if row["name"] in flags else None
     if st.json:
         emit_json(rows)
         return
     table(["name", "image", "state", "cpus", "memory", "ssh"],
-          [[r["name"], r.get("image"), r["state"], r.get("cpus"), r.get("memory_mib") and f"{r['memory_mib']} MiB",
-            r.get("ssh_port") and f"127.0.0.1:{r['ssh_port']}"] for r in rows])
+          [[r["name"], r["image"], r["state"], r["cpus"], r["memory_mib"] and f"{r['memory_mib']} MiB",
+            r["ssh_port"] and f"127.0.0.1:{r['ssh_port']}"] for r in rows])
     for row in rows:
         if row["revoked"]:
             print(f"{row['name']}: revoked: {row['revoked']}")
@@ -169,44 +285,48 @@ def vm_list(ctx: typer.Context) -> None:
 
 @vm_app.command("show")
 def vm_show(ctx: typer.Context, name: str) -> None:
-    """Show a VM's receipt (version digest, definition, seed digest, QEMU command line) and state."""
+    """Show a VM's receipt (version digest, definition, seed digest), state and last QEMU command line."""
     from imgtool.gallery import revocation
+    from imgtool.vm import lifecycle as vm
     from imgtool.vm import runtime as vmrun
 
     st = state(ctx)
     record = load(st.home, name)
     status = vmrun.status(st.home, name)
     revoked = revocation.revocation_of(st.home, record.image)
-    snaps = sorted(p.name for p in (vm_dir(st.home, name) / "snapshots").glob("*")
-                   if not p.name.startswith("."))
+    snaps = [s["name"] for s in vm.list_snapshots(st.home, name)]
     if st.json:
-        emit_json({**_public(record), "status": {k: v for k, v in status.items() if k != "qemu_argv"},
-                   "qemu_argv": status.get("qemu_argv"), "snapshots": snaps,
+        emit_json({**shapes.vm(record, status), "qemu_argv": status.get("qemu_argv"), "snapshots": snaps,
                    "revoked": revoked and revoked.to_json()})
         return
     seed = record.seed
     fields([("name", name), ("image", record.image), ("version record", record.version_digest),
             ("os state", record.os_state), ("state", status["state"]), ("accel", status.get("accel")),
-            ("ssh", status.get("ssh_port") and f"127.0.0.1:{status['ssh_port']}"), ("cpus", record.cpus),
+            ("ssh", status.get("ssh_port") and f"127.0.0.1:{status['ssh_port']}"),
+            ("forwards", [str(f) for f in record.forwards]), ("cpus", record.cpus),
             ("memory", f"{record.memory_mib} MiB"), ("firmware", record.firmware),
-            ("disks", ", ".join(d.overlay for d in record.disks)), ("seed", seed and seed.digest),
-            ("hostname", seed and seed.hostname), ("admin user", seed and seed.admin_user),
-            ("snapshots", ", ".join(snaps)), ("created", record.created),
+            ("disks", [f"{d.overlay} ({human_bytes(d.virtual_size)})" for d in record.disks]),
+            ("seed", seed and seed.digest), ("hostname", seed and seed.hostname),
+            ("admin user", seed and seed.admin_user), ("snapshots", snaps), ("created", record.created),
+            ("updated", record.updated),
             ("generalized", "yes (vm start needs --force)" if record.generalized else "no"),
             ("revoked", revoked and f"revoked: {revoked.reason}"),
             ("allowed revoked", record.allowed_revoked),
             ("qemu", " ".join(status["qemu_argv"]) if status.get("qemu_argv") else None)])
 
 
-def _follow(home: Any, name: str, until: str | None, timeout: float | None) -> None:
+def _follow(home: Home, name: str, until: str | None, timeout: float | None, *, raw: bool) -> None:
     from imgtool.vm import runtime as vmrun
+
+    show = (lambda line: line) if raw else vmrun.plain
     if until:
-        line = vmrun.wait_for(home, name, until, timeout=timeout or 300)
-        print(line)
+        print(show(vmrun.wait_for(home, name, until, timeout=timeout or 300)))
         return
+    if not vmrun.is_running(home, name):
+        sys.stderr.write(f"imgtool: VM {name} is not running; its last console log follows\n")
     try:
         for line in vmrun.console_lines(home, name, follow=True, timeout=timeout):
-            print(line, flush=True)
+            print(show(line), flush=True)
     except KeyboardInterrupt:
         sys.stderr.write("\ndetached from the console; the VM keeps running\n")
 
@@ -218,36 +338,95 @@ def vm_console(
     follow: Annotated[bool, Opt("--follow", "-f", help="Keep printing while the VM runs.")] = False,
     until: Annotated[str | None, Opt(help="Follow until a line contains this text; print that line.")] = None,
     timeout: Annotated[float | None, Opt(help="Give up after this many seconds (with --follow/--until).")] = None,
+    raw: Annotated[bool, Opt("--raw", help="Keep terminal control sequences (colours, cursor moves).")] = False,
 ) -> None:
-    """Print (or follow) the VM's serial console log."""
+    """Print (or follow) the VM's serial console log, without terminal control sequences unless --raw."""
     from imgtool.vm import runtime as vmrun
 
     st = state(ctx)
+    if timeout is not None:
+        _check_timeout(timeout)
+        if not (follow or until):
+            raise InvalidArgument("--timeout applies with --follow or --until",
+                                  hint=f"e.g. imgtool vm console {name} --until READY --timeout 300")
     if follow or until:
-        _follow(st.home, name, until, timeout)
+        _follow(st.home, name, until, timeout, raw=raw)
         return
     for line in vmrun.console_lines(st.home, name, follow=False):
-        print(line)
+        print(line if raw else vmrun.plain(line))
 
 
 @vm_app.command("ssh", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def vm_ssh(ctx: typer.Context, name: str) -> None:
-    """Run ssh into the VM with the right port, user and key (extra arguments go to ssh)."""
-    from imgtool.guest import ssh as guest_ssh
+def vm_ssh(
+    ctx: typer.Context,
+    name: str,
+    wait: Annotated[float, Opt(help="Seconds to wait for the guest's SSH server to answer.")] = 120.0,
+) -> None:
+    """Run ssh into the VM with the right port, user and key (extra arguments go to ssh). Waits for SSH to
+    answer; the VM's host key is remembered in its folder (known_hosts)."""
     from imgtool.tools import run
+    from imgtool.vm import runtime as vmrun
 
     st = state(ctx)
-    run.exec_replace(guest_ssh.argv(st.home, name, list(ctx.args), batch=False))
+    _check_timeout(wait)
+    vmrun.ssh_argv(st.home, name, [])  # refuses a stopped or user-less VM before any wait
+
+    def waiting(port: int) -> None:
+        sys.stderr.write(f"waiting up to {wait:g}s for SSH on 127.0.0.1:{port} to answer (VM {name})...\n")
+
+    port = vmrun.wait_ssh(st.home, name, timeout=wait, waiting=waiting)
+    run.exec_replace(vmrun.ssh_argv(st.home, name, list(ctx.args), port=port))
 
 
-@vm_app.command("snapshot")
-def vm_snapshot(ctx: typer.Context, name: str, snap: str) -> None:
+@snapshot_app.command("create")
+def snapshot_create(ctx: typer.Context, name: Annotated[str, Arg(help="VM name.")],
+                    snap: Annotated[str, Arg(help="Snapshot name.")]) -> None:
     """Snapshot a stopped VM's disks; capture or publish it later as snapshot:NAME/SNAP."""
     from imgtool.vm import lifecycle as vm
 
     st = state(ctx)
-    info = vm.snapshot(st.home, name, snap)
-    emit_json(info) if st.json else print(f"snapshot {name}/{snap} taken")
+    vm.snapshot(st.home, name, snap)
+    if st.json:
+        emit_json(next(s for s in vm.list_snapshots(st.home, name) if s["name"] == snap))
+        return
+    print(f"snapshot {name}/{snap} taken; capture or publish it as snapshot:{name}/{snap}")
+
+
+@snapshot_app.command("list")
+def snapshot_list(ctx: typer.Context, name: Annotated[str, Arg(help="VM name.")]) -> None:
+    """List a VM's snapshots, oldest first."""
+    from imgtool.vm import lifecycle as vm
+
+    st = state(ctx)
+    found = vm.list_snapshots(st.home, name)
+    if st.json:
+        emit_json(found)
+        return
+    table(["snapshot", "created", "disks", "stored"],
+          [[s["name"], s["created"], len(s["disks"]), human_bytes(s["stored_bytes"])] for s in found])
+
+
+@snapshot_app.command("restore")
+def snapshot_restore(ctx: typer.Context, name: Annotated[str, Arg(help="VM name.")],
+                     snap: Annotated[str, Arg(help="Snapshot name.")]) -> None:
+    """Put a stopped VM's disks back as they were at the snapshot (later writes are lost; the snapshot stays)."""
+    from imgtool.vm import lifecycle as vm
+
+    st = state(ctx)
+    vm.restore_snapshot(st.home, name, snap)
+    emit_json({"restored": f"snapshot:{name}/{snap}", "vm": name}) if st.json else \
+        print(f"restored VM {name} to snapshot {snap}")
+
+
+@snapshot_app.command("delete")
+def snapshot_delete(ctx: typer.Context, name: Annotated[str, Arg(help="VM name.")],
+                    snap: Annotated[str, Arg(help="Snapshot name.")]) -> None:
+    """Delete a snapshot."""
+    from imgtool.vm import lifecycle as vm
+
+    st = state(ctx)
+    vm.delete_snapshot(st.home, name, snap)
+    emit_json({"deleted": f"snapshot:{name}/{snap}"}) if st.json else print(f"deleted snapshot {name}/{snap}")
 
 
 @vm_app.command("delete")
@@ -258,3 +437,4 @@ def vm_delete(ctx: typer.Context, name: str) -> None:
     st = state(ctx)
     vm.delete(st.home, name)
     emit_json({"deleted": name}) if st.json else print(f"deleted VM {name}")
+

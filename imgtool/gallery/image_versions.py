@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from imgtool import formats
-from imgtool.capture import sources
+from imgtool.capture import archives, sources
 from imgtool.errors import AlreadyExists, InvalidArgument, NotFound, Refused
 from imgtool.gallery import recycle
 from imgtool.gallery.galleries import VERSIONS, gallery_lock, get_definition_with_digest
@@ -46,7 +46,29 @@ class PublishRequest:
     end_of_life: str | None = None
     block_deletion_before_end_of_life: bool = False
     source_format: str | None = None
+    replace_data_disks: bool = False
     allow_identity: bool = False  # publish into a generalized definition even if the audit finds identity
+
+
+DATA_DISK_RULES = """\
+Which disks a version gets (never a silent drop or swap):
+- --os-disk vm:NAME, snapshot:VM/SNAP or G/D@X.Y.Z brings the source's data disks
+  too, at their LUNs. Add :os (vm:NAME:os) to take its OS disk alone.
+- A disk file or blake3:DIGEST is one disk.
+- --data-disk LUN=SOURCE adds a disk at LUN. A multi-disk SOURCE gives its data
+  disk at the same LUN (0=vm:web is web's LUN 0, never its OS disk), or the one
+  selected: 0=vm:web:2, 0=snapshot:web/s1:2, 0=G/D@1.0.0:2, 0=vm:web:os.
+- A --data-disk at a LUN the OS disk's source already brings is refused, unless
+  --replace-data-disks says that the given disk replaces the source's."""
+
+
+@dataclass(frozen=True)
+class PlannedDisk:
+    """One disk of the version to be: its LUN (None: the OS disk) and the source to capture."""
+
+    lun: int | None
+    source: str
+    brought_by: str | None = None  # the --os-disk source that brings it, if not given explicitly
 
 
 def parse_data_disk(text: str) -> tuple[int, str]:
@@ -56,6 +78,40 @@ def parse_data_disk(text: str) -> tuple[int, str]:
         raise InvalidArgument(f"--data-disk '{text}' is not LUN=SOURCE",
                               hint=f"LUN is 0..{MAX_LUN}, e.g. --data-disk 0=data.qcow2")
     return int(lun_text), source
+
+
+def plan_disks(home: Home, req: PublishRequest) -> list[PlannedDisk]:
+    """The version's disks by the rules in DATA_DISK_RULES; checks every named VM, snapshot and
+    version exists (and has the LUNs asked for) before anything is captured."""
+    os_source = sources.parse(req.os_disk)
+    planned: dict[int | None, PlannedDisk] = {None: PlannedDisk(None, req.os_disk)}
+    if os_source.kind in sources.MULTI_DISK and not os_source.selected:
+        for lun in sources.data_luns(home, os_source):
+            planned[lun] = PlannedDisk(lun, os_source.select(lun).text(), brought_by=req.os_disk)
+    else:
+        sources.data_luns(home, os_source)  # a named VM, snapshot or version must exist
+    clashes = sorted(lun for lun, _ in req.data_disks if lun in planned)
+    if clashes and not req.replace_data_disks:
+        luns = ", ".join(map(str, clashes))
+        raise InvalidArgument(
+            f"--os-disk {req.os_disk} already brings a data disk at LUN {luns}; a --data-disk there would "
+            "replace it", hint="pass --replace-data-disks to replace it, use another LUN, or take the OS disk "
+                               f"alone with --os-disk {os_source.select(None).text()}")
+    for lun, text in req.data_disks:
+        given = sources.parse(text)
+        if given.kind in sources.MULTI_DISK and not given.selected:
+            given = given.select(lun)  # LUN=vm:web is web's data disk at LUN, never its OS disk
+        available = sources.data_luns(home, given) if given.kind in sources.MULTI_DISK else []
+        if given.kind in sources.MULTI_DISK and given.lun is not None and given.lun not in available:
+            raise NotFound(f"--data-disk {lun}={text}: {given.target} has no data disk at LUN {given.lun}",
+                           hint=f"its data disk LUNs: {_luns(available)}; select one with :LUN "
+                                f"(e.g. {lun}={given.select(available[0] if available else None).text()})")
+        planned[lun] = PlannedDisk(lun, given.text())
+    return [planned[None], *(planned[lun] for lun in sorted(k for k in planned if k is not None))]
+
+
+def _luns(luns: list[int]) -> str:
+    return ", ".join(map(str, luns)) or "none"
 
 
 def _check_request(req: PublishRequest, definition: Definition) -> None:
@@ -70,6 +126,19 @@ def _check_request(req: PublishRequest, definition: Definition) -> None:
             raise Refused(f"the source has OS state {req.os_state}, but definition {req.ref} is "
                           f"{definition.os_state}", hint="publish it into a definition with the same OS state")
     check_date(req.end_of_life, "end of life")
+    check_block_deletion(req.block_deletion_before_end_of_life, req.end_of_life)
+
+
+def check_block_deletion(block: bool, end_of_life: str | None) -> None:
+    """Blocking deletion before the end of life needs an end of life that is still ahead."""
+    if not block:
+        return
+    if end_of_life is None:
+        raise InvalidArgument("--block-deletion-before-end-of-life needs an end of life to block until",
+                              hint="give --end-of-life YYYY-MM-DD (a date ahead)")
+    if end_of_life[:10] <= dt.date.today().isoformat():
+        raise InvalidArgument(f"end of life {end_of_life[:10]} is not ahead, so there is nothing to block deletion "
+                              "before", hint="give a later --end-of-life, or drop the deletion block")
 
 
 def _source_needs_state(text: str) -> bool:
@@ -87,10 +156,14 @@ def publish(home: Home, req: PublishRequest, *, progress: Progress | None = None
     if home.store.get_name(VERSIONS, req.ref.gallery, req.ref.definition, version_name):
         raise AlreadyExists(f"version {req.ref}@{version_name} already exists",
                             hint="versions are immutable: publish a higher version")
+    if req.source_format is not None and sources.parse(req.os_disk).kind != "file":
+        raise InvalidArgument(f"--format {req.source_format} applies to a disk file, and --os-disk {req.os_disk} "
+                              "is not one", hint="drop --format: a stored disk's format is known")
+    plan = plan_disks(home, req)
     _inspect_files(req)
     audit = _audit(home, req, definition)
     with home.store.writing():
-        disks = _capture_disks(home, req, definition, progress)
+        disks = _capture_disks(home, req, plan, definition, progress)
         record = ImageVersion(
             gallery=req.ref.gallery, definition=req.ref.definition, version=version_name,
             os_state=definition.os_state, disks=tuple(disks), definition_record=def_digest,
@@ -129,24 +202,19 @@ def _inspect_files(req: PublishRequest) -> None:
     given = [(req.os_disk, req.source_format), *((text, None) for _lun, text in req.data_disks)]
     for text, fmt in given:
         if sources.is_file_source(text):
-            formats.inspect(Path(text), expected=fmt)
+            info = formats.inspect(Path(text), expected=fmt)
+            if info.format == "raw":
+                archives.refuse_archive(info.path)
 
 
-def _capture_disks(home: Home, req: PublishRequest, definition: Definition,
+def _capture_disks(home: Home, req: PublishRequest, plan: list[PlannedDisk], definition: Definition,
                    progress: Progress | None) -> list[Disk]:
-    os_captured = sources.capture(home, req.os_disk, fmt=req.source_format, progress=progress)
-    _check_format(os_captured.source, definition)
-    disks = [Disk(None, os_captured.digest, os_captured.virtual_size, os_captured.source)]
-    data = list(req.data_disks)
-    if not data and os_captured.source.get("kind") == "version":
-        # A version copied from another gallery brings its data disks along (chunks are shared).
-        source, _ = get_version(home, str(os_captured.source["name"]))
-        disks.extend(source.data_disks)
-        return disks
-    for lun, text in sorted(data):
-        captured = sources.capture(home, text, progress=progress)
+    disks = []
+    for planned in plan:
+        fmt = req.source_format if planned.lun is None else None
+        captured = sources.capture(home, planned.source, fmt=fmt, progress=progress)
         _check_format(captured.source, definition)
-        disks.append(Disk(lun, captured.digest, captured.virtual_size, captured.source))
+        disks.append(Disk(planned.lun, captured.digest, captured.virtual_size, captured.source))
     return disks
 
 
@@ -166,6 +234,8 @@ def update_version(home: Home, text: str, **changes: Any) -> ImageVersion:
         changes["end_of_life"] = check_date(changes["end_of_life"], "end of life")
     with gallery_lock(home, ref.gallery):
         current, _ = get_version(home, ref)
+        if changes.get("block_deletion_before_end_of_life") is True:  # turning the block on
+            check_block_deletion(True, changes.get("end_of_life", current.end_of_life))
         updated = current.updated_with(**changes)
         digest = home.store.put_manifest(updated.to_json())
         home.store.set_name(VERSIONS, ref.gallery, ref.definition, current.version, target=digest)
@@ -195,23 +265,52 @@ def delete_version(home: Home, text: str, *, purge: bool = False, now: dt.dateti
         return recycle.hide(home, key, now=now, retention=retention)
 
 
+EXPORT_FORMATS = {".qcow2": "qcow2", ".raw": "raw", ".img": "raw"}
+
+
+def export_format(out: Path, fmt: str | None) -> str:
+    """The export format: given, else from the output file's extension; never a guess."""
+    if fmt is not None:
+        if fmt not in ("qcow2", "raw"):
+            raise InvalidArgument(f"export format '{fmt}' is not supported", hint="use --format qcow2 or raw")
+        return fmt
+    found = EXPORT_FORMATS.get(Path(out).suffix.lower())
+    if found is None:
+        raise InvalidArgument(f"cannot tell the format of {out} from its extension",
+                              hint="name it .qcow2, .raw or .img, or give --format qcow2|raw")
+    return found
+
+
+def _check_output(out: Path, force: bool) -> None:
+    if out.is_dir():
+        raise InvalidArgument(f"{out} is a folder", hint="give a file path, e.g. out.qcow2")
+    if not out.parent.is_dir():
+        raise NotFound(f"folder {out.parent} does not exist", hint=f"create it first: mkdir -p {out.parent}")
+    if (out.exists() or out.is_symlink()) and not force:
+        raise AlreadyExists(f"{out} already exists", hint="choose another path, or pass --force to overwrite it")
+
+
 def export(home: Home, text: str, out: Path, *, fmt: str = "qcow2", lun: int | None = None,
-           progress: Progress | None = None) -> Disk:
-    """Write one disk of a version to `out` (qcow2 or raw), atomically."""
-    if fmt not in ("qcow2", "raw"):
-        raise InvalidArgument(f"export format '{fmt}' is not supported", hint="use qcow2 or raw")
+           progress: Progress | None = None, force: bool = False) -> Disk:
+    """Write one disk of a version to `out` (qcow2 or raw), atomically; refuses to overwrite unless forced."""
+    fmt = export_format(out, fmt)
     version, _ = get_version(home, text)
     disk = _disk(version, lun)
     out = Path(out).absolute()
+    _check_output(out, force)
     tmp_raw = atomic.tmp_name(out.parent)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         materialize(home.store, home.store.get_disk(disk.digest), tmp_raw, progress=progress, durable=False)
         if fmt == "raw":
+            os.chmod(tmp_raw, 0o666 & ~umask)
             os.replace(tmp_raw, out)
         else:
             tmp_out = atomic.tmp_name(out.parent)
             try:
                 qemu_img.convert(tmp_raw, tmp_out, src_fmt="raw", dst_fmt="qcow2")
+                os.chmod(tmp_out, 0o666 & ~umask)
                 os.replace(tmp_out, out)
             finally:
                 tmp_out.unlink(missing_ok=True)

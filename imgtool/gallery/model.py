@@ -132,6 +132,9 @@ class Definition:
         check_choice(self.os_state, OS_STATES, "OS state")
         check_choice(self.firmware, FIRMWARES, "firmware")
         check_choice(self.architecture, ARCHITECTURES, "architecture")
+        if self.architecture == "aarch64" and self.firmware != "uefi":
+            raise InvalidArgument("an aarch64 image boots with uefi firmware only (QEMU's virt machine has no BIOS)",
+                                  hint="give --firmware uefi")
         for fmt in self.disallowed_disk_formats:
             check_choice(fmt, DISK_FORMATS, "disk format")
 

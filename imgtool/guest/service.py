@@ -24,7 +24,7 @@ def gate(report: audits.Report, *, source: str, allow_identity: bool) -> None:
     if not found or allow_identity:
         return
     what = ", ".join(f.check.replace("_", " ") for f in found)
-    vm = source[3:] if source.startswith("vm:") else "NAME"
+    vm = source[3:].partition(":")[0] if source.startswith("vm:") else "NAME"
     raise Refused(f"{source} is not generalized: the audit found {what}; every VM made from it would share them",
                   hint=f"imgtool vm generalize {vm} (then publish again), or --allow-identity to publish anyway "
                        "(recorded on the version)")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imgtool import formats
+from imgtool.capture import sources
 from imgtool.errors import InvalidArgument, NotFound, Refused
 from imgtool.gallery import lookup
 from imgtool.gallery.galleries import get_definition
@@ -35,23 +36,25 @@ class Target:
     vm: str | None = None
 
 
-def vm_target(home: Home, name: str) -> Target:
+def vm_target(home: Home, name: str, lun: int | None = None) -> Target:
     record = load(home, name)
     if vmstate.is_running(home, name):
         raise Refused(f"VM '{name}' is running: its disk is changing",
                       hint=f"stop it first: imgtool vm stop {name}")
-    disk = record.disk(None)
+    disk = record.disk(lun)
     if disk is None:
-        raise NotFound(f"VM '{name}' has no OS disk", hint="check it with imgtool vm show " + name)
+        raise NotFound(f"VM '{name}' has no {'OS disk' if lun is None else f'data disk at LUN {lun}'}",
+                       hint="check it with imgtool vm show " + name)
     return Target(vm_dir(home, name) / disk.overlay, "qcow2", record.firmware, name)
 
 
-def _snapshot_target(home: Home, text: str) -> Target:
+def _snapshot_target(home: Home, text: str, lun: int | None) -> Target:
     name, _, snap = text.partition("/")
     record = load(home, name)
-    path = vm_dir(home, name) / "snapshots" / check_name(snap, "snapshot") / "disk-os.qcow2"
+    overlay = "disk-os.qcow2" if lun is None else f"disk-lun{lun}.qcow2"
+    path = vm_dir(home, name) / "snapshots" / check_name(snap, "snapshot") / overlay
     if not path.exists():
-        raise NotFound(f"snapshot '{text}' does not exist", hint=f"list snapshots: imgtool vm show {name}")
+        raise NotFound(f"snapshot '{text}' has no {overlay}", hint=f"list snapshots: imgtool vm show {name}")
     return Target(path, "qcow2", record.firmware)
 
 
@@ -74,24 +77,29 @@ def stored_disk(home: Home, digest: str) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def resolve(home: Home, text: str) -> Iterator[Target]:
-    """The target named by `text`, valid for the duration of the block."""
-    if text.startswith("vm:"):
-        yield vm_target(home, text[3:])
-    elif text.startswith("snapshot:"):
-        yield _snapshot_target(home, text[len("snapshot:"):])
-    elif digests.looks_like(text):
-        with stored_disk(home, digests.full(text)) as path:
+    """The target named by `text` (with an optional :os / :LUN selector), valid for the block."""
+    source = sources.parse(text)
+    if source.kind == "vm":
+        yield vm_target(home, source.target, source.lun)
+    elif source.kind == "snapshot":
+        yield _snapshot_target(home, source.target, source.lun)
+    elif source.kind == "digest":
+        with stored_disk(home, digests.full(source.target)) as path:
             yield Target(path, "raw", None)
-    elif "@" in text and not Path(text).exists():
-        version, _ = lookup.get_version(home, text)
+    elif source.kind == "version":
+        version, _ = lookup.get_version(home, source.target)
+        disk = next((d for d in version.disks if d.lun == source.lun), None)
+        if disk is None:
+            raise NotFound(f"version {source.target} has no data disk at LUN {source.lun}",
+                           hint=f"see its disks: imgtool version show {source.target}")
         try:
             firmware: str | None = get_definition(home, DefinitionRef(version.gallery, version.definition)).firmware
         except NotFound:
             firmware = None
-        with stored_disk(home, version.os_disk.digest) as path:
+        with stored_disk(home, disk.digest) as path:
             yield Target(path, "raw", firmware)
     else:
-        path = Path(text)
+        path = Path(source.target)
         if not path.exists():
             raise InvalidArgument(f"'{text}' is not a disk file, vm:NAME, snapshot:VM/SNAP or GALLERY/DEF@X.Y.Z",
                                   hint="give an existing disk file or a VM/version name")

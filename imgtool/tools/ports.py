@@ -15,3 +15,24 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def is_free(port: int) -> bool:
+    """Whether 127.0.0.1:port can be bound now (a fixed forward's host port, checked before QEMU binds it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def ssh_answers(port: int, *, timeout: float = 5.0) -> bool:
+    """Whether an SSH server answers on 127.0.0.1:port with its banner. (QEMU's user network accepts
+    the TCP connection even when nothing listens in the guest, so a connect alone proves nothing.)"""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            return sock.recv(8).startswith(b"SSH-")
+    except OSError:
+        return False

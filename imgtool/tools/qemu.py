@@ -66,6 +66,7 @@ class VmSpec:
     qmp_socket: Path
     serial_log: Path
     pid_file: Path
+    forwards: tuple[tuple[int, int], ...] = ()  # extra (host port, guest port) TCP forwards on 127.0.0.1
 
 
 def qemu_binary(arch: str) -> str:
@@ -117,6 +118,12 @@ def _validate_shape(spec: VmSpec) -> None:
         raise InvalidArgument(f"unknown accelerator {spec.accel!r}", hint=f"use one of {', '.join(ACCELS)}")
     if not 1 <= spec.ssh_port <= 65535:
         raise InvalidArgument(f"ssh port {spec.ssh_port} is out of range", hint="use 1-65535")
+    hosts = [spec.ssh_port, *(host for host, _ in spec.forwards)]
+    for host, guest in spec.forwards:
+        if not (1 <= host <= 65535 and 1 <= guest <= 65535):
+            raise InvalidArgument(f"forward {host}:{guest} is out of range", hint="ports are 1-65535")
+    if len(set(hosts)) != len(hosts):
+        raise InvalidArgument("a host port is forwarded twice", hint="give each forward its own host port")
 
 
 def _validate_firmware(spec: VmSpec) -> None:
@@ -196,8 +203,9 @@ def _disk_args(spec: VmSpec) -> list[str]:
 
 
 def _device_args(spec: VmSpec) -> list[str]:
+    forwards = "".join(f",hostfwd=tcp:127.0.0.1:{host}-:{guest}" for host, guest in spec.forwards)
     return [
-        "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22",
+        "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22{forwards}",
         "-device", "virtio-net-pci,netdev=n0",
         "-device", "virtio-rng-pci",
     ]  # fmt: skip

@@ -292,12 +292,12 @@ def map_extents(path: PathLike, *, fmt: str, limits: run.Limits | None = run.UNT
     return parse_map(out)
 
 
-def create_overlay(overlay: PathLike, *, backing: PathLike, backing_fmt: str) -> None:
-    """Create a qcow2 overlay; refuses to overwrite an existing file."""
+def create_overlay(overlay: PathLike, *, backing: PathLike, backing_fmt: str, size: int | None = None) -> None:
+    """Create a qcow2 overlay (of `size` bytes, else the backing's); refuses to overwrite an existing file."""
     require_file(backing)
     if Path(overlay).exists():
         raise InvalidArgument(f"overlay {os.fspath(overlay)} already exists", hint="pick a new path")
-    run.run(create_overlay_argv(overlay, backing=backing, backing_fmt=backing_fmt))
+    run.run(create_overlay_argv(overlay, backing=backing, backing_fmt=backing_fmt, size=size))
 
 
 def convert(

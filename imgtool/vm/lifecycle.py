@@ -11,6 +11,7 @@ atomic, so of two `vm new` with the same name exactly one wins.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import getpass
 import json
 import os
@@ -20,18 +21,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imgtool.errors import AlreadyExists, InvalidArgument, NotFound, Refused
+from imgtool.errors import AlreadyExists, Corrupt, InvalidArgument, NotFound, Refused
 from imgtool.gallery import lookup
 from imgtool.gallery.galleries import get_definition
 from imgtool.gallery.model import Definition, ImageVersion, Range, now
 from imgtool.home import Home
 from imgtool.names import DefinitionRef, check_name, parse_image_ref
 from imgtool.tools import accel, qemu_img
-from imgtool.vm import bases, seed
+from imgtool.vm import bases, options, seed
 from imgtool.vm import record as vmrecord
 from imgtool.vm import runtime as vmrun
 from imgtool.vm import state as vmstate
-from imgtool.vm.record import SeedInfo, VmDisk, VmRecord, load, save, vm_dir
+from imgtool.vm.record import Forward, SeedInfo, VmDisk, VmRecord, load, save, vm_dir
 from store import atomic
 from store.lock import file_lock
 from store.progress import Progress
@@ -52,6 +53,8 @@ class NewVm:
     ssh_key: Path | None = None
     user_data: Path | None = None
     ignore_recommendations: bool = False
+    disk_size: int | None = None  # grow the OS disk's overlay to this many bytes (the guest grows its fs)
+    forwards: tuple[Forward, ...] = ()
     allow_revoked: bool = False  # a revoked version only on purpose; recorded in the receipt
 
 
@@ -66,6 +69,8 @@ def _pick(value: int | None, rng: Range, default: int) -> int:
 
 
 def _check_resources(req: NewVm, definition: Definition, cpus: int, memory: int) -> None:
+    options.check_cpus(cpus)  # what no VM can have is refused even with --ignore-recommendations
+    options.check_memory(memory)
     if req.ignore_recommendations:
         return
     if not definition.vcpus.contains(cpus):
@@ -106,10 +111,22 @@ def _provisioning(req: NewVm, version: ImageVersion) -> seed.Provisioning | None
                      "publish a generalized version to provision VMs")
         return None
     key_path = req.ssh_key or _default_key()
-    keys = (_read(key_path, "SSH public key", MAX_KEY_FILE).strip(),) if key_path else ()
+    keys = (_public_key(key_path),) if key_path else ()
     user_data = _read(req.user_data, "user-data", MAX_USER_DATA) if req.user_data else None
     hostname = req.hostname or req.name.replace("_", "-").replace(".", "-")[:63]
     return seed.Provisioning(seed.new_instance_id(), hostname, req.admin_user or _default_user(), keys, user_data)
+
+
+def _public_key(path: Path) -> str:
+    """The public key in `path`; a private key (the usual slip) is refused before it goes anywhere."""
+    text = _read(path, "SSH public key", MAX_KEY_FILE).strip()
+    if "PRIVATE KEY" in text.partition("\n")[0]:
+        raise InvalidArgument(f"{path} is a private key; a VM gets only the public half",
+                              hint=f"give --ssh-key {path}.pub")
+    if not text.startswith(("ssh-", "ecdsa-", "sk-")):
+        raise InvalidArgument(f"{path} is not an SSH public key (it should start with ssh-ed25519, ssh-rsa, ...)",
+                              hint="give a .pub file, e.g. --ssh-key ~/.ssh/id_ed25519.pub")
+    return text
 
 
 def _read(path: Path, what: str, limit: int) -> str:
@@ -151,6 +168,8 @@ def create(home: Home, req: NewVm, *, progress: Progress | None = None) -> VmRec
     cpus = _pick(req.cpus, definition.vcpus, 2)
     memory = _pick(req.memory_mib, definition.memory_mib, 512)
     _check_resources(req, definition, cpus, memory)
+    options.check_forwards(req.forwards)
+    _check_disk_size(req, version)
     provisioning = _provisioning(req, version)
     if provisioning is not None:
         seed.validate(provisioning)
@@ -166,6 +185,13 @@ def create(home: Home, req: NewVm, *, progress: Progress | None = None) -> VmRec
             shutil.rmtree(folder, ignore_errors=True)
             raise
     return record
+
+
+def _check_disk_size(req: NewVm, version: ImageVersion) -> None:
+    if req.disk_size is not None and req.disk_size < version.os_disk.virtual_size:
+        raise InvalidArgument(f"--disk-size {req.disk_size} bytes is smaller than the image's OS disk "
+                              f"({version.os_disk.virtual_size} bytes); a disk only grows",
+                              hint=f"give at least {-(-version.os_disk.virtual_size // (1 << 20))}M, or omit it")
 
 
 def _claim(folder: Path, name: str) -> None:
@@ -199,9 +225,10 @@ def _build(home: Home, folder: Path, req: NewVm, version: ImageVersion, version_
     for disk in version.disks:
         base = base_paths[disk.digest]
         overlay = folder / ("disk-os.qcow2" if disk.lun is None else f"disk-lun{disk.lun}.qcow2")
-        qemu_img.create_overlay(overlay, backing=base, backing_fmt="raw")
+        size = req.disk_size if disk.lun is None and req.disk_size else None
+        qemu_img.create_overlay(overlay, backing=base, backing_fmt="raw", size=size)
         os.chmod(overlay, 0o600)
-        disks.append(VmDisk(disk.lun, overlay.name, str(base), disk.digest, disk.virtual_size))
+        disks.append(VmDisk(disk.lun, overlay.name, str(base), disk.digest, size or disk.virtual_size))
     seed_info = None
     if provisioning is not None:
         digest = seed.write_seed(folder / "seed.iso", provisioning)
@@ -215,10 +242,61 @@ def _build(home: Home, folder: Path, req: NewVm, version: ImageVersion, version_
         name=req.name, created=now(), image=f"{version.gallery}/{version.definition}@{version.version}",
         version_digest=version_digest, os_state=version.os_state, definition=definition.to_json(),
         definition_record=version.definition_record, cpus=cpus, memory_mib=memory, firmware=definition.firmware,
-        arch=definition.architecture, disks=tuple(disks), seed=seed_info,
+        arch=definition.architecture, disks=tuple(disks), seed=seed_info, forwards=req.forwards,
         allowed_revoked=version.revocation.reason if version.revocation else None)
     save(home, record)  # the commit point: from here on the VM exists
     return record
+
+
+def advice(home: Home, record: VmRecord, req: NewVm) -> list[str]:
+    """Warnings for what vm new made: a version past its end of life, a VM nobody can log in to."""
+    found = []
+    today = dt.date.today().isoformat()
+    version = ImageVersion.from_json(home.store.get_manifest(record.version_digest))
+    definition_eol = record.definition.get("end_of_life")
+    for what, eol in ((f"version {record.image}", version.end_of_life),
+                      (f"definition {version.gallery}/{version.definition}", definition_eol)):
+        if isinstance(eol, str) and eol[:10] < today:
+            found.append(f"{what} reached its end of life on {eol[:10]}; newer versions: "
+                         f"imgtool version list {version.gallery}/{version.definition}")
+    if record.seed is not None and record.seed.ssh_key is None and req.user_data is None:
+        found.append(f"nobody can log in to VM '{record.name}': no SSH key was given and none was found in "
+                     f"~/.ssh; recreate it with --ssh-key FILE.pub (imgtool vm delete {record.name}, then vm new)")
+    return found
+
+
+def update(home: Home, name: str, *, cpus: int | None, memory_mib: int | None,
+           ignore_recommendations: bool = False) -> VmRecord:
+    """Change a stopped VM's vCPUs or memory, within its definition's recommendation."""
+    if cpus is None and memory_mib is None:
+        raise InvalidArgument("nothing to update", hint=f"give --cpus N and/or --memory MIB, e.g. "
+                                                        f"imgtool vm update {name} --memory 1024")
+    with file_lock(home.vms / f".{name}.lock"):
+        record = load(home, name)
+        if vmstate.is_running(home, name):
+            raise Refused(f"VM '{name}' is running; vCPUs and memory change while it is stopped",
+                          hint=f"imgtool vm stop {name}, then update it (or: imgtool vm restart {name} after)")
+        definition = _current_definition(home, record)
+        new_cpus = record.cpus if cpus is None else cpus
+        new_memory = record.memory_mib if memory_mib is None else memory_mib
+        request = NewVm(name=name, image=record.image, ignore_recommendations=ignore_recommendations)
+        if definition is not None:
+            _check_resources(request, definition, new_cpus, new_memory)
+        else:
+            options.check_cpus(new_cpus)
+            options.check_memory(new_memory)
+        updated = dataclasses.replace(record, cpus=new_cpus, memory_mib=new_memory, updated=now())
+        save(home, updated)
+    return updated
+
+
+def _current_definition(home: Home, record: VmRecord) -> Definition | None:
+    """The recommendation in force: the definition now, else as it was at vm new."""
+    gallery, _, rest = record.image.partition("/")
+    try:
+        return get_definition(home, DefinitionRef(gallery, rest.partition("@")[0]))
+    except NotFound:
+        return Definition.from_json(record.definition) if record.definition else None
 
 
 def delete(home: Home, name: str) -> None:
@@ -259,7 +337,8 @@ def snapshot(home: Home, name: str, snap: str) -> dict[str, Any]:
     record = load(home, name)
     check_name(snap, "snapshot")
     if vmstate.is_running(home, name):
-        raise Refused(f"VM '{name}' is running", hint="stop it first: imgtool vm stop " + name)
+        raise Refused(f"VM '{name}' is running; a snapshot is taken of a stopped VM",
+                      hint=f"stop it first: imgtool vm stop {name}")
     target = vm_dir(home, name) / "snapshots" / snap
     target.parent.mkdir(exist_ok=True, mode=0o700)
     tmp = target.parent / f"{atomic.TMP_PREFIX}{snap}"
@@ -275,3 +354,66 @@ def snapshot(home: Home, name: str, snap: str) -> dict[str, Any]:
     atomic.replace(tmp / "snapshot.json", json.dumps(info, indent=2, sort_keys=True).encode())
     os.rename(tmp, target)
     return info
+
+
+def _snapshot_dir(home: Home, name: str, snap: str) -> Path:
+    load(home, name)
+    folder = vm_dir(home, name) / "snapshots" / check_name(snap, "snapshot")
+    if not (folder / "snapshot.json").is_file():
+        raise NotFound(f"snapshot '{name}/{snap}' does not exist", hint=f"imgtool vm snapshot list {name}")
+    return folder
+
+
+def list_snapshots(home: Home, name: str) -> list[dict[str, Any]]:
+    """A VM's snapshots, oldest first: name, created, the disks' LUNs and sizes."""
+    load(home, name)
+    found = []
+    root = vm_dir(home, name) / "snapshots"
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        if folder.name.startswith(".") or not (folder / "snapshot.json").is_file():
+            continue
+        try:
+            info = json.loads((folder / "snapshot.json").read_text())
+        except (OSError, ValueError):
+            info = {}
+        disks = info.get("disks") if isinstance(info.get("disks"), list) else []
+        found.append({"vm": name, "name": folder.name, "ref": f"snapshot:{name}/{folder.name}",
+                      "created": info.get("created"), "image": info.get("image"),
+                      "disks": [{"lun": d.get("lun"), "virtual_size": d.get("virtual_size")} for d in disks
+                                if isinstance(d, dict)],
+                      "stored_bytes": sum(p.stat().st_size for p in folder.glob("*.qcow2"))})
+    return sorted(found, key=lambda s: (str(s["created"]), s["name"]))
+
+
+def delete_snapshot(home: Home, name: str, snap: str) -> None:
+    folder = _snapshot_dir(home, name, snap)
+    with file_lock(home.vms / f".{name}.lock"):
+        doomed = folder.parent / f"{atomic.TMP_PREFIX}{snap}.deleting"
+        os.rename(folder, doomed)  # gone at once; the files follow
+        shutil.rmtree(doomed, ignore_errors=True)
+
+
+def restore_snapshot(home: Home, name: str, snap: str) -> None:
+    """Put a stopped VM's disks back as they were at the snapshot (what was written since is lost)."""
+    folder = _snapshot_dir(home, name, snap)
+    with file_lock(home.vms / f".{name}.lock"):
+        record = load(home, name)
+        if vmstate.is_running(home, name):
+            raise Refused(f"VM '{name}' is running; its disks can be restored while it is stopped",
+                          hint=f"imgtool vm stop {name}, then imgtool vm snapshot restore {name} {snap}")
+        missing = [d.overlay for d in record.disks if not (folder / d.overlay).is_file()]
+        if missing:
+            raise Corrupt(f"snapshot '{name}/{snap}' lacks {', '.join(missing)}",
+                          hint=f"delete it: imgtool vm snapshot delete {name} {snap}")
+        staged = []
+        try:
+            for disk in record.disks:  # copy every disk first, then swap them in: all or nothing
+                tmp = vm_dir(home, name) / f"{atomic.TMP_PREFIX}{disk.overlay}"
+                shutil.copyfile(folder / disk.overlay, tmp)
+                os.chmod(tmp, 0o600)
+                staged.append((tmp, vm_dir(home, name) / disk.overlay))
+            for tmp, target in staged:
+                os.replace(tmp, target)
+        finally:
+            for tmp, _ in staged:
+                tmp.unlink(missing_ok=True)

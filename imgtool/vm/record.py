@@ -22,7 +22,7 @@ RECORD = "vm.json"
 FORMAT = 1
 _FIELDS = {"name", "created", "image", "version_digest", "os_state", "definition", "definition_record", "cpus",
            "memory_mib", "firmware", "arch", "disks", "base_disks", "seed", "qemu_argv", "generalized",
-           "allowed_revoked"}
+           "allowed_revoked", "forwards", "updated"}
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,22 @@ class SeedInfo:
 
 
 @dataclass(frozen=True)
+class Forward:
+    """A TCP port forward: host 127.0.0.1:host -> guest port guest (besides SSH's)."""
+
+    host: int
+    guest: int
+
+    def __str__(self) -> str:
+        return f"127.0.0.1:{self.host}->{self.guest}"
+
+    @classmethod
+    def from_json(cls, obj: JsonObject, what: str) -> Forward:
+        f = Fields(obj, what)
+        return cls(f.integer("host"), f.integer("guest"))
+
+
+@dataclass(frozen=True)
 class VmRecord:
     name: str
     created: str
@@ -75,6 +91,8 @@ class VmRecord:
     seed: SeedInfo | None
     generalized: bool = False  # set by vm generalize: starting it would re-personalize it
     allowed_revoked: str | None = None  # made from a revoked version on purpose (--allow-revoked): its reason
+    forwards: tuple[Forward, ...] = ()  # extra port forwards (vm new --forward)
+    updated: str | None = None  # when vm update last changed vCPUs or memory
 
     @property
     def base_disks(self) -> tuple[str, ...]:
@@ -86,8 +104,10 @@ class VmRecord:
     def to_json(self) -> JsonObject:
         body = dataclasses.asdict(self)
         body["disks"] = [dataclasses.asdict(d) for d in self.disks]
-        if self.allowed_revoked is None:
-            del body["allowed_revoked"]  # absent unless set, like every field added after format 1
+        body["forwards"] = [dataclasses.asdict(f) for f in self.forwards]
+        for late in ("allowed_revoked", "forwards", "updated"):
+            if not body[late]:
+                del body[late]  # absent unless set, like every field added after format 1
         return {"format": FORMAT, "kind": "vm", **body, "base_disks": list(self.base_disks)}
 
     @classmethod
@@ -101,7 +121,9 @@ class VmRecord:
             cpus=f.integer("cpus"), memory_mib=f.integer("memory_mib"), firmware=f.text("firmware"),
             arch=f.text("arch"), disks=f.each("disks", VmDisk.from_json),
             seed=SeedInfo.from_json(seed, f"{what} seed") if seed else None,
-            generalized=f.flag("generalized"), allowed_revoked=f.opt_text("allowed_revoked")))
+            generalized=f.flag("generalized"), allowed_revoked=f.opt_text("allowed_revoked"),
+            forwards=f.each("forwards", Forward.from_json) if "forwards" in f.obj else (),
+            updated=f.opt_text("updated")))
 
 
 def record_path(home: Home, name: str) -> Path:

@@ -12,9 +12,11 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ import blake3
 from imgtool.errors import InvalidArgument, NotFound, Refused, ToolFailed
 from imgtool.gallery.model import now
 from imgtool.home import Home
-from imgtool.tools import accel, qemu, qmp, run, sockets
+from imgtool.tools import accel, ports, qemu, qmp, run, sockets
 from imgtool.tools.ports import free_port
 from imgtool.vm import bases
 from imgtool.vm import state as vmstate
@@ -75,7 +77,15 @@ def spec_for(home: Home, record: VmRecord, *, accel_name: str, port: int) -> qem
         name=record.name, arch=record.arch, cpus=record.cpus, memory_mib=record.memory_mib,
         disks=drives, seed=seed, firmware=record.firmware, ovmf_code=code, ovmf_vars=vars_path,
         accel=accel_name, ssh_port=port, qmp_socket=qmp_socket(folder), serial_log=folder / SERIAL,
-        pid_file=folder / "qemu.pid")
+        pid_file=folder / "qemu.pid", forwards=tuple((f.host, f.guest) for f in record.forwards))
+
+
+def _check_forward_ports(record: VmRecord) -> None:
+    """A fixed host port that is taken would make QEMU fail with a cryptic hostfwd error."""
+    for forward in record.forwards:
+        if not ports.is_free(forward.host):
+            raise Refused(f"host port 127.0.0.1:{forward.host} (forwarded to guest port {forward.guest}) is in use",
+                          hint=f"free that port, then imgtool vm start {record.name}")
 
 
 def start(home: Home, name: str, *, requested_accel: str | None = None, force: bool = False) -> dict[str, Any]:
@@ -96,6 +106,7 @@ def start(home: Home, name: str, *, requested_accel: str | None = None, force: b
         record = dataclasses.replace(record, generalized=False)
         save(home, record)
     _check_disks(home, record, folder)
+    _check_forward_ports(record)
     accel_name = accel.choose_accel(home.cache, requested=requested_accel, arch=record.arch)
     log = folder / SERIAL
     if log.exists():
@@ -114,22 +125,34 @@ def start(home: Home, name: str, *, requested_accel: str | None = None, force: b
                 raise
     pid = int((folder / "qemu.pid").read_text().strip())
     state = {"pid": pid, "accel": accel_name, "ssh_port": spec.ssh_port, "qmp": str(spec.qmp_socket),
-             "started": now(), "qemu_argv": argv}
+             "started": now(), "qemu_argv": argv,
+             "forwards": [{"host": f.host, "guest": f.guest} for f in record.forwards]}
     atomic.replace(folder / STATE, json.dumps(state, indent=2).encode())
     return state
 
 
+@dataclass(frozen=True)
+class Stopped:
+    was_running: bool
+    forced: bool  # the guest did not power down within the timeout: QEMU was ended (like pulling the plug)
+
+
 def stop(home: Home, name: str, *, timeout: float = 30.0) -> bool:
     """ACPI power-down over QMP, then a hard stop after `timeout` seconds. False if it was not running."""
+    return stop_detail(home, name, timeout=timeout).was_running
+
+
+def stop_detail(home: Home, name: str, *, timeout: float = 30.0) -> Stopped:
     folder = vm_dir(home, name)
     state = _state(folder)
     if not state or not _qemu_alive(int(state["pid"])):
         _clear(folder, state)
-        return False
+        return Stopped(False, False)
     pid, sock = int(state["pid"]), Path(state["qmp"])
     if timeout > 0:
         qmp_safe(qmp.powerdown, sock)
         _wait_gone(pid, timeout)
+    forced = _qemu_alive(pid)
     if _qemu_alive(pid):
         qmp_safe(qmp.quit, sock)
         _wait_gone(pid, 5)
@@ -137,7 +160,7 @@ def stop(home: Home, name: str, *, timeout: float = 30.0) -> bool:
         os.kill(pid, signal.SIGKILL)
         _wait_gone(pid, 5)
     _clear(folder, state)
-    return True
+    return Stopped(True, forced)
 
 
 def qmp_safe(action: Any, sock: Path) -> None:
@@ -187,27 +210,82 @@ def console_lines(home: Home, name: str, *, follow: bool, timeout: float | None 
         yield pending.decode("utf-8", "replace")
 
 
+# CSI (ESC [ ... final), OSC (ESC ] ... BEL/ST), other two-byte ESC sequences, and C0 controls but tab.
+_CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?|[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def plain(line: str) -> str:
+    """A console line without terminal control sequences (colours, cursor moves, title changes)."""
+    return _CONTROL.sub("", line)
+
+
 def wait_for(home: Home, name: str, text: str, *, timeout: float) -> str:
     """Follow the console until a line contains `text`; ToolFailed on timeout or VM exit."""
-    for line in console_lines(home, name, follow=True, timeout=timeout):
-        if text in line:
+    running = is_running(home, name)
+    for line in console_lines(home, name, follow=running, timeout=timeout):
+        if text in plain(line):
             return line
+    if not running:
+        raise Refused(f"VM '{name}' is not running, and its console log has no line with {text!r}",
+                      hint=f"start it and wait: imgtool vm start {name}, then imgtool vm console {name} --until "
+                           f"{text!r}")
+    if not is_running(home, name):
+        raise ToolFailed(f"VM '{name}' stopped before printing {text!r}",
+                         hint=f"read its console: imgtool vm console {name}")
     raise ToolFailed(f"VM '{name}' did not print {text!r} within {timeout:g}s",
-                     hint=f"read its console: imgtool vm console {name}")
+                     hint=f"read its console: imgtool vm console {name}, or wait longer with --timeout")
 
 
-def ssh_argv(home: Home, name: str, extra: list[str]) -> list[str]:
+KNOWN_HOSTS = "known_hosts"
+
+
+def wait_ssh(home: Home, name: str, *, timeout: float, waiting: Callable[[int], None] | None = None) -> int:
+    """Wait (bounded) until the VM's SSH answers; returns its port. `waiting(port)` is called once,
+    if it does not answer at once."""
+    deadline = time.monotonic() + timeout
+    told = False
+    while True:
+        state = vmstate.running_state(home, name)
+        if state is None:
+            load(home, name)
+            raise Refused(f"VM '{name}' is not running", hint=f"start it: imgtool vm start {name}")
+        port = int(state["ssh_port"])
+        if ports.ssh_answers(port, timeout=max(min(5.0, deadline - time.monotonic()), 0.5)):
+            return port
+        if not told and waiting is not None:
+            waiting(port)
+            told = True
+        if time.monotonic() >= deadline:
+            raise ToolFailed(f"nothing answers SSH on 127.0.0.1:{port} (VM '{name}') after {timeout:g}s",
+                             hint=f"the guest may still be booting or has no SSH server: read its console "
+                                  f"(imgtool vm console {name}), or wait longer with --wait")
+        time.sleep(1.0)
+
+
+def ssh_argv(home: Home, name: str, extra: list[str], *, port: int | None = None) -> list[str]:
+    """ssh with the VM's port, user and key; its host key is remembered in the VM's own known_hosts
+    (under an alias, so it survives the port changing at each start)."""
     record = load(home, name)
     state = _state(vm_dir(home, name))
     if not state or not _qemu_alive(int(state["pid"])):
         raise Refused(f"VM '{name}' is not running", hint=f"start it: imgtool vm start {name}")
+    port = port or int(state["ssh_port"])
     user = record.seed.admin_user if record.seed else None
     if not user:
         raise InvalidArgument(f"VM '{name}' has no provisioned user (specialized image)",
-                              hint="use the source image's own accounts: ssh -p PORT USER@127.0.0.1")
-    argv = ["ssh", "-p", str(state["ssh_port"]), "-o", "StrictHostKeyChecking=no",
-            "-o", "UserKnownHostsFile=/dev/null"]
+                              hint=f"use the source image's own accounts: ssh -p {port} USER@127.0.0.1")
+    argv = ["ssh", "-p", str(port), "-o", f"HostKeyAlias=imgtool-vm-{name}",
+            "-o", f"UserKnownHostsFile={vm_dir(home, name) / KNOWN_HOSTS}", "-o", "StrictHostKeyChecking=accept-new",
+            "-o", "LogLevel=ERROR"]
     key = record.seed.ssh_key if record.seed else None
     if key and key.endswith(".pub") and Path(key[:-4]).exists():
         argv += ["-i", key[:-4]]
     return [*argv, f"{user}@127.0.0.1", *extra]
+
+
+def restart(home: Home, name: str, *, timeout: float = 30.0, requested_accel: str | None = None) -> \
+        tuple[Stopped, dict[str, Any]]:
+    """Stop (if running) and start again, with the record as it is now (after vm update, say)."""
+    load(home, name)
+    stopped = stop_detail(home, name, timeout=timeout)
+    return stopped, start(home, name, requested_accel=requested_accel)

@@ -4,17 +4,24 @@ code, no traceback, and changes nothing in the home (store, VMs, bases), byte fo
 Names with '/', '..', NUL, control characters, leading '-', overlong or empty, for every kind
 of name; versions like 1.2, 1.2.3.4, 01.0.0, 4294967296.0.0, -1.0.0; missing, unreadable and
 endless files (folders, FIFOs, devices, symlink loops); generalized/specialized mismatches;
-LUN clashes; vCPUs and memory outside the recommended ranges; malformed formats and dates.
+LUN clashes; vCPUs and memory outside the recommended ranges; malformed formats and dates;
+paths of every kind where a disk was expected (compressed archives, URLs, folders, devices) and
+environments that cannot work (a home that is a file, a FIFO, under a file; a bogus accelerator).
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
 import os
 import random
+import tarfile
 from collections import Counter
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from tests.conftest import require_tools
 from tests.reliability.harness import (
@@ -48,7 +55,7 @@ def cases(f: dict[str, str]) -> list[tuple[list[str], int]]:
             (["gallery", "create", name], 2),
             (["definition", "create", f"g/{name}", *[a.format(offer="o2") for a in DEFINE], "generalized"], 2),
             (["vm", "new", name, "--image", "g/d@1.0.0", "--ssh-key", f["key"]], 2),
-            (["vm", "snapshot", "web", name], 2),
+            (["vm", "snapshot", "create", "web", name], 2),
         ]
         lookups = [["gallery", "show", name], ["gallery", "delete", name], ["vm", "show", name],
                    ["vm", "delete", name], ["vm", "start", name], ["version", "list", f"g/{name}"],
@@ -101,8 +108,10 @@ def cases(f: dict[str, str]) -> list[tuple[list[str], int]]:
         ([*new_vm, "--memory", "64"], 5),
         ([*new_vm, "--memory", "4096"], 5),
         ([*new_vm, "--cpus", "8"], 5),
-        ([*new_vm, "--cpus", "0"], 5),
-        ([*new_vm, "--cpus", "-1"], 5),
+        ([*new_vm, "--cpus", "0"], 2),  # no VM can have these: refused even before the recommendation
+        ([*new_vm, "--cpus", "-1"], 2),
+        ([*new_vm, "--cpus", "300", "--ignore-recommendations"], 2),
+        ([*new_vm, "--memory", "10", "--ignore-recommendations"], 2),
         ([*new_vm, "--memory", "abc"], 2),
         ([*new_vm, "--memory", "1e9"], 2),
         # formats and dates
@@ -130,8 +139,91 @@ def cases(f: dict[str, str]) -> list[tuple[list[str], int]]:
         (["gc", "--keep-captures", "-1"], 2),
         (["gc", "--keep-captures", "nan"], 2),
         (["gc", "--wait", "-5"], 2),
+        *path_cases(f),
     ]
     return found
+
+
+def path_cases(f: dict[str, str]) -> list[tuple[list[str], int]]:
+    """Paths of every kind where a disk or an output was expected, and options checked at entry."""
+    publish = ["publish", "g/d", "--version", "2.0.0"]
+    new_vm = ["vm", "new", "x", "--image", "g/d@1.0.0", "--ssh-key", f["key"]]
+    define = ["definition", "create", "g/e", *[a.format(offer="e") for a in DEFINE], "generalized"]
+    found: list[tuple[list[str], int]] = []
+    for archive in ("gz", "xz", "zst", "bz2", "tar"):
+        found += [(["capture", f[archive]], 2), ([*publish, "--os-disk", f[archive]], 2),
+                  ([*publish, "--os-disk", f["good"], "--data-disk", f"0={f[archive]}"], 2)]
+    found += [
+        (["capture", "https://example.com/disk.qcow2"], 2),
+        ([*publish, "--os-disk", "http://127.0.0.1:1/disk.raw"], 2),
+        (["capture", f["folder"]], 2),
+        (["version", "export", "g/d@1.0.0", f["folder"]], 2),
+        (["version", "export", "g/d@1.0.0", f["good"]], 4),  # .raw exists: no silent overwrite
+        (["version", "export", "g/d@1.0.0", f["key"], "--format", "qcow2"], 4),
+        (["version", "export", "g/d@1.0.0", f["folder"] + "/out.vmdk"], 2),  # which format?
+        (["version", "export", "g/d@1.0.0", f["folder"] + "/missing/out.qcow2"], 3),
+        # data disks: never dropped or swapped silently
+        ([*publish, "--os-disk", "vm:web:x", "--os-state", "generalized"], 2),
+        ([*publish, "--os-disk", f["good"], "--data-disk", "0=vm:web"], 3),  # web has no LUN 0
+        ([*publish, "--os-disk", f["good"], "--data-disk", "0=g/d@1.0.0"], 3),
+        ([*publish, "--os-disk", f["good"], "--data-disk", "0=g/d@1.0.0:9"], 3),
+        # dates and what depends on them
+        ([*publish, "--os-disk", f["good"], "--block-deletion-before-end-of-life"], 2),
+        ([*publish, "--os-disk", f["good"], "--block-deletion-before-end-of-life", "--end-of-life", "2001-01-01"], 2),
+        (["version", "update", "g/d@1.0.0", "--block-deletion"], 2),
+        # definitions no VM could follow
+        ([*define, "--architecture", "aarch64"], 2),  # bios on aarch64
+        ([*define, "--min-memory", "10"], 2),
+        ([*define, "--max-vcpus", "1000"], 2),
+        # VM options checked where they are given
+        ([*new_vm, "--disk-size", "1K"], 2),
+        ([*new_vm, "--disk-size", "lots"], 2),
+        ([*new_vm, "--forward", "80:80"], 2),
+        ([*new_vm, "--forward", "8080:22"], 2),
+        ([*new_vm, "--forward", "8080:80", "--forward", "8080:81"], 2),
+        ([*new_vm, "--forward", "8080"], 2),
+        ([*new_vm, "--accel", "hvf"], 2),
+        ([*new_vm, "--accel", "tcg"], 2),  # without --start it would be ignored
+        (["vm", "console", "web", "--timeout", "5"], 2),  # likewise without --follow/--until
+        (["capture", "vm:web", "--format", "qcow2"], 2),  # --format is for files
+        ([*publish, "--os-disk", "g/d@1.0.0", "--format", "raw"], 2),
+        ([*new_vm[:-1], f["private"]], 2),  # the usual slip: the private half
+        ([*new_vm[:-1], f["user_data"]], 2),  # text, but not a public key
+        (["vm", "update", "web"], 2),
+        (["vm", "update", "web", "--cpus", "8"], 5),
+        (["vm", "update", "web", "--cpus", "0"], 2),
+        (["vm", "stop", "web", "--timeout", "-1"], 2),
+        (["vm", "ssh", "web", "--wait", "nan"], 2),
+        (["vm", "ssh", "web"], 5),  # not running
+        (["vm", "console", "web", "--until", "READY"], 5),  # not running, and never said READY
+        (["vm", "snapshot", "restore", "web", "nope"], 3),
+        (["vm", "snapshot", "delete", "web", "nope"], 3),
+        (["vm", "snapshot", "list", "nope"], 3),
+    ]
+    return found
+
+
+def env_cases(f: dict[str, str]) -> list[tuple[list[str], int, dict[str, str]]]:
+    """Environments that cannot work: each is the user's error, said as such, never exit 70."""
+    found: list[tuple[list[str], int, dict[str, str]]] = []
+    for home in (f["good"], f["good"] + "/sub", f["fifo"], "/dev/null"):
+        found += [(["gallery", "list"], 2, {"IMGTOOL_HOME": home}),
+                  (["gallery", "create", "h"], 2, {"IMGTOOL_HOME": home}),
+                  (["--home", home, "vm", "list"], 2, {})]
+    found += [(["gallery", "list"], 2, {"IMGTOOL_HOME": "", "XDG_DATA_HOME": f["good"]}),
+              (["vm", "start", "web"], 2, {"IMGTOOL_ACCEL": "bogus"})]
+    return found
+
+
+def write_archives(work: Path, good: Path, f: dict[str, str]) -> None:
+    data = good.read_bytes()
+    for ext, pack in (("gz", gzip.compress), ("xz", lzma.compress), ("bz2", bz2.compress),
+                      ("zst", zstandard.ZstdCompressor().compress)):
+        f[ext] = str(work / f"good.raw.{ext}")
+        Path(f[ext]).write_bytes(pack(data))
+    f["tar"] = str(work / "good.tar")
+    with tarfile.open(f["tar"], "w") as tar:
+        tar.add(good, arcname="good.raw")
 
 
 def test_bad_arguments_get_one_line_and_change_nothing(zygote: Zygote, tmp_path: Path) -> None:
@@ -149,6 +241,9 @@ def test_bad_arguments_get_one_line_and_change_nothing(zygote: Zygote, tmp_path:
     os.mkfifo(f["fifo"])
     os.symlink(work / "nowhere", f["dangling"])
     os.symlink(f["loop"], f["loop"])
+    write_archives(work, good, f)
+    f["private"] = str(work / "id_ed25519")
+    Path(f["private"]).write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n")
     for argv in (["gallery", "create", "g"],
                  ["definition", "create", "g/d", *[a.format(offer="o") for a in DEFINE], "generalized",
                   "--min-vcpus", "1", "--max-vcpus", "4", "--min-memory", "256", "--max-memory", "2048"],
@@ -160,8 +255,10 @@ def test_bad_arguments_get_one_line_and_change_nothing(zygote: Zygote, tmp_path:
         assert done.status == 0, done.describe()
     before = fingerprint(home)
     figures: Counter[str] = Counter()
-    for argv, expected in cases(f):
-        done = zygote.run(argv, home=home, kill_after=60)
+    runs: list[tuple[list[str], int, dict[str, str]]] = [(argv, code, {}) for argv, code in cases(f)]
+    runs += env_cases(f)
+    for argv, expected, env in runs:
+        done = zygote.run(argv, home=home, env=env, kill_after=60)
         assert done.status == expected and done.one_line_error(), done.describe()
         assert "Traceback" not in done.stderr
         after = fingerprint(home)

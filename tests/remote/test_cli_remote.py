@@ -127,7 +127,7 @@ def test_replication_targets_states_and_retry(registry: Registry, tmp_path: Path
     assert failed["retry"] == "imgtool replicate team/base@2.0.0" and failed["error"]
     assert a("version", "show", "team/base@2.0.0").stdout.count("replica ") == 2
     assert a("replicate", ok=False).returncode == 12  # still down: recorded, not fatal to the version
-    assert a.json("version", "show", "team/base@2.0.0")["name"] == "team/base@2.0.0"  # type: ignore[index]
+    assert a.json("version", "show", "team/base@2.0.0")["ref"] == "team/base@2.0.0"  # type: ignore[index]
     with running() as back:
         a("version", "update", "team/base@2.0.0", "--no-replicate-to", "down")
         a("remote", "add", "back", back.url)

@@ -1,0 +1,89 @@
+"""The JSON vocabulary of imgtool: one noun, one shape, in every command (documented in docs/GUIDE.md).
+
+Conventions every command (and every new one) follows:
+- An object's full reference is "ref": a definition "G/D", a version "G/D@X.Y.Z". The parts are
+  separate fields: "gallery", "definition", "version" (always the bare X.Y.Z).
+- "latest" on a version is a boolean: whether G/D@latest resolves to it. On a definition-level answer
+  (version resolve, remote versions) it is the bare X.Y.Z that latest resolves to, or null.
+- A VM is {"name", "image" (a version ref), "state", "ssh_port", ...}: state and port at the top
+  level, the same in vm list, vm show, vm new, vm start, vm stop.
+- A digest is always the full "blake3:<64 hex>"; a size is an integer number of bytes in a key
+  ending in "_size" or "_bytes"; memory is "memory_mib"; times are ISO 8601 UTC ("...Z").
+- A deletion answers {"deleted": REF}; an error is {"error": {"category", "message", "hint",
+  "exit_code"}} (alone, or added to the command's document).
+- Absent values are null, never "" or "-".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from imgtool.gallery.model import Definition, Disk, ImageVersion
+from imgtool.vm.record import VmRecord
+
+
+def version_ref(gallery: str, definition: str, version: str) -> str:
+    return f"{gallery}/{definition}@{version}"
+
+
+def ref_parts(gallery: str, definition: str, version: str) -> dict[str, str]:
+    return {"ref": version_ref(gallery, definition, version), "gallery": gallery, "definition": definition,
+            "version": version}
+
+
+def disk(d: Disk) -> dict[str, Any]:
+    return {"lun": d.lun, "digest": d.digest, "virtual_size": d.virtual_size, "source": d.source}
+
+
+def version(v: ImageVersion, record: str, *, latest: bool) -> dict[str, Any]:
+    """A version: its record's fields (every one, also those added later: check, revocation, ...), with
+    the reference spelt out, the record digest and whether latest picks it."""
+    body = v.to_json()
+    for key in ("format", "kind", "links"):
+        body.pop(key, None)
+    body["disks"] = [disk(d) for d in v.disks]
+    return {**body, **ref_parts(v.gallery, v.definition, v.version), "record": record, "latest": latest}
+
+
+def definition(d: Definition) -> dict[str, Any]:
+    body = d.to_json()
+    for key in ("format", "kind", "links", "gallery", "name"):
+        body.pop(key)
+    return {"ref": f"{d.gallery}/{d.name}", "gallery": d.gallery, "definition": d.name, **body}
+
+
+def vm(record: VmRecord, status: dict[str, Any]) -> dict[str, Any]:
+    """A VM: its receipt (without the embedded definition, which version show has) and its state."""
+    body = {k: v for k, v in record.to_json().items() if k not in ("definition", "format", "kind")}
+    return {**body, "state": status["state"], "ssh_port": status.get("ssh_port"), "accel": status.get("accel"),
+            "pid": status.get("pid"), "started": status.get("started"),
+            "forwards": [{"host": f.host, "guest": f.guest} for f in record.forwards], "updated": record.updated}
+
+
+def incomplete_vm(name: str) -> dict[str, Any]:
+    """A VM folder without a record (an unfinished vm new): the same keys, unknown values null."""
+    return {"name": name, "image": None, "state": "incomplete", "ssh_port": None, "accel": None, "cpus": None,
+            "memory_mib": None, "disks": [], "forwards": [], "seed": None, "version_digest": None, "created": None}
+
+
+# The keys each noun always has (docs/GUIDE.md, "JSON output"; tests/test_json_shapes.py checks every
+# command's output against these).
+KEYS: dict[str, tuple[str, ...]] = {
+    "error": ("category", "message", "hint", "exit_code"),
+    "gallery": ("ref", "name", "description", "created", "updated"),
+    "definition": ("ref", "gallery", "definition", "publisher", "offer", "sku", "os_type", "os_state", "firmware",
+                   "architecture", "recommended", "disallowed_disk_formats", "end_of_life", "features", "tags",
+                   "created", "updated"),
+    "version": ("ref", "gallery", "definition", "version", "record", "latest", "os_state", "disks", "published",
+                "exclude_from_latest", "end_of_life", "block_deletion_before_end_of_life", "provenance"),
+    "version_summary": ("ref", "gallery", "definition", "version", "record", "latest", "os_state", "disks",
+                        "published", "exclude_from_latest", "end_of_life"),
+    "disk": ("lun", "digest", "virtual_size"),
+    "resolve": ("ref", "gallery", "definition", "latest", "resolves_to", "candidates"),
+    "capture": ("digest", "virtual_size", "source"),
+    "export": ("path", "format", "lun", "digest", "virtual_size"),
+    "vm": ("name", "image", "state", "ssh_port", "accel", "cpus", "memory_mib", "disks", "forwards", "seed",
+           "version_digest", "created"),
+    "snapshot": ("vm", "name", "ref", "created", "image", "disks", "stored_bytes"),
+    "deleted": ("deleted",),
+}
