@@ -80,7 +80,7 @@ def ssh(cli: Cli, vm: str, command: str, *, key: Path | None = None) -> str:
     if key is None:
         done = cli("vm", "ssh", vm, "--", command)
         return done.stdout
-    port = str(cli.json("vm", "show", vm)["status"]["ssh_port"])  # type: ignore[index]
+    port = str(cli.json("vm", "show", vm)["ssh_port"])  # type: ignore[index]
     known = cli.home / "vms" / vm / "known_hosts"
     argv = ["ssh", "-p", port, "-i", str(key), "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
             "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
@@ -122,7 +122,7 @@ def second(cli: Cli, key: Path, first: dict[str, str]) -> dict[str, str]:
     done = cli.json("vm", "generalize", "first")
     assert isinstance(done, dict) and done["mode"] == "online"
     assert {"/etc/machine-id (emptied)", "/etc/ssh/ssh_host_ed25519_key"} <= set(done["removed"])
-    assert cli.json("vm", "show", "first")["status"]["state"] == "stopped"  # type: ignore[index]
+    assert cli.json("vm", "show", "first")["state"] == "stopped"  # type: ignore[index]
     assert cli("vm", "start", "first", ok=False).returncode == 5  # generalized: refused without --force
 
     cli("publish", "lab/deb", "--version", "1.1.0", "--os-disk", "vm:first", "--os-state", "generalized")
