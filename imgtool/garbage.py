@@ -31,7 +31,7 @@ DEFAULT_CAPTURE_RETENTION = 24 * 3600  # seconds an unpublished capture is kept
 STORE_REASONS = {
     "manifest": "no name, VM or capture reaches it",
     "pack": "none of its chunks is used",
-    "repack": "some of its chunks are unused: live frames are copied to a new pack, the old one deleted",
+    "repack": "some of its chunks are unused: the live ones move to a new pack, the old one is deleted",
     "orphan-pack": "a pack without an index (a write interrupted before its index)",
     "leftover": "a temporary file of an unfinished write",
 }

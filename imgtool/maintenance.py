@@ -1,4 +1,4 @@
-"""Store-wide maintenance with the domain's roots: verify, repair, du (gc is imgtool/garbage.py).
+"""Store-wide maintenance with the domain's roots: verify, repair, optimize, du (gc is imgtool/garbage.py).
 
 verify maps damage back to the versions and VMs it hits; du says what each version costs and what
 else the home holds.
@@ -6,18 +6,51 @@ else the home holds.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
+from imgtool import garbage
 from imgtool.capture.disk import CAPTURES
 from imgtool.gallery.galleries import VERSIONS
 from imgtool.gallery.model import ImageVersion
 from imgtool.home import Home
 from imgtool.vm import bases
 from imgtool.vm import record as vmrecord
+from store import gc as store_gc
+from store import optimize as store_optimize
 from store.packs import rebuild_index
+from store.progress import Progress
 from store.reach import closure, mark
 from store.verify import Report
 from store.verify import verify as store_verify
+
+
+@dataclass
+class OptimizeResult:
+    dry_run: bool
+    plan: dict[str, int | None]
+    done: dict[str, int] = field(default_factory=dict)
+    gc: garbage.GcPlan | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dry_run": self.dry_run, "plan": self.plan, "done": self.done or None,
+                "gc": self.gc.to_json(dry_run=self.dry_run) if self.gc else None}
+
+
+def optimize(home: Home, *, dry_run: bool, with_gc: bool = False, min_age: float = 0.0,
+             progress: Progress | None = None, timeout: float = 60.0) -> OptimizeResult:
+    """Rewrite cold packs with the strong encoding (after a gc, with `with_gc`), under the exclusive lock.
+
+    A dry run only plans, and estimates the bytes after from a sample of the packs.
+    """
+    store = home.store
+    with store.exclusive(timeout=timeout):
+        collected = garbage.gc(home, dry_run=dry_run, timeout=timeout) if with_gc else None
+        the_plan = store_optimize.plan(store, min_age=min_age, estimate=dry_run)
+        result = OptimizeResult(dry_run, the_plan.summary(), gc=collected)
+        if not dry_run:
+            result.done = store_optimize.execute(store, the_plan, progress=progress).summary()
+    return result
 
 
 def repair_indexes(home: Home) -> list[str]:
@@ -31,6 +64,16 @@ def repair_indexes(home: Home) -> list[str]:
             rebuilt.append(path.stem)
         store.reload_index()
     return rebuilt
+
+
+def set_aside_damaged(home: Home, report: Report) -> list[str]:
+    """Set aside the chunks a deep verify found damaged (see store.gc.set_aside), under the exclusive lock,
+    so that capturing the same bytes again restores them; returns the chunks set aside."""
+    damaged = {bytes.fromhex(p.object) for p in report.problems if p.kind == "chunk"}
+    if not damaged:
+        return []
+    with home.store.exclusive():
+        return store_gc.set_aside(home.store, damaged)
 
 
 def verify(home: Home, *, deep: bool) -> tuple[Report, dict[str, list[str]]]:

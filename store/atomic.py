@@ -37,7 +37,7 @@ def translate_os_error(exc: OSError, what: str) -> Exception:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return StorageFull(f"no space left while writing {what}",
                            hint="free space on the store's filesystem, then retry (names are unchanged; "
-                                "imgtool gc reclaims what the unfinished write left)")
+                                "garbage collection reclaims what the unfinished write left)")
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return ReadOnlyStore(f"cannot write {what}: {exc.strerror}",
                              hint="the store is read-only here; reading commands still work")

@@ -12,6 +12,7 @@ from typing import Any
 from store.errors import Corrupt, InvalidArgument
 
 JsonObject = dict[str, Any]
+_HINT = "a deep verify of the store shows what it affects"
 
 
 def _check(value: Any, where: str) -> None:
@@ -37,7 +38,7 @@ def loads(data: bytes, *, what: str) -> JsonObject:
     try:
         value = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise Corrupt(f"{what} is not valid JSON: {exc}", hint="run imgtool verify --deep") from exc
+        raise Corrupt(f"{what} is not valid JSON: {exc}", hint=_HINT) from exc
     if not isinstance(value, dict):
-        raise Corrupt(f"{what} is not a JSON object", hint="run imgtool verify --deep")
+        raise Corrupt(f"{what} is not a JSON object", hint=_HINT)
     return value

@@ -35,7 +35,7 @@ def parse(text: str) -> str:
     if not _HEX.fullmatch(bare):  # not match: `$` also matches before a final "\n"
         raise InvalidArgument(
             f"{text!r} is not a digest",
-            hint="a digest is blake3: followed by 64 lowercase hex digits, as printed by imgtool capture",
+            hint="a digest is blake3: followed by 64 lowercase hex digits, as printed when it was stored",
         )
     return bare
 

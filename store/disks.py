@@ -1,10 +1,7 @@
 """Disk manifests: a disk's guest-visible content as a list of chunks.
 
-    {"format": 1, "kind": "disk", "virtual_size": N, "chunk_size": C,
-     "chunks": [[i, "<hex>"], ...], "stored": S}
-
-Chunk i covers bytes [i*C, min((i+1)*C, N)). Chunks not listed are all zero.
-`stored` is the sum of the raw lengths of the listed chunks (logical data).
+The fields (`virtual_size`, `chunk_size`, `chunks`, `data_bytes`) are specified in
+docs/STORE-FORMAT.md ("Disk manifest"). Chunks not listed are all zero.
 """
 
 from __future__ import annotations
@@ -41,12 +38,12 @@ class DiskManifest:
             raise Corrupt(f"{what} is not a disk manifest", hint="check the digest you gave")
         if obj.get("format") != FORMAT:
             raise Corrupt(f"{what} has unknown format {obj.get('format')!r}",
-                          hint="it was written by a newer imgtool; upgrade imgtool to read it")
+                          hint="it was written by a newer release; upgrade to read it")
         try:
             size, chunk_size = int(obj["virtual_size"]), int(obj["chunk_size"])
             chunks = {int(i): digest.parse(str(h)) for i, h in obj["chunks"]}
         except (KeyError, TypeError, ValueError) as exc:
-            raise Corrupt(f"{what} is malformed: {exc}", hint="run imgtool verify") from exc
+            raise Corrupt(f"{what} is malformed: {exc}", hint="a verify of the store shows what it affects") from exc
         return cls(size, chunk_size, chunks)
 
     def chunk_length(self, index: int) -> int:

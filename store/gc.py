@@ -1,12 +1,9 @@
 """Garbage collection: plan first, then execute the plan.
 
-Roots are every name plus the extra roots the caller gives (VMs, leases).
-Under the exclusive store lock no capture is in flight, so anything not
-reached is garbage: unreferenced manifests, packs whose chunks are all dead,
-packs without an index (a crash between pack and index), and `.tmp-*` leftovers.
-Packs that hold some live chunks are repacked: live frames are copied (not
-recompressed) into new packs, whose indexes are written before the old index
-and pack are deleted, so a crash mid-gc loses nothing.
+Roots are the names and extra roots the caller gives (VMs, leases). Under the
+exclusive store lock no capture is in flight, so anything not reached is
+garbage. What is deleted, and in which order, is specified in
+docs/STORE-FORMAT.md ("Garbage collection"): a crash mid-gc loses nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +13,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from store import atomic, codec
-from store.packs import Location, PackWriter, decode_index, iter_index_files, iter_pack_files, read_frame
+from store.errors import Corrupt
+from store.packs import (
+    Entry,
+    Location,
+    PackWriter,
+    decode_chunk,
+    decode_frame,
+    decode_index,
+    frames,
+    iter_index_files,
+    iter_pack_files,
+    read_frame,
+)
 from store.reach import mark
 from store.repo import Store
 
@@ -55,11 +64,6 @@ def _size(path: Path) -> int:
         return 0
 
 
-def name_roots(store: Store) -> list[str]:
-    """Every named manifest: the default roots."""
-    return [value for _key, value in store.all_names()]
-
-
 def plan(store: Store, roots: Iterable[str]) -> Plan:
     """Compute what gc would delete if only `roots` (and what they reach) stay.
 
@@ -93,22 +97,27 @@ def _plan_packs(store: Store, live_raw: set[bytes], result: Plan) -> None:
     for index_path in iter_index_files(store.layout):
         pack_hex, entries = decode_index(index_path.read_bytes(), what=index_path.name)
         indexed.add(pack_hex)
-        alive = [e for e in entries if e[0] in live_raw]
+        alive = [e for e in entries if e.raw in live_raw]
         result.live_chunks += len(alive)
         result.dead_chunks += len(entries) - len(alive)
-        dead_bytes = sum(e[2] for e in entries if e[0] not in live_raw)
         if not alive:
             result.packs.append(index_path)
             result.freed[index_path] = _size(index_path) + _size(store.layout.pack(pack_hex))
-        elif dead_bytes:
+        elif len(alive) < len(entries):
             result.repack.append(index_path)
-            result.freed[index_path] = dead_bytes
+            result.freed[index_path] = sum(_dead_share(m, live_raw) for m in frames(entries))
         result.bytes_freed += result.freed.get(index_path, 0)
     for pack_path in iter_pack_files(store.layout):
         if pack_path.stem not in indexed:
             result.orphans.append(pack_path)
             result.freed[pack_path] = _size(pack_path)
             result.bytes_freed += result.freed[pack_path]
+
+
+def _dead_share(members: list[Entry], live_raw: set[bytes]) -> int:
+    """Bytes a frame's dead chunks take: all of a dead frame, a raw-length share of a partly dead span."""
+    dead = sum(e.rawlen for e in members if e.raw not in live_raw)
+    return members[0].clen * dead // max(1, sum(e.rawlen for e in members))
 
 
 def _leftovers(store: Store) -> list[Path]:
@@ -151,11 +160,67 @@ def _repack(store: Store, indexes: list[Path], live_raw: set[bytes]) -> None:
     writer = PackWriter(store.layout, survivors)
     for index_path in indexes:
         pack_hex, entries = decode_index(index_path.read_bytes(), what=index_path.name)
-        for raw, offset, clen, rawlen in entries:
-            if raw in live_raw and not writer.has(raw):
-                frame = read_frame(store.layout, Location(pack_hex, offset, clen, rawlen))
-                # A damaged frame must not be copied into a pack that looks fresh: this raises
-                # Corrupt and gc stops before deleting anything.
-                codec.decompress(frame, rawlen, raw, what=raw.hex()[:16])
-                writer.add(raw, frame, rawlen)
+        for members in frames(entries):
+            _copy_frame(store, writer, pack_hex, [e for e in members if e.raw in live_raw], len(members))
     writer.flush()
+
+
+def _copy_frame(store: Store, writer: PackWriter, pack_hex: str, members: list[Entry], total: int) -> None:
+    """Carry the live chunks of one frame (`total` chunks) that the store lacks elsewhere into the new packs.
+
+    A frame is copied as it is (not recompressed), except a span with dead chunks, whose live ones
+    are compressed again as a span of their own so the dead bytes go too.
+    """
+    wanted = [e for e in members if not writer.has(e.raw)]
+    if not wanted:
+        return
+    frame = read_frame(store.layout, Location.of(pack_hex, wanted[0]))
+    # A damaged frame must not be copied into a pack that looks fresh: this raises Corrupt and gc
+    # stops before deleting anything.
+    data = decode_frame(frame, wanted, what=wanted[0].raw.hex()[:16])
+    pieces = [data[e.inner:e.inner + e.rawlen] for e in wanted]
+    for entry, piece in zip(wanted, pieces, strict=True):
+        codec.check(piece, entry.raw, what=entry.raw.hex()[:16])
+    if wanted[0].encoding == codec.ZSTD:
+        writer.add(wanted[0].raw, frame, wanted[0].rawlen)
+    elif len(wanted) == total:
+        writer.add_frame(frame, wanted)
+    elif len(wanted) == 1:
+        writer.add(wanted[0].raw, codec.compress(pieces[0], level=codec.STRONG_LEVEL), wanted[0].rawlen)
+    else:  # in order, so only the span's last chunk can be short, as a span requires
+        writer.add_span(codec.compress(b"".join(pieces), level=codec.STRONG_LEVEL),
+                        [(e.raw, e.rawlen) for e in wanted])
+
+
+def set_aside(store: Store, damaged: set[bytes]) -> list[str]:
+    """Rewrite the packs that hold `damaged` chunks without those chunks; return the chunks set aside.
+
+    The caller holds the exclusive lock. A chunk is set aside only if its stored copy really fails its
+    check now (a chunk that reads back right stays). Afterwards the store lacks it, so what needs it
+    fails with "missing chunk" instead of bad data, and the next capture of the same bytes stores it
+    again: dedup would otherwise keep the damaged copy for ever. Healthy neighbours are copied as gc's
+    repack copies them (new packs and indexes before the old ones go).
+    """
+    index = store.reload_index()
+    bad = {raw for raw in damaged if (location := index.get(raw)) is not None and not _reads_back(store, location, raw)}
+    if not bad:
+        return []
+    holding: list[Path] = []
+    keep: set[bytes] = set()
+    for index_path in iter_index_files(store.layout):
+        _pack_hex, entries = decode_index(index_path.read_bytes(), what=index_path.name)
+        if any(e.raw in bad for e in entries):
+            holding.append(index_path)
+            keep |= {e.raw for e in entries if e.raw not in bad}
+    _repack(store, holding, keep)
+    _delete_packs(holding)
+    store.reload_index()
+    return sorted(raw.hex() for raw in bad)
+
+
+def _reads_back(store: Store, location: Location, raw: bytes) -> bool:
+    try:
+        decode_chunk(read_frame(store.layout, location), location, raw)
+    except Corrupt:
+        return False
+    return True

@@ -3,9 +3,12 @@ parallel, write new ones into packs, then write the disk manifest.
 
 The caller decides which chunks to read (from qemu-img map) and which to reuse
 from an earlier disk manifest (incremental capture of a VM overlay); the store
-only sees offsets and bytes. Reading stays on the calling thread (a reader need
-not be thread-safe); hashing and compression run on a pool because BLAKE3 and
-zstd release the GIL.
+only sees offsets and bytes. Reading, hashing and compression all run on the
+pool (pread, BLAKE3 and zstd release the GIL), so the reader must be
+thread-safe; the calling thread only collects results in order and queues them
+into packs, which the pack writer writes on its own thread. Chunks are
+compressed with the fast ingest level (store/codec.py); `optimize` recompresses
+cold packs later.
 """
 
 from __future__ import annotations

@@ -1,13 +1,4 @@
-"""Every path in a store, in one pure object.
-
-    <root>/store.json                 format version and chunk size (written once)
-    <root>/packs/<aa>/<hex>.pack      concatenated zstd frames, named by BLAKE3 of the pack bytes
-    <root>/packs/<aa>/<hex>.idx       the pack's index (chunk digest -> offset, lengths), written after the pack
-    <root>/manifests/<aa>/<hex>       canonical JSON, named by BLAKE3 of its bytes
-    <root>/names/<ns>/<k1>/.../<kn>   a name: one line `blake3:<hex>`, replaced atomically
-    <root>/log/names.log              append-only history of name changes
-    <root>/locks/                     the store lock and its holders
-    <root>/tmp/                       scratch space for captures (sockets, staging)
+"""Every path in a store, in one pure object (the tree: docs/STORE-FORMAT.md, "Layout").
 
 Digests are validated (store.digest.parse) and name components checked before
 they become paths; this module does no I/O.

@@ -3,7 +3,8 @@
 Why this is enough to keep in-flight data alive: a capture or publish holds the
 shared lock from its first chunk to its last name update, and gc sweeps only
 under the exclusive lock, so gc can never see a half-finished write. Locks wait
-with a timeout, and a holder file per process says who holds the lock.
+with a timeout, and a holder file per process says who holds the lock. Readers of
+packs hold it shared too (docs/STORE-FORMAT.md, "Locks and leases", "Invariants").
 """
 
 from __future__ import annotations
@@ -13,14 +14,21 @@ import fcntl
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from store import atomic
-from store.errors import Locked
+from store.errors import Locked, ReadOnlyStore
 
 DEFAULT_TIMEOUT = 60.0
+_held = threading.local()  # lock dir -> (exclusive?, depth) this thread holds
+
+
+def holding(lock_dir: Path) -> bool:
+    """Whether this thread already holds the store lock (in either mode)."""
+    return str(lock_dir) in getattr(_held, "locks", {})
 
 
 def alive(pid: int) -> bool:
@@ -56,14 +64,39 @@ def _describe(lock_dir: Path) -> str:
 
 @contextlib.contextmanager
 def held(lock_dir: Path, *, exclusive: bool, timeout: float = DEFAULT_TIMEOUT,
-         purpose: str = "") -> Iterator[None]:
+         purpose: str = "", reader: bool = False) -> Iterator[None]:
     """Hold the store lock (shared or exclusive) for the duration of the block.
 
+    Nested use in one thread is allowed: a shared request inside a held lock, or anything inside
+    an exclusive one, reuses it (a second flock on a new descriptor would wait for ourselves).
+    A `reader` (shared, writes nothing) also works on a store it cannot write: it locks through a
+    read-only descriptor, or not at all when the lock file cannot even be opened there.
     Raises Locked after `timeout` seconds, naming the holders.
     """
-    with atomic.translated("the store lock"):  # a read-only or full store is an error, not a crash
-        atomic.makedirs(lock_dir)
-        fd = os.open(lock_dir / "store.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    locks: dict[str, tuple[bool, int]] = _held.__dict__.setdefault("locks", {})
+    key = str(lock_dir)
+    if key in locks and (locks[key][0] or not exclusive):
+        mode, depth = locks[key]
+        locks[key] = (mode, depth + 1)
+        try:
+            yield
+        finally:
+            locks[key] = (mode, depth)
+        return
+    with _flocked(lock_dir, exclusive=exclusive, timeout=timeout, purpose=purpose, reader=reader):
+        locks[key] = (exclusive, 1)
+        try:
+            yield
+        finally:
+            del locks[key]
+
+
+@contextlib.contextmanager
+def _flocked(lock_dir: Path, *, exclusive: bool, timeout: float, purpose: str, reader: bool) -> Iterator[None]:
+    fd = _open(lock_dir, reader=reader)
+    if fd is None:
+        yield
+        return
     try:
         _acquire(fd, lock_dir, exclusive=exclusive, timeout=timeout)
         holder = lock_dir / f"holder-{os.getpid()}-{id(fd)}"
@@ -78,9 +111,24 @@ def held(lock_dir: Path, *, exclusive: bool, timeout: float = DEFAULT_TIMEOUT,
         try:
             yield
         finally:
-            holder.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # nothing to remove on a store we could not write
+                holder.unlink(missing_ok=True)
     finally:
         os.close(fd)  # closing the descriptor releases the flock
+
+
+def _open(lock_dir: Path, *, reader: bool) -> int | None:
+    try:
+        with atomic.translated("the store lock"):  # a read-only or full store is an error, not a crash
+            atomic.makedirs(lock_dir)
+            return os.open(lock_dir / "store.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except ReadOnlyStore:
+        if not reader:
+            raise
+    try:
+        return os.open(lock_dir / "store.lock", os.O_RDONLY)  # flock needs no write access
+    except OSError:
+        return None  # nobody can write this store, so no gc can delete what we read
 
 
 def _prune_holders(lock_dir: Path) -> None:

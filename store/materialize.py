@@ -2,7 +2,8 @@
 
 Zero chunks stay holes (the file is truncated to the virtual size first and
 only data chunks are written). Every chunk is verified against its digest as it
-is decompressed, so a materialized file is exactly what was captured.
+is decoded, so a materialized file is exactly what was captured. The store lock
+is held shared throughout, so no gc or optimize deletes a pack this reads.
 """
 
 from __future__ import annotations
@@ -10,14 +11,17 @@ from __future__ import annotations
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from store import codec
 from store.disks import DiskManifest
 from store.errors import NotFound
-from store.packs import PackReader
+from store.packs import Location, PackReader, decode_chunk
 from store.progress import Progress, announce_total
 from store.repo import Store
+
+BATCH = 8  # chunks per pool task (at least one frame): a future per chunk costs more in locking than decoding
 
 
 def materialize(store: Store, disk: DiskManifest, out: Path, *,
@@ -32,34 +36,67 @@ def materialize(store: Store, disk: DiskManifest, out: Path, *,
     """
     workers = workers or max(2, os.cpu_count() or 2)
     announce_total(progress, sum(disk.chunk_length(i) for i in disk.chunks))
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.ftruncate(fd, disk.virtual_size)
-        _write_chunks(store, disk, fd, workers, progress)
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
+    with store.reading():
+        jobs = _frame_jobs(store, disk)
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.ftruncate(fd, disk.virtual_size)
+            _write_frames(store, jobs, fd, disk.chunk_size, workers, progress)
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
-Job = tuple[int, str, bytes, int]  # chunk index, hex digest, compressed frame, raw length
-BATCH = 8  # chunks per pool task: one future per chunk costs more in locking than decompressing does
+@dataclass
+class FrameJob:
+    """One frame to read and decode once, and every place of the disk its chunks go."""
+
+    location: Location  # of the first chunk needed from the frame
+    uses: list[tuple[int, bytes, Location]]  # (chunk index, raw digest, where it is in the frame)
+    frame: bytes = b""
 
 
-def _decode_and_write(jobs: list[Job], fd: int, chunk_size: int) -> int:
-    """Decompress, verify and pwrite a batch (positional writes need no ordering); returns bytes written."""
+def _frame_jobs(store: Store, disk: DiskManifest) -> list[FrameJob]:
+    """The disk's chunks grouped by the frame that holds them, in the order of their first use."""
+    jobs: dict[tuple[str, int], FrameJob] = {}
+    for index in sorted(disk.chunks):
+        hex_digest = disk.chunks[index]
+        raw = bytes.fromhex(hex_digest)
+        location = store.index.get(raw)
+        if location is None:
+            raise NotFound(f"chunk {hex_digest[:16]} of this disk is missing from the store",
+                           hint="a verify of the store shows what else it affects")
+        job = jobs.setdefault(location.frame, FrameJob(location, []))
+        job.uses.append((index, raw, location))
+    return list(jobs.values())
+
+
+def _decode_and_write(jobs: list[FrameJob], fd: int, chunk_size: int) -> int:
+    """Decode, verify and pwrite a batch (positional writes need no ordering); returns bytes written."""
     written = 0
-    for index, hex_digest, frame, rawlen in jobs:
-        data = codec.decompress(frame, rawlen, bytes.fromhex(hex_digest), what=hex_digest[:16])
-        os.pwrite(fd, data, index * chunk_size)
-        written += len(data)
+    for job in jobs:
+        if job.location.encoding == codec.ZSTD:
+            data = decode_chunk(job.frame, job.location, job.uses[0][1])
+            for index, _raw, _location in job.uses:  # a chunk used at several places of the disk
+                os.pwrite(fd, data, index * chunk_size)
+                written += len(data)
+            continue
+        end = max(loc.inner + loc.rawlen for _i, _r, loc in job.uses)
+        whole = codec.decode(job.frame, end, limit=codec.SPAN_BYTES_MAX, what=job.uses[0][1].hex()[:16])
+        for index, raw, location in job.uses:
+            piece = memoryview(whole)[location.inner:location.inner + location.rawlen]
+            codec.check(piece, raw, what=raw.hex()[:16])
+            os.pwrite(fd, piece, index * chunk_size)
+            written += len(piece)
+        job.frame = b""
     return written
 
 
-def _write_chunks(store: Store, disk: DiskManifest, fd: int, workers: int,
+def _write_frames(store: Store, jobs: list[FrameJob], fd: int, chunk_size: int, workers: int,
                   progress: Progress | None) -> None:
     window: deque[Future[int]] = deque()
-    batch: list[Job] = []
+    batch: list[FrameJob] = []
 
     def drain(limit: int) -> None:
         while len(window) > limit:
@@ -69,17 +106,13 @@ def _write_chunks(store: Store, disk: DiskManifest, fd: int, workers: int,
 
     with PackReader(store.layout) as packs, \
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="materialize") as pool:
-        for index in sorted(disk.chunks):
-            hex_digest = disk.chunks[index]
-            location = store.index.get(bytes.fromhex(hex_digest))
-            if location is None:
-                raise NotFound(f"chunk {hex_digest[:16]} of this disk is missing from the store",
-                               hint="run imgtool verify to see which versions are affected")
-            batch.append((index, hex_digest, packs.read(location), location.rawlen))
-            if len(batch) == BATCH:
-                window.append(pool.submit(_decode_and_write, batch, fd, disk.chunk_size))
+        for job in jobs:
+            job.frame = packs.read(job.location)
+            batch.append(job)
+            if sum(len(j.uses) for j in batch) >= BATCH:
+                window.append(pool.submit(_decode_and_write, batch, fd, chunk_size))
                 batch = []
                 drain(workers * 2)
         if batch:
-            window.append(pool.submit(_decode_and_write, batch, fd, disk.chunk_size))
+            window.append(pool.submit(_decode_and_write, batch, fd, chunk_size))
         drain(0)

@@ -31,7 +31,7 @@ class Reach:
 def links_of(obj: dict[str, object]) -> list[str]:
     value = obj.get("links", [])
     if not isinstance(value, list):
-        raise Corrupt("manifest has a malformed links list", hint="run imgtool verify")
+        raise Corrupt("manifest has a malformed links list", hint="a verify of the store shows what it affects")
     return [digest.parse(str(item)) for item in value]
 
 

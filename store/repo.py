@@ -1,12 +1,7 @@
 """The store facade: chunks in packs, manifests by digest, names.
 
-Invariants (see docs/DESIGN.md, "The store"):
-- Blobs (packs, indexes, manifests) are written once, verified, read-only.
-- Write order is chunks -> manifests -> names; a name is set only after
-  everything it reaches is durable, so a crash never leaves a dangling name.
-- Writers hold the store lock shared; gc holds it exclusively.
-- Every manifest lists the other manifests it reaches in "links" (disk manifests
-  reach chunks instead), which is all gc needs to know about them.
+The on-disk format and the invariants this code keeps (write order, locks,
+what a reader may rely on while gc runs) are specified in docs/STORE-FORMAT.md.
 """
 
 from __future__ import annotations
@@ -15,13 +10,14 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from store import atomic, canonical, digest, lock
 from store.canonical import JsonObject
 from store.disks import DiskManifest
-from store.errors import Corrupt, InvalidArgument, NotFound
+from store.errors import AlreadyExists, Corrupt, InvalidArgument, NotFound
 from store.layout import Layout
 from store.packs import ChunkIndex, PackWriter
 
@@ -55,17 +51,31 @@ class Store:
         layout = Layout(root)
         if not layout.config.exists():
             if not create:
-                raise NotFound(f"no imgtool store at {root}", hint="create one with any writing command")
+                raise NotFound(f"no store at {root}", hint="create one with any writing command")
             _initialise(layout, chunk_size)
         return cls(root, _read_config(layout))
 
     # -- locking -------------------------------------------------------------
 
     def writing(self, *, timeout: float = lock.DEFAULT_TIMEOUT) -> contextlib.AbstractContextManager[None]:
-        return lock.held(self.layout.locks, exclusive=False, timeout=timeout)
+        """The shared lock, for anything that adds to the store."""
+        return self._locked(exclusive=False, timeout=timeout)
+
+    def reading(self, *, timeout: float = lock.DEFAULT_TIMEOUT) -> contextlib.AbstractContextManager[None]:
+        """The shared lock, for readers of packs: no gc or optimize deletes a pack while it is held."""
+        return self._locked(exclusive=False, timeout=timeout, reader=True)
 
     def exclusive(self, *, timeout: float = lock.DEFAULT_TIMEOUT) -> contextlib.AbstractContextManager[None]:
-        return lock.held(self.layout.locks, exclusive=True, timeout=timeout)
+        """The store to itself: gc and optimize, which delete packs."""
+        return self._locked(exclusive=True, timeout=timeout)
+
+    @contextlib.contextmanager
+    def _locked(self, *, exclusive: bool, timeout: float, reader: bool = False) -> Iterator[None]:
+        fresh = not lock.holding(self.layout.locks)
+        with lock.held(self.layout.locks, exclusive=exclusive, timeout=timeout, reader=reader):
+            if fresh:  # a gc may have run since the index was loaded: load it again when it is next used
+                self._index = None
+            yield
 
     # -- chunks --------------------------------------------------------------
 
@@ -99,10 +109,10 @@ class Store:
             data = path.read_bytes()
         except FileNotFoundError:
             raise NotFound(f"manifest {hex_digest[:16]} is not in the store",
-                           hint="check the digest, or run imgtool verify") from None
+                           hint="check the digest; a verify of the store shows what it affects") from None
         if digest.hex_of(data) != hex_digest:
             raise Corrupt(f"manifest {hex_digest[:16]} does not match its digest",
-                          hint="run imgtool verify to see what it affects")
+                          hint="a verify of the store shows what it affects")
         return canonical.loads(data, what=f"manifest {hex_digest[:16]}")
 
     def has_manifest(self, ref: str) -> bool:
@@ -124,20 +134,19 @@ class Store:
     def set_name(self, namespace: str, *key: str, target: str, create_only: bool = False) -> None:
         """Point a name at a manifest that is already stored.
 
-        With `create_only`, AlreadyExists-style races are decided by the
-        filesystem: exactly one concurrent creator wins (returns normally), the
-        others get FileExistsError.
+        With `create_only`, races are decided by the filesystem: exactly one
+        concurrent creator wins (returns normally), the others get AlreadyExists.
         """
         full = digest.full(target)
         if not self.has_manifest(full):
             raise InvalidArgument(f"refusing to name {full[:23]}: it is not stored",
-                                  hint="this is a bug: names are set only after their content")
+                                  hint="names are set only after their content; this is a bug in the caller")
         path = self.layout.name(namespace, *key)
         data = (full + "\n").encode()
         old = self.get_name(namespace, *key)
         if create_only:
             if not atomic.create(path, data):
-                raise FileExistsError(str(path))
+                raise AlreadyExists(f"name {'/'.join((namespace, *key))} already exists")
         else:
             atomic.replace(path, data)
         self._log("set", namespace, key, old, full)
@@ -206,8 +215,8 @@ def _read_config(layout: Layout) -> StoreConfig:
     fmt = obj.get("format")
     if fmt != STORE_FORMAT:
         raise InvalidArgument(
-            f"the store at {layout.root} has format {fmt!r}; this imgtool reads format {STORE_FORMAT}",
-            hint="use the imgtool version that wrote it, or upgrade imgtool",
+            f"the store at {layout.root} has format {fmt!r}; this release reads format {STORE_FORMAT}",
+            hint="use the release that wrote it, or upgrade to one that reads it",
         )
     chunk_size = obj.get("chunk_size")
     if not isinstance(chunk_size, int) or chunk_size < 4096 or chunk_size & (chunk_size - 1):

@@ -10,7 +10,17 @@ from dataclasses import dataclass, field
 
 from store import codec
 from store.errors import Corrupt
-from store.packs import ChunkIndex, Location, decode_index, iter_index_files, iter_pack_files, read_frame
+from store.packs import (
+    ChunkIndex,
+    Entry,
+    Location,
+    decode_frame,
+    decode_index,
+    frames,
+    iter_index_files,
+    iter_pack_files,
+    read_frame,
+)
 from store.reach import Reach, closure, mark
 from store.repo import Store
 
@@ -43,7 +53,15 @@ class Report:
 
 
 def verify(store: Store, *, deep: bool = False, extra_roots: dict[str, str] | None = None) -> Report:
-    """Check every name (and extra labelled roots). Never raises for damage: reports it."""
+    """Check every name (and extra labelled roots). Never raises for damage: reports it.
+
+    Holds the store lock shared, so no gc deletes an index or pack between listing and reading it.
+    """
+    with store.reading():
+        return _verify(store, deep=deep, extra_roots=extra_roots)
+
+
+def _verify(store: Store, *, deep: bool, extra_roots: dict[str, str] | None) -> Report:
     report = Report()
     roots = {"/".join(key): value for key, value in store.all_names()}
     roots.update(extra_roots or {})
@@ -81,27 +99,38 @@ def _check_indexes(store: Store, report: Report, index: ChunkIndex, *, deep: boo
         index.add(pack_hex, entries)
         if not store.layout.pack(pack_hex).exists():
             report.problems.append(Problem("pack", pack_hex, "index names a pack that is missing"))
-            bad.update({raw.hex(): "its pack is missing" for raw, *_ in entries})
+            bad.update({e.raw.hex(): "its pack is missing" for e in entries})
             continue
         if deep:
             _hash_pack(store, pack_hex, entries, report, bad)
     for pack_path in iter_pack_files(store.layout):
         if pack_path.stem not in indexed and not pack_path.with_suffix(".idx").exists():
             # Written by a capture that was interrupted before its index: invisible, not damage.
-            report.garbage.append(Problem("pack", pack_path.stem, "pack without an index (imgtool gc removes it)"))
+            report.garbage.append(Problem("pack", pack_path.stem, "pack without an index (gc removes it)"))
     return bad
 
 
-def _hash_pack(store: Store, pack_hex: str, entries: list[tuple[bytes, int, int, int]],
-               report: Report, bad: dict[str, str]) -> None:
-    for raw, offset, clen, rawlen in entries:
-        report.chunks_hashed += 1
+def _hash_pack(store: Store, pack_hex: str, entries: list[Entry], report: Report, bad: dict[str, str]) -> None:
+    for members in frames(entries):
+        first = members[0]
+        report.chunks_hashed += len(members)
         try:
-            frame = read_frame(store.layout, Location(pack_hex, offset, clen, rawlen))
-            codec.decompress(frame, rawlen, raw, what=raw.hex()[:16])
+            frame = read_frame(store.layout, Location.of(pack_hex, first))
+            data = decode_frame(frame, members, what=first.raw.hex()[:16])
         except Corrupt as exc:
-            bad[raw.hex()] = exc.message
-            report.problems.append(Problem("chunk", raw.hex(), f"in pack {pack_hex[:16]}: {exc.message}"))
+            for entry in members:
+                _damaged(report, bad, pack_hex, entry, exc.message)
+            continue
+        for entry in members:
+            try:
+                codec.check(data[entry.inner:entry.inner + entry.rawlen], entry.raw, what=entry.raw.hex()[:16])
+            except Corrupt as exc:
+                _damaged(report, bad, pack_hex, entry, exc.message)
+
+
+def _damaged(report: Report, bad: dict[str, str], pack_hex: str, entry: Entry, message: str) -> None:
+    bad[entry.raw.hex()] = message
+    report.problems.append(Problem("chunk", entry.raw.hex(), f"in pack {pack_hex[:16]}: {message}"))
 
 
 def _attribute(reach: Reach, roots: dict[str, str], bad_chunks: dict[str, str], report: Report) -> None:

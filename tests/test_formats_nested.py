@@ -20,6 +20,7 @@ from imgtool.formats import nested_formats, refuse_nested
 from imgtool.home import Home
 from imgtool.tools import run
 from store.materialize import materialize
+from tests.cli import Cli
 from tests.conftest import require_tools
 from tests.reliability.harness import fingerprint
 from tests.test_formats import qemu_img
@@ -179,3 +180,28 @@ def test_a_vm_overlay_whose_guest_wrote_an_image_header_is_refused(home: Home, t
     allowed = capture_overlay(home, nested, base_digest=base.digest, base_path=base_path, source=source,
                               allow_nested=True)
     assert allowed.source["nested_image"] == ["vmdk"]
+
+
+@pytest.mark.integration
+def test_the_cli_flag_allows_a_nested_image_and_records_it(tmp_path: Path) -> None:
+    """--allow-nested-image is the override the refusal's hint names, on capture and on publish."""
+    require_tools("qemu-img")
+    inner = tmp_path / "inner.qcow2"
+    run.run(["qemu-img", "create", "-q", "-f", "qcow2", inner, "1M"])
+    guest = tmp_path / "guest.raw"
+    guest.write_bytes(inner.read_bytes().ljust(1 << 20, b"\0"))
+    image = tmp_path / "holds-a-qcow2.qcow2"  # a qcow2 whose guest data starts with a qcow2 header
+    run.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", guest, image])
+    cli = Cli(tmp_path / "home")
+    refused = cli("capture", str(image), ok=False)
+    assert refused.returncode == 5 and "--allow-nested-image" in refused.stderr
+    captured = cli.json("capture", str(image), "--allow-nested-image")
+    assert isinstance(captured, dict) and captured["source"]["nested_image"]
+    cli("gallery", "create", "g")
+    cli("definition", "create", "g/d", "--publisher", "p", "--offer", "o", "--sku", "s", "--os-type", "linux",
+        "--os-state", "generalized")
+    assert cli("publish", "g/d", "--version", "1.0.0", "--os-disk", str(image), ok=False).returncode == 5
+    shown = cli.json("publish", "g/d", "--version", "1.0.0", "--os-disk", str(image), "--allow-nested-image")
+    assert isinstance(shown, dict)
+    version = cli.json("version", "show", "g/d@1.0.0")
+    assert isinstance(version, dict) and version["disks"][0]["source"]["nested_image"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from store import digest, gc
-from store.errors import Corrupt, InvalidArgument, NotFound
+from store.errors import AlreadyExists, Corrupt, InvalidArgument, NotFound
 from store.ingest import chunk_indexes, ingest
 from store.materialize import materialize
 from store.repo import Store
@@ -29,6 +29,10 @@ def put_disk(store: Store, content: bytes) -> str:
     indexes = range(-(-len(content) // CHUNK))
     with store.writing():
         return ingest(store, virtual_size=len(content), read=read, indexes=indexes).digest
+
+
+def names_of(store: Store) -> list[str]:
+    return [value for _key, value in store.all_names()]
 
 
 def disk_bytes(seed: int, size: int = 1 << 20) -> bytes:
@@ -81,7 +85,7 @@ def test_names_point_only_at_stored_manifests(tmp_path: Path) -> None:
         store.set_name("things", "a", target="blake3:" + "0" * 64)
     ref = store.put_manifest({"kind": "note", "links": []})
     store.set_name("things", "a", target=ref, create_only=True)
-    with pytest.raises(FileExistsError):
+    with pytest.raises(AlreadyExists):
         store.set_name("things", "a", target=ref, create_only=True)
     assert store.get_name("things", "a") == ref
     assert store.list_names("things") == [(("a",), ref)]
@@ -110,7 +114,7 @@ def test_gc_keeps_named_content_and_frees_the_rest(tmp_path: Path) -> None:
     store.set_name("versions", "v1", target=keeper)
     dropped = put_disk(store, disk_bytes(2))
     with store.exclusive():
-        the_plan = gc.plan(store, gc.name_roots(store))
+        the_plan = gc.plan(store, names_of(store))
         assert the_plan.bytes_freed > 0
         assert store.layout.manifest(dropped) in the_plan.manifests
         gc.execute(store, the_plan)
@@ -121,7 +125,7 @@ def test_gc_keeps_named_content_and_frees_the_rest(tmp_path: Path) -> None:
     report = verify(store, deep=True)
     assert report.ok, report.problems
     with store.exclusive():
-        assert gc.plan(store, gc.name_roots(store)).bytes_freed == 0  # nothing left to free: gc converged
+        assert gc.plan(store, names_of(store)).bytes_freed == 0  # nothing left to free: gc converged
 
 
 def test_verify_deep_finds_a_flipped_byte_and_who_it_hits(tmp_path: Path) -> None:
@@ -177,3 +181,41 @@ def test_a_damaged_index_is_skipped_and_rebuilt_from_its_pack(tmp_path: Path) ->
     out = tmp_path / "out.raw"
     materialize(store, store.get_disk(ref), out)
     assert out.read_bytes() == disk_bytes(11)
+
+
+def test_a_reader_holds_off_a_gc_that_would_delete_its_packs(tmp_path: Path) -> None:
+    """materialize holds the store lock shared: a gc that would repack the pack being read waits
+    (here: times out) instead of deleting it, and can run as soon as the reader is done."""
+    import threading
+
+    from store.errors import Locked
+
+    store = make_store(tmp_path)
+    content = bytes(random.Random(1).randbytes(CHUNK)) * 2 + random.Random(2).randbytes(30 * CHUNK)
+    put_disk(store, content + random.Random(3).randbytes(4 * CHUNK))  # one pack; its last chunks die
+    kept = put_disk(store, content)  # nothing new: gc would repack the one pack, deleting it
+    store.set_name("versions", "v", target=store.put_manifest({"kind": "v", "links": [kept]}))
+    outcomes: list[str] = []
+
+    def collect() -> None:
+        other = Store.open(store.layout.root, create=False)  # another thread, another descriptor
+        try:
+            with other.exclusive(timeout=0.2):
+                gc.execute(other, gc.plan(other, names_of(other)))
+            outcomes.append("gc ran")
+        except Locked:
+            outcomes.append("gc waited")
+
+    def progress(_amount: int) -> None:
+        if not outcomes:  # the first batch is written: the reader is mid-way
+            thread = threading.Thread(target=collect)
+            thread.start()
+            thread.join()
+
+    out = tmp_path / "out.raw"
+    materialize(store, store.get_disk(kept), out, progress=progress)
+    assert outcomes == ["gc waited"] and out.read_bytes() == content
+    collect()
+    assert outcomes == ["gc waited", "gc ran"]
+    read_from = store.index.get(bytes.fromhex(store.get_disk(kept).chunks[0]))  # as loaded by the reader
+    assert read_from is not None and not store.layout.pack(read_from.pack).exists()  # gc repacked it

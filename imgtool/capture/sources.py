@@ -113,18 +113,22 @@ def data_luns(home: Home, source: Source) -> list[int]:
     return []
 
 
-def capture(home: Home, text: str, *, fmt: str | None = None, progress: Progress | None = None) -> Captured:
-    """Capture any source given on the command line (see module docstring)."""
+def capture(home: Home, text: str, *, fmt: str | None = None, progress: Progress | None = None,
+            allow_nested: bool = False) -> Captured:
+    """Capture any source given on the command line (see module docstring).
+
+    allow_nested: store a disk whose content starts with an image format header (recorded)."""
     source = parse(text)
     if fmt is not None and source.kind != "file":
         raise InvalidArgument(f"--format {fmt} applies to disk files, and '{text}' is a {source.kind} source",
                               hint="drop --format: a stored disk's format is known")
     if source.kind in ("vm", "snapshot"):
-        return vmcapture.capture_vm_source(home, source.kind, source.target, source.lun, progress=progress)
+        return vmcapture.capture_vm_source(home, source.kind, source.target, source.lun, progress=progress,
+                                           allow_nested=allow_nested)
     if source.kind == "digest":
         return capture_digest(home, text)
     if source.kind == "file":
-        return capture_file(home, Path(text), fmt=fmt, progress=progress)
+        return capture_file(home, Path(text), fmt=fmt, progress=progress, allow_nested=allow_nested)
     return _version_disk(home, source)
 
 

@@ -44,7 +44,7 @@ def data_luns(home: Home, kind: str, target: str) -> list[int]:
 
 
 def capture_vm_source(home: Home, kind: str, target: str, lun: int | None, *,
-                      progress: Progress | None = None) -> Captured:
+                      progress: Progress | None = None, allow_nested: bool = False) -> Captured:
     if kind == "vm":
         record = load(home, target)
         if vmstate.is_running(home, target):
@@ -59,4 +59,4 @@ def capture_vm_source(home: Home, kind: str, target: str, lun: int | None, *,
     source = {"kind": kind, "name": target, "lun": lun, "format": "qcow2", "parent_version": record.image,
               "parent_record": record.version_digest}
     return capture_overlay(home, overlay, base_digest=disk.base_disk, base_path=Path(disk.base),
-                           source=source, progress=progress)
+                           source=source, progress=progress, allow_nested=allow_nested)

@@ -69,11 +69,13 @@ def remote_show(ctx: typer.Context, name: Annotated[str, Arg(help="Remote name."
 
 @remote_app.command("remove")
 def remote_remove(ctx: typer.Context, name: Annotated[str, Arg(help="Remote name.")]) -> None:
-    """Forget a remote (its registry and the credentials in other tools' files are left alone)."""
+    """Forget a remote and imgtool's credentials for its host (unless another remote uses that host)."""
     from imgtool.remote import remotes, service
 
     st = state(ctx)
-    service.logout(st.home, name)
+    remote = remotes.get(st.home, name)
+    if not any(r.host == remote.host for r in remotes.load_all(st.home).values() if r.name != name):
+        service.logout(st.home, name)
     remotes.remove(st.home, name)
     emit_json({"removed": name}) if st.json else print(f"removed remote {name}")
 
@@ -205,7 +207,8 @@ def push_cmd(
 
 def pull_cmd(
     ctx: typer.Context,
-    ref: Annotated[str, Arg(help="REMOTE:GALLERY/DEFINITION[@X.Y.Z|@latest]")],
+    ref: Annotated[str, Arg(help="REMOTE:GALLERY/DEFINITION[@X.Y.Z|@latest], or pinned: "
+                                 "REMOTE:G/D@X.Y.Z@sha256:… (a different digest is an error)")],
     as_ref: Annotated[str | None, Opt("--as", help="Store it as GALLERY/DEFINITION here.")] = None,
 ) -> None:
     """Pull a version: only chunks the local store lacks travel, every blob and chunk is verified, and
@@ -262,6 +265,8 @@ def replication_rows(home: Any, gallery: str, definition: str, version: str) -> 
     rows: list[tuple[str, Any]] = []
     for entry in replication.describe(home, gallery, definition, version):
         detail = entry.get("state", "?")
+        if detail == "replicating" and entry.get("total"):
+            detail += f" {human_bytes(entry.get('progress'))} of {human_bytes(entry.get('total'))}"
         if detail == "completed":
             detail += f" {str(entry.get('manifest', ''))[:19]} at {entry.get('when')}"
         elif detail == "failed":

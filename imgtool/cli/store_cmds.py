@@ -1,10 +1,10 @@
-"""imgtool verify, imgtool gc, imgtool du"""
+"""imgtool verify, imgtool gc, imgtool optimize, imgtool du"""
 
 from typing import Annotated, Any
 
 import typer
 
-from imgtool.cli.output import emit_json, human_bytes, state, table
+from imgtool.cli.output import ProgressBar, emit_json, human_bytes, state, table
 from imgtool.errors import Corrupt, InvalidArgument
 
 Opt = typer.Option
@@ -14,6 +14,7 @@ MAX_LISTED = 20  # items shown per kind in the text plan; --json has them all
 def register(app: typer.Typer) -> None:
     app.command("verify")(verify)
     app.command("gc")(gc)
+    app.command("optimize")(optimize)
     app.command("du")(du)
 
 
@@ -21,7 +22,8 @@ def verify(
     ctx: typer.Context,
     deep: Annotated[bool, Opt(help="Re-hash every stored chunk and every VM base.")] = False,
     repair: Annotated[bool, Opt(help="Rebuild damaged pack indexes from their packs and damaged VM bases "
-                                     "from the store's chunks.")] = False,
+                                     "from the store's chunks, and set damaged chunks aside so that "
+                                     "capturing the same source again restores them.")] = False,
 ) -> None:
     """Check that every name resolves to complete content (and with --deep, that all data is intact).
 
@@ -33,10 +35,13 @@ def verify(
     indexes = maintenance.repair_indexes(st.home) if repair else []
     rebuilt = bases.repair_all(st.home) if repair else []
     report, hit = maintenance.verify(st.home, deep=deep or repair)
+    set_aside = maintenance.set_aside_damaged(st.home, report) if repair else []
+    if set_aside:  # what the store now lacks, and what stands on it
+        report, hit = maintenance.verify(st.home, deep=True)
     if st.json:
         emit_json({"ok": report.ok, "deep": deep, "names": report.names, "manifests": report.manifests,
                    "chunks": report.chunks, "chunks_hashed": report.chunks_hashed, "rebuilt_bases": rebuilt,
-                   "rebuilt_indexes": indexes,
+                   "rebuilt_indexes": indexes, "set_aside_chunks": set_aside,
                    "problems": [p.to_json() for p in report.problems], "affected": hit,
                    "garbage": [g.to_json() for g in report.garbage]})
     else:
@@ -44,6 +49,8 @@ def verify(
             print(f"rebuilt index of pack {pack[:16]}")
         for base in rebuilt:
             print(f"rebuilt base {base[:16]}")
+        for chunk in set_aside:
+            print(f"set aside damaged chunk {chunk[:16]} (capture its source again to restore it)")
         for p in report.problems:
             print(f"DAMAGED {p.kind} {p.object[:16]}: {p.message}")
         for g in report.garbage:
@@ -54,9 +61,17 @@ def verify(
         print(f"{'ok' if report.ok else 'FAILED'}: {report.names} names, {report.manifests} manifests, "
               f"{report.chunks} chunks" + (f", {report.chunks_hashed} chunks re-hashed" if deep else ""))
     if not report.ok:
-        raise Corrupt(f"verify found {len(report.problems)} problem(s)",
-                      hint="see above; imgtool verify --repair rebuilds indexes and bases, damaged chunks need a "
-                           "re-capture")
+        raise Corrupt(f"verify found {len(report.problems)} problem(s)", hint=_repair_hint(report, repair))
+
+
+def _repair_hint(report: Any, repaired: bool) -> str:
+    chunks = any(p.kind == "chunk" for p in report.problems)
+    if not repaired:
+        return ("imgtool verify --repair rebuilds indexes and bases" +
+                (" and sets damaged chunks aside; then capture the affected versions' sources again "
+                 "(imgtool capture FILE) to restore them" if chunks else ""))
+    return ("the chunks above are missing: capture the affected versions' sources again (imgtool capture FILE) "
+            "to restore them, or delete those versions")
 
 
 def gc(
@@ -108,6 +123,50 @@ def _wrapped(text: str, indent: str, *, first: str = "") -> None:
 
     print("\n".join(textwrap.wrap(text, width=79, initial_indent=first, subsequent_indent=indent,
                                   break_on_hyphens=False, break_long_words=True)))
+
+
+def optimize(
+    ctx: typer.Context,
+    dry_run: Annotated[bool, Opt("--dry-run", help="Say what it would rewrite and gain; change nothing.")] = False,
+    gc: Annotated[bool, Opt("--gc", help="Collect garbage first, in the same hold of the store.")] = False,
+    min_age: Annotated[float, Opt(help="Leave packs written in the last HOURS hours as they are.")] = 0.0,
+    wait: Annotated[float, Opt(help="Seconds to wait for other imgtool processes to finish.")] = 60.0,
+) -> None:
+    """Recompress cold packs with a strong encoding, so the store is small at rest.
+
+    Capture stores chunks with a fast codec; this rewrites them in frames of several chunks at a high
+    zstd level. Chunk names, versions and VMs stay as they are. Takes the store to itself, like gc."""
+    from imgtool import maintenance
+
+    st = state(ctx)
+    for option, value in (("--min-age", min_age), ("--wait", wait)):
+        if not value >= 0:  # also refuses NaN
+            raise InvalidArgument(f"{option} {value:g} is not a number of hours/seconds >= 0",
+                                  hint=f"e.g. {option} 1" if option == "--min-age" else f"e.g. {option} 60")
+    bar = ProgressBar("optimizing", enabled=not st.json and not dry_run)
+    try:
+        result = maintenance.optimize(st.home, dry_run=dry_run, with_gc=gc, min_age=min_age * 3600,
+                                      progress=bar, timeout=wait)
+    finally:
+        bar.close()
+    if st.json:
+        emit_json(result.to_json())
+        return
+    if result.gc is not None:
+        print(f"gc {'would free' if dry_run else 'freed'} {human_bytes(result.gc.bytes_freed)}")
+    plan = result.plan
+    if not plan["packs"]:
+        print("nothing to optimize: every pack is already in the strong encoding")
+    elif dry_run:
+        print(f"would rewrite {_count(plan['packs'], 'pack')} ({_count(plan['chunks'], 'chunk')}): "
+              f"{human_bytes(plan['stored_bytes'])} -> about {human_bytes(plan['estimated_bytes'])}")
+    else:
+        print(f"rewrote {_count(plan['packs'], 'pack')} into {result.done['packs_written']}: "
+              f"{human_bytes(result.done['bytes_before'])} -> {human_bytes(result.done['bytes_after'])}")
+
+
+def _count(n: int | None, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def du(ctx: typer.Context) -> None:

@@ -138,8 +138,8 @@ def trust_list(ctx: typer.Context, remote: Annotated[str | None, typer.Argument(
     store = trust_store(st.home)
     remotes = [store.remote(remote)] if remote else list(store.remotes().values())
     if st.json:
-        emit_json([{"remote": rt.remote, "policy": rt.policy, "keys": [_key_json(rt.remote, k) for k in rt.keys]}
-                   for rt in remotes])
+        emit_json([{"remote": rt.remote, "policy": rt.policy, "signing_key": rt.signing_key,
+                    "keys": [_key_json(rt.remote, k) for k in rt.keys]} for rt in remotes])
         return
     rows = []
     for rt in remotes:
@@ -147,6 +147,9 @@ def trust_list(ctx: typer.Context, remote: Annotated[str | None, typer.Argument(
             [rt.remote, rt.policy, k.key_id[:23] + "…", k.gallery or "(all)",
              k.key.expires.strftime("%Y-%m-%d") if k.key.expires else "-"] for k in rt.keys]
     table(["remote", "policy", "key id", "gallery", "expires"], rows)
+    for rt in remotes:
+        if rt.signing_key:
+            print(f"pushes to {rt.remote} are signed with your key {rt.signing_key}")
 
 
 @trust_app.command("remove")

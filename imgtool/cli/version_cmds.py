@@ -51,6 +51,9 @@ def capture(
                                     "data disk's LUN or os (the default).")],
     fmt: Annotated[str | None, Opt("--format", help="Assert the file's format; a mismatch with what its "
                                                      "bytes say is an error.")] = None,
+    allow_nested_image: Annotated[bool, Opt(help="Store a disk whose content is itself an image file "
+                                                 "(refused by default: a guest would see a host image; recorded).")]
+    = False,
 ) -> None:
     """Inspect a source and ingest its disk into the store; print the disk's digest.
 
@@ -62,7 +65,7 @@ def capture(
     st = state(ctx)
     bar = ProgressBar(f"capturing {Path(source).name}", enabled=not st.json)
     try:
-        captured = sources.capture(st.home, source, fmt=fmt, progress=bar)
+        captured = sources.capture(st.home, source, fmt=fmt, progress=bar, allow_nested=allow_nested_image)
     finally:
         bar.close()
     if st.json:
@@ -87,6 +90,8 @@ def publish(
     os_state: Annotated[str | None, Opt(help="Declared OS state of the source (required for VM sources); must "
                                              "match the definition.")] = None,
     fmt: Annotated[str | None, Opt("--format", help="Assert the OS disk file's format.")] = None,
+    allow_nested_image: Annotated[bool, Opt(help="Accept disks whose content is itself an image file "
+                                                 "(recorded on each such disk).")] = False,
     check: Annotated[bool, Opt("--check", help="Then boot-check it (definitions that require a boot check).")]
     = False,
     replicate_to: Annotated[str | None, Opt(help="Target remotes R1,R2: push the version there after publishing "
@@ -112,7 +117,7 @@ def publish(
         data_disks=tuple(image_versions.parse_data_disk(d) for d in data_disk or []), os_state=os_state,
         exclude_from_latest=exclude_from_latest, end_of_life=end_of_life,
         block_deletion_before_end_of_life=block_deletion_before_end_of_life, source_format=fmt,
-        replace_data_disks=replace_data_disks, allow_identity=allow_identity)
+        replace_data_disks=replace_data_disks, allow_nested=allow_nested_image, allow_identity=allow_identity)
     bar = ProgressBar(f"publishing {ref}@{version}", enabled=not st.json)
     try:
         published = image_versions.publish(st.home, request, progress=bar)

@@ -26,8 +26,8 @@ from imgtool.errors import UnsafeImage
 from .detect import GUEST_CONTENT, describe, head_matches
 
 GUEST_PROBE = 1 << 20  # the guest bytes capture reads for this check (all detectors need 36 KiB)
-ALLOW_HINT = ("if the disk is meant to hold an image file, capture it with --allow-nested-image "
-              "(allow_nested=True); otherwise convert the inner image on a trusted machine first")
+ALLOW_HINT = ("if the disk is meant to hold an image file, pass --allow-nested-image (to capture or "
+              "publish); otherwise convert the inner image on a trusted machine first")
 
 
 def nested_formats(guest_head: bytes) -> set[str]:

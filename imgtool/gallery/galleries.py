@@ -44,7 +44,7 @@ def create_gallery(home: Home, name: str, description: str = "") -> Gallery:
         ref = home.store.put_manifest(gallery.to_json())
         try:
             home.store.set_name(GALLERIES, name, target=ref, create_only=True)
-        except FileExistsError:
+        except AlreadyExists:  # a concurrent create won
             raise exists from None
     return gallery
 
@@ -116,7 +116,7 @@ def create_definition(home: Home, definition: Definition) -> Definition:
         digest = home.store.put_manifest(definition.to_json())
         try:
             home.store.set_name(DEFINITIONS, definition.gallery, definition.name, target=digest, create_only=True)
-        except FileExistsError:
+        except AlreadyExists:  # a concurrent create won
             raise exists from None
     return definition
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from imgtool import formats
 from imgtool.capture import archives, sources
+from imgtool.capture.disk import CAPTURES
 from imgtool.errors import AlreadyExists, InvalidArgument, NotFound, Refused
 from imgtool.gallery import recycle
 from imgtool.gallery.galleries import VERSIONS, gallery_lock, get_definition_with_digest
@@ -29,6 +30,7 @@ from imgtool.names import DefinitionRef, parse_image_ref
 from imgtool.tools import qemu_img
 from imgtool.vm import record as vmrecord
 from store import atomic
+from store import digest as digests
 from store.materialize import materialize
 from store.progress import Progress
 
@@ -47,6 +49,7 @@ class PublishRequest:
     block_deletion_before_end_of_life: bool = False
     source_format: str | None = None
     replace_data_disks: bool = False
+    allow_nested: bool = False  # store disks whose content is itself an image header (recorded per disk)
     allow_identity: bool = False  # publish into a generalized definition even if the audit finds identity
 
 
@@ -177,7 +180,7 @@ def publish(home: Home, req: PublishRequest, *, progress: Progress | None = None
             try:
                 home.store.set_name(VERSIONS, req.ref.gallery, req.ref.definition, version_name,
                                     target=digest, create_only=True)
-            except FileExistsError:
+            except AlreadyExists:
                 raise AlreadyExists(f"version {req.ref}@{version_name} already exists",
                                     hint="another publish won the race; publish a higher version") from None
     return record
@@ -210,11 +213,21 @@ def _inspect_files(req: PublishRequest) -> None:
 def _capture_disks(home: Home, req: PublishRequest, plan: list[PlannedDisk], definition: Definition,
                    progress: Progress | None) -> list[Disk]:
     disks = []
-    for planned in plan:
-        fmt = req.source_format if planned.lun is None else None
-        captured = sources.capture(home, planned.source, fmt=fmt, progress=progress)
-        _check_format(captured.source, definition)
-        disks.append(Disk(planned.lun, captured.digest, captured.virtual_size, captured.source))
+    leased_before = {digest for _key, digest in home.store.list_names(CAPTURES)}
+    try:
+        for planned in plan:
+            fmt = req.source_format if planned.lun is None else None
+            captured = sources.capture(home, planned.source, fmt=fmt, progress=progress,
+                                       allow_nested=req.allow_nested)
+            disks.append(Disk(planned.lun, captured.digest, captured.virtual_size, captured.source))
+            _check_format(captured.source, definition)
+    except BaseException:
+        # A publish stores all of its disks or nothing: the leases its earlier captures took go again
+        # (their chunks are garbage for gc), so a refused disk leaves the names as they were.
+        for disk in disks:
+            if disk.digest not in leased_before:
+                home.store.delete_name(CAPTURES, digests.parse(disk.digest))
+        raise
     return disks
 
 

@@ -152,12 +152,13 @@ def parse_challenge(header: str) -> Challenge | None:
 
 @dataclass
 class Token:
-    value: str
+    value: str = field(repr=False)
     expires: float
+    margin: float = TOKEN_MARGIN  # refresh this long before expiry (a third of a short token's life)
 
     @property
     def fresh(self) -> bool:
-        return time.monotonic() < self.expires - TOKEN_MARGIN
+        return time.monotonic() < self.expires - self.margin
 
 
 def parse_token(body: Any) -> Token:
@@ -170,7 +171,8 @@ def parse_token(body: Any) -> Token:
     lifetime = body.get("expires_in")
     if not isinstance(lifetime, int) or lifetime <= 0:
         lifetime = TOKEN_DEFAULT_LIFETIME
-    return Token(value, time.monotonic() + min(lifetime, 24 * 3600))
+    lifetime = min(lifetime, 24 * 3600)
+    return Token(value, time.monotonic() + lifetime, min(TOKEN_MARGIN, lifetime / 3))
 
 
 def scope_for(repository: str, actions: str) -> str:

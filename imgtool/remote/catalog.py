@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from imgtool.errors import Corrupt, InvalidArgument, NotFound
@@ -41,7 +42,16 @@ def remote_versions(target: Target, repo: str) -> list[RemoteVersion]:
     return found
 
 
-def resolve(found: list[RemoteVersion]) -> tuple[Version | None, list[Verdict]]:
-    candidates = [Candidate(Version.parse(v.version), v.exclude_from_latest, v.end_of_life, v.check, v.revoked)
-                  for v in found]
-    return resolve_latest(candidates, today=dt.date.today().isoformat())
+def resolve(found: list[RemoteVersion], *, refused: dict[str, str] | None = None) -> tuple[Version | None,
+                                                                                           list[Verdict]]:
+    """`latest` among `found`; versions in `refused` (version -> why, e.g. the trust policy) never win."""
+    refused = refused or {}
+    candidates = [Candidate(Version.parse(v.version), v.exclude_from_latest or v.version in refused, v.end_of_life,
+                            v.check, v.revoked) for v in found]
+    chosen, verdicts = resolve_latest(candidates, today=dt.date.today().isoformat())
+    return chosen, [Verdict(v.version, v.chosen, f"dropped: {refused[str(v.version)]}")
+                    if str(v.version) in refused else v for v in verdicts]
+
+
+# Judges a definition's remote versions (the trust policy): version -> why it may not be used.
+Screen = Callable[[str, list[RemoteVersion]], dict[str, str]]

@@ -10,3 +10,7 @@ class RemoteFailed(ImgtoolError):
 
     exit_code = 12
     category = "remote-failed"
+
+
+class TransferBroken(RemoteFailed):
+    """A body broke off mid-transfer (reset, closed): the request may succeed if sent again."""

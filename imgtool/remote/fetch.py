@@ -6,11 +6,13 @@ BLAKE3 checked before it is handed on. Memory is bounded by one pack (or one ran
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from imgtool.errors import Corrupt
+from imgtool.remote.errors import TransferBroken
 from imgtool.remote.format import IndexEntry
 from imgtool.remote.target import Target
 from store import codec
@@ -54,8 +56,26 @@ def _check(entry: IndexEntry, frame: bytes) -> Verified:
     return entry.blake3, frame, entry.rawlen
 
 
+TRANSFER_ATTEMPTS = 3  # a body that broke off (reset, registry restarted) is asked for again, twice
+
+
 def fetch_pack(target: Target, repo: str, plan: PackPlan) -> list[Verified]:
-    """Every wanted chunk of one pack, verified. Raises Corrupt/NotFound/RemoteFailed."""
+    """Every wanted chunk of one pack, verified. Raises Corrupt/NotFound/RemoteFailed.
+
+    Nothing of a try that broke off is handed on (results are returned only whole), so a retry
+    starts clean; other failures are not retried here (the client already retried requests)."""
+    attempt = 1
+    while True:
+        try:
+            return _fetch_pack_once(target, repo, plan)
+        except TransferBroken:
+            if attempt >= TRANSFER_ATTEMPTS:
+                raise
+            time.sleep(0.5 * attempt)
+            attempt += 1
+
+
+def _fetch_pack_once(target: Target, repo: str, plan: PackPlan) -> list[Verified]:
     if plan.whole:
         return list(_from_stream(target.get_blob(repo, plan.pack, size=plan.size), plan.entries))
     found: list[Verified] = []

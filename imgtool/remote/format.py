@@ -1,4 +1,4 @@
-"""The registry format of imgtool versions (docs/REMOTE-FORMAT.md says the same, with the bytes).
+"""The registry format of imgtool versions (docs/STORE-FORMAT.md, Remote format says the same, with the bytes).
 
 - Repository: PREFIX/GALLERY/DEFINITION, each name mapped by `repo_component` (lower case as is
   when that is a valid, unambiguous repository component; otherwise `x--` + base32 of the name).
@@ -31,7 +31,7 @@ MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 CONFIG_FORMAT = 1
 ANNOTATION = "org.imgtool."
 MAX_CONFIG = 4 << 20
-MAX_INDEX = 512 << 20
+MAX_INDEX = 128 << 20  # 60 bytes a chunk: 2.2 million chunks, 280 GiB of data at 128 KiB
 MAX_PACK = 1 << 30
 MAX_LAYERS = 20_000  # at ~32 MiB per pack: 600 GiB of new data in one version, inside the 4 MiB manifest
 
@@ -61,7 +61,7 @@ def name_of_component(component: str) -> str:
         return base64.b32decode(text + "=" * (-len(text) % 8)).decode()
     except (binascii.Error, UnicodeDecodeError):
         raise InvalidArgument(f"repository component {component!r} is not an encoded imgtool name",
-                              hint="see docs/REMOTE-FORMAT.md, name mapping") from None
+                              hint="see docs/STORE-FORMAT.md, Remote format, name mapping") from None
 
 
 def repository(prefix: str, gallery: str, definition: str) -> str:
@@ -177,9 +177,13 @@ def config_bytes(version: dict[str, Any], definition: dict[str, Any], gallery: d
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON imgtool stores")
+
+
 def parse_config(data: bytes, what: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
     try:
-        body = json.loads(data)
+        body = json.loads(data, parse_constant=_no_constants, parse_float=_no_constants)
     except ValueError:
         raise Corrupt(f"{what} is not JSON", hint="the remote version is malformed") from None
     if not isinstance(body, dict) or body.get("kind") != "imgtool-version-config":

@@ -16,6 +16,7 @@ Order (a kill at any point leaves no local name pointing at missing data):
 from __future__ import annotations
 
 import contextlib
+import os
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,6 +24,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from imgtool.errors import AlreadyExists, Corrupt, InvalidArgument, NotFound, Refused
+from imgtool.formats import DEFAULT_MAX_VIRTUAL_SIZE
+from imgtool.formats._common import LIMIT_ENV
 from imgtool.gallery import galleries
 from imgtool.gallery.galleries import DEFINITIONS, GALLERIES, VERSIONS, gallery_lock
 from imgtool.gallery.model import Definition, Gallery, ImageVersion, now
@@ -45,16 +48,21 @@ Progress = Callable[[int], None]
 
 @dataclass(frozen=True)
 class Pulling:
-    """The hook's view: everything is verified and stored, nothing is named yet."""
+    """The hook's view: every chunk is verified and stored, no record of the local version is written
+    and nothing is named yet. `version` is the remote's record; `local` the name it will get."""
 
     target: Target
     repository: str
     tag: str
     manifest_digest: str
     version: ImageVersion
+    local: DefinitionRef
+    present: bool = False  # the local store already has this version (nothing was fetched or written)
 
 
-PullHook = Callable[[Pulling], None]
+# A hook may refuse (raise an ImgtoolError: nothing gets a name) or return entries to add to the local
+# version's provenance (e.g. the signatures it verified, so a later use can re-check them offline).
+PullHook = Callable[[Pulling], dict[str, Any] | None]
 
 
 @dataclass(frozen=True)
@@ -97,10 +105,12 @@ class PullResult:
         return dict(self.__dict__)
 
 
-def resolve_tag(target: Target, repo: str, ref: ImageRef, remote_name: str) -> str:
+def resolve_tag(target: Target, repo: str, ref: ImageRef, remote_name: str,
+                screen: catalog.Screen | None = None) -> str:
     if ref.version is not None:
         return str(ref.version)
-    chosen, _verdicts = catalog.resolve(catalog.remote_versions(target, repo))
+    found = catalog.remote_versions(target, repo)
+    chosen, _verdicts = catalog.resolve(found, refused=screen(repo, found) if screen else None)
     if chosen is None:
         raise NotFound(f"{remote_name}:{ref.definition_ref} has no version that latest can pick",
                        hint=f"see imgtool remote versions {remote_name}:{ref.definition_ref} --explain")
@@ -115,7 +125,9 @@ def _records(target: Target, repo: str, manifest: VersionManifest,
         version = ImageVersion.from_json(version_obj)
         definition = Definition.from_json(definition_obj)
         gallery = Gallery.from_json(gallery_obj) if gallery_obj is not None else None
-    except (KeyError, TypeError, ValueError, InvalidArgument) as exc:
+        for named in [version.definition_record, *(d.digest for d in version.disks)]:
+            store_digest.parse(named)  # before any of them reaches a path
+    except (KeyError, TypeError, ValueError, AttributeError, InvalidArgument) as exc:
         raise Corrupt(f"the records in {what} are malformed: {str(exc)[:120]}",
                       hint="the remote version is damaged; ask its publisher to push it again") from None
     return version, definition, definition_obj, gallery
@@ -133,6 +145,17 @@ def _check_names(version: ImageVersion, definition: Definition, remote: Remote, 
         raise Corrupt(f"the version record in {repo}:{tag} is inconsistent", hint="the remote is damaged")
 
 
+def _check_sizes(version: ImageVersion, what: str) -> None:
+    """A disk larger than capture would accept is refused before anything moves (4 TiB unless
+    IMGTOOL_MAX_VIRTUAL_SIZE says otherwise): a remote must not make this machine build an absurd base."""
+    raw = os.environ.get(LIMIT_ENV, "")
+    limit = int(raw) if raw.strip().isdigit() else DEFAULT_MAX_VIRTUAL_SIZE
+    for disk in version.disks:
+        if not 0 < disk.virtual_size <= limit:
+            raise Refused(f"{what} declares a disk of {disk.virtual_size} bytes, above the virtual size limit "
+                          f"of {limit} bytes", hint=f"set {LIMIT_ENV} (bytes) to pull larger disks")
+
+
 def check_identity(local: Definition, remote: Definition, local_ref: DefinitionRef) -> None:
     mine, theirs = local.to_json(), remote.to_json()
     differ = [k for k in IDENTITY if mine.get(k) != theirs.get(k)]
@@ -144,40 +167,46 @@ def check_identity(local: Definition, remote: Definition, local_ref: DefinitionR
 
 class Puller:
     def __init__(self, home: Home, remote: Remote, target: Target, *, progress: Progress | None = None,
-                 workers: int = WORKERS, hook: PullHook | None = None, check: CheckHook | None = None) -> None:
+                 workers: int = WORKERS, hook: PullHook | None = None, check: CheckHook | None = None,
+                 screen: catalog.Screen | None = None) -> None:
         self.home, self.remote, self.target = home, remote, target
-        self.progress, self.workers, self.hook, self.check = progress, workers, hook, check
+        self.progress, self.workers, self.hook, self.check, self.screen = progress, workers, hook, check, screen
 
     def pull(self, text: str, *, as_ref: str | None = None) -> PullResult:
         ref = parse_image_ref(text)
         repo = fmt.repository(self.remote.prefix, ref.gallery, ref.definition)
-        tag = resolve_tag(self.target, repo, ref, self.remote.name)
+        tag = resolve_tag(self.target, repo, ref, self.remote.name, self.screen)
         local = parse_definition_ref(as_ref) if as_ref else ref.definition_ref
         fetched = self.target.get_manifest(repo, tag)
         what = f"{self.remote.name}:{repo}:{tag}"
         manifest = fmt.parse_manifest(fetched.data, fetched.digest, what)
         version, definition, definition_obj, gallery = _records(self.target, repo, manifest, what)
         _check_names(version, definition, self.remote, repo, tag)
+        if store_digest.of(canonical.dumps(definition_obj)) != store_digest.full(version.definition_record):
+            raise Corrupt(f"the definition record in {what} is not the one the version names",
+                          hint="the remote version is damaged; ask its publisher to push it again")
+        _check_sizes(version, what)
         # Trust is judged before anything moves, and on every pull, cache hits included.
         checked = self.check(Checking(self.target, repo, tag, fetched, version)) if self.check else Checked()
         result = PullResult(f"{local}@{tag}", self.remote.name, repo, tag, fetched.digest, "pulled",
                             warnings=list(checked.warnings))
         if self._present(local, version, definition):
+            if self.hook is not None:  # a use of a cached copy is checked like a first pull
+                self.hook(Pulling(self.target, repo, tag, fetched.digest, version, local, present=True))
             result.status = "present"
+            if checked.keep is not None:  # signatures verified now are kept for a copy that lacks them
+                with self.home.store.writing():
+                    checked.keep(replace(version, gallery=local.gallery, definition=local.definition))
             return result
         store = self.home.store
         with store.writing():
             self._fetch_disks(repo, manifest, version, result)
-            definition_record = store.put_manifest(definition_obj)
-            if definition_record != version.definition_record:
-                raise Corrupt(f"the definition record in {what} is not the one the version names",
-                              hint="the remote version is damaged; ask its publisher to push it again")
-            pulled = self._local_version(version, local, repo, tag, fetched.digest)
+            store.put_manifest(definition_obj)
+            extra = self.hook(Pulling(self.target, repo, tag, fetched.digest, version, local)) if self.hook else None
+            pulled = self._local_version(version, local, repo, tag, fetched.digest, extra or {})
             record = store.put_manifest(pulled.to_json())
             if checked.keep is not None:
                 checked.keep(pulled)  # the signatures, named before the version is
-            if self.hook is not None:
-                self.hook(Pulling(self.target, repo, tag, fetched.digest, pulled))
             self._name(local, definition, gallery, tag, record)
         return result
 
@@ -259,10 +288,10 @@ class Puller:
         writer.flush()
 
     def _local_version(self, version: ImageVersion, local: DefinitionRef, repo: str, tag: str,
-                       manifest_digest: str) -> ImageVersion:
+                       manifest_digest: str, extra: dict[str, Any]) -> ImageVersion:
         origin = {"remote": self.remote.name, "url": self.remote.url, "repository": repo, "tag": tag,
                   "manifest": manifest_digest, "pulled": now()}
-        provenance = {**version.provenance, "pulled_from": origin}
+        provenance = {**version.provenance, **extra, "pulled_from": origin}
         return replace(version, gallery=local.gallery, definition=local.definition, provenance=provenance)
 
     def _name(self, local: DefinitionRef, definition: Definition, gallery: Gallery | None, tag: str,
@@ -294,6 +323,6 @@ class Puller:
 
 def pull(home: Home, remote: Remote, target: Target, text: str, *, as_ref: str | None = None,
          progress: Progress | None = None, hook: PullHook | None = None, workers: int = WORKERS,
-         check: CheckHook | None = None) -> PullResult:
+         check: CheckHook | None = None, screen: catalog.Screen | None = None) -> PullResult:
     return Puller(home, remote, target, progress=progress, hook=hook, workers=workers,
-                  check=check).pull(text, as_ref=as_ref)
+                  check=check, screen=screen).pull(text, as_ref=as_ref)

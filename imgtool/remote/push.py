@@ -163,11 +163,24 @@ class Pusher:
             layers = [*manifest.indexes, *manifest.packs.values()]
             digest = self._put(version, repo, tag, record, definition, layers)
             return PushResult(name, repo, tag, digest, "updated")
+        self._check_same_definition(version, repo, definition)
         result = PushResult(name, repo, tag, "", "pushed")
         with self.store.writing():
             layers = self._upload_content(version, repo, result)
             result.manifest = self._put(version, repo, tag, record, definition, layers)
         return result
+
+    def _check_same_definition(self, version: ImageVersion, repo: str, definition: dict[str, Any]) -> None:
+        """A repository holds one definition: refuse to add versions of another one (same names in
+        two homes) to it, judged by the identity annotations of the versions already there."""
+        mine = manifest_annotations(version, definition)
+        for (where, tag), manifest in self._learn(version).manifests.items():
+            theirs = manifest.annotations
+            if where == repo and any(theirs.get(k) != mine[k] for k in ("org.imgtool.identifier",
+                                                                       "org.imgtool.os-state")):
+                raise Refused(f"{self.remote.name}:{repo} holds another definition ({tag} is "
+                              f"{theirs.get('org.imgtool.identifier')}, {theirs.get('org.imgtool.os-state')})",
+                              hint="push under another remote prefix, or into a definition of another name")
 
     def _existing(self, repo: str, tag: str) -> tuple[dict[str, Any], fmt.VersionManifest] | None:
         if tag not in self.target.tags(repo):
@@ -266,7 +279,7 @@ class Pusher:
                 if location is None:
                     raise NotFound(f"chunk {raw.hex()[:16]} of this version is missing from the local store",
                                    hint="run imgtool verify to see which versions are affected")
-                frame = reader.read(location)
+                frame = reader.chunk_frame(location, raw)  # one chunk per frame, also out of an optimized span
                 members.append((raw, size, len(frame), location.rawlen))
                 frames.append(frame)
                 size += len(frame)

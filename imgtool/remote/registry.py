@@ -14,6 +14,7 @@ Contract:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -26,10 +27,14 @@ import httpx
 
 from imgtool.errors import Corrupt, NotFound, Refused
 from imgtool.remote import auth
-from imgtool.remote.errors import RemoteFailed
+from imgtool.remote.errors import RemoteFailed, TransferBroken
 from imgtool.remote.target import MAX_MANIFEST, READ_SIZE, Fetched, Stats, check_digest, sha256_of, verified_stream
 
 log = logging.getLogger("imgtool.remote")
+# httpx and httpcore log requests, response headers and upload-session URLs at DEBUG; --debug shows
+# our own one line per request (method, path, status) instead, never a header.
+for _noisy in ("httpx", "httpcore"):
+    logging.getLogger(_noisy).setLevel(logging.WARNING)
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -42,6 +47,48 @@ MAX_RETRY_AFTER = 30.0
 MAX_REDIRECTS = 3
 MAX_ERROR_BODY = 64 << 10
 RETRIABLE = {429, 500, 502, 503, 504}
+
+
+# A time bound for every response body: httpx's timeouts bound each read, so a body that trickles
+# one byte a second never times out, and a check between pieces never runs either (iter_bytes waits
+# for a whole piece). Each body gets a deadline of BODY_GRACE seconds plus its expected size at
+# BODY_MIN_RATE; when it passes, a timer closes the response, the blocked read fails, and the
+# caller gets one RemoteFailed that says so.
+BODY_GRACE = 60.0  # seconds any body may take on top of its size at BODY_MIN_RATE
+BODY_MIN_RATE = 64 << 10  # bytes per second a body must average
+
+
+def _expected_size(response: httpx.Response, fallback: int) -> int:
+    declared = response.headers.get("content-length", "")
+    return min(int(declared), fallback) if declared.isdigit() else fallback
+
+
+@contextlib.contextmanager
+def _bounded(response: httpx.Response, size: int, *, label: str, what: str) -> Iterator[None]:
+    """Read `response` (about `size` bytes) inside the block; RemoteFailed if it outlives its deadline."""
+    seconds = BODY_GRACE + size / BODY_MIN_RATE
+    fired = threading.Event()
+
+    def cut() -> None:
+        fired.set()
+        response.close()
+
+    timer = threading.Timer(seconds, cut)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    except (httpx.TransportError, httpx.StreamError, OSError) as exc:
+        if fired.is_set():
+            raise RemoteFailed(f"{label}: {what} took longer than {seconds:.0f} s (slower than "
+                               f"{BODY_MIN_RATE >> 10} KiB/s)",
+                               hint="the remote is stalled or too slow; try again later") from None
+        if isinstance(exc, httpx.TransportError):
+            raise
+        raise TransferBroken(f"{label}: reading {what} broke off ({type(exc).__name__})",
+                           hint="run the command again") from None
+    finally:
+        timer.cancel()
 
 
 def _printable(text: str, limit: int = 200) -> str:
@@ -64,7 +111,8 @@ class RegistryClient:
     """One registry (scheme://host[:port]); thread-safe (push and pull use it from a pool)."""
 
     def __init__(self, base_url: str, *, label: str, credentials: auth.Credentials | None,
-                 verify: bool | str = True, timeout: float = 60.0, login_hint: str = "") -> None:
+                 verify: bool | str = True, timeout: float = 60.0, login_hint: str = "",
+                 transport: httpx.BaseTransport | None = None) -> None:
         parts = urlsplit(base_url)
         self.base = f"{parts.scheme}://{parts.netloc}"
         self.host = parts.netloc.lower()
@@ -74,7 +122,7 @@ class RegistryClient:
         self.stats = Stats()
         self.http = httpx.Client(verify=verify, timeout=httpx.Timeout(timeout, connect=10.0),
                                  follow_redirects=False, limits=httpx.Limits(max_connections=16),
-                                 headers={"User-Agent": "imgtool"})
+                                 headers={"User-Agent": "imgtool"}, transport=transport)
         self._tokens: dict[str, auth.Token] = {}
         self._basic = False
         self._lock = threading.Lock()
@@ -97,58 +145,43 @@ class RegistryClient:
     def request(self, method: str, path: str, *, repo: str | None = None, actions: str = "pull",
                 headers: dict[str, str] | None = None, content: bytes | None = None,
                 stream: bool = False, params: dict[str, str] | None = None) -> httpx.Response:
-        """Send with auth, retries and redirects; the caller checks the status (2xx, 404...)."""
+        """Send with auth, retries and redirects; the caller checks the status (2xx, 404...).
+
+        The first 401 is answered from its challenge and the request sent again (not counted as a
+        retry); a 401 after that means the credentials were rejected.
+        """
         scope = auth.scope_for(repo, actions) if repo else ""
         url = self.base + path
         answered = False
-        last: str = ""
-        for attempt in range(ATTEMPTS):
+        last = ""
+        attempt = 0
+        while attempt < ATTEMPTS:
             try:
                 response = self._send_following(method, url, scope, headers or {}, content, stream, params)
             except httpx.TransportError as exc:
-                last = f"{type(exc).__name__}"
+                last = type(exc).__name__
                 log.debug("remote %s %s: %s (attempt %d)", method, path, last, attempt + 1)
                 time.sleep(BACKOFF[attempt])
+                attempt += 1
                 continue
-            if response.status_code == 401 and not answered:
+            if response.status_code == 401:
                 challenge = auth.parse_challenge(response.headers.get("www-authenticate", ""))
                 response.close()
+                if answered:
+                    if challenge is not None and challenge.params.get("error") == "insufficient_scope":
+                        raise self._no_access(repo, actions)  # a fresh token without the right: no such right
+                    raise self._unauthorized(repo, rejected=True)
                 answered = True
-                if self._answer(challenge, scope):
-                    return self._after_auth(method, url, scope, headers, content, stream, params, path,
-                                            repo, actions)
-                raise self._unauthorized(repo)
+                if not self._answer(challenge, scope):
+                    raise self._unauthorized(repo)
+                continue
             if response.status_code in RETRIABLE and attempt + 1 < ATTEMPTS:
                 last = registry_message(response)
                 wait = self._retry_after(response) if response.status_code == 429 else BACKOFF[attempt]
                 response.close()
                 log.debug("remote %s %s: %s, retrying in %.1fs", method, path, last, wait)
                 time.sleep(wait)
-                continue
-            return self._checked(response, repo, actions)
-        raise RemoteFailed(f"{self.label}: {method} {path} kept failing ({last})",
-                           hint="check that the registry is up and has space, then run the command again")
-
-    def _after_auth(self, method: str, url: str, scope: str, headers: dict[str, str] | None,
-                    content: bytes | None, stream: bool, params: dict[str, str] | None, path: str,
-                    repo: str | None, actions: str) -> httpx.Response:
-        """The request again with the new credentials; retried like the first try, never re-authed."""
-        last = ""
-        for attempt in range(ATTEMPTS):
-            try:
-                response = self._send_following(method, url, scope, headers or {}, content, stream, params)
-            except httpx.TransportError as exc:
-                last = type(exc).__name__
-                time.sleep(BACKOFF[attempt])
-                continue
-            if response.status_code == 401:
-                response.close()
-                raise self._unauthorized(repo, rejected=True)
-            if response.status_code in RETRIABLE and attempt + 1 < ATTEMPTS:
-                last = registry_message(response)
-                wait = self._retry_after(response) if response.status_code == 429 else BACKOFF[attempt]
-                response.close()
-                time.sleep(wait)
+                attempt += 1
                 continue
             return self._checked(response, repo, actions)
         raise RemoteFailed(f"{self.label}: {method} {path} kept failing ({last})",
@@ -235,6 +268,13 @@ class RegistryClient:
         return Refused(f"{self.label} rejected the credentials of user {self.credentials.username} for {what}"
                        if rejected else f"{self.label} refused access to {what}",
                        hint=self.login_hint + " (check the user name and password)")
+
+    def _no_access(self, repo: str | None, actions: str) -> Refused:
+        right = "push" if "push" in actions else "pull"
+        who = f"user {self.credentials.username}" if self.credentials else "anonymous access"
+        return Refused(f"{self.label}: no {right} access to {repo or 'the registry'} for {who}",
+                       hint=f"ask the registry's admin for {right} rights on {repo or 'it'}"
+                            + ("" if self.credentials else f", or {self.login_hint}"))
 
     def _checked(self, response: httpx.Response, repo: str | None, actions: str) -> httpx.Response:
         if response.status_code == 403:
@@ -337,24 +377,24 @@ class RegistryClient:
 
     def get_blob(self, repo: str, digest: str, *, size: int) -> Iterator[bytes]:
         check_digest(digest, "a blob reference")
-        return verified_stream(self._blob_pieces(repo, digest, None), digest, size,
+        return verified_stream(self._blob_pieces(repo, digest, size), digest, size,
                                f"blob {digest[:19]}… of {repo}")
 
-    def _blob_pieces(self, repo: str, digest: str, byte_range: tuple[int, int] | None) -> Iterator[bytes]:
-        headers = {"Range": f"bytes={byte_range[0]}-{byte_range[1] - 1}"} if byte_range else {}
-        response = self.request("GET", f"/v2/{repo}/blobs/{digest}", repo=repo, stream=True, headers=headers)
+    def _blob_pieces(self, repo: str, digest: str, size: int) -> Iterator[bytes]:
+        response = self.request("GET", f"/v2/{repo}/blobs/{digest}", repo=repo, stream=True)
         try:
             if response.status_code == 404:
                 raise NotFound(f"{self.label} has no blob {digest[:19]}… in {repo}",
                                hint="the remote version is incomplete; ask its publisher to push it again")
-            if response.status_code not in (200, 206):
+            if response.status_code != 200:
                 raise self._fail(response, f"reading blob {digest[:19]}")
             try:
-                for piece in response.iter_bytes(READ_SIZE):
-                    self.stats.add(received=len(piece))
-                    yield piece
+                with _bounded(response, size, label=self.label, what=f"blob {digest[:19]}…"):
+                    for piece in response.iter_bytes(READ_SIZE):
+                        self.stats.add(received=len(piece))
+                        yield piece
             except httpx.TransportError as exc:
-                raise RemoteFailed(f"{self.label}: the transfer of blob {digest[:19]}… broke off "
+                raise TransferBroken(f"{self.label}: the transfer of blob {digest[:19]}… broke off "
                                    f"({type(exc).__name__})", hint="run the command again; it resumes") from None
         finally:
             response.close()
@@ -373,17 +413,18 @@ class RegistryClient:
             skip = start if response.status_code == 200 else 0
             out = bytearray()
             try:
-                for piece in response.iter_bytes(READ_SIZE):
-                    self.stats.add(received=len(piece))
-                    if skip >= len(piece):
-                        skip -= len(piece)
-                        continue
-                    out += piece[skip:]
-                    skip = 0
-                    if len(out) >= length:
-                        break
+                with _bounded(response, skip + length, label=self.label, what=f"blob {digest[:19]}…"):
+                    for piece in response.iter_bytes(READ_SIZE):
+                        self.stats.add(received=len(piece))
+                        if skip >= len(piece):
+                            skip -= len(piece)
+                            continue
+                        out += piece[skip:]
+                        skip = 0
+                        if len(out) >= length:
+                            break
             except httpx.TransportError as exc:
-                raise RemoteFailed(f"{self.label}: the transfer of blob {digest[:19]}… broke off "
+                raise TransferBroken(f"{self.label}: the transfer of blob {digest[:19]}… broke off "
                                    f"({type(exc).__name__})", hint="run the command again; it resumes") from None
         finally:
             response.close()
@@ -478,13 +519,14 @@ class RegistryClient:
                           hint="the remote serves something imgtool does not read")
         out = bytearray()
         try:
-            for piece in response.iter_bytes(READ_SIZE):
-                out += piece
-                if len(out) > limit:
-                    raise Corrupt(f"{self.label}: {what} is above the {limit}-byte limit",
-                                  hint="the remote serves something imgtool does not read")
+            with _bounded(response, _expected_size(response, limit), label=self.label, what=what):
+                for piece in response.iter_bytes(READ_SIZE):
+                    out += piece
+                    if len(out) > limit:
+                        raise Corrupt(f"{self.label}: {what} is above the {limit}-byte limit",
+                                      hint="the remote serves something imgtool does not read")
         except httpx.TransportError as exc:
-            raise RemoteFailed(f"{self.label}: reading {what} broke off ({type(exc).__name__})",
+            raise TransferBroken(f"{self.label}: reading {what} broke off ({type(exc).__name__})",
                                hint="run the command again") from None
         finally:
             response.close()

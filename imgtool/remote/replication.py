@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 from imgtool.errors import Corrupt, ImgtoolError, InvalidArgument
 from imgtool.gallery.galleries import VERSIONS
 from imgtool.gallery.model import now
+from imgtool.gallery.versions import Version
 from imgtool.home import Home
 from imgtool.names import check_name, parse_image_ref
 from imgtool.remote import remotes
@@ -135,7 +137,17 @@ def _scoped(home: Home, scope: str | None) -> list[tuple[str, str, str]]:
     if not root.is_dir():
         return []
     keys = [(p.parent.parent.name, p.parent.name, p.name.removesuffix(".json")) for p in root.glob("*/*/*.json")]
-    return sorted(k for k in keys if _in_scope(k, scope))
+    found = [k for k in keys if _in_scope(k, scope) and _is_version(k[2])]
+    # Lowest version first: a later version then reuses the packs an earlier one uploaded.
+    return sorted(found, key=lambda k: (k[0], k[1], Version.parse(k[2])))
+
+
+def _is_version(text: str) -> bool:
+    try:
+        Version.parse(text)
+    except InvalidArgument:
+        return False
+    return True
 
 
 def replicate(home: Home, scope: str | None = None, *, progress: Progress | None = None) -> list[Outcome]:
@@ -154,17 +166,44 @@ def replicate(home: Home, scope: str | None = None, *, progress: Progress | None
 def replicate_one(home: Home, key: tuple[str, str, str], target: str, *,
                   progress: Progress | None = None) -> Outcome:
     name = f"{key[0]}/{key[1]}@{key[2]}"
-    _update(home, key, target, state="replicating", since=now())
+    _update(home, key, target, state="replicating", since=now(), progress=0)
     try:
         if home.store.get_name(VERSIONS, *key) is None:
             raise InvalidArgument(f"version {name} no longer exists here", hint="remove the target")
-        [result] = push_source(home, name, target, progress=progress)
+        [result] = push_source(home, name, target, progress=_Recorder(home, key, target, progress))
     except ImgtoolError as exc:
         _update(home, key, target, state="failed", when=now(), error=exc.message,
                 retry=f"imgtool replicate {name}")
         return Outcome(name, target, "failed", error=exc.message)
     _update(home, key, target, state="completed", when=now(), manifest=result.manifest, error=None)
     return Outcome(name, target, "completed", result.manifest)
+
+
+class _Recorder:
+    """A push progress callback that also records the bytes done in the state file, at most every 2 s
+    (so `version show` in another terminal sees a replication move), and passes them on."""
+
+    INTERVAL = 2.0
+
+    def __init__(self, home: Home, key: tuple[str, str, str], target: str, inner: Progress | None) -> None:
+        self.home, self.key, self.target, self.inner = home, key, target, inner
+        self.done = 0
+        self.total = 0
+        self.last = time.monotonic()
+
+    def set_total(self, total: int) -> None:
+        self.total = total
+        set_inner = getattr(self.inner, "set_total", None)
+        if callable(set_inner):
+            set_inner(total)
+
+    def __call__(self, amount: int) -> None:
+        self.done += amount
+        if self.inner is not None:
+            self.inner(amount)
+        if time.monotonic() - self.last >= self.INTERVAL:
+            self.last = time.monotonic()
+            _update(self.home, self.key, self.target, progress=self.done, total=self.total)
 
 
 def describe(home: Home, gallery: str, definition: str, version: str) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from typing import Any
 
 from imgtool.errors import InvalidArgument
 from imgtool.gallery.model import ImageVersion
@@ -15,12 +16,13 @@ from imgtool.remote import auth, catalog, remotes, revoke
 from imgtool.remote import format as fmt
 from imgtool.remote.connect import close, open_target
 from imgtool.remote.format import Descriptor
-from imgtool.remote.pull import Checked, Checking, PullHook, PullResult, pull
+from imgtool.remote.pull import Checked, Checking, PullHook, Pulling, PullResult, pull
 from imgtool.remote.push import Pushed, PushHook, PushResult, push
 from imgtool.remote.registry import RegistryClient
 from imgtool.remote.target import Target
 from imgtool.trust import gate, pins
 from imgtool.trust.signatures import Descriptor as Subject
+from imgtool.trust.signatures import SignedName
 
 Progress = Callable[[int], None]
 # Hooks the signing layer installs (imgtool.remote.service.PUSH_HOOKS.append(...)): called with the
@@ -39,14 +41,16 @@ def connected(home: Home, name: str) -> Iterator[tuple[remotes.Remote, Target]]:
         close(target)
 
 
-def _push_hook(event: object) -> None:
+def _push_hook(event: Pushed) -> None:
     for hook in PUSH_HOOKS:
-        hook(event)  # type: ignore[arg-type]
+        hook(event)
 
 
-def _pull_hook(event: object) -> None:
+def _pull_hook(event: Pulling) -> dict[str, Any] | None:
+    extra: dict[str, Any] = {}
     for hook in PULL_HOOKS:
-        hook(event)  # type: ignore[arg-type]
+        extra.update(hook(event) or {})
+    return extra
 
 
 def push_source(home: Home, source: str, remote_name: str, *, progress: Progress | None = None,
@@ -58,7 +62,14 @@ def push_source(home: Home, source: str, remote_name: str, *, progress: Progress
             _push_hook(event)
 
         try:
-            return push(home, remote, target, source, progress=progress, hook=hook)
+            results = push(home, remote, target, source, progress=progress, hook=hook)
+            for result in results:
+                if result.status == "present":  # already there: signed now if this key has not signed it
+                    ref = parse_image_ref(result.name, require_version=True)
+                    name = SignedName(gate.registry_of(remote), result.repository, ref.gallery,
+                                               ref.definition, result.tag)
+                    gate.sign_present(home, remote, target, result.repository, result.manifest, name)
+            return results
         finally:
             if stats is not None:
                 stats.update(target.stats.to_json())
@@ -75,7 +86,8 @@ def pull_ref(home: Home, text: str, *, as_ref: str | None = None, progress: Prog
     with connected(home, name) as (remote, target):
         try:
             return pull(home, remote, target, rest, as_ref=as_ref, progress=progress, hook=_pull_hook,
-                        check=lambda event: _check(home, remote, event, pinned))
+                        check=lambda event: _check(home, remote, event, pinned),
+                        screen=lambda repo, found: gate.screen(home, remote, target, repo, found))
         finally:
             if stats is not None:
                 stats.update(target.stats.to_json())
@@ -117,8 +129,9 @@ def versions(home: Home, text: str) -> tuple[list[catalog.RemoteVersion], Versio
         found = catalog.remote_versions(target, repo)
         revoked = revoke.revoked_tags(home, remote, target, repo,
                                       [(v.version, v.manifest, v.annotations) for v in found])
+        refused = gate.screen(home, remote, target, repo, found)
     found = [replace(v, revoked=revoked.get(v.version)) for v in found]
-    chosen, verdicts = catalog.resolve(found)
+    chosen, verdicts = catalog.resolve(found, refused=refused)
     return found, chosen, verdicts, repo
 
 
@@ -142,6 +155,3 @@ def logout(home: Home, name: str) -> bool:
     remote = remotes.get(home, name)
     return auth.forget(home.root, remote.host) if remote.kind == "registry" else False
 
-
-def check_image_ref(text: str) -> None:
-    parse_image_ref(text)

@@ -22,19 +22,22 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from imgtool.errors import Corrupt, NotFound, Refused
+from imgtool.errors import Corrupt, InvalidArgument, NotFound, Refused
+from imgtool.gallery.galleries import VERSIONS
 from imgtool.gallery.lookup import get_version
 from imgtool.gallery.model import ImageVersion
 from imgtool.home import Home
 from imgtool.records import check_record
 from imgtool.remote import format as fmt
+from imgtool.remote.catalog import RemoteVersion
 from imgtool.remote.remotes import Remote
 from imgtool.remote.target import Fetched, Target, read_all, sha256_of
 from imgtool.trust import referrers
 from imgtool.trust import signatures as sig
 from imgtool.trust.clock import now
 from imgtool.trust.homes import keyring, trust_store
-from imgtool.trust.policy import ANY, UNSET, Acceptance
+from imgtool.trust.keys import PublicKey
+from imgtool.trust.policy import ANY, SIGNED, UNSET, Acceptance
 from store import codec
 from store.packs import PackReader
 
@@ -110,6 +113,36 @@ def sign_pushed(home: Home, remote: Remote, target: Target, repository: str, sub
     return signed
 
 
+def sign_present(home: Home, remote: Remote, target: Target, repository: str, digest: str,
+                 name: sig.SignedName) -> bool:
+    """A version already on the remote gets a signature by the push's key unless that key signed it there
+    already (so `push --sign` after an unsigned push signs, and a second one adds nothing)."""
+    key_name = SIGNING_KEY.get() or trust_store(home).remote(remote.name).signing_key
+    if key_name is None:
+        return False
+    key = keyring(home).load(key_name)
+    adapter = TargetAdapter(target)
+    if any(_signed_by(key.public, a, name, digest) for a in referrers.find(adapter, repository, digest)):
+        return False
+    manifest = target.get_manifest(repository, digest).data
+    when = now()
+    envelope_bytes = sig.sign(key, name, digest, signed_at=when)
+    subject = sig.Descriptor(sig.OCI_MANIFEST, digest, len(manifest))
+    referrers.attach(adapter, repository, referrers.make(envelope_bytes, subject, key_id=key.public.key_id,
+                                                        created=when))
+    return True
+
+
+def _signed_by(key: PublicKey, attached: referrers.Attached, name: sig.SignedName, digest: str) -> bool:
+    try:
+        envelope = sig.open_envelope(attached.envelope)
+        claim = sig.read_claim(envelope.payload)
+    except Corrupt:
+        return False
+    return envelope.key_id == key.key_id and key.verify(envelope.signature, envelope.signed_bytes()) \
+        and claim.name == name and claim.manifest_digest == digest
+
+
 def _carried(home: Home, version: ImageVersion, digest: str) -> list[referrers.Attached]:
     stored = _signature_set(home, version.gallery, version.definition, version.version)
     if stored is None or stored["manifest_digest"] != digest:
@@ -149,6 +182,13 @@ def keep_pulled(home: Home, remote: Remote, repository: str, tag: str, check: Pu
     """Store the verified signatures with the pulled version (before its name is set)."""
     if check.name is None:
         return  # policy any: nothing was verified, nothing to keep
+    store = home.store
+    named = store.get_name(VERSIONS, local.gallery, local.definition, local.version)
+    if named is not None:  # already here: keep them only for the copy of exactly this manifest from here
+        origin = ImageVersion.from_json(store.get_manifest(named)).provenance.get("pulled_from")
+        if not isinstance(origin, dict) or origin.get("remote") != remote.name \
+                or origin.get("manifest") != sha256_of(check.manifest):
+            return
     record = {
         "kind": "imgtool.signatures", "format": 1, "links": [], "remote": remote.name,
         "registry": check.name.registry, "repository": repository, "tag": tag, "gallery": check.name.gallery,
@@ -156,9 +196,30 @@ def keep_pulled(home: Home, remote: Remote, repository: str, tag: str, check: Pu
         "manifest": _b64(check.manifest), "config": _b64(check.config),
         "referrers": [{"manifest": _b64(a.manifest), "envelope": _b64(a.envelope)} for a in check.found],
     }
-    store = home.store
     digest = store.put_manifest(record)
     store.set_name(SIGNATURES, local.gallery, local.definition, local.version, target=digest)
+
+
+def screen(home: Home, remote: Remote, target: Target, repository: str,
+           found: list[RemoteVersion]) -> dict[str, str]:
+    """Under policy `signed`, the versions `latest` must not pick (version -> why); {} otherwise.
+
+    The signed name's gallery and definition come from the repository's own
+    last two components, as push wrote them (the pull re-checks the records).
+    """
+    trust = trust_store(home)
+    if trust.remote(remote.name).policy != SIGNED:
+        return {}
+    gallery, definition = repository.split("/")[-2:]
+    refused: dict[str, str] = {}
+    for version in found:
+        try:
+            name = sig.SignedName(registry_of(remote), repository, gallery, definition, version.version)
+            envelopes = [a.envelope for a in referrers.find(TargetAdapter(target), repository, version.manifest)]
+            trust.check(remote.name, name, version.manifest, envelopes)
+        except (Refused, Corrupt, InvalidArgument) as exc:
+            refused[version.version] = "not verified: " + exc.message[:160]
+    return refused
 
 
 # -- use --------------------------------------------------------------------------------------------------------------
@@ -189,8 +250,11 @@ def verify_local(home: Home, ref: str, *, deep: bool = True) -> LocalVerdict | N
                                                                     digest, []))
     stored = _signature_set(home, version.gallery, version.definition, version.version)
     if stored is None:
-        trust.check(remote_name, _placeholder(origin, version), digest, [])  # refuses: unsigned, or no policy
-        raise Refused(f"{label} has no stored signatures", hint=f"pull it again from {remote_name}")
+        if trust.remote(remote_name).policy == UNSET:
+            trust.check(remote_name, _placeholder(origin, version), digest, [])  # refuses, naming both fixes
+        raise Refused(f"{label} was pulled without signature checks, and {remote_name}'s policy is signed",
+                      hint=f"imgtool pull {remote_name}:{label} (under its remote name if you pulled it --as) "
+                           "verifies it and keeps its signatures")
     _check_content(home, stored, version, digest, label, deep=deep)
     name = sig.SignedName(stored["registry"], stored["repository"], stored["gallery"], stored["definition"],
                           stored["tag"])
@@ -201,7 +265,7 @@ def verify_local(home: Home, ref: str, *, deep: bool = True) -> LocalVerdict | N
 def _placeholder(origin: dict[str, Any], version: ImageVersion) -> sig.SignedName:
     """A name for messages when no signature set is stored (the policy refuses or warns before using it)."""
     repository = str(origin.get("repository") or "unknown")
-    return sig.SignedName("unknown", repository if sig._REPOSITORY.fullmatch(repository) else "unknown",
+    return sig.SignedName("unknown", repository if sig.REPOSITORY.fullmatch(repository) else "unknown",
                           version.gallery, version.definition, version.version)
 
 

@@ -74,7 +74,7 @@ MAX_REFERRERS_INDEX = 4 * 1024 * 1024  # the registry manifest limit
 MAX_REFERRERS = 256  # candidates fetched per version; more is a flood, refused
 
 _REGISTRY = re.compile(r"^[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?(?::[0-9]{1,5})?$")
-_REPOSITORY = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
+REPOSITORY = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
 _STAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 
 
@@ -89,7 +89,7 @@ class SignedName:
     version: str
 
     def __post_init__(self) -> None:
-        if not _REGISTRY.fullmatch(self.registry) or not _REPOSITORY.fullmatch(self.repository):
+        if not _REGISTRY.fullmatch(self.registry) or not REPOSITORY.fullmatch(self.repository):
             raise InvalidArgument(f"'{self.registry}/{self.repository}' is not a registry repository",
                                   hint="a lower-case host[:port] and repository path")
         check_name(self.gallery, "gallery")

@@ -21,12 +21,13 @@ from benchlib.ingest import run_rounds
 from benchlib.machine import cold_read_speed, ensure_programs, facts
 from benchlib.measure import BenchError, drop_caches, log
 from benchlib.peers import ALL
+from benchlib.remote import run_remote
 from benchlib.scale import run_scale
 from benchlib.vmnew import run_vmnew
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "bench"
-SECTIONS = ("ingest", "vmnew", "scale")
+SECTIONS = ("ingest", "vmnew", "scale", "remote")
 PROFILES = {"full": Profile("full", 4 << 30, 2_000_000_000), "quick": Profile("quick", 512 << 20, 200_000_000)}
 
 
@@ -37,6 +38,8 @@ def _args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--vm-runs", type=int, help="runs of vm new per image (default 5; quick 1)")
     ap.add_argument("--versions", type=int, help="versions for the scale test (default 10000; quick 500)")
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
+    ap.add_argument("--remote", action="store_true", help="only the sharing section (push/pull against a local "
+                    "registry, beside skopeo); keeps the other sections of the saved results")
     ap.add_argument("--only", help="comma-separated contender keys for the ingest section: "
                     + ", ".join(k.key for k in ALL))
     ap.add_argument("--out", type=Path, help="document to write (default docs/BENCHMARKS.md; quick: "
@@ -101,12 +104,14 @@ def main(argv: list[str]) -> int:
         report.write(json.loads(saved.read_text()), out)
         log(f"wrote {out} from {saved}")
         return 0
-    sections = [s for s in args.sections.split(",") if s]
+    sections = ["remote"] if args.remote else [s for s in args.sections.split(",") if s]
     if unknown := set(sections) - set(SECTIONS):
         raise SystemExit(f"unknown sections: {', '.join(sorted(unknown))}")
     only = set(args.only.split(",")) if args.only else None
     kinds = [k for k in ALL if only is None or k.key in only]
     needs = {"qemu-img", "qemu-io", "qemu-nbd", "mkfs.ext4", "ssh-keygen", "cloud-localds", "/usr/bin/time"}
+    if "remote" in sections:
+        needs |= {"docker-registry", "skopeo", "zstd"}
     missing = ensure_programs(needs | {p for k in kinds for p in k.needs})
     runnable = {k.key for k in kinds if not set(k.needs) & set(missing)}
     if args.worktree:
@@ -134,6 +139,11 @@ def main(argv: list[str]) -> int:
     if "vmnew" in sections and "cloud-localds" not in missing:
         results["vmnew_runs"] = args.vm_runs or (1 if args.quick else 5)
         results["vmnew"] = run_vmnew(work / "vmnew", CACHE, disks.v1_raw, results["vmnew_runs"])
+        _save(saved, results)
+    if sections == ["remote"] and saved.is_file():  # one section alone: keep the others as they were
+        results = {**json.loads(saved.read_text()), **{k: results[k] for k in ("date", "command")}}
+    if "remote" in sections:
+        results["remote"] = run_remote(work / "remote", disks)
         _save(saved, results)
     if "scale" in sections:
         results["scale"] = run_scale(work / "scale", args.versions or (500 if args.quick else 10_000),

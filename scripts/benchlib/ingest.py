@@ -8,11 +8,12 @@ timed step when the kernel allows it. Every restore is compared with v2 by `qemu
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 from benchlib.disk import Disks
-from benchlib.measure import BenchError, drop_caches, log, sh, timed, tree_size
+from benchlib.measure import BenchError, Step, drop_caches, log, sh, timed, tree_size
 from benchlib.peers import ALL, Contender
 
 STEPS = ("v1", "v2", "restore")
@@ -30,6 +31,12 @@ def _one(contender: Contender, disks: Disks) -> dict[str, Any]:
     drop_caches()
     result["v2"] = timed(contender.ingest_v2()).to_json()
     result["stored"], result["files"] = tree_size(contender.stored())
+    optimize = contender.optimize()
+    if optimize is not None:
+        result["stored_before_optimize"] = result["stored"]
+        drop_caches()
+        result["optimize"] = timed(optimize).to_json()
+        result["stored"], result["files"] = tree_size(contender.stored())
     drop_caches()
     step, restored = contender.restore_v2(out)
     result["restore"] = timed(step).to_json()
@@ -42,11 +49,20 @@ def _one(contender: Contender, disks: Disks) -> dict[str, Any]:
     return result
 
 
+def floor_step(disks: Disks) -> Step:
+    """Read v1.qcow2 whole, BLAKE3 and compress every chunk with the ingest codec, on all cores."""
+    return Step([sys.executable, "-m", "benchlib.floor", str(disks.v1_qcow2)])
+
+
 def run_rounds(disks: Disks, work: Path, rounds: int, only: set[str] | None = None) -> dict[str, list[dict[str, Any]]]:
-    """Per contender key, one result per round (seconds, KiB, bytes)."""
+    """Per contender key, one result per round (seconds, KiB, bytes); "floor": the machine's floor for v1."""
     kinds = [k for k in ALL if only is None or k.key in only]
     results: dict[str, list[dict[str, Any]]] = {k.key: [] for k in kinds}
+    results["floor"] = []
     for r in range(rounds):
+        drop_caches()
+        results["floor"].append({"v1": timed(floor_step(disks)).to_json()})
+        log(f"round {r + 1}/{rounds}: floor (read + BLAKE3 + ingest codec) {results['floor'][-1]['v1']['wall']:.1f}s")
         order = kinds[r % len(kinds):] + kinds[:r % len(kinds)]
         for kind in order:
             contender = kind(disks, work / kind.key)

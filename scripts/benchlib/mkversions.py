@@ -12,10 +12,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from imgtool.home import Home
 from imgtool.gallery.image_versions import PublishRequest, publish
-from imgtool.names import parse_definition_ref
 from imgtool.gallery.versions import Version
+from imgtool.home import Home
+from imgtool.names import parse_definition_ref
 
 
 def number(i: int) -> str:

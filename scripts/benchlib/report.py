@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from benchlib import remote
 from benchlib.peers import ALL
 from benchlib.targets import evaluate, ingest_median
 
@@ -73,11 +74,22 @@ def _ingest(res: dict[str, Any]) -> list[str]:
         others = [ingest_median(ing, kind.key, step, "others") for step in ("v1", "v2", "restore")]
         cells.append(f"{max(o or 0 for o in others):.2f}")
         rows.append(cells)
+    floor = ingest_median(ing, "floor", "v1")
+    if floor is not None:
+        rows.append(["floor: read v1.qcow2 + BLAKE3 + ingest codec, all cores, nothing written", _s(floor),
+                     _s(ingest_median(ing, "floor", "v1", "cpu")),
+                     _rss(ingest_median(ing, "floor", "v1", "max_rss_kib")), *[""] * 9])
+    optimized = ingest_median(ing, "imgtool", "optimize")
+    notes = [] if optimized is None else [
+        f"imgtool's *stored* is after `imgtool optimize` ({_s(optimized)} wall, "
+        f"{_s(ingest_median(ing, 'imgtool', 'optimize', 'cpu'))} CPU; before it: "
+        f"{_mib(ingest_median(ing, 'imgtool', 'stored_before_optimize', ''))}), and its restore reads the "
+        "optimized packs.", ""]
     return [f"## Ingest and restore (median of {rounds} alternating round{'s' * (rounds != 1)})", "",
             "Wall and CPU (user + system, whole process tree) seconds; peak RSS is the largest single process. "
             "Every restore was checked against v2 with `qemu-img compare`. *others*: the most CPU cores that "
             "other processes and kernel threads kept busy during one of the tool's steps (median over rounds); "
-            "near 0 means the tool had the machine to itself.", "", *_table(head, rows)]
+            "near 0 means the tool had the machine to itself.", "", *_table(head, rows), *notes]
 
 
 def _vmnew(res: dict[str, Any]) -> list[str]:
@@ -170,6 +182,7 @@ def render(res: dict[str, Any], previous: str | None) -> str:
         lines += _vmnew(res)
     if res.get("scale"):
         lines += _scale(res)
+    lines += remote.render(res)
     lines += _targets(res) + _how(res) + _notes(res)
     kept = previous.split(ANALYSIS_MARKER, 1)[1].lstrip("\n") if previous and ANALYSIS_MARKER in previous else \
         "## Analysis\n\n(none yet)\n"

@@ -22,8 +22,7 @@ from imgtool import maintenance
 from imgtool.home import Home
 from imgtool.vm import bases
 from imgtool.vm import lifecycle as vm
-from store import codec
-from store.packs import Location, decode_index, iter_index_files, read_frame
+from store.packs import Location, decode_chunk, decode_index, iter_index_files, read_frame
 
 ROOT = Path(__file__).resolve().parents[2]
 ZYGOTE = Path(__file__).resolve().with_name("zygote.py")
@@ -219,10 +218,10 @@ def stored_bytes_contain(home: Path, needles: list[bytes]) -> list[str]:
     layout = Home.at(home).store.layout
     for index_path in iter_index_files(layout):
         pack_hex, entries = decode_index(index_path.read_bytes(), what=index_path.name)
-        for raw, offset, clen, rawlen in entries:
-            data = codec.decompress(read_frame(layout, Location(pack_hex, offset, clen, rawlen)), rawlen, raw,
-                                    what=raw.hex()[:16])
-            hits += [f"chunk {raw.hex()[:16]} holds needle {i}" for i, n in enumerate(needles) if n in data]
+        for entry in entries:
+            location = Location.of(pack_hex, entry)
+            data = decode_chunk(read_frame(layout, location), location, entry.raw)
+            hits += [f"chunk {entry.raw.hex()[:16]} holds needle {i}" for i, n in enumerate(needles) if n in data]
     return hits
 
 

@@ -1,8 +1,10 @@
-"""Concurrency: real imgtool processes racing each other and gc.
+"""Concurrency: real imgtool processes racing each other, gc and optimize.
 
-- Four processes publish different versions into one definition while gc runs in a loop:
-  every publish lands completely (content equal to its source) or fails with one clear line,
-  and nothing that landed is lost.
+- Four processes publish different versions into one definition while gc and optimize run in
+  a loop: every publish lands completely (content equal to its source) or fails with one clear
+  line, and nothing that landed is lost.
+- Exports and VM base builds run while gc repacks and optimize rewrites the very packs they
+  read: every output is byte-identical to its source.
 - Two processes publish the same version: exactly one wins, the other gets "already exists".
 - Two `vm new` with the same name: exactly one wins, and its VM is complete.
 - Locks wait with a timeout and the error names who holds them (pid, command, mode).
@@ -10,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -87,7 +90,7 @@ def content_of(home: Path, version: str, work: Path) -> str:
         out.unlink()
 
 
-def test_four_publishers_and_a_gc_loop(tmp_path: Path) -> None:
+def test_four_publishers_and_a_gc_optimize_loop(tmp_path: Path) -> None:
     require_tools("qemu-img", "qemu-nbd")
     home, work = tmp_path / "home", tmp_path / "work"
     work.mkdir()
@@ -117,6 +120,7 @@ def test_four_publishers_and_a_gc_loop(tmp_path: Path) -> None:
     def collector() -> None:
         while not done.is_set():
             gc_runs.append(run_cli(home, "gc", "--keep-captures", "0", "--wait", "120"))
+            gc_runs.append(run_cli(home, "optimize", "--wait", "120"))
 
     threads = [threading.Thread(target=publisher, args=(p,)) for p in range(PUBLISHERS)]
     gc_thread = threading.Thread(target=collector)
@@ -147,8 +151,83 @@ def test_four_publishers_and_a_gc_loop(tmp_path: Path) -> None:
     assert verify_problems(home) == []
     listed = {key[0] for key, _ in store.list_names("versions", "g", "d")}
     assert listed == {v for v, r in results.items() if r.status == 0}
-    record_figures("concurrency: 4 publishers + gc loop", dict(figures))
+    record_figures("concurrency: 4 publishers + gc/optimize loop", dict(figures))
     assert figures["gc_runs"] >= 2
+
+
+def test_exports_and_base_builds_while_gc_repacks_and_optimize_rewrites(tmp_path: Path) -> None:
+    """Readers of packs against a collector that deletes them: each round publishes X and Y (Y holds
+    half of X's chunks, so they share X's pack), deletes X, and runs gc (which repacks that pack:
+    Y's chunks move, the old pack goes) or optimize (which rewrites every fresh pack); meanwhile
+    readers export every Y and build VM bases on it, again and again, and compare the bytes."""
+    require_tools("qemu-img")
+    home, work = tmp_path / "home", tmp_path / "work"
+    work.mkdir()
+    make_home(home)
+    key = work / "id.pub"
+    key.write_text(fake_ssh_key() + "\n")
+    rng = random.Random(13)
+    expected: dict[str, str] = {}  # Y version -> sha256 of its disk, once it is published
+    collector_runs: list[Run] = []
+    reads: list[tuple[str, Run, str | None]] = []  # (version, run, sha256 of what it wrote)
+    done = threading.Event()
+
+    def collector() -> None:
+        for n in range(RACES * 2):
+            pieces = random_pieces(rng, DISK, 8)
+            x = write_raw(work / f"x{n}.raw", DISK, pieces)
+            y = write_raw(work / f"y{n}.raw", DISK, dict(sorted(pieces.items())[:4]))
+            for version, source in ((f"1.0.{n}", x), (f"2.0.{n}", y)):
+                assert run_cli(home, "publish", "g/d", "--version", version, "--os-disk", str(source)).status == 0
+            expected[f"2.0.{n}"] = sha256(y)
+            assert run_cli(home, "version", "delete", f"g/d@1.0.{n}", "--purge").status == 0
+            argv = ["--json", "gc", "--keep-captures", "0"] if n % 2 == 0 else ["--json", "optimize"]
+            collector_runs.append(run_cli(home, *argv, "--wait", "120"))
+        done.set()
+
+    def exporter(side: int) -> None:
+        while not done.is_set():
+            for version in list(expected):
+                out = work / f"export-{side}.raw"
+                run = run_cli(home, "version", "export", f"g/d@{version}", str(out), "--format", "raw")
+                reads.append((version, run, sha256(out) if run.status == 0 else None))
+                out.unlink(missing_ok=True)
+
+    def base_builder() -> None:
+        serial = 0
+        while not done.is_set():
+            for version in list(expected):
+                serial += 1
+                run = run_cli(home, "vm", "new", f"b{serial}", "--image", f"g/d@{version}", "--ssh-key", str(key))
+                base = None
+                if run.status == 0:
+                    record = json.loads((home / "vms" / f"b{serial}" / "vm.json").read_text())
+                    base = sha256(home / "bases" / f"{record['base_disks'][0].split(':')[1]}.raw")
+                reads.append((version, run, base))
+                assert run_cli(home, "vm", "delete", f"b{serial}").status == 0  # gc evicts the base
+    threads = [threading.Thread(target=collector), threading.Thread(target=exporter, args=(0,)),
+               threading.Thread(target=exporter, args=(1,)), threading.Thread(target=base_builder)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(DEADLINE)
+    assert not any(t.is_alive() for t in threads), "a process hung"
+    assert len(collector_runs) == RACES * 2
+    for run in collector_runs:
+        assert run.status == 0, run.describe()
+    figures: Counter[str] = Counter()
+    for run in collector_runs:
+        body = json.loads(run.stdout)
+        figures["packs repacked by gc"] += body.get("counts", {}).get("repack", 0)
+        figures["packs rewritten by optimize"] += (body.get("plan") or {}).get("packs", 0)
+    for version, run, content in reads:
+        assert run.status == 0, run.describe()
+        assert content == expected[version], f"{run.argv}: the bytes differ from {version}'s source"
+        figures["exports" if run.argv[0] == "version" else "base builds"] += 1
+    assert verify_problems(home) == []
+    record_figures("concurrency: exports and base builds against gc and optimize", dict(figures))
+    assert figures["packs repacked by gc"] >= 1 and figures["packs rewritten by optimize"] >= 1
+    assert figures["exports"] >= 4 and figures["base builds"] >= 2
 
 
 def test_same_version_published_twice_at_once(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """Crash campaigns: SIGKILL imgtool at many moments of capture, publish, version delete, gc,
-vm new and vm delete, and prove that nothing is lost and nothing needs repair.
+optimize, vm new and vm delete, and prove that nothing is lost and nothing needs repair.
 
 Kill points are of two kinds (see zygote.py): right before the k-th filesystem mutation
 or tool start of the command (k drawn over the whole command, so every step of the write
@@ -50,10 +50,10 @@ from tests.reliability.harness import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.campaign]
 
-STORE_ROUNDS = 80 if CAMPAIGN else 20  # x4 commands: 80 kill points by default, 320 in a campaign
+STORE_ROUNDS = 80 if CAMPAIGN else 20  # x5 commands: 100 kill points by default, 400 in a campaign
 VM_ROUNDS = 40 if CAMPAIGN else 10  # x2 commands: 20 kill points by default, 80 in a campaign
 DISK = 4 << 20
-KINDS = ("capture", "publish", "delete", "gc")
+KINDS = ("capture", "publish", "delete", "gc", "optimize")
 
 
 @dataclass
@@ -201,11 +201,14 @@ class StoreCampaign(Campaign):
                 assert run.status == 0, run.describe()
             self.versions.pop(version, None)
         else:
-            argv = ["gc", "--keep-captures", "0"] if point % 2 else ["gc"]
+            if kind == "gc":
+                argv = ["gc", "--keep-captures", "0"] if point % 2 else ["gc"]
+            else:  # rewrites the packs captured since the last one (a gc first, every other time)
+                argv = ["optimize", "--gc"] if point % 2 else ["optimize"]
             run = self.imgtool(argv, kind, **hooks)
             if kill:
                 self.killed(run, kind)
-                self.check(f"gc killed ({hooks})")
+                self.check(f"{kind} killed ({hooks})")
                 run = self.imgtool(argv, kind)
             assert run.status == 0, run.describe()
         self.check(f"{kind} run again after a kill" if kill else f"{kind}")
@@ -219,13 +222,13 @@ def setup_home(zygote: Zygote, home: Path, state: str, definition: str) -> None:
         assert run.status == 0, run.describe()
 
 
-def test_kill_capture_publish_delete_gc(zygote: Zygote, tmp_path: Path) -> None:
+def test_kill_capture_publish_delete_gc_optimize(zygote: Zygote, tmp_path: Path) -> None:
     require_tools("qemu-img", "qemu-nbd")
     home, work = tmp_path / "home", tmp_path / "work"
     work.mkdir()
     setup_home(zygote, home, "generalized", "d")
     campaign = StoreCampaign(zygote, home, work, random.Random(20261126))
-    for point, kind in enumerate(("capture", "publish", "publish", "publish", "delete", "gc")):
+    for point, kind in enumerate(("capture", "publish", "publish", "publish", "delete", "gc", "optimize")):
         campaign.step(kind, point, kill=False)  # warm-up: learn how long each command is
     point = 10
     for _round in range(STORE_ROUNDS):
@@ -240,7 +243,7 @@ def test_kill_capture_publish_delete_gc(zygote: Zygote, tmp_path: Path) -> None:
     listed = zygote.run(["--json", "version", "list", "g/d"], home=home)
     assert listed.status == 0, listed.describe()
     assert '"version"' in listed.stdout or not campaign.versions
-    record_figures("crash: capture, publish, version delete, gc", dict(campaign.figures))
+    record_figures("crash: capture, publish, version delete, gc, optimize", dict(campaign.figures))
     assert campaign.figures["kill points tried"] >= 50
     assert campaign.figures["kills that landed"] >= 40  # most kill points really interrupt something
 

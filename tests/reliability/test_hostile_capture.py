@@ -207,7 +207,7 @@ def test_nested_images_are_refused_and_what_they_name_is_never_opened(zygote: Zy
             assert image.name in done.stderr and "nested image" in done.stderr, done.describe()
             changed = fingerprint(home).items() ^ before.items()
             # The nested check runs while each disk is captured, so a publish whose data disk is nested
-            # has already (re-)leased its good OS disk: only the name log records that (a known limit).
+            # has already leased its good OS disk; it takes the lease back, which only the log records.
             allowed = {"store/log/names.log"} if "--data-disk" in argv else set()
             assert {k for k, _ in changed} <= allowed, f"{image.name}: {argv[0]} changed the home: {changed}"
     calls = shim_calls(log)

@@ -23,7 +23,7 @@ import blake3
 import pytest
 
 from store import canonical
-from store.packs import HEAD, iter_index_files
+from store.packs import HEAD, decode_index, encode_index, iter_index_files
 from store.repo import Store
 from tests.conftest import require_tools
 from tests.reliability.harness import Run, Zygote, fake_ssh_key, fingerprint, random_pieces, write_raw
@@ -77,6 +77,18 @@ def test_format1_store_is_read_exactly_and_keeps_working(zygote: Zygote, tmp_pat
     for version, facts in expected["versions"].items():
         shown = json.loads(ok(zygote.run(["--json", "version", "show", f"old/base@{version}"], home=home)).stdout)
         assert shown["record"] == facts["record"]
+    # Optimize rewrites its format-1 packs as format-2 spans; every disk still exports exactly.
+    ok(zygote.run(["optimize"], home=home))
+    assert ok(zygote.run(["verify", "--deep"], home=home)).stdout.startswith("ok:")
+    for path in iter_index_files(Store.open(home / "store", create=False).layout):
+        assert path.read_bytes()[:8] == b"IMGIDX02"
+    for version, facts in expected["versions"].items():
+        for lun in facts["disks"]:
+            out = work / f"optimized-{version}-{lun}.raw"
+            extra = [] if lun == "os" else ["--disk", lun]
+            ok(zygote.run(["version", "export", f"old/base@{version}", str(out), "--format", "raw", *extra],
+                          home=home))
+            assert sha256(out) == expected["content_sha256"]["os" if lun == "os" else "data"]
 
 
 def _rewrite_store_json(store: Path, value: dict[str, Any] | bytes) -> None:
@@ -109,17 +121,26 @@ def _newer_disk(store: Path) -> None:
 def _newer_index(store: Path) -> None:
     for path in iter_index_files(Store.open(store, create=False).layout):
         data = bytearray(path.read_bytes())
-        data[:8] = b"IMGIDX02"
+        data[:8] = b"IMGIDX09"
         data[-32:] = blake3.blake3(bytes(data[:-32])).digest()  # a well-formed index of an unknown format
         path.chmod(0o644)
         path.write_bytes(bytes(data))
-        assert HEAD.unpack_from(bytes(data), 0)[0] == b"IMGIDX02"
+        assert HEAD.unpack_from(bytes(data), 0)[0] == b"IMGIDX09"
+        return
+
+
+def _unknown_encoding(store: Path) -> None:
+    """A format-2 index (well formed, correctly summed) whose first frame has an encoding nobody wrote yet."""
+    for path in iter_index_files(Store.open(store, create=False).layout):
+        pack_hex, entries = decode_index(path.read_bytes(), what=path.name)
+        path.chmod(0o644)
+        path.write_bytes(encode_index(pack_hex, [entries[0]._replace(encoding=200), *entries[1:]]))
         return
 
 
 VARIANTS: dict[str, tuple[Callable[[Path], None], int, str]] = {  # change, exit code, words of the hint
     "store.json format 2": (lambda s: _rewrite_store_json(s, {"format": 2, "chunk_size": 262144}), 2,
-                            "upgrade imgtool"),
+                            "upgrade"),
     "store.json format 0": (lambda s: _rewrite_store_json(s, {"format": 0, "chunk_size": 262144}), 2,
                             "has format 0"),
     "store.json unreadable": (lambda s: _rewrite_store_json(s, b"{format: 1"), 6, "store.json"),
@@ -131,8 +152,9 @@ VARIANTS: dict[str, tuple[Callable[[Path], None], int, str]] = {  # change, exit
                                                                 {"replicas": 3}), 6, "upgrade imgtool"),
     "definition record format 2": (lambda s: _newer_record(s, ("definitions", "old", "base"), {"format": 2}), 6,
                                    "upgrade imgtool"),
-    "disk manifest format 2": (_newer_disk, 6, "upgrade imgtool"),
-    "pack index format 2": (_newer_index, 6, "newer imgtool"),
+    "disk manifest format 2": (_newer_disk, 6, "upgrade"),
+    "pack index format 9": (_newer_index, 6, "newer release"),
+    "pack index with an unknown frame encoding": (_unknown_encoding, 6, "upgrade"),
 }
 COMMANDS = {
     "store.json format 2": [["gallery", "list"], ["version", "show", "old/base@1.0.0"], ["verify"],
@@ -144,8 +166,9 @@ COMMANDS = {
                                    ["publish", "old/base", "--version", "3.0.0", "--os-disk", "{disk}"]],
     "disk manifest format 2": [["version", "export", "old/base@1.0.0", "{out}", "--format", "raw"],
                                ["vm", "new", "x", "--image", "old/base@1.0.0", "--ssh-key", "{key}"]],
-    "pack index format 2": [["version", "export", "old/base@1.1.0", "{out}", "--format", "raw"],
-                            ["publish", "old/base", "--version", "3.0.0", "--os-disk", "{disk}"], ["gc"]],
+    "pack index format 9": [["version", "export", "old/base@1.1.0", "{out}", "--format", "raw"],
+                            ["publish", "old/base", "--version", "3.0.0", "--os-disk", "{disk}"], ["gc"],
+                            ["optimize"]],
 }
 
 
@@ -163,6 +186,8 @@ def test_unknown_formats_are_refused_with_a_hint(zygote: Zygote, tmp_path: Path,
     change(home / "store")
     before = fingerprint(home / "store")
     fallback = "store.json format 2" if variant.startswith("store.json") else "version record format 2"
+    if variant.startswith("pack index"):
+        fallback = "pack index format 9"
     commands = COMMANDS.get(variant) or COMMANDS[fallback]
     for template in commands:
         argv = [a.format(**values) for a in template]

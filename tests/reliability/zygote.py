@@ -166,6 +166,7 @@ def warm_up() -> None:
             empty = Path(home) / "empty.img"
             empty.touch()
             for argv in (["gallery", "list"], ["capture", str(empty)],  # each fails fast, after parsing
+                         ["push", "g", "nosuch"], ["pull", "nosuch:g/d"],  # the remote modules and httpx
                          ["publish", "g/d", "--version", "1.0.0", "--os-disk", "x", "--data-disk", "0=x",
                           "--end-of-life", "2000-01-01"],
                          ["vm", "new", "x", "--image", "g/d", "--cpus", "1", "--memory", "1", "--ssh-key", "x"],

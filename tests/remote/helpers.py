@@ -14,6 +14,7 @@ from imgtool.names import DefinitionRef
 from imgtool.remote import remotes
 from imgtool.remote.connect import open_target
 from imgtool.remote.target import Target
+from imgtool.trust.homes import trust_store
 from store.ingest import ingest
 
 CHUNK = 128 << 10
@@ -65,6 +66,12 @@ def exported(home: Home, ref: str, out: Path) -> bytes:
     return out.read_bytes()
 
 
+def accept_unsigned(home: Home, name: str) -> None:
+    """`imgtool trust policy NAME any`: these tests move unsigned versions (tests/trust covers signed ones)."""
+    trust_store(home).set_policy(name, "any")
+
+
 def add_remote(home: Home, name: str, url: str) -> tuple[remotes.Remote, Target]:
     remote = remotes.add(home, name, url)
+    accept_unsigned(home, name)
     return remote, open_target(home, remote)

@@ -224,7 +224,8 @@ def _handler(liar: Liar) -> type[BaseHTTPRequestHandler]:
                 self._answer(401, b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}',
                              {"WWW-Authenticate": 'Basic realm="liar"', "Content-Type": "application/json"})
                 return
-            lie = liar.take_lie(self.command, path)
+            # The other origin (redirect target) tells the truth: a lie there would redirect forever.
+            lie = liar.take_lie(self.command, path) if port != liar.elsewhere_port else None
             if lie is not None and self._lie(lie, path):
                 return
             self._honest(path, body, lie)

@@ -11,9 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -31,30 +30,40 @@ class Killed(Exception):
 class Switch:
     kill_at_request: int | None = None
     kill_at_byte: int | None = None
-    victim: subprocess.Popen[str] | None = None
+    victim: int | None = None  # pid
     requests: int = 0
     bytes: int = 0
     fired: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def arm(self, victim: subprocess.Popen[str], *, at_request: int | None = None, at_byte: int | None = None) -> None:
+    known: threading.Event = field(default_factory=threading.Event)
+    action: Callable[[], None] | None = None  # instead of killing the victim (e.g. stop the registry)
+
+    def arm(self, *, at_request: int | None = None, at_byte: int | None = None) -> None:
+        """Count from now (before the victim starts, so its first request counts too)."""
         with self.lock:
-            self.victim, self.kill_at_request, self.kill_at_byte = victim, at_request, at_byte
+            self.victim, self.kill_at_request, self.kill_at_byte = None, at_request, at_byte
             self.requests = self.bytes = 0
             self.fired = False
+            self.known.clear()
+
+    def aim(self, victim: int) -> None:
+        self.victim = victim
+        self.known.set()
 
     def reset(self) -> None:
-        with self.lock:
-            self.victim = None
-            self.kill_at_request = self.kill_at_byte = None
-            self.requests = self.bytes = 0
-            self.fired = False
+        self.arm()
 
     def _fire(self) -> None:
-        if self.victim is not None and not self.fired:
+        if not self.fired and (self.kill_at_request is not None or self.kill_at_byte is not None):
             self.fired = True
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.victim.pid, signal.SIGKILL)
+            if self.action is not None:
+                self.action()
+                raise Killed
+            self.known.wait(timeout=30)  # the pid is set right after the fork
+            if self.victim is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.victim, signal.SIGKILL)
         raise Killed
 
     def on_request(self) -> None:
@@ -86,7 +95,10 @@ def _handler(upstream: str, switch: Switch, client: httpx.Client) -> type[BaseHT
                 switch.on_request()
                 body = self._read_body()
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP | {"host"}}
-                answer = client.request(self.command, upstream + self.path, headers=headers, content=body)
+                try:
+                    answer = client.request(self.command, upstream + self.path, headers=headers, content=body)
+                except httpx.TransportError:
+                    answer = httpx.Response(502, content=b"upstream unreachable")  # what a load balancer says
                 self._answer(answer)
             except Killed:
                 self.close_connection = True

@@ -32,13 +32,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def config_text(root: Path, port: int, htpasswd: Path | None) -> str:
+def config_text(root: Path, port: int, htpasswd: Path | None, *, access_log: bool = False) -> str:
     auth = ""
     if htpasswd is not None:
         auth = f"auth:\n  htpasswd:\n    realm: imgtool-tests\n    path: {htpasswd}\n"
     return (
         "version: 0.1\n"
-        "log:\n  level: warn\n  accesslog:\n    disabled: true\n"
+        f"log:\n  level: warn\n  accesslog:\n    disabled: {'false' if access_log else 'true'}\n"
         "storage:\n"
         f"  filesystem:\n    rootdirectory: {root / 'data'}\n"
         "  delete:\n    enabled: true\n"
@@ -57,6 +57,7 @@ class Registry:
     users: dict[str, str] = field(default_factory=dict)
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
+    access_log: bool = False  # one line per request in registry.log (the benchmark counts them)
 
     @property
     def url(self) -> str:
@@ -72,7 +73,7 @@ class Registry:
         htpasswd = self._write_htpasswd() if self.users else None
         self.port = self.port or free_port()
         config = self.root / "config.yml"
-        config.write_text(config_text(self.root, self.port, htpasswd))
+        config.write_text(config_text(self.root, self.port, htpasswd, access_log=self.access_log))
         argv = ["docker-registry", "serve", str(config)]
         if os.geteuid() == 0:
             _chown_tree(self.root, NOBODY)
@@ -140,14 +141,14 @@ def _chown_tree(root: Path, uid: int) -> None:
 
 
 @contextlib.contextmanager
-def running(*, users: dict[str, str] | None = None, port: int = 0) -> Iterator[Registry]:
+def running(*, users: dict[str, str] | None = None, port: int = 0, access_log: bool = False) -> Iterator[Registry]:
     """A registry in a fresh folder directly under the system temp dir, removed afterwards.
 
     Not under pytest's tmp_path: pytest (ours or a concurrent run) resets /tmp/pytest-of-USER to 0700,
     which would lock the unprivileged registry out of its own files mid-test.
     """
     root = Path(tempfile.mkdtemp(prefix="imgtool-registry-"))
-    registry = Registry(root, dict(users or {}), port=port)
+    registry = Registry(root, dict(users or {}), port=port, access_log=access_log)
     try:
         registry.start()
         yield registry

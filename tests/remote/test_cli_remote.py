@@ -71,6 +71,7 @@ def test_htpasswd_login_wrong_password_and_missing_login(auth_registry: Registry
     publish_bytes(src, "team/base", "1.0.0", disk_bytes(1 << 20, seed=22))
     a = cli_for(src.root, tmp_path)
     a("remote", "add", "secure", auth_registry.url)
+    a("trust", "policy", "secure", "any")  # unsigned versions, accepted explicitly (tests/trust covers signed)
     anonymous = a("push", "team", "secure", ok=False)
     assert anonymous.returncode == 5 and "imgtool remote login secure" in anonymous.stderr
 
@@ -87,6 +88,14 @@ def test_htpasswd_login_wrong_password_and_missing_login(auth_registry: Registry
     assert login(PASSWORD).returncode == 0
     assert stat.S_IMODE((src.root / "auth.json").stat().st_mode) == 0o600
     assert a.json("push", "team", "secure")["versions"][0]["status"] == "pushed"  # type: ignore[index]
+    import base64
+
+    a("trust", "policy", "secure", "any")  # unsigned versions, accepted explicitly (tests/trust covers signed)
+    for shown in (a("--debug", "--json", "push", "team", "secure"), a("--debug", "pull", "secure:team/base")):
+        text = shown.stdout + shown.stderr
+        assert "remote GET" in text or "remote HEAD" in text  # --debug logs the requests...
+        assert PASSWORD not in text and base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode() not in text
+        assert "authorization" not in text.lower()  # ...never a header
     debug = a("--debug", "--json", "remote", "show", "secure")
     assert PASSWORD not in debug.stdout + debug.stderr
     assert json.loads(debug.stdout)["logged_in_as"] == USER
@@ -135,3 +144,25 @@ def test_replication_targets_states_and_retry(registry: Registry, tmp_path: Path
         again = a.json("replicate", "team/base")
         assert isinstance(again, list)
         assert {o["target"]: o["state"] for o in again} == {"good": "completed", "back": "completed"}
+
+
+def test_vm_new_from_a_remote_image_pulls_first(registry: Registry, tmp_path: Path) -> None:
+    from tests.conftest import require_tools
+
+    require_tools("qemu-img")
+    from imgtool.gallery.galleries import create_definition
+    from imgtool.gallery.model import Definition
+
+    src = make_home(tmp_path / "a")
+    create_definition(src, Definition("team", "spec", "acme", "spec", "v1", "linux", "specialized"))
+    publish_bytes(src, "team/spec", "1.0.0", disk_bytes(1 << 20, seed=25))
+    a = cli_for(src.root, tmp_path)
+    a("remote", "add", "origin", f"{registry.url}/vmnew")
+    a("push", "team/spec", "origin")
+    b = cli_for(tmp_path / "b", tmp_path)
+    b("remote", "add", "origin", f"{registry.url}/vmnew")
+    b("trust", "policy", "origin", "any")  # unsigned versions, accepted explicitly (tests/trust covers signed)
+    made = b.json("vm", "new", "dev1", "--image", "origin:team/spec@latest")
+    assert made["image"] == "team/spec@1.0.0"  # type: ignore[index]
+    assert b.json("version", "show", "team/spec@1.0.0")["provenance"]["pulled_from"]["remote"] == "origin"  # type: ignore[index]
+    b.json("vm", "new", "dev2", "--image", "origin:team/spec@1.0.0")  # already here: nothing pulled again

@@ -81,6 +81,7 @@ class Issued:
     user: str
     scopes: tuple[str, ...]
     access: tuple[dict[str, Any], ...]
+    token: str = ""
 
 
 @dataclass
@@ -106,11 +107,14 @@ class TokenServer:
     def cert_bundle(self) -> Path:
         return self.root / "token-root.pem"
 
-    def registry_auth_config(self) -> str:
-        """The `auth:` block of a distribution config that trusts this server."""
+    def registry_auth_config(self, bundle: Path | None = None) -> str:
+        """The `auth:` block of a distribution config that trusts this server (its certificate at `bundle`)."""
         return ("auth:\n  token:\n"
                 f"    realm: {self.realm}\n    service: {SERVICE}\n    issuer: {ISSUER}\n"
-                f"    rootcertbundle: {self.cert_bundle}\n")
+                f"    rootcertbundle: {bundle or self.cert_bundle}\n")
+
+    def certificate_pem(self) -> bytes:
+        return self.certificate.public_bytes(serialization.Encoding.PEM)
 
     def start(self) -> TokenServer:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -181,9 +185,9 @@ class TokenServer:
             return 400, {"errors": [{"code": "INVALID_SERVICE", "message": "unknown service"}]}
         scopes = [s for value in params.get("scope", []) for s in value.split(" ") if s]
         access = self.grant(user, scopes)
-        with self._lock:
-            self.issued.append(Issued(user, tuple(scopes), tuple(access)))
         token = self.token(user, access)
+        with self._lock:
+            self.issued.append(Issued(user, tuple(scopes), tuple(access), token))
         issued_at = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return 200, {"token": token, "access_token": token, "expires_in": self.valid_for, "issued_at": issued_at}
 

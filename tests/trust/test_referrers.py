@@ -71,9 +71,9 @@ def envelopes(found: list[referrers.Attached]) -> list[bytes]:
 # -- a real registry ------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def registry() -> Iterator[str]:
     require_tools("docker-registry")
-    with token_registry.running(tmp_path_factory.mktemp("referrers-registry"), "") as host:
+    with token_registry.running() as host:
         yield host
 
 

@@ -7,6 +7,7 @@ nothing is stored or named.
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 from collections.abc import Iterator
@@ -94,6 +95,8 @@ def test_signed_push_verified_pull_and_offline_verify(world: World) -> None:
     wrong = world.user("pull", "origin:team/base@1.0.0@sha256:" + "0" * 64, ok=False)
     assert wrong.returncode == 5 and "pinned to" in wrong.stderr
     assert world.user("verify", "--deep").returncode == 0
+    world.user("gc")  # the signature set is a named root: gc keeps it
+    assert world.user.json("version", "verify", "team/base@1.0.0")["policy"] == "signed"  # type: ignore[index]
     # Trust withdrawn: the local copy is refused offline as well.
     world.user("trust", "remove", "origin")
     refused = world.user("version", "verify", "team/base@1.0.0", ok=False)
@@ -191,3 +194,101 @@ def test_default_signing_key_and_signing_on_push_onwards(world: World, registry:
     third("pull", "onward:team/base@1.0.0")
     assert third.json("version", "verify", "team/base@1.0.0")["policy"] == "signed"  # type: ignore[index]
 
+
+
+def test_latest_is_the_highest_verified_version(world: World) -> None:
+    src = Home.at(world.publisher.home)
+    publish_bytes(src, "team/base", "1.1.0", disk_bytes(1 << 20, seed=42))
+    world.publisher("push", "team/base@1.0.0", "origin", "--sign", "release")
+    world.publisher("push", "team/base@1.1.0", "origin")  # unsigned, and higher
+    world.user("trust", "add", "origin", str(world.pub_key))
+    listed = world.user.json("remote", "versions", "origin:team/base", "--explain")
+    assert listed["latest"] == "1.0.0"  # type: ignore[index]
+    reasons = {c["version"]: c["reason"] for c in listed["candidates"]}  # type: ignore[index]
+    assert reasons["1.1.0"].startswith("dropped: not verified") and "is not signed" in reasons["1.1.0"]
+    pulled = world.user.json("pull", "origin:team/base")
+    assert pulled["tag"] == "1.0.0"  # type: ignore[index]
+
+
+def test_vm_new_reverifies_from_the_store(world: World) -> None:
+    """Pulled under `any`, then the publisher's key is trusted: vm new refuses the unchecked copy until
+    a pull (a cache hit) verifies it and keeps its signatures; then vm new works, offline checks included."""
+    require_tools("qemu-img")
+    world.publisher("push", "team/base@1.0.0", "origin", "--sign", "release")
+    world.user("trust", "policy", "origin", "any")
+    world.user("pull", "origin:team/base@1.0.0")
+    world.user("trust", "remove", "origin")
+    world.user("trust", "add", "origin", str(world.pub_key))
+    key = world.tmp / "id.pub"
+    key.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIC5mZXhhbXBsZWtleWZvcnRlc3RzMDAwMDAwMDAw test\n")
+    vm = ("vm", "new", "box", "--image", "team/base@1.0.0", "--ssh-key", str(key), "--admin-user", "dev")
+    refused = world.user(*vm, ok=False)
+    assert refused.returncode == 5 and "pulled without signature checks" in refused.stderr, refused.stderr
+    assert world.user.json("pull", "origin:team/base@1.0.0")["status"] == "present"  # type: ignore[index]
+    world.user(*vm)
+    assert world.user.json("version", "verify", "team/base@1.0.0")["policy"] == "signed"  # type: ignore[index]
+    world.user("trust", "remove", "origin")
+    again = world.user("vm", "new", "box2", "--image", "team/base@1.0.0", "--ssh-key", str(key), ok=False)
+    assert again.returncode == 5 and "no trust policy" in again.stderr
+
+
+def test_replication_signs_each_target_for_its_own_name(world: World) -> None:
+    world.publisher("remote", "add", "mirror", f"{world.registry.url}/mirror-{world.prefix}")
+    world.publisher("trust", "signing-key", "mirror", "release")
+    world.publisher("version", "update", "team/base@1.0.0", "--replicate-to", "mirror")
+    world.publisher("replicate")
+    world.user("remote", "add", "mirror", f"{world.registry.url}/mirror-{world.prefix}")
+    world.user("trust", "add", "mirror", str(world.pub_key))
+    world.user("pull", "mirror:team/base@1.0.0")
+    assert world.user.json("version", "verify", "team/base@1.0.0")["remote"] == "mirror"  # type: ignore[index]
+
+
+def test_version_verify_catches_a_tampered_local_copy(world: World) -> None:
+    world.publisher("push", "team/base@1.0.0", "origin", "--sign", "release")
+    world.user("trust", "add", "origin", str(world.pub_key))
+    world.user("pull", "origin:team/base@1.0.0")
+    store = Home.at(world.user.home).store
+    original = store.get_name("signatures", "team", "base", "1.0.0")
+    assert original is not None
+    stored = store.get_manifest(original)
+
+    def with_set(changed: dict[str, object]) -> subprocess.CompletedProcess[str]:
+        store.set_name("signatures", "team", "base", "1.0.0", target=store.put_manifest({**stored, **changed}))
+        return world.user("version", "verify", "team/base@1.0.0", ok=False)
+
+    config = json.loads(base64.b64decode(stored["config"]))
+    config["version"]["disks"][0]["virtual_size"] += 1
+    other_config = base64.b64encode(json.dumps(config).encode()).decode()
+    assert with_set({"config": other_config}).returncode == 6
+    assert with_set({"manifest": base64.b64encode(b"{}").decode()}).returncode == 6
+    referrer = dict(stored["referrers"][0])
+    envelope = json.loads(base64.b64decode(referrer["envelope"]))
+    envelope["sig"] = base64.b64encode(bytes(64)).decode()
+    referrer["envelope"] = base64.b64encode(json.dumps(envelope).encode()).decode()
+    forged = with_set({"referrers": [referrer]})
+    assert forged.returncode == 5 and "bad signature" in forged.stderr
+    store.set_name("signatures", "team", "base", "1.0.0", target=original)
+    assert world.user("version", "verify", "team/base@1.0.0").returncode == 0
+
+
+def test_signing_a_version_already_pushed(world: World) -> None:
+    world.publisher("push", "team/base@1.0.0", "origin")
+    world.user("trust", "add", "origin", str(world.pub_key))
+    assert "is not signed" in world.user("pull", "origin:team/base@1.0.0", ok=False).stderr
+    again = world.publisher.json("push", "team/base@1.0.0", "origin", "--sign", "release")
+    assert again["versions"][0]["status"] == "present"  # type: ignore[index]
+    digest = again["versions"][0]["manifest"]  # type: ignore[index]
+    world.publisher("push", "team/base@1.0.0", "origin", "--sign", "release")  # signed once, not twice
+    adapter = Adapter(Client(world.registry.host))
+    assert len(referrers.find(adapter, f"{world.prefix}/team/base", digest)) == 1
+    world.user("pull", "origin:team/base@1.0.0")
+
+
+def test_signed_versions_through_an_oci_layout_folder(world: World) -> None:
+    layout = world.tmp / "usb"
+    world.publisher("remote", "add", "usb", f"oci-layout:{layout}")
+    world.publisher("push", "team/base@1.0.0", "usb", "--sign", "release")
+    world.user("remote", "add", "usb", f"oci-layout:{layout}")
+    world.user("trust", "add", "usb", str(world.pub_key))
+    world.user("pull", "usb:team/base@1.0.0")
+    assert world.user.json("version", "verify", "team/base@1.0.0")["remote"] == "usb"  # type: ignore[index]

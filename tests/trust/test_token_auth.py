@@ -38,8 +38,7 @@ class Setup:
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     require_tools("docker-registry")
     root = tmp_path_factory.mktemp("token-auth")
-    with token_server(root / "tokens") as tokens, \
-            token_registry.running(root / "registry", tokens.registry_auth_config()) as host:
+    with token_server(root / "tokens") as tokens, token_registry.running(tokens) as host:
         yield Setup(tokens, host)
 
 

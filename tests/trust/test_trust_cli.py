@@ -31,7 +31,7 @@ def test_key_and_trust_commands(tmp_path: Path) -> None:
     again = user("trust", "add", "origin", str(pub), "--gallery", "team", ok=False)
     assert again.returncode == 4
     rows = user.json("trust", "list")
-    assert rows == [{"remote": "origin", "policy": "signed", "keys": [
+    assert rows == [{"remote": "origin", "policy": "signed", "signing_key": None, "keys": [
         {"remote": "origin", "key_id": made["key_id"], "name": "release", "gallery": "team",
          "expires": "2099-01-01T00:00:00Z", "added": rows[0]["keys"][0]["added"]}]}]  # type: ignore[index]
     assert "signed" in user("trust", "list").stdout

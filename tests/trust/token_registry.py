@@ -1,7 +1,7 @@
-"""A real distribution 2.8 registry with an `auth:` block of the test's choosing (here: token auth).
+"""A real distribution 2.8 registry, anonymous or with token auth (tests/remote/token_server.py).
 
-Starter until tests/remote/registry.py (the remote branch's fixture) takes an auth block: same
-rules: 127.0.0.1, a free port, its own folder, as nobody when run as root, stopped by its pid.
+Until tests/remote/registry.py (the remote branch's fixture) takes an auth block, the same rules
+here: 127.0.0.1, a free port, its own folder, as nobody when run as root, stopped by its pid.
 """
 
 from __future__ import annotations
@@ -9,12 +9,16 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from tests.remote.token_server import TokenServer
 
 NOBODY = 65534
 
@@ -43,17 +47,31 @@ def _hand_over(root: Path) -> list[str]:
         os.chown(dirpath, NOBODY, NOBODY)
         for name in dirs + files:
             os.lchown(os.path.join(dirpath, name), NOBODY, NOBODY)
-    for parent in root.parents:  # tmp_path folders are 0700: let nobody traverse them
-        if parent != Path("/") and not parent.stat().st_mode & 0o001:
-            os.chmod(parent, parent.stat().st_mode | 0o001)
     return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
 
 
 @contextlib.contextmanager
-def running(root: Path, auth: str) -> Iterator[str]:
-    """Yield the registry's host:port; `auth` is the config's `auth:` block."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "data").mkdir(exist_ok=True)
+def running(tokens: TokenServer | None = None) -> Iterator[str]:
+    """Yield the registry's host:port: anonymous, or trusting `tokens` (auth: token).
+
+    Its folder is under the system temp dir, not pytest's tmp_path: pytest resets
+    /tmp/pytest-of-USER to 0700, which would lock the unprivileged registry out mid-test.
+    """
+    root = Path(tempfile.mkdtemp(prefix="imgtool-token-registry-"))
+    try:
+        with _serving(root, tokens) as host:
+            yield host
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _serving(root: Path, tokens: TokenServer | None) -> Iterator[str]:
+    (root / "data").mkdir()
+    auth = ""
+    if tokens is not None:
+        (root / "token-root.pem").write_bytes(tokens.certificate_pem())
+        auth = tokens.registry_auth_config(root / "token-root.pem")
     port = free_port()
     (root / "config.yml").write_text(
         "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n"
