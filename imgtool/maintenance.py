@@ -14,6 +14,7 @@ from imgtool.capture.disk import CAPTURES
 from imgtool.gallery.galleries import VERSIONS
 from imgtool.gallery.model import ImageVersion
 from imgtool.home import Home
+from imgtool.names import ref_fields
 from imgtool.vm import bases
 from imgtool.vm import record as vmrecord
 from store import gc as store_gc
@@ -125,7 +126,7 @@ def du(home: Home) -> dict[str, Any]:
     for key, version, digest in versions:
         chunks = chunk_sets[digest]
         rows.append({
-            "version": f"{key[0]}/{key[1]}@{key[2]}", "gallery": key[0], "definition": key[1], "number": key[2],
+            **ref_fields(f"{key[0]}/{key[1]}@{key[2]}"),
             "disks": len(version.disks),
             "logical_bytes": sum(d.virtual_size for d in version.disks),
             "data_bytes": sum(rawlen(c) for c in chunks),

@@ -18,6 +18,13 @@ RULE = (f"1-{MAX_NAME} characters: letters, digits, '.', '_' and '-', starting a
         "digit, no '..'")
 
 
+def ref_fields(label: str) -> dict[str, str]:
+    """A version's reference as the JSON vocabulary spells it: "ref" (G/D@X.Y.Z) and its parts."""
+    gallery, _, rest = label.partition("/")
+    definition, _, version = rest.partition("@")
+    return {"ref": label, "gallery": gallery, "definition": definition, "version": version}
+
+
 def check_name(value: str, what: str) -> str:
     """Return `value` if it is a valid name for `what`, else raise InvalidArgument naming the rule."""
     printable = value.encode("unicode_escape").decode("ascii")

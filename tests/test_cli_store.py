@@ -56,11 +56,11 @@ def test_issue_transcript(cli: Cli, tmp_path: Path) -> None:
 
     assert "ok:" in cli("verify", "--deep").stdout
     du = cli.json("du")
-    assert isinstance(du, dict) and [row["version"] for row in du["versions"]] == ["team/base@1.0.0",
+    assert isinstance(du, dict) and [row["ref"] for row in du["versions"]] == ["team/base@1.0.0",
                                                                                    "team/base@1.1.0"]
     assert du["home_bytes"] >= du["store_bytes"] >= sum(r["unique_bytes"] for r in du["versions"]) > 0
     # v1.1.0 differs from 1.0.0 by one 64 KiB write: it holds only about that much on its own.
-    by_name = {row["version"]: row for row in du["versions"]}
+    by_name = {row["ref"]: row for row in du["versions"]}
     assert by_name["team/base@1.1.0"]["unique_bytes"] < 300 * 1024
     plan = cli.json("gc", "--dry-run")
     assert isinstance(plan, dict) and plan["dry_run"] is True

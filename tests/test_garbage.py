@@ -134,7 +134,7 @@ def test_du_accounts_for_the_whole_home_in_version_order(tmp_path: Path) -> None
         lease(home.store, loose)
     bases.ensure(home, shared)
     usage = maintenance.du(home)
-    assert [r["number"] for r in usage["versions"]] == ["1.2.0", "1.9.0", "1.10.0"]
+    assert [r["version"] for r in usage["versions"]] == ["1.2.0", "1.9.0", "1.10.0"]
     assert all(r["unique_bytes"] == 0 and r["stored_bytes"] >= 2 * CHUNK for r in usage["versions"])  # shared
     assert usage["captures"] == {"count": 1, "unpublished_bytes": usage["captures"]["unpublished_bytes"]}
     assert usage["captures"]["unpublished_bytes"] >= CHUNK

@@ -100,7 +100,7 @@ def test_check_state_and_signed_revocations_reach_other_stores(registry: Registr
     assert "revoked" not in user("vm", "list").stdout
     synced = user.json("remote", "sync", "origin")
     assert isinstance(synced, list)
-    marked = {s["version"]: s for s in synced}
+    marked = {s["ref"]: s for s in synced}
     assert marked["team/base@1.2.0"]["revoked"] == "CVE-2026-1234 in openssl"
     assert marked["team/base@1.2.0"]["vms"] == ["web"]
     assert marked["team/base@1.0.0"]["revoked"] is None

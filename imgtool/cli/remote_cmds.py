@@ -155,7 +155,7 @@ def remote_versions(
     found, chosen, verdicts, repo = service.versions(st.home, ref)
     latest = str(chosen) if chosen else None
     if st.json:
-        emit_json({"definition": ref, "repository": repo, "latest": latest,
+        emit_json({"ref": ref, "repository": repo, "latest": latest,
                    "versions": [{**{k: x for k, x in v.__dict__.items() if k != "annotations"},
                                  "latest": v.version == latest} for v in found],
                    "candidates": [{"version": str(v.version), "chosen": v.chosen, "reason": v.reason}

@@ -179,7 +179,7 @@ def du(ctx: typer.Context) -> None:
     if st.json:
         emit_json(usage)
         return
-    rows: list[list[Any]] = [[r["version"], r["disks"], human_bytes(r["logical_bytes"]), human_bytes(r["data_bytes"]),
+    rows: list[list[Any]] = [[r["ref"], r["disks"], human_bytes(r["logical_bytes"]), human_bytes(r["data_bytes"]),
                               human_bytes(r["stored_bytes"]), human_bytes(r["unique_bytes"])]
                              for r in usage["versions"]]
     table(["version", "disks", "logical", "data", "stored", "unique"], rows)

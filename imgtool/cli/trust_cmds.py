@@ -32,6 +32,7 @@ def version_verify(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="
     the manifest and config they sign against the local record, and every chunk (BLAKE3)."""
     from imgtool.cli.output import warn
     from imgtool.errors import Refused
+    from imgtool.names import ref_fields
     from imgtool.trust.gate import verify_local
 
     st = state(ctx)
@@ -41,7 +42,7 @@ def version_verify(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="
                       hint="imgtool verify --deep checks the store's content")
     warn(verdict.acceptance.warnings)
     if st.json:
-        emit_json({"version": verdict.name, "remote": verdict.remote, "manifest": verdict.manifest_digest,
+        emit_json({**ref_fields(verdict.name), "remote": verdict.remote, "manifest": verdict.manifest_digest,
                    "policy": verdict.acceptance.policy, "verified_by": list(verdict.acceptance.verified_by)})
         return
     if verdict.acceptance.verified_by:

@@ -30,7 +30,7 @@ from imgtool.gallery import galleries
 from imgtool.gallery.galleries import DEFINITIONS, GALLERIES, VERSIONS, gallery_lock
 from imgtool.gallery.model import Definition, Gallery, ImageVersion, now
 from imgtool.home import Home
-from imgtool.names import DefinitionRef, ImageRef, parse_definition_ref, parse_image_ref
+from imgtool.names import DefinitionRef, ImageRef, parse_definition_ref, parse_image_ref, ref_fields
 from imgtool.remote import catalog, fetch
 from imgtool.remote import format as fmt
 from imgtool.remote.format import DiskIndex, IndexEntry, VersionManifest
@@ -102,7 +102,8 @@ class PullResult:
     warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        body = dict(self.__dict__)
+        return {**ref_fields(body.pop("name")), **body}
 
 
 def resolve_tag(target: Target, repo: str, ref: ImageRef, remote_name: str,

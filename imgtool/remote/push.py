@@ -23,7 +23,7 @@ from imgtool.errors import NotFound, Refused
 from imgtool.gallery.galleries import DEFINITIONS, GALLERIES, VERSIONS
 from imgtool.gallery.model import ImageVersion
 from imgtool.home import Home
-from imgtool.names import check_name, parse_image_ref
+from imgtool.names import check_name, parse_image_ref, ref_fields
 from imgtool.remote import format as fmt
 from imgtool.remote.format import Descriptor, DiskIndex, IndexEntry
 from imgtool.remote.knowledge import Known, learn
@@ -64,7 +64,8 @@ class PushResult:
     chunks_new: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        body = dict(self.__dict__)
+        return {**ref_fields(body.pop("name")), **body}
 
 
 def versions_of(home: Home, source: str) -> list[tuple[ImageVersion, str]]:

@@ -26,7 +26,7 @@ from imgtool.gallery.galleries import VERSIONS
 from imgtool.gallery.model import now
 from imgtool.gallery.versions import Version
 from imgtool.home import Home
-from imgtool.names import check_name, parse_image_ref
+from imgtool.names import check_name, parse_image_ref, ref_fields
 from imgtool.remote import remotes
 from imgtool.remote.service import push_source
 from store import atomic
@@ -46,7 +46,8 @@ class Outcome:
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        body = dict(self.__dict__)
+        return {**ref_fields(body.pop("version")), **body}
 
 
 def _root(home: Home) -> Path:

@@ -27,6 +27,7 @@ from imgtool.gallery.lifecycle_model import Revocation
 from imgtool.gallery.lookup import get_version
 from imgtool.gallery.model import ImageVersion
 from imgtool.home import Home
+from imgtool.names import ref_fields
 from imgtool.remote import format as fmt
 from imgtool.remote import remotes
 from imgtool.remote.connect import close, open_target
@@ -84,7 +85,7 @@ def push_revocation(home: Home, text: str, remote_name: str, *, key_name: str | 
         subject = fmt.Descriptor(fmt.MANIFEST_TYPE, fetched.digest, len(fetched.data))
         put_referrer(target, repo, subject, revocations.REVOCATION_MEDIA_TYPE, envelope,
                      blob_type=revocations.REVOCATION_MEDIA_TYPE)
-    return {"version": version.label, "remote": remote_name, "repository": repo, "manifest": fetched.digest,
+    return {**ref_fields(version.label), "remote": remote_name, "repository": repo, "manifest": fetched.digest,
             "key_id": key.public.key_id}
 
 
@@ -233,9 +234,9 @@ def _sync_one(home: Home, remote: Remote, target: Target, version: ImageVersion,
                  notes.get("org.imgtool.definition", version.definition), tag)
     found = find(home, remote, target, repo, name, digests)
     if found.revoked is None:
-        return {"version": version.label, "revoked": None, "ignored": found.ignored} if found.ignored else None
+        return {**ref_fields(version.label), "revoked": None, "ignored": found.ignored} if found.ignored else None
     if version.revocation is None:
         update_version(home, version.label, revocation=Revocation(found.revoked.reason, found.revoked.revoked_at))
-    return {"version": version.label, "revoked": found.revoked.reason, "since": found.revoked.revoked_at,
+    return {**ref_fields(version.label), "revoked": found.revoked.reason, "since": found.revoked.revoked_at,
             "key_id": found.revoked.key_id, "ignored": found.ignored,
             "vms": vmrecord.vms_using(home, version.gallery, version.definition, version.version)}

@@ -34,6 +34,7 @@ def test_push_pull_versions_show_through_the_cli(registry: Registry, tmp_path: P
     assert a.json("remote", "list")[0]["url"] == f"{registry.url}/cli"  # type: ignore[index]
     pushed = a.json("push", "team", "origin")
     assert [v["status"] for v in pushed["versions"]] == ["pushed", "pushed"]  # type: ignore[index]
+    assert [v["ref"] for v in pushed["versions"]] == ["team/base@1.0.0", "team/base@1.1.0"]  # type: ignore[index]
     again = a.json("push", "team", "origin")
     assert [v["status"] for v in again["versions"]] == ["present", "present"]  # type: ignore[index]
     assert again["transfer"]["bytes_sent"] == 0  # type: ignore[index]
@@ -47,6 +48,7 @@ def test_push_pull_versions_show_through_the_cli(registry: Registry, tmp_path: P
     b("trust", "policy", "origin", "any")  # unsigned versions, accepted explicitly (tests/trust covers signed)
     pulled = b.json("pull", "origin:team/base")
     assert pulled["tag"] == "1.0.0" and pulled["status"] == "pulled"  # type: ignore[index]
+    assert (pulled["ref"], pulled["version"]) == ("team/base@1.0.0", "1.0.0")  # type: ignore[index]
     shown = b("version", "show", "team/base@1.0.0").stdout
     assert "pulled from" in shown and pulled["manifest"][:19] in shown  # type: ignore[index]
     assert b.json("definition", "show", "team/base")["publisher"] == "acme"  # type: ignore[index]

@@ -85,8 +85,8 @@ def test_signed_push_verified_pull_and_offline_verify(world: World) -> None:
     assert "signatures/team/base/1.0.0" in world.user_names()
     verified = world.user.json("version", "verify", "team/base@1.0.0")
     key_id = world.publisher.json("key", "list")[0]["key_id"]  # type: ignore[index]
-    assert verified == {"version": "team/base@1.0.0", "remote": "origin", "manifest": digest, "policy": "signed",
-                        "verified_by": [key_id]}
+    assert verified == {"ref": "team/base@1.0.0", "gallery": "team", "definition": "base", "version": "1.0.0",
+                        "remote": "origin", "manifest": digest, "policy": "signed", "verified_by": [key_id]}
     # A cache hit is judged again: the pull of a present version checks the remote's signature too.
     again = world.user.json("pull", "origin:team/base@1.0.0")
     assert again["status"] == "present"  # type: ignore[index]
