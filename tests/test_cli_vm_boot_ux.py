@@ -26,7 +26,7 @@ def test_a_running_vm_from_the_users_side(tmp_path: Path) -> None:
     cli("gallery", "create", "lab")
     cli("definition", "create", "lab/tiny", "--publisher", "p", "--offer", "o", "--sku", "s", "--os-type", "linux",
         "--os-state", "generalized", "--min-memory", "128", "--max-memory", "1024")
-    cli("publish", "lab/tiny", "--version", "1.0.0", "--os-disk", str(image))
+    cli("publish", "lab/tiny", "--version", "1.0.0", "--os-disk", str(image), "--allow-identity")  # golden identity
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -96,9 +96,15 @@ def publish(
     = False,
     replicate_to: Annotated[str | None, Opt(help="Target remotes R1,R2: push the version there after publishing "
                                                  "(a failure is recorded; imgtool replicate retries).")] = None,
+    allow_identity: Annotated[bool, Opt(help="Generalized definitions: publish even if the audit finds machine "
+                                             "identity (host keys, machine-id, cloud-init state); recorded.")]
+    = False,
 ) -> None:
     """Publish a new, immutable image version from its disks. In a definition that requires a boot check it
-    starts pending: latest skips it until imgtool version check (or --check here) sees it boot."""
+    starts pending: latest skips it until imgtool version check (or --check here) sees it boot.
+
+    Into a generalized definition the OS disk is audited first (see imgtool audit): SSH host keys, a
+    machine-id or cloud-init instance state refuse the publish. The audit is stored on the version."""
     from imgtool.cli import remote_cmds
     from imgtool.gallery import image_versions
 
@@ -111,7 +117,7 @@ def publish(
         data_disks=tuple(image_versions.parse_data_disk(d) for d in data_disk or []), os_state=os_state,
         exclude_from_latest=exclude_from_latest, end_of_life=end_of_life,
         block_deletion_before_end_of_life=block_deletion_before_end_of_life, source_format=fmt,
-        replace_data_disks=replace_data_disks, allow_nested=allow_nested_image)
+        replace_data_disks=replace_data_disks, allow_nested=allow_nested_image, allow_identity=allow_identity)
     bar = ProgressBar(f"publishing {ref}@{version}", enabled=not st.json)
     try:
         published = image_versions.publish(st.home, request, progress=bar)
@@ -220,10 +226,27 @@ def version_show(ctx: typer.Context, ref: Annotated[str, Arg(help="GALLERY/DEFIN
         pairs.append(("pulled from", f"{pulled.get('remote')}:{pulled.get('repository')}:{pulled.get('tag')} "
                                      f"{str(pulled.get('manifest'))[:19]}"))
     pairs.extend(remote_cmds.replication_rows(st.home, v.gallery, v.definition, v.version))
+    pairs.append(("audit", _audit_line(v.audit)))
     fields(pairs)
     if v.check and v.check.console_tail:
         print("console tail of the failed check:")
         print(v.check.console_tail.rstrip("\n"))
+
+
+def _audit_line(audit: dict[str, Any] | None) -> str:
+    if audit is None:
+        return "none (not published into a generalized definition)"
+    if not audit.get("audited"):
+        return f"not audited: {audit.get('reason')}"
+    found = [f"{f['check']} ({f['severity']})" for f in audit.get("findings", [])]
+    verdict = "clean" if audit.get("clean") else "IDENTITY FOUND"
+    if audit.get("allowed_identity"):
+        verdict += ", published with --allow-identity"
+    facts = audit.get("facts") or {}
+    if facts.get("boot_mode_ok") is False:
+        verdict += f"; boot MISMATCH (layout boots {', '.join(facts.get('boot_modes') or []) or 'nothing'}, " \
+                   f"definition says {facts.get('firmware')})"
+    return f"{verdict}; {facts.get('os') or 'unknown OS'}; " + (", ".join(found) or "no findings")
 
 
 @version_app.command("resolve")

@@ -100,6 +100,8 @@ def vm_new(
     allow_revoked: Annotated[bool, Opt(help="Allow a revoked version (recorded on the VM).")] = False,
     start: Annotated[bool, Opt(help="Start it right away.")] = False,
     accel: Annotated[str | None, Opt(help="With --start: kvm or tcg (default: probe).")] = None,
+    wait: Annotated[bool, Opt(help="With --start: return once SSH accepts the seeded key (see vm wait).")] = False,
+    wait_timeout: Annotated[float, Opt(help="With --wait: give up after this many seconds.")] = 600.0,
 ) -> None:
     """Create a VM from an image version: one qcow2 overlay per disk over a shared read-only base, and a
     cloud-init NoCloud seed for generalized images. The version's digest is pinned in the VM's record."""
@@ -113,6 +115,8 @@ def vm_new(
         if not start:
             raise InvalidArgument("--accel applies when the VM starts", hint=f"add --start, or give it to "
                                                                                f"imgtool vm start {name} --accel")
+    if wait and not start:
+        raise InvalidArgument("--wait applies when the VM starts", hint=f"imgtool vm new {name} ... --start --wait")
     disk_bytes = None if disk_size is None else options.parse_size(disk_size)
     forwards = options.check_forwards(tuple(options.parse_forward(f) for f in forward or []))
     image = _local_image(st, image)
@@ -127,6 +131,9 @@ def vm_new(
         bar.close()
     warnings = vm.advice(st.home, record, request)
     runtime = vmrun.start(st.home, name, requested_accel=accel) if start else None
+    if wait:
+        from imgtool.cli.guest_cmds import wait_ready
+        wait_ready(st, name, timeout=wait_timeout, cloud_init=False)
     if st.json:
         emit_json(vm_json(st.home, name, warnings=warnings))
         return
@@ -165,6 +172,7 @@ def vm_start(
     name: str,
     accel: Annotated[str | None, Opt(help="kvm or tcg (default: KVM only if a probe proves it works).")] = None,
     console: Annotated[bool, Opt(help="Then follow the serial console (Ctrl-C detaches).")] = False,
+    force: Annotated[bool, Opt(help="Start a generalized VM anyway (it stops being generalized).")] = False,
 ) -> None:
     """Boot a VM in the background (pid file, QMP socket, serial log, SSH on a loopback port). Warns when its
     version is revoked."""
@@ -176,7 +184,7 @@ def vm_start(
         _check_accel(accel)
     warnings = revocation.start_warnings(st.home, name)
     warn(warnings)
-    runtime = vmrun.start(st.home, name, requested_accel=accel)
+    runtime = vmrun.start(st.home, name, requested_accel=accel, force=force)
     if st.json:
         emit_json(vm_json(st.home, name, warnings=warnings))
     else:
@@ -300,7 +308,9 @@ def vm_show(ctx: typer.Context, name: str) -> None:
             ("disks", [f"{d.overlay} ({human_bytes(d.virtual_size)})" for d in record.disks]),
             ("seed", seed and seed.digest), ("hostname", seed and seed.hostname),
             ("admin user", seed and seed.admin_user), ("snapshots", snaps), ("created", record.created),
-            ("updated", record.updated), ("revoked", revoked and f"revoked: {revoked.reason}"),
+            ("updated", record.updated),
+            ("generalized", "yes (vm start needs --force)" if record.generalized else "no"),
+            ("revoked", revoked and f"revoked: {revoked.reason}"),
             ("allowed revoked", record.allowed_revoked),
             ("qemu", " ".join(status["qemu_argv"]) if status.get("qemu_argv") else None)])
 

@@ -24,6 +24,7 @@ from imgtool.gallery.lifecycle_model import CheckResult
 from imgtool.gallery.lookup import get_version
 from imgtool.gallery.model import OS_STATES, Definition, Disk, ImageVersion, check_choice, check_date
 from imgtool.gallery.versions import Version
+from imgtool.guest import service as guest
 from imgtool.home import Home
 from imgtool.names import DefinitionRef, parse_image_ref
 from imgtool.tools import qemu_img
@@ -49,6 +50,7 @@ class PublishRequest:
     source_format: str | None = None
     replace_data_disks: bool = False
     allow_nested: bool = False  # store disks whose content is itself an image header (recorded per disk)
+    allow_identity: bool = False  # publish into a generalized definition even if the audit finds identity
 
 
 DATA_DISK_RULES = """\
@@ -162,6 +164,7 @@ def publish(home: Home, req: PublishRequest, *, progress: Progress | None = None
                               "is not one", hint="drop --format: a stored disk's format is known")
     plan = plan_disks(home, req)
     _inspect_files(req)
+    audit = _audit(home, req, definition)
     with home.store.writing():
         disks = _capture_disks(home, req, plan, definition, progress)
         record = ImageVersion(
@@ -170,7 +173,7 @@ def publish(home: Home, req: PublishRequest, *, progress: Progress | None = None
             exclude_from_latest=req.exclude_from_latest, end_of_life=check_date(req.end_of_life, "end of life"),
             block_deletion_before_end_of_life=req.block_deletion_before_end_of_life,
             provenance={"os_disk": disks[0].source},
-            check=CheckResult("pending") if definition.boot_check else None)
+            check=CheckResult("pending") if definition.boot_check else None, audit=audit)
         digest = home.store.put_manifest(record.to_json())
         with gallery_lock(home, req.ref.gallery):
             get_definition_with_digest(home, req.ref)  # still there?
@@ -181,6 +184,19 @@ def publish(home: Home, req: PublishRequest, *, progress: Progress | None = None
                 raise AlreadyExists(f"version {req.ref}@{version_name} already exists",
                                     hint="another publish won the race; publish a higher version") from None
     return record
+
+
+def _audit(home: Home, req: PublishRequest, definition: Definition) -> dict[str, Any] | None:
+    """A generalized definition gets only sources without machine identity (imgtool.guest).
+
+    The OS disk is audited before anything is captured; identity refuses the publish unless
+    `allow_identity`, which the record keeps. Specialized definitions keep identity by design.
+    """
+    if definition.os_state != "generalized":
+        return None
+    report = guest.audit(home, req.os_disk, firmware=definition.firmware)
+    guest.gate(report, source=req.os_disk, allow_identity=req.allow_identity)
+    return {**report.to_json(), "source": req.os_disk, "allowed_identity": req.allow_identity and not report.clean}
 
 
 def _inspect_files(req: PublishRequest) -> None:

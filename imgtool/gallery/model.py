@@ -210,6 +210,9 @@ class ImageVersion:
     updated: str | None = None
     check: CheckResult | None = None  # None: its definition asked for no boot check
     revocation: Revocation | None = None
+    # The guest audit made when publishing into a generalized definition (imgtool.guest.audit's shape
+    # plus "source" and "allowed_identity"); absent from records that were not audited.
+    audit: JsonObject | None = None
 
     @property
     def label(self) -> str:
@@ -235,6 +238,8 @@ class ImageVersion:
             body.pop(key)
             if value is not None:
                 body[key] = value.to_json()
+        if body["audit"] is None:
+            del body["audit"]
         links = sorted({d.digest for d in self.disks} | {self.definition_record})
         return {"format": FORMAT, "kind": "version", "links": links, **body}
 
@@ -255,7 +260,8 @@ class ImageVersion:
                    check=CheckResult.from_json(f.obj_or_empty("check"), f"{what} check")
                    if f.obj.get("check") is not None else None,
                    revocation=Revocation.from_json(f.obj_or_empty("revocation"), f"{what} revocation")
-                   if f.obj.get("revocation") is not None else None)
+                   if f.obj.get("revocation") is not None else None,
+                   audit=f.obj_or_empty("audit") or None)
 
     def updated_with(self, **changes: Any) -> ImageVersion:
         bad = set(changes) - set(UPDATABLE_VERSION)

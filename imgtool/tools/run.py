@@ -42,6 +42,8 @@ PACKAGES = {
     "qemu-system-x86_64": "qemu-system-x86",
     "qemu-system-aarch64": "qemu-system-arm",
     "ssh": "openssh-client",
+    "debugfs": "e2fsprogs",
+    "qemu-storage-daemon": "qemu-system-common",
 }
 
 

@@ -9,6 +9,7 @@ process; QMP then says whether the guest is running or paused.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -28,7 +29,7 @@ from imgtool.tools import accel, ports, qemu, qmp, run, sockets
 from imgtool.tools.ports import free_port
 from imgtool.vm import bases
 from imgtool.vm import state as vmstate
-from imgtool.vm.record import VmRecord, load, vm_dir
+from imgtool.vm.record import VmRecord, load, save, vm_dir
 from store import atomic
 
 STATE = vmstate.STATE
@@ -87,12 +88,23 @@ def _check_forward_ports(record: VmRecord) -> None:
                           hint=f"free that port, then imgtool vm start {record.name}")
 
 
-def start(home: Home, name: str, *, requested_accel: str | None = None) -> dict[str, Any]:
-    """Boot the VM in the background; returns its runtime state."""
+def start(home: Home, name: str, *, requested_accel: str | None = None, force: bool = False) -> dict[str, Any]:
+    """Boot the VM in the background; returns its runtime state.
+
+    A generalized VM is refused unless `force`: its first boot would personalize it again (new
+    machine-id, host keys, cloud-init instance). Forced, it stops being generalized.
+    """
     record = load(home, name)
     folder = vm_dir(home, name)
     if is_running(home, name):
         raise Refused(f"VM '{name}' is already running", hint=f"imgtool vm console {name}, or vm stop {name}")
+    if record.generalized:
+        if not force:
+            raise Refused(f"VM '{name}' is generalized: booting it would give it an identity again",
+                          hint=f"publish it (imgtool publish G/D --os-disk vm:{name} --os-state generalized), "
+                               f"or start it anyway with imgtool vm start {name} --force")
+        record = dataclasses.replace(record, generalized=False)
+        save(home, record)
     _check_disks(home, record, folder)
     _check_forward_ports(record)
     accel_name = accel.choose_accel(home.cache, requested=requested_accel, arch=record.arch)
