@@ -250,3 +250,15 @@ def test_a_home_that_cannot_be_a_folder_is_the_users_error(tmp_path: Path, setti
     monkeypatch.setenv("IMGTOOL_HOME", str(root))
     with pytest.raises(InvalidArgument, match=r"\(from \$IMGTOOL_HOME\)"):
         Home.at(None)
+
+
+def test_store_hints_get_the_imgtool_command() -> None:
+    from imgtool.cli.main import with_command
+    from imgtool.errors import Corrupt, StorageFull
+
+    assert with_command(Corrupt("x", hint="a deep verify of the store shows what it affects")).hint == \
+        "imgtool verify --deep shows what it affects"
+    assert "imgtool gc" in with_command(StorageFull("disk full", hint="free space, then retry")).hint
+    assert with_command(Corrupt("y")).hint == "imgtool verify --deep names what it affects"
+    kept = Corrupt("z", hint="imgtool vm delete web1")
+    assert with_command(kept).hint == "imgtool vm delete web1"

@@ -117,7 +117,29 @@ def build_command() -> Any:
     return built
 
 
+# The store is generic and its hints name no command; here they get the imgtool command that does it.
+_STORE_PHRASES = (("a deep verify of the store", "imgtool verify --deep"),
+                  ("a verify of the store", "imgtool verify --deep"),
+                  ("capture again what a verify lists", "capture again what imgtool verify --deep lists"))
+_CATEGORY_COMMANDS = {"corrupt": "imgtool verify --deep names what it affects",
+                      "storage-full": "imgtool gc frees what nothing needs"}
+
+
+def with_command(exc: ImgtoolError) -> ImgtoolError:
+    """`exc` with a hint that names an imgtool command (errors raised by the store say what, not how)."""
+    if "imgtool " in exc.hint:
+        return exc
+    hint = exc.hint
+    for phrase, command in _STORE_PHRASES:
+        hint = hint.replace(phrase, command)
+    if "imgtool " not in hint and exc.category in _CATEGORY_COMMANDS:
+        hint = f"{hint}; {_CATEGORY_COMMANDS[exc.category]}" if hint else _CATEGORY_COMMANDS[exc.category]
+    exc.hint = hint
+    return exc
+
+
 def report(exc: ImgtoolError) -> None:
+    exc = with_command(exc)
     if _flags["json"]:
         flush_json(error_json(exc))
     sys.stderr.write(f"imgtool: error: {exc.message}\n")
