@@ -19,9 +19,9 @@ SOURCE: a disk file, vm:NAME (stopped), snapshot:VM/SNAP, blake3:DIGEST or GALLE
 Exit code 0 when audited clean, 5 when identity was found, 9 when the file system could not be
 read ("not audited" is never a pass).
 
---json prints {"source", "audited", "reason", "clean", "findings": [{"check", "severity", "paths",
-"count", "detail"}], "facts": {"os", "kernels", "partition_table", "root_partition", "boot_modes",
-"firmware", "boot_mode_ok", "fs_size", "fs_free"}, "audited_at"}. Checks: machine_id, ssh_host_keys,
+--json prints one document: source, audited, reason, clean, findings (each check, severity, paths,
+count, detail), facts (os, kernels, partition_table, root_partition, boot_modes, firmware,
+boot_mode_ok, fs_size, fs_free) and audited_at (docs/GUIDE.md). Checks: machine_id, ssh_host_keys,
 cloud_init_state (severity identity); authorized_keys, shell_history, dhcp_leases, logs (warning)."""
 
 
