@@ -262,3 +262,15 @@ def test_store_hints_get_the_imgtool_command() -> None:
     assert with_command(Corrupt("y")).hint == "imgtool verify --deep names what it affects"
     kept = Corrupt("z", hint="imgtool vm delete web1")
     assert with_command(kept).hint == "imgtool vm delete web1"
+
+
+def test_starting_the_cli_loads_no_domain_service() -> None:
+    """Every command pays the CLI's import time: only what the command needs is loaded, inside it."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, imgtool.cli.main; print(sorted(m for m in sys.modules if m.startswith(("
+             "'imgtool.gallery.image_versions', 'imgtool.remote.', 'imgtool.trust.', 'imgtool.guest.', "
+             "'imgtool.vm.lifecycle', 'imgtool.capture.', 'httpx', 'cryptography'))))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"

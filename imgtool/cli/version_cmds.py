@@ -34,7 +34,7 @@ def version_json(home: Home, text: str) -> dict[str, Any]:
 
 
 def image_versions_rules() -> str:
-    from imgtool.gallery.image_versions import DATA_DISK_RULES
+    from imgtool.gallery.disk_rules import DATA_DISK_RULES  # not image_versions: --help must stay light
 
     return DATA_DISK_RULES
 
