@@ -11,6 +11,7 @@ marked live still is. Roots: every name, minus expired capture leases, plus what
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import shutil
 import time
@@ -19,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from imgtool.capture.disk import CAPTURES
+from imgtool.errors import ImgtoolError
 from imgtool.gallery import recycle
 from imgtool.gallery.galleries import VERSIONS
+from imgtool.gallery.model import ImageVersion
 from imgtool.home import Home
 from imgtool.vm import bases
 from imgtool.vm import lifecycle as vm
@@ -94,9 +97,19 @@ def _iso(timestamp: float) -> str:
     return dt.datetime.fromtimestamp(timestamp, dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
+def _published_disks(home: Home) -> set[str]:
+    """Disk digests some version names (their leases keep nothing that is not kept anyway)."""
+    found: set[str] = set()
+    for _key, record in home.store.list_names(VERSIONS):
+        with contextlib.suppress(ImgtoolError):  # a damaged record: verify reports it, gc keeps what it links
+            found.update(d.digest for d in ImageVersion.from_json(home.store.get_manifest(record)).disks)
+    return found
+
+
 def _captures(home: Home, retention: float, now: float) -> tuple[list[str], list[Kept]]:
     expired: list[str] = []
     kept: list[Kept] = []
+    published = _published_disks(home)
     for key, digest in home.store.list_names(CAPTURES):
         try:
             made = home.store.layout.name(CAPTURES, *key).stat().st_mtime
@@ -104,7 +117,7 @@ def _captures(home: Home, retention: float, now: float) -> tuple[list[str], list
             continue
         if now - made >= retention:
             expired.append(key[-1])
-        else:
+        elif digest not in published:
             kept.append(Kept("capture-lease", digest, "an unpublished capture, kept so it can still be published",
                              f"publish it (imgtool publish GALLERY/DEFINITION --version X.Y.Z --os-disk "
                              f"{digest}), or let it go now: imgtool gc --keep-captures 0",

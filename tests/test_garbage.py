@@ -140,3 +140,12 @@ def test_du_accounts_for_the_whole_home_in_version_order(tmp_path: Path) -> None
     assert usage["captures"]["unpublished_bytes"] >= CHUNK
     assert usage["bases"]["count"] == 1 and usage["bases"]["bytes"] >= 2 * CHUNK
     assert usage["home_bytes"] >= usage["store_bytes"] + usage["bases"]["bytes"]
+
+
+def test_the_lease_of_a_published_disk_is_not_reported_as_kept(tmp_path: Path) -> None:
+    home = setup_home(tmp_path)
+    disk = store_disk(home, 1)
+    with home.store.writing():
+        lease(home.store, disk)
+    publish(home, PublishRequest(REF, Version.parse("1.0.0"), os_disk=disk))
+    assert garbage.gc(home, dry_run=True).kept == []  # the version keeps it; the lease adds nothing to say
