@@ -1,4 +1,4 @@
-"""Galleries and image definitions: create, read, update, delete.
+"""Galleries and image definitions: create, read, update (deletes and restores: gallery/removal.py).
 
 Every change writes a new record (a manifest) and then moves the name, under the
 store's shared lock (so gc cannot collect the record in between) and the
@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
-from imgtool.errors import AlreadyExists, InvalidArgument, NotFound, Refused
+from imgtool.errors import AlreadyExists, InvalidArgument, NotFound
 from imgtool.gallery.model import UPDATABLE_DEFINITION, Definition, Gallery, now
 from imgtool.home import Home
 from imgtool.names import DefinitionRef, check_name
@@ -65,16 +65,6 @@ def update_gallery(home: Home, name: str, *, description: str) -> Gallery:
         updated = dataclasses.replace(get_gallery(home, name), description=description, updated=now())
         home.store.set_name(GALLERIES, name, target=home.store.put_manifest(updated.to_json()))
     return updated
-
-
-def delete_gallery(home: Home, name: str) -> None:
-    with gallery_lock(home, name):
-        get_gallery(home, name)
-        children = [key[0] for key, _ in home.store.list_names(DEFINITIONS, name)]
-        if children:
-            raise Refused(f"gallery '{name}' still has definitions: {', '.join(children)}",
-                          hint="delete them first with imgtool definition delete")
-        home.store.delete_name(GALLERIES, name)
 
 
 # -- definitions -------------------------------------------------------------
@@ -132,14 +122,3 @@ def update_definition(home: Home, ref: DefinitionRef, **changes: Any) -> Definit
         digest = home.store.put_manifest(updated.to_json())
         home.store.set_name(DEFINITIONS, ref.gallery, ref.definition, target=digest)
     return updated
-
-
-def delete_definition(home: Home, ref: DefinitionRef) -> None:
-    with gallery_lock(home, ref.gallery):
-        get_definition(home, ref)
-        versions = [key[0] for key, _ in home.store.list_names(VERSIONS, ref.gallery, ref.definition)]
-        if versions:
-            raise Refused(f"definition '{ref}' still has versions: {', '.join(versions[:10])}"
-                          + (" ..." if len(versions) > 10 else ""),
-                          hint="delete its versions first with imgtool version delete")
-        home.store.delete_name(DEFINITIONS, ref.gallery, ref.definition)
