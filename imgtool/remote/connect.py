@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from imgtool.home import Home
-from imgtool.remote import auth
+from imgtool.remote import auth, remotes
 from imgtool.remote.layout import LayoutTarget
 from imgtool.remote.registry import RegistryClient
 from imgtool.remote.remotes import Remote
@@ -24,3 +27,14 @@ def close(target: Target) -> None:
     closer = getattr(target, "close", None)
     if callable(closer):
         closer()
+
+
+@contextlib.contextmanager
+def connected(home: Home, name: str) -> Iterator[tuple[Remote, Target]]:
+    """The remote called `name`, opened; closed again on the way out."""
+    remote = remotes.get(home, name)
+    target = open_target(home, remote)
+    try:
+        yield remote, target
+    finally:
+        close(target)

@@ -16,7 +16,6 @@ reported and ignored, never trusted.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,8 +28,7 @@ from imgtool.gallery.model import ImageVersion
 from imgtool.home import Home
 from imgtool.names import ref_fields
 from imgtool.remote import format as fmt
-from imgtool.remote import remotes
-from imgtool.remote.connect import close, open_target
+from imgtool.remote.connect import connected
 from imgtool.remote.referrers import list_referrers, put_referrer
 from imgtool.remote.remotes import Remote
 from imgtool.remote.target import Target, read_all, sha256_of
@@ -42,16 +40,6 @@ from imgtool.trust.homes import keyring, trust_store
 from imgtool.vm import record as vmrecord
 
 MAX_STATEMENTS = 64  # per version; more is a flood
-
-
-@contextlib.contextmanager
-def _connected(home: Home, name: str) -> Iterator[tuple[Remote, Target]]:
-    remote = remotes.get(home, name)
-    target = open_target(home, remote)
-    try:
-        yield remote, target
-    finally:
-        close(target)
 
 
 def _name(remote: Remote, repo: str, gallery: str, definition: str, version: str) -> sig.SignedName:
@@ -67,7 +55,7 @@ def push_revocation(home: Home, text: str, remote_name: str, *, key_name: str | 
     if version.revocation is None:
         raise Refused(f"{version.label} is not revoked here",
                       hint=f"revoke it first: imgtool version revoke {version.label} --reason TEXT")
-    with _connected(home, remote_name) as (remote, target):
+    with connected(home, remote_name) as (remote, target):
         repo = fmt.repository(remote.prefix, version.gallery, version.definition)
         try:
             fetched = target.get_manifest(repo, version.version)
@@ -205,7 +193,7 @@ def revoked_tags(home: Home, remote: Remote, target: Target, repo: str,
 def sync(home: Home, remote_name: str) -> list[dict[str, Any]]:
     """Mark local copies of versions pulled from `remote_name` revoked where the remote revoked them."""
     results: list[dict[str, Any]] = []
-    with _connected(home, remote_name) as (remote, target):
+    with connected(home, remote_name) as (remote, target):
         for _key, record in home.store.list_names(VERSIONS):
             version = ImageVersion.from_json(home.store.get_manifest(record))
             origin = version.provenance.get("pulled_from")

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -14,12 +13,11 @@ from imgtool.home import Home
 from imgtool.names import parse_definition_ref, parse_image_ref
 from imgtool.remote import auth, catalog, remotes, revoke
 from imgtool.remote import format as fmt
-from imgtool.remote.connect import close, open_target
+from imgtool.remote.connect import connected
 from imgtool.remote.format import Descriptor
 from imgtool.remote.pull import Checked, Checking, PullHook, Pulling, PullResult, pull
 from imgtool.remote.push import Pushed, PushHook, PushResult, push
 from imgtool.remote.registry import RegistryClient
-from imgtool.remote.target import Target
 from imgtool.trust import gate, pins
 from imgtool.trust.signatures import Descriptor as Subject
 from imgtool.trust.signatures import SignedName
@@ -29,16 +27,6 @@ Progress = Callable[[int], None]
 # version's manifest on the remote before its tag is put (push) or before anything is named (pull).
 PUSH_HOOKS: list[PushHook] = []
 PULL_HOOKS: list[PullHook] = []
-
-
-@contextlib.contextmanager
-def connected(home: Home, name: str) -> Iterator[tuple[remotes.Remote, Target]]:
-    remote = remotes.get(home, name)
-    target = open_target(home, remote)
-    try:
-        yield remote, target
-    finally:
-        close(target)
 
 
 def _push_hook(event: Pushed) -> None:
