@@ -7,17 +7,5 @@ campaign's figures as JSON lines (docs/RELIABILITY.md quotes them).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
-from tests.reliability.harness import Zygote
-
-
-@pytest.fixture(scope="session")
-def zygote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zygote]:
-    server = Zygote(tmp_path_factory.mktemp("zygote"))
-    try:
-        yield server
-    finally:
-        server.close()
+# The `zygote` fork server these campaigns use is a fixture of tests/conftest.py (the remote kill tests
+# use it too).

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,16 +28,6 @@ from tests.remote.registry import Registry
 
 pytestmark = pytest.mark.integration
 POINTS = 100 if os.environ.get("IMGTOOL_CAMPAIGN") == "1" else 30
-
-
-@pytest.fixture(scope="module")
-def zygote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zygote]:
-    """imgtool forked from a warm process (~10 ms a run instead of ~0.7 s of imports)."""
-    server = Zygote(tmp_path_factory.mktemp("zygote"))
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 class Runner:
