@@ -11,6 +11,7 @@ import hashlib
 import http.client
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from urllib.parse import urlencode, urlsplit
 
@@ -186,3 +187,14 @@ class Adapter:
     def put_manifest(self, repository: str, reference: str, data: bytes, *, media_type: str) -> None:
         answer = self.client.push_manifest(repository, reference, data, media_type)
         assert answer.status == 201, (answer.status, answer.body[:300])
+
+
+def wait_until_refused(client: Client, token: str) -> None:
+    """Bounded wait for the registry itself to call `token` expired (not a timing assertion)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        answer = client._raw("GET", "/v2/team/base/tags/list", headers={"Authorization": f"Bearer {token}"})
+        if answer.status == 401:
+            return
+        time.sleep(0.25)
+    raise AssertionError("the registry kept accepting an expired token")

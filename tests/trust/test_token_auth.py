@@ -7,7 +7,6 @@ another key refused, and a token that expires mid-transfer replaced by a fresh o
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from tests.conftest import require_tools
 from tests.remote.token_server import TokenServer
 from tests.remote.token_server import running as token_server
 from tests.trust import token_registry
-from tests.trust.oci import Client, challenge, digest_of, push_artifact
+from tests.trust.oci import Client, challenge, digest_of, push_artifact, wait_until_refused
 
 pytestmark = pytest.mark.integration
 
@@ -122,7 +121,7 @@ def test_a_token_expiring_mid_transfer_is_refreshed(setup: Setup, published: tup
         assert reader.blob("team/base", digest_of(layers[0])).status == 200
         assert reader.fetched == 1
         stale = reader.tokens["repository:team/base:pull"]
-        _wait_until_refused(reader, stale)
+        wait_until_refused(reader, stale)
         # The rest of the transfer: the stale token is refused once, a new one is fetched, the pull goes on.
         for layer in layers[1:]:
             answer = reader.blob("team/base", digest_of(layer))
@@ -131,17 +130,6 @@ def test_a_token_expiring_mid_transfer_is_refreshed(setup: Setup, published: tup
         assert reader.tokens["repository:team/base:pull"] != stale
     finally:
         setup.tokens.valid_for = 300
-
-
-def _wait_until_refused(client: Client, token: str) -> None:
-    """Bounded wait for the registry itself to call `token` expired (not a timing assertion)."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        answer = client._raw("GET", "/v2/team/base/tags/list", headers={"Authorization": f"Bearer {token}"})
-        if answer.status == 401:
-            return
-        time.sleep(0.25)
-    raise AssertionError("the registry kept accepting an expired token")
 
 
 def test_token_server_stops(tmp_path: Path) -> None:

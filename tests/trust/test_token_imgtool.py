@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from tests.remote.helpers import disk_bytes, make_home, publish_bytes
 from tests.remote.token_server import TokenServer
 from tests.remote.token_server import running as token_server
 from tests.trust import token_registry
-from tests.trust.oci import Client
+from tests.trust.oci import Client, wait_until_refused
 
 pytestmark = pytest.mark.integration
 
@@ -121,7 +120,7 @@ def test_a_token_expiring_mid_pull_is_refreshed(site: Site, tmp_path: Path) -> N
     def progress(_amount: int) -> None:
         if not waited:  # first chunk in: let the reader's token die at the registry, then carry on
             waited.append(_latest_token(site, start))
-            _wait_until_refused(site, waited[0])
+            wait_until_refused(Client(site.host), waited[0])
             site.tokens.valid_for = 300  # the tokens fetched from now on live long enough
 
     try:
@@ -138,15 +137,3 @@ def _latest_token(site: Site, start: int) -> str:
     mine = [i for i in site.tokens.issued[start:] if i.user == "reader" and "repository:team/base:pull" in i.scopes]
     assert mine
     return mine[-1].token
-
-
-def _wait_until_refused(site: Site, token: str) -> None:
-    """Bounded wait for the registry itself to call the token expired (not a timing assertion)."""
-    client = Client(site.host)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        answer = client._raw("GET", "/v2/team/base/tags/list", headers={"Authorization": f"Bearer {token}"})
-        if answer.status == 401:
-            return
-        time.sleep(0.25)
-    raise AssertionError("the registry kept accepting an expired token")
