@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -14,10 +14,7 @@ from imgtool.trust import revocations as rev
 from imgtool.trust import signatures as sig
 from imgtool.trust.keys import KeyRing, SigningKey
 from imgtool.trust.policy import TrustedKey
-
-WHEN = datetime(2026, 12, 1, 9, 0, 0, tzinfo=UTC)
-DIGEST = "sha256:" + "ab" * 32
-NAME = sig.SignedName("127.0.0.1:5000", "img/team/base", "team", "base", "1.0.0")
+from tests.trust.samples import DIGEST, NAME, WHEN
 
 
 @pytest.fixture

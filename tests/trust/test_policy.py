@@ -7,7 +7,7 @@ import json
 import os
 import stat
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,10 +17,7 @@ from imgtool.trust import signatures as sig
 from imgtool.trust.keys import KeyRing, PublicKey, SigningKey
 from imgtool.trust.pins import check_pin, parse_remote_ref
 from imgtool.trust.policy import ANY, SIGNED, UNSET, TrustStore
-
-WHEN = datetime(2026, 12, 1, 9, 0, 0, tzinfo=UTC)
-DIGEST = "sha256:" + "ab" * 32
-NAME = sig.SignedName("127.0.0.1:5000", "img/team/base", "team", "base", "1.0.0")
+from tests.trust.samples import DIGEST, NAME, WHEN
 
 
 @pytest.fixture

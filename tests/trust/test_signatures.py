@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -13,10 +12,7 @@ import pytest
 from imgtool.errors import Corrupt, InvalidArgument
 from imgtool.trust import signatures as sig
 from imgtool.trust.keys import KeyRing, SigningKey
-
-WHEN = datetime(2026, 12, 1, 9, 0, 0, tzinfo=UTC)
-DIGEST = "sha256:" + "ab" * 32
-NAME = sig.SignedName("127.0.0.1:5000", "img/team/base", "team", "base", "1.0.0")
+from tests.trust.samples import DIGEST, NAME, WHEN
 
 
 @pytest.fixture
