@@ -21,12 +21,12 @@ from urllib.parse import urlsplit
 from imgtool.errors import AlreadyExists, Corrupt, InvalidArgument, NotFound
 from imgtool.home import Home
 from imgtool.names import check_name
+from imgtool.remote.format import COMPONENT
 from store import atomic
 from store.lock import file_lock
 
 FORMAT = 1
 LAYOUT_SCHEME = "oci-layout:"
-_PREFIX_PART = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
 _HOST = re.compile(r"^[A-Za-z0-9.-]+$|^\[[0-9A-Fa-f:.]+\]$")
 
 
@@ -104,7 +104,7 @@ def check_url(url: str, *, insecure: bool) -> str:
                               hint="use https, or add --insecure if you accept unencrypted, unverified traffic")
     prefix = parts.path.strip("/")
     for component in [p for p in prefix.split("/") if p]:
-        if not _PREFIX_PART.fullmatch(component):
+        if not COMPONENT.fullmatch(component):
             raise InvalidArgument(f"prefix component '{component}' is not a valid repository name",
                                   hint="use lower-case letters and digits, separated by '.', '_' or '-'")
     return f"{parts.scheme}://{parts.netloc.lower()}" + (f"/{prefix}" if prefix else "")
