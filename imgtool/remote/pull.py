@@ -40,10 +40,10 @@ from imgtool.remote.target import Fetched, Target, read_all
 from store import canonical
 from store import digest as store_digest
 from store.disks import DiskManifest
+from store.progress import Progress
 
 WORKERS = 3
 IDENTITY = ("publisher", "offer", "sku", "os_type", "os_state", "architecture", "firmware")
-Progress = Callable[[int], None]
 
 
 @dataclass(frozen=True)

@@ -30,11 +30,11 @@ from imgtool.remote.knowledge import Known, learn
 from imgtool.remote.remotes import Remote
 from imgtool.remote.target import Target, read_all, sha256_of
 from store.packs import PackReader
+from store.progress import Progress
 from store.repo import Store
 
 PACK_TARGET = 32 << 20  # "tens of MiB": few requests per GiB, small enough to hold a few in memory
 WORKERS = 3
-Progress = Callable[[int], None]
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,10 +31,10 @@ from imgtool.remote import remotes
 from imgtool.remote.service import push_source
 from store import atomic
 from store.lock import file_lock
+from store.progress import Progress
 
 FORMAT = 1
 STATES = ("pending", "replicating", "completed", "failed")
-Progress = Callable[[int], None]
 
 
 @dataclass(frozen=True)

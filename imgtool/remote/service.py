@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -21,8 +20,8 @@ from imgtool.remote.registry import RegistryClient
 from imgtool.trust import gate, pins
 from imgtool.trust.signatures import Descriptor as Subject
 from imgtool.trust.signatures import SignedName
+from store.progress import Progress
 
-Progress = Callable[[int], None]
 # Hooks the signing layer installs (imgtool.remote.service.PUSH_HOOKS.append(...)): called with the
 # version's manifest on the remote before its tag is put (push) or before anything is named (pull).
 PUSH_HOOKS: list[PushHook] = []
