@@ -26,7 +26,7 @@ from imgtool.trust import strict
 from imgtool.trust.clock import format_time, parse_time
 from imgtool.trust.keys import ALGORITHM, KEY_ID, SigningKey
 from imgtool.trust.policy import TrustedKey
-from imgtool.trust.signatures import MAX_ENVELOPE, MAX_PAYLOAD, SignedName, canonical, pae
+from imgtool.trust.signatures import MAX_ENVELOPE, MAX_PAYLOAD, SignedName, canonical, pae, read_statement
 
 REVOCATION_MEDIA_TYPE = "application/vnd.imgtool.revocation.v1+json"
 PAYLOAD_TYPE = "application/vnd.imgtool.revocation-payload.v1+json"
@@ -100,25 +100,13 @@ def judge(data: bytes, *, keys: Sequence[TrustedKey], name: SignedName, manifest
 
 def _read(payload: bytes) -> tuple[SignedName, str, str, str]:
     what = "a revocation payload"
-    obj = strict.load_object(payload, what=what, limit=MAX_PAYLOAD)
-    if canonical(obj) != payload:
-        raise strict.refuse(what, "not canonical JSON")
-    strict.exact(obj, what=what, required={"critical", "optional"})
-    critical = strict.child(obj, "critical", what=what)
-    strict.exact(critical, what=what, required={"identity", "image", "reason", "type"})
-    strict.equal(critical, "type", REVOCATION_TYPE, what=what)
-    identity = strict.child(critical, "identity", what=what)
-    strict.exact(identity, what=what, required={"registry", "repository", "gallery", "definition", "version"})
-    image = strict.child(critical, "image", what=what)
-    strict.exact(image, what=what, required={"manifest-digest"})
-    optional = strict.child(obj, "optional", what=what)
-    strict.exact(optional, what=what, required={"revoked-at"})
-    reason = strict.text(critical, "reason", what=what)
+    found = read_statement(payload, what=what, kind=REVOCATION_TYPE, critical=frozenset({"reason"}),
+                           optional=frozenset({"revoked-at"}))
+    reason = strict.text(found.critical, "reason", what=what)
     if not reason.strip() or len(reason) > MAX_REASON:
         raise strict.refuse(what, "the reason must be 1-1024 characters")
     try:
-        name = SignedName(**{k: strict.text(identity, k, what=what) for k in identity})
-        revoked_at = format_time(parse_time(strict.text(optional, "revoked-at", what=what), "revoked-at"))
+        revoked_at = format_time(parse_time(strict.text(found.optional, "revoked-at", what=what), "revoked-at"))
     except InvalidArgument as exc:
         raise strict.refuse(what, exc.message) from exc
-    return name, strict.text(image, "manifest-digest", what=what, pattern=strict.SHA256), reason, revoked_at
+    return found.name, found.manifest_digest, reason, revoked_at

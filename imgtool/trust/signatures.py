@@ -271,28 +271,48 @@ def open_envelope(data: bytes, *, what: str = "a signature envelope") -> Envelop
     return Envelope(payload, strict.text(obj, "keyid", what=what, pattern=KEY_ID), signature)
 
 
-def read_claim(payload: bytes, *, what: str = "a signature payload") -> Claim:
-    """The payload's statement; it must be canonical so that one claim has one encoding."""
+@dataclass(frozen=True)
+class Statement:
+    """A canonical signed statement about a named version, its common part checked (signatures and
+    revocations share it): the name, the manifest digest, and the fields particular to its kind."""
+
+    name: SignedName
+    manifest_digest: str
+    critical: dict[str, Any]
+    optional: dict[str, Any]
+
+
+def read_statement(payload: bytes, *, what: str, kind: str, critical: frozenset[str] = frozenset(),
+                   optional: frozenset[str] = frozenset(), optional_may: frozenset[str] = frozenset()) -> Statement:
+    """Parse a statement of type `kind` strictly: canonical JSON, exactly the identity and image fields,
+    plus the `critical` and `optional` fields its kind requires (and `optional_may` it allows)."""
     obj = strict.load_object(payload, what=what, limit=MAX_PAYLOAD)
     if canonical(obj) != payload:
         raise strict.refuse(what, "not canonical JSON")
     strict.exact(obj, what=what, required={"critical", "optional"})
-    critical = strict.child(obj, "critical", what=what)
-    strict.exact(critical, what=what, required={"identity", "image", "type"})
-    strict.equal(critical, "type", SIGNATURE_TYPE, what=what)
-    identity = strict.child(critical, "identity", what=what)
+    crit = strict.child(obj, "critical", what=what)
+    strict.exact(crit, what=what, required={"identity", "image", "type"} | critical)
+    strict.equal(crit, "type", kind, what=what)
+    identity = strict.child(crit, "identity", what=what)
     strict.exact(identity, what=what, required={"registry", "repository", "gallery", "definition", "version"})
-    image = strict.child(critical, "image", what=what)
+    image = strict.child(crit, "image", what=what)
     strict.exact(image, what=what, required={"manifest-digest"})
-    optional = strict.child(obj, "optional", what=what)
-    strict.exact(optional, what=what, required=set(), optional=frozenset({"signed-at"}))
+    opt = strict.child(obj, "optional", what=what)
+    strict.exact(opt, what=what, required=set(optional), optional=optional_may)
     try:
         name = SignedName(**{k: strict.text(identity, k, what=what) for k in identity})
     except InvalidArgument as exc:
         raise strict.refuse(what, exc.message) from exc
+    return Statement(name, strict.text(image, "manifest-digest", what=what, pattern=strict.SHA256), crit, opt)
+
+
+def read_claim(payload: bytes, *, what: str = "a signature payload") -> Claim:
+    """The payload's statement; it must be canonical so that one claim has one encoding."""
+    found = read_statement(payload, what=what, kind=SIGNATURE_TYPE, optional_may=frozenset({"signed-at"}))
+    optional = found.optional
     stamp = strict.text(optional, "signed-at", what=what, pattern=_STAMP) if "signed-at" in optional else None
     try:
         signed_at = parse_time(stamp, "signed-at") if stamp else None
     except InvalidArgument as exc:
         raise strict.refuse(what, exc.message) from exc
-    return Claim(name, strict.text(image, "manifest-digest", what=what, pattern=strict.SHA256), signed_at)
+    return Claim(found.name, found.manifest_digest, signed_at)
