@@ -67,14 +67,17 @@ class Client:
         secret = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
         return {"Authorization": f"Basic {secret}"}
 
-    def fetch_token(self, params: dict[str, str]) -> Answer:
+    def fetch_token(self, params: dict[str, str], *, store_as: str | None = None) -> Answer:
+        """A token for the challenge's scope, cached under `store_as` (default: that scope). The registry
+        lists a scope's actions in no fixed order (push,pull or pull,push), so a caller caches under the
+        scope it asks with."""
         query = urlencode({"service": params.get("service", ""), "scope": params.get("scope", "")})
         answer = self._raw("GET", f"{params['realm']}?{query}", headers=self._basic())
         if answer.status == 200:
             self.fetched += 1
             data = answer.json()
             assert isinstance(data, dict)
-            self.tokens[params.get("scope", "")] = str(data["token"])
+            self.tokens[params.get("scope", "") if store_as is None else store_as] = str(data["token"])
         return answer
 
     def request(self, method: str, path: str, *, scope: str, body: bytes = b"",
@@ -88,7 +91,7 @@ class Client:
             found = challenge(answer.headers.get("www-authenticate", ""))
             if answer.status != 401 or found["kind"] != "bearer" or attempt == 1:
                 return answer
-            if self.fetch_token(found).status != 200:
+            if self.fetch_token(found, store_as=scope).status != 200:
                 return answer
         raise AssertionError("unreachable")
 
