@@ -15,6 +15,7 @@ import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from store import direct
 from store.errors import ReadOnlyStore, StorageFull
 
 TMP_PREFIX = ".tmp-"
@@ -66,25 +67,11 @@ def makedirs(directory: Path) -> None:
             path.mkdir(mode=0o700)
 
 
-def _write_all(fd: int, views: list[memoryview]) -> None:
-    """writev in groups (a pack is thousands of frames), finishing partial writes."""
-    limit = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
-    while views:
-        group = views[:limit]
-        written = os.writev(fd, group)
-        while group and written >= len(group[0]):
-            written -= len(group[0])
-            group.pop(0)
-            views.pop(0)
-        if written:
-            views[0] = views[0][written:]
-
-
 def _write_tmp(directory: Path, chunks: list[bytes | memoryview]) -> Path:
     tmp = tmp_name(directory)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        _write_all(fd, [memoryview(piece) for piece in chunks if len(piece)])
+        direct.write_all(fd, chunks)  # large files (packs) bypass the page cache
         os.fsync(fd)
     except BaseException:
         os.close(fd)
