@@ -19,15 +19,18 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from store import codec
+from store import codec, direct
 from store.disks import DiskManifest
 from store.packs import PackWriter
 from store.progress import Progress, announce_total
 from store.repo import Store
 
-# read(offset, length) is called from pool threads (it must be thread-safe) and returns a fresh buffer.
+# read(offset, length) is called from pool threads (it must be thread-safe) and returns a fresh buffer;
+# read_into(offset, view) fills a pool thread's own page-aligned buffer, which the next run reuses (no
+# allocation, and the reader may use O_DIRECT into it: store/direct.py).
 Chunk = bytes | bytearray | memoryview
 Reader = Callable[[int, int], Chunk]
+ReadInto = Callable[[int, memoryview], None]
 _ZERO_DIGESTS: dict[int, bytes] = {}  # BLAKE3 of an all-zero chunk, per length
 Encoded = tuple[bytes, bytes | None] | None  # (raw digest, frame or None if already stored), None if zero
 RUN = 8  # contiguous chunks per pool task (1 MiB at 128 KiB chunks)
@@ -50,20 +53,32 @@ def zero_digest(length: int) -> bytes:
     return found
 
 
-def _read_and_encode(read: Reader, run: list[tuple[int, int]], chunk_size: int,
+def _read_and_encode(read_into: ReadInto, run: list[tuple[int, int]], chunk_size: int,
                      writer: PackWriter) -> list[Encoded]:
     """One pool task: read a run of contiguous chunks with one call, then hash/compress each.
 
     Reading happens here, on the pool, so reads overlap with hashing and compression and
-    the chunks are views into the run's buffer (no copy per chunk).
+    the chunks are views into the run's buffer (no copy per chunk). Nothing returned refers
+    to the buffer (digests and frames are new bytes), so a reused buffer is safe.
     """
     first = run[0][0] * chunk_size
-    buffer = memoryview(read(first, sum(length for _index, length in run)))
+    total = sum(length for _index, length in run)
+    buffer = memoryview(direct.buffer(total, "ingest"))[:total]
+    read_into(first, buffer)
     encoded = []
     for index, length in run:
         start = index * chunk_size - first
         encoded.append(_encode(buffer[start:start + length], writer))
     return encoded
+
+
+def _copying(read: Reader) -> ReadInto:
+    def read_into(offset: int, view: memoryview) -> None:
+        data = read(offset, len(view))
+        if len(data) != len(view):
+            raise ValueError(f"the reader returned {len(data)} bytes at {offset}, not {len(view)}")
+        view[:] = memoryview(data).cast("B")
+    return read_into
 
 
 def runs(indexes: list[int], limit: int) -> list[list[int]]:
@@ -95,7 +110,8 @@ def ingest(
     store: Store,
     *,
     virtual_size: int,
-    read: Reader,
+    read: Reader | None = None,
+    read_into: ReadInto | None = None,
     indexes: Iterable[int],
     reused: dict[int, str] | None = None,
     progress: Progress | None = None,
@@ -106,14 +122,20 @@ def ingest(
     Chunks listed in `indexes` are read and stored; chunks in `reused` keep the
     given digest without being read (they must already be in the store); all
     others are zero. Nothing is named here: the manifest is unreachable until
-    the caller points a name at it.
+    the caller points a name at it. Give `read` or `read_into`, not both.
     """
+    if read_into is None:
+        if read is None:
+            raise TypeError("ingest needs read or read_into")
+        read_into = _copying(read)
     chunk_size = store.config.chunk_size
     indexes = list(indexes)
     announce_total(progress, sum(min(chunk_size, virtual_size - i * chunk_size) for i in indexes))
     chunks: dict[int, str] = dict(reused or {})
     writer = store.pack_writer()
-    workers = workers or max(2, os.cpu_count() or 2)
+    # One more thread than cores: one of them is usually waiting on a read (direct reads have
+    # no readahead), and the cores stay busy hashing and compressing meanwhile.
+    workers = workers or max(2, os.cpu_count() or 2) + 1
     window: deque[tuple[list[tuple[int, int]], Future[list[Encoded]]]] = deque()
     stats = {"read": 0, "bytes": 0}
 
@@ -136,7 +158,7 @@ def ingest(
             members = [(i, min(chunk_size, virtual_size - i * chunk_size)) for i in run]
             stats["read"] += len(members)
             stats["bytes"] += sum(length for _i, length in members)
-            window.append((members, pool.submit(_read_and_encode, read, members, chunk_size, writer)))
+            window.append((members, pool.submit(_read_and_encode, read_into, members, chunk_size, writer)))
             drain(workers * 4)
         drain(0)
     writer.flush()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import mmap
+import os
 import subprocess
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import pytest
 
 from imgtool.tools import qemu_img
 from imgtool.tools.diskread import MappedReader
+from store import direct
 from tests.conftest import require_tools
 from tests.images import MiB, qemu_io
 
@@ -44,3 +47,33 @@ def test_unaligned_reads_cross_extents(tmp_path: Path) -> None:
     with MappedReader(image, fmt="qcow2", extents=extents, layers={0: image}, limits=None) as reader:
         for offset, length in [(60000, 10000), (100000, 100000), (0, 4 * MiB), (4 * MiB - 7, 7)]:
             assert reader.read(offset, length) == content[offset:offset + length]
+
+
+def test_readinto_a_reused_aligned_buffer_reads_direct_and_zeroes_holes(tmp_path: Path) -> None:
+    """Capture reuses each thread's buffer: what a zero extent covers must be zeroed, not left over."""
+    require_tools("qemu-img", "qemu-io", "qemu-nbd")
+    image = tmp_path / "holes.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "4M"], check=True)
+    qemu_io(image, "qcow2", "write -P 0x77 0 1M", "write -z 1M 64k", "write -P 0x78 3M 512k")
+    raw = tmp_path / "holes.raw"
+    subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(image), str(raw)], check=True)
+    content = raw.read_bytes()
+    extents = qemu_img.map_extents(image, fmt="qcow2")
+    buffer = mmap.mmap(-1, 4 * MiB)
+    with MappedReader(image, fmt="qcow2", extents=extents, layers={0: image}, limits=None) as reader:
+        for _ in range(2):
+            buffer.write(b"\xff" * (4 * MiB))  # left over from an earlier run
+            buffer.seek(0)
+            reader.readinto(0, memoryview(buffer))
+            assert bytes(buffer) == content
+        taken = reader.o_direct_bytes
+    if direct_supported(tmp_path):
+        assert taken == 2 * (MiB + 512 * 1024)  # the data extents, both times, bypassing the page cache
+
+
+def direct_supported(folder: Path) -> bool:
+    fd = os.open(folder / "probe", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        return direct.enable(fd)
+    finally:
+        os.close(fd)

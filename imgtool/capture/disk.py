@@ -84,7 +84,7 @@ def capture_file(home: Home, path: Path, *, fmt: str | None = None, progress: Pr
                               hint="the image is inconsistent; refusing to capture it")
             nested = check_nested(mapped.read, info.virtual_size, what=str(path), outer=info.format,
                                   allow_nested=allow_nested)
-            result = ingest(store, virtual_size=info.virtual_size, read=mapped.read, indexes=indexes,
+            result = ingest(store, virtual_size=info.virtual_size, read_into=mapped.readinto, indexes=indexes,
                             progress=progress)
         lease(store, result.digest)
     source: dict[str, Any] = {"kind": "file", "path": str(info.path), "format": info.format,
@@ -124,7 +124,7 @@ def capture_overlay(home: Home, overlay: Path, *, base_digest: str, base_path: P
         with diskread.MappedReader(overlay, fmt="qcow2", extents=extents, layers={0: overlay, 1: base_path},
                                    limits=None) as mapped:
             nested = check_nested(mapped.read, size, what=str(overlay), outer="VM's", allow_nested=allow_nested)
-            result = ingest(store, virtual_size=size, read=mapped.read, indexes=sorted(indexes),
+            result = ingest(store, virtual_size=size, read_into=mapped.readinto, indexes=sorted(indexes),
                             reused=reused, progress=progress)
         lease(store, result.digest)
     recorded = {**source, "parent_disk": base_digest, **({"nested_image": nested} if nested else {})}

@@ -3,16 +3,20 @@
 qemu-img map (QEMU's own code) says, for every extent, whether it is zero, and
 for data stored verbatim (uncompressed, unencrypted) at which offset of which
 layer's file it lies. Those bytes are read with pread(2) directly: one copy,
-no socket. Everything else (compressed clusters, formats without offsets,
-unknown content) is read through a qemu-nbd export, started only if needed, so
-guest content is always decoded by QEMU. Encrypted images and external data
-files never get here: inspection refuses them.
+no socket; with O_DIRECT where the offsets and the caller's buffer are
+block-aligned (store/direct.py: capture reads each byte once, so filling the
+page cache with it costs CPU and evicts what the user had cached). Everything
+else (compressed clusters, formats without offsets, unknown content) is read
+through a qemu-nbd export, started only if needed, so guest content is always
+decoded by QEMU. Encrypted images and external data files never get here:
+inspection refuses them.
 """
 
 from __future__ import annotations
 
 import bisect
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -24,7 +28,10 @@ from types import TracebackType
 from imgtool.errors import Corrupt
 from imgtool.tools import nbd, run, sockets
 from imgtool.tools.qemu_img import Extent
+from store import direct
 from store.lock import alive
+
+_ZEROS = memoryview(bytes(1 << 20))
 
 
 @contextlib.contextmanager
@@ -60,11 +67,14 @@ class MappedReader:
         self.extents = extents
         self.starts = [e.start for e in extents]
         self.fds = {depth: os.open(p, os.O_RDONLY) for depth, p in layers.items()}
+        self.direct_fds = {depth: fd for depth, fd in map(self._direct, self.fds.items()) if fd is not None}
+        self._to_close = [*self.fds.values(), *self.direct_fds.values()]
         self.sizes = {depth: os.fstat(fd).st_size for depth, fd in self.fds.items()}
         self._stack = contextlib.ExitStack()
         self._export: nbd.Export | None = None
         self._lock = threading.Lock()
-        self.direct_bytes = 0
+        self.direct_bytes = 0  # read by pread from the image's own file, O_DIRECT or not
+        self.o_direct_bytes = 0  # of those, read with O_DIRECT
         self.nbd_bytes = 0
 
     def __enter__(self) -> MappedReader:
@@ -76,9 +86,22 @@ class MappedReader:
 
     def close(self) -> None:
         self._stack.close()
-        for fd in self.fds.values():
+        for fd in self._to_close:
             os.close(fd)
-        self.fds = {}
+        self.fds, self.direct_fds, self._to_close = {}, {}, []
+
+    @staticmethod
+    def _direct(item: tuple[int, int]) -> tuple[int, int | None]:
+        """The same open file again with O_DIRECT, or None where its filesystem refuses."""
+        depth, fd = item
+        try:
+            again = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY)
+        except OSError:
+            return depth, None
+        if direct.enable(again):
+            return depth, again
+        os.close(again)
+        return depth, None
 
     def _nbd(self) -> nbd.Export:
         with self._lock:  # read() runs on several threads; start qemu-nbd once
@@ -106,18 +129,21 @@ class MappedReader:
 
     def read(self, offset: int, length: int) -> bytearray:
         buf = bytearray(length)
-        view = memoryview(buf)
-        for extent, start, size in self._pieces(offset, length):
-            target = view[start - offset:start - offset + size]
-            if extent.zero:
-                continue  # already zero
-            fd = self.fds.get(extent.depth)
-            if extent.data and extent.offset is not None and fd is not None:
-                self._pread(fd, extent, start, target)
-            else:
-                self._nbd().readinto(start, target)
-                self.nbd_bytes += size
+        self.readinto(offset, memoryview(buf))
         return buf  # a fresh buffer per call: callers may keep views into it
+
+    def readinto(self, offset: int, target: memoryview) -> None:
+        """Fill `target` with the guest bytes at `offset` (zero extents are zeroed: buffers are reused)."""
+        for extent, start, size in self._pieces(offset, len(target)):
+            piece = target[start - offset:start - offset + size]
+            fd = self.fds.get(extent.depth)
+            if extent.zero:
+                _zero(piece)
+            elif extent.data and extent.offset is not None and fd is not None:
+                self._pread(fd, extent, start, piece)
+            else:
+                self._nbd().readinto(start, piece)
+                self.nbd_bytes += size
 
     def _pread(self, fd: int, extent: Extent, start: int, target: memoryview) -> None:
         assert extent.offset is not None
@@ -125,7 +151,30 @@ class MappedReader:
         if host + len(target) > self.sizes[extent.depth]:
             raise Corrupt(f"{self.path}: data mapped past the end of its file",
                           hint="the image is truncated or inconsistent")
+        fast = self.direct_fds.get(extent.depth)
+        if fast is not None and direct.aligned(host, target) and self._read_direct(fast, extent.depth, host, target):
+            return
         got = os.preadv(fd, [target], host)
         if got != len(target):
             raise Corrupt(f"{self.path}: short read at {host}", hint="the image is truncated")
         self.direct_bytes += got
+
+    def _read_direct(self, fd: int, depth: int, host: int, target: memoryview) -> bool:
+        try:
+            got = os.preadv(fd, [target], host)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            self.direct_fds.pop(depth, None)  # took the flag, not the reads: ordinary ones from now on
+            return False
+        if got != len(target):
+            raise Corrupt(f"{self.path}: short read at {host}", hint="the image is truncated")
+        self.direct_bytes += got
+        self.o_direct_bytes += got
+        return True
+
+
+def _zero(view: memoryview) -> None:
+    for at in range(0, len(view), len(_ZEROS)):
+        part = view[at:at + len(_ZEROS)]
+        part[:] = _ZEROS[:len(part)]
