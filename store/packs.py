@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import struct
+import threading
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -162,10 +164,15 @@ class PackWriter:
     """Collects compressed frames and writes them out as packs of ~PACK_TARGET bytes.
 
     A full pack is written (hashed, written, fsynced, then its index) on a background thread while
-    the caller goes on queueing the next one: at most one pack is in flight, and `flush` returns only
-    when everything queued is durable and in the index. Not thread-safe for adding: one writer per
-    capture, fed from the pipeline's ordered results; `has` may be asked from any thread.
+    the caller goes on queueing the next ones: at most IN_FLIGHT packs are waiting or being written
+    (one alone stalled capture whenever a pack's fsyncs took longer than filling the next), and
+    `flush` returns only when everything queued is durable and in the index. Not thread-safe for
+    adding: one writer per capture, fed from the pipeline's ordered results; `has` may be asked
+    from any thread.
     """
+
+    IN_FLIGHT = 3
+    THREADS = 2
 
     def __init__(self, layout: Layout, index: ChunkIndex, *, target: int = PACK_TARGET) -> None:
         self.layout = layout
@@ -178,12 +185,12 @@ class PackWriter:
         self.bytes_written = 0
         self.chunks_written = 0
         self.packs: list[str] = []  # hex digests of the packs this writer wrote
-        self._inflight: set[bytes] = set()  # chunks of the pack being written
-        self._writing: tuple[list[Entry], int, Future[str]] | None = None
+        self._writing: deque[_Write] = deque()  # oldest first
         self._thread: ThreadPoolExecutor | None = None
 
     def has(self, raw_digest: bytes) -> bool:
-        return raw_digest in self.index or raw_digest in self.pending or raw_digest in self._inflight
+        return (raw_digest in self.index or raw_digest in self.pending
+                or any(raw_digest in write.digests for write in list(self._writing)))
 
     def add(self, raw_digest: bytes, frame: bytes, rawlen: int) -> bool:
         """Queue a one-chunk frame; False if the store (or this writer) already has the chunk."""
@@ -219,37 +226,44 @@ class PackWriter:
         """Write what is queued; return when every pack of this writer is durable and indexed."""
         try:
             self._start()
-            self._finish()
+            self._finish(0)
         finally:
             if self._thread is not None:
                 self._thread.shutdown()
                 self._thread = None
 
     def _start(self) -> None:
-        """Hand the queued frames to the background thread (after the pack before them is done)."""
+        """Hand the queued frames to the background thread (once fewer than IN_FLIGHT wait)."""
         if not self.frames:
             return
-        self._finish()
-        frames, entries, size = self.frames, self.entries, self.size
-        self._inflight, self.pending = self.pending, set()
-        self.frames, self.entries, self.size = [], [], 0
+        self._finish(self.IN_FLIGHT - 1)
         if self._thread is None:
-            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pack-writer")
-        self._writing = (entries, size, self._thread.submit(_write_pack, self.layout, frames, entries))
+            self._thread = ThreadPoolExecutor(max_workers=self.THREADS, thread_name_prefix="pack-writer")
+        future = self._thread.submit(_write_pack, self.layout, self.frames, self.entries)
+        self._writing.append(_Write(self.entries, self.size, self.pending, future))
+        self.frames, self.entries, self.size, self.pending = [], [], 0, set()
 
-    def _finish(self) -> None:
-        if self._writing is None:
-            return
-        entries, size, future = self._writing
-        self._writing = None
-        try:
-            pack_hex = future.result()  # raises what the write raised (a full disk: StorageFull)
-        finally:
-            self._inflight = set()
-        self.index.add(pack_hex, entries)
-        self.packs.append(pack_hex)
-        self.bytes_written += size
-        self.chunks_written += len(entries)
+    def _finish(self, keep: int) -> None:
+        """Wait until at most `keep` packs are in flight, indexing each as it completes, in order."""
+        while len(self._writing) > keep:
+            write = self._writing[0]
+            try:
+                pack_hex = write.future.result()  # raises what the write raised (a full disk: StorageFull)
+            except BaseException:
+                self._writing.clear()  # the thread writes the rest; none of it is indexed
+                raise
+            self.index.add(pack_hex, write.entries)
+            self._writing.popleft()
+            self.packs.append(pack_hex)
+            self.bytes_written += write.size
+            self.chunks_written += len(write.entries)
+
+
+class _Write(NamedTuple):
+    entries: list[Entry]
+    size: int
+    digests: set[bytes]  # the chunks in it, so `has` knows them while they are written
+    future: Future[str]
 
 
 def _write_pack(layout: Layout, frames: list[bytes], entries: list[Entry]) -> str:
@@ -309,11 +323,13 @@ def decode_frame(frame: bytes, members: list[Entry], *, what: str) -> bytes:
 
 
 class PackReader:
-    """Reads frames with one open descriptor per pack (a disk's chunks share few packs)."""
+    """Reads frames with one open descriptor per pack (a disk's chunks share few packs). `read` may be
+    called from several threads; `chunk_frame` from one."""
 
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
         self.fds: dict[str, int] = {}
+        self._opening = threading.Lock()
         self._span: tuple[tuple[str, int], bytes] | None = None  # the last span chunk_frame decoded
 
     def __enter__(self) -> PackReader:
@@ -343,7 +359,10 @@ class PackReader:
     def read(self, location: Location) -> bytes:
         fd = self.fds.get(location.pack)
         if fd is None:
-            fd = self.fds[location.pack] = os.open(self.layout.pack(location.pack), os.O_RDONLY)
+            with self._opening:  # two threads must not both open it (one descriptor would leak)
+                fd = self.fds.get(location.pack)
+                if fd is None:
+                    fd = self.fds[location.pack] = os.open(self.layout.pack(location.pack), os.O_RDONLY)
         data = os.pread(fd, location.clen, location.offset)
         if len(data) != location.clen:
             raise _truncated(location)
