@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from store import codec
+from store import codec, direct
 from store.disks import DiskManifest
 from store.errors import NotFound
 from store.packs import Location, PackReader, decode_chunk
@@ -34,14 +34,19 @@ def materialize(store: Store, disk: DiskManifest, out: Path, *,
 
     Raises NotFound if a chunk is missing, Corrupt if one does not match.
     """
-    workers = workers or max(2, os.cpu_count() or 2)
+    # One more thread than cores: direct writes wait on the device, and the cores go on decoding meanwhile.
+    workers = workers or max(2, os.cpu_count() or 2) + 1
     announce_total(progress, sum(disk.chunk_length(i) for i in disk.chunks))
     with store.reading():
         jobs = _frame_jobs(store, disk)
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.ftruncate(fd, disk.virtual_size)
-            _write_frames(store, jobs, fd, disk.chunk_size, workers, progress)
+            writer = direct.PositionalWriter(fd)
+            try:
+                _write_frames(store, jobs, writer, disk.chunk_size, workers, progress)
+            finally:
+                writer.close()
             if durable:
                 os.fsync(fd)
         finally:
@@ -72,28 +77,31 @@ def _frame_jobs(store: Store, disk: DiskManifest) -> list[FrameJob]:
     return list(jobs.values())
 
 
-def _decode_and_write(jobs: list[FrameJob], fd: int, chunk_size: int) -> int:
-    """Decode, verify and pwrite a batch (positional writes need no ordering); returns bytes written."""
-    written = 0
+def _decode_and_write(packs: PackReader, jobs: list[FrameJob], out: direct.PositionalWriter,
+                      chunk_size: int) -> int:
+    """Read, decode and verify a batch, then write it (positional writes need no ordering); returns
+    bytes written. Chunks that are neighbours on the disk go out as one write (a span's usually are)."""
+    pieces: list[tuple[int, direct.Piece]] = []
     for job in jobs:
+        job.frame = packs.read(job.location)
         if job.location.encoding == codec.ZSTD:
             data = decode_chunk(job.frame, job.location, job.uses[0][1])
-            for index, _raw, _location in job.uses:  # a chunk used at several places of the disk
-                os.pwrite(fd, data, index * chunk_size)
-                written += len(data)
-            continue
-        end = max(loc.inner + loc.rawlen for _i, _r, loc in job.uses)
-        whole = codec.decode(job.frame, end, limit=codec.SPAN_BYTES_MAX, what=job.uses[0][1].hex()[:16])
-        for index, raw, location in job.uses:
-            piece = memoryview(whole)[location.inner:location.inner + location.rawlen]
-            codec.check(piece, raw, what=raw.hex()[:16])
-            os.pwrite(fd, piece, index * chunk_size)
-            written += len(piece)
+            # A chunk used at several places of the disk is written at each.
+            pieces.extend((index * chunk_size, data) for index, _raw, _location in job.uses)
+        else:
+            end = max(loc.inner + loc.rawlen for _i, _r, loc in job.uses)
+            whole = memoryview(codec.decode(job.frame, end, limit=codec.SPAN_BYTES_MAX,
+                                            what=job.uses[0][1].hex()[:16]))
+            for index, raw, location in job.uses:
+                piece = whole[location.inner:location.inner + location.rawlen]
+                codec.check(piece, raw, what=raw.hex()[:16])
+                pieces.append((index * chunk_size, piece))
         job.frame = b""
-    return written
+    out.write_runs(pieces)
+    return sum(len(data) for _offset, data in pieces)
 
 
-def _write_frames(store: Store, jobs: list[FrameJob], fd: int, chunk_size: int, workers: int,
+def _write_frames(store: Store, jobs: list[FrameJob], out: direct.PositionalWriter, chunk_size: int, workers: int,
                   progress: Progress | None) -> None:
     window: deque[Future[int]] = deque()
     batch: list[FrameJob] = []
@@ -107,12 +115,11 @@ def _write_frames(store: Store, jobs: list[FrameJob], fd: int, chunk_size: int, 
     with PackReader(store.layout) as packs, \
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="materialize") as pool:
         for job in jobs:
-            job.frame = packs.read(job.location)
             batch.append(job)
             if sum(len(j.uses) for j in batch) >= BATCH:
-                window.append(pool.submit(_decode_and_write, batch, fd, chunk_size))
+                window.append(pool.submit(_decode_and_write, packs, batch, out, chunk_size))
                 batch = []
                 drain(workers * 2)
         if batch:
-            window.append(pool.submit(_decode_and_write, batch, fd, chunk_size))
+            window.append(pool.submit(_decode_and_write, packs, batch, out, chunk_size))
         drain(0)
