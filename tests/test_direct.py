@@ -122,3 +122,26 @@ def test_aligned_needs_offset_length_and_address_on_a_block() -> None:
     assert not direct.aligned(0, view[512:512 + direct.ALIGN])  # address
     assert not direct.aligned(0, memoryview(bytes(direct.ALIGN)))  # read-only: cannot be a read target
     assert not direct.aligned(0, view[:0])
+
+
+@pytest.mark.parametrize("where", ["disk", "ramfs"])
+def test_write_runs_joins_neighbours_and_keeps_gaps(request: pytest.FixtureRequest, where: str) -> None:
+    folder: Path = request.getfixturevalue(f"{where}_dir")
+    chunk = 128 << 10
+    rng = random.Random(5)
+    indexes = [*range(0, 40), 45, 46, 60, 62]  # a run longer than a block, a pair, two singles
+    size = 63 * chunk - 1000  # the last chunk is short
+    pieces = [(i * chunk, rng.randbytes(min(chunk, size - i * chunk))) for i in indexes]
+    out = folder / "disk.raw"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.ftruncate(fd, size)
+        writer = direct.PositionalWriter(fd)
+        writer.write_runs([(offset, memoryview(data)) for offset, data in reversed(pieces)])
+        writer.close()
+    finally:
+        os.close(fd)
+    expected = bytearray(size)
+    for offset, data in pieces:
+        expected[offset:offset + len(data)] = data
+    assert out.read_bytes() == bytes(expected)
