@@ -21,7 +21,7 @@ from store.errors import Corrupt
 ZSTD = 0  # one zstd frame holding exactly one chunk (the only encoding of index format 1)
 ZSTD_SPAN = 1  # one zstd frame holding several consecutive chunks; the entry says where in it
 ENCODINGS = {ZSTD: "zstd", ZSTD_SPAN: "zstd-span"}
-INGEST_LEVEL = -10  # capture: as fast as the machine can read and hash (measured: docs/DESIGN.md)
+INGEST_LEVEL = -20  # capture: as fast as the machine can read and hash (measured: docs/DESIGN.md)
 STRONG_LEVEL = 9  # optimize: the best ratio that still decodes faster than qemu-img convert writes
 FRAME_LEVEL = 3  # a chunk taken out of a span to travel alone (a push to a remote): the old per-chunk level
 SPAN = 32  # chunks per optimized frame (4 MiB at 128 KiB chunks)
