@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from imgtool.errors import Corrupt, InvalidArgument
+from imgtool.remote import format as fmt
 from imgtool.trust import signatures as sig
 from imgtool.trust.keys import KeyRing, SigningKey
 from tests.trust.samples import DIGEST, NAME, WHEN
@@ -151,3 +152,19 @@ def test_names_and_expired_keys_are_checked_when_signing(key: SigningKey) -> Non
     expired = SigningKey(key.name, key.private, type(key.public)(key.public.raw, expires=WHEN), key.created)
     with pytest.raises(InvalidArgument, match="expired"):
         sig.sign(expired, NAME, DIGEST, signed_at=WHEN)
+
+
+@pytest.mark.parametrize(("gallery", "definition"), [("Team", "UbuntuServer"), ("team", "a--b"), ("t", "a__b")])
+def test_every_repository_imgtool_pushes_to_can_be_signed(key: SigningKey, gallery: str, definition: str) -> None:
+    """Names that are not repository components travel as `x--` + base32, and `--`/`__` are separators
+    in distribution's grammar: a signature must bind those repositories too."""
+    repository = fmt.repository("img", gallery, definition)
+    name = sig.SignedName("127.0.0.1:5000", repository, gallery, definition, "1.0.0")
+    claim = sig.read_claim(sig.open_envelope(sig.sign(key, name, DIGEST, signed_at=WHEN)).payload)
+    assert claim.name == name
+
+
+@pytest.mark.parametrize("repository", ["img//base", "img/-base", "img/base_", "Img/base", "img/a___b"])
+def test_repositories_outside_the_registry_grammar_are_refused(repository: str) -> None:
+    with pytest.raises(InvalidArgument, match="not a registry repository"):
+        sig.SignedName("127.0.0.1:5000", repository, "team", "base", "1.0.0")
