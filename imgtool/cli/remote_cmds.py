@@ -277,6 +277,8 @@ def replication_rows(home: Any, gallery: str, definition: str, version: str) -> 
 
 def check_targets(home: Any, text: str | None) -> list[str]:
     """`--replicate-to R1,R2`: every name must be a known remote (checked before any work)."""
+    if not text:
+        return []  # without targets, publish need not load the remote layer (~70 ms of imports)
     from imgtool.remote import remotes, replication
 
     names = replication.parse_targets(text)
@@ -287,10 +289,10 @@ def check_targets(home: Any, text: str | None) -> list[str]:
 
 def replicate_now(home: Any, ref: str, *, add: list[str], remove: list[str], quiet: bool) -> list[dict[str, Any]]:
     """Set a version's targets and replicate it; a failed target is a warning (the version stays)."""
-    from imgtool.remote import replication
-
     if not add and not remove:
         return []
+    from imgtool.remote import replication
+
     replication.set_targets(home, ref, add=add, remove=remove)
     outcomes = replication.replicate(home, ref) if add else []
     for outcome in outcomes:

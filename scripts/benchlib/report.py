@@ -154,8 +154,14 @@ def _notes(res: dict[str, Any]) -> list[str]:
             "also once cold).",
             "- Untimed between steps: creating empty repositories; for imgtool, `vm new` from v1 (materializing "
             "its base) and the qemu-io writes into the overlay.",
-            "- imgtool fsyncs every pack, manifest and exported file (`version export` ends with an fsync of the "
-            "whole file); the peers use their own defaults (`qemu-img convert` does not sync).",
+            "- imgtool reads image data and writes packs and disks with O_DIRECT, past the page cache "
+            "(docs/DESIGN.md, \"Direct I/O, measured\"), and fsyncs every pack and manifest; an exported file is "
+            "not fsynced, like `qemu-img convert`'s. The peers use their own defaults (buffered I/O): their "
+            "output may still be in the page cache when they exit, written back afterwards (*others*).",
+            "- This machine's memory balloon reports free pages to the host: pages the page cache takes after "
+            "a cache drop are faulted in again by the host, so the system time of buffered I/O varies up to "
+            "5x between otherwise identical steps (kernel copy of 2 GB: 0.5-2.5 CPU-s). Direct I/O does not "
+            "touch the page cache and does not vary.",
             f"- imgtool code measured: {res['machine']['imgtool']}. Python's bytecode cache is on for every "
             "imgtool command (`PYTHONPYCACHEPREFIX=.cache/bench/pycache`, `PYTHONDONTWRITEBYTECODE` unset) as on "
             "a normal install; without it each command compiles its modules again (about +0.1 s per command).",
