@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from imgtool.errors import Corrupt, InvalidArgument
+from imgtool.names import REPOSITORY_COMPONENT
 from imgtool.remote.target import MAX_MANIFEST, check_digest, sha256_of
 
 ARTIFACT_TYPE = VERSION_TYPE = "application/vnd.imgtool.version.v1+json"
@@ -35,8 +36,7 @@ MAX_INDEX = 128 << 20  # 60 bytes a chunk: 2.2 million chunks, 280 GiB of data a
 MAX_PACK = 1 << 30
 MAX_LAYERS = 20_000  # at ~32 MiB per pack: 600 GiB of new data in one version, inside the 4 MiB manifest
 
-# One path component of a repository name (distribution-spec); remotes checks URL prefixes with it too.
-COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+COMPONENT = REPOSITORY_COMPONENT  # remotes checks URL prefixes with it too
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 ENCODED = "x--"
 

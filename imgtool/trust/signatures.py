@@ -51,8 +51,7 @@ from typing import Any
 
 from imgtool.errors import Corrupt, InvalidArgument
 from imgtool.gallery.versions import Version
-from imgtool.names import check_name
-from imgtool.remote.format import COMPONENT
+from imgtool.names import REPOSITORY_COMPONENT, check_name
 from imgtool.trust import strict
 from imgtool.trust.clock import format_time, parse_time
 from imgtool.trust.keys import ALGORITHM, KEY_ID, SigningKey
@@ -74,11 +73,11 @@ MAX_REFERRER_MANIFEST = 64 * 1024
 MAX_REFERRERS_INDEX = 4 * 1024 * 1024  # the registry manifest limit
 MAX_REFERRERS = 256  # candidates fetched per version; more is a flood, refused
 
-_component = COMPONENT.pattern.removeprefix("^").removesuffix("$")
+_component = REPOSITORY_COMPONENT.pattern.removeprefix("^").removesuffix("$")
 _REGISTRY = re.compile(r"^[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?(?::[0-9]{1,5})?$")
 # A repository path as distribution defines it, built from the one component grammar the remote layer
-# names repositories with (`x--` + base32 for names that are not components): every repository imgtool
-# pushes to can be signed.
+# names repositories with (`x--` + base32 for names that are not components, imgtool.remote.format):
+# every repository imgtool pushes to can be signed.
 REPOSITORY = re.compile(rf"^{_component}(?:/{_component})*$")
 _STAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 
