@@ -49,9 +49,11 @@ def _one(contender: Contender, disks: Disks) -> dict[str, Any]:
     return result
 
 
-def floor_step(disks: Disks) -> Step:
-    """Read v1.qcow2 whole, BLAKE3 and compress every chunk with the ingest codec, on all cores."""
-    return Step([sys.executable, "-m", "benchlib.floor", str(disks.v1_qcow2)])
+def floor_step(disks: Disks, write_to: Path | None = None) -> Step:
+    """Read v1.qcow2 whole, BLAKE3 and compress every chunk with the ingest codec, on all cores; with
+    `write_to`, also write what the codec produced there, as capture writes its packs."""
+    extra = ["--write", str(write_to)] if write_to is not None else []
+    return Step([sys.executable, "-m", "benchlib.floor", str(disks.v1_qcow2), *extra])
 
 
 def run_rounds(disks: Disks, work: Path, rounds: int, only: set[str] | None = None) -> dict[str, list[dict[str, Any]]]:
@@ -61,8 +63,13 @@ def run_rounds(disks: Disks, work: Path, rounds: int, only: set[str] | None = No
     results["floor"] = []
     for r in range(rounds):
         drop_caches()
-        results["floor"].append({"v1": timed(floor_step(disks)).to_json()})
-        log(f"round {r + 1}/{rounds}: floor (read + BLAKE3 + ingest codec) {results['floor'][-1]['v1']['wall']:.1f}s")
+        floor = {"v1": timed(floor_step(disks)).to_json()}
+        work.mkdir(parents=True, exist_ok=True)
+        drop_caches()
+        floor["v1_written"] = timed(floor_step(disks, work)).to_json()
+        results["floor"].append(floor)
+        log(f"round {r + 1}/{rounds}: floor (read + BLAKE3 + ingest codec) {floor['v1']['wall']:.1f}s, "
+            f"and writing its output {floor['v1_written']['wall']:.1f}s")
         order = kinds[r % len(kinds):] + kinds[:r % len(kinds)]
         for kind in order:
             contender = kind(disks, work / kind.key)

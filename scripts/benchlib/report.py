@@ -79,6 +79,11 @@ def _ingest(res: dict[str, Any]) -> list[str]:
         rows.append(["floor: read v1.qcow2 + BLAKE3 + ingest codec, all cores, nothing written", _s(floor),
                      _s(ingest_median(ing, "floor", "v1", "cpu")),
                      _rss(ingest_median(ing, "floor", "v1", "max_rss_kib")), *[""] * 9])
+    written = ingest_median(ing, "floor", "v1_written")
+    if written is not None:
+        rows.append(["floor, and writing what the codec stores (O_DIRECT, 16 MiB files, fsynced)", _s(written),
+                     _s(ingest_median(ing, "floor", "v1_written", "cpu")),
+                     _rss(ingest_median(ing, "floor", "v1_written", "max_rss_kib")), *[""] * 9])
     optimized = ingest_median(ing, "imgtool", "optimize")
     notes = [] if optimized is None else [
         f"imgtool's *stored* is after `imgtool optimize` ({_s(optimized)} wall, "

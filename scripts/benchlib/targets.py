@@ -62,6 +62,8 @@ def _ingest_targets(ing: dict[str, list[dict[str, Any]]]) -> list[Target]:
         timed("capture v1 ≤ 0.5 x borg (fixed 4 MiB, lz4) wall", "v1", "borg-fixed", 0.5),
         timed("capture v1 ≤ 1.2 x this machine's floor (read + BLAKE3 + ingest codec, all cores)", "v1", "floor",
               1.2),
+        timed("(info) capture v1 vs the floor that also writes what the codec stores", "v1", "floor", 1.2,
+              "v1_written"),
         timed("(info, same compression as before) capture v1 vs borg (fixed 4 MiB, zstd,3) wall", "v1",
               "borg-fixed-zstd", 0.5),
         timed("capture VM overlay v2 ≤ 0.2 x borg (fixed) wall", "v2", "borg-fixed", 0.2),
