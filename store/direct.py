@@ -1,7 +1,7 @@
 """Large writes that bypass the page cache (O_DIRECT) where the filesystem takes them.
 
-Measured on the benchmark machine (docs/DESIGN.md, "Writing without the page
-cache"): a buffered write plus fsync of 1.2 GB costs 2.7 CPU-s in the kernel,
+Measured on the benchmark machine (docs/DESIGN.md, "Direct I/O, measured"): a
+buffered write plus fsync of 1.2 GB costs 2.7 CPU-s in the kernel,
 copying into the page cache, and 3.2 s of wall; the same bytes with O_DIRECT
 cost 0.1 CPU-s and 0.7 s. Capture writes its packs, materialize its disks,
 once, and nothing reads them back soon, so caching them buys nothing.
@@ -9,9 +9,11 @@ once, and nothing reads them back soon, so caching them buys nothing.
 O_DIRECT wants the file offset, the length and the memory address aligned to
 the device's block: the bytes are copied into a page-aligned buffer per thread
 (a memcpy costs a tenth of the kernel's copy), and whatever is not a whole
-number of ALIGN-sized blocks goes through a second, ordinary descriptor. A
-filesystem that refuses O_DIRECT (tmpfs, some FUSE mounts) gets ordinary
-writes: same bytes, same durability (callers still fsync), only slower.
+number of ALIGN-sized blocks is written the ordinary way (write_all clears the
+flag for the tail; PositionalWriter keeps a second, ordinary descriptor). A
+filesystem that refuses O_DIRECT (ramfs, some FUSE mounts; tmpfs takes it since
+Linux 6.6) gets ordinary writes: same bytes, same durability (callers still
+fsync), only slower.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from collections.abc import Sequence
 
 ALIGN = 4096  # the largest logical block size in common use: aligned to it, any device takes the write
 BLOCK = 4 << 20  # bytes per direct write: large enough that the syscall cost vanishes
-MIN_DIRECT = 1 << 20  # smaller files are not worth a second descriptor
+MIN_DIRECT = 1 << 20  # smaller files (names, records) are not worth the flag changes and the copy
 _local = threading.local()
 Piece = bytes | bytearray | memoryview
 
@@ -58,6 +60,19 @@ def enable(fd: int) -> bool:
             return False
         raise
     return True
+
+
+def reopen(fd: int, flags: int) -> int | None:
+    """The same open file again (not its path, which could name another file by now), with O_DIRECT
+    on; None where /proc is missing or the filesystem refuses O_DIRECT."""
+    try:
+        again = os.open(f"/proc/self/fd/{fd}", flags)
+    except OSError:
+        return None
+    if enable(again):
+        return again
+    os.close(again)
+    return None
 
 
 def disable(fd: int) -> None:
@@ -134,26 +149,15 @@ class PositionalWriter:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        # The same open file again (not its path, which could name another by now), to set O_DIRECT on.
-        try:
-            self.direct = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY)
-        except OSError:
-            self.direct = os.dup(fd)  # no /proc: this copy shares the flags, so it stays ordinary
-            self.use_direct = False
-        else:
-            self.use_direct = enable(self.direct)
+        self.direct = reopen(fd, os.O_WRONLY)
+        self.use_direct = self.direct is not None
 
     def close(self) -> None:
-        os.close(self.direct)
+        if self.direct is not None:
+            os.close(self.direct)
 
     def pwrite(self, data: Piece, offset: int) -> None:
-        length = len(data)
-        if self.use_direct and length >= ALIGN and not (length % ALIGN or offset % ALIGN):
-            with memoryview(buffer(length)) as buf:
-                buf[:length] = memoryview(data).cast("B")
-                if self._pwrite_direct(buf[:length], offset):
-                    return
-        _pwrite_all(self.fd, memoryview(data), offset)
+        self._write_run([(offset, data)])
 
     def write_runs(self, pieces: list[tuple[int, Piece]]) -> None:
         """pwrite each (offset, data); neighbours on the file are joined into writes of up to BLOCK
@@ -168,21 +172,25 @@ class PositionalWriter:
             self._write_run(run)
 
     def _write_run(self, run: list[tuple[int, Piece]]) -> None:
+        """Neighbouring pieces as one direct write when the whole run is aligned; otherwise each
+        piece on its own (a run ending in a disk's short last chunk), the ordinary way if need be."""
         start = run[0][0]
         length = run[-1][0] + len(run[-1][1]) - start
-        if len(run) == 1 or not self.use_direct or length % ALIGN or start % ALIGN:
-            for offset, data in run:
-                self.pwrite(data, offset)
+        if self.use_direct and length and not (length % ALIGN or start % ALIGN):
+            with memoryview(buffer(length)) as buf:
+                for offset, data in run:
+                    buf[offset - start:offset - start + len(data)] = memoryview(data).cast("B")
+                if self._pwrite_direct(buf[:length], start):
+                    return
+        elif self.use_direct and len(run) > 1:
+            for piece in run:
+                self._write_run([piece])
             return
-        with memoryview(buffer(length)) as buf:
-            for offset, data in run:
-                buf[offset - start:offset - start + len(data)] = memoryview(data).cast("B")
-            if self._pwrite_direct(buf[:length], start):
-                return
         for offset, data in run:
             _pwrite_all(self.fd, memoryview(data), offset)
 
     def _pwrite_direct(self, view: memoryview, offset: int) -> bool:
+        assert self.direct is not None
         try:
             _pwrite_all(self.direct, view, offset)
         except OSError as exc:

@@ -67,7 +67,8 @@ class MappedReader:
         self.extents = extents
         self.starts = [e.start for e in extents]
         self.fds = {depth: os.open(p, os.O_RDONLY) for depth, p in layers.items()}
-        self.direct_fds = {depth: fd for depth, fd in map(self._direct, self.fds.items()) if fd is not None}
+        self.direct_fds = {depth: again for depth, fd in self.fds.items()
+                           if (again := direct.reopen(fd, os.O_RDONLY)) is not None}
         self._to_close = [*self.fds.values(), *self.direct_fds.values()]
         self.sizes = {depth: os.fstat(fd).st_size for depth, fd in self.fds.items()}
         self._stack = contextlib.ExitStack()
@@ -89,19 +90,6 @@ class MappedReader:
         for fd in self._to_close:
             os.close(fd)
         self.fds, self.direct_fds, self._to_close = {}, {}, []
-
-    @staticmethod
-    def _direct(item: tuple[int, int]) -> tuple[int, int | None]:
-        """The same open file again with O_DIRECT, or None where its filesystem refuses."""
-        depth, fd = item
-        try:
-            again = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY)
-        except OSError:
-            return depth, None
-        if direct.enable(again):
-            return depth, again
-        os.close(again)
-        return depth, None
 
     def _nbd(self) -> nbd.Export:
         with self._lock:  # read() runs on several threads; start qemu-nbd once

@@ -26,8 +26,6 @@ from pathlib import Path
 from store import codec, direct
 
 RUN = 8  # chunks per read, as store/ingest.py reads them
-
-
 GROUP = 16 << 20  # bytes per written file, as store/packs.py's PACK_TARGET
 
 
@@ -78,9 +76,9 @@ def floor(path: str, chunk: int = 128 << 10, write_to: Path | None = None) -> in
     """Bytes the ingest codec would store for `path`; reads, hashes and compresses all of it, and
     with `write_to` writes those bytes there too."""
     plain = os.open(path, os.O_RDONLY)
-    fast = os.open(path, os.O_RDONLY)
-    if not direct.enable(fast):  # as capture does where the filesystem refuses O_DIRECT
-        os.close(fast)
+    # As capture reads it: with O_DIRECT, or the ordinary way where the filesystem refuses.
+    fast = direct.reopen(plain, os.O_RDONLY)
+    if fast is None:
         fast = os.dup(plain)
     writer = _Writer(write_to) if write_to is not None else None
     stored, group, size = 0, [], 0
