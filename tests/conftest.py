@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -22,6 +23,19 @@ def require_tools(*tools: str) -> None:
     if os.environ.get("IMGTOOL_REQUIRE_TOOLS") == "1":
         pytest.fail(message)
     pytest.skip(message)
+
+
+def takes_o_direct(folder: Path) -> bool:
+    """Whether files in `folder` can be opened for O_DIRECT (store/direct.py falls back where not)."""
+    from store import direct
+
+    probe = folder / ".o-direct-probe"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        return direct.enable(fd)
+    finally:
+        os.close(fd)
+        probe.unlink()
 
 
 @pytest.fixture(scope="session")

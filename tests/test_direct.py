@@ -15,30 +15,21 @@ from pathlib import Path
 import pytest
 
 from store import atomic, direct
+from tests.conftest import takes_o_direct
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _takes_direct(folder: Path) -> bool:
-    probe = folder / "probe"
-    fd = os.open(probe, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        return direct.enable(fd)
-    finally:
-        os.close(fd)
-        probe.unlink()
 
 
 @pytest.fixture
 def disk_dir(tmp_path: Path) -> Iterator[Path]:
     """A folder on a filesystem that takes O_DIRECT: tmp_path, else one beside the repository."""
-    if _takes_direct(tmp_path):
+    if takes_o_direct(tmp_path):
         yield tmp_path
         return
     cache = REPO / ".cache"
     cache.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as folder:
-        assert _takes_direct(Path(folder)), "neither tmp_path nor the repository's disk takes O_DIRECT"
+        assert takes_o_direct(Path(folder)), "neither tmp_path nor the repository's disk takes O_DIRECT"
         yield Path(folder)
 
 
@@ -51,9 +42,9 @@ def ramfs_dir(tmp_path: Path) -> Iterator[Path]:
         pytest.skip("the O_DIRECT fallback test mounts a ramfs: run it as root")
     folder = tmp_path / "ramfs"
     folder.mkdir()
-    subprocess.run(["mount", "-t", "ramfs", "-o", "size=64m", "ramfs", str(folder)], check=True)
+    subprocess.run(["mount", "-t", "ramfs", "ramfs", str(folder)], check=True)
     try:
-        assert not _takes_direct(folder), "ramfs took O_DIRECT: this test needs a filesystem that refuses"
+        assert not takes_o_direct(folder), "ramfs took O_DIRECT: this test needs a filesystem that refuses"
         yield folder
     finally:
         subprocess.run(["umount", str(folder)], check=True)

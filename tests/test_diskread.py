@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import mmap
-import os
 import subprocess
 from pathlib import Path
 
@@ -11,8 +10,7 @@ import pytest
 
 from imgtool.tools import qemu_img
 from imgtool.tools.diskread import MappedReader
-from store import direct
-from tests.conftest import require_tools
+from tests.conftest import require_tools, takes_o_direct
 from tests.images import MiB, qemu_io
 
 pytestmark = pytest.mark.integration
@@ -67,13 +65,6 @@ def test_readinto_a_reused_aligned_buffer_reads_direct_and_zeroes_holes(tmp_path
             reader.readinto(0, memoryview(buffer))
             assert bytes(buffer) == content
         taken = reader.o_direct_bytes
-    if direct_supported(tmp_path):
+    if takes_o_direct(tmp_path):
         assert taken == 2 * (MiB + 512 * 1024)  # the data extents, both times, bypassing the page cache
 
-
-def direct_supported(folder: Path) -> bool:
-    fd = os.open(folder / "probe", os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        return direct.enable(fd)
-    finally:
-        os.close(fd)
