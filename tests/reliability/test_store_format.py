@@ -57,15 +57,19 @@ def test_format1_store_is_read_exactly_and_keeps_working(zygote: Zygote, tmp_pat
     assert ok(zygote.run(["verify", "--deep"], home=home)).stdout.startswith("ok:")
     listed = json.loads(ok(zygote.run(["--json", "version", "list", "old/base"], home=home)).stdout)
     assert {v["version"]: v["record"] for v in listed} == {k: v["record"] for k, v in expected["versions"].items()}
+    def exports_exactly(prefix: str) -> None:
+        for version, facts in expected["versions"].items():
+            for lun in facts["disks"]:
+                out = work / f"{prefix}{version}-{lun}.raw"
+                extra = [] if lun == "os" else ["--disk", lun]
+                ok(zygote.run(["version", "export", f"old/base@{version}", str(out), "--format", "raw", *extra],
+                              home=home))
+                assert sha256(out) == expected["content_sha256"]["os" if lun == "os" else "data"]
+
     for version, facts in expected["versions"].items():
         shown = json.loads(ok(zygote.run(["--json", "version", "show", f"old/base@{version}"], home=home)).stdout)
         assert {"os" if d["lun"] is None else str(d["lun"]): d["digest"] for d in shown["disks"]} == facts["disks"]
-        for lun in facts["disks"]:
-            out = work / f"{version}-{lun}.raw"
-            extra = [] if lun == "os" else ["--disk", lun]
-            ok(zygote.run(["version", "export", f"old/base@{version}", str(out), "--format", "raw", *extra],
-                          home=home))
-            assert sha256(out) == expected["content_sha256"]["os" if lun == "os" else "data"]
+    exports_exactly("")
     # It takes new work, and keeps the old.
     key = work / "id.pub"
     key.write_text(fake_ssh_key() + "\n")
@@ -82,13 +86,7 @@ def test_format1_store_is_read_exactly_and_keeps_working(zygote: Zygote, tmp_pat
     assert ok(zygote.run(["verify", "--deep"], home=home)).stdout.startswith("ok:")
     for path in iter_index_files(Store.open(home / "store", create=False).layout):
         assert path.read_bytes()[:8] == b"IMGIDX02"
-    for version, facts in expected["versions"].items():
-        for lun in facts["disks"]:
-            out = work / f"optimized-{version}-{lun}.raw"
-            extra = [] if lun == "os" else ["--disk", lun]
-            ok(zygote.run(["version", "export", f"old/base@{version}", str(out), "--format", "raw", *extra],
-                          home=home))
-            assert sha256(out) == expected["content_sha256"]["os" if lun == "os" else "data"]
+    exports_exactly("optimized-")
 
 
 def _rewrite_store_json(store: Path, value: dict[str, Any] | bytes) -> None:
