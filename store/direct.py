@@ -145,11 +145,14 @@ def _write_buffered(fd: int, views: list[memoryview]) -> None:
 class PositionalWriter:
     """pwrite(data, offset) into one file from many threads, bypassing the page cache for
     aligned pieces (materialize writes whole chunks at chunk offsets) and writing the rest,
-    such as a disk's short last chunk, through the ordinary descriptor `fd`."""
+    such as a disk's short last chunk, through the ordinary descriptor `fd`.
 
-    def __init__(self, fd: int) -> None:
+    With `bypass_cache=False` every write is ordinary: for a file nobody fsyncs, the page cache
+    takes the bytes at memory speed and the kernel writes them back after the command returns."""
+
+    def __init__(self, fd: int, *, bypass_cache: bool = True) -> None:
         self.fd = fd
-        self.direct = reopen(fd, os.O_WRONLY)
+        self.direct = reopen(fd, os.O_WRONLY) if bypass_cache else None
         self.use_direct = self.direct is not None
 
     def close(self) -> None:

@@ -42,7 +42,9 @@ def materialize(store: Store, disk: DiskManifest, out: Path, *,
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.ftruncate(fd, disk.virtual_size)
-            writer = direct.PositionalWriter(fd)
+            # Durable: direct writes cost what buffered writes and an fsync cost, without the copy into
+            # the cache. Not durable: the page cache is cheaper (docs/DESIGN.md, "Direct I/O, measured").
+            writer = direct.PositionalWriter(fd, bypass_cache=durable)
             try:
                 _write_frames(store, jobs, writer, disk.chunk_size, workers, progress)
             finally:

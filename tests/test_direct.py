@@ -115,8 +115,8 @@ def test_aligned_needs_offset_length_and_address_on_a_block() -> None:
     assert not direct.aligned(0, view[:0])
 
 
-@pytest.mark.parametrize("where", ["disk", "ramfs"])
-def test_write_runs_joins_neighbours_and_keeps_gaps(request: pytest.FixtureRequest, where: str) -> None:
+@pytest.mark.parametrize(("where", "bypass"), [("disk", True), ("ramfs", True), ("disk", False)])
+def test_write_runs_joins_neighbours_and_keeps_gaps(request: pytest.FixtureRequest, where: str, bypass: bool) -> None:
     folder: Path = request.getfixturevalue(f"{where}_dir")
     chunk = 128 << 10
     rng = random.Random(5)
@@ -127,7 +127,8 @@ def test_write_runs_joins_neighbours_and_keeps_gaps(request: pytest.FixtureReque
     fd = os.open(out, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
         os.ftruncate(fd, size)
-        writer = direct.PositionalWriter(fd)
+        writer = direct.PositionalWriter(fd, bypass_cache=bypass)
+        assert writer.use_direct == (where == "disk" and bypass)
         writer.write_runs([(offset, memoryview(data)) for offset, data in reversed(pieces)])
         writer.close()
     finally:
