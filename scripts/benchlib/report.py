@@ -159,10 +159,11 @@ def _notes(res: dict[str, Any]) -> list[str]:
             "also once cold).",
             "- Untimed between steps: creating empty repositories; for imgtool, `vm new` from v1 (materializing "
             "its base) and the qemu-io writes into the overlay.",
-            "- imgtool reads image data and writes packs and disks with O_DIRECT, past the page cache "
-            "(docs/DESIGN.md, \"Direct I/O, measured\"), and fsyncs every pack and manifest; an exported file is "
-            "not fsynced, like `qemu-img convert`'s. The peers use their own defaults (buffered I/O): their "
-            "output may still be in the page cache when they exit, written back afterwards (*others*).",
+            "- imgtool reads image data and writes packs and VM bases with O_DIRECT, past the page cache "
+            "(docs/DESIGN.md, \"Direct I/O, measured\"), and fsyncs every pack and manifest; an exported file "
+            "is written through the page cache and not fsynced, like `qemu-img convert`'s. The peers use their "
+            "own defaults (buffered I/O): their output may still be in the page cache when they exit, written "
+            "back afterwards (*others*).",
             "- This machine's memory balloon reports free pages to the host: pages the page cache takes after "
             "a cache drop are faulted in again by the host, so the system time of buffered I/O varies up to "
             "5x between otherwise identical steps (kernel copy of 2 GB: 0.5-2.5 CPU-s). Direct I/O does not "
