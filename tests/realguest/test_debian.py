@@ -6,9 +6,11 @@
 3. publishing that booted, not generalized VM into a generalized definition is refused by the audit;
 4. captured into a specialized definition instead, a VM from it boots with no seed and keeps the
    hostname, users and host keys;
-5. offline generalize + audit on the stopped specialized VM.
+5. offline generalize + audit on the stopped specialized VM;
+6. a cloud-init boot check (over ssh) passes on a fresh throwaway VM.
 
-Three boots under TCG; the VMs are shared across the tests of this module (they run in order).
+Four boots under TCG (the fourth a boot check's throwaway VM); the VMs are shared across the tests of
+this module (they run in order).
 Boot-to-SSH seconds are printed (pytest -s shows them).
 """
 
@@ -178,3 +180,25 @@ def test_offline_generalize_and_audit_of_a_stopped_vm(cli: Cli, special: dict[st
     after = cli.json("audit", "vm:special")
     assert isinstance(after, dict) and after["clean"]
     assert {"machine_id", "ssh_host_keys", "cloud_init_state"}.isdisjoint({f["check"] for f in after["findings"]})
+
+
+def test_cloud_init_boot_check_passes_over_ssh_on_the_real_guest(cli: Cli) -> None:
+    """The ssh-based check kinds against a real guest (the tiny test image has no sshd): the throwaway
+    VM gets a fresh key and user from its seed, ssh must answer, and `cloud-init status --wait` must exit
+    0, all within the check's timeout. A fourth boot."""
+    cli("definition", "create", "lab/debcheck", "--publisher", "debian", "--offer", "debian-12", "--sku", "checked",
+        "--os-type", "linux", "--os-state", "generalized", "--min-memory", "1024",
+        "--require-boot-check", "--boot-check", "cloud-init", "--boot-timeout", WAIT)
+    cli("publish", "lab/debcheck", "--version", "1.0.0", "--os-disk", "lab/deb@1.0.0")
+    assert cli.json("version", "resolve", "lab/debcheck")["latest"] is None  # type: ignore[index]  # pending
+    started = time.monotonic()
+    done = cli("version", "check", "lab/debcheck@1.0.0")
+    print(f"\ncloud-init boot check took {time.monotonic() - started:.0f}s (TCG)")
+    assert "passed" in done.stdout
+    shown = cli.json("version", "show", "lab/debcheck@1.0.0")
+    assert isinstance(shown, dict)
+    assert shown["check"]["state"] == "passed" and shown["check"]["kind"] == "cloud-init"
+    assert cli.json("version", "resolve", "lab/debcheck")["latest"] == "1.0.0"  # type: ignore[index]
+    listed = cli.json("vm", "list")
+    assert isinstance(listed, list)
+    assert [vm["name"] for vm in listed if vm["name"].startswith("boot-check-")] == []  # deleted after the check
