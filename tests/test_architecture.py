@@ -211,3 +211,13 @@ def test_the_cli_entry_point_loads_no_domain_module() -> None:
                                                 "imgtool.vm.runtime", "imgtool.vm.bases", "imgtool.capture",
                                                 "imgtool.tools.nbd", "imgtool.remote.", "store.ingest"))}
     assert heavy == set()
+
+
+def test_sharing_does_not_load_capture_or_the_qemu_tools() -> None:
+    """push, pull and revoke edit records and move packs: they need neither capture nor qemu (nor the
+    `sh` seam), which cost every remote command about 40 ms to import."""
+    loaded = closure("imgtool.remote.service")
+    assert "imgtool.remote.push" in loaded and "imgtool.gallery.version_changes" in loaded
+    heavy = {m for m in loaded if m.startswith(("imgtool.capture", "imgtool.gallery.image_versions",
+                                                "imgtool.tools.run", "imgtool.tools.qemu_img"))}
+    assert heavy == set()

@@ -10,8 +10,9 @@ from pathlib import Path
 from imgtool import garbage
 from imgtool.capture.disk import lease
 from imgtool.gallery import galleries
-from imgtool.gallery.image_versions import PublishRequest, delete_version, publish
+from imgtool.gallery.image_versions import PublishRequest, publish
 from imgtool.gallery.model import Definition
+from imgtool.gallery.version_changes import delete_version
 from imgtool.gallery.versions import Version
 from imgtool.home import Home
 from imgtool.names import DefinitionRef

@@ -15,9 +15,10 @@ from imgtool.errors import AlreadyExists, Corrupt, InvalidArgument, NotFound, Re
 from imgtool.gallery import checks, lookup, recycle, removal, revocation, users
 from imgtool.gallery import galleries as gallery
 from imgtool.gallery.galleries import VERSIONS
-from imgtool.gallery.image_versions import PublishRequest, delete_version, export, publish, update_version
+from imgtool.gallery.image_versions import PublishRequest, export, publish
 from imgtool.gallery.lifecycle_model import BootCheck, CheckResult, DeletedRecord, Revocation, tail
 from imgtool.gallery.model import Definition, ImageVersion
+from imgtool.gallery.version_changes import delete_version, update_version
 from imgtool.gallery.versions import Candidate, Version, resolve_latest
 from imgtool.home import Home
 from imgtool.names import DefinitionRef

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from imgtool.gallery import galleries as gallery
 from imgtool.gallery import lookup
-from imgtool.gallery.image_versions import PublishRequest, publish, update_version
+from imgtool.gallery.image_versions import PublishRequest, publish
 from imgtool.gallery.model import Definition
+from imgtool.gallery.version_changes import update_version
 from imgtool.gallery.versions import Version
 from imgtool.home import Home
 from imgtool.names import DefinitionRef

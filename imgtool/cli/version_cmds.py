@@ -289,7 +289,7 @@ def version_update(
 ) -> None:
     """Change a version's publishing settings (its content never changes) or its replication targets."""
     from imgtool.cli import remote_cmds
-    from imgtool.gallery import checks, image_versions
+    from imgtool.gallery import checks, version_changes
     from imgtool.remote import replication
 
     st = state(ctx)
@@ -308,7 +308,7 @@ def version_update(
         raise InvalidArgument("nothing to update", hint="give --exclude-from-latest, --end-of-life, "
                               "--promote, --replicate-to, ...")
     if changes:
-        image_versions.update_version(st.home, ref, **changes)
+        version_changes.update_version(st.home, ref, **changes)
     replicas = remote_cmds.replicate_now(st.home, ref, add=add, remove=remove, quiet=st.json)
     if st.json:
         emit_json({**version_json(st.home, ref), "replication": replicas})
@@ -324,10 +324,10 @@ def version_delete(
 ) -> None:
     """Delete a version (refused while VMs use it). It is kept as deleted for 7 days (imgtool version restore
     brings it back); imgtool gc frees its data after that, or right away with --purge."""
-    from imgtool.gallery import image_versions
+    from imgtool.gallery import version_changes
 
     st = state(ctx)
-    kept = image_versions.delete_version(st.home, ref, purge=purge)
+    kept = version_changes.delete_version(st.home, ref, purge=purge)
     if st.json:
         emit_json({"deleted": ref, "purged": kept is None, "kept_until": kept and kept.purge_after})
         return

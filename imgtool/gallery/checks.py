@@ -23,10 +23,10 @@ from pathlib import Path
 
 from imgtool.errors import InvalidArgument, NotFound, ToolFailed
 from imgtool.gallery.galleries import get_definition
-from imgtool.gallery.image_versions import update_version
 from imgtool.gallery.lifecycle_model import BootCheck, CheckResult, stamp, tail
 from imgtool.gallery.lookup import get_version
 from imgtool.gallery.model import Definition, ImageVersion
+from imgtool.gallery.version_changes import update_version
 from imgtool.home import Home
 from imgtool.names import DefinitionRef, parse_image_ref
 from imgtool.tools import run

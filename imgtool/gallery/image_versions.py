@@ -1,4 +1,5 @@
-"""Image versions: publish, update, delete, export (reading and `latest` are in gallery/lookup.py).
+"""Image versions: publish and export (reading and `latest` are in gallery/lookup.py; update and
+delete in gallery/version_changes.py).
 
 Publishing writes in the store's order: chunks (capture) -> disk manifests ->
 version record -> name. The name is created with create-only semantics, so of
@@ -7,7 +8,6 @@ two processes publishing the same version exactly one wins.
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import re
 from dataclasses import dataclass
@@ -18,17 +18,16 @@ from imgtool import formats
 from imgtool.capture import archives, sources
 from imgtool.capture.disk import CAPTURES
 from imgtool.errors import AlreadyExists, InvalidArgument, NotFound, Refused
-from imgtool.gallery import recycle
 from imgtool.gallery.galleries import VERSIONS, gallery_lock, get_definition_with_digest
 from imgtool.gallery.lifecycle_model import CheckResult
 from imgtool.gallery.lookup import get_version
 from imgtool.gallery.model import OS_STATES, Definition, Disk, ImageVersion, check_choice, check_date
+from imgtool.gallery.version_changes import check_block_deletion
 from imgtool.gallery.versions import Version
 from imgtool.guest import service as guest
 from imgtool.home import Home
-from imgtool.names import DefinitionRef, parse_image_ref
+from imgtool.names import DefinitionRef
 from imgtool.tools import qemu_img
-from imgtool.vm import record as vmrecord
 from store import atomic
 from store import digest as digests
 from store.materialize import materialize
@@ -118,18 +117,6 @@ def _check_request(req: PublishRequest, definition: Definition) -> None:
                           f"{definition.os_state}", hint="publish it into a definition with the same OS state")
     check_date(req.end_of_life, "end of life")
     check_block_deletion(req.block_deletion_before_end_of_life, req.end_of_life)
-
-
-def check_block_deletion(block: bool, end_of_life: str | None) -> None:
-    """Blocking deletion before the end of life needs an end of life that is still ahead."""
-    if not block:
-        return
-    if end_of_life is None:
-        raise InvalidArgument("--block-deletion-before-end-of-life needs an end of life to block until",
-                              hint="give --end-of-life YYYY-MM-DD (a date ahead)")
-    if end_of_life[:10] <= dt.date.today().isoformat():
-        raise InvalidArgument(f"end of life {end_of_life[:10]} is not ahead, so there is nothing to block deletion "
-                              "before", hint="give a later --end-of-life, or drop the deletion block")
 
 
 def _source_needs_state(text: str) -> bool:
@@ -224,46 +211,6 @@ def _check_format(source: dict[str, Any], definition: Definition) -> None:
     if fmt in definition.disallowed_disk_formats:
         raise Refused(f"definition {definition.gallery}/{definition.name} disallows {fmt} disks",
                       hint="convert the disk to an allowed format first")
-
-
-# -- changing ----------------------------------------------------------------
-
-
-def update_version(home: Home, text: str, **changes: Any) -> ImageVersion:
-    ref = parse_image_ref(text, require_version=True)
-    if "end_of_life" in changes:
-        changes["end_of_life"] = check_date(changes["end_of_life"], "end of life")
-    with gallery_lock(home, ref.gallery):
-        current, _ = get_version(home, ref)
-        if changes.get("block_deletion_before_end_of_life") is True:  # turning the block on
-            check_block_deletion(True, changes.get("end_of_life", current.end_of_life))
-        updated = current.updated_with(**changes)
-        digest = home.store.put_manifest(updated.to_json())
-        home.store.set_name(VERSIONS, ref.gallery, ref.definition, current.version, target=digest)
-    return updated
-
-
-def delete_version(home: Home, text: str, *, purge: bool = False, now: dt.datetime | None = None,
-                   retention: dt.timedelta = recycle.DEFAULT_RETENTION) -> recycle.DeletedItem | None:
-    """Delete a version: kept as deleted for `retention` (restorable), or for good with `purge`.
-
-    Refused while VMs stand on it or before a blocking end of life. Returns what is kept (None: purged)."""
-    ref = parse_image_ref(text, require_version=True)
-    with gallery_lock(home, ref.gallery):
-        current, _ = get_version(home, ref)
-        users = vmrecord.vms_using(home, current.gallery, current.definition, current.version)
-        if users:
-            raise Refused(f"version {text} is used by VMs: {', '.join(users)}",
-                          hint="delete those VMs first (imgtool vm delete)")
-        if current.block_deletion_before_end_of_life and (
-                current.end_of_life is None or current.end_of_life[:10] > dt.date.today().isoformat()):
-            raise Refused(f"version {text} blocks deletion before its end of life ({current.end_of_life})",
-                          hint="wait for the end of life, or clear the block with imgtool version update")
-        key = (VERSIONS, ref.gallery, ref.definition, current.version)
-        if purge:
-            home.store.delete_name(*key)
-            return None
-        return recycle.hide(home, key, now=now, retention=retention)
 
 
 EXPORT_FORMATS = {".qcow2": "qcow2", ".raw": "raw", ".img": "raw"}

@@ -11,9 +11,9 @@ from __future__ import annotations
 import datetime as dt
 
 from imgtool.gallery.galleries import VERSIONS
-from imgtool.gallery.image_versions import update_version
 from imgtool.gallery.lifecycle_model import Revocation, stamp
 from imgtool.gallery.model import ImageVersion
+from imgtool.gallery.version_changes import update_version
 from imgtool.home import Home
 from imgtool.names import parse_image_ref
 from imgtool.vm import record as vmrecord

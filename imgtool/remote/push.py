@@ -49,6 +49,7 @@ class Pushed:
 
 
 PushHook = Callable[[Pushed], None]
+Member = tuple[bytes, int, int, int]  # a chunk in a pack being built: raw digest, offset, clen, rawlen
 
 
 @dataclass
@@ -248,33 +249,34 @@ class Pusher:
         return located
 
     def _upload_packs(self, repo: str, new: list[bytes], result: PushResult) -> dict[bytes, IndexEntry]:
+        """Pack the new chunks' frames (read straight from the store) and upload the packs, several at
+        a time. The main thread only reads frames; joining a pack, hashing it (its name) and sending it
+        happen on the pool, so the last pack's hash does not wait behind the others' reads."""
         known = self.known[repo]
         located: dict[bytes, IndexEntry] = {}
         set_total = getattr(self.progress, "set_total", None)
         index = self.store.index
         if callable(set_total):
             set_total(sum(loc.clen for raw in new if (loc := index.get(raw)) is not None))
-        window: deque[Future[int]] = deque()
-        with PackReader(self.store.layout) as reader, \
-                ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="push") as pool:
-            frames: list[bytes] = []
-            members: list[tuple[bytes, int, int, int]] = []  # raw, offset, clen, rawlen
-            size = 0
+        window: deque[tuple[Future[tuple[str, int]], list[Member]]] = deque()
 
-            def seal() -> None:
-                nonlocal frames, members, size
-                data = b"".join(frames)
-                pack = sha256_of(data)
+        def settle(limit: int) -> None:
+            while len(window) > limit:
+                future, members = window.popleft()
+                pack, sent = future.result()
+                size = sum(member[2] for member in members)
                 for raw, offset, clen, rawlen in members:
                     located[raw] = IndexEntry(0, raw, pack, offset, clen, rawlen)
                     known.chunks.setdefault(raw, (repo, located[raw]))
-                known.pack_sizes[pack] = len(data)
+                known.pack_sizes[pack] = size
                 result.chunks_new += len(members)
-                window.append(pool.submit(self._upload_pack, repo, pack, data))
-                while len(window) > self.workers:
-                    _count(result, window.popleft().result())
-                frames, members, size = [], [], 0
+                _count(result, sent)
 
+        with PackReader(self.store.layout) as reader, \
+                ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="push") as pool:
+            frames: list[bytes] = []
+            members: list[Member] = []
+            size = 0
             for raw in new:
                 location = index.get(raw)
                 if location is None:
@@ -285,22 +287,27 @@ class Pusher:
                 frames.append(frame)
                 size += len(frame)
                 if size >= self.pack_target:
-                    seal()
+                    window.append((pool.submit(self._upload_pack, repo, frames), members))
+                    frames, members, size = [], [], 0
+                    settle(self.workers)
             if frames:
-                seal()
-            while window:
-                _count(result, window.popleft().result())
+                window.append((pool.submit(self._upload_pack, repo, frames), members))
+            settle(0)
         return located
 
-    def _upload_pack(self, repo: str, pack: str, data: bytes) -> int:
-        """Upload one pack unless the remote has it (a killed run may have sent it); bytes sent."""
+    def _upload_pack(self, repo: str, frames: list[bytes]) -> tuple[str, int]:
+        """Join frames into a pack and upload it unless the remote has it (a killed run may have sent
+        it); returns (its digest, bytes sent)."""
+        data = b"".join(frames)
+        frames.clear()
+        pack = sha256_of(data)
         sent = 0
         if self.target.blob_size(repo, pack) is None:
             self.target.put_blob(repo, pack, data)
             sent = len(data)
         if self.progress is not None:
             self.progress(len(data))
-        return sent
+        return pack, sent
 
     def _ensure_blob(self, repo: str, media_type: str, data: bytes) -> Descriptor:
         descriptor = Descriptor.of(media_type, data)

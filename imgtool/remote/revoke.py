@@ -21,10 +21,10 @@ from typing import Any
 
 from imgtool.errors import Corrupt, NotFound, Refused
 from imgtool.gallery.galleries import VERSIONS
-from imgtool.gallery.image_versions import update_version
 from imgtool.gallery.lifecycle_model import Revocation
 from imgtool.gallery.lookup import get_version
 from imgtool.gallery.model import ImageVersion
+from imgtool.gallery.version_changes import update_version
 from imgtool.home import Home
 from imgtool.names import ref_fields
 from imgtool.remote import format as fmt
