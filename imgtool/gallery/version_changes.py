@@ -1,7 +1,7 @@
 """Changing a published version's record: update its settings, delete it (kept restorable, or purged).
 
-Kept apart from publishing (gallery/image_versions.py) so that what only edits records, such as boot
-checks, revocations and the remote layer, does not load capture and the qemu tools.
+Kept apart from publishing (gallery/image_versions.py) so that what only edits records (boot check
+results, revocations, the remote layer) does not load capture with it.
 """
 
 from __future__ import annotations
