@@ -13,9 +13,12 @@ from imgtool.errors import InvalidArgument
 from imgtool.gallery.versions import Version
 
 MAX_NAME = 80
-# One path component of a registry repository name, as the OCI distribution spec defines it: the
-# remote layer names repositories with it, and signatures check the repositories they bind with it.
-REPOSITORY_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+# Registry repository names as the OCI distribution spec defines them: the remote layer names each
+# path component with the first (`x--` + base32 for names that are not components), and signatures
+# check the repositories they bind with the second, so every repository imgtool pushes to can be signed.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+REPOSITORY_COMPONENT = re.compile(rf"^{_COMPONENT}$")
+REPOSITORY_PATH = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
 _NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$")
 RULE = (f"1-{MAX_NAME} characters: letters, digits, '.', '_' and '-', starting and ending with a letter or "
         "digit, no '..'")

@@ -3,8 +3,10 @@
 Measured on the benchmark machine (docs/DESIGN.md, "Direct I/O, measured"): a
 buffered write plus fsync of 1.2 GB costs 2.7 CPU-s in the kernel,
 copying into the page cache, and 3.2 s of wall; the same bytes with O_DIRECT
-cost 0.1 CPU-s and 0.7 s. Capture writes its packs, materialize its disks,
-once, and nothing reads them back soon, so caching them buys nothing.
+cost 0.1 CPU-s and 0.7 s. Capture writes its packs, materialize a VM's base,
+once, fsynced, and nothing reads them back soon, so caching them buys nothing.
+(An export is not fsynced: there the page cache is cheaper, PositionalWriter's
+bypass_cache=False.)
 
 O_DIRECT wants the file offset, the length and the memory address aligned to
 the device's block: the bytes are copied into a page-aligned buffer per thread

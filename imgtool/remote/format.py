@@ -36,7 +36,6 @@ MAX_INDEX = 128 << 20  # 60 bytes a chunk: 2.2 million chunks, 280 GiB of data a
 MAX_PACK = 1 << 30
 MAX_LAYERS = 20_000  # at ~32 MiB per pack: 600 GiB of new data in one version, inside the 4 MiB manifest
 
-COMPONENT = REPOSITORY_COMPONENT  # remotes checks URL prefixes with it too
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 ENCODED = "x--"
 
@@ -49,7 +48,7 @@ def repo_component(name: str) -> str:
     `x--` + lower-case base32 of the UTF-8 name without padding, and so does a name that itself starts
     with `x--`, so the two forms never collide.
     """
-    if name == name.lower() and COMPONENT.fullmatch(name) and not name.startswith(ENCODED):
+    if name == name.lower() and REPOSITORY_COMPONENT.fullmatch(name) and not name.startswith(ENCODED):
         return name
     return ENCODED + base64.b32encode(name.encode()).decode("ascii").rstrip("=").lower()
 

@@ -20,8 +20,7 @@ from urllib.parse import urlsplit
 
 from imgtool.errors import AlreadyExists, Corrupt, InvalidArgument, NotFound
 from imgtool.home import Home
-from imgtool.names import check_name
-from imgtool.remote.format import COMPONENT
+from imgtool.names import REPOSITORY_COMPONENT, check_name
 from store import atomic
 from store.lock import file_lock
 
@@ -104,7 +103,7 @@ def check_url(url: str, *, insecure: bool) -> str:
                               hint="use https, or add --insecure if you accept unencrypted, unverified traffic")
     prefix = parts.path.strip("/")
     for component in [p for p in prefix.split("/") if p]:
-        if not COMPONENT.fullmatch(component):
+        if not REPOSITORY_COMPONENT.fullmatch(component):
             raise InvalidArgument(f"prefix component '{component}' is not a valid repository name",
                                   hint="use lower-case letters and digits, separated by '.', '_' or '-'")
     return f"{parts.scheme}://{parts.netloc.lower()}" + (f"/{prefix}" if prefix else "")

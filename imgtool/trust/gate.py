@@ -27,6 +27,7 @@ from imgtool.gallery.galleries import VERSIONS
 from imgtool.gallery.lookup import get_version
 from imgtool.gallery.model import ImageVersion
 from imgtool.home import Home
+from imgtool.names import REPOSITORY_PATH
 from imgtool.records import check_record
 from imgtool.remote import format as fmt
 from imgtool.remote.catalog import RemoteVersion
@@ -265,7 +266,7 @@ def verify_local(home: Home, ref: str, *, deep: bool = True) -> LocalVerdict | N
 def _placeholder(origin: dict[str, Any], version: ImageVersion) -> sig.SignedName:
     """A name for messages when no signature set is stored (the policy refuses or warns before using it)."""
     repository = str(origin.get("repository") or "unknown")
-    return sig.SignedName("unknown", repository if sig.REPOSITORY.fullmatch(repository) else "unknown",
+    return sig.SignedName("unknown", repository if REPOSITORY_PATH.fullmatch(repository) else "unknown",
                           version.gallery, version.definition, version.version)
 
 

@@ -51,7 +51,7 @@ from typing import Any
 
 from imgtool.errors import Corrupt, InvalidArgument
 from imgtool.gallery.versions import Version
-from imgtool.names import REPOSITORY_COMPONENT, check_name
+from imgtool.names import REPOSITORY_PATH, check_name
 from imgtool.trust import strict
 from imgtool.trust.clock import format_time, parse_time
 from imgtool.trust.keys import ALGORITHM, KEY_ID, SigningKey
@@ -73,12 +73,7 @@ MAX_REFERRER_MANIFEST = 64 * 1024
 MAX_REFERRERS_INDEX = 4 * 1024 * 1024  # the registry manifest limit
 MAX_REFERRERS = 256  # candidates fetched per version; more is a flood, refused
 
-_component = REPOSITORY_COMPONENT.pattern.removeprefix("^").removesuffix("$")
 _REGISTRY = re.compile(r"^[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?(?::[0-9]{1,5})?$")
-# A repository path as distribution defines it, built from the one component grammar the remote layer
-# names repositories with (`x--` + base32 for names that are not components, imgtool.remote.format):
-# every repository imgtool pushes to can be signed.
-REPOSITORY = re.compile(rf"^{_component}(?:/{_component})*$")
 _STAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 
 
@@ -93,7 +88,7 @@ class SignedName:
     version: str
 
     def __post_init__(self) -> None:
-        if not _REGISTRY.fullmatch(self.registry) or not REPOSITORY.fullmatch(self.repository):
+        if not _REGISTRY.fullmatch(self.registry) or not REPOSITORY_PATH.fullmatch(self.repository):
             raise InvalidArgument(f"'{self.registry}/{self.repository}' is not a registry repository",
                                   hint="a lower-case host[:port] and repository path")
         check_name(self.gallery, "gallery")
