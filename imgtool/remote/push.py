@@ -3,9 +3,10 @@
 Order for one version (a kill at any point leaves the remote without a tag that names missing data):
 1. learn what the repository and its siblings hold (their indexes);
 2. mount packs that only siblings hold (no bytes move); a refused mount makes those chunks "new";
-3. upload new packs (zstd frames read straight from the local store, never recompressed), several
-   at a time, skipping any a killed run already uploaded (packs are deterministic: the same new
-   chunks in the same order give the same bytes, hence the same sha256);
+3. upload new packs (a chunk's own zstd frame copied from the local store; one out of an optimized
+   span compressed again on its own), several at a time, skipping any a killed run already uploaded
+   (packs are deterministic: the same new chunks in the same order give the same bytes, hence the
+   same sha256);
 4. upload the per-disk chunk indexes and the config;
 5. put the manifest by digest, call the hook (signing), then put the tag.
 A second push of the same version finds the tag with the same disks and settings and sends nothing.
@@ -249,8 +250,8 @@ class Pusher:
         return located
 
     def _upload_packs(self, repo: str, new: list[bytes], result: PushResult) -> dict[bytes, IndexEntry]:
-        """Pack the new chunks' frames (read straight from the store) and upload the packs, several at
-        a time. The main thread only reads frames; joining a pack, hashing it (its name) and sending it
+        """Pack the new chunks' one-chunk frames (PackReader.chunk_frame) and upload the packs, several
+        at a time. The main thread only reads frames; joining a pack, hashing it (its name) and sending it
         happen on the pool, so the last pack's hash does not wait behind the others' reads."""
         known = self.known[repo]
         located: dict[bytes, IndexEntry] = {}
