@@ -24,9 +24,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from store import codec, direct
+from store.packs import PACK_TARGET
 
 RUN = 8  # chunks per read, as store/ingest.py reads them
-GROUP = 16 << 20  # bytes per written file, as store/packs.py's PACK_TARGET
 
 
 def _task(fds: tuple[int, int], offset: int, length: int, chunk: int) -> list[bytes]:
@@ -93,7 +93,7 @@ def floor(path: str, chunk: int = 128 << 10, write_to: Path | None = None) -> in
                 if writer is not None:
                     group.extend(frames)
                     size += sum(len(f) for f in frames)
-                    if size >= GROUP:
+                    if size >= PACK_TARGET:  # bytes per written file, as packs are cut
                         writer.write(group)
                         group, size = [], 0
         if writer is not None:
