@@ -14,11 +14,11 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imgtool import clock
 from imgtool.capture.disk import CAPTURES
 from imgtool.errors import ImgtoolError
 from imgtool.gallery import recycle
@@ -28,6 +28,7 @@ from imgtool.home import Home
 from imgtool.vm import bases
 from imgtool.vm import lifecycle as vm
 from imgtool.vm import record as vmrecord
+from store import fsclock
 from store import gc as store_gc
 
 DEFAULT_CAPTURE_RETENTION = 24 * 3600  # seconds an unpublished capture is kept
@@ -163,9 +164,10 @@ def _deletions(home: Home, now: float) -> tuple[list[recycle.DeletedItem], list[
 def plan(home: Home, *, capture_retention: float = DEFAULT_CAPTURE_RETENTION, now: float | None = None) -> GcPlan:
     """What gc would do now. The caller holds the store's exclusive lock (and executes under it)."""
     store = home.store
-    at = time.time() if now is None else now
-    expired, kept = _captures(home, capture_retention, at)
-    purged, retained = _deletions(home, at)
+    # Lease ages are mtimes, so they are measured by the file system's clock; deletions carry stamps
+    # written by this clock. `now` (tests) stands for both.
+    expired, kept = _captures(home, capture_retention, fsclock.now(store.layout.tmp) if now is None else now)
+    purged, retained = _deletions(home, clock.now().timestamp() if now is None else now)
     gone = {(CAPTURES, h) for h in expired} | {(recycle.DELETED, *i.key) for i in purged}
     roots = [d for key, d in store.all_names() if key not in gone and (key[0], key[-1]) not in gone]
     roots += vmrecord.roots(home).values()

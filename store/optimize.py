@@ -12,14 +12,13 @@ exclusive lock (docs/STORE-FORMAT.md, "Optimize").
 from __future__ import annotations
 
 import os
-import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from store import codec
+from store import codec, fsclock
 from store.packs import (
     ChunkIndex,
     Entry,
@@ -69,7 +68,7 @@ def plan(store: Store, *, min_age: float = 0.0, estimate: bool = False) -> Plan:
     The caller holds the exclusive lock (a pack listed here must still be there to execute).
     """
     result = Plan()
-    now = time.time()
+    now = fsclock.now(store.layout.tmp)  # pack ages by the clock that stamped them
     for index_path in iter_index_files(store.layout):
         pack_hex, entries = decode_index(index_path.read_bytes(), what=index_path.name)
         pack = store.layout.pack(pack_hex)

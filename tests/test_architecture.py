@@ -124,7 +124,7 @@ def test_only_the_seams_reach_processes_and_the_network(module: str) -> None:
 
 
 # Pure: rules and records, importable anywhere without side effects.
-PURE = {"imgtool.errors", "imgtool.names", "imgtool.records", "imgtool.vocab", "imgtool.gallery.model",
+PURE = {"imgtool.errors", "imgtool.clock", "imgtool.names", "imgtool.records", "imgtool.vocab", "imgtool.gallery.model",
         "imgtool.gallery.versions", "imgtool.gallery.lifecycle_model", "imgtool.tools.qemu", "store.errors",
         "store.digest", "store.canonical", "store.progress"}
 PURE_PACKAGES = ("imgtool.formats",)

@@ -63,7 +63,7 @@ def test_statements_that_do_not_count(ring: KeyRing) -> None:
 
 def test_an_expired_key_revokes_nothing(tmp_path: Path) -> None:
     keys = KeyRing(tmp_path / "keys")
-    keys.generate("short", expires=WHEN + timedelta(days=1))
+    keys.generate("short", expires=WHEN + timedelta(days=1), at=WHEN)
     key = keys.load("short")
     data = rev.sign(key, NAME, DIGEST, "old", revoked_at=WHEN)
     assert "expired" in str(rev.judge(data, keys=trusted(key), name=NAME, manifest_digest=DIGEST,

@@ -57,7 +57,7 @@ def key_generate(ctx: typer.Context, name: str,
                  expires: Annotated[str | None, Opt(help="Expiry date (YYYY-MM-DD, UTC); verifiers refuse "
                                                          "the key's signatures after it.")] = None) -> None:
     """Create an ed25519 signing key under the home (private key 0600, never printed)."""
-    from imgtool.trust.clock import parse_time
+    from imgtool.clock import parse_time
     from imgtool.trust.homes import keyring
 
     st = state(ctx)
@@ -72,15 +72,15 @@ def key_generate(ctx: typer.Context, name: str,
 @key_app.command("list")
 def key_list(ctx: typer.Context) -> None:
     """List your signing keys."""
-    from imgtool.trust.clock import format_time
+    from imgtool.clock import stamp
     from imgtool.trust.homes import keyring
 
     st = state(ctx)
     ring = keyring(st.home)
     keys = [ring.load(name) for name in ring.names()]
     rows: list[dict[str, Any]] = [
-        {"name": k.name, "key_id": k.public.key_id, "created": format_time(k.created),
-         "expires": format_time(k.public.expires) if k.public.expires else None} for k in keys]
+        {"name": k.name, "key_id": k.public.key_id, "created": stamp(k.created),
+         "expires": stamp(k.public.expires) if k.public.expires else None} for k in keys]
     if st.json:
         emit_json(rows)
         return
@@ -110,8 +110,8 @@ def trust_add(ctx: typer.Context, remote: str, key_file: Path,
               expires: Annotated[str | None, Opt(help="Stop trusting the key after this date (YYYY-MM-DD, "
                                                       "UTC); overrides the expiry in the file.")] = None) -> None:
     """Trust KEY_FILE's signatures on REMOTE; the remote's policy becomes `signed`."""
+    from imgtool.clock import parse_time
     from imgtool.errors import NotFound
-    from imgtool.trust.clock import parse_time
     from imgtool.trust.homes import trust_store
     from imgtool.trust.keys import MAX_PUBLIC_KEY_FILE, parse_public_key
 
@@ -189,11 +189,11 @@ def trust_policy(ctx: typer.Context, remote: str,
 
 
 def _key_json(remote: str, entry: "TrustedKey") -> dict[str, Any]:
-    from imgtool.trust.clock import format_time
+    from imgtool.clock import stamp
 
     return {"remote": remote, "key_id": entry.key_id, "name": entry.key.name, "gallery": entry.gallery,
-            "expires": format_time(entry.key.expires) if entry.key.expires else None,
-            "added": format_time(entry.added)}
+            "expires": stamp(entry.key.expires) if entry.key.expires else None,
+            "added": stamp(entry.added)}
 
 
 @trust_app.command("signing-key")

@@ -14,16 +14,16 @@ Check kinds:
 
 from __future__ import annotations
 
-import datetime as dt
 import secrets
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from imgtool.clock import stamp
 from imgtool.errors import InvalidArgument, NotFound, ToolFailed
 from imgtool.gallery.galleries import get_definition
-from imgtool.gallery.lifecycle_model import BootCheck, CheckResult, stamp, tail
+from imgtool.gallery.lifecycle_model import BootCheck, CheckResult, tail
 from imgtool.gallery.lookup import get_version
 from imgtool.gallery.model import Definition, ImageVersion
 from imgtool.gallery.version_changes import update_version
@@ -86,7 +86,7 @@ def run_check(home: Home, version: ImageVersion, check: BootCheck, *, accel: str
             console = _console(home, name) if failure else None
         finally:
             vm.delete(home, name)
-    when = stamp(dt.datetime.now(dt.UTC))
+    when = stamp()
     if failure is None:
         return CheckResult("passed", check.describe(), when, elapsed)
     return CheckResult("failed", check.describe(), when, elapsed, failure, console)
@@ -175,5 +175,5 @@ def promote(home: Home, text: str, *, reason: str | None = None) -> ImageVersion
     version, _ = get_version(home, text)
     before = version.check.describe() if version.check else "no check required"
     detail = f"promoted by hand (was: {before[:200]})" + (f": {reason}" if reason else "")
-    return update_version(home, text, check=CheckResult("promoted", None, stamp(dt.datetime.now(dt.UTC)),
+    return update_version(home, text, check=CheckResult("promoted", None, stamp(),
                                                         None, detail))

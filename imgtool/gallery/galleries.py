@@ -12,8 +12,9 @@ import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
+from imgtool.clock import stamp
 from imgtool.errors import AlreadyExists, InvalidArgument, NotFound
-from imgtool.gallery.model import UPDATABLE_DEFINITION, Definition, Gallery, now
+from imgtool.gallery.model import UPDATABLE_DEFINITION, Definition, Gallery
 from imgtool.home import Home
 from imgtool.names import DefinitionRef, check_name
 from store.lock import file_lock
@@ -62,7 +63,7 @@ def list_galleries(home: Home) -> list[Gallery]:
 
 def update_gallery(home: Home, name: str, *, description: str) -> Gallery:
     with gallery_lock(home, name):
-        updated = dataclasses.replace(get_gallery(home, name), description=description, updated=now())
+        updated = dataclasses.replace(get_gallery(home, name), description=description, updated=stamp())
         home.store.set_name(GALLERIES, name, target=home.store.put_manifest(updated.to_json()))
     return updated
 
@@ -118,7 +119,7 @@ def update_definition(home: Home, ref: DefinitionRef, **changes: Any) -> Definit
                               hint=f"updatable: {', '.join(UPDATABLE_DEFINITION)}")
     with gallery_lock(home, ref.gallery):
         current = get_definition(home, ref)
-        updated = dataclasses.replace(current, updated=now(), **changes)
+        updated = dataclasses.replace(current, updated=stamp(), **changes)
         digest = home.store.put_manifest(updated.to_json())
         home.store.set_name(DEFINITIONS, ref.gallery, ref.definition, target=digest)
     return updated

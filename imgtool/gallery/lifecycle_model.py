@@ -190,10 +190,6 @@ def parse_time(value: str, what: str) -> dt.datetime:
     return parsed
 
 
-def stamp(when: dt.datetime) -> str:
-    return when.astimezone(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
 def tail(text: str, limit: int = MAX_TAIL) -> str:
     """The end of a console log, cut at a line start, printable enough for a record."""
     cut = text[-limit:]

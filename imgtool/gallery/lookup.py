@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
+from imgtool import clock
 from imgtool.errors import NotFound
 from imgtool.gallery import recycle
 from imgtool.gallery.galleries import VERSIONS, get_definition_with_digest
@@ -21,10 +20,11 @@ def list_versions(home: Home, ref: DefinitionRef) -> list[Summary]:
     return sorted(summaries(home, ref), key=lambda s: tuple(map(int, s.version.split("."))))
 
 
-def latest_of(found: list[Summary]) -> tuple[Version | None, list[Verdict]]:
+def latest_of(found: list[Summary], *, today: str | None = None) -> tuple[Version | None, list[Verdict]]:
+    """`latest` among `found` on `today` (default: the UTC date now; end-of-life dates are compared with it)."""
     candidates = [Candidate(Version(*map(int, s.version.split("."))), s.exclude_from_latest, s.end_of_life,
                             s.check, s.revoked) for s in found]
-    return resolve_latest(candidates, today=dt.date.today().isoformat())
+    return resolve_latest(candidates, today=today or clock.today())
 
 
 def resolve(home: Home, ref: DefinitionRef) -> tuple[Version | None, list[Verdict]]:

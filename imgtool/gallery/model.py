@@ -12,6 +12,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
+from imgtool.clock import stamp
 from imgtool.errors import Corrupt, InvalidArgument
 from imgtool.gallery.lifecycle_model import BootCheck, CheckResult, Revocation
 from imgtool.records import Fields, JsonObject, build, check_record
@@ -26,10 +27,6 @@ DISK_FORMATS = values(DiskFormat)
 UPDATABLE_DEFINITION = ("description", "recommended", "end_of_life", "release_notes_uri", "tags", "boot_check")
 UPDATABLE_VERSION = ("exclude_from_latest", "end_of_life", "block_deletion_before_end_of_life", "check",
                      "revocation")
-
-
-def now() -> str:
-    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
@@ -82,7 +79,7 @@ class Range:
 class Gallery:
     name: str
     description: str = ""
-    created: str = field(default_factory=now)
+    created: str = field(default_factory=stamp)
     updated: str | None = None
 
     FIELDS = frozenset({"name", "description", "created", "updated"})
@@ -119,7 +116,7 @@ class Definition:
     end_of_life: str | None = None
     features: tuple[tuple[str, str], ...] = ()
     tags: tuple[tuple[str, str], ...] = ()
-    created: str = field(default_factory=now)
+    created: str = field(default_factory=stamp)
     updated: str | None = None
     boot_check: BootCheck | None = None  # set: versions start pending until a boot check passes
 
@@ -202,7 +199,7 @@ class ImageVersion:
     os_state: str
     disks: tuple[Disk, ...]  # OS disk first, then data disks by LUN
     definition_record: str  # digest of the definition as it was when published
-    published: str = field(default_factory=now)
+    published: str = field(default_factory=stamp)
     exclude_from_latest: bool = False
     end_of_life: str | None = None
     block_deletion_before_end_of_life: bool = False
@@ -268,4 +265,4 @@ class ImageVersion:
         if bad:
             raise InvalidArgument(f"{', '.join(sorted(bad))} cannot change after publishing",
                                   hint=f"updatable: {', '.join(UPDATABLE_VERSION)}")
-        return dataclasses.replace(self, updated=now(), **changes)
+        return dataclasses.replace(self, updated=stamp(), **changes)

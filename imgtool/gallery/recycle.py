@@ -19,9 +19,11 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+from imgtool import clock
+from imgtool.clock import stamp
 from imgtool.errors import AlreadyExists, NotFound, Refused
 from imgtool.gallery.galleries import DEFINITIONS, GALLERIES, VERSIONS
-from imgtool.gallery.lifecycle_model import DeletedRecord, parse_time, stamp
+from imgtool.gallery.lifecycle_model import DeletedRecord, parse_time
 from imgtool.home import Home
 
 DELETED = "deleted"
@@ -53,7 +55,7 @@ def label_of(key: tuple[str, ...]) -> str:
 
 
 def _now(now: dt.datetime | None) -> dt.datetime:
-    return now if now is not None else dt.datetime.now(dt.UTC)
+    return now if now is not None else clock.now()
 
 
 def items(home: Home, *prefix: str) -> list[DeletedItem]:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 
+from imgtool.clock import stamp
 from imgtool.gallery.galleries import VERSIONS
-from imgtool.gallery.lifecycle_model import Revocation, stamp
+from imgtool.gallery.lifecycle_model import Revocation
 from imgtool.gallery.model import ImageVersion
 from imgtool.gallery.version_changes import update_version
 from imgtool.home import Home
@@ -22,7 +23,7 @@ from imgtool.vm import record as vmrecord
 def revoke(home: Home, text: str, reason: str, *, now: dt.datetime | None = None) -> tuple[ImageVersion, list[str]]:
     """Mark G/D@X.Y.Z revoked (a new record moves the name); returns it and the VMs standing on it."""
     parse_image_ref(text, require_version=True)
-    revocation = Revocation(reason, stamp(now or dt.datetime.now(dt.UTC)))
+    revocation = Revocation(reason, stamp(now))
     updated = update_version(home, text, revocation=revocation)
     return updated, vmrecord.vms_using(home, updated.gallery, updated.definition, updated.version)
 

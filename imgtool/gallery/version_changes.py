@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from imgtool import clock
 from imgtool.errors import InvalidArgument, Refused
 from imgtool.gallery import recycle
 from imgtool.gallery.galleries import VERSIONS, gallery_lock
@@ -26,7 +27,7 @@ def check_block_deletion(block: bool, end_of_life: str | None) -> None:
     if end_of_life is None:
         raise InvalidArgument("--block-deletion-before-end-of-life needs an end of life to block until",
                               hint="give --end-of-life YYYY-MM-DD (a date ahead)")
-    if end_of_life[:10] <= dt.date.today().isoformat():
+    if end_of_life[:10] <= clock.today():
         raise InvalidArgument(f"end of life {end_of_life[:10]} is not ahead, so there is nothing to block deletion "
                               "before", hint="give a later --end-of-life, or drop the deletion block")
 
@@ -58,7 +59,7 @@ def delete_version(home: Home, text: str, *, purge: bool = False, now: dt.dateti
             raise Refused(f"version {text} is used by VMs: {', '.join(users)}",
                           hint="delete those VMs first (imgtool vm delete)")
         if current.block_deletion_before_end_of_life and (
-                current.end_of_life is None or current.end_of_life[:10] > dt.date.today().isoformat()):
+                current.end_of_life is None or current.end_of_life[:10] > clock.today()):
             raise Refused(f"version {text} blocks deletion before its end of life ({current.end_of_life})",
                           hint="wait for the end of life, or clear the block with imgtool version update")
         key = (VERSIONS, ref.gallery, ref.definition, current.version)

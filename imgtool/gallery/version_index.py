@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from imgtool.gallery.galleries import VERSIONS
 from imgtool.gallery.model import ImageVersion
 from imgtool.home import Home
 from imgtool.names import DefinitionRef
-from store import atomic
+from store import atomic, fsclock
 
 FORMAT = 2  # 2: summaries carry the boot check state and revocation
 RACY_NS = 2_000_000_000
@@ -101,7 +100,7 @@ def summaries(home: Home, ref: DefinitionRef) -> list[Summary]:
             found.append(Summary.of(ImageVersion.from_json(home.store.get_manifest(record)), record))
         else:
             found.append(Summary(**item))
-    if time.time_ns() - key["folder_mtime_ns"] < RACY_NS:
+    if fsclock.now_ns(home.store.layout.tmp) - key["folder_mtime_ns"] < RACY_NS:
         return found  # too fresh to trust its mtime: rebuild next time
     with contextlib.suppress(Exception):  # a cache that cannot be written only costs time
         body = {"format": FORMAT, "key": key, "versions": [s.to_json() for s in found]}

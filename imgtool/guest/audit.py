@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from imgtool.gallery.model import now
+from imgtool.clock import stamp
 from imgtool.guest import fs
 from imgtool.guest.fs import Debugfs
 
@@ -47,7 +47,7 @@ class Report:
     reason: str | None = None
     findings: tuple[Finding, ...] = ()
     facts: dict[str, Any] = field(default_factory=dict)
-    audited_at: str = field(default_factory=now)
+    audited_at: str = field(default_factory=stamp)
 
     @property
     def clean(self) -> bool:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from imgtool import clock
 from imgtool.errors import Corrupt, InvalidArgument, NotFound
 from imgtool.gallery.versions import Candidate, Verdict, Version, resolve_latest
 from imgtool.remote.format import parse_manifest
@@ -48,7 +48,7 @@ def resolve(found: list[RemoteVersion], *, refused: dict[str, str] | None = None
     refused = refused or {}
     candidates = [Candidate(Version.parse(v.version), v.exclude_from_latest or v.version in refused, v.end_of_life,
                             v.check, v.revoked) for v in found]
-    chosen, verdicts = resolve_latest(candidates, today=dt.date.today().isoformat())
+    chosen, verdicts = resolve_latest(candidates, today=clock.today())
     return chosen, [Verdict(v.version, v.chosen, f"dropped: {refused[str(v.version)]}")
                     if str(v.version) in refused else v for v in verdicts]
 

@@ -23,12 +23,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from imgtool.clock import stamp
 from imgtool.errors import AlreadyExists, Corrupt, InvalidArgument, NotFound, Refused
 from imgtool.formats import DEFAULT_MAX_VIRTUAL_SIZE
 from imgtool.formats._common import LIMIT_ENV
 from imgtool.gallery import galleries
 from imgtool.gallery.galleries import DEFINITIONS, GALLERIES, VERSIONS, gallery_lock
-from imgtool.gallery.model import Definition, Gallery, ImageVersion, now
+from imgtool.gallery.model import Definition, Gallery, ImageVersion
 from imgtool.home import Home
 from imgtool.names import DefinitionRef, ImageRef, parse_definition_ref, parse_image_ref, ref_fields
 from imgtool.remote import catalog, fetch
@@ -291,7 +292,7 @@ class Puller:
     def _local_version(self, version: ImageVersion, local: DefinitionRef, repo: str, tag: str,
                        manifest_digest: str, extra: dict[str, Any]) -> ImageVersion:
         origin = {"remote": self.remote.name, "url": self.remote.url, "repository": repo, "tag": tag,
-                  "manifest": manifest_digest, "pulled": now()}
+                  "manifest": manifest_digest, "pulled": stamp()}
         provenance = {**version.provenance, **extra, "pulled_from": origin}
         return replace(version, gallery=local.gallery, definition=local.definition, provenance=provenance)
 
@@ -303,7 +304,7 @@ class Puller:
             with contextlib.suppress(AlreadyExists):  # a concurrent pull made it
                 galleries.create_gallery(self.home, local.gallery, description)
         if store.get_name(DEFINITIONS, local.gallery, local.definition) is None:
-            mine = replace(definition, gallery=local.gallery, name=local.definition, created=now(), updated=None)
+            mine = replace(definition, gallery=local.gallery, name=local.definition, created=stamp(), updated=None)
             try:
                 galleries.create_definition(self.home, mine)
             except AlreadyExists:

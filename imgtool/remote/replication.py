@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imgtool.clock import stamp
 from imgtool.errors import Corrupt, ImgtoolError, InvalidArgument
 from imgtool.gallery.galleries import VERSIONS
-from imgtool.gallery.model import now
 from imgtool.gallery.versions import Version
 from imgtool.home import Home
 from imgtool.names import check_name, parse_image_ref, ref_fields
@@ -109,7 +109,7 @@ def set_targets(home: Home, text: str, *, add: Sequence[str] = (), remove: Seque
         targets = read_state(home, *key)
         for name in add:
             if name not in targets or targets[name].get("state") == "failed":
-                targets[name] = {"state": "pending", "since": now()}
+                targets[name] = {"state": "pending", "since": stamp()}
         for name in remove:
             targets.pop(name, None)
         _write_state(home, *key, targets)
@@ -167,16 +167,16 @@ def replicate(home: Home, scope: str | None = None, *, progress: Progress | None
 def replicate_one(home: Home, key: tuple[str, str, str], target: str, *,
                   progress: Progress | None = None) -> Outcome:
     name = f"{key[0]}/{key[1]}@{key[2]}"
-    _update(home, key, target, state="replicating", since=now(), progress=0)
+    _update(home, key, target, state="replicating", since=stamp(), progress=0)
     try:
         if home.store.get_name(VERSIONS, *key) is None:
             raise InvalidArgument(f"version {name} no longer exists here", hint="remove the target")
         [result] = push_source(home, name, target, progress=_Recorder(home, key, target, progress))
     except ImgtoolError as exc:
-        _update(home, key, target, state="failed", when=now(), error=exc.message,
+        _update(home, key, target, state="failed", when=stamp(), error=exc.message,
                 retry=f"imgtool replicate {name}")
         return Outcome(name, target, "failed", error=exc.message)
-    _update(home, key, target, state="completed", when=now(), manifest=result.manifest, error=None)
+    _update(home, key, target, state="completed", when=stamp(), manifest=result.manifest, error=None)
     return Outcome(name, target, "completed", result.manifest)
 
 

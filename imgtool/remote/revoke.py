@@ -19,6 +19,7 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from imgtool.clock import now, parse_time
 from imgtool.errors import Corrupt, NotFound, Refused
 from imgtool.gallery.galleries import VERSIONS
 from imgtool.gallery.lifecycle_model import Revocation
@@ -34,7 +35,6 @@ from imgtool.remote.remotes import Remote
 from imgtool.remote.target import Target, read_all, sha256_of
 from imgtool.trust import revocations, strict
 from imgtool.trust import signatures as sig
-from imgtool.trust.clock import now, parse_time
 from imgtool.trust.gate import SIGNING_KEY, registry_of
 from imgtool.trust.homes import keyring, trust_store
 from imgtool.vm import record as vmrecord

@@ -22,6 +22,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+from imgtool.clock import now
 from imgtool.errors import Corrupt, InvalidArgument, NotFound, Refused
 from imgtool.gallery.galleries import VERSIONS
 from imgtool.gallery.lookup import get_version
@@ -35,7 +36,6 @@ from imgtool.remote.remotes import Remote
 from imgtool.remote.target import Fetched, Target, read_all, sha256_of
 from imgtool.trust import referrers
 from imgtool.trust import signatures as sig
-from imgtool.trust.clock import now
 from imgtool.trust.homes import keyring, trust_store
 from imgtool.trust.keys import PublicKey
 from imgtool.trust.policy import ANY, SIGNED, UNSET, Acceptance

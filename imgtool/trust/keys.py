@@ -28,10 +28,10 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from imgtool.clock import now, parse_time, stamp
 from imgtool.errors import AlreadyExists, Corrupt, InvalidArgument, NotFound, Refused
 from imgtool.names import check_name
 from imgtool.records import check_record
-from imgtool.trust.clock import format_time, now, parse_time
 from store import atomic
 
 ALGORITHM = "ed25519"
@@ -74,7 +74,7 @@ class PublicKey:
         lines = [f"imgtool-key: {self.name}"] if self.name else []
         lines.append(f"imgtool-key-id: {self.key_id}")
         if self.expires is not None:
-            lines.append(f"imgtool-key-expires: {format_time(self.expires)}")
+            lines.append(f"imgtool-key-expires: {stamp(self.expires)}")
         return "\n".join(lines) + "\n" + self.pem()
 
 
@@ -143,12 +143,13 @@ class KeyRing:
         check_name(name, "key")
         return self.folder / f"{name}.key", self.folder / f"{name}.json"
 
-    def generate(self, name: str, *, expires: datetime | None = None) -> PublicKey:
-        """Create key NAME. The private key file is created 0600 and never replaced."""
+    def generate(self, name: str, *, expires: datetime | None = None, at: datetime | None = None) -> PublicKey:
+        """Create key NAME at time `at` (default: now). The private key file is created 0600 and never
+        replaced; an expiry at or before `at` is refused."""
         key_path, meta_path = self._paths(name)
         if meta_path.exists() or key_path.exists():
             raise AlreadyExists(f"key {name} already exists", hint=f"imgtool key export {name} shows its public key")
-        created = now()
+        created = now() if at is None else at
         if expires is not None and expires <= created:
             raise InvalidArgument("the expiry is in the past", hint="give a future date with --expires")
         private = Ed25519PrivateKey.generate()
@@ -156,7 +157,7 @@ class KeyRing:
                                     serialization.NoEncryption())
         public = PublicKey(_raw_public(private), name=name, expires=expires)
         meta = {"kind": "imgtool.signing-key", "format": 1, "name": name, "key_id": public.key_id,
-                "created": format_time(created), "expires": format_time(expires) if expires else None}
+                "created": stamp(created), "expires": stamp(expires) if expires else None}
         atomic.makedirs(self.folder)
         # Private key first: metadata without its key would list a key that cannot sign.
         if not atomic.create(key_path, pem, mode=0o600) or not atomic.create(

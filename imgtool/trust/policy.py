@@ -26,10 +26,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from imgtool.clock import now, parse_time, stamp
 from imgtool.errors import AlreadyExists, Corrupt, InvalidArgument, NotFound, Refused
 from imgtool.names import check_name
 from imgtool.records import check_record
-from imgtool.trust.clock import format_time, now, parse_time
 from imgtool.trust.keys import PublicKey, parse_public_key
 from imgtool.trust.signatures import SignedName, open_envelope, read_claim
 from store import atomic
@@ -219,7 +219,7 @@ def _judge(rt: RemoteTrust, name: SignedName, digest: str, data: bytes, when: da
     if claim.name != name:
         return Finding(envelope.key_id, f"signs another name ({claim.name})")
     if key.expires is not None and when >= key.expires:
-        return Finding(envelope.key_id, f"key expired on {format_time(key.expires)}")
+        return Finding(envelope.key_id, f"key expired on {stamp(key.expires)}")
     return Finding(envelope.key_id, "verified")
 
 
@@ -260,5 +260,5 @@ def _key_from_json(obj: Any, what: str) -> TrustedKey:
 
 def _remote_to_json(rt: RemoteTrust) -> dict[str, Any]:
     return {"policy": rt.policy, "signing_key": rt.signing_key,
-            "keys": [{"public_key": k.key.file_text(), "gallery": k.gallery, "added": format_time(k.added)}
+            "keys": [{"public_key": k.key.file_text(), "gallery": k.gallery, "added": stamp(k.added)}
                      for k in rt.keys]}

@@ -21,9 +21,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from imgtool.clock import parse_time, stamp
 from imgtool.errors import Corrupt, InvalidArgument
 from imgtool.trust import strict
-from imgtool.trust.clock import format_time, parse_time
 from imgtool.trust.keys import ALGORITHM, KEY_ID, SigningKey
 from imgtool.trust.policy import TrustedKey
 from imgtool.trust.signatures import MAX_ENVELOPE, MAX_PAYLOAD, SignedName, canonical, pae, read_statement
@@ -50,13 +50,13 @@ def payload_for(name: SignedName, manifest_digest: str, reason: str, *, revoked_
         raise InvalidArgument("a revocation needs a reason of 1-1024 characters", hint="say why")
     return canonical({"critical": {"identity": name.as_json(), "image": {"manifest-digest": manifest_digest},
                                    "reason": reason, "type": REVOCATION_TYPE},
-                      "optional": {"revoked-at": format_time(revoked_at)}})
+                      "optional": {"revoked-at": stamp(revoked_at)}})
 
 
 def sign(key: SigningKey, name: SignedName, manifest_digest: str, reason: str, *, revoked_at: datetime) -> bytes:
     """The envelope bytes revoking `manifest_digest` as `name`, signed with `key`."""
     if key.public.expires is not None and key.public.expires <= revoked_at:
-        raise InvalidArgument(f"signing key {key.name} expired on {format_time(key.public.expires)}",
+        raise InvalidArgument(f"signing key {key.name} expired on {stamp(key.public.expires)}",
                               hint="sign the revocation with a key that has not expired")
     payload = payload_for(name, manifest_digest, reason, revoked_at=revoked_at)
     signature = key.sign(pae(PAYLOAD_TYPE, payload))
@@ -86,7 +86,7 @@ def judge(data: bytes, *, keys: Sequence[TrustedKey], name: SignedName, manifest
     if len(signature) != 64 or not key.verify(signature, pae(PAYLOAD_TYPE, payload)):
         return "bad signature (it does not match its payload)"
     if key.expires is not None and when >= key.expires:
-        return f"signed by a key that expired on {format_time(key.expires)}"
+        return f"signed by a key that expired on {stamp(key.expires)}"
     try:
         claimed, digest, reason, revoked_at = _read(payload)
     except Corrupt as exc:
@@ -106,7 +106,7 @@ def _read(payload: bytes) -> tuple[SignedName, str, str, str]:
     if not reason.strip() or len(reason) > MAX_REASON:
         raise strict.refuse(what, "the reason must be 1-1024 characters")
     try:
-        revoked_at = format_time(parse_time(strict.text(found.optional, "revoked-at", what=what), "revoked-at"))
+        revoked_at = stamp(parse_time(strict.text(found.optional, "revoked-at", what=what), "revoked-at"))
     except InvalidArgument as exc:
         raise strict.refuse(what, exc.message) from exc
     return found.name, found.manifest_digest, reason, revoked_at

@@ -49,11 +49,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from imgtool.clock import parse_time, stamp
 from imgtool.errors import Corrupt, InvalidArgument
 from imgtool.gallery.versions import Version
 from imgtool.names import REPOSITORY_PATH, check_name
 from imgtool.trust import strict
-from imgtool.trust.clock import format_time, parse_time
 from imgtool.trust.keys import ALGORITHM, KEY_ID, SigningKey
 
 SIGNATURE_MEDIA_TYPE = "application/vnd.imgtool.signature.v1+json"
@@ -149,13 +149,13 @@ def payload_for(name: SignedName, manifest_digest: str, *, signed_at: datetime) 
         raise InvalidArgument(f"'{manifest_digest}' is not a sha256 manifest digest", hint="sha256:<64 hex digits>")
     return canonical({"critical": {"identity": name.as_json(), "image": {"manifest-digest": manifest_digest},
                                    "type": SIGNATURE_TYPE},
-                      "optional": {"signed-at": format_time(signed_at)}})
+                      "optional": {"signed-at": stamp(signed_at)}})
 
 
 def sign(key: SigningKey, name: SignedName, manifest_digest: str, *, signed_at: datetime) -> bytes:
     """The envelope bytes (a blob) signing `manifest_digest` as `name` with `key`."""
     if key.public.expires is not None and key.public.expires <= signed_at:
-        raise InvalidArgument(f"signing key {key.name} expired on {format_time(key.public.expires)}",
+        raise InvalidArgument(f"signing key {key.name} expired on {stamp(key.public.expires)}",
                               hint="imgtool key generate a new key, and give its public key to your users")
     payload = payload_for(name, manifest_digest, signed_at=signed_at)
     signature = key.sign(pae(PAYLOAD_TYPE, payload))
@@ -171,7 +171,7 @@ def referrer_manifest(envelope: bytes, subject: Descriptor, *, key_id: str, crea
         "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": SIGNATURE_MEDIA_TYPE,
         "config": {"mediaType": EMPTY_MEDIA_TYPE, "digest": EMPTY_DIGEST, "size": 2},
         "layers": [layer.as_json()], "subject": subject.as_json(),
-        "annotations": {KEY_ID_ANNOTATION: key_id, CREATED_ANNOTATION: format_time(created)},
+        "annotations": {KEY_ID_ANNOTATION: key_id, CREATED_ANNOTATION: stamp(created)},
     })
 
 

@@ -11,7 +11,6 @@ atomic, so of two `vm new` with the same name exactly one wins.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import getpass
 import json
 import os
@@ -21,10 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imgtool import clock
+from imgtool.clock import stamp
 from imgtool.errors import AlreadyExists, Corrupt, InvalidArgument, NotFound, Refused
 from imgtool.gallery import lookup
 from imgtool.gallery.galleries import get_definition
-from imgtool.gallery.model import Definition, ImageVersion, Range, now
+from imgtool.gallery.model import Definition, ImageVersion, Range
 from imgtool.home import Home
 from imgtool.names import DefinitionRef, check_name, parse_image_ref
 from imgtool.tools import accel, qemu_img
@@ -239,7 +240,7 @@ def _build(home: Home, folder: Path, req: NewVm, version: ImageVersion, version_
         shutil.copyfile(vars_template, folder / "ovmf-vars.fd")
         os.chmod(folder / "ovmf-vars.fd", 0o600)
     record = VmRecord(
-        name=req.name, created=now(), image=f"{version.gallery}/{version.definition}@{version.version}",
+        name=req.name, created=stamp(), image=f"{version.gallery}/{version.definition}@{version.version}",
         version_digest=version_digest, os_state=version.os_state, definition=definition.to_json(),
         definition_record=version.definition_record, cpus=cpus, memory_mib=memory, firmware=definition.firmware,
         arch=definition.architecture, disks=tuple(disks), seed=seed_info, forwards=req.forwards,
@@ -251,7 +252,7 @@ def _build(home: Home, folder: Path, req: NewVm, version: ImageVersion, version_
 def advice(home: Home, record: VmRecord, req: NewVm) -> list[str]:
     """Warnings for what vm new made: a version past its end of life, a VM nobody can log in to."""
     found = []
-    today = dt.date.today().isoformat()
+    today = clock.today()
     version = ImageVersion.from_json(home.store.get_manifest(record.version_digest))
     definition_eol = record.definition.get("end_of_life")
     for what, eol in ((f"version {record.image}", version.end_of_life),
@@ -285,7 +286,7 @@ def update(home: Home, name: str, *, cpus: int | None, memory_mib: int | None,
         else:
             options.check_cpus(new_cpus)
             options.check_memory(new_memory)
-        updated = dataclasses.replace(record, cpus=new_cpus, memory_mib=new_memory, updated=now())
+        updated = dataclasses.replace(record, cpus=new_cpus, memory_mib=new_memory, updated=stamp())
         save(home, updated)
     return updated
 
@@ -349,7 +350,7 @@ def snapshot(home: Home, name: str, snap: str) -> dict[str, Any]:
     for disk in record.disks:
         shutil.copyfile(vm_dir(home, name) / disk.overlay, tmp / disk.overlay)
         os.chmod(tmp / disk.overlay, 0o600)  # like the VM's own disks: what the guest wrote is private
-    info = {"name": snap, "vm": name, "created": now(), "disks": [dataclasses.asdict(d) for d in record.disks],
+    info = {"name": snap, "vm": name, "created": stamp(), "disks": [dataclasses.asdict(d) for d in record.disks],
             "image": record.image}
     atomic.replace(tmp / "snapshot.json", json.dumps(info, indent=2, sort_keys=True).encode())
     os.rename(tmp, target)

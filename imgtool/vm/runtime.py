@@ -22,8 +22,8 @@ from typing import Any
 
 import blake3
 
+from imgtool.clock import stamp
 from imgtool.errors import InvalidArgument, NotFound, Refused, ToolFailed
-from imgtool.gallery.model import now
 from imgtool.home import Home
 from imgtool.tools import accel, ports, qemu, qmp, run, sockets
 from imgtool.tools.ports import free_port
@@ -125,7 +125,7 @@ def start(home: Home, name: str, *, requested_accel: str | None = None, force: b
                 raise
     pid = int((folder / "qemu.pid").read_text().strip())
     state = {"pid": pid, "accel": accel_name, "ssh_port": spec.ssh_port, "qmp": str(spec.qmp_socket),
-             "started": now(), "qemu_argv": argv,
+             "started": stamp(), "qemu_argv": argv,
              "forwards": [{"host": f.host, "guest": f.guest} for f in record.forwards]}
     atomic.replace(folder / STATE, json.dumps(state, indent=2).encode())
     return state

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from imgtool.clock import now
 from imgtool.home import Home
 from imgtool.trust import referrers
 from imgtool.trust import signatures as sig
-from imgtool.trust.clock import now
 from imgtool.trust.keys import KeyRing
 from tests.cli import Cli
 from tests.conftest import require_tools
