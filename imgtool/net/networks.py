@@ -31,7 +31,7 @@ from store import atomic
 from store.lock import file_lock
 
 FORMAT = 1
-_FIELDS = {"name", "subnet", "created"}
+_FIELDS = {"name", "subnet", "created", "project"}
 
 
 @dataclass(frozen=True)
@@ -39,16 +39,20 @@ class NetworkRecord:
     name: str
     subnet: IPv4Network
     created: str
+    project: str | None = None  # the environment (imgtool up) that made it; None: made by network create
 
     def to_json(self) -> JsonObject:
-        return {"format": FORMAT, "kind": "network", "name": self.name, "subnet": str(self.subnet),
-                "created": self.created}
+        body: JsonObject = {"format": FORMAT, "kind": "network", "name": self.name, "subnet": str(self.subnet),
+                            "created": self.created}
+        if self.project is not None:
+            body["project"] = self.project
+        return body
 
     @classmethod
     def from_json(cls, obj: object, what: str) -> NetworkRecord:
         f = Fields(check_record(obj, kind="network", fmt=FORMAT, fields=_FIELDS, what=what), what)
         return build(what, lambda: cls(check_name(f.text("name"), "network"), subnets.parse_subnet(f.text("subnet")),
-                                       f.text("created")))
+                                       f.text("created"), f.opt_text("project")))
 
 
 def load(home: Home, name: str) -> NetworkRecord:
@@ -80,7 +84,8 @@ def list_all(home: Home) -> list[NetworkRecord]:
     return found
 
 
-def create(home: Home, name: str, *, subnet: str | None = None, clock: Callable[[], str]) -> NetworkRecord:
+def create(home: Home, name: str, *, subnet: str | None = None, clock: Callable[[], str],
+           project: str | None = None) -> NetworkRecord:
     """Make network `name` with `subnet` (CIDR) or the first free default /24.
 
     InvalidArgument for a bad name or subnet, Refused for an overlapping one, AlreadyExists if the
@@ -96,7 +101,7 @@ def create(home: Home, name: str, *, subnet: str | None = None, clock: Callable[
             raise AlreadyExists(f"network '{name}' already exists", hint=f"imgtool network show {name}")
         chosen = subnets.check_free(wanted, others) if wanted is not None else \
             subnets.default_subnet(s for _, s in others)
-        record = NetworkRecord(name, chosen, clock())
+        record = NetworkRecord(name, chosen, clock(), project)
         atomic.makedirs(paths.folder)
         if not atomic.create(paths.record, json.dumps(record.to_json(), indent=2, sort_keys=True).encode()):
             raise AlreadyExists(f"network '{name}' already exists", hint=f"imgtool network show {name}")
