@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -147,3 +148,24 @@ def test_socket_path_falls_back_for_deep_folders(tmp_path: Path) -> None:
     fallback = virtiofs.socket_path(deep, 1)
     assert fallback.parent.name.startswith("imgtool-") and fallback.name.endswith("-fs1.sock")
     assert len(str(fallback)) <= 107
+
+
+def test_spawn_hands_over_a_descriptor_and_appends_output_to_a_file(tmp_path: Path) -> None:
+    """run.spawn's pass_fds and output, which virtiofs.start relies on (a real child, a real pipe)."""
+    from imgtool.tools import run
+
+    log = tmp_path / "out.log"
+    log.write_text("before\n")
+    read_end, write_end = os.pipe()  # CLOEXEC, as Python makes them: spawn must hand it over anyway
+    try:
+        code = "import os, sys; print('out', flush=True); print('err', file=sys.stderr, flush=True); " \
+               "os.write(int(sys.argv[1]), b'through-fd\\n')"
+        child = run.spawn([sys.executable, "-c", code, str(write_end)], pass_fds=(write_end,), output=log)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            assert pipe.read() == b"through-fd\n"
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(write_end)
+    child.stop()
+    assert log.read_text().splitlines() == ["before", "out", "err"]
