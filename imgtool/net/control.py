@@ -88,7 +88,7 @@ def start(paths: NetworkPaths) -> None:
     """Start the network's switch unless one runs; returns once it answers."""
     if not paths.record.exists():
         raise NotFound(f"network '{paths.name}' does not exist", hint="imgtool network create NAME")
-    argv = [sys.executable, "-m", "imgtool.net.switch", os.fspath(paths.folder)]
+    argv = [sys.executable, "-m", "imgtool.net.daemon", os.fspath(paths.folder)]
     run.run(argv, timeout=START_TIMEOUT)
 
 
