@@ -126,7 +126,8 @@ def test_only_the_seams_reach_processes_and_the_network(module: str) -> None:
 # Pure: rules and records, importable anywhere without side effects.
 PURE = {"imgtool.errors", "imgtool.clock", "imgtool.names", "imgtool.records", "imgtool.vocab", "imgtool.gallery.model",
         "imgtool.gallery.versions", "imgtool.gallery.lifecycle_model", "imgtool.tools.qemu", "store.errors",
-        "store.digest", "store.canonical", "store.progress"}
+        "store.digest", "store.canonical", "store.progress", "imgtool.net.subnet", "imgtool.net.nic",
+        "imgtool.net.fabric", "imgtool.vm.shares"}
 PURE_PACKAGES = ("imgtool.formats",)
 SIDE_EFFECT_STDLIB = {"subprocess", "socket", "shutil", "threading", "multiprocessing", "http", "urllib",
                       "tempfile", "signal", "ctypes", "fcntl", "logging", "sh", "httpx", "typer"}
@@ -156,11 +157,15 @@ def _project_module(target: str) -> str | None:
 
 LAYERS = {  # package -> packages it must never import
     "imgtool.tools": ("imgtool.gallery", "imgtool.capture", "imgtool.vm", "imgtool.cli", "imgtool.remote",
-                      "imgtool.trust", "imgtool.guest", "imgtool.maintenance"),
+                      "imgtool.trust", "imgtool.guest", "imgtool.maintenance", "imgtool.net", "imgtool.environment"),
+    # Networks stand below the VMs (a VM start uses them) and know nothing of galleries or VMs.
+    "imgtool.net": ("imgtool.gallery", "imgtool.capture", "imgtool.vm", "imgtool.cli", "imgtool.remote",
+                    "imgtool.trust", "imgtool.guest", "imgtool.maintenance", "imgtool.environment"),
+    "imgtool.environment": ("imgtool.cli",),
     "imgtool.formats": ("imgtool.tools", "imgtool.gallery", "imgtool.capture", "imgtool.vm", "imgtool.cli"),
     "imgtool.gallery": ("imgtool.cli",),
     "imgtool.capture": ("imgtool.cli", "imgtool.vm.runtime", "imgtool.vm.lifecycle"),
-    "imgtool.vm": ("imgtool.cli",),
+    "imgtool.vm": ("imgtool.cli", "imgtool.environment"),
     "imgtool.remote": ("imgtool.cli",),
     "imgtool.trust": ("imgtool.cli",),
     "imgtool.guest": ("imgtool.cli",),

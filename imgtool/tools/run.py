@@ -44,6 +44,7 @@ PACKAGES = {
     "ssh": "openssh-client",
     "debugfs": "e2fsprogs",
     "qemu-storage-daemon": "qemu-system-common",
+    "unshare": "util-linux",
 }
 
 
@@ -304,11 +305,16 @@ def spawn(
     limits: Limits | None = None,
     env: dict[str, str] | None = None,
     tethered: bool = False,
+    pass_fds: tuple[int, ...] = (),
+    output: Path | None = None,
 ) -> Background:
     """Start a program in the background; the caller must `stop()` it.
 
     tethered: the child dies with this process even if it is SIGKILLed (qemu-nbd and probe guests
     run in sessions of their own, so nothing else would ever stop them).
+    pass_fds: descriptors the child inherits under the same numbers (a listening socket).
+    output: stdout and stderr appended to this file instead of kept in memory, for a child that
+    outlives this process (a pipe to us would break when we exit).
     """
     args = argv_strings(argv)
     command = sh.Command(which(args[0]))
@@ -322,6 +328,19 @@ def spawn(
         "_ok_code": OK_CODES,
         "_new_session": True,
     }
+    if pass_fds:
+        for fd in pass_fds:
+            os.set_inheritable(fd, True)  # sh keeps them open, but exec would close a CLOEXEC one
+        kwargs["_pass_fds"] = set(pass_fds)
+    if output is not None:
+        with open(output, "ab") as log_file:  # the child has its own copy once started
+            kwargs["_out"] = log_file
+            kwargs["_err_to_out"] = True
+            return _spawn(command, args, kwargs, limits, tethered)
+    return _spawn(command, args, kwargs, limits, tethered)
+
+
+def _spawn(command: Any, args: list[str], kwargs: dict[str, Any], limits: Limits | None, tethered: bool) -> Background:
     preexec = limits.preexec() if limits is not None else None
     if not tethered:
         if preexec is not None:

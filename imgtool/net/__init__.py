@@ -1,0 +1,1 @@
+"""Networks between VMs: guest subnets, network records, the per-network switch and the NIC's argv."""
