@@ -41,6 +41,16 @@ def _json(read: Callable[[Home, Request], Any]) -> Callable[[Request], Response]
     return endpoint
 
 
+def _cached(read: Callable[[Home, Request, views.Caches], Any]) -> Callable[[Request], Response]:
+    """An endpoint whose document is built through the server's caches (views.py: same documents)."""
+
+    def endpoint(request: Request) -> Response:
+        ctx: Context = request.app.state.ctx
+        return JSONResponse(read(ctx.home(), request, ctx.caches))
+
+    return endpoint
+
+
 def _console(home: Home, request: Request) -> dict[str, Any]:
 
     name = request.path_params["name"]
@@ -58,10 +68,10 @@ def routes() -> list[Route]:
         Route(f"/api/galleries/{g}/definitions",
               _json(lambda h, r: documents.definition_list(h, r.path_params["gallery"]))),
         Route(f"/api/definitions/{d}", _json(lambda h, r: documents.definition_show(h, definition_ref(r)))),
-        Route(f"/api/definitions/{d}/versions", _json(lambda h, r: documents.version_list(h, definition_ref(r)))),
-        Route(f"/api/definitions/{d}/resolve", _json(lambda h, r: documents.version_resolve(h, definition_ref(r)))),
-        Route(f"/api/versions/{v}", _json(lambda h, r: documents.version_show(h, version_ref(r)))),
-        Route(f"/api/versions/{v}/users", _json(lambda h, r: documents.version_users(h, version_ref(r)))),
+        Route(f"/api/definitions/{d}/versions", _cached(lambda h, r, c: views.version_list(h, definition_ref(r), c))),
+        Route(f"/api/definitions/{d}/resolve", _cached(lambda h, r, c: views.version_resolve(h, definition_ref(r), c))),
+        Route(f"/api/versions/{v}", _cached(lambda h, r, c: views.version_show(h, version_ref(r), c))),
+        Route(f"/api/versions/{v}/users", _cached(lambda h, r, c: views.version_users(h, version_ref(r), c))),
         Route("/api/vms", _json(lambda h, r: documents.vm_list(h))),
         Route("/api/vms/{name}", _json(lambda h, r: documents.vm_show(h, r.path_params["name"]))),
         Route("/api/vms/{name}/console", _json(_console)),

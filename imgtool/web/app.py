@@ -9,6 +9,8 @@ their library call to that pool.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,8 +19,13 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from imgtool.web import actions, api, background, documents, pages, security
+from imgtool.web import actions, api, background, documents, pages, security, views
 from imgtool.web.render import HERE, Context, handler, not_found
+
+
+def _warm(ctx: Context) -> None:
+    with contextlib.suppress(Exception):  # only a head start: a request computes whatever is missing
+        views.warm(ctx.home(), ctx.caches)
 
 
 def _guarded(route: BaseRoute) -> BaseRoute:
@@ -27,13 +34,17 @@ def _guarded(route: BaseRoute) -> BaseRoute:
     return route
 
 
-def build(root: Path, keys: security.Secrets, *, allow_actions: bool = False,
+def build(root: Path, keys: security.Secrets, *, allow_actions: bool = False, warm: bool = False,
           clock: Callable[[], float] = time.time) -> security.TokenGate:
-    """The whole application, behind the token gate."""
+    """The whole application, behind the token gate. warm: fill the caches and start counting `du` in the
+    background now, so that the first visits do not wait for them."""
     ctx = Context(Path(root), keys, allow_actions, clock=clock)
     ctx.du = background.Refreshing(lambda: documents.du(ctx.home()), clock=clock)
     routes = [*pages.routes(), *api.routes(), *actions.routes(),
               Mount("/static", StaticFiles(directory=HERE / "static"), name="static")]
     app = Starlette(routes=[_guarded(r) for r in routes], exception_handlers={404: not_found})
     app.state.ctx = ctx
+    if warm:
+        ctx.du.get()
+        threading.Thread(target=_warm, args=(ctx,), name="imgtool-serve-warm", daemon=True).start()
     return security.TokenGate(app, keys)

@@ -2,14 +2,13 @@
 
 A version record never changes (a new record moves the name), so its facts are remembered by record
 digest: after the first request only the names are listed again, and only records not seen before
-are read. The first read of a home with 10,000 versions costs about as much as `imgtool version users`.
+are read. The list of records comes from the version index (imgtool/web/views.py, every_version).
 """
 
 from __future__ import annotations
 
 import threading
 
-from imgtool.gallery.galleries import VERSIONS
 from imgtool.gallery.model import ImageVersion
 from imgtool.gallery.users import parents
 from imgtool.home import Home
@@ -35,9 +34,10 @@ class FactMemo:
         self._lock = threading.Lock()
         self._facts: dict[str, VersionFact] = {}
 
-    def versions(self, home: Home) -> list[VersionFact]:
+    def versions(self, home: Home, records: list[str]) -> list[VersionFact]:
+        """The facts of these version records (read only the first time a record is seen)."""
         found = []
-        for (_g, _d, _v), record in home.store.list_names(VERSIONS):
+        for record in records:
             with self._lock:
                 fact = self._facts.get(record)
             if fact is None:

@@ -7,7 +7,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from imgtool.web import documents, lineage, views
-from imgtool.web.facts import vm_facts
 from imgtool.web.render import Context, definition_ref, page_number, render, version_ref
 
 
@@ -31,25 +30,24 @@ def gallery(request: Request) -> Response:
 
 def definition(request: Request) -> Response:
     home = ctx_of(request).home()
-    return render(request, "definition.html", **views.definition_page(home, definition_ref(request),
-                                                                      page_number(request)))
+    return render(request, "definition.html", **views.definition_page(
+        home, definition_ref(request), page_number(request), ctx_of(request).caches))
 
 
 def version(request: Request) -> Response:
     ctx = ctx_of(request)
-    return render(request, "version.html", **views.version_page(ctx.home(), version_ref(request), ctx.chunks))
+    return render(request, "version.html", **views.version_page(ctx.home(), version_ref(request), ctx.caches))
 
 
 def sharing(request: Request) -> Response:
     ctx = ctx_of(request)
     return render(request, "sharing.html", **views.sharing_page(ctx.home(), definition_ref(request),
-                                                                page_number(request), ctx.chunks))
+                                                                page_number(request), ctx.caches))
 
 
 def lineage_page(request: Request) -> Response:
     ctx = ctx_of(request)
-    home = ctx.home()
-    graph = lineage.build(ctx.facts.versions(home), vm_facts(home))
+    graph = views.lineage_graph(ctx.home(), ctx.caches)
     return render(request, "lineage.html", graph=graph, paths=graph.edge_paths(), sizes=lineage)
 
 

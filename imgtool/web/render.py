@@ -23,8 +23,7 @@ from imgtool.cli.output import error_json, human_bytes
 from imgtool.errors import ImgtoolError, InvalidArgument, NotFound
 from imgtool.home import Home
 from imgtool.web import background, security
-from imgtool.web.facts import FactMemo
-from imgtool.web.sharing import ChunkMemo
+from imgtool.web.views import Caches
 
 HERE = Path(__file__).parent
 STATUS = {"not-found": 404, "invalid-argument": 400, "already-exists": 409, "refused": 409, "locked": 423}
@@ -38,8 +37,7 @@ class Context:
     root: Path
     keys: security.Secrets
     allow_actions: bool = False
-    chunks: ChunkMemo = field(default_factory=ChunkMemo)
-    facts: FactMemo = field(default_factory=FactMemo)
+    caches: Caches = field(default_factory=Caches)
     du: background.Refreshing | None = None
     clock: Callable[[], float] = time.time
 

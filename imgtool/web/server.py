@@ -65,7 +65,7 @@ def serve(root: Path, sock: socket.socket, keys: security.Secrets, *, allow_acti
     """Serve until interrupted (Ctrl-C); the socket is closed on the way out."""
 
 
-    app = build(root, keys, allow_actions=allow_actions)
+    app = build(root, keys, allow_actions=allow_actions, warm=True)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                             server_header=False, proxy_headers=False)
     try:

@@ -7,8 +7,7 @@ definition, and the bytes no other version in the home holds (what deleting it w
 `imgtool du`'s unique bytes).
 
 Disk manifests are immutable (a digest always means the same chunk list), so their chunk sets are
-remembered across requests; the per-chunk user counts are remembered for as long as the home's name
-log has not grown (every publish, delete or pull appends to it).
+remembered across requests; the caller remembers the per-chunk user counts (imgtool/web/memo.py).
 """
 
 from __future__ import annotations
@@ -19,8 +18,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from imgtool.gallery.galleries import VERSIONS
-from imgtool.gallery.model import ImageVersion
 from imgtool.home import Home
 
 MAX_REMEMBERED_DISKS = 4096  # each entry is a set of chunk digests: bound the memory a big home costs
@@ -41,14 +38,12 @@ class Row:
 
 
 class ChunkMemo:
-    """Chunk sets of disk manifests (by the tuple of a version's disks), the disks of version records, and
-    chunk user counts, remembered between requests (thread-safe; digests name immutable content)."""
+    """Chunk sets of disk manifests (by the tuple of a version's disks), remembered between requests
+    (thread-safe; a digest names immutable content)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._sets: dict[tuple[str, ...], frozenset[str]] = {}
-        self._records: dict[str, tuple[str, ...]] = {}
-        self._users: tuple[tuple[int, int], Counter[str]] | None = None
 
     def chunks(self, home: Home, disks: Iterable[str]) -> frozenset[str]:
         key = tuple(sorted(disks))
@@ -66,45 +61,15 @@ class ChunkMemo:
             self._sets[key] = chunks
         return chunks
 
-    def users(self, home: Home) -> Counter[str]:
-        """How many versions in the home hold each chunk (recounted when the name log changes)."""
-        key = _names_key(home)
-        with self._lock:
-            if self._users is not None and self._users[0] == key:
-                return self._users[1]
 
-        # Many versions name the same disks: count each distinct set of disks once, times its users.
-        by_disks: Counter[tuple[str, ...]] = Counter()
-        for _key, record in home.store.list_names(VERSIONS):
-            by_disks[self.disks_of(home, record)] += 1
-        counts: Counter[str] = Counter()
-        for disks, times in by_disks.items():
-            for chunk in self.chunks(home, disks):
-                counts[chunk] += times
-        with self._lock:
-            self._users = (key, counts)
-        return counts
-
-    def disks_of(self, home: Home, record: str) -> tuple[str, ...]:
-        """The disk digests of a version record (sorted)."""
-
-        with self._lock:
-            known = self._records.get(record)
-        if known is not None:
-            return known
-        disks = tuple(sorted(d.digest for d in ImageVersion.from_json(home.store.get_manifest(record)).disks))
-        with self._lock:
-            self._records[record] = disks
-        return disks
-
-
-def _names_key(home: Home) -> tuple[int, int]:
-    log = home.store.layout.log / "names.log"
-    try:
-        info = log.stat()
-    except FileNotFoundError:
-        return (0, 0)
-    return (info.st_size, info.st_mtime_ns)
+def chunk_users(home: Home, memo: ChunkMemo, disk_lists: Iterable[Sequence[str]]) -> Counter[str]:
+    """How many of these versions (each given as its disk digests) hold each chunk."""
+    by_disks: Counter[tuple[str, ...]] = Counter(tuple(sorted(disks)) for disks in disk_lists)
+    counts: Counter[str] = Counter()
+    for disks, times in by_disks.items():
+        for chunk in memo.chunks(home, disks):
+            counts[chunk] += times
+    return counts
 
 
 def stored(home: Home, chunks: Iterable[str]) -> int:
@@ -117,17 +82,12 @@ def stored(home: Home, chunks: Iterable[str]) -> int:
     return total
 
 
-def rows(home: Home, memo: ChunkMemo, versions: Sequence[tuple[str, Sequence[str]]],
-         window: range) -> list[Row]:
+def rows(home: Home, memo: ChunkMemo, versions: Sequence[tuple[str, Sequence[str]]], window: range,
+         users: Counter[str]) -> list[Row]:
     """Sharing for versions[window] of one definition, `versions` being (version, disk digests) lowest first.
     "Others" means every other version of the definition; "only here" is across the whole home."""
-    by_disks = Counter(tuple(sorted(disks)) for _v, disks in versions)
-    in_definition: Counter[str] = Counter()
-    for disks, times in by_disks.items():
-        for chunk in memo.chunks(home, disks):
-            in_definition[chunk] += times
+    in_definition = chunk_users(home, memo, (disks for _v, disks in versions))
     sets = {i: memo.chunks(home, versions[i][1]) for i in range(max(0, window.start - 1), window.stop)}
-    users = memo.users(home)
     found = []
     for i in window:
         mine = sets[i]

@@ -2,24 +2,32 @@
 (imgtool/web/documents.py) and a few reads of the same records.
 
 Pages never show more than a window of a long list: a definition with 10,000 versions is shown 50
-versions a page (newest first), so a page reads 50 full records, not 10,000.
+versions a page (newest first), so a page reads 50 full records, not 10,000. What depends only on
+names (version lists, `latest`, lineage facts, chunk users) is remembered between requests while the
+names are unchanged (imgtool/web/memo.py); the documents built from it are the same as the CLI's (a
+test compares them).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import datetime as dt
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 from imgtool.cli import shapes
 from imgtool.errors import ImgtoolError
 from imgtool.gallery import galleries, lookup
+from imgtool.gallery.version_index import Summary, summaries
 from imgtool.home import Home
-from imgtool.names import parse_definition_ref
+from imgtool.names import DefinitionRef, parse_definition_ref
 from imgtool.remote import replication
 from imgtool.trust import gate
 from imgtool.vm import runtime
 from imgtool.vm.record import load, vm_dir
-from imgtool.web import documents, sharing
+from imgtool.web import documents, lineage, sharing
+from imgtool.web.facts import FactMemo, vm_facts
+from imgtool.web.memo import Memo, definition_key, home_key
 
 PAGE_SIZE = 50
 CONSOLE_TAIL_BYTES = 16 << 10
@@ -40,11 +48,103 @@ class Window:
         return cls(page, pages, range(max(0, stop - size), max(0, stop)))
 
 
-def definition_page(home: Home, ref: str, page: int) -> dict[str, Any]:
+@dataclass
+class Caches:
+    """What the server remembers between requests (each part is thread-safe)."""
+
+    memo: Memo = field(default_factory=Memo)
+    chunks: sharing.ChunkMemo = field(default_factory=sharing.ChunkMemo)
+    facts: FactMemo = field(default_factory=FactMemo)
+
+
+def _today() -> str:
+    return dt.date.today().isoformat()  # what lookup.latest_of resolves against
+
+
+def version_list(home: Home, ref: str, caches: Caches) -> list[dict[str, Any]]:
+    """`version list --json`, remembered while the definition's names are unchanged (and the date)."""
+    key = definition_key(home, parse_definition_ref(ref))
+    return caches.memo.get(f"list {ref}", key and (*key, _today()), lambda: documents.version_list(home, ref))
+
+
+def version_resolve(home: Home, ref: str, caches: Caches) -> dict[str, Any]:
+    """`version resolve --json`, remembered like version_list."""
+    key = definition_key(home, parse_definition_ref(ref))
+    return caches.memo.get(f"resolve {ref}", key and (*key, _today()),
+                           lambda: documents.version_resolve(home, ref))
+
+
+def version_show(home: Home, ref: str, caches: Caches) -> dict[str, Any]:
+    """`version show --json`: the version shape (latest from the remembered resolve) and its replication."""
+    version, record = lookup.get_version(home, ref)
+    latest = version_resolve(home, f"{version.gallery}/{version.definition}", caches)["latest"]
+    body = shapes.version(version, record, latest=latest == version.version)
+    return {**body, "replication": replication.describe(home, version.gallery, version.definition,
+                                                        version.version)}
+
+
+def every_version(home: Home, caches: Caches) -> list[Summary]:
+    """The summaries of every version in the home, through each definition's version index."""
+
+    def read() -> list[Summary]:
+        found: list[Summary] = []
+        for g in galleries.list_galleries(home):
+            for d in galleries.list_definitions(home, g.name):
+                found += summaries(home, DefinitionRef(g.name, d.name))
+        return found
+
+    return caches.memo.get("every version", home_key(home), read)
+
+
+def version_users(home: Home, ref: str, caches: Caches) -> dict[str, Any]:
+    """`version users --json` (imgtool.gallery.users.users, from remembered lineage facts)."""
+    root, _ = lookup.get_version(home, ref)
+    children: dict[str, list[str]] = {}
+    for fact in caches.facts.versions(home, [s.record for s in every_version(home, caches)]):
+        for parent in fact.parents:
+            children.setdefault(parent, []).append(fact.label)
+    via = {root.label: root.label}
+    versions, queue = [], deque([root.label])
+    while queue:
+        label = queue.popleft()
+        for child in sorted(children.get(label, [])):
+            if child not in via:
+                via[child] = label
+                versions.append({"version": child, "parent": label})
+                queue.append(child)
+    vms = [{"name": vm.name, "image": vm.image} for vm in vm_facts(home) if vm.image in via]
+    return {"version": root.label, "vms": vms, "versions": versions}
+
+
+def chunk_users(home: Home, caches: Caches) -> Any:
+    """How many versions in the home hold each chunk."""
+    return caches.memo.get("chunk users", home_key(home), lambda: sharing.chunk_users(
+        home, caches.chunks, ([d["digest"] for d in s.disks] for s in every_version(home, caches))))
+
+
+def lineage_graph(home: Home, caches: Caches) -> lineage.Graph:
+    def draw() -> lineage.Graph:
+        facts = caches.facts.versions(home, [s.record for s in every_version(home, caches)])
+        return lineage.build(facts, vm_facts(home))
+
+    return caches.memo.get("lineage", home_key(home), draw)
+
+
+def warm(home: Home, caches: Caches) -> None:
+    """Fill the caches a first visit would fill (run in the background when the server starts)."""
+    for g in galleries.list_galleries(home):
+        for d in galleries.list_definitions(home, g.name):
+            version_list(home, f"{g.name}/{d.name}", caches)
+            version_resolve(home, f"{g.name}/{d.name}", caches)
+    chunk_users(home, caches)
+    lineage_graph(home, caches)
+
+
+def definition_page(home: Home, ref: str, page: int, caches: Caches) -> dict[str, Any]:
     """A definition, and one page of its versions with everything the versions table shows."""
     definition = documents.definition_show(home, ref)
-    resolved = documents.version_resolve(home, ref)
-    listed = documents.version_list(home, ref)
+    resolved = version_resolve(home, ref, caches)
+    listed = version_list(home, ref, caches)
     window = Window.of(len(listed), page)
     reasons = {c["version"]: c["reason"] for c in resolved["candidates"]}
     rows = [version_row(home, listed[i], reasons.get(listed[i]["version"])) for i in reversed(window.indexes)]
@@ -80,26 +180,26 @@ def signed_by(home: Home, body: dict[str, Any]) -> dict[str, Any] | None:
             "why": None if keys else f"policy {verdict.acceptance.policy}: accepted unsigned"}
 
 
-def version_page(home: Home, ref: str, memo: sharing.ChunkMemo) -> dict[str, Any]:
+def version_page(home: Home, ref: str, caches: Caches) -> dict[str, Any]:
     """A version: its document, its disks with stored and unique bytes, the VMs on it, what came from it."""
-    body = documents.version_show(home, ref)
-    users = memo.users(home)
+    body = version_show(home, ref, caches)
+    users = chunk_users(home, caches)
     disks = []
     for disk in body["disks"]:
-        chunks = memo.chunks(home, [disk["digest"]])
+        chunks = caches.chunks.chunks(home, [disk["digest"]])
         disks.append({**disk, "stored_bytes": sharing.stored(home, chunks),
                       "unique_bytes": sharing.stored(home, (c for c in chunks if users[c] <= 1))})
     definition = galleries.get_definition(home, parse_definition_ref(f"{body['gallery']}/{body['definition']}"))
-    return {"version": body, "disks": disks, "users": documents.version_users(home, ref),
+    return {"version": body, "disks": disks, "users": version_users(home, ref, caches),
             "boot_check": definition.boot_check and definition.boot_check.to_json(),
             "signed": signed_by(home, body)}
 
 
-def sharing_page(home: Home, ref: str, page: int, memo: sharing.ChunkMemo) -> dict[str, Any]:
-    listed = documents.version_list(home, ref)
+def sharing_page(home: Home, ref: str, page: int, caches: Caches) -> dict[str, Any]:
+    listed = version_list(home, ref, caches)
     window = Window.of(len(listed), page)
     versions = [(v["version"], [d["digest"] for d in v["disks"]]) for v in listed]
-    rows = list(reversed(sharing.rows(home, memo, versions, window.indexes)))
+    rows = list(reversed(sharing.rows(home, caches.chunks, versions, window.indexes, chunk_users(home, caches))))
     top = max((r.stored_bytes for r in rows), default=0) or 1
     return {"ref": ref, "rows": rows, "window": window, "total": len(listed), "top": top}
 

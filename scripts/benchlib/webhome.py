@@ -40,6 +40,7 @@ def _disk(home: Home, size: int = 1 << 20) -> str:
 
 
 def build(root: Path, count: int) -> Home:
+    root = root.absolute()
     home = Home.at(root)
     galleries.create_gallery(home, "bench", "10,000 versions of one definition")
     galleries.create_definition(home, Definition("bench", "many", "bench", "many", "v", "linux", "generalized"))
@@ -54,11 +55,16 @@ def build(root: Path, count: int) -> Home:
     for proc in procs:
         if proc.wait() != 0:
             raise RuntimeError("mkversions failed")
+    return extras(home, digest, count)
+
+
+def extras(home: Home, digest: str, count: int) -> Home:
+    """What else the pages show: a small second definition, a copied version, a revocation, a target."""
     small = parse_definition_ref("other/small")
     publish(home, PublishRequest(small, Version.parse("1.0.0"), os_disk=digest))
     publish(home, PublishRequest(small, Version.parse("1.1.0"), os_disk=f"{DEFINITION}@{number(count - 2)}"))
     revoke(home, f"{DEFINITION}@{number(count - 3)}", "benchmark: a revoked version")
-    layout = root.parent / "layout"
+    layout = home.root.parent / "layout"
     remotes.add(home, "mirror", f"oci-layout:{layout}")
     replication.set_targets(home, "other/small@1.0.0", add=["mirror"])
     return home

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from urllib.request import urlopen
 
 import pytest
+from selenium.webdriver.remote.webdriver import WebDriver
 
 from imgtool.home import Home
 from tests.conftest import require_tools
@@ -61,7 +62,7 @@ def served(web_home: Home) -> Iterator[Served]:
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
     require_tools("chromium", "chromedriver")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -87,23 +88,23 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _shot(driver: object, folder: Path, name: str) -> None:
+def _shot(driver: WebDriver, folder: Path, name: str) -> None:
     path = folder / f"{name}.png"
-    driver.save_screenshot(str(path))  # type: ignore[attr-defined]
+    driver.save_screenshot(str(path))
     assert path.stat().st_size > 1000
 
 
-def _no_alert(driver: object) -> None:
+def _no_alert(driver: WebDriver) -> None:
     from selenium.common.exceptions import NoAlertPresentException
 
     with pytest.raises(NoAlertPresentException):
-        driver.switch_to.alert.text  # type: ignore[attr-defined]  # noqa: B018
+        driver.switch_to.alert.text  # noqa: B018
 
 
-def _text(driver: object) -> str:
+def _text(driver: WebDriver) -> str:
     from selenium.webdriver.common.by import By
 
-    return str(driver.find_element(By.TAG_NAME, "body").text)  # type: ignore[attr-defined]
+    return str(driver.find_element(By.TAG_NAME, "body").text)
 
 
 def test_it_listens_on_loopback_only(served: Served) -> None:
@@ -131,81 +132,87 @@ def _listening_addresses(port: int) -> set[str]:
 def test_without_the_token_everything_is_403(served: Served) -> None:
     for path in ("/", "/definitions/team/base", "/api/galleries", "/static/style.css", "/nope"):
         with pytest.raises(HTTPError) as refused:
-            urlopen(served.base + path, timeout=30)  # noqa: S310 - our own loopback server
+            urlopen(served.base + path, timeout=30)
         assert refused.value.code == 403
 
 
-def test_a_browser_walks_the_gallery(served: Served, browser: object, shots: Path) -> None:
+def test_a_browser_walks_the_gallery(served: Served, browser: WebDriver, shots: Path) -> None:
     from selenium.webdriver.common.by import By
 
-    driver: object = browser
-    driver.get(served.base + "/")  # type: ignore[attr-defined]
+    driver = browser
+    driver.get(served.base + "/")
     assert "403" in _text(driver)
-    driver.get(served.url)  # type: ignore[attr-defined]
-    assert driver.current_url == served.base + "/"  # type: ignore[attr-defined]  # the token left the address bar
-    cookie = driver.get_cookie("imgtool_token")  # type: ignore[attr-defined]
-    assert cookie["httpOnly"] is True and cookie["sameSite"] == "Strict"
-    assert driver.find_element(By.TAG_NAME, "h1").text == "Galleries"  # type: ignore[attr-defined]
+    driver.get(served.url)
+    assert driver.current_url == served.base + "/"  # the token left the address bar
+    cookie = driver.get_cookie("imgtool_token")
+    assert cookie is not None and cookie["httpOnly"] is True and cookie["sameSite"] == "Strict"
+    assert driver.find_element(By.TAG_NAME, "h1").text == "Galleries"
     _shot(driver, shots, "01-galleries")
     assert XSS_GALLERY in _text(driver)  # the gallery's hostile description shows as text
-    driver.find_element(By.LINK_TEXT, "team").click()  # type: ignore[attr-defined]
-    driver.find_element(By.LINK_TEXT, "base").click()  # type: ignore[attr-defined]
+    driver.find_element(By.LINK_TEXT, "team").click()
+    driver.find_element(By.LINK_TEXT, "base").click()
     page = _text(driver)
     assert "Definition team/base" in page and XSS_NAME_TEXT in page
     assert "team/base@latest resolves to 2.0.0" in page
     assert "dropped: revoked" in page and "imgtool replicate team/base@1.2.0" in page and "completed" in page
     _no_alert(driver)
     _shot(driver, shots, "02-definition-versions")
-    driver.find_element(By.LINK_TEXT, "1.1.0").click()  # type: ignore[attr-defined]
-    banner = driver.find_element(By.CSS_SELECTOR, ".banner.revoked").text  # type: ignore[attr-defined]
+    driver.find_element(By.LINK_TEXT, "1.1.0").click()
+    banner = driver.find_element(By.CSS_SELECTOR, ".banner.revoked").text
     assert XSS_REASON in banner
     _no_alert(driver)
     _shot(driver, shots, "03-revoked-version")
 
 
-def test_pages_show_checks_lineage_sharing_trust_vms_and_store(served: Served, browser: object,
+def test_pages_show_checks_lineage_sharing_trust_vms_and_store(served: Served, browser: WebDriver,
                                                                shots: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    driver: object = browser
-    driver.get(served.url)  # type: ignore[attr-defined]
-    driver.get(served.base + "/definitions/team/checked")  # type: ignore[attr-defined]
-    driver.find_element(By.TAG_NAME, "summary").click()  # type: ignore[attr-defined]
-    tail = driver.find_element(By.CSS_SELECTOR, "pre.console").text  # type: ignore[attr-defined]
+    driver = browser
+    driver.get(served.url)
+    driver.get(served.base + "/definitions/team/checked")
+    driver.find_element(By.TAG_NAME, "summary").click()
+    tail = driver.find_element(By.CSS_SELECTOR, "pre.console").text
     assert tail == XSS_CONSOLE and "failed" in _text(driver)
     _no_alert(driver)
     _shot(driver, shots, "04-failed-check")
-    driver.get(served.base + "/lineage")  # type: ignore[attr-defined]
-    nodes = driver.find_elements(By.CSS_SELECTOR, "svg.lineage g.node")  # type: ignore[attr-defined]
+    driver.get(served.base + "/lineage")
+    nodes = driver.find_elements(By.CSS_SELECTOR, "svg.lineage g.node")
     titles = {n.find_element(By.TAG_NAME, "text").text for n in nodes}
     assert {"team/base@1.2.0", "web1", "team/base@2.0.0", "mirror", "pulled/base@1.0.0"} <= titles
-    assert driver.find_elements(By.CSS_SELECTOR, "g.node-revoked")  # type: ignore[attr-defined]
+    assert driver.find_elements(By.CSS_SELECTOR, "g.node-revoked")
     assert "pulled as sha256:" in _text(driver)
     _shot(driver, shots, "05-lineage")
-    driver.get(served.base + "/definitions/team/base/sharing")  # type: ignore[attr-defined]
-    assert len(driver.find_elements(By.CSS_SELECTOR, "svg.bars")) == 4  # type: ignore[attr-defined]
+    driver.get(served.base + "/definitions/team/base/sharing")
+    assert len(driver.find_elements(By.CSS_SELECTOR, "svg.bars")) == 4
     _shot(driver, shots, "06-sharing")
-    driver.get(served.base + "/versions/pulled/base/1.0.0")  # type: ignore[attr-defined]
+    driver.get(served.base + "/versions/pulled/base/1.0.0")
     assert "trusted on mirror" in _text(driver)
-    driver.get(served.base + "/remotes")  # type: ignore[attr-defined]
+    driver.get(served.base + "/remotes")
     assert "signed" in _text(driver) and "release" in _text(driver)
     _shot(driver, shots, "07-remotes")
-    driver.get(served.base + "/store")  # type: ignore[attr-defined]
-    WebDriverWait(driver, 60, poll_frequency=1).until(  # the first count runs in the background
-        lambda d: (d.refresh(), "Store on disk" in d.find_element(By.TAG_NAME, "body").text)[1])
+    driver.get(served.base + "/store")
+    WebDriverWait(driver, 60, poll_frequency=1).until(_counted)  # the first count runs in the background
     _shot(driver, shots, "08-store")
 
 
-def test_a_vm_console_updates_live(served: Served, browser: object, shots: Path, web_home: Home) -> None:
+def _counted(driver: WebDriver) -> bool:
+    from selenium.webdriver.common.by import By
+
+    driver.refresh()
+    return "Store on disk" in driver.find_element(By.TAG_NAME, "body").text
+
+
+def test_a_vm_console_updates_live(served: Served, browser: WebDriver, shots: Path, web_home: Home) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    driver: object = browser
-    driver.get(served.url)  # type: ignore[attr-defined]
-    driver.find_element(By.LINK_TEXT, "VMs").click()  # type: ignore[attr-defined]
-    driver.find_element(By.LINK_TEXT, "web1").click()  # type: ignore[attr-defined]
-    console = driver.find_element(By.ID, "console")  # type: ignore[attr-defined]
+    driver = browser
+    driver.get(served.url)
+    driver.find_element(By.LINK_TEXT, "VMs").click()
+    driver.find_element(By.LINK_TEXT, "web1").click()
+    console = driver.find_element(By.ID, "console")
     assert "<script>alert('serial')</script>" in console.text and "bold line" in console.text
     marker = f"line written at {time.monotonic_ns()}"
     with (web_home.vms / "web1" / "serial.log").open("a") as log:
@@ -215,18 +222,18 @@ def test_a_vm_console_updates_live(served: Served, browser: object, shots: Path,
     _shot(driver, shots, "09-vm-console")
 
 
-def test_a_narrow_window_reads(served: Served, browser: object, shots: Path) -> None:
+def test_a_narrow_window_reads(served: Served, browser: WebDriver, shots: Path) -> None:
     from selenium.webdriver.common.by import By
 
-    driver: object = browser
-    driver.get(served.url)  # type: ignore[attr-defined]
-    driver.set_window_size(390, 900)  # type: ignore[attr-defined]
+    driver = browser
+    driver.get(served.url)
+    driver.set_window_size(390, 900)
     try:
-        driver.get(served.base + "/versions/team/base/1.0.0")  # type: ignore[attr-defined]
-        width = driver.execute_script("return document.documentElement.scrollWidth")  # type: ignore[attr-defined]
-        inner = driver.execute_script("return window.innerWidth")  # type: ignore[attr-defined]
+        driver.get(served.base + "/versions/team/base/1.0.0")
+        width = driver.execute_script("return document.documentElement.scrollWidth")
+        inner = driver.execute_script("return window.innerWidth")
         assert width <= inner  # nothing sticks out sideways: long digests and names wrap
-        assert driver.find_element(By.TAG_NAME, "h1").text == "Version team/base@1.0.0"  # type: ignore[attr-defined]
+        assert driver.find_element(By.TAG_NAME, "h1").text == "Version team/base@1.0.0"
         _shot(driver, shots, "10-narrow-version")
     finally:
-        driver.set_window_size(1280, 1000)  # type: ignore[attr-defined]
+        driver.set_window_size(1280, 1000)
