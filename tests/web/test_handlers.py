@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import cast
 
 import pytest
+from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from imgtool.gallery import lookup
@@ -164,5 +166,5 @@ def test_the_store_page_counts_in_the_background(web_home: Home) -> None:
     c.cookies.set(security.COOKIE, keys.token)
     first = c.get("/store").text
     assert "Counting what the store holds" in first or "Store on disk" in first
-    app.app.state.ctx.du.wait(120)
+    cast(Starlette, app.app).state.ctx.du.wait(120)
     assert "Store on disk" in c.get("/store").text
