@@ -9,6 +9,7 @@ Handlers are plain (blocking) functions; Starlette runs them in its thread pool.
 from __future__ import annotations
 
 import inspect
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["bytes"] = human_bytes
+    env.filters["json"] = lambda value: json.dumps(value, sort_keys=True, ensure_ascii=False)
     env.filters["short"] = lambda digest: digest and (str(digest)[:19] + "…")
     return env
 

@@ -26,12 +26,21 @@ XSS_CONSOLE = "READY? no\n<script>alert('console')</script>\n<img src=x onerror=
 HOSTILE = (XSS_NAME_TEXT, XSS_GALLERY, XSS_REASON, XSS_CONSOLE)
 
 
-def build(root: Path, layout: Path, *, with_vm: bool) -> Home:
+PLAIN = {XSS_GALLERY: "The team's images", XSS_NAME_TEXT: "Debian 12 base image for the team's services",
+         XSS_REASON: "CVE-2026-0001 in openssl", XSS_CONSOLE: "SeaBIOS\nBooting from Hard Disk...\nno READY line"}
+
+
+def build(root: Path, layout: Path, *, with_vm: bool, hostile: bool = True) -> Home:
+    """The home; hostile=False writes plain text where the tests put hostile text (for screenshots)."""
+
+    def text(value: str) -> str:
+        return value if hostile else PLAIN[value]
+
     home = Home.at(root)
-    galleries.create_gallery(home, "team", XSS_GALLERY)
+    galleries.create_gallery(home, "team", text(XSS_GALLERY))
     galleries.create_definition(home, Definition(
-        "team", "base", "acme", "base", "v1", "linux", "specialized", description=XSS_NAME_TEXT,
-        release_notes_uri="javascript:alert('notes')"))
+        "team", "base", "acme", "base", "v1", "linux", "specialized", description=text(XSS_NAME_TEXT),
+        release_notes_uri="javascript:alert('notes')" if hostile else "https://example.invalid/notes"))
     galleries.create_definition(home, Definition(
         "team", "checked", "acme", "checked", "v1", "linux", "generalized", description="needs a boot check",
         boot_check=BootCheck.parse("console:READY", 60)))
@@ -39,14 +48,14 @@ def build(root: Path, layout: Path, *, with_vm: bool) -> Home:
     publish_bytes(home, "team/base", "1.0.0", first)
     publish_bytes(home, "team/base", "1.1.0", changed(first, 0.25, seed=2))
     publish_bytes(home, "team/base", "1.2.0", changed(first, 0.5, seed=3))
-    revoke(home, "team/base@1.1.0", XSS_REASON)
+    revoke(home, "team/base@1.1.0", text(XSS_REASON))
     publish_bytes(home, "team/checked", "1.0.0", disk_bytes(1 << 20, seed=4))
     update_version(home, "team/checked@1.0.0", check=CheckResult(
         "failed", kind="console:READY", when="2026-01-02T03:04:05Z", duration_ms=60000,
-        detail="no READY within 60s", console_tail=XSS_CONSOLE))
+        detail="no READY within 60s", console_tail=text(XSS_CONSOLE)))
     _share(home, layout)
     if with_vm:
-        _vm(home)
+        _vm(home, hostile)
     return home
 
 
@@ -65,7 +74,7 @@ def _share(home: Home, layout: Path) -> None:
     service.pull_ref(home, "mirror:team/base@1.0.0", as_ref="pulled/base")
 
 
-def _vm(home: Home) -> None:
+def _vm(home: Home, hostile: bool) -> None:
     from imgtool.gallery.image_versions import PublishRequest, publish
     from imgtool.gallery.versions import Version
     from imgtool.names import DefinitionRef
@@ -75,7 +84,8 @@ def _vm(home: Home) -> None:
     publish(home, PublishRequest(DefinitionRef("team", "base"), Version.parse("2.0.0"), os_disk="vm:web1",
                                  os_state="specialized"))
     serial = home.vms / "web1" / "serial.log"
-    serial.write_text("booting\n\x1b[1mbold\x1b[0m line\n<script>alert('serial')</script>\nREADY\n")
+    serial.write_text("booting\n\x1b[1mbold\x1b[0m line\n" + ("<script>alert('serial')</script>\n" if hostile else "")
+                      + "READY\n")
 
 
 def has_qemu_img() -> bool:

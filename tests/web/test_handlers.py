@@ -168,3 +168,23 @@ def test_the_store_page_counts_in_the_background(web_home: Home) -> None:
     assert "Counting what the store holds" in first or "Store on disk" in first
     cast(Starlette, app.app).state.ctx.du.wait(120)
     assert "Store on disk" in c.get("/store").text
+
+
+def test_sharing_agrees_with_du_on_the_bytes_only_a_version_holds(web: TestClient, web_home: Home) -> None:
+    """Two computations of the same number: the sharing page's (chunk sets and users) and imgtool du's
+    (a mark of the whole store)."""
+    from imgtool import maintenance
+
+    unique = {r["ref"]: r["unique_bytes"] for r in maintenance.du(web_home)["versions"]}
+    html = web.get("/definitions/team/base/sharing").text
+    for version in ("1.0.0", "1.1.0", "1.2.0", "2.0.0"):
+        row = html.split(f">{version}</a></th>", 1)[1].split("</tr>", 1)[0]
+        cells = re.findall(r"<td>([^<]*)</td>", row)
+        assert cells[3] == _human(unique[f"team/base@{version}"])
+    assert unique["team/base@1.1.0"] > 0  # the revoked one holds chunks no other version has
+
+
+def _human(n: int) -> str:
+    from imgtool.cli.output import human_bytes
+
+    return human_bytes(n)
