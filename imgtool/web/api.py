@@ -51,6 +51,12 @@ def _cached(read: Callable[[Home, Request, views.Caches], Any]) -> Callable[[Req
     return endpoint
 
 
+def _encoded(request: Request) -> Response:
+    ctx: Context = request.app.state.ctx
+    body = views.version_list_json(ctx.home(), definition_ref(request), ctx.caches)
+    return Response(body, media_type="application/json")
+
+
 def _console(home: Home, request: Request) -> dict[str, Any]:
 
     name = request.path_params["name"]
@@ -68,7 +74,7 @@ def routes() -> list[Route]:
         Route(f"/api/galleries/{g}/definitions",
               _json(lambda h, r: documents.definition_list(h, r.path_params["gallery"]))),
         Route(f"/api/definitions/{d}", _json(lambda h, r: documents.definition_show(h, definition_ref(r)))),
-        Route(f"/api/definitions/{d}/versions", _cached(lambda h, r, c: views.version_list(h, definition_ref(r), c))),
+        Route(f"/api/definitions/{d}/versions", _encoded),
         Route(f"/api/definitions/{d}/resolve", _cached(lambda h, r, c: views.version_resolve(h, definition_ref(r), c))),
         Route(f"/api/versions/{v}", _cached(lambda h, r, c: views.version_show(h, version_ref(r), c))),
         Route(f"/api/versions/{v}/users", _cached(lambda h, r, c: views.version_users(h, version_ref(r), c))),

@@ -82,11 +82,11 @@ def stored(home: Home, chunks: Iterable[str]) -> int:
     return total
 
 
-def rows(home: Home, memo: ChunkMemo, versions: Sequence[tuple[str, Sequence[str]]], window: range,
-         users: Counter[str]) -> list[Row]:
-    """Sharing for versions[window] of one definition, `versions` being (version, disk digests) lowest first.
+def rows(home: Home, memo: ChunkMemo, versions: Sequence[tuple[str, Sequence[str]]], window: range, *,
+         in_definition: Counter[str], users: Counter[str]) -> list[Row]:
+    """Sharing for versions[window] of one definition, `versions` being (version, disk digests) lowest first;
+    in_definition and users are chunk_users of the definition's versions and of the whole home's.
     "Others" means every other version of the definition; "only here" is across the whole home."""
-    in_definition = chunk_users(home, memo, (disks for _v, disks in versions))
     sets = {i: memo.chunks(home, versions[i][1]) for i in range(max(0, window.start - 1), window.stop)}
     found = []
     for i in window:

@@ -11,6 +11,7 @@ test compares them).
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 from imgtool.cli import shapes
 from imgtool.errors import ImgtoolError
 from imgtool.gallery import galleries, lookup
+from imgtool.gallery.model import ImageVersion
 from imgtool.gallery.version_index import Summary, summaries
 from imgtool.home import Home
 from imgtool.names import DefinitionRef, parse_definition_ref
@@ -30,6 +32,7 @@ from imgtool.web.facts import FactMemo, vm_facts
 from imgtool.web.memo import Memo, definition_key, home_key
 
 PAGE_SIZE = 50
+MAX_RECORDS = 4096  # version documents remembered by record digest (a few pages of every definition)
 CONSOLE_TAIL_BYTES = 16 << 10
 
 
@@ -53,6 +56,7 @@ class Caches:
     """What the server remembers between requests (each part is thread-safe)."""
 
     memo: Memo = field(default_factory=Memo)
+    records: Memo = field(default_factory=lambda: Memo(size=MAX_RECORDS))
     chunks: sharing.ChunkMemo = field(default_factory=sharing.ChunkMemo)
     facts: FactMemo = field(default_factory=FactMemo)
 
@@ -65,6 +69,13 @@ def version_list(home: Home, ref: str, caches: Caches) -> list[dict[str, Any]]:
     """`version list --json`, remembered while the definition's names are unchanged (and the date)."""
     key = definition_key(home, parse_definition_ref(ref))
     return caches.memo.get(f"list {ref}", key and (*key, _today()), lambda: documents.version_list(home, ref))
+
+
+def version_list_json(home: Home, ref: str, caches: Caches) -> bytes:
+    """version_list as the JSON bytes /api/ sends (encoding 10,000 versions costs more than finding them)."""
+    key = definition_key(home, parse_definition_ref(ref))
+    return caches.memo.get(f"list json {ref}", key and (*key, _today()), lambda: json.dumps(
+        version_list(home, ref, caches), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode())
 
 
 def version_resolve(home: Home, ref: str, caches: Caches) -> dict[str, Any]:
@@ -146,19 +157,26 @@ def definition_page(home: Home, ref: str, page: int, caches: Caches) -> dict[str
     resolved = version_resolve(home, ref, caches)
     listed = version_list(home, ref, caches)
     window = Window.of(len(listed), page)
-    reasons = {c["version"]: c["reason"] for c in resolved["candidates"]}
-    rows = [version_row(home, listed[i], reasons.get(listed[i]["version"])) for i in reversed(window.indexes)]
+    key = definition_key(home, parse_definition_ref(ref))
+    reasons = caches.memo.get(f"reasons {ref}", key and (*key, _today()), lambda: {
+        c["version"]: c["reason"] for c in resolved["candidates"]})
+    rows = [version_row(home, listed[i], reasons.get(listed[i]["version"]), caches)
+            for i in reversed(window.indexes)]
     return {"definition": definition, "resolved": resolved, "rows": rows, "window": window, "total": len(listed)}
 
 
-def version_row(home: Home, summary: dict[str, Any], reason: str | None) -> dict[str, Any]:
+def version_row(home: Home, summary: dict[str, Any], reason: str | None, caches: Caches) -> dict[str, Any]:
     """One line of the versions table: the full version document (check, revocation, audit, provenance),
-    its replication per target, who signed it (pulled versions) and why latest did or did not pick it."""
+    its replication per target, who signed it (pulled versions) and why latest did or did not pick it.
+    The version shape comes from the record the listing names (immutable: remembered by its digest)."""
+    record, latest = summary["record"], summary["latest"]
 
-    version, record = lookup.get_version(home, summary["ref"])
-    body = shapes.version(version, record, latest=summary["latest"])
+    def shape() -> dict[str, Any]:
+        return shapes.version(ImageVersion.from_json(home.store.get_manifest(record)), record, latest=latest)
+
+    body = caches.records.get("version", (record, latest), shape)
     return {**body, "reason": reason,
-            "replication": replication.describe(home, version.gallery, version.definition, version.version),
+            "replication": replication.describe(home, body["gallery"], body["definition"], body["version"]),
             "signed": signed_by(home, body)}
 
 
@@ -196,12 +214,23 @@ def version_page(home: Home, ref: str, caches: Caches) -> dict[str, Any]:
 
 
 def sharing_page(home: Home, ref: str, page: int, caches: Caches) -> dict[str, Any]:
-    listed = version_list(home, ref, caches)
-    window = Window.of(len(listed), page)
-    versions = [(v["version"], [d["digest"] for d in v["disks"]]) for v in listed]
-    rows = list(reversed(sharing.rows(home, caches.chunks, versions, window.indexes, chunk_users(home, caches))))
+    versions, in_definition = sharing_basis(home, ref, caches)
+    window = Window.of(len(versions), page)
+    rows = list(reversed(sharing.rows(home, caches.chunks, versions, window.indexes, in_definition=in_definition,
+                                      users=chunk_users(home, caches))))
     top = max((r.stored_bytes for r in rows), default=0) or 1
-    return {"ref": ref, "rows": rows, "window": window, "total": len(listed), "top": top}
+    return {"ref": ref, "rows": rows, "window": window, "total": len(versions), "top": top}
+
+
+def sharing_basis(home: Home, ref: str, caches: Caches) -> tuple[list[tuple[str, tuple[str, ...]]], Any]:
+    """A definition's versions as (version, disk digests), lowest first, and how many of them hold each
+    chunk; remembered while its names are unchanged."""
+
+    def compute() -> tuple[list[tuple[str, tuple[str, ...]]], Any]:
+        versions = [(v["version"], tuple(d["digest"] for d in v["disks"])) for v in version_list(home, ref, caches)]
+        return versions, sharing.chunk_users(home, caches.chunks, (disks for _v, disks in versions))
+
+    return caches.memo.get(f"sharing {ref}", definition_key(home, parse_definition_ref(ref)), compute)
 
 
 def console_tail(home: Home, name: str) -> list[str]:
