@@ -12,7 +12,7 @@
     /api/vms/NAME                                   imgtool vm show NAME --json
     /api/remotes                                    imgtool remote list --json
     /api/trust                                      imgtool trust list --json
-    /api/du                                         imgtool du --json
+    /api/du                                         imgtool du --json (run as a child process)
 
 and one that no command prints: /api/vms/NAME/console, {"name", "state", "lines"} (the console tail the
 VM page polls).
@@ -29,7 +29,7 @@ from starlette.routing import Route
 
 from imgtool.home import Home
 from imgtool.vm import runtime
-from imgtool.web import documents, views
+from imgtool.web import child, documents, views
 from imgtool.web.render import Context, definition_ref, version_ref
 
 
@@ -83,5 +83,5 @@ def routes() -> list[Route]:
         Route("/api/vms/{name}/console", _json(_console)),
         Route("/api/remotes", _json(lambda h, r: documents.remote_list(h))),
         Route("/api/trust", _json(lambda h, r: documents.trust_list(h))),
-        Route("/api/du", _json(lambda h, r: documents.du(h))),
+        Route("/api/du", _json(lambda h, r: child.du(h.root))),
     ]

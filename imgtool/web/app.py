@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from imgtool.web import actions, api, background, documents, pages, security, views
+from imgtool.web import actions, api, background, child, pages, security, views
 from imgtool.web.render import HERE, Context, handler, not_found
 
 
@@ -39,7 +39,7 @@ def build(root: Path, keys: security.Secrets, *, allow_actions: bool = False, wa
     """The whole application, behind the token gate. warm: fill the caches and start counting `du` in the
     background now, so that the first visits do not wait for them."""
     ctx = Context(Path(root), keys, allow_actions, clock=clock)
-    ctx.du = background.Refreshing(lambda: documents.du(ctx.home()), clock=clock)
+    ctx.du = background.Refreshing(lambda: child.du(ctx.root), clock=clock)
     routes = [*pages.routes(), *api.routes(), *actions.routes(),
               Mount("/static", StaticFiles(directory=HERE / "static"), name="static")]
     app = Starlette(routes=[_guarded(r) for r in routes], exception_handlers={404: not_found})

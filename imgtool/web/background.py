@@ -2,8 +2,8 @@
 
 `du` reads every version record and marks every chunk (seconds on a home with 10,000 versions), so the
 store page shows the last result with the time it was computed and starts a new count when that one is
-older than `max_age`; the first visit says the count is under way. `/api/du` still computes it on the
-spot, as `imgtool du --json` does.
+older than `max_age`; the first visit says the count is under way. The count itself runs `imgtool du` as
+a child process (imgtool/web/child.py); `/api/du` runs it on the spot.
 """
 
 from __future__ import annotations

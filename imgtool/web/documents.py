@@ -5,14 +5,14 @@ and compares), built from the same library calls and the same shape functions. W
 still builds its document inline, the composition is written here once more from the same parts; the
 flow layer (issue 20) is where both should end up calling one function.
 
-Nothing here writes: these are reads of names, records and state files.
+Nothing here writes: these are reads of names, records and state files. (`imgtool du` is run as a child
+process instead: imgtool/web/child.py.)
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from imgtool import maintenance
 from imgtool.cli import shapes
 from imgtool.cli.gallery_cmds import _gallery_json as gallery_json
 from imgtool.cli.trust_cmds import _key_json as key_json
@@ -27,7 +27,7 @@ from imgtool.vm import lifecycle
 from imgtool.vm import runtime as vmrun
 from imgtool.vm.record import load
 
-__all__ = ["definition_list", "definition_show", "du", "gallery_list", "gallery_show", "remote_list",
+__all__ = ["definition_list", "definition_show", "gallery_list", "gallery_show", "remote_list",
            "trust_list", "version_list", "version_resolve", "version_show", "version_users", "vm_json",
            "vm_list", "vm_show"]
 
@@ -121,8 +121,3 @@ def trust_list(home: Home) -> list[dict[str, Any]]:
     store = trust_store(home)
     return [{"remote": rt.remote, "policy": rt.policy, "signing_key": rt.signing_key,
              "keys": [key_json(rt.remote, k) for k in rt.keys]} for rt in store.remotes().values()]
-
-
-def du(home: Home) -> dict[str, Any]:
-    """`imgtool du --json`"""
-    return maintenance.du(home)
