@@ -51,10 +51,13 @@ def _cached(read: Callable[[Home, Request, views.Caches], Any]) -> Callable[[Req
     return endpoint
 
 
-def _encoded(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    body = views.version_list_json(ctx.home(), definition_ref(request), ctx.caches)
-    return Response(body, media_type="application/json")
+def _encoded(resolve: bool) -> Callable[[Request], Response]:
+    def endpoint(request: Request) -> Response:
+        ctx: Context = request.app.state.ctx
+        body = views.encoded(ctx.home(), definition_ref(request), ctx.caches, resolve=resolve)
+        return Response(body, media_type="application/json")
+
+    return endpoint
 
 
 def _console(home: Home, request: Request) -> dict[str, Any]:
@@ -74,8 +77,8 @@ def routes() -> list[Route]:
         Route(f"/api/galleries/{g}/definitions",
               _json(lambda h, r: documents.definition_list(h, r.path_params["gallery"]))),
         Route(f"/api/definitions/{d}", _json(lambda h, r: documents.definition_show(h, definition_ref(r)))),
-        Route(f"/api/definitions/{d}/versions", _encoded),
-        Route(f"/api/definitions/{d}/resolve", _cached(lambda h, r, c: views.version_resolve(h, definition_ref(r), c))),
+        Route(f"/api/definitions/{d}/versions", _encoded(resolve=False)),
+        Route(f"/api/definitions/{d}/resolve", _encoded(resolve=True)),
         Route(f"/api/versions/{v}", _cached(lambda h, r, c: views.version_show(h, version_ref(r), c))),
         Route(f"/api/versions/{v}/users", _cached(lambda h, r, c: views.version_users(h, version_ref(r), c))),
         Route("/api/vms", _json(lambda h, r: documents.vm_list(h))),

@@ -71,11 +71,13 @@ def version_list(home: Home, ref: str, caches: Caches) -> list[dict[str, Any]]:
     return caches.memo.get(f"list {ref}", key and (*key, _today()), lambda: documents.version_list(home, ref))
 
 
-def version_list_json(home: Home, ref: str, caches: Caches) -> bytes:
-    """version_list as the JSON bytes /api/ sends (encoding 10,000 versions costs more than finding them)."""
+def encoded(home: Home, ref: str, caches: Caches, *, resolve: bool) -> bytes:
+    """version_list (or version_resolve) as the JSON bytes /api/ sends, remembered like them: encoding
+    10,000 versions costs more than finding them."""
     key = definition_key(home, parse_definition_ref(ref))
-    return caches.memo.get(f"list json {ref}", key and (*key, _today()), lambda: json.dumps(
-        version_list(home, ref, caches), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode())
+    read = version_resolve if resolve else version_list
+    return caches.memo.get(f"json {resolve} {ref}", key and (*key, _today()), lambda: json.dumps(
+        read(home, ref, caches), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode())
 
 
 def version_resolve(home: Home, ref: str, caches: Caches) -> dict[str, Any]:

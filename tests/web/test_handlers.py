@@ -188,3 +188,24 @@ def _human(n: int) -> str:
     from imgtool.cli.output import human_bytes
 
     return human_bytes(n)
+
+
+def test_remembered_lists_follow_every_publish(fresh_home: Home) -> None:
+    """The server remembers a definition's list while its names are unchanged; a publish changes them."""
+    from tests.remote.helpers import disk_bytes, publish_bytes
+    from tests.web.test_web_units import _age
+
+    c, _ = client(fresh_home)
+    folders = [fresh_home.store.layout.name("versions", "team", "base"), fresh_home.vms]
+
+    def versions() -> list[str]:
+        return [v["version"] for v in c.get("/api/definitions/team/base/versions").json()]
+
+    _age(*folders)
+    assert versions() == ["1.0.0", "1.1.0", "1.2.0", "2.0.0"]
+    assert versions() == ["1.0.0", "1.1.0", "1.2.0", "2.0.0"]  # now from memory
+    publish_bytes(fresh_home, "team/base", "3.0.0", disk_bytes(1 << 20, seed=77))
+    assert versions()[-1] == "3.0.0"  # a folder changed this instant is not trusted: read afresh
+    _age(*folders)
+    assert versions()[-1] == "3.0.0" and "3.0.0" in c.get("/definitions/team/base").text
+    assert "3.0.0" in c.get("/definitions/team/base/sharing").text
