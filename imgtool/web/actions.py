@@ -17,6 +17,7 @@ from starlette.routing import Route
 from imgtool.errors import InvalidArgument
 from imgtool.gallery import checks, revocation
 from imgtool.vm import runtime
+from imgtool.vm.record import load
 from imgtool.web.render import Context, version_ref
 
 MAX_FORM = 8 << 10
@@ -53,7 +54,7 @@ async def vm_start(request: Request) -> Response:
 
     ctx: Context = request.app.state.ctx
     name = request.path_params["name"]
-    await run_in_threadpool(runtime.start, ctx.home(), name)
+    await run_in_threadpool(runtime.start, ctx.home(), name)  # vm start's call (it loads the record first)
     return _then(f"/vms/{name}")
 
 
@@ -65,7 +66,9 @@ async def vm_stop(request: Request) -> Response:
 
     ctx: Context = request.app.state.ctx
     name = request.path_params["name"]
-    await run_in_threadpool(runtime.stop_detail, ctx.home(), name, timeout=30.0)
+    home = ctx.home()
+    await run_in_threadpool(load, home, name)  # as vm stop does: a VM that does not exist is NotFound
+    await run_in_threadpool(runtime.stop_detail, home, name, timeout=30.0)
     return _then(f"/vms/{name}")
 
 

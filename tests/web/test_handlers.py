@@ -209,3 +209,22 @@ def test_remembered_lists_follow_every_publish(fresh_home: Home) -> None:
     _age(*folders)
     assert versions()[-1] == "3.0.0" and "3.0.0" in c.get("/definitions/team/base").text
     assert "3.0.0" in c.get("/definitions/team/base/sharing").text
+
+
+def test_stopping_a_stopped_vm_goes_through_the_library(fresh_home: Home) -> None:
+    c, keys = client(fresh_home, actions=True)
+    assert "/actions/vms/web1/start" in c.get("/vms/web1").text  # a stopped VM offers start
+    answer = c.post("/actions/vms/web1/stop", data={"csrf": keys.csrf})
+    assert answer.status_code == 303 and answer.headers["location"] == "/vms/web1"
+    missing = c.post("/actions/vms/nobody/stop", data={"csrf": keys.csrf})
+    assert missing.status_code == 404 and "nobody" in missing.text
+
+
+def test_serve_refuses_a_listen_name_and_a_bad_port(web_home: Home) -> None:
+    from tests.cli import Cli
+
+    cli = Cli(web_home.root)
+    named = cli("serve", "--listen", "localhost", ok=False)
+    assert named.returncode == 2 and "not an IP address" in named.stderr and "hint:" in named.stderr
+    port = cli("serve", "--port", "70000", ok=False)
+    assert port.returncode == 2 and "0..65535" in port.stderr
