@@ -214,8 +214,17 @@ def test_the_cli_entry_point_loads_no_domain_module() -> None:
     loaded = closure("imgtool.cli.main")
     heavy = {m for m in loaded if m.startswith(("imgtool.gallery.image_versions", "imgtool.vm.lifecycle",
                                                 "imgtool.vm.runtime", "imgtool.vm.bases", "imgtool.capture",
-                                                "imgtool.tools.nbd", "imgtool.remote.", "store.ingest"))}
+                                                "imgtool.tools.nbd", "imgtool.remote.", "store.ingest",
+                                                "imgtool.web"))}
     assert heavy == set()
+
+
+@pytest.mark.parametrize("module", sorted(m for m in ALL if not m.startswith(("imgtool.web", "imgtool.cli"))))
+def test_only_the_front_ends_import_the_web_view(module: str) -> None:
+    """The web view is a front end beside the CLI: the domain never reaches up into it."""
+    assert uses(module, "imgtool.web") == []
+    for framework in ("starlette", "jinja2", "uvicorn"):
+        assert uses(module, framework) == [], f"{module} imports {framework}: only imgtool/web renders HTML"
 
 
 def test_sharing_does_not_load_capture_or_the_qemu_tools() -> None:

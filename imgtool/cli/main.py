@@ -18,7 +18,7 @@ import typer.main
 from typer._click import exceptions as clicks
 
 from imgtool import __version__
-from imgtool.cli import gallery_cmds, guest_cmds, remote_cmds, store_cmds, trust_cmds, version_cmds, vm_cmds
+from imgtool.cli import gallery_cmds, guest_cmds, remote_cmds, serve_cmds, store_cmds, trust_cmds, version_cmds, vm_cmds
 from imgtool.cli.output import State, error_json, flush_json
 from imgtool.errors import ImgtoolError, InvalidArgument
 from imgtool.home import Home
@@ -43,6 +43,7 @@ store_cmds.register(app)
 remote_cmds.register(app)
 trust_cmds.register(app)
 guest_cmds.register(app, vm_cmds.vm_app)
+serve_cmds.register(app)
 
 _flags = {"json": False, "debug": False}
 

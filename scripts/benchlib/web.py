@@ -1,0 +1,137 @@
+"""Page times of `imgtool serve` on a home with many versions (default 10,000 in one definition).
+
+    scripts/bench-web [--versions N] [--runs R] [--rebuild]
+
+Builds the home once (benchlib.webhome; reused from .cache/bench-web while it exists), starts
+`imgtool serve --port 0` on it as a user would, and times each page over HTTP on the loopback:
+the first request right after the server started (its caches are still being filled in the
+background), then R more (median and worst). Writes .cache/bench-web/results.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from benchlib import webhome
+from benchlib.mkversions import number
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = REPO / ".cache" / "bench-web"
+IMGTOOL = REPO / ".venv" / "bin" / "imgtool"
+
+
+def pages(count: int) -> list[str]:
+    latest, revoked = number(count - 2), number(count - 3)  # the last one is excluded from latest
+    last_page = (count + 49) // 50
+    return ["/", "/galleries/bench", "/definitions/bench/many", f"/definitions/bench/many?page={last_page // 2}",
+            f"/definitions/bench/many?page={last_page}", f"/versions/bench/many/{latest}",
+            f"/versions/bench/many/{revoked}", "/definitions/bench/many/sharing",
+            f"/definitions/bench/many/sharing?page={last_page}", "/lineage", "/remotes", "/vms", "/store",
+            "/definitions/other/small", "/versions/other/small/1.1.0"]
+
+
+def api(count: int) -> list[str]:
+    return ["/api/definitions/bench/many/versions", "/api/definitions/bench/many/resolve",
+            f"/api/versions/bench/many/{number(count - 2)}", f"/api/versions/bench/many/{number(count - 2)}/users"]
+
+
+def ensure_home(count: int, rebuild: bool) -> Path:
+    work = CACHE / f"h{count}"
+    home = work / "home"
+    if rebuild or not (work / "built").exists():
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        started = time.perf_counter()
+        webhome.build(home, count)
+        (work / "built").write_text(f"{time.perf_counter() - started:.1f}\n")
+    return home
+
+
+class Server:
+    def __init__(self, home: Path) -> None:
+        env = {**os.environ, "IMGTOOL_HOME": str(home)}
+        self.proc = subprocess.Popen([str(IMGTOOL), "serve", "--port", "0"], env=env, text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        assert self.proc.stdout is not None
+        url = urlsplit(self.proc.stdout.readline().split(": ", 1)[1].strip())
+        self.host, self.port = url.hostname or "127.0.0.1", url.port or 0
+        status, headers, _ = self.request(f"/?{url.query}", cookie=None)
+        if status != 303:
+            raise RuntimeError(f"the token did not give a cookie ({status})")
+        self.cookie = headers["set-cookie"].split(";", 1)[0]
+
+    def request(self, path: str, cookie: str | None = "") -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=600)
+        try:
+            conn.request("GET", path, headers={"Cookie": self.cookie if cookie == "" else (cookie or "")})
+            answer = conn.getresponse()
+            return answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read()
+        finally:
+            conn.close()
+
+    def timed(self, path: str) -> float:
+        started = time.perf_counter()
+        status, _, body = self.request(path)
+        elapsed = time.perf_counter() - started
+        if status != 200:
+            raise RuntimeError(f"{path}: {status} {body[:300]!r}")
+        return elapsed
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+def measure(home: Path, paths: list[str], runs: int) -> dict[str, Any]:
+    server = Server(home)
+    try:
+        first = {p: server.timed(p) for p in paths}
+        rest = {p: [server.timed(p) for _ in range(runs)] for p in paths}
+    finally:
+        server.stop()
+    return {p: {"first": first[p], "median": statistics.median(rest[p]), "worst": max(rest[p])} for p in paths}
+
+
+def main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(prog="scripts/bench-web", description=__doc__)
+    ap.add_argument("--versions", type=int, default=10_000)
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--rebuild", action="store_true", help="build the home again")
+    args = ap.parse_args(argv)
+    home = ensure_home(args.versions, args.rebuild)
+    page_paths = pages(args.versions)
+    results = {"versions": args.versions, "runs": args.runs, "pages": measure(home, page_paths, args.runs),
+               "api": measure(home, api(args.versions), args.runs)}
+    du = Server(home)
+    try:
+        results["api"]["/api/du"] = {"first": du.timed("/api/du")}
+    finally:
+        du.stop()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    (CACHE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"| page ({args.versions} versions) | first after start | median of {args.runs} | worst |")
+    print("|---|---|---|---|")
+    for section in ("pages", "api"):
+        for path, t in results[section].items():
+            cells = [f"{t[k] * 1000:.0f} ms" if k in t else "" for k in ("first", "median", "worst")]
+            print(f"| `{path}` | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

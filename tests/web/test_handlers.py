@@ -1,0 +1,230 @@
+"""The web view's handlers through Starlette's TestClient (in process, no network): the token gate,
+the security headers, every page of a full home, hostile text rendered as text, errors, actions."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import cast
+
+import pytest
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+
+from imgtool.gallery import lookup
+from imgtool.home import Home
+from imgtool.web import security
+from imgtool.web.app import build
+from tests.web.home import HOSTILE, XSS_CONSOLE, XSS_NAME_TEXT, XSS_REASON
+
+PAGES = ("/", "/galleries/team", "/definitions/team/base", "/definitions/team/checked", "/definitions/pulled/base",
+         "/definitions/team/base/sharing", "/versions/team/base/1.0.0", "/versions/team/base/1.1.0",
+         "/versions/team/checked/1.0.0", "/versions/pulled/base/1.0.0", "/lineage", "/remotes", "/vms",
+         "/vms/web1", "/store")
+
+
+def client(home: Home, *, actions: bool = False, cookie: bool = True) -> tuple[TestClient, security.Secrets]:
+    keys = security.Secrets()
+    c = TestClient(build(home.root, keys, allow_actions=actions), follow_redirects=False)
+    if cookie:
+        c.cookies.set(security.COOKIE, keys.token)
+    return c, keys
+
+
+@pytest.fixture(scope="module")
+def web(web_home: Home) -> Iterator[TestClient]:
+    c, _ = client(web_home)
+    yield c
+
+
+@pytest.mark.parametrize("path", [*PAGES, "/api/galleries", "/api/du", "/static/style.css", "/static/console.js",
+                                  "/no/such/page"])
+def test_without_the_token_every_answer_is_403(web_home: Home, path: str) -> None:
+    c, keys = client(web_home, cookie=False)
+    assert c.get(path).status_code == 403
+    c.cookies.set(security.COOKIE, keys.token[:-1] + ("A" if keys.token[-1] != "A" else "B"))
+    assert c.get(path).status_code == 403
+    assert c.get(path + "?token=wrong").status_code == 403
+
+
+def test_the_token_becomes_a_strict_http_only_cookie_and_leaves_the_url(web_home: Home) -> None:
+    c, keys = client(web_home, cookie=False)
+    answer = c.get(f"/definitions/team/base?page=1&token={keys.token}")
+    assert answer.status_code == 303
+    assert answer.headers["location"] == "/definitions/team/base?page=1"
+    cookie = answer.headers["set-cookie"]
+    assert cookie.startswith(f"{security.COOKIE}={keys.token};")
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert c.get("/definitions/team/base").status_code == 200  # the client kept the cookie
+
+
+def test_every_answer_carries_a_strict_content_security_policy(web: TestClient) -> None:
+    for path in ("/", "/api/galleries", "/static/style.css", "/no/such/page"):
+        headers = web.get(path).headers
+        assert headers["content-security-policy"] == security.CSP
+        assert "script-src 'self'" in security.CSP and "unsafe-inline" not in security.CSP
+        assert headers["x-content-type-options"] == "nosniff" and headers["referrer-policy"] == "no-referrer"
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_every_page_renders_and_escapes_untrusted_text(web: TestClient, path: str) -> None:
+    answer = web.get(path)
+    assert answer.status_code == 200, answer.text[:500]
+    html = answer.text
+    for text in HOSTILE:
+        for piece in text.split("\n"):
+            assert piece not in html or "<" not in piece, f"{piece!r} reached {path} unescaped"
+    assert "<script" not in html.replace('<script src="/static/console.js" defer></script>', "")
+    assert not re.search(r"<[^>]*\sonerror=", html)  # no element carries an event handler
+    assert not re.search(r"\sstyle=", html)  # the CSP allows no inline style
+
+
+def test_hostile_text_is_shown_escaped_where_it_belongs(web: TestClient) -> None:
+    assert _escaped(XSS_NAME_TEXT) in web.get("/definitions/team/base").text
+    assert _escaped(XSS_REASON) in web.get("/versions/team/base/1.1.0").text
+    checked = web.get("/definitions/team/checked").text
+    assert _escaped(XSS_CONSOLE) in checked and "failed" in checked
+    assert "&lt;script&gt;alert(&#39;serial&#39;)&lt;/script&gt;" in web.get("/vms/web1").text
+
+
+def _escaped(text: str) -> str:
+    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("'", "&#39;")
+            .replace('"', "&#34;"))
+
+
+def test_the_versions_table_says_why_latest_picked_what_it_did(web: TestClient) -> None:
+    html = web.get("/definitions/team/base").text
+    assert "team/base@latest</strong> resolves to" in html
+    assert "chosen: highest eligible version" in html and "dropped: revoked" in html
+    assert "completed" in html and "imgtool replicate team/base@1.2.0" in html  # one target done, one failed
+    pulled = web.get("/versions/pulled/base/1.0.0").text
+    assert "trusted</span> on mirror" in pulled and "pulled as" not in pulled and "sha256:" in pulled
+
+
+def test_the_version_page_shows_disks_provenance_and_what_stands_on_it(web: TestClient, web_home: Home) -> None:
+    html = web.get("/versions/team/base/1.2.0").text
+    assert "OS disk" in html and "2.0 MiB" in html  # the virtual size
+    assert 'href="/vms/web1"' in html and "team/base@2.0.0" in html  # a VM on it, a version captured from it
+    captured = web.get("/versions/team/base/2.0.0").text
+    assert "vm: web1" in captured
+
+
+def test_the_vm_console_api_strips_terminal_control_sequences(web: TestClient) -> None:
+    body = web.get("/api/vms/web1/console").json()
+    assert body["name"] == "web1" and body["state"] == "stopped"
+    assert "bold line" in body["lines"] and not any("\x1b" in line for line in body["lines"])
+
+
+def test_errors_say_what_and_what_to_do(web: TestClient) -> None:
+    missing = web.get("/versions/team/base/9.9.9")
+    assert missing.status_code == 404 and "does not exist" in missing.text and "hint:" in missing.text
+    api = web.get("/api/versions/team/base/9.9.9")
+    assert api.status_code == 404 and api.json()["error"]["category"] == "not-found"
+    assert web.get("/definitions/team/base?page=abc").status_code == 400
+    assert web.get("/definitions/nope/nothing").status_code == 404
+    assert web.get("/no/such/page").status_code == 404
+
+
+def test_actions_are_off_unless_allowed(web: TestClient, fresh_home: Home) -> None:
+    html = web.get("/versions/team/checked/1.0.0").text
+    assert "<form" not in html
+    c, keys = client(fresh_home)
+    answer = c.post("/actions/versions/team/base/1.0.0/revoke", data={"csrf": keys.csrf, "reason": "x"})
+    assert answer.status_code == 403
+    assert lookup.get_version(fresh_home, "team/base@1.0.0")[0].revocation is None
+
+
+def test_actions_need_the_csrf_token_and_a_same_origin_form(fresh_home: Home) -> None:
+    c, keys = client(fresh_home, actions=True)
+    for data, headers in (({"reason": "x"}, {}), ({"reason": "x", "csrf": "forged"}, {}),
+                          ({"reason": "x", "csrf": keys.csrf}, {"origin": "http://evil.example"})):
+        answer = c.post("/actions/versions/team/base/1.0.0/revoke", data=data, headers=headers)
+        assert answer.status_code == 403
+    assert lookup.get_version(fresh_home, "team/base@1.0.0")[0].revocation is None
+
+
+def test_revoke_and_promote_call_the_library_like_the_cli(fresh_home: Home) -> None:
+    c, keys = client(fresh_home, actions=True)
+    page = c.get("/versions/team/checked/1.0.0").text
+    assert keys.csrf in page and "/actions/versions/team/checked/1.0.0/promote" in page
+    answer = c.post("/actions/versions/team/base/1.0.0/revoke", data={"csrf": keys.csrf, "reason": "CVE-1"},
+                    headers={"origin": "http://testserver"})
+    assert answer.status_code == 303 and answer.headers["location"] == "/versions/team/base/1.0.0"
+    revoked = lookup.get_version(fresh_home, "team/base@1.0.0")[0].revocation
+    assert revoked is not None and revoked.reason == "CVE-1"
+    assert c.post("/actions/versions/team/checked/1.0.0/promote", data={"csrf": keys.csrf}).status_code == 303
+    check = lookup.get_version(fresh_home, "team/checked@1.0.0")[0].check
+    assert check is not None and check.state == "promoted"
+    empty = c.post("/actions/versions/team/base/1.2.0/revoke", data={"csrf": keys.csrf, "reason": " "})
+    assert empty.status_code == 400
+
+
+def test_the_store_page_counts_in_the_background(web_home: Home) -> None:
+    keys = security.Secrets()
+    app = build(web_home.root, keys)
+    c = TestClient(app)
+    c.cookies.set(security.COOKIE, keys.token)
+    first = c.get("/store").text
+    assert "Counting what the store holds" in first or "Store on disk" in first
+    cast(Starlette, app.app).state.ctx.du.wait(120)
+    assert "Store on disk" in c.get("/store").text
+
+
+def test_sharing_agrees_with_du_on_the_bytes_only_a_version_holds(web: TestClient, web_home: Home) -> None:
+    """Two computations of the same number: the sharing page's (chunk sets and users) and imgtool du's
+    (a mark of the whole store)."""
+    from imgtool import maintenance
+
+    unique = {r["ref"]: r["unique_bytes"] for r in maintenance.du(web_home)["versions"]}
+    html = web.get("/definitions/team/base/sharing").text
+    for version in ("1.0.0", "1.1.0", "1.2.0", "2.0.0"):
+        row = html.split(f">{version}</a></th>", 1)[1].split("</tr>", 1)[0]
+        cells = re.findall(r"<td>([^<]*)</td>", row)
+        assert cells[3] == _human(unique[f"team/base@{version}"])
+    assert unique["team/base@1.1.0"] > 0  # the revoked one holds chunks no other version has
+
+
+def _human(n: int) -> str:
+    from imgtool.cli.output import human_bytes
+
+    return human_bytes(n)
+
+
+def test_remembered_lists_follow_every_publish(fresh_home: Home) -> None:
+    """The server remembers a definition's list while its names are unchanged; a publish changes them."""
+    from tests.remote.helpers import disk_bytes, publish_bytes
+    from tests.web.test_web_units import _age
+
+    c, _ = client(fresh_home)
+    folders = [fresh_home.store.layout.name("versions", "team", "base"), fresh_home.vms]
+
+    def versions() -> list[str]:
+        return [v["version"] for v in c.get("/api/definitions/team/base/versions").json()]
+
+    _age(*folders)
+    assert versions() == ["1.0.0", "1.1.0", "1.2.0", "2.0.0"]
+    assert versions() == ["1.0.0", "1.1.0", "1.2.0", "2.0.0"]  # now from memory
+    publish_bytes(fresh_home, "team/base", "3.0.0", disk_bytes(1 << 20, seed=77))
+    assert versions()[-1] == "3.0.0"  # a folder changed this instant is not trusted: read afresh
+    _age(*folders)
+    assert versions()[-1] == "3.0.0" and "3.0.0" in c.get("/definitions/team/base").text
+    assert "3.0.0" in c.get("/definitions/team/base/sharing").text
+
+
+def test_stopping_a_stopped_vm_goes_through_the_library(fresh_home: Home) -> None:
+    c, keys = client(fresh_home, actions=True)
+    assert "/actions/vms/web1/start" in c.get("/vms/web1").text  # a stopped VM offers start
+    answer = c.post("/actions/vms/web1/stop", data={"csrf": keys.csrf})
+    assert answer.status_code == 303 and answer.headers["location"] == "/vms/web1"
+    missing = c.post("/actions/vms/nobody/stop", data={"csrf": keys.csrf})
+    assert missing.status_code == 404 and "nobody" in missing.text
+
+
+def test_serve_refuses_a_listen_name_and_a_bad_port(web_home: Home) -> None:
+    from tests.cli import Cli
+
+    cli = Cli(web_home.root)
+    named = cli("serve", "--listen", "localhost", ok=False)
+    assert named.returncode == 2 and "not an IP address" in named.stderr and "hint:" in named.stderr
+    port = cli("serve", "--port", "70000", ok=False)
+    assert port.returncode == 2 and "0..65535" in port.stderr
