@@ -36,6 +36,8 @@ def disk_bytes(path: Path, fmt: str, *, writable: bool = False) -> Iterator[Path
     """A path whose bytes are the disk's guest-visible content, for the duration of the block.
 
     raw: the file itself. Else a FUSE export by qemu-storage-daemon, stopped (and unmounted) on exit.
+    The daemon is our tethered child, not a daemonized one: if this process is killed, the kernel
+    sends it SIGTERM and it unmounts, so a killed publish or audit leaves no daemon behind.
     """
     if fmt == "raw":
         yield path
@@ -45,17 +47,34 @@ def disk_bytes(path: Path, fmt: str, *, writable: bool = False) -> Iterator[Path
         mountpoint.touch(mode=0o600)
         pidfile = Path(tmp) / "qsd.pid"
         # The disk may be hostile (a file given to audit): the daemon runs under the untrusted limits.
-        run.run(export_argv(path, fmt, mountpoint, pidfile, writable=writable), timeout=EXPORT_TIMEOUT,
-                limits=run.UNTRUSTED)
-        pid = int(pidfile.read_text().strip())
+        daemon = run.spawn(export_argv(path, fmt, mountpoint, pidfile, writable=writable),
+                           limits=run.UNTRUSTED, tethered=True, death_signal=signal.SIGTERM)
         try:
+            _await_export(daemon, pidfile)
             yield mountpoint
         finally:
-            _stop(pid)
+            daemon.stop(timeout=10)
+
+
+def _await_export(daemon: run.Background, pidfile: Path) -> None:
+    """Wait until the export is mounted: qemu-storage-daemon writes its pid file after creating
+    its exports (a documented order), so our child's pid in the file means the mount is there."""
+    deadline = time.monotonic() + EXPORT_TIMEOUT
+    while time.monotonic() < deadline:
+        if not daemon.alive():
+            daemon.stop()
+            code = daemon.returncode()
+            raise run.failure(run.Result(daemon.argv, -1 if code is None else code, "", daemon.stderr()))
+        with contextlib.suppress(OSError, ValueError):
+            if int(pidfile.read_text().strip()) == daemon.pid:
+                return
+        time.sleep(0.02)
+    raise ToolFailed(f"qemu-storage-daemon did not export the disk within {EXPORT_TIMEOUT:.0f} s",
+                     hint="the disk file may be on a hung file system; run with --debug for the command")
 
 
 def export_argv(path: Path, fmt: str, mountpoint: Path, pidfile: Path, *, writable: bool) -> list[str]:
-    """qemu-storage-daemon exporting `path` (format `fmt`) as a raw FUSE file; daemonized once ready."""
+    """qemu-storage-daemon exporting `path` (format `fmt`) as a raw FUSE file; the pid file marks it ready."""
     read_only = "off" if writable else "on"
     return [
         "qemu-storage-daemon",
@@ -64,7 +83,6 @@ def export_argv(path: Path, fmt: str, mountpoint: Path, pidfile: Path, *, writab
         "--export", f"type=fuse,id=export0,node-name=disk0,mountpoint={_qemu_escape(mountpoint)},"
                     f"writable={'on' if writable else 'off'}",
         "--pidfile", os.fspath(pidfile),
-        "--daemonize",
     ]
 
 
@@ -73,24 +91,6 @@ def _qemu_escape(path: Path) -> str:
     return os.fspath(path.absolute()).replace(",", ",,")
 
 
-def _stop(pid: int) -> None:
-    """SIGTERM the daemon we started (it flushes and unmounts its export), bounded; then SIGKILL."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if _alive(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 @dataclass(frozen=True)

@@ -238,12 +238,12 @@ class Background:
 PR_SET_PDEATHSIG = 1  # prctl(2) option: the signal a child gets when the thread that forked it exits
 
 
-def _tether(parent: int, then: Callable[[], None] | None) -> Callable[[], None]:
-    """A preexec step: the kernel SIGKILLs the child when its forking thread dies (see _Spawner)."""
+def _tether(parent: int, then: Callable[[], None] | None, death: int) -> Callable[[], None]:
+    """A preexec step: the kernel signals the child when its forking thread dies (see _Spawner)."""
 
     def apply() -> None:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        libc.prctl(PR_SET_PDEATHSIG, death, 0, 0, 0)
         if os.getppid() != parent:  # the parent died before prctl: nobody would signal us
             os._exit(1)
         if then is not None:
@@ -305,6 +305,7 @@ def spawn(
     limits: Limits | None = None,
     env: dict[str, str] | None = None,
     tethered: bool = False,
+    death_signal: int = signal.SIGKILL,
     pass_fds: tuple[int, ...] = (),
     output: Path | None = None,
 ) -> Background:
@@ -312,6 +313,8 @@ def spawn(
 
     tethered: the child dies with this process even if it is SIGKILLed (qemu-nbd and probe guests
     run in sessions of their own, so nothing else would ever stop them).
+    death_signal: what a tethered child gets then; SIGTERM for one that must clean up after itself
+    (a FUSE export unmounts on SIGTERM; SIGKILL would leave a dead mount behind).
     pass_fds: descriptors the child inherits under the same numbers (a listening socket).
     output: stdout and stderr appended to this file instead of kept in memory, for a child that
     outlives this process (a pipe to us would break when we exit).
@@ -336,17 +339,18 @@ def spawn(
         with open(output, "ab") as log_file:  # the child has its own copy once started
             kwargs["_out"] = log_file
             kwargs["_err_to_out"] = True
-            return _spawn(command, args, kwargs, limits, tethered)
-    return _spawn(command, args, kwargs, limits, tethered)
+            return _spawn(command, args, kwargs, limits, tethered and death_signal)
+    return _spawn(command, args, kwargs, limits, tethered and death_signal)
 
 
-def _spawn(command: Any, args: list[str], kwargs: dict[str, Any], limits: Limits | None, tethered: bool) -> Background:
+def _spawn(command: Any, args: list[str], kwargs: dict[str, Any], limits: Limits | None, death: int) -> Background:
+    """death: the signal a tethered child gets when we die; 0 for a child not tethered."""
     preexec = limits.preexec() if limits is not None else None
-    if not tethered:
+    if not death:
         if preexec is not None:
             kwargs["_preexec_fn"] = preexec
         return Background(args, command(*args[1:], **kwargs))
-    kwargs["_preexec_fn"] = _tether(os.getpid(), preexec)
+    kwargs["_preexec_fn"] = _tether(os.getpid(), preexec, death)
     return Background(args, _spawner.call(lambda: command(*args[1:], **kwargs)))
 
 
