@@ -107,7 +107,7 @@ def boot_seconds(cli: Cli, vm: str, *extra: str) -> dict[str, Any]:
 def first(cli: Cli, key: Path) -> dict[str, str]:
     started = time.monotonic()
     cli("vm", "new", "first", "--image", "lab/deb@1.0.0", "--admin-user", ADMIN, "--ssh-key", f"{key}.pub",
-        "--memory", "1024", "--start", "--wait", "--wait-timeout", WAIT)
+        "--memory", "1024", "--disk-size", "3G", "--start", "--wait", "--wait-timeout", WAIT)
     print(f"\nfirst: vm new --start --wait took {time.monotonic() - started:.0f}s (TCG, base included)")
     boot_seconds(cli, "first", "--cloud-init")
     return identity(cli, "first")
@@ -132,6 +132,12 @@ def second(cli: Cli, key: Path, first: dict[str, str]) -> dict[str, str]:
         "--memory", "1024", "--start")
     boot_seconds(cli, "second", "--cloud-init")
     return identity(cli, "second")
+
+
+def test_disk_size_grows_the_root_file_system(cli: Cli, first: dict[str, str]) -> None:
+    """The image is 2 GiB; `--disk-size 3G` grows the partition and ext4 on first boot (growpart, resizefs)."""
+    size = int(ssh(cli, "first", "df --output=size -B1M / | tail -1").strip())
+    assert size > 2560, f"the root file system has {size} MiB after --disk-size 3G"
 
 
 def test_generalized_then_published_gives_a_new_identity(cli: Cli, first: dict[str, str],
