@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
@@ -29,6 +28,7 @@ from imgtool.gallery.galleries import VERSIONS
 from imgtool.gallery.version_index import RACY_NS
 from imgtool.home import Home
 from imgtool.names import DefinitionRef
+from store import fsclock
 
 T = TypeVar("T")
 MAX_ENTRIES = 256
@@ -53,7 +53,7 @@ def _log_size(home: Home) -> int:
 def definition_key(home: Home, ref: DefinitionRef) -> Key | None:
     """What a definition's version list depends on; None while its folder is too fresh to trust."""
     stamp = _stamp(home.store.layout.name(VERSIONS, ref.gallery, ref.definition))
-    if time.time_ns() - stamp < RACY_NS:
+    if fsclock.now_ns(home.store.layout.tmp) - stamp < RACY_NS:  # mtimes against the clock that stamps them
         return None
     return (stamp, _log_size(home))
 
@@ -63,7 +63,7 @@ def home_key(home: Home) -> Key | None:
     VM folders' stamps, for results that also read VM records."""
     root = home.store.layout.name(VERSIONS)
     stamps: list[tuple[str, int]] = []
-    now = time.time_ns()
+    now = fsclock.now_ns(home.store.layout.tmp)
     folders = [os.fspath(root), *_subfolders(os.fspath(root), depth=2), os.fspath(home.vms),
                *_subfolders(os.fspath(home.vms), depth=1)]
     for folder in folders:

@@ -20,7 +20,8 @@ from tests.remote.token_server import running as token_server
 from tests.trust import token_registry
 from tests.trust.oci import Client, challenge, digest_of, push_artifact, wait_until_refused
 
-pytestmark = pytest.mark.integration
+# real_clock: the Go registry checks token lifetimes against the real clock, which libfaketime cannot move.
+pytestmark = [pytest.mark.integration, pytest.mark.real_clock]
 
 
 def actions_of(scope: str) -> tuple[str, set[str]]:

@@ -28,7 +28,8 @@ from tests.remote.token_server import running as token_server
 from tests.trust import token_registry
 from tests.trust.oci import Client, wait_until_refused
 
-pytestmark = pytest.mark.integration
+# real_clock: the Go registry checks token lifetimes against the real clock, which libfaketime cannot move.
+pytestmark = [pytest.mark.integration, pytest.mark.real_clock]
 
 
 @dataclass

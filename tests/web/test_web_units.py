@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from imgtool.web import background, lineage, security, server
 from imgtool.web.lineage import VersionFact, VmFact
 from imgtool.web.memo import Memo, definition_key, home_key
 from imgtool.web.views import Window
+from store import fsclock
 
 
 def test_lineage_links_versions_vms_and_remotes_and_spreads_revocation() -> None:
@@ -152,5 +152,5 @@ def test_memo_keys_change_with_names_and_are_withheld_while_racy(tmp_path: Path)
 def _age(*folders: Path) -> None:
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
-        old = time.time_ns() - 2 * RACY_NS
+        old = fsclock.now_ns(folder) - 2 * RACY_NS  # the file system's clock, as the memo reads it
         os.utime(folder, ns=(old, old))
