@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from imgtool import clock
 from imgtool.errors import Corrupt, InvalidArgument, NotFound
 from imgtool.gallery.versions import Candidate, Verdict, Version, resolve_latest
+from imgtool.oci.target import Target
 from imgtool.remote.format import parse_manifest
 from imgtool.remote.knowledge import version_tags
-from imgtool.remote.target import Target
 
 
 @dataclass(frozen=True)

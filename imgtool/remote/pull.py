@@ -32,12 +32,12 @@ from imgtool.gallery.galleries import DEFINITIONS, GALLERIES, VERSIONS, gallery_
 from imgtool.gallery.model import Definition, Gallery, ImageVersion
 from imgtool.home import Home
 from imgtool.names import DefinitionRef, ImageRef, parse_definition_ref, parse_image_ref, ref_fields
+from imgtool.oci.target import Fetched, Target, read_all
 from imgtool.remote import catalog, fetch
 from imgtool.remote import format as fmt
 from imgtool.remote.format import DiskIndex, IndexEntry, VersionManifest
 from imgtool.remote.knowledge import load_index
 from imgtool.remote.remotes import Remote
-from imgtool.remote.target import Fetched, Target, read_all
 from store import canonical
 from store import digest as store_digest
 from store.disks import DiskManifest

@@ -13,12 +13,10 @@ from imgtool.names import parse_definition_ref, parse_image_ref
 from imgtool.remote import auth, catalog, remotes, revoke
 from imgtool.remote import format as fmt
 from imgtool.remote.connect import connected
-from imgtool.remote.format import Descriptor
 from imgtool.remote.pull import Checked, Checking, PullHook, Pulling, PullResult, pull
 from imgtool.remote.push import Pushed, PushHook, PushResult, push
 from imgtool.remote.registry import RegistryClient
 from imgtool.trust import gate, pins
-from imgtool.trust.signatures import Descriptor as Subject
 from imgtool.trust.signatures import SignedName
 from store.progress import Progress
 
@@ -45,7 +43,7 @@ def push_source(home: Home, source: str, remote_name: str, *, progress: Progress
     with connected(home, remote_name) as (remote, target):
 
         def hook(event: Pushed) -> None:
-            gate.sign_pushed(home, remote, event.target, event.repository, _subject(event.manifest), event.version)
+            gate.sign_pushed(home, remote, event.target, event.repository, event.manifest, event.version)
             _push_hook(event)
 
         try:
@@ -78,10 +76,6 @@ def pull_ref(home: Home, text: str, *, as_ref: str | None = None, progress: Prog
         finally:
             if stats is not None:
                 stats.update(target.stats.to_json())
-
-
-def _subject(manifest: Descriptor) -> Subject:
-    return Subject(manifest.media_type, manifest.digest, manifest.size)
 
 
 def _check(home: Home, remote: remotes.Remote, event: Checking, pinned: pins.RemoteRef) -> Checked:

@@ -23,17 +23,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imgtool.clock import now
-from imgtool.errors import Corrupt, InvalidArgument, NotFound, Refused
+from imgtool.errors import Corrupt, InvalidArgument, Refused
 from imgtool.gallery.galleries import VERSIONS
 from imgtool.gallery.lookup import get_version
 from imgtool.gallery.model import ImageVersion
 from imgtool.home import Home
 from imgtool.names import REPOSITORY_PATH
+from imgtool.oci import media
+from imgtool.oci.descriptor import Descriptor, sha256_of
+from imgtool.oci.target import Fetched, Target, read_all
 from imgtool.records import check_record
 from imgtool.remote import format as fmt
 from imgtool.remote.catalog import RemoteVersion
 from imgtool.remote.remotes import Remote
-from imgtool.remote.target import Fetched, Target, read_all, sha256_of
 from imgtool.trust import referrers
 from imgtool.trust import signatures as sig
 from imgtool.trust.homes import keyring, trust_store
@@ -48,42 +50,6 @@ _SET_FIELDS = {"remote", "registry", "repository", "tag", "gallery", "definition
                "config", "referrers"}
 
 
-class TargetAdapter:
-    """imgtool.trust.referrers' reader/writer over an imgtool.remote Target (registry or layout)."""
-
-    def __init__(self, target: Target) -> None:
-        self.target = target
-
-    def get_manifest(self, repository: str, reference: str, *, limit: int) -> bytes | None:
-        try:
-            return self.target.get_manifest(repository, reference).data
-        except NotFound:
-            return None
-
-    def get_blob(self, repository: str, digest: str, *, limit: int) -> bytes | None:
-        size = self.target.blob_size(repository, digest)
-        if size is None:
-            return None
-        if size > limit:
-            raise Corrupt(f"{self.target.label}: blob {digest[:19]}… is {size} bytes, above the {limit}-byte limit "
-                          "for a signature", hint="nothing was used; the remote serves something else")
-        return read_all(self.target.get_blob(repository, digest, size=size))
-
-    def get_referrers(self, repository: str, digest: str, *, limit: int) -> bytes | None:
-        if not self.target.supports_referrers_api(repository):
-            return None
-        entries = self.target.referrers(repository, digest)
-        return sig.canonical({"schemaVersion": 2, "mediaType": sig.OCI_INDEX, "manifests": entries})
-
-    def put_blob(self, repository: str, data: bytes) -> None:
-        digest = sha256_of(data)
-        if self.target.blob_size(repository, digest) is None:
-            self.target.put_blob(repository, digest, data)
-
-    def put_manifest(self, repository: str, reference: str, data: bytes, *, media_type: str) -> None:
-        self.target.put_manifest(repository, reference, data, media_type)
-
-
 def registry_of(remote: Remote) -> str:
     """The registry part of a signed name: the host, or `oci-layout` for a folder (its path can move)."""
     return remote.host if remote.kind == "registry" else "oci-layout"
@@ -95,21 +61,20 @@ def signed_name(remote: Remote, repository: str, version: ImageVersion) -> sig.S
 
 # -- push -------------------------------------------------------------------------------------------------------------
 
-def sign_pushed(home: Home, remote: Remote, target: Target, repository: str, subject: sig.Descriptor,
+def sign_pushed(home: Home, remote: Remote, target: Target, repository: str, subject: Descriptor,
                 version: ImageVersion) -> list[str]:
     """Sign and attach before the tag is put; returns the key ids that signed (or carried signatures)."""
-    adapter = TargetAdapter(target)
     signed: list[str] = []
     key_name = SIGNING_KEY.get() or trust_store(home).remote(remote.name).signing_key
     if key_name is not None:
         key = keyring(home).load(key_name)
         when = now()
         envelope = sig.sign(key, signed_name(remote, repository, version), subject.digest, signed_at=when)
-        referrers.attach(adapter, repository, referrers.make(envelope, subject, key_id=key.public.key_id,
+        referrers.attach(target, repository, referrers.make(envelope, subject, key_id=key.public.key_id,
                                                             created=when))
         signed.append(key.public.key_id)
     for carried in _carried(home, version, subject.digest):
-        referrers.attach(adapter, repository, carried)
+        referrers.attach(target, repository, carried)
         signed.append(sig.open_envelope(carried.envelope).key_id)
     return signed
 
@@ -122,14 +87,13 @@ def sign_present(home: Home, remote: Remote, target: Target, repository: str, di
     if key_name is None:
         return False
     key = keyring(home).load(key_name)
-    adapter = TargetAdapter(target)
-    if any(_signed_by(key.public, a, name, digest) for a in referrers.find(adapter, repository, digest)):
+    if any(_signed_by(key.public, a, name, digest) for a in referrers.find(target, repository, digest)):
         return False
     manifest = target.get_manifest(repository, digest).data
     when = now()
     envelope_bytes = sig.sign(key, name, digest, signed_at=when)
-    subject = sig.Descriptor(sig.OCI_MANIFEST, digest, len(manifest))
-    referrers.attach(adapter, repository, referrers.make(envelope_bytes, subject, key_id=key.public.key_id,
+    subject = Descriptor(media.OCI_MANIFEST, digest, len(manifest))
+    referrers.attach(target, repository, referrers.make(envelope_bytes, subject, key_id=key.public.key_id,
                                                         created=when))
     return True
 
@@ -171,7 +135,7 @@ def check_pull(home: Home, remote: Remote, target: Target, repository: str, tag:
     name = signed_name(remote, repository, version)
     if trust.remote(remote.name).policy in (ANY, UNSET):
         return PullCheck(trust.check(remote.name, name, fetched.digest, []))  # warns, or refuses when unset
-    found = referrers.find(TargetAdapter(target), repository, fetched.digest)
+    found = referrers.find(target, repository, fetched.digest)
     acceptance = trust.check(remote.name, name, fetched.digest, [a.envelope for a in found])
     manifest = fmt.parse_manifest(fetched.data, fetched.digest, f"{remote.name}:{repository}:{tag}")
     config = read_all(target.get_blob(repository, manifest.config.digest, size=manifest.config.size))
@@ -216,7 +180,7 @@ def screen(home: Home, remote: Remote, target: Target, repository: str,
     for version in found:
         try:
             name = sig.SignedName(registry_of(remote), repository, gallery, definition, version.version)
-            envelopes = [a.envelope for a in referrers.find(TargetAdapter(target), repository, version.manifest)]
+            envelopes = [a.envelope for a in referrers.find(target, repository, version.manifest)]
             trust.check(remote.name, name, version.manifest, envelopes)
         except (Refused, Corrupt, InvalidArgument) as exc:
             refused[version.version] = "not verified: " + exc.message[:160]

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from imgtool import strict
 from imgtool.errors import InvalidArgument, Refused
 from imgtool.gallery.versions import Version
 from imgtool.names import check_name, parse_definition_ref
-from imgtool.trust import strict
 
 _FORM = "REMOTE:GALLERY/DEFINITION[@X.Y.Z[@sha256:HEX]]"
 

@@ -11,9 +11,9 @@ from imgtool.gallery.model import Definition
 from imgtool.gallery.versions import Version
 from imgtool.home import Home
 from imgtool.names import DefinitionRef
+from imgtool.oci.target import Target
 from imgtool.remote import remotes
 from imgtool.remote.connect import open_target
-from imgtool.remote.target import Target
 from imgtool.trust.homes import trust_store
 from store.ingest import ingest
 
