@@ -23,10 +23,9 @@ from imgtool.gallery.lifecycle_model import CheckResult
 from imgtool.gallery.lookup import get_version
 from imgtool.gallery.model import OS_STATES, Definition, Disk, ImageVersion, check_choice, check_date
 from imgtool.gallery.version_changes import check_block_deletion
-from imgtool.gallery.versions import Version
 from imgtool.guest import service as guest
 from imgtool.home import Home
-from imgtool.names import DefinitionRef
+from imgtool.names import DefinitionRef, Version
 from imgtool.tools import qemu_img
 from store import atomic
 from store import digest as digests

@@ -8,9 +8,9 @@ from imgtool.gallery import recycle
 from imgtool.gallery.galleries import VERSIONS, get_definition_with_digest
 from imgtool.gallery.model import ImageVersion
 from imgtool.gallery.version_index import Summary, summaries
-from imgtool.gallery.versions import Candidate, Verdict, Version, resolve_latest
+from imgtool.gallery.versions import Candidate, Verdict, resolve_latest
 from imgtool.home import Home
-from imgtool.names import DefinitionRef, ImageRef, parse_image_ref
+from imgtool.names import DefinitionRef, ImageRef, Version, parse_image_ref
 
 
 def list_versions(home: Home, ref: DefinitionRef) -> list[Summary]:

@@ -5,8 +5,9 @@
 - Tag: the version, `X.Y.Z`.
 - Manifest: an OCI 1.1 image manifest, artifactType VERSION_TYPE, config CONFIG_TYPE (the version,
   definition and gallery records), layers: one chunk index per disk (INDEX_TYPE), then the packs
-  (PACK_TYPE) those indexes point into, in the order the indexes name them.
-- A pack is zstd frames, one per chunk, as in the local store; the index locates every chunk.
+  (PACK_TYPE) those indexes point into, in order of first use.
+- A pack is zstd frames, one per chunk (a local pack's optimized spans are split back into one frame
+  per chunk on push); the index locates every chunk.
 """
 
 from __future__ import annotations

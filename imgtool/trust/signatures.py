@@ -50,8 +50,7 @@ from typing import Any
 from imgtool import strict
 from imgtool.clock import parse_time, stamp
 from imgtool.errors import Corrupt, InvalidArgument
-from imgtool.gallery.versions import Version
-from imgtool.names import REPOSITORY_PATH, check_name
+from imgtool.names import REPOSITORY_PATH, Version, check_name
 from imgtool.oci import media
 from imgtool.oci.descriptor import Descriptor, canonical
 from imgtool.oci.referrers import MAX_MANIFEST_OF_REFERRER

@@ -1,9 +1,8 @@
-"""The points the signing layer builds on: push/pull hooks and referrers (API or tag-schema fallback)."""
+"""The points the signing flows build on: the push hook, the pull check, and referrers (API or tag-schema fallback)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -12,7 +11,7 @@ from imgtool.oci import referrers
 from imgtool.oci.descriptor import Descriptor
 from imgtool.oci.media import OCI_MANIFEST as MANIFEST_TYPE
 from imgtool.oci.target import Target
-from imgtool.remote.pull import Pulling, pull
+from imgtool.remote.pull import Checked, Checking, pull
 from imgtool.remote.push import Pushed, push
 from store.verify import verify
 from tests.remote.helpers import add_remote, disk_bytes, make_home, publish_bytes
@@ -52,21 +51,22 @@ def test_hooks_see_the_manifest_before_any_name_and_referrers_travel(registry: R
     dst = make_home(tmp_path / "b", gallery_name="x")
     remote_b, target_b = add_remote(dst, "origin", url)
 
-    def refuse(event: Pulling) -> dict[str, Any] | None:
+    def refuse(event: Checking) -> Checked:
         raise Refused("no trusted signature", hint="trust a key")
     with pytest.raises(Refused):
-        pull(dst, remote_b, target_b, "team/base@1.0.0", hook=refuse)
+        pull(dst, remote_b, target_b, "team/base@1.0.0", check=refuse)
     assert dst.store.get_name("versions", "team", "base", "1.0.0") is None
     assert dst.store.get_name("definitions", "team", "base") is None
     assert verify(dst.store).ok
 
-    def accept(event: Pulling) -> dict[str, Any] | None:
-        sigs = referrers.listed(event.target, event.repository, event.manifest_digest, artifact_type=SIG_TYPE)
-        assert event.local.gallery == "team" and event.version.version == "1.0.0"
-        return {"signatures": [d.digest for d in sigs]}
-    pull(dst, remote_b, target_b, "team/base@1.0.0", hook=accept)
-    from imgtool.gallery.lookup import get_version
-    assert get_version(dst, "team/base@1.0.0")[0].provenance["signatures"] == [again.digest]
+    kept: list[str] = []
+
+    def accept(event: Checking) -> Checked:
+        sigs = referrers.listed(event.target, event.repository, event.fetched.digest, artifact_type=SIG_TYPE)
+        assert event.version.version == "1.0.0"
+        return Checked(keep=lambda local: kept.extend([local.label, *(d.digest for d in sigs)]))
+    pull(dst, remote_b, target_b, "team/base@1.0.0", check=accept)
+    assert kept == ["team/base@1.0.0", again.digest]
 
 
 def test_subject_descriptor_shape() -> None:

@@ -205,8 +205,7 @@ def test_data_disks_travel_and_siblings_share_by_mount(registry: Registry, tmp_p
     from imgtool.gallery.galleries import create_definition
     from imgtool.gallery.image_versions import PublishRequest, export, publish
     from imgtool.gallery.model import Definition
-    from imgtool.gallery.versions import Version
-    from imgtool.names import DefinitionRef
+    from imgtool.names import DefinitionRef, Version
     from store.ingest import ingest
 
     src = make_home(tmp_path / "a")

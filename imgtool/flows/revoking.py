@@ -21,6 +21,7 @@ from typing import Any
 
 from imgtool.clock import now, parse_time
 from imgtool.errors import NotFound, Refused
+from imgtool.flows.signing import registry_of, signing_key
 from imgtool.gallery.galleries import VERSIONS
 from imgtool.gallery.lifecycle_model import Revocation
 from imgtool.gallery.lookup import get_version
@@ -36,7 +37,6 @@ from imgtool.remote.connect import connected
 from imgtool.remote.remotes import Remote
 from imgtool.trust import revocations
 from imgtool.trust import signatures as sig
-from imgtool.trust.gate import SIGNING_KEY, registry_of
 from imgtool.trust.homes import keyring, trust_store
 from imgtool.vm import record as vmrecord
 
@@ -63,7 +63,7 @@ def push_revocation(home: Home, text: str, remote_name: str, *, key_name: str | 
         except NotFound:
             raise NotFound(f"{remote.name} has no {repo}:{version.version}",
                            hint="nothing to revoke there (push it first, if that was meant)") from None
-        chosen = key_name or SIGNING_KEY.get() or trust_store(home).remote(remote.name).signing_key
+        chosen = signing_key(home, remote, key_name)
         if chosen is None:
             raise Refused(f"no key to sign the revocation for {remote.name} with",
                           hint=f"pass --sign KEY, or set one: imgtool trust signing-key {remote.name} KEY")

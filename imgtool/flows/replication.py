@@ -23,12 +23,11 @@ from typing import Any
 
 from imgtool.clock import stamp
 from imgtool.errors import Corrupt, ImgtoolError, InvalidArgument
+from imgtool.flows.sharing import push_source
 from imgtool.gallery.galleries import VERSIONS
-from imgtool.gallery.versions import Version
 from imgtool.home import Home
-from imgtool.names import check_name, parse_image_ref, ref_fields
+from imgtool.names import Version, check_name, parse_image_ref, ref_fields
 from imgtool.remote import remotes
-from imgtool.remote.service import push_source
 from store import atomic
 from store.lock import file_lock
 from store.progress import Progress
@@ -114,6 +113,16 @@ def set_targets(home: Home, text: str, *, add: Sequence[str] = (), remove: Seque
             targets.pop(name, None)
         _write_state(home, *key, targets)
     return targets
+
+
+def retarget(home: Home, ref: str, *, add: Sequence[str], remove: Sequence[str] = (),
+             progress: Progress | None = None) -> list[Outcome]:
+    """Set a version's targets, then replicate it to those added (a failed target is an outcome: the
+    version stays, `imgtool replicate` retries)."""
+    if not add and not remove:
+        return []
+    set_targets(home, ref, add=add, remove=remove)
+    return replicate(home, ref, progress=progress) if add else []
 
 
 def parse_targets(text: str | None) -> list[str]:
