@@ -50,11 +50,13 @@ def capture(
     VMDK extents, absurd sizes are refused). Only allocated data is read; identical chunks are stored once.
     An unpublished capture is kept for 24 hours (see imgtool gc)."""
     from imgtool.capture import sources
+    from imgtool.gallery.lookup import version_disks
 
     st = state(ctx)
     bar = ProgressBar(f"capturing {Path(source).name}", enabled=not st.json)
     try:
-        captured = sources.capture(st.home, source, fmt=fmt, progress=bar, allow_nested=allow_nested_image)
+        captured = sources.capture(st.home, source, versions=version_disks(st.home), fmt=fmt, progress=bar,
+                                   allow_nested=allow_nested_image)
     finally:
         bar.close()
     if st.json:

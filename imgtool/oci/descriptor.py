@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from imgtool.errors import Corrupt
 from imgtool.oci import media
+from imgtool.strict import SHA256
 
-SHA256 = re.compile(r"^sha256:[0-9a-f]{64}$")
 EMPTY = b"{}"  # the OCI empty descriptor's content
 EMPTY_DIGEST = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
 
