@@ -1,4 +1,4 @@
-"""Validation of the names users type: galleries, definitions, VMs, snapshots, references.
+"""Validation of the names users type: galleries, definitions, VMs, snapshots, references, version numbers.
 
 Rules are stated in the error so a user can fix the name without reading docs.
 Pure module.
@@ -10,7 +10,6 @@ import re
 from dataclasses import dataclass
 
 from imgtool.errors import InvalidArgument
-from imgtool.gallery.versions import Version
 
 MAX_NAME = 80
 # Registry repository names as the OCI distribution spec defines them: the remote layer names each
@@ -22,6 +21,35 @@ REPOSITORY_PATH = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
 _NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$")
 RULE = (f"1-{MAX_NAME} characters: letters, digits, '.', '_' and '-', starting and ending with a letter or "
         "digit, no '..'")
+
+
+# A version is MAJOR.MINOR.PATCH, each an unsigned 32-bit integer written without leading zeros.
+MAX_PART = 2**32 - 1
+_VERSION_NUMBER = re.compile(r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)$")
+
+
+@dataclass(frozen=True, order=True)
+class Version:
+    major: int
+    minor: int
+    patch: int
+
+    @classmethod
+    def parse(cls, text: str) -> Version:
+        match = _VERSION_NUMBER.fullmatch(text)  # not match: `$` also matches before a final "\n"
+        if not match:
+            raise InvalidArgument(
+                f"'{text.encode('unicode_escape').decode('ascii')}' is not a version",
+                hint="write MAJOR.MINOR.PATCH, three non-negative integers without leading zeros, e.g. 1.2.0",
+            )
+        parts = tuple(int(g) for g in match.groups())
+        if any(p > MAX_PART for p in parts):
+            raise InvalidArgument(f"version '{text}' has a part above {MAX_PART}",
+                                  hint="each part must fit in an unsigned 32-bit integer")
+        return cls(*parts)
+
+    def __str__(self) -> str:
+        return f"{self.major}.{self.minor}.{self.patch}"
 
 
 def ref_fields(label: str) -> dict[str, str]:

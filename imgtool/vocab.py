@@ -45,3 +45,25 @@ def values(enum: type[StrEnum]) -> tuple[str, ...]:
 
 # sun_path holds 108 bytes including the terminating NUL: the longest unix socket path any tool accepts.
 MAX_SOCKET_PATH = 107
+
+
+class TrustPolicy(StrEnum):
+    """A remote's trust policy (imgtool.trust.policy says what each means)."""
+
+    SIGNED = "signed"
+    ANY = "any"
+    UNSET = "unset"
+
+
+class RemoteKind(StrEnum):
+    REGISTRY = "registry"
+    LAYOUT = "oci-layout"
+
+
+class ReplicationState(StrEnum):
+    """A version's state at one replication target (docs/STORE-FORMAT.md, Home files)."""
+
+    PENDING = "pending"
+    REPLICATING = "replicating"
+    COMPLETED = "completed"
+    FAILED = "failed"

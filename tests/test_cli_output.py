@@ -23,6 +23,7 @@ from imgtool.capture.archives import what_archive
 from imgtool.cli import output
 from imgtool.cli.main import build_command, hoist_global_flags
 from imgtool.errors import InvalidArgument
+from imgtool.flows import shapes
 from imgtool.tools import ports
 from imgtool.vm import options
 from imgtool.vm.runtime import plain
@@ -93,12 +94,12 @@ def test_global_flags_are_taken_after_the_command(argv: list[str], expected: lis
 
 def test_one_document_with_the_error_added(capsys: pytest.CaptureFixture[str]) -> None:
     output.emit_json({"ok": False})
-    output.flush_json(output.error_json(InvalidArgument("bad", hint="fix it")))
+    output.flush_json(shapes.error(InvalidArgument("bad", hint="fix it")))
     value = json.loads(capsys.readouterr().out)
     assert value == {"ok": False, "error": {"category": "invalid-argument", "message": "bad", "hint": "fix it",
                                             "exit_code": 2}}
     output.emit_json([1, 2])
-    output.flush_json(output.error_json(InvalidArgument("bad")))
+    output.flush_json(shapes.error(InvalidArgument("bad")))
     assert json.loads(capsys.readouterr().out)["result"] == [1, 2]
     output.flush_json(None)
     assert capsys.readouterr().out == ""

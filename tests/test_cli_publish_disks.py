@@ -16,9 +16,8 @@ from imgtool.errors import InvalidArgument, NotFound
 from imgtool.gallery import galleries, image_versions
 from imgtool.gallery.lookup import get_version
 from imgtool.gallery.model import Definition
-from imgtool.gallery.versions import Version
 from imgtool.home import Home
-from imgtool.names import DefinitionRef
+from imgtool.names import DefinitionRef, Version
 from imgtool.vm.record import VmDisk, VmRecord, save, vm_dir
 from store.ingest import ingest
 

@@ -13,9 +13,8 @@ from imgtool.gallery import galleries
 from imgtool.gallery.image_versions import PublishRequest, publish
 from imgtool.gallery.model import Definition
 from imgtool.gallery.version_changes import delete_version
-from imgtool.gallery.versions import Version
 from imgtool.home import Home
-from imgtool.names import DefinitionRef
+from imgtool.names import DefinitionRef, Version
 from imgtool.vm import bases
 from imgtool.vm.record import VmDisk, VmRecord, save
 from store.ingest import ingest

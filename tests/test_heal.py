@@ -10,9 +10,8 @@ from imgtool import maintenance
 from imgtool.gallery import galleries
 from imgtool.gallery.image_versions import PublishRequest, export, publish
 from imgtool.gallery.model import Definition
-from imgtool.gallery.versions import Version
 from imgtool.home import Home
-from imgtool.names import DefinitionRef
+from imgtool.names import DefinitionRef, Version
 from store.ingest import ingest
 from store.packs import iter_index_files
 

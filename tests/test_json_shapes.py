@@ -1,5 +1,5 @@
 """Every command's --json output is exactly one JSON document with the documented keys
-(imgtool/cli/shapes.py KEYS, docs/GUIDE.md "JSON output"), on success and on error, with --json
+(imgtool/flows/shapes.py KEYS, docs/GUIDE.md "JSON output"), on success and on error, with --json
 before or after the command."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from imgtool.cli.shapes import KEYS
+from imgtool.flows.shapes import KEYS
 from tests.cli import Cli
 from tests.conftest import require_tools
 from tests.reliability.harness import fake_ssh_key, random_pieces, write_raw

@@ -12,16 +12,17 @@ import pytest
 
 from imgtool import garbage
 from imgtool.errors import AlreadyExists, Corrupt, InvalidArgument, NotFound, Refused, ToolFailed
-from imgtool.gallery import checks, lookup, recycle, removal, revocation, users
 from imgtool.gallery import galleries as gallery
+from imgtool.gallery import lookup, recycle, removal, revocation, users
 from imgtool.gallery.galleries import VERSIONS
 from imgtool.gallery.image_versions import PublishRequest, export, publish
 from imgtool.gallery.lifecycle_model import BootCheck, CheckResult, DeletedRecord, Revocation, tail
 from imgtool.gallery.model import Definition, ImageVersion
 from imgtool.gallery.version_changes import delete_version, update_version
-from imgtool.gallery.versions import Candidate, Version, resolve_latest
+from imgtool.gallery.versions import Candidate, resolve_latest
 from imgtool.home import Home
-from imgtool.names import DefinitionRef
+from imgtool.names import DefinitionRef, Version
+from imgtool.vm import checks
 from imgtool.vm import lifecycle as vm
 from imgtool.vm.record import VmDisk, VmRecord, save
 from store.ingest import ingest

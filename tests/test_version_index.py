@@ -10,9 +10,8 @@ from imgtool.gallery import lookup
 from imgtool.gallery.image_versions import PublishRequest, publish
 from imgtool.gallery.model import Definition
 from imgtool.gallery.version_changes import update_version
-from imgtool.gallery.versions import Version
 from imgtool.home import Home
-from imgtool.names import DefinitionRef
+from imgtool.names import DefinitionRef, Version
 from store.ingest import ingest
 
 REF = DefinitionRef("team", "base")

@@ -3,8 +3,8 @@
 import pytest
 
 from imgtool.errors import InvalidArgument
-from imgtool.gallery.versions import Candidate, Version, resolve_latest
-from imgtool.names import check_name, parse_image_ref
+from imgtool.gallery.versions import Candidate, resolve_latest
+from imgtool.names import Version, check_name, parse_image_ref
 
 
 @pytest.mark.parametrize("text", ["1.2", "1.2.3.4", "01.0.0", "4294967296.0.0", "-1.0.0", "1.0.0 ", "",

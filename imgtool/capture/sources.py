@@ -14,13 +14,14 @@ brings are in imgtool.gallery.image_versions (they are the user's contract, in `
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from imgtool.capture import vms as vmcapture
 from imgtool.capture.disk import Captured, capture_file
 from imgtool.errors import InvalidArgument, NotFound
-from imgtool.gallery import lookup
 from imgtool.home import Home
 from store import digest as digests
 from store.progress import Progress
@@ -28,6 +29,26 @@ from store.progress import Progress
 MULTI_DISK = ("version", "vm", "snapshot")
 MAX_LUN = 63
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+class VersionDisk(Protocol):
+    """What capture needs of one disk of a published version (imgtool.gallery.model.Disk has it)."""
+
+    @property
+    def lun(self) -> int | None: ...
+    @property
+    def digest(self) -> str: ...
+    @property
+    def virtual_size(self) -> int: ...
+    @property
+    def source(self) -> dict[str, Any]: ...
+
+
+class VersionDisks(Protocol):
+    """The resolver of `G/D@X.Y.Z` sources, passed in by the gallery (capture stands below it):
+    the version's label and its disks, OS disk first; NotFound when there is no such version."""
+
+    def __call__(self, ref: str) -> tuple[str, Sequence[VersionDisk]]: ...
 
 
 @dataclass(frozen=True)
@@ -103,20 +124,21 @@ def is_file_source(text: str) -> bool:
     return Path(text).exists() or Path(text).is_symlink() or "@" not in text
 
 
-def data_luns(home: Home, source: Source) -> list[int]:
+def data_luns(home: Home, source: Source, *, versions: VersionDisks) -> list[int]:
     """The data disk LUNs a multi-disk source has (checked to exist; nothing is read)."""
     if source.kind == "version":
-        version, _ = lookup.get_version(home, source.target)
-        return [d.lun for d in version.data_disks if d.lun is not None]
+        _label, disks = versions(source.target)
+        return [d.lun for d in disks if d.lun is not None]
     if source.kind in ("vm", "snapshot"):
         return vmcapture.data_luns(home, source.kind, source.target)
     return []
 
 
-def capture(home: Home, text: str, *, fmt: str | None = None, progress: Progress | None = None,
-            allow_nested: bool = False) -> Captured:
+def capture(home: Home, text: str, *, versions: VersionDisks, fmt: str | None = None,
+            progress: Progress | None = None, allow_nested: bool = False) -> Captured:
     """Capture any source given on the command line (see module docstring).
 
+    versions: resolves `G/D@X.Y.Z` sources (imgtool.gallery.lookup.version_disks).
     allow_nested: store a disk whose content starts with an image format header (recorded)."""
     source = parse(text)
     if fmt is not None and source.kind != "file":
@@ -129,15 +151,14 @@ def capture(home: Home, text: str, *, fmt: str | None = None, progress: Progress
         return capture_digest(home, text)
     if source.kind == "file":
         return capture_file(home, Path(text), fmt=fmt, progress=progress, allow_nested=allow_nested)
-    return _version_disk(home, source)
+    return _version_disk(source, versions)
 
 
-def _version_disk(home: Home, source: Source) -> Captured:
-    version, _ = lookup.get_version(home, source.target)
-    name = f"{version.gallery}/{version.definition}@{version.version}"
-    disk = next((d for d in version.disks if d.lun == source.lun), None)
+def _version_disk(source: Source, versions: VersionDisks) -> Captured:
+    name, disks = versions(source.target)
+    disk = next((d for d in disks if d.lun == source.lun), None)
     if disk is None:
-        luns = ", ".join(str(d.lun) for d in version.data_disks) or "none"
+        luns = ", ".join(str(d.lun) for d in disks if d.lun is not None) or "none"
         raise NotFound(f"version {name} has no data disk at LUN {source.lun}",
                        hint=f"its data disk LUNs: {luns} (imgtool version show {name})")
     return Captured(disk.digest, disk.virtual_size, {**disk.source, "kind": "version", "name": name,

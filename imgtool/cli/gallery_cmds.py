@@ -1,14 +1,13 @@
 """imgtool gallery … and imgtool definition …"""
 
-import dataclasses
 from typing import Annotated, Any
 
 import typer
 
-from imgtool.cli import shapes
 from imgtool.cli.output import emit_json, fields, state, table
 from imgtool.errors import InvalidArgument
-from imgtool.gallery.model import Definition, Gallery, Range, check_date
+from imgtool.flows import shapes
+from imgtool.gallery.model import Definition, Range, check_date
 from imgtool.names import parse_definition_ref
 from imgtool.tools.qemu import MIN_MEMORY_MIB
 from imgtool.vm.options import MAX_CPUS, MAX_MEMORY_MIB
@@ -16,10 +15,6 @@ from imgtool.vm.options import MAX_CPUS, MAX_MEMORY_MIB
 gallery_app = typer.Typer(help="Galleries: named collections of image definitions.", no_args_is_help=True)
 definition_app = typer.Typer(help="Image definitions (GALLERY/DEFINITION): what an image is; versions live "
                              "under them.", no_args_is_help=True)
-
-
-def _gallery_json(g: Gallery) -> dict[str, Any]:
-    return {"ref": g.name, **dataclasses.asdict(g)}
 
 
 def _recommended(vcpus: Range, memory: Range) -> tuple[Range, Range]:
@@ -43,7 +38,7 @@ def gallery_create(ctx: typer.Context, name: str,
 
     st = state(ctx)
     created = gallery.create_gallery(st.home, name, description)
-    emit_json(_gallery_json(created)) if st.json else print(f"created gallery {name}")
+    emit_json(shapes.gallery(created)) if st.json else print(f"created gallery {name}")
 
 
 def _list_deleted(home: Any, prefix: tuple[str, ...], as_json: bool) -> None:
@@ -70,7 +65,7 @@ def gallery_list(
         return
     found = gallery.list_galleries(st.home)
     if st.json:
-        emit_json([_gallery_json(g) for g in found])
+        emit_json([shapes.gallery(g) for g in found])
         return
     table(["name", "description", "created"], [[g.name, g.description, g.created] for g in found])
 
@@ -84,7 +79,7 @@ def gallery_show(ctx: typer.Context, name: str) -> None:
     g = gallery.get_gallery(st.home, name)
     defs = [d.name for d in gallery.list_definitions(st.home, name)]
     if st.json:
-        emit_json({**_gallery_json(g), "definitions": defs})
+        emit_json({**shapes.gallery(g), "definitions": defs})
         return
     fields([("name", g.name), ("description", g.description), ("created", g.created), ("updated", g.updated),
             ("definitions", ", ".join(defs))])
@@ -98,7 +93,7 @@ def gallery_update(ctx: typer.Context, name: str,
 
     st = state(ctx)
     updated = gallery.update_gallery(st.home, name, description=description)
-    emit_json(_gallery_json(updated)) if st.json else print(f"updated gallery {name}")
+    emit_json(shapes.gallery(updated)) if st.json else print(f"updated gallery {name}")
 
 
 def _deleted(what: str, name: str, kept: Any, as_json: bool) -> None:
@@ -130,7 +125,7 @@ def gallery_restore(ctx: typer.Context, name: str) -> None:
 
     st = state(ctx)
     restored = removal.restore_gallery(st.home, name)
-    emit_json(_gallery_json(restored)) if st.json else print(f"restored gallery {name}")
+    emit_json(shapes.gallery(restored)) if st.json else print(f"restored gallery {name}")
 
 
 def _pairs(values: list[str] | None, what: str) -> tuple[tuple[str, str], ...]:

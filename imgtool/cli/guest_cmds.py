@@ -6,7 +6,8 @@ from typing import Annotated, Any
 
 import typer
 
-from imgtool.cli.output import emit_json, fields, human_bytes, state, table
+from imgtool.cli.output import emit_json, fields, state, table
+from imgtool.flows.shapes import human_bytes
 
 Opt = typer.Option
 Arg = typer.Argument

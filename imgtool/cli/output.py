@@ -3,7 +3,7 @@
 JSON: every invocation with --json prints exactly ONE document on stdout, at exit. A command
 gives its result with emit_json(); an error that follows (verify finding damage, say) is
 added to that document as its "error" key, or is the document alone ({"error": {...}}). The
-vocabulary every command follows is in imgtool/cli/shapes.py and docs/GUIDE.md.
+vocabulary every command follows is in imgtool/flows/shapes.py and docs/GUIDE.md.
 """
 
 import json
@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 import typer
 
-from imgtool.errors import ImgtoolError
+from imgtool.flows.shapes import human_bytes
 from imgtool.home import Home
 
 WIDTH = 80  # human output fits a classic terminal; --json has the full values
@@ -47,11 +47,6 @@ def emit_json(value: Any) -> None:
     _document.append(value)
 
 
-def error_json(exc: ImgtoolError) -> dict[str, Any]:
-    return {"category": exc.category, "message": exc.message, "hint": exc.hint or None,
-            "exit_code": exc.exit_code}
-
-
 def flush_json(error: dict[str, Any] | None) -> None:
     """Print the one document: the result, with the error (if any) under "error"."""
     if not _document and error is None:
@@ -79,17 +74,6 @@ def text(value: Any) -> str:
     if isinstance(value, list | tuple | set | frozenset):
         return ", ".join(text(v) for v in value) or "-"
     return str(value)
-
-
-def human_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(size) < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 def _fit(cell: str, width: int) -> str:

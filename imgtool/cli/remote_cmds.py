@@ -1,11 +1,16 @@
 """imgtool remote …, imgtool push, imgtool pull, imgtool replicate"""
 
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from imgtool.cli.output import ProgressBar, emit_json, fields, human_bytes, state, table, warn
+from imgtool.cli.output import ProgressBar, emit_json, fields, state, table, warn
+from imgtool.flows.shapes import human_bytes
+from imgtool.home import Home
+
+if TYPE_CHECKING:
+    from imgtool.flows.replication import Outcome
 
 remote_app = typer.Typer(help="Remotes: OCI registries (ACR, GHCR, Harbor, Quay, distribution) or OCI layout "
                          "folders that galleries are shared through.", no_args_is_help=True)
@@ -70,12 +75,13 @@ def remote_show(ctx: typer.Context, name: Annotated[str, Arg(help="Remote name."
 @remote_app.command("remove")
 def remote_remove(ctx: typer.Context, name: Annotated[str, Arg(help="Remote name.")]) -> None:
     """Forget a remote and imgtool's credentials for its host (unless another remote uses that host)."""
-    from imgtool.remote import remotes, service
+    from imgtool.flows import sharing
+    from imgtool.remote import remotes
 
     st = state(ctx)
     remote = remotes.get(st.home, name)
     if not any(r.host == remote.host for r in remotes.load_all(st.home).values() if r.name != name):
-        service.logout(st.home, name)
+        sharing.logout(st.home, name)
     remotes.remove(st.home, name)
     emit_json({"removed": name}) if st.json else print(f"removed remote {name}")
 
@@ -90,7 +96,7 @@ def remote_login(
 ) -> None:
     """Check credentials against the registry and keep them in <home>/auth.json (mode 0600)."""
     from imgtool.errors import InvalidArgument
-    from imgtool.remote import service
+    from imgtool.flows import sharing
 
     st = state(ctx)
     if not password_stdin:
@@ -99,7 +105,7 @@ def remote_login(
     password = sys.stdin.readline().rstrip("\r\n")
     if not password:
         raise InvalidArgument("no password on stdin", hint="pipe the password or token into the command")
-    host = service.login(st.home, name, username, password)
+    host = sharing.login(st.home, name, username, password)
     emit_json({"remote": name, "host": host, "username": username}) if st.json else \
         print(f"logged in to {name} ({host}) as {username}")
 
@@ -107,10 +113,10 @@ def remote_login(
 @remote_app.command("logout")
 def remote_logout(ctx: typer.Context, name: Annotated[str, Arg(help="Remote name.")]) -> None:
     """Forget the credentials imgtool keeps for a remote."""
-    from imgtool.remote import service
+    from imgtool.flows import sharing
 
     st = state(ctx)
-    removed = service.logout(st.home, name)
+    removed = sharing.logout(st.home, name)
     emit_json({"remote": name, "removed": removed}) if st.json else \
         print(f"logged out of {name}" if removed else f"imgtool kept no credentials for {name}")
 
@@ -125,10 +131,10 @@ def _status(v: Any) -> str:
 def remote_sync(ctx: typer.Context, name: Annotated[str, Arg(help="Remote name.")]) -> None:
     """Learn the revocations of a remote: every local version pulled from it that a trusted key revoked there
     is marked revoked here (its VMs are flagged). Statements by keys not trusted are reported, not used."""
-    from imgtool.remote import revoke
+    from imgtool.flows import revoking
 
     st = state(ctx)
-    found = revoke.sync(st.home, name)
+    found = revoking.sync(st.home, name)
     if st.json:
         emit_json(found)
         return
@@ -149,10 +155,10 @@ def remote_versions(
     explain: Annotated[bool, Opt(help="Say why latest picks what it picks.")] = False,
 ) -> None:
     """List a remote definition's versions and which one `latest` picks there."""
-    from imgtool.remote import service
+    from imgtool.flows import sharing
 
     st = state(ctx)
-    found, chosen, verdicts, repo = service.versions(st.home, ref)
+    found, chosen, verdicts, repo = sharing.versions(st.home, ref)
     latest = str(chosen) if chosen else None
     if st.json:
         emit_json({"ref": ref, "repository": repo, "latest": latest,
@@ -182,8 +188,7 @@ def push_cmd(
 ) -> None:
     """Push versions (and their definition and gallery records) the remote lacks. Only chunks the remote
     does not hold travel; the tag is put last; a second push sends nothing; a killed push resumes."""
-    from imgtool.remote import service
-    from imgtool.trust.gate import SIGNING_KEY
+    from imgtool.flows import sharing
     from imgtool.trust.homes import keyring
 
     st = state(ctx)
@@ -191,11 +196,9 @@ def push_cmd(
         keyring(st.home).load(sign)  # a missing or unusable key fails before anything moves
     bar = ProgressBar(f"pushing {source}", enabled=not st.json)
     stats: dict[str, int] = {}
-    token = SIGNING_KEY.set(sign)
     try:
-        results = service.push_source(st.home, source, remote, progress=bar, stats=stats)
+        results = sharing.push_source(st.home, source, remote, sign=sign, progress=bar, stats=stats)
     finally:
-        SIGNING_KEY.reset(token)
         bar.close()
     if st.json:
         emit_json({"versions": [r.to_json() for r in results], "transfer": stats})
@@ -213,13 +216,13 @@ def pull_cmd(
 ) -> None:
     """Pull a version: only chunks the local store lacks travel, every blob and chunk is verified, and
     nothing is named until all of it is stored. A missing gallery/definition is created from the remote's."""
-    from imgtool.remote import service
+    from imgtool.flows import sharing
 
     st = state(ctx)
     bar = ProgressBar(f"pulling {ref}", enabled=not st.json)
     stats: dict[str, int] = {}
     try:
-        result = service.pull_ref(st.home, ref, as_ref=as_ref, progress=bar, stats=stats)
+        result = sharing.pull_ref(st.home, ref, as_ref=as_ref, progress=bar, stats=stats)
     finally:
         bar.close()
     warn(result.warnings)
@@ -239,7 +242,7 @@ def replicate_cmd(
                                           "(default: everything).")] = None,
 ) -> None:
     """Bring every replication target up to date (resumable; a failure is recorded, never fatal to others)."""
-    from imgtool.remote import replication
+    from imgtool.flows import replication
 
     st = state(ctx)
     bar = ProgressBar("replicating", enabled=not st.json)
@@ -260,7 +263,7 @@ def replicate_cmd(
 
 def replication_rows(home: Any, gallery: str, definition: str, version: str) -> list[tuple[str, Any]]:
     """`version show` lines: one per replication target."""
-    from imgtool.remote import replication
+    from imgtool.flows import replication
 
     rows: list[tuple[str, Any]] = []
     for entry in replication.describe(home, gallery, definition, version):
@@ -275,26 +278,35 @@ def replication_rows(home: Any, gallery: str, definition: str, version: str) -> 
     return rows
 
 
-def check_targets(home: Any, text: str | None) -> list[str]:
-    """`--replicate-to R1,R2`: every name must be a known remote (checked before any work)."""
+def parse_targets(text: str | None) -> list[str]:
+    """`--replicate-to R1,R2` as names (the flow checks each is a known remote before any work)."""
     if not text:
         return []  # without targets, publish need not load the remote layer (~70 ms of imports)
-    from imgtool.remote import remotes, replication
+    from imgtool.flows import replication
 
-    names = replication.parse_targets(text)
-    for name in names:
-        remotes.get(home, name)
+    return replication.parse_targets(text)
+
+
+def check_targets(home: Home, text: str | None) -> list[str]:
+    """`--replicate-to R1,R2`: every name must be a known remote (checked before any work)."""
+    from imgtool.flows import publishing
+
+    names = parse_targets(text)
+    publishing.check_targets(home, names)
     return names
 
 
-def replicate_now(home: Any, ref: str, *, add: list[str], remove: list[str], quiet: bool) -> list[dict[str, Any]]:
+def replicate_now(home: Home, ref: str, *, add: list[str], remove: list[str], quiet: bool) -> list[dict[str, Any]]:
     """Set a version's targets and replicate it; a failed target is a warning (the version stays)."""
     if not add and not remove:
         return []
-    from imgtool.remote import replication
+    from imgtool.flows import replication
 
-    replication.set_targets(home, ref, add=add, remove=remove)
-    outcomes = replication.replicate(home, ref) if add else []
+    return report_replicas(ref, replication.retarget(home, ref, add=add, remove=remove), quiet=quiet)
+
+
+def report_replicas(ref: str, outcomes: "list[Outcome]", *, quiet: bool) -> list[dict[str, Any]]:
+    """Say how each replication went (a failure is a warning: the version stays); their JSON shapes."""
     for outcome in outcomes:
         if outcome.state == "failed" and not quiet:
             sys.stderr.write(f"imgtool: warning: replication of {ref} to {outcome.target} failed: "

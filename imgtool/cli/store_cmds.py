@@ -4,8 +4,9 @@ from typing import Annotated, Any
 
 import typer
 
-from imgtool.cli.output import ProgressBar, emit_json, human_bytes, state, table
+from imgtool.cli.output import ProgressBar, emit_json, state, table
 from imgtool.errors import Corrupt, InvalidArgument
+from imgtool.flows.shapes import human_bytes
 
 Opt = typer.Option
 MAX_LISTED = 20  # items shown per kind in the text plan; --json has them all

@@ -1,14 +1,12 @@
 """imgtool key … (signing keys) and imgtool trust … (whose signatures a remote's versions need)."""
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
 from imgtool.cli.output import emit_json, state, table
-
-if TYPE_CHECKING:
-    from imgtool.trust.policy import TrustedKey
+from imgtool.flows import shapes
 
 key_app = typer.Typer(help="Signing keys (ed25519) for the versions you push.", no_args_is_help=True)
 trust_app = typer.Typer(help="Trusted publishers per remote: pulls from a remote with trusted keys accept only "
@@ -32,8 +30,8 @@ def version_verify(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="
     the manifest and config they sign against the local record, and every chunk (BLAKE3)."""
     from imgtool.cli.output import warn
     from imgtool.errors import Refused
+    from imgtool.flows.signing import verify_local
     from imgtool.names import ref_fields
-    from imgtool.trust.gate import verify_local
 
     st = state(ctx)
     verdict = verify_local(st.home, ref, deep=not quick)
@@ -124,7 +122,7 @@ def trust_add(ctx: typer.Context, remote: str, key_file: Path,
     entry = trust_store(st.home).add(remote, key, gallery=gallery,
                                      expires=parse_time(expires, "--expires") if expires else None)
     if st.json:
-        emit_json(_key_json(remote, entry))
+        emit_json(shapes.trusted_key(remote, entry))
         return
     scope = f"gallery {gallery} on {remote}" if gallery else remote
     print(f"trusting key {entry.key_id} for {scope}; versions from {remote} must now be signed")
@@ -140,7 +138,7 @@ def trust_list(ctx: typer.Context, remote: Annotated[str | None, typer.Argument(
     remotes = [store.remote(remote)] if remote else list(store.remotes().values())
     if st.json:
         emit_json([{"remote": rt.remote, "policy": rt.policy, "signing_key": rt.signing_key,
-                    "keys": [_key_json(rt.remote, k) for k in rt.keys]} for rt in remotes])
+                    "keys": [shapes.trusted_key(rt.remote, k) for k in rt.keys]} for rt in remotes])
         return
     rows = []
     for rt in remotes:
@@ -186,14 +184,6 @@ def trust_policy(ctx: typer.Context, remote: str,
         emit_json({"remote": remote, "policy": rt.policy})
         return
     print(f"{remote}: policy {rt.policy}")
-
-
-def _key_json(remote: str, entry: "TrustedKey") -> dict[str, Any]:
-    from imgtool.clock import stamp
-
-    return {"remote": remote, "key_id": entry.key_id, "name": entry.key.name, "gallery": entry.gallery,
-            "expires": stamp(entry.key.expires) if entry.key.expires else None,
-            "added": stamp(entry.added)}
 
 
 @trust_app.command("signing-key")

@@ -5,12 +5,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from imgtool.cli import shapes
-from imgtool.cli.output import ProgressBar, emit_json, fields, human_bytes, state, table
+from imgtool.cli.output import ProgressBar, emit_json, fields, state, table
 from imgtool.errors import InvalidArgument
-from imgtool.gallery.versions import Version
-from imgtool.home import Home
-from imgtool.names import parse_definition_ref
+from imgtool.flows import shapes
+from imgtool.flows.shapes import human_bytes
+from imgtool.names import Version, parse_definition_ref
 
 if TYPE_CHECKING:
     from imgtool.gallery.lifecycle_model import CheckResult
@@ -21,16 +20,6 @@ version_app = typer.Typer(help="Image versions (GALLERY/DEFINITION@X.Y.Z): list,
                           "latest, export.", no_args_is_help=True)
 Opt = typer.Option
 Arg = typer.Argument
-
-
-def version_json(home: Home, text: str) -> dict[str, Any]:
-    """The version shape (imgtool/cli/shapes.py) of G/D@X.Y.Z or G/D@latest."""
-    from imgtool.gallery import lookup
-    from imgtool.names import DefinitionRef
-
-    v, digest = lookup.get_version(home, text)
-    chosen, _ = lookup.resolve(home, DefinitionRef(v.gallery, v.definition))
-    return shapes.version(v, digest, latest=str(chosen) == v.version)
 
 
 def image_versions_rules() -> str:
@@ -61,11 +50,13 @@ def capture(
     VMDK extents, absurd sizes are refused). Only allocated data is read; identical chunks are stored once.
     An unpublished capture is kept for 24 hours (see imgtool gc)."""
     from imgtool.capture import sources
+    from imgtool.gallery.lookup import version_disks
 
     st = state(ctx)
     bar = ProgressBar(f"capturing {Path(source).name}", enabled=not st.json)
     try:
-        captured = sources.capture(st.home, source, fmt=fmt, progress=bar, allow_nested=allow_nested_image)
+        captured = sources.capture(st.home, source, versions=version_disks(st.home), fmt=fmt, progress=bar,
+                                   allow_nested=allow_nested_image)
     finally:
         bar.close()
     if st.json:
@@ -106,12 +97,11 @@ def publish(
     Into a generalized definition the OS disk is audited first (see imgtool audit): SSH host keys, a
     machine-id or cloud-init instance state refuse the publish. The audit is stored on the version."""
     from imgtool.cli import remote_cmds
+    from imgtool.flows import publishing
     from imgtool.gallery import image_versions
 
     st = state(ctx)
-    targets = remote_cmds.check_targets(st.home, replicate_to)
-    if check:
-        _need_boot_check(st.home, ref)
+    targets = remote_cmds.parse_targets(replicate_to)
     request = image_versions.PublishRequest(
         ref=parse_definition_ref(ref), version=Version.parse(version), os_disk=os_disk,
         data_disks=tuple(image_versions.parse_data_disk(d) for d in data_disk or []), os_state=os_state,
@@ -120,34 +110,18 @@ def publish(
         replace_data_disks=replace_data_disks, allow_nested=allow_nested_image, allow_identity=allow_identity)
     bar = ProgressBar(f"publishing {ref}@{version}", enabled=not st.json)
     try:
-        published = image_versions.publish(st.home, request, progress=bar)
+        published = publishing.publish(st.home, request, check=check, targets=targets, progress=bar)
     finally:
         bar.close()
-    result = None
-    if check:
-        from imgtool.gallery import checks
-
-        result = checks.check_version(st.home, published.label)
+    label = published.version.label
     if not st.json:
-        print(f"published {ref}@{published.version}" + (" (pending its boot check)" if published.check else ""))
-    replicas = remote_cmds.replicate_now(st.home, f"{ref}@{published.version}", add=targets, remove=[],
-                                         quiet=st.json)
+        print(f"published {ref}@{published.version.version}"
+              + (" (pending its boot check)" if published.version.check else ""))
+    replicas = remote_cmds.report_replicas(label, published.replicas, quiet=st.json)
     if st.json:
-        emit_json({**version_json(st.home, f"{ref}@{published.version}"),
-                   **({"replication": replicas} if targets else {})})
-    if result is not None:
-        _report_check(published.label, result, st.json)
-
-
-def _need_boot_check(home: Any, ref: str) -> None:
-    """--check on a definition without a boot check fails before anything is published."""
-    from imgtool.gallery import galleries
-
-    r = parse_definition_ref(ref)
-    if galleries.get_definition(home, r).boot_check is None:
-        raise InvalidArgument(f"definition {r} asks for no boot check, so --check has nothing to run",
-                              hint=f"set one: imgtool definition update {r} --require-boot-check --boot-check "
-                                   "console:TEXT")
+        emit_json({**shapes.version_of(st.home, label), **({"replication": replicas} if targets else {})})
+    if published.check is not None:
+        _report_check(label, published.check, st.json)
 
 
 def _status(v: "Summary") -> str:
@@ -201,13 +175,13 @@ def _list_deleted(home: Any, r: Any, as_json: bool) -> None:
 def version_show(ctx: typer.Context, ref: Annotated[str, Arg(help="GALLERY/DEFINITION@X.Y.Z or @latest")]) -> None:
     """Show a version: disks, provenance, publishing settings, replication targets."""
     from imgtool.cli import remote_cmds
+    from imgtool.flows import replication
     from imgtool.gallery import lookup
-    from imgtool.remote import replication
 
     st = state(ctx)
     v, digest = lookup.get_version(st.home, ref)
     if st.json:
-        emit_json({**version_json(st.home, ref),
+        emit_json({**shapes.version_of(st.home, ref),
                    "replication": replication.describe(st.home, v.gallery, v.definition, v.version)})
         return
     pairs: list[tuple[str, Any]] = [
@@ -289,8 +263,9 @@ def version_update(
 ) -> None:
     """Change a version's publishing settings (its content never changes) or its replication targets."""
     from imgtool.cli import remote_cmds
-    from imgtool.gallery import checks, version_changes
-    from imgtool.remote import replication
+    from imgtool.flows import replication
+    from imgtool.gallery import version_changes
+    from imgtool.vm import checks
 
     st = state(ctx)
     if promote:
@@ -311,7 +286,7 @@ def version_update(
         version_changes.update_version(st.home, ref, **changes)
     replicas = remote_cmds.replicate_now(st.home, ref, add=add, remove=remove, quiet=st.json)
     if st.json:
-        emit_json({**version_json(st.home, ref), "replication": replicas})
+        emit_json({**shapes.version_of(st.home, ref), "replication": replicas})
         return
     print(f"updated {ref}")
 
@@ -342,7 +317,7 @@ def version_restore(ctx: typer.Context, ref: Annotated[str, Arg(help="GALLERY/DE
     st = state(ctx)
     restored = removal.restore_version(st.home, ref)
     if st.json:
-        emit_json(version_json(st.home, restored.label))
+        emit_json(shapes.version_of(st.home, restored.label))
         return
     print(f"restored {restored.label}")
 
@@ -365,7 +340,7 @@ def version_check(
 ) -> None:
     """Boot-check a version: make a throwaway VM from it, wait for the definition's check (ssh, cloud-init or
     a console line), delete the VM, and record passed or failed on the version. Exit 1 when it failed."""
-    from imgtool.gallery import checks
+    from imgtool.vm import checks
 
     st = state(ctx)
     result = checks.check_version(st.home, ref, timeout=timeout, accel=accel)
@@ -415,9 +390,9 @@ def vmrecord_users(home: Any, version: "ImageVersion") -> list[str]:
 
 
 def _push_revocation(home: Any, ref: str, remote: str, key: str | None) -> dict[str, Any]:
-    from imgtool.remote import revoke
+    from imgtool.flows import revoking
 
-    return revoke.push_revocation(home, ref, remote, key_name=key)
+    return revoking.push_revocation(home, ref, remote, key_name=key)
 
 
 @version_app.command("users")

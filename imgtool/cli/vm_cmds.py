@@ -7,9 +7,10 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from imgtool.cli import shapes
-from imgtool.cli.output import ProgressBar, emit_json, fields, human_bytes, state, table, warn
+from imgtool.cli.output import ProgressBar, emit_json, fields, state, table, warn
 from imgtool.errors import InvalidArgument
+from imgtool.flows import shapes
+from imgtool.flows.shapes import human_bytes
 from imgtool.home import Home
 from imgtool.vm.record import VmRecord, load
 
@@ -30,12 +31,6 @@ snapshot_app = typer.Typer(help="Snapshots of a stopped VM's disks: create, list
 vm_app.add_typer(snapshot_app, name="snapshot")
 Opt = typer.Option
 Arg = typer.Argument
-
-
-def vm_json(home: Home, name: str, **extra: Any) -> dict[str, Any]:
-    from imgtool.vm import runtime as vmrun
-
-    return {**shapes.vm(load(home, name), vmrun.status(home, name)), **extra}
 
 
 def _ssh_line(name: str, runtime: dict[str, Any]) -> str:
@@ -61,22 +56,16 @@ def _got(record: VmRecord) -> list[str]:
 
 
 def _local_image(st: Any, image: str) -> str:
-    """REMOTE:G/D[@V] is pulled (what is missing) and becomes the local G/D@X.Y.Z; a pulled version is
-    re-verified from the local store (signature, manifest and config chain, chunks present) every time."""
-    from imgtool.remote import service
-    from imgtool.trust import gate
+    """The local G/D@X.Y.Z for `vm new --image` (imgtool.flows.images pulls and verifies), warnings shown."""
+    from imgtool.flows.images import image_for_vm, is_remote_image
 
-    warnings: tuple[str, ...] | list[str] = ()
-    if service.is_remote_image(image):
-        bar = ProgressBar(f"pulling {image}", enabled=not st.json)
-        try:
-            pulled = service.pull_ref(st.home, image, progress=bar)
-        finally:
-            bar.close()
-        image, warnings = pulled.name, pulled.warnings
-    verdict = gate.verify_local(st.home, image, deep=False)
-    warn(warnings or (verdict.acceptance.warnings if verdict else ()))
-    return image
+    bar = ProgressBar(f"pulling {image}", enabled=not st.json and is_remote_image(image))
+    try:
+        found = image_for_vm(st.home, image, progress=bar)
+    finally:
+        bar.close()
+    warn(found.warnings)
+    return found.ref
 
 
 @vm_app.command("new")
@@ -135,7 +124,7 @@ def vm_new(
         from imgtool.cli.guest_cmds import wait_ready
         wait_ready(st, name, timeout=wait_timeout, cloud_init=False)
     if st.json:
-        emit_json(vm_json(st.home, name, warnings=warnings))
+        emit_json(shapes.vm_of(st.home, name, warnings=warnings))
         return
     print(f"created VM {name} from {record.image}")
     for line in _got(record):
@@ -161,7 +150,7 @@ def vm_update(
     st = state(ctx)
     record = vm.update(st.home, name, cpus=cpus, memory_mib=memory, ignore_recommendations=ignore_recommendations)
     if st.json:
-        emit_json(vm_json(st.home, name))
+        emit_json(shapes.vm_of(st.home, name))
         return
     print(f"updated VM {name}: {record.cpus} vCPUs, {record.memory_mib} MiB memory")
 
@@ -186,7 +175,7 @@ def vm_start(
     warn(warnings)
     runtime = vmrun.start(st.home, name, requested_accel=accel, force=force)
     if st.json:
-        emit_json(vm_json(st.home, name, warnings=warnings))
+        emit_json(shapes.vm_of(st.home, name, warnings=warnings))
     else:
         print(_ssh_line(name, runtime))
     if console and not st.json:
@@ -213,7 +202,7 @@ def vm_stop(
     load(st.home, name)
     stopped = vmrun.stop_detail(st.home, name, timeout=timeout)
     if st.json:
-        emit_json(vm_json(st.home, name, was_running=stopped.was_running, forced=stopped.forced))
+        emit_json(shapes.vm_of(st.home, name, was_running=stopped.was_running, forced=stopped.forced))
         return
     print(f"stopped VM {name}" if stopped.was_running else f"VM {name} was not running")
     _stopped(st, name, stopped, timeout)
@@ -247,7 +236,7 @@ def vm_restart(
         _check_accel(accel)
     stopped, runtime = vmrun.restart(st.home, name, timeout=timeout, requested_accel=accel)
     if st.json:
-        emit_json(vm_json(st.home, name, was_running=stopped.was_running, forced=stopped.forced))
+        emit_json(shapes.vm_of(st.home, name, was_running=stopped.was_running, forced=stopped.forced))
         return
     _stopped(st, name, stopped, timeout)
     print(_ssh_line(name, runtime).replace("started", "restarted", 1))

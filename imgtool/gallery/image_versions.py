@@ -20,13 +20,12 @@ from imgtool.capture.disk import CAPTURES
 from imgtool.errors import AlreadyExists, InvalidArgument, NotFound, Refused
 from imgtool.gallery.galleries import VERSIONS, gallery_lock, get_definition_with_digest
 from imgtool.gallery.lifecycle_model import CheckResult
-from imgtool.gallery.lookup import get_version
+from imgtool.gallery.lookup import get_version, version_disks
 from imgtool.gallery.model import OS_STATES, Definition, Disk, ImageVersion, check_choice, check_date
 from imgtool.gallery.version_changes import check_block_deletion
-from imgtool.gallery.versions import Version
 from imgtool.guest import service as guest
 from imgtool.home import Home
-from imgtool.names import DefinitionRef
+from imgtool.names import DefinitionRef, Version
 from imgtool.tools import qemu_img
 from store import atomic
 from store import digest as digests
@@ -74,12 +73,13 @@ def plan_disks(home: Home, req: PublishRequest) -> list[PlannedDisk]:
     """The version's disks by the rules in DATA_DISK_RULES; checks every named VM, snapshot and
     version exists (and has the LUNs asked for) before anything is captured."""
     os_source = sources.parse(req.os_disk)
+    versions = version_disks(home)
     planned: dict[int | None, PlannedDisk] = {None: PlannedDisk(None, req.os_disk)}
     if os_source.kind in sources.MULTI_DISK and not os_source.selected:
-        for lun in sources.data_luns(home, os_source):
+        for lun in sources.data_luns(home, os_source, versions=versions):
             planned[lun] = PlannedDisk(lun, os_source.select(lun).text(), brought_by=req.os_disk)
     else:
-        sources.data_luns(home, os_source)  # a named VM, snapshot or version must exist
+        sources.data_luns(home, os_source, versions=versions)  # a named VM, snapshot or version must exist
     clashes = sorted(lun for lun, _ in req.data_disks if lun in planned)
     if clashes and not req.replace_data_disks:
         luns = ", ".join(map(str, clashes))
@@ -91,7 +91,7 @@ def plan_disks(home: Home, req: PublishRequest) -> list[PlannedDisk]:
         given = sources.parse(text)
         if given.kind in sources.MULTI_DISK and not given.selected:
             given = given.select(lun)  # LUN=vm:web is web's data disk at LUN, never its OS disk
-        available = sources.data_luns(home, given) if given.kind in sources.MULTI_DISK else []
+        available = sources.data_luns(home, given, versions=versions) if given.kind in sources.MULTI_DISK else []
         if given.kind in sources.MULTI_DISK and given.lun is not None and given.lun not in available:
             raise NotFound(f"--data-disk {lun}={text}: {given.target} has no data disk at LUN {given.lun}",
                            hint=f"its data disk LUNs: {_luns(available)}; select one with :LUN "
@@ -192,8 +192,8 @@ def _capture_disks(home: Home, req: PublishRequest, plan: list[PlannedDisk], def
     try:
         for planned in plan:
             fmt = req.source_format if planned.lun is None else None
-            captured = sources.capture(home, planned.source, fmt=fmt, progress=progress,
-                                       allow_nested=req.allow_nested)
+            captured = sources.capture(home, planned.source, versions=version_disks(home), fmt=fmt,
+                                       progress=progress, allow_nested=req.allow_nested)
             disks.append(Disk(planned.lun, captured.digest, captured.virtual_size, captured.source))
             _check_format(captured.source, definition)
     except BaseException:

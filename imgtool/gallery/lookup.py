@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from imgtool import clock
 from imgtool.errors import NotFound
 from imgtool.gallery import recycle
 from imgtool.gallery.galleries import VERSIONS, get_definition_with_digest
-from imgtool.gallery.model import ImageVersion
+from imgtool.gallery.model import Disk, ImageVersion
 from imgtool.gallery.version_index import Summary, summaries
-from imgtool.gallery.versions import Candidate, Verdict, Version, resolve_latest
+from imgtool.gallery.versions import Candidate, Verdict, resolve_latest
 from imgtool.home import Home
-from imgtool.names import DefinitionRef, ImageRef, parse_image_ref
+from imgtool.names import DefinitionRef, ImageRef, Version, parse_image_ref
+
+if TYPE_CHECKING:
+    from imgtool.capture.sources import VersionDisks
 
 
 def list_versions(home: Home, ref: DefinitionRef) -> list[Summary]:
@@ -48,3 +53,13 @@ def get_version(home: Home, text: str | ImageRef) -> tuple[ImageVersion, str]:
         raise NotFound(f"version {ref.definition_ref}@{version} does not exist",
                        hint=deleted or f"list versions with imgtool version list {ref.definition_ref}")
     return ImageVersion.from_json(home.store.get_manifest(digest)), digest
+
+
+def version_disks(home: Home) -> VersionDisks:
+    """The resolver capture takes for `G/D@X.Y.Z` sources: the version's label and disks."""
+
+    def resolve(ref: str) -> tuple[str, tuple[Disk, ...]]:
+        version, _ = get_version(home, ref)
+        return version.label, version.disks
+
+    return resolve

@@ -1,45 +1,16 @@
-"""Image version numbers and the `latest` rule (pure).
+"""The `latest` rule (pure); version numbers themselves are `imgtool.names.Version`.
 
-A version is MAJOR.MINOR.PATCH, each an unsigned 32-bit integer written without
-leading zeros. `latest` is the highest version not excluded from latest, not
+`latest` is the highest version not excluded from latest, not
 revoked, and not held back by a boot check (pending or failed); the publish
 date plays no part (as in Azure Compute Gallery).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-from imgtool.errors import InvalidArgument
 from imgtool.gallery.lifecycle_model import ELIGIBLE_STATES
-
-MAX_PART = 2**32 - 1
-_VERSION = re.compile(r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)$")
-
-
-@dataclass(frozen=True, order=True)
-class Version:
-    major: int
-    minor: int
-    patch: int
-
-    @classmethod
-    def parse(cls, text: str) -> Version:
-        match = _VERSION.fullmatch(text)  # not match: `$` also matches before a final "\n"
-        if not match:
-            raise InvalidArgument(
-                f"'{text.encode('unicode_escape').decode('ascii')}' is not a version",
-                hint="write MAJOR.MINOR.PATCH, three non-negative integers without leading zeros, e.g. 1.2.0",
-            )
-        parts = tuple(int(g) for g in match.groups())
-        if any(p > MAX_PART for p in parts):
-            raise InvalidArgument(f"version '{text}' has a part above {MAX_PART}",
-                                  hint="each part must fit in an unsigned 32-bit integer")
-        return cls(*parts)
-
-    def __str__(self) -> str:
-        return f"{self.major}.{self.minor}.{self.patch}"
+from imgtool.names import Version
 
 
 @dataclass(frozen=True)

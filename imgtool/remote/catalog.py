@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 
 from imgtool import clock
 from imgtool.errors import Corrupt, InvalidArgument, NotFound
-from imgtool.gallery.versions import Candidate, Verdict, Version, resolve_latest
+from imgtool.gallery.versions import Candidate, Verdict, resolve_latest
+from imgtool.names import Version
+from imgtool.oci.target import Target
 from imgtool.remote.format import parse_manifest
 from imgtool.remote.knowledge import version_tags
-from imgtool.remote.target import Target
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,7 @@ class RemoteVersion:
     end_of_life: str | None
     published: str | None
     check: str | None = None  # the boot check state the publisher recorded (None: none required)
-    revoked: str | None = None  # the reason, when a trusted key revoked it (imgtool.remote.revoke)
+    revoked: str | None = None  # the reason, when a trusted key revoked it (imgtool.flows.revoking)
     annotations: dict[str, str] = field(default_factory=dict, compare=False)
 
 

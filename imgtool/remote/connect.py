@@ -6,11 +6,11 @@ import contextlib
 from collections.abc import Iterator
 
 from imgtool.home import Home
+from imgtool.oci.target import Target
 from imgtool.remote import auth, remotes
 from imgtool.remote.layout import LayoutTarget
 from imgtool.remote.registry import RegistryClient
 from imgtool.remote.remotes import Remote
-from imgtool.remote.target import Target
 
 
 def open_target(home: Home, remote: Remote) -> Target:

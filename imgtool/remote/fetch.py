@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from imgtool.errors import Corrupt
+from imgtool.oci.target import Target
 from imgtool.remote.errors import TransferBroken
 from imgtool.remote.format import IndexEntry
-from imgtool.remote.target import Target
 from store import codec
 
 WHOLE_FRACTION = 0.5  # fetch the whole pack when at least this share of it is needed

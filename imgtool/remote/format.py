@@ -5,8 +5,9 @@
 - Tag: the version, `X.Y.Z`.
 - Manifest: an OCI 1.1 image manifest, artifactType VERSION_TYPE, config CONFIG_TYPE (the version,
   definition and gallery records), layers: one chunk index per disk (INDEX_TYPE), then the packs
-  (PACK_TYPE) those indexes point into, in the order the indexes name them.
-- A pack is zstd frames, one per chunk, as in the local store; the index locates every chunk.
+  (PACK_TYPE) those indexes point into, in order of first use.
+- A pack is zstd frames, one per chunk (a local pack's optimized spans are split back into one frame
+  per chunk on push); the index locates every chunk.
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ from typing import Any
 
 from imgtool.errors import Corrupt, InvalidArgument
 from imgtool.names import REPOSITORY_COMPONENT
-from imgtool.remote.target import MAX_MANIFEST, check_digest, sha256_of
+from imgtool.oci import media
+from imgtool.oci.descriptor import Descriptor, canonical_ascii
+from imgtool.oci.descriptor import manifest_bytes as oci_manifest_bytes
+from imgtool.oci.target import MAX_MANIFEST
 
-ARTIFACT_TYPE = VERSION_TYPE = "application/vnd.imgtool.version.v1+json"
-CONFIG_TYPE = "application/vnd.imgtool.config.v1+json"
-INDEX_TYPE = "application/vnd.imgtool.chunk-index.v1"
-PACK_TYPE = "application/vnd.imgtool.pack.v1.zstd-frames"
-MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
+VERSION_TYPE = media.VERSION
+CONFIG_TYPE = media.CONFIG
+INDEX_TYPE = media.CHUNK_INDEX
+PACK_TYPE = media.PACK
 CONFIG_FORMAT = 1
 ANNOTATION = "org.imgtool."
 MAX_CONFIG = 4 << 20
@@ -76,50 +79,9 @@ def is_tag(text: str) -> bool:
 # -- descriptors and manifests ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Descriptor:
-    media_type: str
-    digest: str
-    size: int
-    annotations: tuple[tuple[str, str], ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
-        if self.annotations:
-            body["annotations"] = dict(self.annotations)
-        return body
-
-    @classmethod
-    def of(cls, media_type: str, data: bytes) -> Descriptor:
-        return cls(media_type, sha256_of(data), len(data))
-
-    @classmethod
-    def from_json(cls, obj: Any, what: str) -> Descriptor:
-        if not isinstance(obj, dict):
-            raise Corrupt(f"{what} is not a descriptor", hint="the remote version is malformed")
-        size = obj.get("size")
-        media_type = obj.get("mediaType")
-        if not isinstance(size, int) or size < 0 or not isinstance(media_type, str):
-            raise Corrupt(f"{what} has no valid size or media type", hint="the remote version is malformed")
-        notes = obj.get("annotations") or {}
-        if not isinstance(notes, dict):
-            raise Corrupt(f"{what} has malformed annotations", hint="the remote version is malformed")
-        return cls(media_type, check_digest(obj.get("digest"), what), size,
-                   tuple(sorted((str(k), str(v)) for k, v in notes.items())))
-
-
-def manifest_bytes(config: Descriptor, layers: list[Descriptor], annotations: dict[str, str],
-                   subject: Descriptor | None = None, artifact_type: str = ARTIFACT_TYPE) -> bytes:
+def manifest_bytes(config: Descriptor, layers: list[Descriptor], annotations: dict[str, str]) -> bytes:
     """Deterministic bytes: the same version pushed twice gives the same manifest digest."""
-    body: dict[str, Any] = {
-        "schemaVersion": 2, "mediaType": MANIFEST_TYPE, "artifactType": artifact_type,
-        "config": config.to_json(), "layers": [d.to_json() for d in layers],
-    }
-    if annotations:
-        body["annotations"] = annotations
-    if subject is not None:
-        body["subject"] = subject.to_json()
-    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return oci_manifest_bytes(config, layers, annotations, artifact_type=VERSION_TYPE)
 
 
 @dataclass(frozen=True)
@@ -141,7 +103,7 @@ def parse_manifest(data: bytes, digest: str, what: str) -> VersionManifest:
         raise Corrupt(f"{what} is not JSON", hint="the remote version is malformed") from None
     if not isinstance(body, dict) or body.get("schemaVersion") != 2:
         raise Corrupt(f"{what} is not an OCI image manifest", hint="the remote version is malformed")
-    if body.get("artifactType") != ARTIFACT_TYPE:
+    if body.get("artifactType") != VERSION_TYPE:
         raise InvalidArgument(f"{what} is not an imgtool version (artifact type "
                               f"{str(body.get('artifactType'))[:80]!r})",
                               hint="name a repository that imgtool push wrote")
@@ -174,7 +136,7 @@ def parse_manifest(data: bytes, digest: str, what: str) -> VersionManifest:
 def config_bytes(version: dict[str, Any], definition: dict[str, Any], gallery: dict[str, Any] | None) -> bytes:
     body = {"format": CONFIG_FORMAT, "kind": "imgtool-version-config", "version": version,
             "definition": definition, "gallery": gallery}
-    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return canonical_ascii(body)
 
 
 def _no_constants(name: str) -> Any:

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgtool.errors import Corrupt, ImgtoolError, InvalidArgument, NotFound
-from imgtool.gallery.versions import Version
+from imgtool.names import Version
+from imgtool.oci.descriptor import sha256_of
+from imgtool.oci.target import Target, read_all
 from imgtool.remote.format import DiskIndex, IndexEntry, VersionManifest, decode_index, parse_manifest
-from imgtool.remote.target import Target, read_all, sha256_of
 from store import atomic
 
 LEARN_LIMIT = 50

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from imgtool.errors import Corrupt, NotFound
-from imgtool.remote.registry import OCI_INDEX, fallback_tag
-from imgtool.remote.target import MAX_MANIFEST, READ_SIZE, Fetched, Stats, check_digest, sha256_of, verified_stream
+from imgtool.oci.descriptor import check_digest, sha256_of
+from imgtool.oci.media import OCI_INDEX, REF_NAME
+from imgtool.oci.target import MAX_MANIFEST, READ_SIZE, Fetched, Stats, verified_stream
 from store import atomic
 from store.lock import file_lock
 
-REF_NAME = "org.opencontainers.image.ref.name"
 LAYOUT_FILE = b'{"imageLayoutVersion":"1.0.0"}'
 
 
@@ -179,10 +179,8 @@ class LayoutTarget:
     def supports_referrers_api(self, repo: str) -> bool:
         return False
 
-    def referrers(self, repo: str, digest: str) -> list[dict[str, object]]:
-        try:
-            body = json.loads(self.get_manifest(repo, fallback_tag(digest)).data)
-        except NotFound:
-            return []
-        manifests = body.get("manifests") if isinstance(body, dict) else None
-        return [m for m in (manifests or []) if isinstance(m, dict)]
+    def referrers_api(self, repo: str, digest: str) -> bytes | None:
+        return None  # a layout has the fallback tag only
+
+    def close(self) -> None:
+        return None  # nothing held open between calls

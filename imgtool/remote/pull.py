@@ -2,14 +2,16 @@
 
 Order (a kill at any point leaves no local name pointing at missing data):
 1. resolve the tag, read the manifest (its digest is what provenance records) and the config;
-   the records inside are parsed strictly and must name what was asked for;
+   the records inside are parsed strictly and must name what was asked for; then the caller's
+   `check` (pin, revocations, trust policy: imgtool.flows.sharing) judges it, cache hits too, and a
+   refusal leaves nothing stored;
 2. check the local side: an existing definition must agree on identity, an existing version with the
    same disks means there is nothing to do;
 3. read every disk's chunk index; it must rebuild exactly the disk manifest the version names;
 4. fetch the chunks the store lacks (whole packs or Range GETs, several packs at a time), each
    verified (sha256 of whole blobs while streaming, BLAKE3 of every chunk), written with the store's
    pack writer (chunks -> pack index), under the store's shared lock;
-5. disk manifests -> definition record -> version record; the hook runs (signature checks);
+5. disk manifests -> definition record -> version record -> what the check keeps (the signature set);
 6. names last: gallery and definition when missing, then the version (create-only).
 """
 
@@ -32,12 +34,12 @@ from imgtool.gallery.galleries import DEFINITIONS, GALLERIES, VERSIONS, gallery_
 from imgtool.gallery.model import Definition, Gallery, ImageVersion
 from imgtool.home import Home
 from imgtool.names import DefinitionRef, ImageRef, parse_definition_ref, parse_image_ref, ref_fields
+from imgtool.oci.target import Fetched, Target, read_all
 from imgtool.remote import catalog, fetch
 from imgtool.remote import format as fmt
 from imgtool.remote.format import DiskIndex, IndexEntry, VersionManifest
 from imgtool.remote.knowledge import load_index
 from imgtool.remote.remotes import Remote
-from imgtool.remote.target import Fetched, Target, read_all
 from store import canonical
 from store import digest as store_digest
 from store.disks import DiskManifest
@@ -45,25 +47,6 @@ from store.progress import Progress
 
 WORKERS = 3
 IDENTITY = ("publisher", "offer", "sku", "os_type", "os_state", "architecture", "firmware")
-
-
-@dataclass(frozen=True)
-class Pulling:
-    """The hook's view: every chunk is verified and stored, no record of the local version is written
-    and nothing is named yet. `version` is the remote's record; `local` the name it will get."""
-
-    target: Target
-    repository: str
-    tag: str
-    manifest_digest: str
-    version: ImageVersion
-    local: DefinitionRef
-    present: bool = False  # the local store already has this version (nothing was fetched or written)
-
-
-# A hook may refuse (raise an ImgtoolError: nothing gets a name) or return entries to add to the local
-# version's provenance (e.g. the signatures it verified, so a later use can re-check them offline).
-PullHook = Callable[[Pulling], dict[str, Any] | None]
 
 
 @dataclass(frozen=True)
@@ -169,10 +152,9 @@ def check_identity(local: Definition, remote: Definition, local_ref: DefinitionR
 
 class Puller:
     def __init__(self, home: Home, remote: Remote, target: Target, *, progress: Progress | None = None,
-                 workers: int = WORKERS, hook: PullHook | None = None, check: CheckHook | None = None,
-                 screen: catalog.Screen | None = None) -> None:
+                 workers: int = WORKERS, check: CheckHook | None = None, screen: catalog.Screen | None = None) -> None:
         self.home, self.remote, self.target = home, remote, target
-        self.progress, self.workers, self.hook, self.check, self.screen = progress, workers, hook, check, screen
+        self.progress, self.workers, self.check, self.screen = progress, workers, check, screen
 
     def pull(self, text: str, *, as_ref: str | None = None) -> PullResult:
         ref = parse_image_ref(text)
@@ -193,8 +175,6 @@ class Puller:
         result = PullResult(f"{local}@{tag}", self.remote.name, repo, tag, fetched.digest, "pulled",
                             warnings=list(checked.warnings))
         if self._present(local, version, definition):
-            if self.hook is not None:  # a use of a cached copy is checked like a first pull
-                self.hook(Pulling(self.target, repo, tag, fetched.digest, version, local, present=True))
             result.status = "present"
             if checked.keep is not None:  # signatures verified now are kept for a copy that lacks them
                 with self.home.store.writing():
@@ -204,8 +184,7 @@ class Puller:
         with store.writing():
             self._fetch_disks(repo, manifest, version, result)
             store.put_manifest(definition_obj)
-            extra = self.hook(Pulling(self.target, repo, tag, fetched.digest, version, local)) if self.hook else None
-            pulled = self._local_version(version, local, repo, tag, fetched.digest, extra or {})
+            pulled = self._local_version(version, local, repo, tag, fetched.digest)
             record = store.put_manifest(pulled.to_json())
             if checked.keep is not None:
                 checked.keep(pulled)  # the signatures, named before the version is
@@ -290,10 +269,10 @@ class Puller:
         writer.flush()
 
     def _local_version(self, version: ImageVersion, local: DefinitionRef, repo: str, tag: str,
-                       manifest_digest: str, extra: dict[str, Any]) -> ImageVersion:
+                       manifest_digest: str) -> ImageVersion:
         origin = {"remote": self.remote.name, "url": self.remote.url, "repository": repo, "tag": tag,
                   "manifest": manifest_digest, "pulled": stamp()}
-        provenance = {**version.provenance, **extra, "pulled_from": origin}
+        provenance = {**version.provenance, "pulled_from": origin}
         return replace(version, gallery=local.gallery, definition=local.definition, provenance=provenance)
 
     def _name(self, local: DefinitionRef, definition: Definition, gallery: Gallery | None, tag: str,
@@ -318,13 +297,13 @@ class Puller:
             check_identity(Definition.from_json(store.get_manifest(defined)), definition, local)
             try:
                 store.set_name(VERSIONS, local.gallery, local.definition, tag, target=record, create_only=True)
-            except FileExistsError:
+            except AlreadyExists:
                 raise AlreadyExists(f"version {local}@{tag} appeared during the pull",
                                     hint=f"compare it with imgtool version show {local}@{tag}") from None
 
 
 def pull(home: Home, remote: Remote, target: Target, text: str, *, as_ref: str | None = None,
-         progress: Progress | None = None, hook: PullHook | None = None, workers: int = WORKERS,
-         check: CheckHook | None = None, screen: catalog.Screen | None = None) -> PullResult:
-    return Puller(home, remote, target, progress=progress, hook=hook, workers=workers,
-                  check=check, screen=screen).pull(text, as_ref=as_ref)
+         progress: Progress | None = None, workers: int = WORKERS, check: CheckHook | None = None,
+         screen: catalog.Screen | None = None) -> PullResult:
+    return Puller(home, remote, target, progress=progress, workers=workers, check=check,
+                  screen=screen).pull(text, as_ref=as_ref)

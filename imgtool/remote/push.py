@@ -25,11 +25,13 @@ from imgtool.gallery.galleries import DEFINITIONS, GALLERIES, VERSIONS
 from imgtool.gallery.model import ImageVersion
 from imgtool.home import Home
 from imgtool.names import check_name, parse_image_ref, ref_fields
+from imgtool.oci import media
+from imgtool.oci.descriptor import Descriptor, sha256_of
+from imgtool.oci.target import Target, read_all
 from imgtool.remote import format as fmt
-from imgtool.remote.format import Descriptor, DiskIndex, IndexEntry
+from imgtool.remote.format import DiskIndex, IndexEntry
 from imgtool.remote.knowledge import Known, learn
 from imgtool.remote.remotes import Remote
-from imgtool.remote.target import Target, read_all, sha256_of
 from store.packs import PackReader
 from store.progress import Progress
 from store.repo import Store
@@ -322,10 +324,10 @@ class Pusher:
         gallery = self.store.get_manifest(gallery_ref) if gallery_ref else None
         config = self._ensure_blob(repo, fmt.CONFIG_TYPE, fmt.config_bytes(record, definition, gallery))
         data = fmt.manifest_bytes(config, layers, manifest_annotations(version, definition))
-        digest = self.target.put_manifest(repo, sha256_of(data), data, fmt.MANIFEST_TYPE)
+        digest = self.target.put_manifest(repo, sha256_of(data), data, media.OCI_MANIFEST)
         if self.hook is not None:
-            self.hook(Pushed(self.target, repo, tag, Descriptor(fmt.MANIFEST_TYPE, digest, len(data)), version))
-        self.target.put_manifest(repo, tag, data, fmt.MANIFEST_TYPE)
+            self.hook(Pushed(self.target, repo, tag, Descriptor(media.OCI_MANIFEST, digest, len(data)), version))
+        self.target.put_manifest(repo, tag, data, media.OCI_MANIFEST)
         return digest
 
 

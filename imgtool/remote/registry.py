@@ -26,9 +26,11 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from imgtool.errors import Corrupt, NotFound, Refused
+from imgtool.oci.descriptor import check_digest, sha256_of
+from imgtool.oci.media import MANIFEST_ACCEPT, OCI_INDEX
+from imgtool.oci.target import MAX_MANIFEST, READ_SIZE, Fetched, Stats, verified_stream
 from imgtool.remote import auth
 from imgtool.remote.errors import RemoteFailed, TransferBroken
-from imgtool.remote.target import MAX_MANIFEST, READ_SIZE, Fetched, Stats, check_digest, sha256_of, verified_stream
 
 log = logging.getLogger("imgtool.remote")
 # httpx and httpcore log requests, response headers and upload-session URLs at DEBUG; --debug shows
@@ -36,11 +38,6 @@ log = logging.getLogger("imgtool.remote")
 for _noisy in ("httpx", "httpcore"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-MANIFEST_ACCEPT = ", ".join([OCI_MANIFEST, OCI_INDEX,
-                             "application/vnd.docker.distribution.manifest.v2+json",
-                             "application/vnd.docker.distribution.manifest.list.v2+json"])
 ATTEMPTS = 5
 BACKOFF = (0.2, 0.5, 1.0, 2.0, 4.0)
 MAX_RETRY_AFTER = 30.0
@@ -488,26 +485,17 @@ class RegistryClient:
             self._referrers_api[repo] = found
         return found
 
-    def referrers(self, repo: str, digest: str) -> list[dict[str, Any]]:
-        """The referrers API when the registry has it, else the referrers tag schema's index."""
+    def referrers_api(self, repo: str, digest: str) -> bytes | None:
+        """The referrers API's index of `digest`, or None when the registry has no referrers API (the
+        caller, imgtool.oci.referrers, then reads the fallback tag)."""
         check_digest(digest, "a referrers subject")
-        if self.supports_referrers_api(repo):
-            response = self.request("GET", f"/v2/{repo}/referrers/{digest}", repo=repo, stream=True,
-                                    headers={"Accept": OCI_INDEX})
-            if response.status_code != 200:
-                raise self._fail(response, f"listing referrers of {digest[:19]}")
-            body = self._read_json(response, MAX_MANIFEST, f"referrers of {digest[:19]}")
-        else:
-            try:
-                body = json.loads(self.get_manifest(repo, fallback_tag(digest)).data)
-            except NotFound:
-                return []
-            except ValueError:
-                raise Corrupt(f"the referrers index of {digest[:19]}… in {repo} is not JSON",
-                              hint="delete the tag " + fallback_tag(digest) + " and push the referrers again") \
-                    from None
-        manifests = body.get("manifests") if isinstance(body, dict) else None
-        return [m for m in (manifests or []) if isinstance(m, dict)]
+        if not self.supports_referrers_api(repo):
+            return None
+        response = self.request("GET", f"/v2/{repo}/referrers/{digest}", repo=repo, stream=True,
+                                headers={"Accept": OCI_INDEX})
+        if response.status_code != 200:
+            raise self._fail(response, f"listing referrers of {digest[:19]}")
+        return self._read_capped(response, MAX_MANIFEST, f"referrers of {digest[:19]}")
 
     # -- reading bodies -----------------------------------------------------------------------------
 
@@ -538,12 +526,6 @@ class RegistryClient:
             return json.loads(self._read_capped(response, limit, what))
         except ValueError:
             raise Corrupt(f"{self.label}: {what} is not JSON", hint="the registry answers wrongly") from None
-
-
-def fallback_tag(digest: str) -> str:
-    """The referrers tag schema: `sha256-<hex>` names the index of a subject's referrers."""
-    algorithm, _, hex_digest = digest.partition(":")
-    return f"{algorithm}-{hex_digest}"
 
 
 def _next_link(header: str) -> str | None:

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from imgtool.errors import AlreadyExists, Corrupt, InvalidArgument, NotFound
 from imgtool.home import Home
 from imgtool.names import REPOSITORY_COMPONENT, check_name
+from imgtool.vocab import RemoteKind
 from store import atomic
 from store.lock import file_lock
 
@@ -37,8 +38,8 @@ class Remote:
     ca_file: str | None = None
 
     @property
-    def kind(self) -> str:
-        return "oci-layout" if self.url.startswith(LAYOUT_SCHEME) else "registry"
+    def kind(self) -> RemoteKind:
+        return RemoteKind.LAYOUT if self.url.startswith(LAYOUT_SCHEME) else RemoteKind.REGISTRY
 
     @property
     def layout_path(self) -> Path:

@@ -1,19 +1,18 @@
 """Remote references, pinned or not: `REMOTE:G/D[@X.Y.Z|@latest][@sha256:HEX]`. Pure module.
 
-A pinned reference names the manifest digest the user (or a lock written by
-`vm new`) expects. It is checked against what the remote or the local cache
-holds on every use; a mismatch is an error, never a reason to use something
-else.
+A pinned reference names the manifest digest the user expects. The pull's check
+(imgtool.flows.sharing) compares it with the manifest the remote serves for that
+tag, before anything is stored and on cache hits too; a mismatch is an error,
+never a reason to use something else.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from imgtool import strict
 from imgtool.errors import InvalidArgument, Refused
-from imgtool.gallery.versions import Version
-from imgtool.names import check_name, parse_definition_ref
-from imgtool.trust import strict
+from imgtool.names import Version, check_name, parse_definition_ref
 
 _FORM = "REMOTE:GALLERY/DEFINITION[@X.Y.Z[@sha256:HEX]]"
 

@@ -32,9 +32,10 @@ from imgtool.names import check_name
 from imgtool.records import check_record
 from imgtool.trust.keys import PublicKey, parse_public_key
 from imgtool.trust.signatures import SignedName, open_envelope, read_claim
+from imgtool.vocab import TrustPolicy
 from store import atomic
 
-SIGNED, ANY, UNSET = "signed", "any", "unset"
+SIGNED, ANY, UNSET = TrustPolicy.SIGNED, TrustPolicy.ANY, TrustPolicy.UNSET
 
 
 def short_id(key_id: str) -> str:
@@ -64,7 +65,7 @@ class RemoteTrust:
     signing_key: str | None = None  # the user's own key that signs what is pushed there
 
     @property
-    def policy(self) -> str:
+    def policy(self) -> TrustPolicy:
         if self.keys:
             return SIGNED
         return ANY if self.explicit_any else UNSET
@@ -86,7 +87,7 @@ class Finding:
 class Acceptance:
     """A version may be used. `warnings` are for the caller to show (the library never prints)."""
 
-    policy: str
+    policy: TrustPolicy
     verified_by: tuple[str, ...]
     warnings: tuple[str, ...]
 

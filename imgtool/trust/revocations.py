@@ -21,15 +21,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from imgtool import strict
 from imgtool.clock import parse_time, stamp
 from imgtool.errors import Corrupt, InvalidArgument
-from imgtool.trust import strict
+from imgtool.oci import media
+from imgtool.oci.descriptor import canonical
 from imgtool.trust.keys import ALGORITHM, KEY_ID, SigningKey
 from imgtool.trust.policy import TrustedKey
-from imgtool.trust.signatures import MAX_ENVELOPE, MAX_PAYLOAD, SignedName, canonical, pae, read_statement
+from imgtool.trust.signatures import MAX_ENVELOPE, MAX_PAYLOAD, SignedName, pae, read_statement
 
-REVOCATION_MEDIA_TYPE = "application/vnd.imgtool.revocation.v1+json"
-PAYLOAD_TYPE = "application/vnd.imgtool.revocation-payload.v1+json"
+REVOCATION_MEDIA_TYPE = media.REVOCATION
+PAYLOAD_TYPE = media.REVOCATION_PAYLOAD
 REVOCATION_TYPE = "imgtool version revocation v1"
 MAX_REASON = 1024
 

@@ -42,36 +42,29 @@ Pure module (no I/O). Three documents, each read back strictly:
 from __future__ import annotations
 
 import base64
-import hashlib
-import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from imgtool import strict
 from imgtool.clock import parse_time, stamp
 from imgtool.errors import Corrupt, InvalidArgument
-from imgtool.gallery.versions import Version
-from imgtool.names import REPOSITORY_PATH, check_name
-from imgtool.trust import strict
+from imgtool.names import REPOSITORY_PATH, Version, check_name
+from imgtool.oci import media
+from imgtool.oci.descriptor import Descriptor, canonical
+from imgtool.oci.referrers import MAX_MANIFEST_OF_REFERRER
+from imgtool.oci.referrers import referrer_manifest as referrer_manifest_of
 from imgtool.trust.keys import ALGORITHM, KEY_ID, SigningKey
 
-SIGNATURE_MEDIA_TYPE = "application/vnd.imgtool.signature.v1+json"
-PAYLOAD_TYPE = "application/vnd.imgtool.signature-payload.v1+json"
+SIGNATURE_MEDIA_TYPE = media.SIGNATURE
+PAYLOAD_TYPE = media.SIGNATURE_PAYLOAD
 SIGNATURE_TYPE = "imgtool version signature v1"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
-EMPTY_DIGEST = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
 KEY_ID_ANNOTATION = "dev.imgtool.signature.key-id"
-CREATED_ANNOTATION = "org.opencontainers.image.created"
 
 # Limits for what a remote may send; real documents are far smaller.
 MAX_ENVELOPE = 64 * 1024
 MAX_PAYLOAD = 16 * 1024
-MAX_REFERRER_MANIFEST = 64 * 1024
-MAX_REFERRERS_INDEX = 4 * 1024 * 1024  # the registry manifest limit
-MAX_REFERRERS = 256  # candidates fetched per version; more is a flood, refused
 
 _REGISTRY = re.compile(r"^[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?(?::[0-9]{1,5})?$")
 _STAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
@@ -122,20 +115,6 @@ class Envelope:
         return pae(PAYLOAD_TYPE, self.payload)
 
 
-@dataclass(frozen=True)
-class Descriptor:
-    media_type: str
-    digest: str
-    size: int
-
-    def as_json(self) -> dict[str, Any]:
-        return {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
-
-
-def canonical(obj: object) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def pae(payload_type: str, payload: bytes) -> bytes:
     """DSSE's pre-authentication encoding: what is actually signed."""
     kind = payload_type.encode()
@@ -166,69 +145,12 @@ def sign(key: SigningKey, name: SignedName, manifest_digest: str, *, signed_at: 
 
 def referrer_manifest(envelope: bytes, subject: Descriptor, *, key_id: str, created: datetime) -> bytes:
     """The OCI manifest that attaches `envelope` (pushed as a blob) to the version manifest `subject`."""
-    layer = Descriptor(SIGNATURE_MEDIA_TYPE, _sha256(envelope), len(envelope))
-    return canonical({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": SIGNATURE_MEDIA_TYPE,
-        "config": {"mediaType": EMPTY_MEDIA_TYPE, "digest": EMPTY_DIGEST, "size": 2},
-        "layers": [layer.as_json()], "subject": subject.as_json(),
-        "annotations": {KEY_ID_ANNOTATION: key_id, CREATED_ANNOTATION: stamp(created)},
-    })
-
-
-def fallback_index(existing: bytes | None, referrer: Descriptor, *, what: str) -> bytes:
-    """The referrers-tag-schema index with `referrer` added (read-modify-write by the pusher).
-
-    Entries already there are kept as they are (they may be another tool's
-    referrers); `referrer` is added once.
-    """
-    entries = [] if existing is None else _index_entries(existing, what=what)
-    if not any(e.get("digest") == referrer.digest for e in entries):
-        entries.append({**referrer.as_json(), "artifactType": SIGNATURE_MEDIA_TYPE})
-    return canonical({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries})
-
-
-def fallback_tag(subject_digest: str) -> str:
-    """The referrers tag schema's tag for a subject: `sha256-<hex>`."""
-    if not strict.SHA256.fullmatch(subject_digest):
-        raise InvalidArgument(f"'{subject_digest}' is not a sha256 digest", hint="sha256:<64 hex digits>")
-    return subject_digest.replace(":", "-", 1)
-
-
-def _sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+    layer = Descriptor.of(SIGNATURE_MEDIA_TYPE, envelope)
+    return referrer_manifest_of(subject, SIGNATURE_MEDIA_TYPE, layer,
+                                {KEY_ID_ANNOTATION: key_id, media.CREATED: stamp(created)})
 
 
 # -- reading what a remote sent -------------------------------------------------------------------------------------
-
-def referrer_candidates(index: bytes, *, what: str) -> list[Descriptor]:
-    """The manifests a referrers answer (API or fallback tag) lists, as candidates only.
-
-    Their `artifactType` is ignored: it is not covered by anything the signer
-    made, and skopeo drops it when it copies the index.
-    """
-    seen: dict[str, Descriptor] = {}
-    for entry in _index_entries(index, what=what):
-        if entry.get("mediaType") != OCI_MANIFEST:
-            continue  # an index or another format cannot be an imgtool signature
-        label = f"an entry of {what}"
-        digest = strict.text(entry, "digest", what=label, pattern=strict.SHA256)
-        size = strict.count(entry, "size", what=label, limit=MAX_REFERRER_MANIFEST)
-        seen.setdefault(digest, Descriptor(OCI_MANIFEST, digest, size))
-    return list(seen.values())
-
-
-def _index_entries(index: bytes, *, what: str) -> list[dict[str, Any]]:
-    obj = strict.load_object(index, what=what, limit=MAX_REFERRERS_INDEX)
-    strict.equal(obj, "schemaVersion", 2, what=what)
-    if obj.get("mediaType") not in (None, OCI_INDEX):
-        raise strict.refuse(what, f"media type {str(obj.get('mediaType'))[:60]!r} is not an OCI index")
-    entries = obj.get("manifests")
-    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise strict.refuse(what, "manifests is not a list of descriptors")
-    if len(entries) > MAX_REFERRERS:
-        raise strict.refuse(what, f"it lists {len(entries)} referrers, above the limit of {MAX_REFERRERS}")
-    return entries
-
 
 def signature_layer(manifest: bytes, *, subject_digest: str, what: str) -> Descriptor | None:
     """The envelope descriptor of a referrer manifest, or None when it is another kind of referrer.
@@ -236,7 +158,7 @@ def signature_layer(manifest: bytes, *, subject_digest: str, what: str) -> Descr
     A referrer whose `subject` is another manifest is refused: the index that
     listed it lied about what refers to this version.
     """
-    obj = strict.load_object(manifest, what=what, limit=MAX_REFERRER_MANIFEST)
+    obj = strict.load_object(manifest, what=what, limit=MAX_MANIFEST_OF_REFERRER)
     strict.equal(obj, "schemaVersion", 2, what=what)
     subject = strict.child(obj, "subject", what=what)
     if strict.text(subject, "digest", what=f"the subject of {what}", pattern=strict.SHA256) != subject_digest:
@@ -247,7 +169,7 @@ def signature_layer(manifest: bytes, *, subject_digest: str, what: str) -> Descr
         return None  # someone else's referrer (an SBOM, a cosign signature): not ours to judge
     strict.exact(obj, what=what, required={"schemaVersion", "mediaType", "artifactType", "config", "layers",
                                             "subject"}, optional=frozenset({"annotations"}))
-    strict.equal(obj, "mediaType", OCI_MANIFEST, what=what)
+    strict.equal(obj, "mediaType", media.OCI_MANIFEST, what=what)
     layers = obj.get("layers")
     if not isinstance(layers, list) or len(layers) != 1 or not isinstance(layers[0], dict):
         raise strict.refuse(what, "a signature manifest must have exactly one layer")

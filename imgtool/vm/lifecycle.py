@@ -1,9 +1,9 @@
 """VMs: copy-on-write overlays over a version's bases, plus a seed for generalized images.
 
 A VM folder `<home>/vms/<name>/` holds `vm.json` (the receipt: version digest,
-definition as it was, seed digest, disks, the QEMU command line of the last
-start), one qcow2 overlay per disk, the NoCloud seed, a UEFI variables copy
-and runtime files. `vm.json` is written last: a folder without it is an
+definition as it was, seed digest, disks; the QEMU command line of the last
+start is in `state.json`), one qcow2 overlay per disk, the NoCloud seed, a UEFI
+variables copy and runtime files. `vm.json` is written last: a folder without it is an
 unfinished `vm new` (or `vm delete`), which gc removes. Creating a folder is
 atomic, so of two `vm new` with the same name exactly one wins.
 """

@@ -15,8 +15,8 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from imgtool.errors import InvalidArgument
-from imgtool.gallery import checks, revocation
-from imgtool.vm import runtime
+from imgtool.gallery import revocation
+from imgtool.vm import checks, runtime
 from imgtool.vm.record import load
 from imgtool.web.render import Context, version_ref
 

@@ -13,34 +13,30 @@ from __future__ import annotations
 
 from typing import Any
 
-from imgtool.cli import shapes
-from imgtool.cli.gallery_cmds import _gallery_json as gallery_json
-from imgtool.cli.trust_cmds import _key_json as key_json
-from imgtool.cli.version_cmds import version_json
-from imgtool.cli.vm_cmds import vm_json
+from imgtool.flows import replication, shapes
 from imgtool.gallery import galleries, lookup, revocation, users
 from imgtool.home import Home
 from imgtool.names import parse_definition_ref
-from imgtool.remote import remotes, replication
+from imgtool.remote import remotes
 from imgtool.trust.homes import trust_store
 from imgtool.vm import lifecycle
 from imgtool.vm import runtime as vmrun
 from imgtool.vm.record import load
 
 __all__ = ["definition_list", "definition_show", "gallery_list", "gallery_show", "remote_list",
-           "trust_list", "version_list", "version_resolve", "version_show", "version_users", "vm_json",
+           "trust_list", "version_list", "version_resolve", "version_show", "version_users",
            "vm_list", "vm_show"]
 
 
 def gallery_list(home: Home) -> list[dict[str, Any]]:
     """`imgtool gallery list --json`"""
-    return [gallery_json(g) for g in galleries.list_galleries(home)]
+    return [shapes.gallery(g) for g in galleries.list_galleries(home)]
 
 
 def gallery_show(home: Home, name: str) -> dict[str, Any]:
     """`imgtool gallery show NAME --json`"""
     g = galleries.get_gallery(home, name)
-    return {**gallery_json(g), "definitions": [d.name for d in galleries.list_definitions(home, name)]}
+    return {**shapes.gallery(g), "definitions": [d.name for d in galleries.list_definitions(home, name)]}
 
 
 def definition_list(home: Home, gallery: str) -> list[dict[str, Any]]:
@@ -75,7 +71,7 @@ def version_resolve(home: Home, ref: str) -> dict[str, Any]:
 
 def version_show(home: Home, ref: str) -> dict[str, Any]:
     """`imgtool version show G/D@X.Y.Z --json`: the version shape plus its replication per target."""
-    body = version_json(home, ref)
+    body = shapes.version_of(home, ref)
     return {**body, "replication": replication.describe(home, body["gallery"], body["definition"],
                                                         body["version"])}
 
@@ -120,4 +116,4 @@ def trust_list(home: Home) -> list[dict[str, Any]]:
     """`imgtool trust list --json`: each remote's policy, signing key and trusted keys."""
     store = trust_store(home)
     return [{"remote": rt.remote, "policy": rt.policy, "signing_key": rt.signing_key,
-             "keys": [key_json(rt.remote, k) for k in rt.keys]} for rt in store.remotes().values()]
+             "keys": [shapes.trusted_key(rt.remote, k) for k in rt.keys]} for rt in store.remotes().values()]

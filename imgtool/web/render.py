@@ -20,8 +20,9 @@ import jinja2
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
-from imgtool.cli.output import error_json, human_bytes
 from imgtool.errors import ImgtoolError, InvalidArgument, NotFound
+from imgtool.flows.shapes import error as error_json
+from imgtool.flows.shapes import human_bytes
 from imgtool.home import Home
 from imgtool.web import background, security
 from imgtool.web.views import Caches

@@ -16,15 +16,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from imgtool.cli import shapes
 from imgtool.errors import ImgtoolError
+from imgtool.flows import replication, shapes, signing
 from imgtool.gallery import galleries, lookup
 from imgtool.gallery.model import ImageVersion
 from imgtool.gallery.version_index import Summary, summaries
 from imgtool.home import Home
 from imgtool.names import DefinitionRef, parse_definition_ref
-from imgtool.remote import replication
-from imgtool.trust import gate
 from imgtool.vm import runtime
 from imgtool.vm.record import load, vm_dir
 from imgtool.web import documents, lineage, sharing
@@ -190,7 +188,7 @@ def signed_by(home: Home, body: dict[str, Any]) -> dict[str, Any] | None:
         return None
 
     try:
-        verdict = gate.verify_local(home, body["ref"], deep=False)
+        verdict = signing.verify_local(home, body["ref"], deep=False)
     except ImgtoolError as exc:
         return {"remote": origin.get("remote"), "trusted": False, "keys": [], "why": exc.message}
     if verdict is None:

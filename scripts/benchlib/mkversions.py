@@ -13,9 +13,8 @@ import sys
 from pathlib import Path
 
 from imgtool.gallery.image_versions import PublishRequest, publish
-from imgtool.gallery.versions import Version
 from imgtool.home import Home
-from imgtool.names import parse_definition_ref
+from imgtool.names import Version, parse_definition_ref
 
 
 def number(i: int) -> str:

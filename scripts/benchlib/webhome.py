@@ -16,15 +16,14 @@ import sys
 from pathlib import Path
 
 from benchlib.mkversions import number
-
+from imgtool.flows import replication
 from imgtool.gallery import galleries
 from imgtool.gallery.image_versions import PublishRequest, publish
 from imgtool.gallery.model import Definition
 from imgtool.gallery.revocation import revoke
-from imgtool.gallery.versions import Version
 from imgtool.home import Home
-from imgtool.names import parse_definition_ref
-from imgtool.remote import remotes, replication
+from imgtool.names import Version, parse_definition_ref
+from imgtool.remote import remotes
 from store.ingest import ingest
 
 DEFINITION = "bench/many"

@@ -32,6 +32,7 @@ import pytest
 from imgtool import formats
 from imgtool.capture import sources
 from imgtool.errors import UnsafeImage
+from imgtool.gallery.lookup import version_disks
 from imgtool.home import Home
 from imgtool.tools import nbd, run
 from tests.conftest import require_tools
@@ -258,9 +259,9 @@ def test_inspection_comes_before_any_qemu_tool(env: dict[str, Any], monkeypatch:
     monkeypatch.setattr(run, "run", spy_run)
     monkeypatch.setattr(run, "spawn", spy_spawn)
     home = Home.at(env["home"])
-    sources.capture(home, str(env["good"]))
+    sources.capture(home, str(env["good"]), versions=version_disks(home))
     assert order[0] == "inspect" and "run qemu-img" in order[1:], order
     order.clear()
     with pytest.raises(UnsafeImage):
-        sources.capture(home, str(CORPUS / "qcow2-backing-passwd.qcow2"))
+        sources.capture(home, str(CORPUS / "qcow2-backing-passwd.qcow2"), versions=version_disks(home))
     assert order == ["inspect"]

@@ -8,12 +8,11 @@ from pathlib import Path
 from imgtool.gallery import galleries as gallery
 from imgtool.gallery.image_versions import PublishRequest, export, publish
 from imgtool.gallery.model import Definition
-from imgtool.gallery.versions import Version
 from imgtool.home import Home
-from imgtool.names import DefinitionRef
+from imgtool.names import DefinitionRef, Version
+from imgtool.oci.target import Target
 from imgtool.remote import remotes
 from imgtool.remote.connect import open_target
-from imgtool.remote.target import Target
 from imgtool.trust.homes import trust_store
 from store.ingest import ingest
 

@@ -1,24 +1,29 @@
-"""The points the signing layer builds on: push/pull hooks and referrers (API or tag-schema fallback)."""
+"""The points the signing flows build on: the push hook, the pull check, and referrers (API or tag-schema fallback)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from imgtool.errors import Refused
-from imgtool.remote import referrers
-from imgtool.remote.format import MANIFEST_TYPE, Descriptor
-from imgtool.remote.pull import Pulling, pull
+from imgtool.oci import referrers
+from imgtool.oci.descriptor import Descriptor
+from imgtool.oci.media import OCI_MANIFEST as MANIFEST_TYPE
+from imgtool.oci.target import Target
+from imgtool.remote.pull import Checked, Checking, pull
 from imgtool.remote.push import Pushed, push
-from imgtool.remote.registry import fallback_tag
 from store.verify import verify
 from tests.remote.helpers import add_remote, disk_bytes, make_home, publish_bytes
 from tests.remote.registry import Registry
 
 pytestmark = pytest.mark.integration
 SIG_TYPE = "application/vnd.example.signature.v1"
+
+
+def put_referrer(target: Target, repo: str, subject: Descriptor, blob: bytes) -> Descriptor:
+    manifest = referrers.referrer_manifest(subject, SIG_TYPE, Descriptor.of(SIG_TYPE, blob), {})
+    return referrers.attach(target, repo, manifest, blob, artifact_type=SIG_TYPE)
 
 
 @pytest.mark.parametrize("kind", ["registry", "layout"])
@@ -32,35 +37,36 @@ def test_hooks_see_the_manifest_before_any_name_and_referrers_travel(registry: R
 
     def sign(event: Pushed) -> None:
         assert "1.0.0" not in event.target.tags(event.repository)  # before the tag
-        referrers.put_referrer(event.target, event.repository, event.manifest, SIG_TYPE, b"signature-bytes")
+        put_referrer(event.target, event.repository, event.manifest, b"signature-bytes")
         seen.append(event)
 
     [pushed] = push(src, remote, target, "team", hook=sign)
     assert seen[0].manifest.digest == pushed.manifest
-    found = referrers.list_referrers(target, pushed.repository, pushed.manifest, artifact_type=SIG_TYPE)
+    found = referrers.listed(target, pushed.repository, pushed.manifest, artifact_type=SIG_TYPE)
     assert len(found) == 1
-    again = referrers.put_referrer(target, pushed.repository, seen[0].manifest, SIG_TYPE, b"signature-bytes")
-    assert [d.digest for d in referrers.list_referrers(target, pushed.repository, pushed.manifest)] == [again.digest]
-    assert fallback_tag(pushed.manifest) in target.tags(pushed.repository)  # neither has the referrers API
+    again = put_referrer(target, pushed.repository, seen[0].manifest, b"signature-bytes")
+    assert [d.digest for d in referrers.listed(target, pushed.repository, pushed.manifest)] == [again.digest]
+    assert referrers.fallback_tag(pushed.manifest) in target.tags(pushed.repository)  # neither has the referrers API
 
     dst = make_home(tmp_path / "b", gallery_name="x")
     remote_b, target_b = add_remote(dst, "origin", url)
 
-    def refuse(event: Pulling) -> dict[str, Any] | None:
+    def refuse(event: Checking) -> Checked:
         raise Refused("no trusted signature", hint="trust a key")
     with pytest.raises(Refused):
-        pull(dst, remote_b, target_b, "team/base@1.0.0", hook=refuse)
+        pull(dst, remote_b, target_b, "team/base@1.0.0", check=refuse)
     assert dst.store.get_name("versions", "team", "base", "1.0.0") is None
     assert dst.store.get_name("definitions", "team", "base") is None
     assert verify(dst.store).ok
 
-    def accept(event: Pulling) -> dict[str, Any] | None:
-        sigs = referrers.list_referrers(event.target, event.repository, event.manifest_digest, artifact_type=SIG_TYPE)
-        assert event.local.gallery == "team" and event.version.version == "1.0.0"
-        return {"signatures": [d.digest for d in sigs]}
-    pull(dst, remote_b, target_b, "team/base@1.0.0", hook=accept)
-    from imgtool.gallery.lookup import get_version
-    assert get_version(dst, "team/base@1.0.0")[0].provenance["signatures"] == [again.digest]
+    kept: list[str] = []
+
+    def accept(event: Checking) -> Checked:
+        sigs = referrers.listed(event.target, event.repository, event.fetched.digest, artifact_type=SIG_TYPE)
+        assert event.version.version == "1.0.0"
+        return Checked(keep=lambda local: kept.extend([local.label, *(d.digest for d in sigs)]))
+    pull(dst, remote_b, target_b, "team/base@1.0.0", check=accept)
+    assert kept == ["team/base@1.0.0", again.digest]
 
 
 def test_subject_descriptor_shape() -> None:

@@ -10,6 +10,7 @@ import pytest
 from imgtool.errors import AlreadyExists, Corrupt, Refused
 from imgtool.gallery import lookup
 from imgtool.home import Home
+from imgtool.oci import media
 from imgtool.remote import format as fmt
 from imgtool.remote.pull import pull
 from imgtool.remote.push import push
@@ -192,7 +193,7 @@ def test_a_version_served_under_another_tag_is_refused(own_registry: Registry, t
     remote, target = add_remote(src, "origin", own_registry.url)
     [pushed] = push(src, remote, target, "team")
     fetched = target.get_manifest(pushed.repository, "1.0.0")
-    target.put_manifest(pushed.repository, "9.9.9", fetched.data, fmt.MANIFEST_TYPE)  # same bytes, other tag
+    target.put_manifest(pushed.repository, "9.9.9", fetched.data, media.OCI_MANIFEST)  # same bytes, other tag
     dst = make_home(tmp_path / "b", gallery_name="x")
     remote_b, target_b = add_remote(dst, "origin", own_registry.url)
     with pytest.raises(Refused, match="not its own"):
@@ -204,8 +205,7 @@ def test_data_disks_travel_and_siblings_share_by_mount(registry: Registry, tmp_p
     from imgtool.gallery.galleries import create_definition
     from imgtool.gallery.image_versions import PublishRequest, export, publish
     from imgtool.gallery.model import Definition
-    from imgtool.gallery.versions import Version
-    from imgtool.names import DefinitionRef
+    from imgtool.names import DefinitionRef, Version
     from store.ingest import ingest
 
     src = make_home(tmp_path / "a")
@@ -240,8 +240,9 @@ def test_data_disks_travel_and_siblings_share_by_mount(registry: Registry, tmp_p
 def test_malformed_config_records_are_refused_cleanly(own_registry: Registry, tmp_path: Path, damage: str) -> None:
     import json as _json
 
-    from imgtool.remote.format import CONFIG_TYPE, Descriptor, manifest_bytes
-    from imgtool.remote.target import read_all, sha256_of
+    from imgtool.oci.descriptor import Descriptor, sha256_of
+    from imgtool.oci.target import read_all
+    from imgtool.remote.format import CONFIG_TYPE, manifest_bytes
 
     src = make_home(tmp_path / "a")
     publish_bytes(src, "team/base", "1.0.0", disk_bytes(1 << 20, seed=90))
@@ -264,7 +265,7 @@ def test_malformed_config_records_are_refused_cleanly(own_registry: Registry, tm
     target.put_blob(pushed.repository, sha256_of(text), text)
     body = manifest_bytes(Descriptor.of(CONFIG_TYPE, text), [*manifest.indexes, *manifest.packs.values()],
                           manifest.annotations)
-    target.put_manifest(pushed.repository, "1.0.0", body, fmt.MANIFEST_TYPE)
+    target.put_manifest(pushed.repository, "1.0.0", body, media.OCI_MANIFEST)
     dst = make_home(tmp_path / "b", gallery_name="x")
     remote_b, target_b = add_remote(dst, "origin", own_registry.url)
     with pytest.raises(Corrupt):

@@ -39,7 +39,7 @@ def test_skopeo_inspects_copies_and_imgtool_pulls_the_copy(registry: Registry, r
 
     raw = skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{registry.host}/{repo}:1.0.0")
     assert "sha256:" + hashlib.sha256(raw.encode()).hexdigest() == pushed.manifest
-    assert json.loads(raw)["artifactType"] == fmt.ARTIFACT_TYPE
+    assert json.loads(raw)["artifactType"] == fmt.VERSION_TYPE
 
     skopeo("copy", "--src-tls-verify=false", "--dest-tls-verify=false",
            f"docker://{registry.host}/{repo}:1.0.0", f"docker://{registry_b.host}/{repo}:1.0.0")

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from imgtool.oci.descriptor import Descriptor
 from imgtool.remote import format as fmt
 from store import canonical
 from store import digest as store_digest
@@ -50,8 +51,8 @@ class Forged:
 
     # -- indexes and packs ------------------------------------------------------------------------------------------
 
-    def packs(self) -> dict[str, fmt.Descriptor]:
-        return {d["digest"]: fmt.Descriptor(d["mediaType"], d["digest"], d["size"])
+    def packs(self) -> dict[str, Descriptor]:
+        return {d["digest"]: Descriptor(d["mediaType"], d["digest"], d["size"])
                 for d in self._layers(fmt.PACK_TYPE)}
 
     def index(self, number: int = 0) -> fmt.DiskIndex:

@@ -12,8 +12,12 @@ import http.client
 import json
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from urllib.parse import urlencode, urlsplit
+
+from imgtool.errors import NotFound
+from imgtool.oci.target import Fetched, Stats
 
 _PARAM = re.compile(r'(\w+)="([^"]*)"')
 MANIFEST_TYPES = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json"
@@ -154,42 +158,66 @@ def push_artifact(client: Client, repo: str, tag: str, layers: list[bytes]) -> t
 
 
 class Adapter:
-    """imgtool.trust.referrers' RegistryWriter over the thin client (honest transport, capped reads).
+    """An imgtool.oci Target over the thin client (honest transport, no checks of its own).
 
-    Reads return at most `limit + 1` bytes so that imgtool's own parsers see (and refuse) an
-    oversized answer; any status but 200/201/404 is an AssertionError (the transport is not what
-    these tests are about).
+    It hands imgtool exactly what the registry sent, unverified, so that what is under test is
+    imgtool.oci.referrers' own checks; any status but 200/201/202/404 is an AssertionError (the
+    transport is not what these tests are about).
     """
 
     def __init__(self, client: Client) -> None:
         self.client = client
+        self.label = f"test registry {client.host}"
+        self.stats = Stats()
 
-    def _capped(self, answer: Answer, limit: int) -> bytes | None:
+    def _body(self, answer: Answer, what: str) -> bytes:
         if answer.status == 404:
-            return None
+            raise NotFound(f"{what} is not there", hint="a test")
         assert answer.status == 200, (answer.status, answer.body[:200])
-        return answer.body[: limit + 1]
+        return answer.body
 
-    def get_manifest(self, repository: str, reference: str, *, limit: int) -> bytes | None:
-        return self._capped(self.client.manifest(repository, reference), limit)
+    def tags(self, repo: str) -> list[str]:
+        body = json.loads(self._body(self.client.tags(repo), repo))
+        return list(body.get("tags") or [])
 
-    def get_blob(self, repository: str, digest: str, *, limit: int) -> bytes | None:
-        return self._capped(self.client.blob(repository, digest), limit)
+    def get_manifest(self, repo: str, ref: str) -> Fetched:
+        answer = self.client.manifest(repo, ref)
+        data = self._body(answer, f"{repo}:{ref}")
+        return Fetched(data, digest_of(data), answer.headers.get("content-type", ""))
 
-    def get_referrers(self, repository: str, digest: str, *, limit: int) -> bytes | None:
-        answer = self.client.request("GET", f"/v2/{repository}/referrers/{digest}",
-                                     scope=f"repository:{repository}:pull")
-        if answer.status == 404:
-            return None  # distribution 2.8: no referrers API
-        return self._capped(answer, limit)
+    def put_manifest(self, repo: str, ref: str, data: bytes, media_type: str) -> str:
+        answer = self.client.push_manifest(repo, ref, data, media_type)
+        assert answer.status == 201, (answer.status, answer.body[:300])
+        return digest_of(data)
 
-    def put_blob(self, repository: str, data: bytes) -> None:
-        answer = self.client.push_blob(repository, data)
+    def blob_size(self, repo: str, digest: str) -> int | None:
+        answer = self.client.blob(repo, digest)
+        return None if answer.status == 404 else len(self._body(answer, digest))
+
+    def get_blob(self, repo: str, digest: str, *, size: int) -> Iterator[bytes]:
+        yield self._body(self.client.blob(repo, digest), digest)
+
+    def get_range(self, repo: str, digest: str, start: int, length: int) -> bytes:
+        return self._body(self.client.blob(repo, digest), digest)[start:start + length]
+
+    def put_blob(self, repo: str, digest: str, data: bytes) -> None:
+        answer = self.client.push_blob(repo, data)
         assert answer.status == 201, (answer.status, answer.body[:200])
 
-    def put_manifest(self, repository: str, reference: str, data: bytes, *, media_type: str) -> None:
-        answer = self.client.push_manifest(repository, reference, data, media_type)
-        assert answer.status == 201, (answer.status, answer.body[:300])
+    def mount_blob(self, repo: str, digest: str, source: str) -> bool:
+        return False
+
+    def supports_referrers_api(self, repo: str) -> bool:
+        return self.referrers_api(repo, "sha256:" + "0" * 64) is not None
+
+    def referrers_api(self, repo: str, digest: str) -> bytes | None:
+        answer = self.client.request("GET", f"/v2/{repo}/referrers/{digest}", scope=f"repository:{repo}:pull")
+        if answer.status == 404:
+            return None  # distribution 2.8: no referrers API
+        return self._body(answer, f"the referrers of {digest}")
+
+    def close(self) -> None:
+        return None
 
 
 def wait_until_refused(client: Client, token: str) -> None:

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from imgtool.flows import sharing
 from imgtool.home import Home
 from imgtool.remote import format as fmt
-from imgtool.remote import registry, remotes, service
+from imgtool.remote import registry, remotes
 from imgtool.remote.errors import RemoteFailed
 from imgtool.trust.homes import trust_store
 from tests.cli import Cli
@@ -37,7 +38,7 @@ def liar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Liar]:
         src = make_home(tmp_path_factory.mktemp("publisher"))
         publish_bytes(src, "team/base", "1.0.0", disk_bytes(2 << 20, seed=51))
         remotes.add(src, "liar", server.url)
-        service.push_source(src, "team/base@1.0.0", "liar")
+        sharing.push_source(src, "team/base@1.0.0", "liar")
         yield server
 
 
@@ -247,6 +248,6 @@ def test_a_very_slow_body_is_cut_off(liar: Liar, tmp_path: Path, monkeypatch: py
     trust_store(home).set_policy("origin", "any")
     liar.lie("slow", path=f"/v2/{REPO}/manifests/1.0.0", limit=10**6, delay=0.2)
     with pytest.raises(RemoteFailed, match="took longer than"):
-        service.pull_ref(home, "origin:team/base@1.0.0")
+        sharing.pull_ref(home, "origin:team/base@1.0.0")
     assert home.store.all_names() == []
     liar.lies.clear()

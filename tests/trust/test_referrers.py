@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 
 from imgtool.errors import Corrupt, Refused
+from imgtool.oci import media
+from imgtool.oci import referrers as oci_referrers
+from imgtool.oci.descriptor import Descriptor, canonical
 from imgtool.trust import referrers
 from imgtool.trust import signatures as sig
 from imgtool.trust.keys import KeyRing, SigningKey
@@ -58,7 +61,7 @@ def publish(adapter: Adapter, host: str, key: SigningKey, *, version: str = "1.0
     """Push a version artifact, sign it (or, lying, sign `sign_digest` instead) and attach the signature."""
     digest, manifest = push_artifact(adapter.client, REPO, version, [f"disk of {version}".encode()])
     envelope = sig.sign(key, name_on(host, version), sign_digest or digest, signed_at=WHEN)
-    attached = referrers.make(envelope, sig.Descriptor(sig.OCI_MANIFEST, digest, len(manifest)),
+    attached = referrers.make(envelope, Descriptor(media.OCI_MANIFEST, digest, len(manifest)),
                               key_id=key.public.key_id, created=WHEN)
     referrers.attach(adapter, REPO, attached)
     return digest, attached
@@ -84,9 +87,9 @@ def test_signatures_round_trip_through_distribution_tag_fallback(registry: str, 
     key = keys.load("publisher")
     digest, attached = publish(adapter, registry, key)
     referrers.attach(adapter, REPO, attached)  # idempotent: the index lists it once
-    index = adapter.get_manifest(REPO, sig.fallback_tag(digest), limit=sig.MAX_REFERRERS_INDEX)
+    index = adapter.get_manifest(REPO, oci_referrers.fallback_tag(digest)).data
     assert index is not None and len(json.loads(index)["manifests"]) == 1
-    assert adapter.get_referrers(REPO, digest, limit=1024) is None  # distribution 2.8 has no referrers API
+    assert adapter.referrers_api(REPO, digest) is None  # distribution 2.8 has no referrers API
     found = referrers.find(adapter, REPO, digest)
     assert found == [attached]
     verdict = trust.check("origin", name_on(registry), digest, envelopes(found), when=WHEN)
@@ -97,12 +100,12 @@ def test_signatures_round_trip_through_distribution_tag_fallback(registry: str, 
 def test_signatures_are_copied_byte_for_byte(registry: str, keys: KeyRing, tmp_path: Path) -> None:
     adapter = Adapter(Client(registry))
     digest, attached = publish(adapter, registry, keys.load("publisher"), version="2.0.0")
-    manifest = adapter.get_manifest(REPO, digest, limit=4 << 20)
+    manifest = adapter.get_manifest(REPO, digest).data
     assert manifest is not None
     target = "mirror/team/base"
     for blob in (b"{}", b"disk of 2.0.0"):
-        adapter.put_blob(target, blob)
-    adapter.put_manifest(target, "2.0.0", manifest, media_type=sig.OCI_MANIFEST)
+        adapter.put_blob(target, digest_of(blob), blob)
+    adapter.put_manifest(target, "2.0.0", manifest, media.OCI_MANIFEST)
     assert referrers.copy_all(adapter, REPO, adapter, target, digest) == 1
     assert referrers.find(adapter, target, digest) == [attached]  # same manifest digest, same envelope
 
@@ -129,9 +132,10 @@ def test_a_referrers_index_pointing_at_unrelated_manifests_is_refused(liar: Liar
     digest, _ = push_artifact(adapter.client, REPO, "1.0.0", [b"one"])
     other, _ = publish(adapter, liar.host, key, version="1.0.1")
     unrelated = referrers.find(adapter, REPO, other)[0]
-    index = sig.fallback_index(None, sig.Descriptor(sig.OCI_MANIFEST, unrelated.manifest_digest,
-                                                    len(unrelated.manifest)), what="i")
-    liar.put_manifest(REPO, index, tag=sig.fallback_tag(digest), media_type=sig.OCI_INDEX)
+    index = oci_referrers.fallback_index(None, Descriptor(media.OCI_MANIFEST, unrelated.manifest_digest,
+                                                          len(unrelated.manifest)),
+                                         artifact_type=sig.SIGNATURE_MEDIA_TYPE, what="i")
+    liar.put_manifest(REPO, index, tag=oci_referrers.fallback_tag(digest), media_type=media.OCI_INDEX)
     with pytest.raises(Corrupt, match="refers to"):
         referrers.find(adapter, REPO, digest)
 
@@ -149,7 +153,7 @@ def test_a_signature_served_under_another_tag_is_refused(liar: Liar, keys: KeyRi
     adapter = Adapter(Client(liar.host))
     digest, _ = publish(adapter, liar.host, keys.load("publisher"), version="1.0.0")
     liar.repo(REPO).tags["9.0.0"] = digest  # the liar re-tags a validly signed version
-    served = adapter.get_manifest(REPO, "9.0.0", limit=1 << 20)
+    served = adapter.get_manifest(REPO, "9.0.0").data
     assert served is not None and digest_of(served) == digest
     found = referrers.find(adapter, REPO, digest)
     with pytest.raises(Refused, match="signs another name"):
@@ -172,10 +176,10 @@ def test_wrong_bytes_for_a_signature_digest_are_refused(liar: Liar, keys: KeyRin
 def test_a_flood_of_referrers_is_refused(liar: Liar, keys: KeyRing) -> None:
     adapter = Adapter(Client(liar.host))
     digest, _ = push_artifact(adapter.client, REPO, "1.0.0", [b"one"])
-    entries = [{"mediaType": sig.OCI_MANIFEST, "digest": f"sha256:{i:064x}", "size": 10}
-               for i in range(sig.MAX_REFERRERS + 1)]
+    entries = [{"mediaType": media.OCI_MANIFEST, "digest": f"sha256:{i:064x}", "size": 10}
+               for i in range(oci_referrers.MAX_REFERRERS + 1)]
     liar.put_manifest(REPO, json.dumps({"schemaVersion": 2, "manifests": entries}).encode(),
-                      tag=sig.fallback_tag(digest), media_type=sig.OCI_INDEX)
+                      tag=oci_referrers.fallback_tag(digest), media_type=media.OCI_INDEX)
     with pytest.raises(Corrupt, match="limit"):
         referrers.find(adapter, REPO, digest)
 
@@ -183,7 +187,7 @@ def test_a_flood_of_referrers_is_refused(liar: Liar, keys: KeyRing) -> None:
 def test_an_oversized_referrers_index_is_refused(liar: Liar) -> None:
     adapter = Adapter(Client(liar.host))
     digest, _ = push_artifact(adapter.client, REPO, "1.0.0", [b"one"])
-    liar.lie("huge-manifest", path=f"/v2/{REPO}/manifests/{sig.fallback_tag(digest)}")
+    liar.lie("huge-manifest", path=f"/v2/{REPO}/manifests/{oci_referrers.fallback_tag(digest)}")
     with pytest.raises(Corrupt, match="above the"):
         referrers.find(adapter, REPO, digest)
 
@@ -193,12 +197,12 @@ def test_referrers_api_without_artifact_type_and_missing_entries(keys: KeyRing, 
         adapter = Adapter(Client(liar.host))
         digest, attached = publish(adapter, liar.host, keys.load("publisher"))
         # Strip artifactType from the tag index (what skopeo does) and list a manifest that is gone.
-        tag = sig.fallback_tag(digest)
-        gone = {"mediaType": sig.OCI_MANIFEST, "digest": "sha256:" + "e" * 64, "size": 10}
-        plain = [{"mediaType": sig.OCI_MANIFEST, "digest": attached.manifest_digest,
+        tag = oci_referrers.fallback_tag(digest)
+        gone = {"mediaType": media.OCI_MANIFEST, "digest": "sha256:" + "e" * 64, "size": 10}
+        plain = [{"mediaType": media.OCI_MANIFEST, "digest": attached.manifest_digest,
                   "size": len(attached.manifest)}, gone]
         liar.put_manifest(REPO, json.dumps({"schemaVersion": 2, "manifests": plain}).encode(), tag=tag,
-                          media_type=sig.OCI_INDEX)
+                          media_type=media.OCI_INDEX)
         found = referrers.find(adapter, REPO, digest)
         assert found == [attached]
         assert trust.check("origin", name_on(liar.host), digest, envelopes(found), when=WHEN).policy == SIGNED
@@ -210,10 +214,10 @@ def test_a_signature_blob_of_the_wrong_size_is_refused(liar: Liar, keys: KeyRing
     key = keys.load("publisher")
     digest, manifest = push_artifact(adapter.client, REPO, "1.0.0", [b"one"])
     envelope = sig.sign(key, name_on(liar.host), digest, signed_at=WHEN)
-    referrer = json.loads(sig.referrer_manifest(envelope, sig.Descriptor(sig.OCI_MANIFEST, digest, len(manifest)),
+    referrer = json.loads(sig.referrer_manifest(envelope, Descriptor(media.OCI_MANIFEST, digest, len(manifest)),
                                                 key_id=key.public.key_id, created=WHEN))
     referrer["layers"][0]["size"] = len(envelope) + 1
-    data = sig.canonical(referrer)
+    data = canonical(referrer)
     referrers.attach(adapter, REPO, referrers.Attached(digest_of(data), data, envelope))
     with pytest.raises(Corrupt, match="bytes, its manifest says"):
         referrers.find(adapter, REPO, digest)

@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 
 from imgtool.errors import Corrupt, InvalidArgument
+from imgtool.oci import media
+from imgtool.oci import referrers as oci_referrers
+from imgtool.oci.descriptor import EMPTY_DIGEST, Descriptor, canonical
 from imgtool.remote import format as fmt
 from imgtool.trust import signatures as sig
 from imgtool.trust.keys import KeyRing, SigningKey
@@ -43,70 +46,71 @@ def test_pae_is_dsse() -> None:
 
 def test_referrer_manifest_names_subject_and_envelope(key: SigningKey) -> None:
     envelope = sig.sign(key, NAME, DIGEST, signed_at=WHEN)
-    subject = sig.Descriptor(sig.OCI_MANIFEST, DIGEST, 1234)
+    subject = Descriptor(media.OCI_MANIFEST, DIGEST, 1234)
     manifest = sig.referrer_manifest(envelope, subject, key_id=key.public.key_id, created=WHEN)
     obj = json.loads(manifest)
     assert obj["artifactType"] == sig.SIGNATURE_MEDIA_TYPE
-    assert obj["subject"] == {"mediaType": sig.OCI_MANIFEST, "digest": DIGEST, "size": 1234}
-    assert obj["config"]["digest"] == sig.EMPTY_DIGEST
+    assert obj["subject"] == {"mediaType": media.OCI_MANIFEST, "digest": DIGEST, "size": 1234}
+    assert obj["config"]["digest"] == EMPTY_DIGEST
     layer = sig.signature_layer(manifest, subject_digest=DIGEST, what="m")
-    assert layer == sig.Descriptor(sig.SIGNATURE_MEDIA_TYPE, "sha256:" + hashlib.sha256(envelope).hexdigest(),
+    assert layer == Descriptor(sig.SIGNATURE_MEDIA_TYPE, "sha256:" + hashlib.sha256(envelope).hexdigest(),
                                    len(envelope))
 
 
 def test_a_referrer_of_another_manifest_is_refused(key: SigningKey) -> None:
     envelope = sig.sign(key, NAME, DIGEST, signed_at=WHEN)
-    other = sig.Descriptor(sig.OCI_MANIFEST, "sha256:" + "cd" * 32, 10)
+    other = Descriptor(media.OCI_MANIFEST, "sha256:" + "cd" * 32, 10)
     manifest = sig.referrer_manifest(envelope, other, key_id=key.public.key_id, created=WHEN)
     with pytest.raises(Corrupt, match="refers to"):
         sig.signature_layer(manifest, subject_digest=DIGEST, what="m")
 
 
 def test_someone_elses_referrer_is_skipped_not_judged() -> None:
-    manifest = json.dumps({"schemaVersion": 2, "mediaType": sig.OCI_MANIFEST, "artifactType": "application/x-sbom",
-                           "subject": {"mediaType": sig.OCI_MANIFEST, "digest": DIGEST, "size": 1},
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": media.OCI_MANIFEST, "artifactType": "application/x-sbom",
+                           "subject": {"mediaType": media.OCI_MANIFEST, "digest": DIGEST, "size": 1},
                            "layers": []}).encode()
     assert sig.signature_layer(manifest, subject_digest=DIGEST, what="m") is None
 
 
 def test_fallback_index_keeps_others_and_adds_once() -> None:
-    first = sig.Descriptor(sig.OCI_MANIFEST, "sha256:" + "01" * 32, 100)
-    foreign = {"mediaType": sig.OCI_MANIFEST, "digest": "sha256:" + "02" * 32, "size": 5, "artifactType": "x/y"}
-    existing = json.dumps({"schemaVersion": 2, "mediaType": sig.OCI_INDEX, "manifests": [foreign]}).encode()
-    index = sig.fallback_index(existing, first, what="i")
-    again = sig.fallback_index(index, first, what="i")
+    first = Descriptor(media.OCI_MANIFEST, "sha256:" + "01" * 32, 100)
+    foreign = {"mediaType": media.OCI_MANIFEST, "digest": "sha256:" + "02" * 32, "size": 5, "artifactType": "x/y"}
+    existing = json.dumps({"schemaVersion": 2, "mediaType": media.OCI_INDEX, "manifests": [foreign]}).encode()
+    index = oci_referrers.fallback_index(existing, first, artifact_type=sig.SIGNATURE_MEDIA_TYPE, what="i")
+    again = oci_referrers.fallback_index(index, first, artifact_type=sig.SIGNATURE_MEDIA_TYPE, what="i")
     assert index == again
     entries = json.loads(index)["manifests"]
     assert [e["digest"] for e in entries] == [foreign["digest"], first.digest]
-    assert sig.fallback_tag(DIGEST) == "sha256-" + "ab" * 32
+    assert oci_referrers.fallback_tag(DIGEST) == "sha256-" + "ab" * 32
 
 
 def test_candidates_ignore_artifact_type_and_duplicates() -> None:
-    entries = [{"mediaType": sig.OCI_MANIFEST, "digest": "sha256:" + "01" * 32, "size": 100},  # skopeo drops type
-               {"mediaType": sig.OCI_MANIFEST, "digest": "sha256:" + "01" * 32, "size": 100},
-               {"mediaType": sig.OCI_INDEX, "digest": "sha256:" + "03" * 32, "size": 100},
-               {"mediaType": sig.OCI_MANIFEST, "digest": "sha256:" + "02" * 32, "size": 7, "artifactType": "lie"}]
-    index = json.dumps({"schemaVersion": 2, "mediaType": sig.OCI_INDEX, "manifests": entries}).encode()
-    got = sig.referrer_candidates(index, what="i")
+    entries = [{"mediaType": media.OCI_MANIFEST, "digest": "sha256:" + "01" * 32, "size": 100},  # skopeo drops type
+               {"mediaType": media.OCI_MANIFEST, "digest": "sha256:" + "01" * 32, "size": 100},
+               {"mediaType": media.OCI_INDEX, "digest": "sha256:" + "03" * 32, "size": 100},
+               {"mediaType": media.OCI_MANIFEST, "digest": "sha256:" + "02" * 32, "size": 7, "artifactType": "lie"}]
+    index = json.dumps({"schemaVersion": 2, "mediaType": media.OCI_INDEX, "manifests": entries}).encode()
+    got = oci_referrers.candidates(index, what="i")
     assert [d.digest for d in got] == ["sha256:" + "01" * 32, "sha256:" + "02" * 32]
 
 
 @pytest.mark.parametrize("index, message", [
-    (b"x" * (sig.MAX_REFERRERS_INDEX + 1), "above the"),
+    (b"x" * (oci_referrers.MAX_INDEX + 1), "above the"),
     (b"[1]", "not a JSON object"),
     (b'{"schemaVersion": 2, "schemaVersion": 2, "manifests": []}', "duplicate"),
     (b'{"schemaVersion": 2, "manifests": {}}', "not a list"),
-    (json.dumps({"schemaVersion": 2, "manifests": [{"mediaType": sig.OCI_MANIFEST, "digest": "sha256:" + "0" * 64,
-                                                    "size": 1}] * (sig.MAX_REFERRERS + 1)}).encode(), "limit"),
-    (json.dumps({"schemaVersion": 2, "manifests": [{"mediaType": sig.OCI_MANIFEST, "digest": "../../x",
+    (json.dumps({"schemaVersion": 2, "manifests": [{"mediaType": media.OCI_MANIFEST, "digest": "sha256:" + "0" * 64,
+                                                    "size": 1}] * (oci_referrers.MAX_REFERRERS + 1)}).encode(),
+     "limit"),
+    (json.dumps({"schemaVersion": 2, "manifests": [{"mediaType": media.OCI_MANIFEST, "digest": "../../x",
                                                     "size": 1}]}).encode(), "wrong form"),
-    (json.dumps({"schemaVersion": 2, "manifests": [{"mediaType": sig.OCI_MANIFEST, "digest": "sha256:" + "0" * 64,
+    (json.dumps({"schemaVersion": 2, "manifests": [{"mediaType": media.OCI_MANIFEST, "digest": "sha256:" + "0" * 64,
                                                     "size": 10**12}]}).encode(), "size"),
     (b'{"schemaVersion": 2, "manifests": [], "x": NaN}', "non-standard"),
 ])
 def test_hostile_referrers_indexes_are_refused(index: bytes, message: str) -> None:
     with pytest.raises(Corrupt, match=message):
-        sig.referrer_candidates(index, what="the referrers of x")
+        oci_referrers.candidates(index, what="the referrers of x")
 
 
 def _envelope_obj(key: SigningKey) -> dict[str, str]:
@@ -135,11 +139,11 @@ def test_non_canonical_or_extended_payloads_are_refused(key: SigningKey) -> None
         sig.read_claim(json.dumps(payload, indent=1).encode())
     payload["critical"]["identity"]["extra"] = "x"
     with pytest.raises(Corrupt, match="unexpected"):
-        sig.read_claim(sig.canonical(payload))
+        sig.read_claim(canonical(payload))
     payload["critical"]["identity"].pop("extra")
     payload["critical"]["identity"]["gallery"] = "../etc"
     with pytest.raises(Corrupt, match="gallery"):
-        sig.read_claim(sig.canonical(payload))
+        sig.read_claim(canonical(payload))
 
 
 def test_names_and_expired_keys_are_checked_when_signing(key: SigningKey) -> None:

@@ -18,6 +18,8 @@ import pytest
 
 from imgtool.clock import now
 from imgtool.home import Home
+from imgtool.oci import media
+from imgtool.oci.descriptor import Descriptor
 from imgtool.trust import referrers
 from imgtool.trust import signatures as sig
 from imgtool.trust.keys import KeyRing
@@ -168,9 +170,9 @@ def test_a_signature_over_another_digest_is_refused(world: World) -> None:
     name = sig.SignedName(world.registry.host, f"{world.prefix}/team/base", "team", "base", "1.0.0")
     envelope = sig.sign(key, name, "sha256:" + "ab" * 32, signed_at=now())
     adapter = Adapter(Client(world.registry.host))
-    manifest = adapter.get_manifest(f"{world.prefix}/team/base", digest, limit=1 << 22)
+    manifest = adapter.get_manifest(f"{world.prefix}/team/base", digest).data
     assert manifest is not None
-    subject = sig.Descriptor(sig.OCI_MANIFEST, digest, len(manifest))
+    subject = Descriptor(media.OCI_MANIFEST, digest, len(manifest))
     referrers.attach(adapter, f"{world.prefix}/team/base",
                      referrers.make(envelope, subject, key_id=key.public.key_id, created=now()))
     world.user("trust", "add", "origin", str(world.pub_key))

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from imgtool.flows import sharing
 from imgtool.home import Home
-from imgtool.remote import remotes, service
+from imgtool.remote import remotes
 from imgtool.remote.connect import open_target
 from imgtool.remote.push import Pusher, versions_of
 from imgtool.trust.homes import trust_store
@@ -125,7 +126,7 @@ def test_a_token_expiring_mid_pull_is_refreshed(site: Site, tmp_path: Path) -> N
             site.tokens.valid_for = 300  # the tokens fetched from now on live long enough
 
     try:
-        result = service.pull_ref(home, "origin:team/base@1.0.0", progress=progress)
+        result = sharing.pull_ref(home, "origin:team/base@1.0.0", progress=progress)
     finally:
         site.tokens.valid_for = 300
     assert result.status == "pulled" and result.packs_whole + result.range_requests > 4

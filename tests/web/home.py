@@ -9,13 +9,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from imgtool.flows import replication, sharing
 from imgtool.gallery import galleries
 from imgtool.gallery.lifecycle_model import BootCheck, CheckResult
 from imgtool.gallery.model import Definition
 from imgtool.gallery.revocation import revoke
 from imgtool.gallery.version_changes import update_version
 from imgtool.home import Home
-from imgtool.remote import remotes, replication, service
+from imgtool.remote import remotes
 from imgtool.trust.homes import keyring, trust_store
 from tests.remote.helpers import changed, disk_bytes, publish_bytes
 
@@ -71,13 +72,12 @@ def _share(home: Home, layout: Path) -> None:
     trust.set_policy("down", "any")
     replication.set_targets(home, "team/base@1.2.0", add=["down"])
     replication.replicate(home, "team/base@1.2.0")
-    service.pull_ref(home, "mirror:team/base@1.0.0", as_ref="pulled/base")
+    sharing.pull_ref(home, "mirror:team/base@1.0.0", as_ref="pulled/base")
 
 
 def _vm(home: Home, hostile: bool) -> None:
     from imgtool.gallery.image_versions import PublishRequest, publish
-    from imgtool.gallery.versions import Version
-    from imgtool.names import DefinitionRef
+    from imgtool.names import DefinitionRef, Version
     from imgtool.vm import lifecycle
 
     lifecycle.create(home, lifecycle.NewVm(name="web1", image="team/base@1.2.0", cpus=1, memory_mib=256))

@@ -185,7 +185,7 @@ def test_sharing_agrees_with_du_on_the_bytes_only_a_version_holds(web: TestClien
 
 
 def _human(n: int) -> str:
-    from imgtool.cli.output import human_bytes
+    from imgtool.flows.shapes import human_bytes
 
     return human_bytes(n)
 

@@ -1,61 +1,45 @@
-"""The remote operations as the CLI (and `vm new`) calls them: names in, results out."""
+"""Push, pull, list and log in as the front ends call them: names in, results out."""
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
 from imgtool.errors import InvalidArgument
+from imgtool.flows import revoking, signing
 from imgtool.gallery.model import ImageVersion
-from imgtool.gallery.versions import Verdict, Version
+from imgtool.gallery.versions import Verdict
 from imgtool.home import Home
-from imgtool.names import parse_definition_ref, parse_image_ref
-from imgtool.remote import auth, catalog, remotes, revoke
+from imgtool.names import Version, parse_definition_ref, parse_image_ref
+from imgtool.remote import auth, catalog, remotes
 from imgtool.remote import format as fmt
 from imgtool.remote.connect import connected
-from imgtool.remote.format import Descriptor
-from imgtool.remote.pull import Checked, Checking, PullHook, Pulling, PullResult, pull
-from imgtool.remote.push import Pushed, PushHook, PushResult, push
+from imgtool.remote.pull import Checked, Checking, PullResult, pull
+from imgtool.remote.push import Pushed, PushResult, push
 from imgtool.remote.registry import RegistryClient
-from imgtool.trust import gate, pins
-from imgtool.trust.signatures import Descriptor as Subject
+from imgtool.trust import pins
 from imgtool.trust.signatures import SignedName
 from store.progress import Progress
 
-# Hooks the signing layer installs (imgtool.remote.service.PUSH_HOOKS.append(...)): called with the
-# version's manifest on the remote before its tag is put (push) or before anything is named (pull).
-PUSH_HOOKS: list[PushHook] = []
-PULL_HOOKS: list[PullHook] = []
 
-
-def _push_hook(event: Pushed) -> None:
-    for hook in PUSH_HOOKS:
-        hook(event)
-
-
-def _pull_hook(event: Pulling) -> dict[str, Any] | None:
-    extra: dict[str, Any] = {}
-    for hook in PULL_HOOKS:
-        extra.update(hook(event) or {})
-    return extra
-
-
-def push_source(home: Home, source: str, remote_name: str, *, progress: Progress | None = None,
-                stats: dict[str, int] | None = None) -> list[PushResult]:
+def push_source(home: Home, source: str, remote_name: str, *, sign: str | None = None,
+                progress: Progress | None = None, stats: dict[str, int] | None = None) -> list[PushResult]:
+    """Push `source` (gallery, definition or version) signed by `sign`, or by the remote's default signing
+    key; versions already there get that key's signature if they lack it."""
     with connected(home, remote_name) as (remote, target):
+        key_name = signing.signing_key(home, remote, sign)
 
         def hook(event: Pushed) -> None:
-            gate.sign_pushed(home, remote, event.target, event.repository, _subject(event.manifest), event.version)
-            _push_hook(event)
+            signing.sign_pushed(home, remote, event.target, event.repository, event.manifest, event.version,
+                                key_name=key_name)
 
         try:
             results = push(home, remote, target, source, progress=progress, hook=hook)
             for result in results:
                 if result.status == "present":  # already there: signed now if this key has not signed it
                     ref = parse_image_ref(result.name, require_version=True)
-                    name = SignedName(gate.registry_of(remote), result.repository, ref.gallery,
-                                               ref.definition, result.tag)
-                    gate.sign_present(home, remote, target, result.repository, result.manifest, name)
+                    name = SignedName(signing.registry_of(remote), result.repository, ref.gallery, ref.definition,
+                                      result.tag)
+                    signing.sign_present(home, target, result.repository, result.manifest, name, key_name=key_name)
             return results
         finally:
             if stats is not None:
@@ -72,40 +56,24 @@ def pull_ref(home: Home, text: str, *, as_ref: str | None = None, progress: Prog
         parse_definition_ref(as_ref)
     with connected(home, name) as (remote, target):
         try:
-            return pull(home, remote, target, rest, as_ref=as_ref, progress=progress, hook=_pull_hook,
+            return pull(home, remote, target, rest, as_ref=as_ref, progress=progress,
                         check=lambda event: _check(home, remote, event, pinned),
-                        screen=lambda repo, found: gate.screen(home, remote, target, repo, found))
+                        screen=lambda repo, found: signing.screen(home, remote, target, repo, found))
         finally:
             if stats is not None:
                 stats.update(target.stats.to_json())
 
 
-def _subject(manifest: Descriptor) -> Subject:
-    return Subject(manifest.media_type, manifest.digest, manifest.size)
-
-
 def _check(home: Home, remote: remotes.Remote, event: Checking, pinned: pins.RemoteRef) -> Checked:
     """The pin, then the remote's trust policy, on the version about to be pulled (raises Refused)."""
     pins.check_pin(pinned, event.fetched.digest, where=f"{remote.name}:{event.repository}:{event.tag}")
-    revoke.refuse_if_revoked(home, remote, event.target, event.repository, event.fetched.digest, event.version)
-    found = gate.check_pull(home, remote, event.target, event.repository, event.tag, event.fetched, event.version)
+    revoking.refuse_if_revoked(home, remote, event.target, event.repository, event.fetched.digest, event.version)
+    found = signing.check_pull(home, remote, event.target, event.repository, event.tag, event.fetched, event.version)
 
     def keep(local: ImageVersion) -> None:
-        gate.keep_pulled(home, remote, event.repository, event.tag, found, local)
+        signing.keep_pulled(home, remote, event.repository, event.tag, found, local)
 
     return Checked(found.acceptance.warnings, keep)
-
-
-def is_remote_image(image: str) -> bool:
-    return ":" in image
-
-
-def image_for_vm(home: Home, image: str, *, progress: Progress | None = None) -> str:
-    """`vm new --image REMOTE:G/D[@V]`: pull what is missing, return the local `G/D@X.Y.Z`."""
-    if not is_remote_image(image):
-        return image
-    result = pull_ref(home, image, progress=progress)
-    return result.name
 
 
 def versions(home: Home, text: str) -> tuple[list[catalog.RemoteVersion], Version | None, list[Verdict], str]:
@@ -114,9 +82,9 @@ def versions(home: Home, text: str) -> tuple[list[catalog.RemoteVersion], Versio
     with connected(home, name) as (remote, target):
         repo = fmt.repository(remote.prefix, ref.gallery, ref.definition)
         found = catalog.remote_versions(target, repo)
-        revoked = revoke.revoked_tags(home, remote, target, repo,
+        revoked = revoking.revoked_tags(home, remote, target, repo,
                                       [(v.version, v.manifest, v.annotations) for v in found])
-        refused = gate.screen(home, remote, target, repo, found)
+        refused = signing.screen(home, remote, target, repo, found)
     found = [replace(v, revoked=revoked.get(v.version)) for v in found]
     chosen, verdicts = catalog.resolve(found, refused=refused)
     return found, chosen, verdicts, repo

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imgtool.clock import now, parse_time
-from imgtool.errors import Corrupt, NotFound, Refused
+from imgtool.errors import NotFound, Refused
+from imgtool.flows.signing import registry_of, signing_key
 from imgtool.gallery.galleries import VERSIONS
 from imgtool.gallery.lifecycle_model import Revocation
 from imgtool.gallery.lookup import get_version
@@ -28,14 +29,14 @@ from imgtool.gallery.model import ImageVersion
 from imgtool.gallery.version_changes import update_version
 from imgtool.home import Home
 from imgtool.names import ref_fields
+from imgtool.oci import media, referrers
+from imgtool.oci.descriptor import Descriptor
+from imgtool.oci.target import Target
 from imgtool.remote import format as fmt
 from imgtool.remote.connect import connected
-from imgtool.remote.referrers import list_referrers, put_referrer
 from imgtool.remote.remotes import Remote
-from imgtool.remote.target import Target, read_all, sha256_of
-from imgtool.trust import revocations, strict
+from imgtool.trust import revocations
 from imgtool.trust import signatures as sig
-from imgtool.trust.gate import SIGNING_KEY, registry_of
 from imgtool.trust.homes import keyring, trust_store
 from imgtool.vm import record as vmrecord
 
@@ -62,7 +63,7 @@ def push_revocation(home: Home, text: str, remote_name: str, *, key_name: str | 
         except NotFound:
             raise NotFound(f"{remote.name} has no {repo}:{version.version}",
                            hint="nothing to revoke there (push it first, if that was meant)") from None
-        chosen = key_name or SIGNING_KEY.get() or trust_store(home).remote(remote.name).signing_key
+        chosen = signing_key(home, remote, key_name)
         if chosen is None:
             raise Refused(f"no key to sign the revocation for {remote.name} with",
                           hint=f"pass --sign KEY, or set one: imgtool trust signing-key {remote.name} KEY")
@@ -70,9 +71,10 @@ def push_revocation(home: Home, text: str, remote_name: str, *, key_name: str | 
         when = parse_time(version.revocation.when, "revoked at")
         envelope = revocations.sign(key, _name(remote, repo, version.gallery, version.definition, version.version),
                                     fetched.digest, version.revocation.reason, revoked_at=when)
-        subject = fmt.Descriptor(fmt.MANIFEST_TYPE, fetched.digest, len(fetched.data))
-        put_referrer(target, repo, subject, revocations.REVOCATION_MEDIA_TYPE, envelope,
-                     blob_type=revocations.REVOCATION_MEDIA_TYPE)
+        subject = Descriptor(media.OCI_MANIFEST, fetched.digest, len(fetched.data))
+        layer = Descriptor.of(revocations.REVOCATION_MEDIA_TYPE, envelope)
+        manifest = referrers.referrer_manifest(subject, revocations.REVOCATION_MEDIA_TYPE, layer, {})
+        referrers.attach(target, repo, manifest, envelope, artifact_type=revocations.REVOCATION_MEDIA_TYPE)
     return {**ref_fields(version.label), "remote": remote_name, "repository": repo, "manifest": fetched.digest,
             "key_id": key.public.key_id}
 
@@ -83,39 +85,12 @@ def push_revocation(home: Home, text: str, remote_name: str, *, key_name: str | 
 def statements(target: Target, repo: str, digest: str) -> list[bytes]:
     """The envelopes of the revocation referrers of `digest`, each checked for shape and digest."""
     found = []
-    listed = list_referrers(target, repo, digest, artifact_type=revocations.REVOCATION_MEDIA_TYPE)
-    if len(listed) > MAX_STATEMENTS * 4:
-        raise Corrupt(f"{target.label}: {len(listed)} referrers for one version",
-                      hint="nothing was used; the repository's referrers were flooded: tell its owner")
-    for descriptor in listed:
-        envelope = _statement(target, repo, digest, descriptor.digest)
+    for referrer in referrers.find(target, repo, digest, artifact_type=revocations.REVOCATION_MEDIA_TYPE):
+        layer = referrers.only_layer(referrer, media_type=revocations.REVOCATION_MEDIA_TYPE, limit=sig.MAX_ENVELOPE)
+        envelope = referrers.read_blob(target, repo, layer)
         if envelope is not None:
             found.append(envelope)
     return found[:MAX_STATEMENTS]
-
-
-def _statement(target: Target, repo: str, subject: str, digest: str) -> bytes | None:
-    what = f"referrer {digest[:19]}…"
-    try:
-        fetched = target.get_manifest(repo, digest)
-    except NotFound:
-        return None
-    if sha256_of(fetched.data) != digest:
-        raise Corrupt(f"{target.label} sent other bytes for {what}", hint="nothing was used")
-    body = strict.load_object(fetched.data, what=what, limit=sig.MAX_REFERRER_MANIFEST)
-    subject_of = body.get("subject")
-    layers = body.get("layers")
-    if body.get("artifactType") != revocations.REVOCATION_MEDIA_TYPE or not isinstance(subject_of, dict) \
-            or subject_of.get("digest") != subject or not isinstance(layers, list) or len(layers) != 1 \
-            or not isinstance(layers[0], dict):
-        return None  # another kind of referrer (a signature, an SBOM), or not about this version
-    layer = layers[0]
-    size = layer.get("size")
-    if layer.get("mediaType") != revocations.REVOCATION_MEDIA_TYPE or not isinstance(size, int) \
-            or not 0 < size <= sig.MAX_ENVELOPE or not isinstance(layer.get("digest"), str) \
-            or not strict.SHA256.fullmatch(layer["digest"]):
-        return None
-    return read_all(target.get_blob(repo, layer["digest"], size=size))
 
 
 @dataclass

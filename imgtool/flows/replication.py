@@ -23,25 +23,24 @@ from typing import Any
 
 from imgtool.clock import stamp
 from imgtool.errors import Corrupt, ImgtoolError, InvalidArgument
+from imgtool.flows.sharing import push_source
 from imgtool.gallery.galleries import VERSIONS
-from imgtool.gallery.versions import Version
 from imgtool.home import Home
-from imgtool.names import check_name, parse_image_ref, ref_fields
+from imgtool.names import Version, check_name, parse_image_ref, ref_fields
 from imgtool.remote import remotes
-from imgtool.remote.service import push_source
+from imgtool.vocab import ReplicationState
 from store import atomic
 from store.lock import file_lock
 from store.progress import Progress
 
 FORMAT = 1
-STATES = ("pending", "replicating", "completed", "failed")
 
 
 @dataclass(frozen=True)
 class Outcome:
     version: str
     target: str
-    state: str
+    state: ReplicationState
     manifest: str | None = None
     error: str | None = None
 
@@ -108,12 +107,22 @@ def set_targets(home: Home, text: str, *, add: Sequence[str] = (), remove: Seque
     with _locked(home):
         targets = read_state(home, *key)
         for name in add:
-            if name not in targets or targets[name].get("state") == "failed":
-                targets[name] = {"state": "pending", "since": stamp()}
+            if name not in targets or targets[name].get("state") == ReplicationState.FAILED:
+                targets[name] = {"state": ReplicationState.PENDING, "since": stamp()}
         for name in remove:
             targets.pop(name, None)
         _write_state(home, *key, targets)
     return targets
+
+
+def retarget(home: Home, ref: str, *, add: Sequence[str], remove: Sequence[str] = (),
+             progress: Progress | None = None) -> list[Outcome]:
+    """Set a version's targets, then replicate it to those added (a failed target is an outcome: the
+    version stays, `imgtool replicate` retries)."""
+    if not add and not remove:
+        return []
+    set_targets(home, ref, add=add, remove=remove)
+    return replicate(home, ref, progress=progress) if add else []
 
 
 def parse_targets(text: str | None) -> list[str]:
@@ -157,8 +166,8 @@ def replicate(home: Home, scope: str | None = None, *, progress: Progress | None
     for key in _scoped(home, scope):
         name = f"{key[0]}/{key[1]}@{key[2]}"
         for target, state in sorted(read_state(home, *key).items()):
-            if state.get("state") == "completed":
-                outcomes.append(Outcome(name, target, "completed", state.get("manifest")))
+            if state.get("state") == ReplicationState.COMPLETED:
+                outcomes.append(Outcome(name, target, ReplicationState.COMPLETED, state.get("manifest")))
                 continue
             outcomes.append(replicate_one(home, key, target, progress=progress))
     return outcomes
@@ -167,17 +176,18 @@ def replicate(home: Home, scope: str | None = None, *, progress: Progress | None
 def replicate_one(home: Home, key: tuple[str, str, str], target: str, *,
                   progress: Progress | None = None) -> Outcome:
     name = f"{key[0]}/{key[1]}@{key[2]}"
-    _update(home, key, target, state="replicating", since=stamp(), progress=0)
+    _update(home, key, target, state=ReplicationState.REPLICATING, since=stamp(), progress=0)
     try:
         if home.store.get_name(VERSIONS, *key) is None:
             raise InvalidArgument(f"version {name} no longer exists here", hint="remove the target")
         [result] = push_source(home, name, target, progress=_Recorder(home, key, target, progress))
     except ImgtoolError as exc:
-        _update(home, key, target, state="failed", when=stamp(), error=exc.message,
+        _update(home, key, target, state=ReplicationState.FAILED, when=stamp(), error=exc.message,
                 retry=f"imgtool replicate {name}")
-        return Outcome(name, target, "failed", error=exc.message)
-    _update(home, key, target, state="completed", when=stamp(), manifest=result.manifest, error=None)
-    return Outcome(name, target, "completed", result.manifest)
+        return Outcome(name, target, ReplicationState.FAILED, error=exc.message)
+    _update(home, key, target, state=ReplicationState.COMPLETED, when=stamp(), manifest=result.manifest,
+            error=None)
+    return Outcome(name, target, ReplicationState.COMPLETED, result.manifest)
 
 
 class _Recorder:

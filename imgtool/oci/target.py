@@ -1,4 +1,4 @@
-"""What push and pull need from a remote, whatever it is: a registry or an OCI image layout folder.
+"""What imgtool needs from an OCI store, whatever it is: a registry or an OCI image layout folder.
 
 A repository holds manifests (by tag or digest) and blobs (by sha256 digest). Both kinds of remote
 verify what they hand back: a manifest against its digest, a whole blob against its sha256 while it
@@ -9,7 +9,6 @@ every chunk).
 from __future__ import annotations
 
 import hashlib
-import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,20 +16,8 @@ from typing import Protocol
 
 from imgtool.errors import Corrupt
 
-SHA256 = re.compile(r"^sha256:[0-9a-f]{64}$")
 MAX_MANIFEST = 4 << 20  # distribution 2.8 and ACR accept up to 4 MiB; refuse larger from anyone
 READ_SIZE = 1 << 20
-
-
-def check_digest(text: object, what: str) -> str:
-    if not isinstance(text, str) or not SHA256.fullmatch(text):
-        raise Corrupt(f"{what} names {str(text)[:80]!r}, which is not a sha256 digest",
-                      hint="the remote's content is not usable; ask its publisher to push it again")
-    return text
-
-
-def sha256_of(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 @dataclass
@@ -63,7 +50,11 @@ class Fetched:
 
 
 class Target(Protocol):
-    """One remote's storage. `repo` is a repository name already mapped by imgtool.remote.format."""
+    """One remote's storage (imgtool.remote implements it twice: RegistryClient, LayoutTarget).
+
+    `repo` is a repository name already mapped by imgtool.remote.format. Referrers are not a method:
+    imgtool.oci.referrers builds them on `referrers_api` and the fallback tag, once for both kinds.
+    """
 
     label: str
     stats: Stats
@@ -91,9 +82,15 @@ class Target(Protocol):
         """Link a blob of repository `source` into `repo` without moving bytes; False if not done."""
         ...
 
-    def referrers(self, repo: str, digest: str) -> list[dict[str, object]]: ...
+    def supports_referrers_api(self, repo: str) -> bool:
+        """Whether the registry answers `GET /v2/<repo>/referrers/<digest>` (probed once per repository)."""
+        ...
 
-    def supports_referrers_api(self, repo: str) -> bool: ...
+    def referrers_api(self, repo: str, digest: str) -> bytes | None:
+        """The referrers API's index of `digest` (at most MAX_MANIFEST bytes), or None without the API."""
+        ...
+
+    def close(self) -> None: ...
 
 
 def verified_stream(pieces: Iterator[bytes], digest: str, size: int, what: str) -> Iterator[bytes]:

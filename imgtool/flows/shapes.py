@@ -16,10 +16,17 @@ Conventions every command (and every new one) follows:
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import TYPE_CHECKING, Any
 
-from imgtool.gallery.model import Definition, Disk, ImageVersion
-from imgtool.vm.record import VmRecord
+from imgtool.clock import stamp
+from imgtool.errors import ImgtoolError
+from imgtool.gallery.model import Definition, Disk, Gallery, ImageVersion
+from imgtool.home import Home
+from imgtool.vm.record import VmRecord, load
+
+if TYPE_CHECKING:
+    from imgtool.trust.policy import TrustedKey
 
 
 def version_ref(gallery: str, definition: str, version: str) -> str:
@@ -58,6 +65,51 @@ def vm(record: VmRecord, status: dict[str, Any]) -> dict[str, Any]:
     return {**body, "state": status["state"], "ssh_port": status.get("ssh_port"), "accel": status.get("accel"),
             "pid": status.get("pid"), "started": status.get("started"),
             "forwards": [{"host": f.host, "guest": f.guest} for f in record.forwards], "updated": record.updated}
+
+
+def gallery(g: Gallery) -> dict[str, Any]:
+    return {"ref": g.name, **dataclasses.asdict(g)}
+
+
+def trusted_key(remote: str, entry: TrustedKey) -> dict[str, Any]:
+    return {"remote": remote, "key_id": entry.key_id, "name": entry.key.name, "gallery": entry.gallery,
+            "expires": stamp(entry.key.expires) if entry.key.expires else None,
+            "added": stamp(entry.added)}
+
+
+def version_of(home: Home, text: str) -> dict[str, Any]:
+    """The version shape of G/D@X.Y.Z or G/D@latest, looked up."""
+    from imgtool.gallery import lookup  # noqa: PLC0415 - lazily: the CLI imports shapes on every start
+    from imgtool.names import DefinitionRef  # noqa: PLC0415
+
+    v, digest = lookup.get_version(home, text)
+    chosen, _ = lookup.resolve(home, DefinitionRef(v.gallery, v.definition))
+    return version(v, digest, latest=str(chosen) == v.version)
+
+
+def vm_of(home: Home, name: str, **extra: Any) -> dict[str, Any]:
+    """The VM shape of VM `name`, its runtime state read now, with `extra` fields added."""
+    from imgtool.vm import runtime as vmrun  # noqa: PLC0415 - lazily: the CLI imports shapes on every start
+
+    return {**vm(load(home, name), vmrun.status(home, name)), **extra}
+
+
+def error(exc: ImgtoolError) -> dict[str, Any]:
+    """The error shape: alone, or added to the command's document as "error"."""
+    return {"category": exc.category, "message": exc.message, "hint": exc.hint or None,
+            "exit_code": exc.exit_code}
+
+
+def human_bytes(n: int | None) -> str:
+    """A size for people (tables, pages); JSON keeps integers of bytes."""
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
 
 
 def incomplete_vm(name: str) -> dict[str, Any]:

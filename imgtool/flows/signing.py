@@ -1,6 +1,6 @@
-"""The trust gate between imgtool.remote and the registries: sign on push, verify on pull and use.
+"""Signing and verifying as flows over imgtool.remote and imgtool.trust: sign on push, verify on pull and use.
 
-- push: a version is signed with `push --sign KEY` (the `SIGNING_KEY` context) or the remote's
+- push: a version is signed with the key the caller passes (`push --sign KEY`) or the remote's
   default signing key (`imgtool trust signing-key REMOTE KEY`), over the name it gets there, and the
   signature is attached as a referrer before the version's tag is put. Signatures the version
   already carries (it was pulled) go along when they sign the very manifest pushed.
@@ -18,22 +18,23 @@
 from __future__ import annotations
 
 import base64
-from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from imgtool.clock import now
-from imgtool.errors import Corrupt, InvalidArgument, NotFound, Refused
+from imgtool.errors import Corrupt, InvalidArgument, Refused
 from imgtool.gallery.galleries import VERSIONS
 from imgtool.gallery.lookup import get_version
 from imgtool.gallery.model import ImageVersion
 from imgtool.home import Home
 from imgtool.names import REPOSITORY_PATH
-from imgtool.records import check_record
+from imgtool.oci import media
+from imgtool.oci.descriptor import Descriptor, sha256_of
+from imgtool.oci.target import Fetched, Target, read_all
+from imgtool.records import Fields, check_record
 from imgtool.remote import format as fmt
 from imgtool.remote.catalog import RemoteVersion
 from imgtool.remote.remotes import Remote
-from imgtool.remote.target import Fetched, Target, read_all, sha256_of
 from imgtool.trust import referrers
 from imgtool.trust import signatures as sig
 from imgtool.trust.homes import keyring, trust_store
@@ -43,45 +44,47 @@ from store import codec
 from store.packs import PackReader
 
 SIGNATURES = "signatures"  # store name namespace: signatures/GALLERY/DEFINITION/VERSION
-SIGNING_KEY: ContextVar[str | None] = ContextVar("imgtool_signing_key", default=None)
 _SET_FIELDS = {"remote", "registry", "repository", "tag", "gallery", "definition", "manifest_digest", "manifest",
                "config", "referrers"}
 
 
-class TargetAdapter:
-    """imgtool.trust.referrers' reader/writer over an imgtool.remote Target (registry or layout)."""
+@dataclass(frozen=True)
+class SignatureSet:
+    """A pulled version's verified signatures as kept in the store (docs/STORE-FORMAT.md, Signature set)."""
 
-    def __init__(self, target: Target) -> None:
-        self.target = target
+    remote: str
+    name: sig.SignedName
+    manifest_digest: str
+    manifest: bytes
+    config: bytes
+    referrers: tuple[referrers.Attached, ...]
 
-    def get_manifest(self, repository: str, reference: str, *, limit: int) -> bytes | None:
+    def to_record(self) -> dict[str, object]:
+        return {"kind": "imgtool.signatures", "format": 1, "links": [], "remote": self.remote,
+                "registry": self.name.registry, "repository": self.name.repository, "tag": self.name.version,
+                "gallery": self.name.gallery, "definition": self.name.definition,
+                "manifest_digest": self.manifest_digest, "manifest": _b64(self.manifest),
+                "config": _b64(self.config),
+                "referrers": [{"manifest": _b64(a.manifest), "envelope": _b64(a.envelope)} for a in self.referrers]}
+
+    @classmethod
+    def from_record(cls, obj: object, what: str) -> SignatureSet:
+        f = Fields(check_record(obj, kind="imgtool.signatures", fmt=1, fields=_SET_FIELDS, what=what), what)
         try:
-            return self.target.get_manifest(repository, reference).data
-        except NotFound:
-            return None
+            name = sig.SignedName(f.text("registry"), f.text("repository"), f.text("gallery"), f.text("definition"),
+                                  f.text("tag"))
+            found = f.each("referrers", _attached_of)
+            return cls(f.text("remote"), name, f.text("manifest_digest"), _unb64(f.text("manifest")),
+                       _unb64(f.text("config")), found)
+        except (InvalidArgument, ValueError) as exc:
+            raise Corrupt(f"{what} is damaged ({str(exc)[:120]})",
+                          hint="imgtool version delete the version, then pull it again") from None
 
-    def get_blob(self, repository: str, digest: str, *, limit: int) -> bytes | None:
-        size = self.target.blob_size(repository, digest)
-        if size is None:
-            return None
-        if size > limit:
-            raise Corrupt(f"{self.target.label}: blob {digest[:19]}… is {size} bytes, above the {limit}-byte limit "
-                          "for a signature", hint="nothing was used; the remote serves something else")
-        return read_all(self.target.get_blob(repository, digest, size=size))
 
-    def get_referrers(self, repository: str, digest: str, *, limit: int) -> bytes | None:
-        if not self.target.supports_referrers_api(repository):
-            return None
-        entries = self.target.referrers(repository, digest)
-        return sig.canonical({"schemaVersion": 2, "mediaType": sig.OCI_INDEX, "manifests": entries})
-
-    def put_blob(self, repository: str, data: bytes) -> None:
-        digest = sha256_of(data)
-        if self.target.blob_size(repository, digest) is None:
-            self.target.put_blob(repository, digest, data)
-
-    def put_manifest(self, repository: str, reference: str, data: bytes, *, media_type: str) -> None:
-        self.target.put_manifest(repository, reference, data, media_type)
+def _attached_of(entry: dict[str, Any], what: str) -> referrers.Attached:
+    f = Fields(entry, what)
+    manifest = _unb64(f.text("manifest"))
+    return referrers.Attached(sha256_of(manifest), manifest, _unb64(f.text("envelope")))
 
 
 def registry_of(remote: Remote) -> str:
@@ -95,41 +98,43 @@ def signed_name(remote: Remote, repository: str, version: ImageVersion) -> sig.S
 
 # -- push -------------------------------------------------------------------------------------------------------------
 
-def sign_pushed(home: Home, remote: Remote, target: Target, repository: str, subject: sig.Descriptor,
-                version: ImageVersion) -> list[str]:
-    """Sign and attach before the tag is put; returns the key ids that signed (or carried signatures)."""
-    adapter = TargetAdapter(target)
+def signing_key(home: Home, remote: Remote, key_name: str | None) -> str | None:
+    """The key a push or revocation signs with: the one given, else the remote's default, else none."""
+    return key_name or trust_store(home).remote(remote.name).signing_key
+
+
+def sign_pushed(home: Home, remote: Remote, target: Target, repository: str, subject: Descriptor,
+                version: ImageVersion, *, key_name: str | None) -> list[str]:
+    """Sign with `key_name` (see `signing_key`) and attach before the tag is put, and carry the signatures a
+    pulled version holds for this very manifest; returns the key ids that signed (or carried signatures)."""
     signed: list[str] = []
-    key_name = SIGNING_KEY.get() or trust_store(home).remote(remote.name).signing_key
     if key_name is not None:
         key = keyring(home).load(key_name)
         when = now()
         envelope = sig.sign(key, signed_name(remote, repository, version), subject.digest, signed_at=when)
-        referrers.attach(adapter, repository, referrers.make(envelope, subject, key_id=key.public.key_id,
+        referrers.attach(target, repository, referrers.make(envelope, subject, key_id=key.public.key_id,
                                                             created=when))
         signed.append(key.public.key_id)
     for carried in _carried(home, version, subject.digest):
-        referrers.attach(adapter, repository, carried)
+        referrers.attach(target, repository, carried)
         signed.append(sig.open_envelope(carried.envelope).key_id)
     return signed
 
 
-def sign_present(home: Home, remote: Remote, target: Target, repository: str, digest: str,
-                 name: sig.SignedName) -> bool:
-    """A version already on the remote gets a signature by the push's key unless that key signed it there
+def sign_present(home: Home, target: Target, repository: str, digest: str, name: sig.SignedName, *,
+                 key_name: str | None) -> bool:
+    """A version already on the remote gets a signature by `key_name` unless that key signed it there
     already (so `push --sign` after an unsigned push signs, and a second one adds nothing)."""
-    key_name = SIGNING_KEY.get() or trust_store(home).remote(remote.name).signing_key
     if key_name is None:
         return False
     key = keyring(home).load(key_name)
-    adapter = TargetAdapter(target)
-    if any(_signed_by(key.public, a, name, digest) for a in referrers.find(adapter, repository, digest)):
+    if any(_signed_by(key.public, a, name, digest) for a in referrers.find(target, repository, digest)):
         return False
     manifest = target.get_manifest(repository, digest).data
     when = now()
     envelope_bytes = sig.sign(key, name, digest, signed_at=when)
-    subject = sig.Descriptor(sig.OCI_MANIFEST, digest, len(manifest))
-    referrers.attach(adapter, repository, referrers.make(envelope_bytes, subject, key_id=key.public.key_id,
+    subject = Descriptor(media.OCI_MANIFEST, digest, len(manifest))
+    referrers.attach(target, repository, referrers.make(envelope_bytes, subject, key_id=key.public.key_id,
                                                         created=when))
     return True
 
@@ -146,9 +151,9 @@ def _signed_by(key: PublicKey, attached: referrers.Attached, name: sig.SignedNam
 
 def _carried(home: Home, version: ImageVersion, digest: str) -> list[referrers.Attached]:
     stored = _signature_set(home, version.gallery, version.definition, version.version)
-    if stored is None or stored["manifest_digest"] != digest:
+    if stored is None or stored.manifest_digest != digest:
         return []  # the manifest pushed is not the one they sign: they cannot vouch for it there
-    return _attached(stored)
+    return list(stored.referrers)
 
 
 # -- pull -------------------------------------------------------------------------------------------------------------
@@ -171,7 +176,7 @@ def check_pull(home: Home, remote: Remote, target: Target, repository: str, tag:
     name = signed_name(remote, repository, version)
     if trust.remote(remote.name).policy in (ANY, UNSET):
         return PullCheck(trust.check(remote.name, name, fetched.digest, []))  # warns, or refuses when unset
-    found = referrers.find(TargetAdapter(target), repository, fetched.digest)
+    found = referrers.find(target, repository, fetched.digest)
     acceptance = trust.check(remote.name, name, fetched.digest, [a.envelope for a in found])
     manifest = fmt.parse_manifest(fetched.data, fetched.digest, f"{remote.name}:{repository}:{tag}")
     config = read_all(target.get_blob(repository, manifest.config.digest, size=manifest.config.size))
@@ -190,13 +195,8 @@ def keep_pulled(home: Home, remote: Remote, repository: str, tag: str, check: Pu
         if not isinstance(origin, dict) or origin.get("remote") != remote.name \
                 or origin.get("manifest") != sha256_of(check.manifest):
             return
-    record = {
-        "kind": "imgtool.signatures", "format": 1, "links": [], "remote": remote.name,
-        "registry": check.name.registry, "repository": repository, "tag": tag, "gallery": check.name.gallery,
-        "definition": check.name.definition, "manifest_digest": sha256_of(check.manifest),
-        "manifest": _b64(check.manifest), "config": _b64(check.config),
-        "referrers": [{"manifest": _b64(a.manifest), "envelope": _b64(a.envelope)} for a in check.found],
-    }
+    record = SignatureSet(remote.name, replace(check.name, repository=repository, version=tag),
+                          sha256_of(check.manifest), check.manifest, check.config, tuple(check.found)).to_record()
     digest = store.put_manifest(record)
     store.set_name(SIGNATURES, local.gallery, local.definition, local.version, target=digest)
 
@@ -216,7 +216,7 @@ def screen(home: Home, remote: Remote, target: Target, repository: str,
     for version in found:
         try:
             name = sig.SignedName(registry_of(remote), repository, gallery, definition, version.version)
-            envelopes = [a.envelope for a in referrers.find(TargetAdapter(target), repository, version.manifest)]
+            envelopes = [a.envelope for a in referrers.find(target, repository, version.manifest)]
             trust.check(remote.name, name, version.manifest, envelopes)
         except (Refused, Corrupt, InvalidArgument) as exc:
             refused[version.version] = "not verified: " + exc.message[:160]
@@ -257,9 +257,7 @@ def verify_local(home: Home, ref: str, *, deep: bool = True) -> LocalVerdict | N
                       hint=f"imgtool pull {remote_name}:{label} (under its remote name if you pulled it --as) "
                            "verifies it and keeps its signatures")
     _check_content(home, stored, version, digest, label, deep=deep)
-    name = sig.SignedName(stored["registry"], stored["repository"], stored["gallery"], stored["definition"],
-                          stored["tag"])
-    acceptance = trust.check(remote_name, name, digest, [a.envelope for a in _attached(stored)])
+    acceptance = trust.check(remote_name, stored.name, digest, [a.envelope for a in stored.referrers])
     return LocalVerdict(label, remote_name, digest, acceptance)
 
 
@@ -270,10 +268,10 @@ def _placeholder(origin: dict[str, Any], version: ImageVersion) -> sig.SignedNam
                           version.gallery, version.definition, version.version)
 
 
-def _check_content(home: Home, stored: dict[str, Any], version: ImageVersion, digest: str, label: str, *,
+def _check_content(home: Home, stored: SignatureSet, version: ImageVersion, digest: str, label: str, *,
                    deep: bool) -> None:
-    manifest, config = _unb64(stored["manifest"]), _unb64(stored["config"])
-    if sha256_of(manifest) != digest or stored["manifest_digest"] != digest:
+    manifest, config = stored.manifest, stored.config
+    if sha256_of(manifest) != digest or stored.manifest_digest != digest:
         raise Corrupt(f"the stored manifest of {label} is not {digest[:19]}…",
                       hint=f"imgtool version delete {label}, then pull it again")
     parsed = fmt.parse_manifest(manifest, digest, f"the stored manifest of {label}")
@@ -307,21 +305,12 @@ def _check_disks(home: Home, version: ImageVersion, label: str, *, rehash: bool)
                     codec.decompress(reader.read(location), location.rawlen, raw, what=hex_digest[:16])
 
 
-def _signature_set(home: Home, gallery: str, definition: str, version: str) -> dict[str, Any] | None:
+def _signature_set(home: Home, gallery: str, definition: str, version: str) -> SignatureSet | None:
     digest = home.store.get_name(SIGNATURES, gallery, definition, version)
     if digest is None:
         return None
-    obj = check_record(home.store.get_manifest(digest), kind="imgtool.signatures", fmt=1, fields=_SET_FIELDS,
-                       what=f"the signatures of {gallery}/{definition}@{version}")
-    return obj
-
-
-def _attached(stored: dict[str, Any]) -> list[referrers.Attached]:
-    found = []
-    for entry in stored["referrers"]:
-        manifest = _unb64(entry["manifest"])
-        found.append(referrers.Attached(sha256_of(manifest), manifest, _unb64(entry["envelope"])))
-    return found
+    return SignatureSet.from_record(home.store.get_manifest(digest),
+                                    f"the signatures of {gallery}/{definition}@{version}")
 
 
 def _b64(data: bytes) -> str:
