@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 from imgtool.remote import fetch
 from imgtool.remote.format import DiskIndex, IndexEntry
 from imgtool.remote.target import Target
+from imgtool.vm.record import STREAM_LEASES as LEASES
 from store import codec
 from store.disks import DiskManifest
 from store.errors import Corrupt
 from store.packs import ChunkIndex, PackReader, PackWriter, decode_chunk
 from store.repo import Store
 
-LEASES = "stream-leases"
 FLUSH_BYTES = 16 << 20  # raw bytes held in memory before they are written into a pack
 READ_AHEAD = 8  # chunks after a demand miss fetched with it (same pack, merged into one Range GET)
 BATCH_BYTES = 4 << 20  # compressed bytes per background request

@@ -1,0 +1,87 @@
+"""A VM from a remote version it never pulled, streamed from a real registry to READY under QEMU (TCG).
+
+The version is judged as pull judges it (here: signed by a trusted key), the VM boots over the NBD
+stream server while chunks arrive, hydration finishes, the version gets its local name with pull's
+provenance, verify --deep is clean, and the next start runs over an ordinary local base.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from imgtool.home import Home
+from tests.cli import Cli
+from tests.conftest import require_tools
+from tests.remote.registry import Registry, running
+from tests.test_vm_boot import bios_image, new_cli, ready  # noqa: F401 - bios_image is a fixture
+
+pytestmark = [pytest.mark.integration, pytest.mark.boot]
+
+
+@pytest.fixture(scope="module")
+def registry() -> Iterator[Registry]:
+    require_tools("docker-registry", "qemu-img", "qemu-system-x86_64")
+    with running() as reg:
+        yield reg
+
+
+def user_cli(tmp_path: Path) -> Cli:
+    return Cli(tmp_path / "user-home", env={"IMGTOOL_ACCEL": "tcg", "HOME": str(tmp_path / "user"),
+                                            "XDG_RUNTIME_DIR": str(tmp_path / "run"), "REGISTRY_AUTH_FILE": ""})
+
+
+def published(tmp_path: Path, registry: Registry, image: Path, repo: str) -> tuple[Cli, Path]:
+    publisher = new_cli(tmp_path / "publisher", "generalized")
+    publisher("publish", "lab/tiny", "--version", "1.0.0", "--os-disk", str(image), "--allow-identity")
+    publisher("key", "generate", "release")
+    pub = tmp_path / "release.pub"
+    pub.write_text(publisher("key", "export", "release").stdout)
+    publisher("remote", "add", "origin", f"{registry.url}/{repo}")
+    publisher("push", "lab/tiny", "origin", "--sign", "release")
+    return publisher, pub
+
+
+def test_a_streamed_vm_boots_hydrates_and_then_runs_on_a_local_base(
+        registry: Registry, bios_image: Path, tmp_path: Path) -> None:  # noqa: F811
+    _publisher, pub = published(tmp_path, registry, bios_image, "stream")
+    user = user_cli(tmp_path)
+    user("remote", "add", "origin", f"{registry.url}/stream")
+    user("trust", "add", "origin", str(pub))
+    user("vm", "new", "s1", "--image", "origin:lab/tiny@1.0.0", "--stream", "--hydrate", "on-demand",
+         "--memory", "256", "--start")
+    folder = user.home / "vms" / "s1"
+    assert (folder / "stream.json").exists()
+    assert "stream.sock" not in subprocess.run(["qemu-img", "info", "-U", str(folder / "disk-os.qcow2")],
+                                               capture_output=True, text=True, check=True).stdout
+    assert ready(user, "s1")["hostname"] == "s1"
+    shown = user.json("vm", "show", "s1")
+    assert isinstance(shown, dict)
+    hydration = shown["hydration"]
+    assert hydration["state"] == "streaming" and hydration["server"] is True
+    assert 0 < hydration["bytes_fetched"] < hydration["bytes_total"]  # on-demand: only what the boot read
+    store = Home.at(user.home).store
+    assert store.get_name("versions", "lab", "tiny", "1.0.0") is None  # no local name before all is local
+    assert "ok:" in user("verify", "--deep").stdout  # leases name only chunks that are there
+    user("gc")  # what the VM fetched is leased, so gc keeps it
+
+    done = user.json("vm", "hydrate", "s1", "--wait")
+    assert isinstance(done, dict) and done["hydration"]["state"] == "complete"
+    assert not (folder / "stream.json").exists()
+    version = user.json("version", "show", "lab/tiny@1.0.0")
+    assert isinstance(version, dict) and version["provenance"]["pulled_from"]["remote"] == "origin"
+    assert "ok:" in user("verify", "--deep").stdout
+    assert not store.list_names("stream-leases")  # the version's name holds the chunks now
+
+    user("vm", "stop", "s1", "--timeout", "20")
+    user("vm", "start", "s1")
+    assert ready(user, "s1")["first_boot"] == "no"
+    shown = user.json("vm", "show", "s1")
+    assert isinstance(shown, dict) and "nbd" not in " ".join(shown["qemu_argv"])
+    base = next((user.home / "bases").glob("*.raw"))
+    assert subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "raw", str(base), str(bios_image)],
+                          capture_output=True, check=False).returncode == 0
+    user("vm", "delete", "s1")
