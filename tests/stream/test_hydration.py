@@ -15,8 +15,9 @@ from imgtool.errors import ImgtoolError
 from imgtool.garbage import gc
 from imgtool.home import Home
 from imgtool.remote import remotes, service
-from imgtool.stream.hydration import LEASES, DiskSource, Hydration
+from imgtool.stream.hydration import DiskSource, Hydration
 from imgtool.stream.serve import disks_of
+from imgtool.vm.record import STREAM_LEASES as LEASES
 from store.verify import verify
 from tests.cli import Cli
 from tests.remote.helpers import disk_bytes, make_home, publish_bytes
