@@ -8,6 +8,7 @@ provenance, verify --deep is clean, and the next start runs over an ordinary loc
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,8 +17,10 @@ import pytest
 from imgtool.home import Home
 from tests.cli import Cli
 from tests.conftest import require_tools
+from tests.remote.liar import running as liar_running
 from tests.remote.registry import Registry, running
 from tests.test_vm_boot import bios_image, new_cli, ready  # noqa: F401 - bios_image is a fixture
+from tests.trust.forge import Forged
 
 pytestmark = [pytest.mark.integration, pytest.mark.boot]
 
@@ -85,3 +88,34 @@ def test_a_streamed_vm_boots_hydrates_and_then_runs_on_a_local_base(
     assert subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "raw", str(base), str(bios_image)],
                           capture_output=True, check=False).returncode == 0
     user("vm", "delete", "s1")
+
+
+def test_a_registry_failing_mid_boot_pauses_the_vm_until_it_answers(bios_image: Path, tmp_path: Path) -> None:  # noqa: F811
+    """rerror=stop: a chunk the registry cannot give pauses the guest (QEMU's io-error), never hands it an
+    I/O error; the stream server resumes it with backoff, and it boots once the registry answers."""
+    require_tools("qemu-system-x86_64")
+    with liar_running() as liar:
+        publisher = new_cli(tmp_path / "publisher", "generalized")
+        publisher("publish", "lab/tiny", "--version", "1.0.0", "--os-disk", str(bios_image), "--allow-identity")
+        publisher("remote", "add", "origin", liar.url)
+        publisher("push", "lab/tiny", "origin")
+        user = user_cli(tmp_path)
+        user("remote", "add", "origin", liar.url)
+        user("trust", "policy", "origin", "any")
+        user("vm", "new", "s2", "--image", "origin:lab/tiny@1.0.0", "--stream", "--hydrate", "on-demand",
+             "--memory", "256")
+        for pack in Forged.of(liar, "lab/tiny", "1.0.0").packs():
+            liar.lie("status", path=f"/v2/lab/tiny/blobs/{pack}", status=503)
+        user("vm", "start", "s2")
+        seen: set[str] = set()
+        deadline = time.monotonic() + 180
+        while "paused-waiting-for-remote" not in seen and time.monotonic() < deadline:
+            shown = user.json("vm", "show", "s2")
+            assert isinstance(shown, dict) and shown["state"] in ("running", "io-error")
+            seen.add(shown["hydration"]["state"])
+            time.sleep(0.5)
+        assert "paused-waiting-for-remote" in seen
+        assert "READY" not in (user.home / "vms" / "s2" / "serial.log").read_text(errors="replace")
+        liar.lies.clear()
+        assert ready(user, "s2")["hostname"] == "s2"
+        user("vm", "delete", "s2")
