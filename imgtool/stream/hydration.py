@@ -74,8 +74,10 @@ class Hydration:
     """The chunks of one version's disks, for the block server and the background hydrator."""
 
     def __init__(self, store: Store, target: Target, repo: str, pack_sizes: dict[str, int], disks: list[Disk],
-                 *, lease_owner: str, clock: Callable[[], float] = time.monotonic) -> None:
+                 *, lease_owner: str, clock: Callable[[], float] = time.monotonic,
+                 wanted: Callable[[], bool] = lambda: True) -> None:
         self.store, self.target, self.repo, self.pack_sizes = store, target, repo, pack_sizes
+        self.wanted = wanted  # false once the VM is deleted: its leases then go instead of being renewed
         self.disks, self.lease_owner, self.clock = disks, lease_owner, clock
         self.entries: dict[bytes, IndexEntry] = {}
         for disk in disks:
@@ -228,7 +230,10 @@ class Hydration:
             for raw, frame, rawlen in frames:
                 writer.add(raw, frame, rawlen)
             writer.flush()
-            self._renew_leases()
+            if self.wanted():
+                self._renew_leases()
+            else:
+                self.drop_leases()
         with self.lock:
             for raw, _frame, _rawlen in frames:
                 self.memory.pop(raw, None)

@@ -227,7 +227,8 @@ def _serve(home: Home, name: str, folder: Path, *, hydrate_only: bool, ready: Ca
             raise Refused(f"{info['ref']} no longer holds the disks VM '{name}' was made from",
                           hint=f"delete the VM (imgtool vm delete {name}) and create it again")
         sizes = {digest: descriptor.size for digest, descriptor in judged.manifest.packs.items()}
-        hydration = Hydration(home.store, target, judged.repo, sizes, disks, lease_owner=name)
+        hydration = Hydration(home.store, target, judged.repo, sizes, disks, lease_owner=name,
+                              wanted=(folder / vmrecord.RECORD).exists)
         try:
             hydration.keep()  # leases first: what an earlier run fetched is held from now on
             supervisor = Supervisor(home, name, info, hydration, hydrate_only=hydrate_only)
