@@ -137,7 +137,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "capture": ("digest", "virtual_size", "source"),
     "export": ("path", "format", "lun", "digest", "virtual_size"),
     "vm": ("name", "image", "state", "ssh_port", "accel", "cpus", "memory_mib", "disks", "forwards", "seed",
-           "version_digest", "created"),
+           "version_digest", "created", "hydration"),
     "snapshot": ("vm", "name", "ref", "created", "image", "disks", "stored_bytes"),
     "deleted": ("deleted",),
 }

@@ -104,15 +104,22 @@ class Supervisor:
                 last_keep = self.clock()
             qemu = vmstate.running_state(self.home, self.name)
             seen_qemu = seen_qemu or qemu is not None
-            if self.hydrate_only and self.finished:
+            if self._done(qemu is not None, seen_qemu, started):
                 return
-            if not self.hydrate_only and ((seen_qemu and qemu is None) or
-                                          (not seen_qemu and self.clock() - started > START_GRACE)):
-                return  # QEMU is gone (stopped, killed) or never came: the server goes with it
             if qemu is not None:
                 backoff, next_resume = self.resume_if_paused(Path(qemu["qmp"]), backoff, next_resume)
             self.write_status()
             self.stopping.wait(TICK)
+
+    def _done(self, qemu_runs: bool, seen_qemu: bool, started: float) -> bool:
+        """Whether the server's work is over: a QEMU it served has exited (it goes with it; also a
+        hydrate-only server a VM started on); else, hydrating only, the version is named; else no QEMU
+        came within START_GRACE."""
+        if seen_qemu:
+            return not qemu_runs
+        if self.hydrate_only:
+            return self.finished
+        return self.clock() - started > START_GRACE
 
     def resume_if_paused(self, sock: Path, backoff: float, next_resume: float) -> tuple[float, float]:
         """QEMU paused on an I/O error (a chunk the remote did not give): try again with backoff."""

@@ -133,3 +133,20 @@ def test_fetched_chunks_are_leased_and_hydration_leaves_pull_nothing(home: Home)
         hydration.drop_leases()
         assert home.store.list_names(LEASES) == []
         assert verify(home.store, deep=True).ok
+
+
+def test_vm_hydrate_without_a_running_vm_names_the_version_as_pull(home: Home, tmp_path: Path) -> None:
+    cli = Cli(home.root, env={"HOME": str(tmp_path / "h"), "REGISTRY_AUTH_FILE": ""})
+    cli("vm", "new", "s", "--image", f"origin:{REPO}@1.0.0", "--stream", "--hydrate", "on-demand")
+    shown = cli.json("vm", "show", "s")
+    assert isinstance(shown, dict) and shown["hydration"]["state"] == "starting" and shown["state"] == "stopped"
+    assert verify(home.store).ok  # a streaming VM pins nothing the store lacks
+    done = cli.json("vm", "hydrate", "s", "--wait")
+    assert isinstance(done, dict) and done["hydration"]["state"] == "complete"
+    assert done["hydration"]["bytes_local"] == done["hydration"]["bytes_total"] > 0
+    version = cli.json("version", "show", f"{REPO}@1.0.0")
+    assert isinstance(version, dict) and version["provenance"]["pulled_from"]["remote"] == "origin"
+    record = cli.json("vm", "show", "s")
+    assert isinstance(record, dict) and record["version_digest"] == version["record"]
+    assert home.store.list_names(LEASES) == [] and verify(home.store, deep=True).ok
+    cli("vm", "delete", "s")
