@@ -92,14 +92,21 @@ def _wait_complete(home: Home, name: str, timeout: float) -> None:
 
 
 def resume(home: Home, name: str) -> str:
-    """Resume a VM paused on an I/O error (or paused by hand); returns the state after."""
+    """Resume a VM paused on an I/O error (or paused by hand); returns the state after. A streaming VM
+    whose stream server died (QEMU holds its reads for reconnect-delay, then pauses) gets a new one first."""
     vmrecord.load(home, name)
     state = vmstate.running_state(home, name)
     if state is None:
         raise Refused(f"VM '{name}' is not running", hint=f"start it: imgtool vm start {name}")
+    folder = vmrecord.vm_dir(home, name)
+    restarted = vmrecord.is_streaming(home, name) and status.server_pid(folder) is None
+    if restarted:
+        run.run([sys.executable, "-m", "imgtool.stream.serve", "--home", os.fspath(home.root), name], timeout=600)
     sock = vmstate_qmp(state)
     now = qmp.query_status(sock)
     if now not in ("paused", "io-error"):
+        if restarted:
+            return now or "stopped"
         raise Refused(f"VM '{name}' is {now}, not paused", hint=f"imgtool vm show {name}")
     qmp.cont(sock)
     return qmp.query_status(sock) or "stopped"

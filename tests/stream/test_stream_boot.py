@@ -7,6 +7,8 @@ provenance, verify --deep is clean, and the next start runs over an ordinary loc
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -30,6 +32,14 @@ def registry() -> Iterator[Registry]:
     require_tools("docker-registry", "qemu-img", "qemu-system-x86_64")
     with running() as reg:
         yield reg
+
+
+def alive(pid: int) -> bool:
+    """A process that runs (a zombie, where nothing reaps it, does not)."""
+    try:
+        return bool(Path(f"/proc/{pid}/cmdline").read_bytes())
+    except OSError:
+        return False
 
 
 def user_cli(tmp_path: Path) -> Cli:
@@ -70,6 +80,14 @@ def test_a_streamed_vm_boots_hydrates_and_then_runs_on_a_local_base(
     assert store.get_name("versions", "lab", "tiny", "1.0.0") is None  # no local name before all is local
     assert "ok:" in user("verify", "--deep").stdout  # leases name only chunks that are there
     user("gc")  # what the VM fetched is leased, so gc keeps it
+
+    server = int((folder / "stream.pid").read_text())
+    os.kill(server, signal.SIGKILL)  # the stream server dies: vm resume gives the running VM a new one
+    deadline = time.monotonic() + 30
+    while alive(server) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    user("vm", "resume", "s1")
+    assert int((folder / "stream.pid").read_text()) != server
 
     done = user.json("vm", "hydrate", "s1", "--wait")
     assert isinstance(done, dict) and done["hydration"]["state"] == "complete"
