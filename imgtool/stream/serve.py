@@ -81,6 +81,7 @@ class Supervisor:
         self.message: str | None = None
         self.hydrator: threading.Thread | None = None
         self.finished = False
+        self.next_finish, self.finish_backoff = 0.0, 1.0  # naming the version needs the remote: retried with backoff
 
     def on_error(self, export: str, exc: BaseException) -> None:
         self.message = f"{export}: {exc}"
@@ -97,7 +98,7 @@ class Supervisor:
                 return  # the VM was deleted
             if (self.folder / HYDRATE_REQUEST).exists():
                 self.start_hydrator()
-            if self.hydration.complete() and not self.finished:
+            if self.hydration.complete() and not self.finished and self.clock() >= self.next_finish:
                 self.finish()
             elif self.clock() - last_keep >= KEEP_EVERY and self.hydration.frames:
                 self.hydration.keep()
@@ -178,6 +179,8 @@ class Supervisor:
         except ImgtoolError as exc:  # e.g. the remote is down: the chunks stay leased, try again later
             self.message = f"naming the version failed: {exc.message}"
             log.warning("%s", self.message)
+            self.next_finish = self.clock() + self.finish_backoff
+            self.finish_backoff = min(self.finish_backoff * 2, MAX_BACKOFF)
             return
         _version, digest = lookup.get_version(self.home, pulled.name)
         with file_lock(self.home.vms / f".{self.name}.lock"):
