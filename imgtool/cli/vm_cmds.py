@@ -135,6 +135,8 @@ def vm_new(
         emit_json(shapes.vm_of(st.home, name, warnings=warnings))
         return
     print(f"created VM {name} from {record.image}")
+    if stream and (st.home.vms / name / "stream.json").exists():
+        print(f"  streamed from {image} ({hydrate} hydration): progress in imgtool vm show {name}")
     for line in _got(record):
         print(f"  {line}")
     warn(warnings)
