@@ -13,7 +13,7 @@ from imgtool.errors import InvalidArgument
 from imgtool.flows import shapes
 from imgtool.flows.shapes import human_bytes
 from imgtool.home import Home
-from imgtool.vm.record import VmRecord, load
+from imgtool.vm.record import VmRecord, is_streaming, load
 
 vm_app = typer.Typer(help="VMs: copy-on-write qcow2 overlays over a version's disks, booted under QEMU.",
                      no_args_is_help=True)
@@ -135,7 +135,7 @@ def vm_new(
         emit_json(shapes.vm_of(st.home, name, warnings=warnings))
         return
     print(f"created VM {name} from {record.image}")
-    if stream and (st.home.vms / name / "stream.json").exists():
+    if stream and is_streaming(st.home, name):
         print(f"  streamed from {image} ({hydrate} hydration): progress in imgtool vm show {name}")
     for line in _got(record):
         print(f"  {line}")
