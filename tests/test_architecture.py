@@ -177,7 +177,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("vm", ("imgtool.vm",)),
     ("guest", ("imgtool.guest",)),
     ("sharing", ("imgtool.trust", "imgtool.remote")),
-    ("flows", ("imgtool.flows", "imgtool.environment", "imgtool.stream")),
+    ("flows", ("imgtool.flows", "imgtool.environment")),
+    # Streaming boot judges a version through flows.sharing, exactly as pull does: a flow on the flows.
+    ("streaming", ("imgtool.stream",)),
     ("maintenance", ("imgtool.maintenance", "imgtool.garbage")),
     ("front ends", ("imgtool.cli", "imgtool.web")),
 )

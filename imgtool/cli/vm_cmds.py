@@ -148,13 +148,13 @@ def vm_new(
 
 def _new_streamed(st: Any, request: Any, *, stream: bool, hydrate: str) -> VmRecord | None:
     """`vm new --stream`: the VM over a remote version not pulled yet; None when there is nothing to stream."""
-    from imgtool.remote import service
+    from imgtool.flows import images
 
     if not stream:
         if hydrate != "background":
             raise InvalidArgument("--hydrate applies to a streamed VM", hint="add --stream")
         return None
-    if not service.is_remote_image(request.image):
+    if not images.is_remote_image(request.image):
         raise InvalidArgument("--stream applies to a remote image (REMOTE:GALLERY/DEFINITION[@X.Y.Z])",
                               hint=f"drop --stream: {request.image} is local already")
     from imgtool.stream import vms as streamed
@@ -187,7 +187,7 @@ def vm_resume(ctx: typer.Context, name: str) -> None:
     st = state(ctx)
     now = streamed.resume(st.home, name)
     if st.json:
-        emit_json(vm_json(st.home, name))
+        emit_json(shapes.vm_of(st.home, name))
         return
     print(f"VM {name} is {now}")
 

@@ -25,9 +25,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from imgtool.oci.target import Target
 from imgtool.remote import fetch
 from imgtool.remote.format import DiskIndex, IndexEntry
-from imgtool.remote.target import Target
 from imgtool.vm.record import STREAM_LEASES as LEASES
 from store import codec
 from store.disks import DiskManifest

@@ -1,6 +1,6 @@
 """The stream server of one VM: `python -m imgtool.stream.serve --home HOME VM`.
 
-It judges the VM's remote version exactly as `pull` does (imgtool/remote/service.judged_remote: pin,
+It judges the VM's remote version exactly as `pull` does (imgtool/remote/sharing.judged_remote: pin,
 revocation, trust policy, signatures, records, digests, limits), serves the version's disks over NBD
 on the VM's socket (exports "os", "lunN"), hydrates the rest in the background, and when every chunk
 is local gives the version its local name by running `pull` itself (which then fetches nothing), points
@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from imgtool.errors import ImgtoolError, Refused
+from imgtool.flows import sharing
 from imgtool.gallery import lookup
 from imgtool.home import Home
 from imgtool.nbd.server import Server
-from imgtool.remote import service
 from imgtool.remote.pull import Judged, Puller
 from imgtool.stream import status
 from imgtool.stream.hydration import FLUSH_BYTES, Disk, DiskSource, Hydration
@@ -175,7 +175,7 @@ class Supervisor:
         """Every chunk is local: name the version as pull names it, point the VM at it, drop the stream."""
         self.hydration.keep()
         try:
-            pulled = service.pull_ref(self.home, self.info["ref"], as_ref=self.info["local"])
+            pulled = sharing.pull_ref(self.home, self.info["ref"], as_ref=self.info["local"])
         except ImgtoolError as exc:  # e.g. the remote is down: the chunks stay leased, try again later
             self.message = f"naming the version failed: {exc.message}"
             log.warning("%s", self.message)
@@ -231,7 +231,7 @@ def serve(home: Home, name: str, *, hydrate_only: bool = False, ready: Callable[
 def _serve(home: Home, name: str, folder: Path, *, hydrate_only: bool, ready: Callable[[str], None] | None) -> int:
     info = read_stream(folder)
     record = vmrecord.load(home, name)
-    with service.judged_remote(home, info["ref"], as_ref=info["local"]) as (_remote, target, puller, judged):
+    with sharing.judged_remote(home, info["ref"], as_ref=info["local"]) as (_remote, target, puller, judged):
         disks = disks_of(puller, judged)
         if [d.digest for d in judged.version.disks] != [d.base_disk for d in record.disks]:
             raise Refused(f"{info['ref']} no longer holds the disks VM '{name}' was made from",

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from imgtool.errors import InvalidArgument, NotFound, Refused, ToolFailed
+from imgtool.flows import sharing
 from imgtool.gallery.galleries import VERSIONS
 from imgtool.home import Home
-from imgtool.remote import service
 from imgtool.stream import status
 from imgtool.stream.serve import HYDRATE_REQUEST, disks_of
 from imgtool.tools import qmp, run
@@ -39,7 +39,7 @@ def new_streamed(home: Home, req: lifecycle.NewVm, *, mode: str = "background") 
     the version is already local (the caller then makes an ordinary VM)."""
     if mode not in MODES:
         raise InvalidArgument(f"unknown hydration mode {mode!r}", hint=f"use one of {', '.join(MODES)}")
-    with service.judged_remote(home, req.image) as (remote, _target, puller, judged):
+    with sharing.judged_remote(home, req.image) as (remote, _target, puller, judged):
         local = judged.local
         if home.store.get_name(VERSIONS, local.gallery, local.definition, judged.tag) is not None:
             return None

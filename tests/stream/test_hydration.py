@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from imgtool.errors import ImgtoolError
+from imgtool.flows import sharing
 from imgtool.garbage import gc
 from imgtool.home import Home
-from imgtool.remote import remotes, service
+from imgtool.remote import remotes
 from imgtool.stream.hydration import DiskSource, Hydration
 from imgtool.stream.serve import disks_of
 from imgtool.vm.record import STREAM_LEASES as LEASES
@@ -37,7 +38,7 @@ def liar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Liar]:
         src = make_home(tmp_path_factory.mktemp("publisher"))
         publish_bytes(src, REPO, "1.0.0", DATA)
         remotes.add(src, "liar", server.url)
-        service.push_source(src, f"{REPO}@1.0.0", "liar")
+        sharing.push_source(src, f"{REPO}@1.0.0", "liar")
         yield server
 
 
@@ -61,7 +62,7 @@ class Opened:
         self.home = home
 
     def __enter__(self) -> tuple[Hydration, DiskSource]:
-        self.context = service.judged_remote(self.home, f"origin:{REPO}@1.0.0")
+        self.context = sharing.judged_remote(self.home, f"origin:{REPO}@1.0.0")
         _remote, target, puller, judged = self.context.__enter__()
         disks = disks_of(puller, judged)
         sizes = {d: desc.size for d, desc in judged.manifest.packs.items()}
@@ -128,7 +129,7 @@ def test_fetched_chunks_are_leased_and_hydration_leaves_pull_nothing(home: Home)
             hydration.ensure(batch, wait=batch[0])
         hydration.keep()
         assert hydration.complete()
-        pulled = service.pull_ref(home, f"origin:{REPO}@1.0.0")
+        pulled = sharing.pull_ref(home, f"origin:{REPO}@1.0.0")
         assert pulled.status == "pulled" and pulled.chunks_fetched == 0
         hydration.drop_leases()
         assert home.store.list_names(LEASES) == []

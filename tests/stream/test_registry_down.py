@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from imgtool.flows import sharing
 from imgtool.home import Home
-from imgtool.remote import remotes, service
+from imgtool.remote import remotes
 from imgtool.vm.record import STREAM_LEASES
 from tests.cli import Cli
 from tests.conftest import require_tools
@@ -31,7 +32,7 @@ def test_hydration_needs_the_registry_and_says_so(registry: Registry, tmp_path: 
     src = make_home(tmp_path / "publisher")
     publish_bytes(src, "team/base", "1.0.0", disk_bytes(4 << 20, seed=71))
     remotes.add(src, "origin", f"{registry.url}/down")
-    service.push_source(src, "team/base@1.0.0", "origin")
+    sharing.push_source(src, "team/base@1.0.0", "origin")
     user = Cli(tmp_path / "user", env={"HOME": str(tmp_path / "h"), "REGISTRY_AUTH_FILE": ""})
     user("remote", "add", "origin", f"{registry.url}/down")
     user("trust", "policy", "origin", "any")
