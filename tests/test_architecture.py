@@ -170,7 +170,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("store", ("store",)),
     ("vocabularies", ("imgtool", "imgtool.errors", "imgtool.vocab", "imgtool.clock", "imgtool.names",
                       "imgtool.records", "imgtool.strict", "imgtool.home")),
-    ("seams", ("imgtool.formats", "imgtool.tools", "imgtool.oci", "imgtool.net")),
+    ("seams", ("imgtool.formats", "imgtool.tools", "imgtool.oci", "imgtool.net", "imgtool.nbd")),
     ("vm receipts", ("imgtool.vm.record", "imgtool.vm.state")),
     ("capture", ("imgtool.capture",)),
     ("gallery", ("imgtool.gallery",)),
@@ -178,6 +178,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("guest", ("imgtool.guest",)),
     ("sharing", ("imgtool.trust", "imgtool.remote")),
     ("flows", ("imgtool.flows", "imgtool.environment")),
+    # Streaming boot judges a version through flows.sharing, exactly as pull does: a flow on the flows.
+    ("streaming", ("imgtool.stream",)),
     ("maintenance", ("imgtool.maintenance", "imgtool.garbage")),
     ("front ends", ("imgtool.cli", "imgtool.web")),
 )

@@ -1,5 +1,6 @@
 """imgtool vm …"""
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,7 +13,7 @@ from imgtool.errors import InvalidArgument
 from imgtool.flows import shapes
 from imgtool.flows.shapes import human_bytes
 from imgtool.home import Home
-from imgtool.vm.record import VmRecord, load
+from imgtool.vm.record import VmRecord, is_streaming, load
 
 vm_app = typer.Typer(help="VMs: copy-on-write qcow2 overlays over a version's disks, booted under QEMU.",
                      no_args_is_help=True)
@@ -91,6 +92,10 @@ def vm_new(
     accel: Annotated[str | None, Opt(help="With --start: kvm or tcg (default: probe).")] = None,
     wait: Annotated[bool, Opt(help="With --start: return once SSH accepts the seeded key (see vm wait).")] = False,
     wait_timeout: Annotated[float, Opt(help="With --wait: give up after this many seconds.")] = 600.0,
+    stream: Annotated[bool, Opt(help="REMOTE images: boot while the chunks arrive (judged as pull judges it "
+                                     "first); the VM's next start after hydration uses a local base.")] = False,
+    hydrate: Annotated[str, Opt(metavar="MODE", help="With --stream: background (fetch everything) or "
+                                                     "on-demand (only what the guest reads).")] = "background",
 ) -> None:
     """Create a VM from an image version: one qcow2 overlay per disk over a shared read-only base, and a
     cloud-init NoCloud seed for generalized images. The version's digest is pinned in the VM's record."""
@@ -108,17 +113,20 @@ def vm_new(
         raise InvalidArgument("--wait applies when the VM starts", hint=f"imgtool vm new {name} ... --start --wait")
     disk_bytes = None if disk_size is None else options.parse_size(disk_size)
     forwards = options.check_forwards(tuple(options.parse_forward(f) for f in forward or []))
-    image = _local_image(st, image)
     request = vm.NewVm(name=name, image=image, cpus=cpus, memory_mib=memory, hostname=hostname,
                        admin_user=admin_user, ssh_key=ssh_key, user_data=user_data,
                        ignore_recommendations=ignore_recommendations, allow_revoked=allow_revoked,
                        disk_size=disk_bytes, forwards=forwards)
-    bar = ProgressBar(f"preparing {name}", enabled=not st.json)
-    try:
-        record = vm.create(st.home, request, progress=bar)
-    finally:
-        bar.close()
-    warnings = vm.advice(st.home, record, request)
+    record = _new_streamed(st, request, stream=stream, hydrate=hydrate)
+    warnings: list[str] = []
+    if record is None:
+        request = dataclasses.replace(request, image=_local_image(st, image))
+        bar = ProgressBar(f"preparing {name}", enabled=not st.json)
+        try:
+            record = vm.create(st.home, request, progress=bar)
+        finally:
+            bar.close()
+        warnings = vm.advice(st.home, record, request)
     runtime = vmrun.start(st.home, name, requested_accel=accel) if start else None
     if wait:
         from imgtool.cli.guest_cmds import wait_ready
@@ -127,6 +135,8 @@ def vm_new(
         emit_json(shapes.vm_of(st.home, name, warnings=warnings))
         return
     print(f"created VM {name} from {record.image}")
+    if stream and is_streaming(st.home, name):
+        print(f"  streamed from {image} ({hydrate} hydration): progress in imgtool vm show {name}")
     for line in _got(record):
         print(f"  {line}")
     warn(warnings)
@@ -134,6 +144,67 @@ def vm_new(
         print(_ssh_line(name, runtime))
     else:
         print(f"start it with: imgtool vm start {name}")
+
+
+def _new_streamed(st: Any, request: Any, *, stream: bool, hydrate: str) -> VmRecord | None:
+    """`vm new --stream`: the VM over a remote version not pulled yet; None when there is nothing to stream."""
+    from imgtool.flows import images
+
+    if not stream:
+        if hydrate != "background":
+            raise InvalidArgument("--hydrate applies to a streamed VM", hint="add --stream")
+        return None
+    if not images.is_remote_image(request.image):
+        raise InvalidArgument("--stream applies to a remote image (REMOTE:GALLERY/DEFINITION[@X.Y.Z])",
+                              hint=f"drop --stream: {request.image} is local already")
+    from imgtool.stream import vms as streamed
+
+    return streamed.new_streamed(st.home, request, mode=hydrate)
+
+
+@vm_app.command("hydrate")
+def vm_hydrate(
+    ctx: typer.Context,
+    name: str,
+    wait: Annotated[bool, Opt(help="Return once every chunk is local and the version has its local name.")] = False,
+) -> None:
+    """Fetch every chunk a streamed VM's version still lacks (also for a VM made with --hydrate on-demand)."""
+    from imgtool.stream import vms as streamed
+
+    st = state(ctx)
+    found = streamed.hydrate(st.home, name, wait=wait)
+    if st.json:
+        emit_json({"name": name, "hydration": found})
+        return
+    print(f"VM {name}: {_hydration_line(found)}")
+
+
+@vm_app.command("resume")
+def vm_resume(ctx: typer.Context, name: str) -> None:
+    """Resume a VM paused on a read error (a streamed chunk the remote did not give in time)."""
+    from imgtool.stream import vms as streamed
+
+    st = state(ctx)
+    now = streamed.resume(st.home, name)
+    if st.json:
+        emit_json(shapes.vm_of(st.home, name))
+        return
+    print(f"VM {name} is {now}")
+
+
+def _hydration_line(found: dict[str, Any] | None) -> str:
+    if not found:
+        return "not streamed"
+    line = f"{found['state']}"
+    if found.get("bytes_total"):
+        line += f", {human_bytes(found.get('bytes_local') or 0)} of {human_bytes(found['bytes_total'])} local"
+    if found.get("rate_bytes_per_second"):
+        line += f", {human_bytes(found['rate_bytes_per_second'])}/s"
+    if found.get("eta_seconds"):
+        line += f", about {found['eta_seconds']} s left"
+    if found.get("state") == "paused-waiting-for-remote":
+        line += f" (paused: waiting for {found.get('remote')}; imgtool vm resume NAME)"
+    return line
 
 
 @vm_app.command("update")
@@ -284,13 +355,15 @@ def vm_show(ctx: typer.Context, name: str) -> None:
     status = vmrun.status(st.home, name)
     revoked = revocation.revocation_of(st.home, record.image)
     snaps = [s["name"] for s in vm.list_snapshots(st.home, name)]
+    hydration = status.get("hydration")
     if st.json:
         emit_json({**shapes.vm(record, status), "qemu_argv": status.get("qemu_argv"), "snapshots": snaps,
                    "revoked": revoked and revoked.to_json()})
         return
     seed = record.seed
     fields([("name", name), ("image", record.image), ("version record", record.version_digest),
-            ("os state", record.os_state), ("state", status["state"]), ("accel", status.get("accel")),
+            ("os state", record.os_state), ("state", status["state"]),
+            ("hydration", hydration and _hydration_line(hydration)), ("accel", status.get("accel")),
             ("ssh", status.get("ssh_port") and f"127.0.0.1:{status['ssh_port']}"),
             ("forwards", [str(f) for f in record.forwards]), ("cpus", record.cpus),
             ("memory", f"{record.memory_mib} MiB"), ("firmware", record.firmware),

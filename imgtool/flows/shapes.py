@@ -64,7 +64,8 @@ def vm(record: VmRecord, status: dict[str, Any]) -> dict[str, Any]:
     body = {k: v for k, v in record.to_json().items() if k not in ("definition", "format", "kind")}
     return {**body, "state": status["state"], "ssh_port": status.get("ssh_port"), "accel": status.get("accel"),
             "pid": status.get("pid"), "started": status.get("started"),
-            "forwards": [{"host": f.host, "guest": f.guest} for f in record.forwards], "updated": record.updated}
+            "forwards": [{"host": f.host, "guest": f.guest} for f in record.forwards], "updated": record.updated,
+            "hydration": status.get("hydration")}
 
 
 def gallery(g: Gallery) -> dict[str, Any]:
@@ -115,7 +116,8 @@ def human_bytes(n: int | None) -> str:
 def incomplete_vm(name: str) -> dict[str, Any]:
     """A VM folder without a record (an unfinished vm new): the same keys, unknown values null."""
     return {"name": name, "image": None, "state": "incomplete", "ssh_port": None, "accel": None, "cpus": None,
-            "memory_mib": None, "disks": [], "forwards": [], "seed": None, "version_digest": None, "created": None}
+            "memory_mib": None, "disks": [], "forwards": [], "seed": None, "version_digest": None, "created": None,
+            "hydration": None}
 
 
 # The keys each noun always has (docs/GUIDE.md, "JSON output"; tests/test_json_shapes.py checks every
@@ -135,7 +137,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "capture": ("digest", "virtual_size", "source"),
     "export": ("path", "format", "lun", "digest", "virtual_size"),
     "vm": ("name", "image", "state", "ssh_port", "accel", "cpus", "memory_mib", "disks", "forwards", "seed",
-           "version_digest", "created"),
+           "version_digest", "created", "hydration"),
     "snapshot": ("vm", "name", "ref", "created", "image", "disks", "stored_bytes"),
     "deleted": ("deleted",),
 }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import replace
 
 from imgtool.errors import InvalidArgument
@@ -10,10 +12,11 @@ from imgtool.gallery.model import ImageVersion
 from imgtool.gallery.versions import Verdict
 from imgtool.home import Home
 from imgtool.names import Version, parse_definition_ref, parse_image_ref
+from imgtool.oci.target import Target
 from imgtool.remote import auth, catalog, remotes
 from imgtool.remote import format as fmt
 from imgtool.remote.connect import connected
-from imgtool.remote.pull import Checked, Checking, PullResult, pull
+from imgtool.remote.pull import Checked, Checking, Judged, Puller, PullResult
 from imgtool.remote.push import Pushed, PushResult, push
 from imgtool.remote.registry import RegistryClient
 from imgtool.trust import pins
@@ -48,20 +51,42 @@ def push_source(home: Home, source: str, remote_name: str, *, sign: str | None =
 
 def pull_ref(home: Home, text: str, *, as_ref: str | None = None, progress: Progress | None = None,
              stats: dict[str, int] | None = None) -> PullResult:
+    name, rest, pinned = _split_pinned(text, as_ref)
+    with connected(home, name) as (remote, target):
+        try:
+            return puller(home, remote, target, pinned, progress=progress).pull(rest, as_ref=as_ref)
+        finally:
+            if stats is not None:
+                stats.update(target.stats.to_json())
+
+
+def _split_pinned(text: str, as_ref: str | None) -> tuple[str, str, pins.RemoteRef]:
     name, rest = remotes.split_ref(text)
     pinned = pins.parse_remote_ref(text)  # REMOTE:G/D@X.Y.Z@sha256:… pins the manifest digest
     if pinned.digest is not None:
         rest = rest.rsplit("@", 1)[0]
     if as_ref is not None:
         parse_definition_ref(as_ref)
+    return name, rest, pinned
+
+
+def puller(home: Home, remote: remotes.Remote, target: Target, pinned: pins.RemoteRef, *,
+           progress: Progress | None = None) -> Puller:
+    """A puller with this home's checks: pin, revocation, trust policy and signatures, latest's screen."""
+    return Puller(home, remote, target, progress=progress,
+                  check=lambda event: _check(home, remote, event, pinned),
+                  screen=lambda repo, found: signing.screen(home, remote, target, repo, found))
+
+
+@contextlib.contextmanager
+def judged_remote(home: Home, text: str, *,
+                  as_ref: str | None = None) -> Iterator[tuple[remotes.Remote, Target, Puller, Judged]]:
+    """`REMOTE:G/D[@V][@sha256:…]` opened and judged exactly as `pull` judges it (nothing is stored);
+    the connection stays open for the caller's fetches."""
+    name, rest, pinned = _split_pinned(text, as_ref)
     with connected(home, name) as (remote, target):
-        try:
-            return pull(home, remote, target, rest, as_ref=as_ref, progress=progress,
-                        check=lambda event: _check(home, remote, event, pinned),
-                        screen=lambda repo, found: signing.screen(home, remote, target, repo, found))
-        finally:
-            if stats is not None:
-                stats.update(target.stats.to_json())
+        found = puller(home, remote, target, pinned)
+        yield remote, target, found, found.judge(rest, as_ref=as_ref)
 
 
 def _check(home: Home, remote: remotes.Remote, event: Checking, pinned: pins.RemoteRef) -> Checked:

@@ -71,6 +71,22 @@ class Checked:
 CheckHook = Callable[[Checking], Checked]
 
 
+@dataclass(frozen=True)
+class Judged:
+    """A remote version read and judged (names, digests, sizes, trust): what `pull` and a stream act on."""
+
+    repo: str
+    tag: str
+    local: DefinitionRef
+    fetched: Fetched
+    manifest: VersionManifest
+    version: ImageVersion
+    definition: Definition
+    definition_obj: dict[str, Any]
+    gallery: Gallery | None
+    checked: Checked
+
+
 @dataclass
 class PullResult:
     name: str
@@ -156,7 +172,11 @@ class Puller:
         self.home, self.remote, self.target = home, remote, target
         self.progress, self.workers, self.check, self.screen = progress, workers, check, screen
 
-    def pull(self, text: str, *, as_ref: str | None = None) -> PullResult:
+    def judge(self, text: str, *, as_ref: str | None = None) -> Judged:
+        """Read the version's manifest and records and judge them (names, sizes, trust); nothing is stored.
+
+        Streaming (imgtool/stream) calls this before it serves a byte, so a streamed version is judged
+        exactly as a pulled one."""
         ref = parse_image_ref(text)
         repo = fmt.repository(self.remote.prefix, ref.gallery, ref.definition)
         tag = resolve_tag(self.target, repo, ref, self.remote.name, self.screen)
@@ -172,9 +192,15 @@ class Puller:
         _check_sizes(version, what)
         # Trust is judged before anything moves, and on every pull, cache hits included.
         checked = self.check(Checking(self.target, repo, tag, fetched, version)) if self.check else Checked()
+        return Judged(repo, tag, local, fetched, manifest, version, definition, definition_obj, gallery, checked)
+
+    def pull(self, text: str, *, as_ref: str | None = None) -> PullResult:
+        judged = self.judge(text, as_ref=as_ref)
+        repo, tag, local, fetched, version = judged.repo, judged.tag, judged.local, judged.fetched, judged.version
         result = PullResult(f"{local}@{tag}", self.remote.name, repo, tag, fetched.digest, "pulled",
-                            warnings=list(checked.warnings))
-        if self._present(local, version, definition):
+                            warnings=list(judged.checked.warnings))
+        checked = judged.checked
+        if self._present(local, version, judged.definition):
             result.status = "present"
             if checked.keep is not None:  # signatures verified now are kept for a copy that lacks them
                 with self.home.store.writing():
@@ -182,14 +208,25 @@ class Puller:
             return result
         store = self.home.store
         with store.writing():
-            self._fetch_disks(repo, manifest, version, result)
-            store.put_manifest(definition_obj)
+            self._fetch_disks(repo, judged.manifest, version, result)
+            store.put_manifest(judged.definition_obj)
             pulled = self._local_version(version, local, repo, tag, fetched.digest)
             record = store.put_manifest(pulled.to_json())
             if checked.keep is not None:
                 checked.keep(pulled)  # the signatures, named before the version is
-            self._name(local, definition, gallery, tag, record)
+            self._name(local, judged.definition, judged.gallery, tag, record)
         return result
+
+    def disks(self, repo: str, manifest: VersionManifest,
+              version: ImageVersion) -> list[tuple[DiskIndex, DiskManifest]]:
+        """Every disk's chunk index, each proven to rebuild exactly the disk manifest the version names."""
+        if len(manifest.indexes) != len(version.disks):
+            raise Corrupt(f"{repo}:{version.version} has {len(manifest.indexes)} indexes for "
+                          f"{len(version.disks)} disks", hint="the remote version is damaged")
+        cache = self.home.cache / "remote-indexes"
+        indexes = [load_index(self.target, repo, manifest, n, cache) for n in range(len(manifest.indexes))]
+        return [(index, self._disk_manifest(disk.digest, disk.virtual_size, index))
+                for disk, index in zip(version.disks, indexes, strict=True)]
 
     def _present(self, local: DefinitionRef, version: ImageVersion, definition: Definition) -> bool:
         store = self.home.store
@@ -207,18 +244,11 @@ class Puller:
 
     def _fetch_disks(self, repo: str, manifest: VersionManifest, version: ImageVersion, result: PullResult) -> None:
         store = self.home.store
-        if len(manifest.indexes) != len(version.disks):
-            raise Corrupt(f"{repo}:{version.version} has {len(manifest.indexes)} indexes for "
-                          f"{len(version.disks)} disks", hint="the remote version is damaged")
-        cache = self.home.cache / "remote-indexes"
-        indexes = [load_index(self.target, repo, manifest, n, cache) for n in range(len(manifest.indexes))]
-        disks: list[DiskManifest] = []
-        for disk, index in zip(version.disks, indexes, strict=True):
-            disks.append(self._disk_manifest(disk.digest, disk.virtual_size, index))
+        found = self.disks(repo, manifest, version)
         before = self.target.stats.bytes_received
-        self._fetch_missing(repo, manifest, indexes, result)
+        self._fetch_missing(repo, manifest, [index for index, _ in found], result)
         result.bytes_received = self.target.stats.bytes_received - before
-        for manifest_of_disk in disks:  # after their chunks: write order chunks -> disk manifest
+        for _, manifest_of_disk in found:  # after their chunks: write order chunks -> disk manifest
             store.put_manifest(manifest_of_disk.to_json())
 
     def _disk_manifest(self, expected: str, virtual_size: int, index: DiskIndex) -> DiskManifest:

@@ -46,6 +46,18 @@ class Drive:
     path: Path
     format: str = "qcow2"
     readonly: bool = False
+    stream: StreamBacking | None = None  # a qcow2 overlay whose backing is served over NBD (streaming)
+
+
+@dataclass(frozen=True)
+class StreamBacking:
+    """An overlay's backing given at run time: an NBD export on a Unix socket (imgtool's stream server).
+
+    The overlay's header names the local base the disk gets once hydrated, never the socket, so the
+    same overlay later runs over that base with no server."""
+
+    socket: Path
+    export: str
 
 
 @dataclass(frozen=True)
@@ -192,7 +204,10 @@ def _firmware_args(spec: VmSpec) -> list[str]:
 
 def _disk_args(spec: VmSpec) -> list[str]:
     args: list[str] = []
-    for drive in spec.disks:
+    for number, drive in enumerate(spec.disks):
+        if drive.stream is not None:
+            args += _streamed_disk_args(drive, drive.stream, f"disk{number}")
+            continue
         option = f"file={escape(drive.path)},if=virtio,format={drive.format},cache=writeback,discard=unmap"
         if drive.readonly:
             option += ",readonly=on"
@@ -200,6 +215,22 @@ def _disk_args(spec: VmSpec) -> list[str]:
     if spec.seed is not None:
         args += ["-drive", f"file={escape(spec.seed)},if=virtio,format=raw,readonly=on"]
     return args
+
+
+RECONNECT_DELAY = 30  # seconds QEMU holds requests while the stream server is restarted, then re-sends them
+
+
+def _streamed_disk_args(drive: Drive, backing: StreamBacking, node: str) -> list[str]:
+    """The overlay over an NBD backing, as three -blockdev nodes and a virtio-blk device that stops the
+    VM on an I/O error (`rerror=stop`): a chunk the registry cannot give now pauses the guest, never
+    hands it an error it cannot survive; imgtool resumes it when the chunk arrives."""
+    return [
+        "-blockdev", f"driver=nbd,node-name={node}-base,server.type=unix,server.path={escape(backing.socket)},"
+                     f"export={escape(backing.export)},reconnect-delay={RECONNECT_DELAY},read-only=on",
+        "-blockdev", f"driver=file,node-name={node}-file,filename={escape(drive.path)},discard=unmap",
+        "-blockdev", f"driver=qcow2,node-name={node},file={node}-file,backing={node}-base,discard=unmap",
+        "-device", f"virtio-blk-pci,drive={node},rerror=stop,werror=stop",
+    ]  # fmt: skip
 
 
 def _device_args(spec: VmSpec) -> list[str]:

@@ -113,11 +113,13 @@ def map_argv(path: PathLike, *, fmt: str) -> list[str]:
 
 
 def create_overlay_argv(
-    overlay: PathLike, *, backing: PathLike, backing_fmt: str, size: int | None = None
+    overlay: PathLike, *, backing: PathLike, backing_fmt: str, size: int | None = None, unsafe: bool = False
 ) -> list[str]:
-    """A qcow2 overlay on `backing`, recorded by absolute path with its format (-F)."""
+    """A qcow2 overlay on `backing`, recorded by absolute path with its format (-F); `unsafe` (-u, needs
+    `size`): the backing is not opened, so it may not exist yet (a streamed VM's future base)."""
     argv = ["qemu-img", "create",
             "-q",
+            *(["-u"] if unsafe else []),
             "-f", "qcow2",
             "-b", str(Path(backing).absolute()),
             "-F", check_format(backing_fmt),
@@ -292,12 +294,18 @@ def map_extents(path: PathLike, *, fmt: str, limits: run.Limits | None = run.UNT
     return parse_map(out)
 
 
-def create_overlay(overlay: PathLike, *, backing: PathLike, backing_fmt: str, size: int | None = None) -> None:
-    """Create a qcow2 overlay (of `size` bytes, else the backing's); refuses to overwrite an existing file."""
-    require_file(backing)
+def create_overlay(overlay: PathLike, *, backing: PathLike, backing_fmt: str, size: int | None = None,
+                   unsafe: bool = False) -> None:
+    """Create a qcow2 overlay (of `size` bytes, else the backing's); refuses to overwrite an existing file.
+    With `unsafe` the backing need not exist yet and `size` is required."""
+    if unsafe and size is None:
+        raise InvalidArgument("an overlay over a backing that is not there yet needs its size",
+                              hint="this is a bug in the caller")
+    if not unsafe:
+        require_file(backing)
     if Path(overlay).exists():
         raise InvalidArgument(f"overlay {os.fspath(overlay)} already exists", hint="pick a new path")
-    run.run(create_overlay_argv(overlay, backing=backing, backing_fmt=backing_fmt, size=size))
+    run.run(create_overlay_argv(overlay, backing=backing, backing_fmt=backing_fmt, size=size, unsafe=unsafe))
 
 
 def convert(

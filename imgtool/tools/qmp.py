@@ -173,3 +173,9 @@ def quit(sock: Path, *, timeout: float = 5.0) -> None:
     """
     with Qmp(sock, timeout=timeout) as qmp, contextlib.suppress(ConnectionClosed):
         qmp.execute("quit")
+
+
+def cont(sock: Path, *, timeout: float = 5.0) -> None:
+    """Resume a paused VM; after an I/O error stop (rerror=stop) QEMU re-issues the failed request."""
+    with Qmp(sock, timeout=timeout) as qmp:
+        qmp.execute("cont")

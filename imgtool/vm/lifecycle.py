@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,12 +161,35 @@ def _read(path: Path, what: str, limit: int) -> str:
 
 def create(home: Home, req: NewVm, *, progress: Progress | None = None) -> VmRecord:
     """Make a VM from a version. On failure nothing is left but a folder gc removes."""
-    folder = vm_dir(home, req.name)
     version, version_digest = lookup.get_version(home, parse_image_ref(req.image))
+    definition = _definition(home, version)
+
+    def ensure_bases() -> dict[str, Path]:
+        # The first VM of a version materializes its bases (the slow part); later ones only check them.
+        return {d.digest: bases.ensure(home, d.digest, progress=progress) for d in version.disks}
+
+    return _create(home, req, version, version_digest, definition, ensure_bases)
+
+
+def create_streamed(home: Home, req: NewVm, version: ImageVersion, version_digest: str, definition: Definition,
+                    prepare: Callable[[Path], None]) -> VmRecord:
+    """Make a VM over a version whose chunks are not all local yet (imgtool/stream). Its overlays name
+    the bases the version's disks will have (nothing is read now); `prepare(folder)` writes the
+    stream's own files, before the record, so the VM is never seen without them."""
+
+    def future_bases() -> dict[str, Path]:
+        return {d.digest: bases.path_for(home, d.digest) for d in version.disks}
+
+    return _create(home, req, version, version_digest, definition, future_bases, prepare=prepare)
+
+
+def _create(home: Home, req: NewVm, version: ImageVersion, version_digest: str, definition: Definition,
+            base_paths_for: Callable[[], dict[str, Path]], *,
+            prepare: Callable[[Path], None] | None = None) -> VmRecord:
+    folder = vm_dir(home, req.name)
     if version.revocation is not None and not req.allow_revoked:
         raise Refused(f"version {version.label} is revoked: {version.revocation.reason}",
                       hint="use another version, or pass --allow-revoked (recorded on the VM)")
-    definition = _definition(home, version)
     cpus = _pick(req.cpus, definition.vcpus, 2)
     memory = _pick(req.memory_mib, definition.memory_mib, 512)
     _check_resources(req, definition, cpus, memory)
@@ -178,10 +202,11 @@ def create(home: Home, req: NewVm, *, progress: Progress | None = None) -> VmRec
     with home.store.writing(), file_lock(home.vms / f".{req.name}.lock"):
         _claim(folder, req.name)
         try:
-            # The first VM of a version materializes its bases (the slow part); later ones only check them.
-            base_paths = {d.digest: bases.ensure(home, d.digest, progress=progress) for d in version.disks}
+            base_paths = base_paths_for()
+            if prepare is not None:
+                prepare(folder)
             record = _build(home, folder, req, version, version_digest, definition, cpus, memory, provisioning,
-                            base_paths)
+                            base_paths, future=prepare is not None)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -221,13 +246,17 @@ def _definition(home: Home, version: ImageVersion) -> Definition:
 
 def _build(home: Home, folder: Path, req: NewVm, version: ImageVersion, version_digest: str,
            definition: Definition, cpus: int, memory: int, provisioning: seed.Provisioning | None,
-           base_paths: dict[str, Path]) -> VmRecord:
+           base_paths: dict[str, Path], *, future: bool = False) -> VmRecord:
     disks: list[VmDisk] = []
     for disk in version.disks:
         base = base_paths[disk.digest]
         overlay = folder / ("disk-os.qcow2" if disk.lun is None else f"disk-lun{disk.lun}.qcow2")
         size = req.disk_size if disk.lun is None and req.disk_size else None
-        qemu_img.create_overlay(overlay, backing=base, backing_fmt="raw", size=size)
+        if future:  # the base is not there yet: the overlay is made without opening it, so it needs its size
+            qemu_img.create_overlay(overlay, backing=base, backing_fmt="raw", size=size or disk.virtual_size,
+                                    unsafe=True)
+        else:
+            qemu_img.create_overlay(overlay, backing=base, backing_fmt="raw", size=size)
         os.chmod(overlay, 0o600)
         disks.append(VmDisk(disk.lun, overlay.name, str(base), disk.digest, size or disk.virtual_size))
     seed_info = None
@@ -309,6 +338,13 @@ def delete(home: Home, name: str) -> None:
         vmrun.stop(home, name, timeout=0)
         vmrecord.record_path(home, name).unlink(missing_ok=True)
         shutil.rmtree(folder, ignore_errors=True)
+        _drop_stream_leases(home, name)
+
+
+def _drop_stream_leases(home: Home, name: str) -> None:
+    """What a streaming VM fetched is held by leases; with the VM gone, gc may take what nothing else uses."""
+    for key, _digest in home.store.list_names(vmrecord.STREAM_LEASES, name):
+        home.store.delete_name(vmrecord.STREAM_LEASES, name, *key)
 
 
 def list_names(home: Home) -> list[str]:

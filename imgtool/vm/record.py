@@ -181,10 +181,21 @@ def _raw_records(home: Home) -> list[tuple[str, JsonObject]]:
     return found
 
 
+STREAM_LEASES = "stream-leases"  # store names holding a streaming VM's fetched chunks: <namespace>/<vm>/<disk>
+STREAM = "stream.json"  # present while a VM streams a remote version (imgtool/stream): see is_streaming
+
+
+def is_streaming(home: Home, name: str) -> bool:
+    """Whether the VM stands on a remote version not all of whose chunks are local yet. Its record then
+    pins the remote's version record, which the store does not hold; leases hold the chunks fetched."""
+    return (home.vms / name / STREAM).exists()
+
+
 def roots(home: Home) -> dict[str, str]:
-    """gc/verify roots held by VMs: label -> version record digest (damaged records still hold theirs)."""
+    """gc/verify roots held by VMs: label -> version record digest (damaged records still hold theirs).
+    A streaming VM has none yet: its stream's leases (names) hold what it fetched."""
     return {f"vm/{name}": obj["version_digest"] for name, obj in _raw_records(home)
-            if isinstance(obj.get("version_digest"), str)}
+            if isinstance(obj.get("version_digest"), str) and not is_streaming(home, name)}
 
 
 def used_base_disks(home: Home) -> set[str]:

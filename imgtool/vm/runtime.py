@@ -14,6 +14,7 @@ import json
 import os
 import re
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,9 +28,9 @@ from imgtool.errors import InvalidArgument, NotFound, Refused, ToolFailed
 from imgtool.home import Home
 from imgtool.tools import accel, ports, qemu, qmp, run, sockets
 from imgtool.tools.ports import free_port
-from imgtool.vm import bases
+from imgtool.vm import bases, streaming
 from imgtool.vm import state as vmstate
-from imgtool.vm.record import VmRecord, load, save, vm_dir
+from imgtool.vm.record import VmRecord, is_streaming, load, save, vm_dir
 from store import atomic
 
 STATE = vmstate.STATE
@@ -53,23 +54,51 @@ def status(home: Home, name: str) -> dict[str, Any]:
     """Real state from the process and QMP: running, paused, stopped, ..."""
     folder = vm_dir(home, name)
     state = _state(folder)
+    streamed = streaming.hydration(home, name)
     if not state or not _qemu_alive(int(state["pid"])):
-        return {"state": "stopped"}
+        return {"state": "stopped", "hydration": streamed}
     guest = qmp.query_status(Path(state["qmp"]))
-    return {"state": guest or "unresponsive", **state}
+    return {"state": guest or "unresponsive", **state, "hydration": streamed}
 
 
 def _check_disks(home: Home, record: VmRecord, folder: Path) -> None:
+    streaming = is_streaming(home, record.name)
     for disk in record.disks:
         if not (folder / disk.overlay).exists():
             raise NotFound(f"VM '{record.name}' lost its disk {disk.overlay}",
                            hint=f"delete the VM (imgtool vm delete {record.name}) and create it again")
-        bases.check(home, disk.base_disk)  # refuses a damaged base
+        if not streaming:  # a streamed disk's base does not exist before the version is all local
+            bases.check(home, disk.base_disk)  # refuses a damaged base
+
+
+def stream_socket(folder: Path) -> Path:
+    """The stream server's NBD socket: in the VM folder when the path fits, else in a private temp dir."""
+    candidate = folder / "stream.sock"
+    if sockets.fits(candidate):
+        return candidate
+    return sockets.private_dir() / f"{blake3.blake3(os.fsencode(folder)).hexdigest()[:20]}.nbd"
+
+
+def export_name(lun: int | None) -> str:
+    """A disk's NBD export (and stream lease) name: "os", or "lunN"."""
+    return "os" if lun is None else f"lun{lun}"
+
+
+STREAM_SERVER_TIMEOUT = 600  # judging the version (trust, signatures) and the first index reads
+
+
+def _start_stream_server(home: Home, name: str) -> None:
+    """The stream server (imgtool/stream/serve.py, run by module name: the VM layer does not import the
+    flow layer) returns once it has judged the version and listens; it follows QEMU and exits with it."""
+    run.run([sys.executable, "-m", "imgtool.stream.serve", "--home", os.fspath(home.root), name],
+            timeout=STREAM_SERVER_TIMEOUT)
 
 
 def spec_for(home: Home, record: VmRecord, *, accel_name: str, port: int) -> qemu.VmSpec:
     folder = vm_dir(home, record.name)
-    drives = tuple(qemu.Drive(folder / d.overlay, "qcow2") for d in record.disks)
+    streamed = is_streaming(home, record.name)
+    drives = tuple(qemu.Drive(folder / d.overlay, "qcow2", stream=qemu.StreamBacking(
+        stream_socket(folder), export_name(d.lun)) if streamed else None) for d in record.disks)
     seed = folder / record.seed.file if record.seed else None
     code, vars_path = (accel.ovmf_paths()[0], folder / "ovmf-vars.fd") if record.firmware == "uefi" \
         else (None, None)
@@ -111,6 +140,8 @@ def start(home: Home, name: str, *, requested_accel: str | None = None, force: b
     log = folder / SERIAL
     if log.exists():
         os.replace(log, folder / f"{SERIAL}.1")  # each boot starts a fresh console log
+    if is_streaming(home, name):
+        _start_stream_server(home, name)
     for attempt in range(3):
         spec = spec_for(home, record, accel_name=accel_name, port=free_port())
         argv = qemu.build_argv(spec, daemonize=True)

@@ -1,0 +1,282 @@
+"""A remote version's chunks, local or on their way: served from the store, else fetched, checked, kept.
+
+Hydration is a pull done in another order: the chunks are the ones `pull` would fetch (the disks'
+chunk indexes, already proven to rebuild the version's disk manifests), fetched by the same code
+(`remote/fetch.py`: Range GETs into packs, neighbours merged, BLAKE3 of every chunk checked before it
+is handed on) and stored with the store's pack writer. What differs is the order (what the guest
+reads first) and that chunks become usable before the version has a local name.
+
+Contract:
+- `chunk(digest)` returns bytes whose BLAKE3 is `digest`, or raises (RemoteFailed, Corrupt, ...);
+  a chunk that fails its check is never returned nor stored.
+- One fetch per chunk at a time (single flight): concurrent misses on a chunk wait for the same fetch.
+- Fetched chunks are held in memory (at most about FLUSH_BYTES plus what is in flight) until `keep`
+  writes them into a pack; `keep` then renews the leases, under the store's shared lock, so no gc
+  runs between a chunk landing in a pack and a lease naming it.
+- A lease is a disk manifest listing the chunks of that disk present in the store, named under
+  names/stream-leases/<vm>/<disk>: a valid partial disk, so gc keeps its chunks and verify finds
+  it complete. The stream's owner deletes the leases once the version has its own name.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from imgtool.oci.target import Target
+from imgtool.remote import fetch
+from imgtool.remote.format import DiskIndex, IndexEntry
+from imgtool.vm.record import STREAM_LEASES as LEASES
+from store import codec
+from store.disks import DiskManifest
+from store.errors import Corrupt
+from store.packs import ChunkIndex, PackReader, PackWriter, decode_chunk
+from store.repo import Store
+
+FLUSH_BYTES = 16 << 20  # raw bytes held in memory before they are written into a pack
+READ_AHEAD = 8  # chunks after a demand miss fetched with it (same pack, merged into one Range GET)
+BATCH_BYTES = 4 << 20  # compressed bytes per background request
+
+
+@dataclass(frozen=True)
+class Disk:
+    label: str  # "os" or "lunN": the NBD export name and the lease's key
+    index: DiskIndex
+    manifest: DiskManifest
+
+
+@dataclass
+class Counters:
+    total_bytes: int = 0  # raw bytes of the version's distinct non-zero chunks
+    local_at_start: int = 0
+    fetched_bytes: int = 0  # raw bytes of chunks fetched by this process
+    fetched_chunks: int = 0
+    first_fetch: float | None = None
+    last_fetch: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+    missing: set[bytes] = field(default_factory=set)
+
+    @property
+    def local_bytes(self) -> int:
+        return self.local_at_start + self.fetched_bytes
+
+
+class _Flight:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
+class Hydration:
+    """The chunks of one version's disks, for the block server and the background hydrator."""
+
+    def __init__(self, store: Store, target: Target, repo: str, pack_sizes: dict[str, int], disks: list[Disk],
+                 *, lease_owner: str, clock: Callable[[], float] = time.monotonic,
+                 wanted: Callable[[], bool] = lambda: True) -> None:
+        self.store, self.target, self.repo, self.pack_sizes = store, target, repo, pack_sizes
+        self.wanted = wanted  # false once the VM is deleted: its leases then go instead of being renewed
+        self.disks, self.lease_owner, self.clock = disks, lease_owner, clock
+        self.entries: dict[bytes, IndexEntry] = {}
+        for disk in disks:
+            for entry in disk.index.entries:
+                self.entries.setdefault(entry.blake3, entry)
+        self.lock = threading.Lock()
+        self.memory: dict[bytes, bytes] = {}  # fetched, checked, not yet in a pack of the store
+        self.frames: list[fetch.Verified] = []  # the same chunks' frames, for `keep`
+        self.flights: dict[bytes, _Flight] = {}
+        self.index = ChunkIndex.load(store.layout)
+        self.reader = PackReader(store.layout)
+        self.counters = Counters(total_bytes=sum(e.rawlen for e in self.entries.values()))
+        self.counters.missing = {d for d in self.entries if d not in self.index}
+        self.counters.local_at_start = sum(self.entries[d].rawlen for d in self.entries
+                                           if d not in self.counters.missing)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def chunk(self, digest: bytes, ahead: list[bytes] | None = None) -> bytes:
+        """The chunk's bytes, from memory, the store, or the remote (with `ahead` in the same request)."""
+        data = self._cached(digest)
+        if data is None:
+            self.ensure([digest, *(ahead or [])], wait=digest)
+            data = self._cached(digest)
+        if data is None:
+            raise Corrupt(f"chunk {digest.hex()[:16]} vanished after it was fetched", hint="retry the read")
+        return data
+
+    def _cached(self, digest: bytes) -> bytes | None:
+        with self.lock:
+            data = self.memory.get(digest)
+        if data is not None:
+            return data
+        location = self.index.get(digest)
+        if location is None:
+            return None
+        try:
+            return decode_chunk(self.reader.read(location), location, digest)
+        except (FileNotFoundError, Corrupt):
+            # A gc may have repacked the pack since the index was read: read the indexes again once.
+            with self.store.reading():
+                self.index = ChunkIndex.load(self.store.layout)
+                location = self.index.get(digest)
+                return None if location is None else decode_chunk(self.reader.read(location), location, digest)
+
+    def is_local(self, digest: bytes) -> bool:
+        with self.lock:
+            if digest in self.memory:
+                return True
+        return digest in self.index
+
+    # -- fetching ------------------------------------------------------------------------------
+
+    def ensure(self, wanted: list[bytes], *, wait: bytes | None = None) -> None:
+        """Fetch those of `wanted` that are neither local nor on their way, as one pack request (all of
+        one pack: the first missing one's); wait for `wait`'s fetch, raising what it raised."""
+        mine: list[IndexEntry] = []
+        flights: dict[bytes, _Flight] = {}
+        with self.lock:
+            for digest in wanted:
+                if digest in self.memory or digest in self.index:
+                    continue
+                flight = self.flights.get(digest)
+                if flight is None:
+                    entry = self.entries[digest]
+                    if mine and entry.pack != mine[0].pack:
+                        continue  # another pack: another request, another time
+                    flight = self.flights[digest] = _Flight()
+                    mine.append(entry)
+                flights[digest] = flight
+        if mine:
+            self._fly(mine, [flights[e.blake3] for e in mine])
+        flight = flights.get(wait) if wait is not None else None
+        if flight is not None:
+            flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+
+    def _fly(self, entries: list[IndexEntry], flights: list[_Flight]) -> None:
+        try:
+            pack = entries[0].pack
+            plan = fetch.PackPlan(pack, self.pack_sizes[pack], sorted(entries, key=lambda e: e.offset))
+            got = fetch.fetch_pack(self.target, self.repo, plan)  # every chunk's BLAKE3 checked there
+            decoded = [(raw, frame, rawlen, codec.decompress(frame, rawlen, raw, what=raw.hex()[:16]))
+                       for raw, frame, rawlen in got]
+            now = self.clock()
+            with self.lock:
+                for raw, frame, rawlen, data in decoded:
+                    self.memory[raw] = data
+                    self.frames.append((raw, frame, rawlen))
+                    if raw in self.counters.missing:
+                        self.counters.missing.discard(raw)
+                        self.counters.fetched_bytes += rawlen
+                        self.counters.fetched_chunks += 1
+                self.counters.first_fetch = self.counters.first_fetch or now
+                self.counters.last_fetch = now
+        except BaseException as exc:
+            for flight in flights:
+                flight.error = exc
+            with self.lock:
+                self.counters.last_error, self.counters.last_error_at = str(exc), self.clock()
+        finally:
+            with self.lock:
+                for entry in entries:
+                    self.flights.pop(entry.blake3, None)
+            for flight in flights:
+                flight.done.set()
+
+    def pending_bytes(self) -> int:
+        with self.lock:
+            return sum(len(d) for d in self.memory.values())
+
+    # -- background ----------------------------------------------------------------------------
+
+    def batches(self) -> list[list[bytes]]:
+        """What is still missing, as requests: by pack, in pack order, at most BATCH_BYTES each."""
+        by_pack: dict[str, list[IndexEntry]] = {}
+        with self.lock:
+            missing = [self.entries[d] for d in self.counters.missing]
+        for entry in missing:
+            by_pack.setdefault(entry.pack, []).append(entry)
+        found: list[list[bytes]] = []
+        for entries in by_pack.values():
+            batch: list[bytes] = []
+            size = 0
+            for entry in sorted(entries, key=lambda e: e.offset):
+                if batch and size + entry.clen > BATCH_BYTES:
+                    found.append(batch)
+                    batch, size = [], 0
+                batch.append(entry.blake3)
+                size += entry.clen
+            if batch:
+                found.append(batch)
+        return found
+
+    def complete(self) -> bool:
+        with self.lock:
+            return not self.counters.missing and not self.frames
+
+    # -- keeping -------------------------------------------------------------------------------
+
+    def keep(self) -> int:
+        """Write the fetched chunks into a pack and renew the leases; returns the chunks written."""
+        with self.lock:
+            frames, self.frames = self.frames, []
+        with self.store.writing():
+            # The indexes again: another stream or a pull may have stored some of these meanwhile.
+            self.index = ChunkIndex.load(self.store.layout)
+            writer = PackWriter(self.store.layout, self.index)
+            for raw, frame, rawlen in frames:
+                writer.add(raw, frame, rawlen)
+            writer.flush()
+            if self.wanted():
+                self._renew_leases()
+            else:
+                self.drop_leases()
+        with self.lock:
+            for raw, _frame, _rawlen in frames:
+                self.memory.pop(raw, None)
+        return len(frames)
+
+    def _renew_leases(self) -> None:
+        for disk in self.disks:
+            present = {i: h for i, h in disk.manifest.chunks.items() if bytes.fromhex(h) in self.index}
+            lease = DiskManifest(disk.manifest.virtual_size, disk.manifest.chunk_size, present)
+            self.store.set_name(LEASES, self.lease_owner, disk.label, target=self.store.put_manifest(lease.to_json()))
+
+    def drop_leases(self) -> None:
+        for disk in self.disks:
+            self.store.delete_name(LEASES, self.lease_owner, disk.label)
+
+    def close(self) -> None:
+        self.reader.__exit__()
+
+
+class DiskSource:
+    """One disk as a block source for the NBD server: chunks not listed are zeros."""
+
+    def __init__(self, hydration: Hydration, disk: Disk) -> None:
+        self.hydration = hydration
+        self.chunk_size = disk.manifest.chunk_size
+        self._size = disk.manifest.virtual_size
+        self.chunks = {i: bytes.fromhex(h) for i, h in disk.manifest.chunks.items()}
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def read(self, offset: int, length: int) -> bytes:
+        out = bytearray(length)
+        size = self.chunk_size
+        end = offset + length
+        for number in range(offset // size, (end - 1) // size + 1 if length else 0):
+            digest = self.chunks.get(number)
+            if digest is None:
+                continue  # a zero chunk: never stored, never fetched
+            ahead = [d for d in (self.chunks.get(n) for n in range(number + 1, number + 1 + READ_AHEAD)) if d]
+            data = self.hydration.chunk(digest, ahead)
+            start = number * size
+            low, high = max(offset, start), min(end, start + len(data))
+            out[low - offset:high - offset] = data[low - start:high - start]
+        return bytes(out)
