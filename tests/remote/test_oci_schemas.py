@@ -98,6 +98,10 @@ def test_everything_pushed_signed_and_revoked_on_a_registry_is_valid_oci(registr
     oci.require_schemas()
     a = publisher(tmp_path, f"{registry.url}/schemas")
     a("push", "team", "origin", "--sign", "release")
+    # New publishing settings: a new config and manifest under the same tag, signed again.
+    a("version", "update", "team/base@1.1.0", "--end-of-life", "2099-01-01", "--exclude-from-latest")
+    updated = a.json("push", "team/base@1.1.0", "origin", "--sign", "release")
+    assert isinstance(updated, dict) and updated["versions"][0]["status"] == "updated"
     a("version", "revoke", "team/base@1.0.0", "--reason", "a test revocation", "--push", "origin",
       "--sign", "release")
 
@@ -105,10 +109,11 @@ def test_everything_pushed_signed_and_revoked_on_a_registry_is_valid_oci(registr
     stored = {r: m for r, m in stored_manifests(registry).items() if r.startswith("schemas/")}
     assert list(stored) == ["schemas/team/base"]
     types = check_repository(stored["schemas/team/base"], lambda d: stored_blob(root, d), "schemas/team/base")
-    # Two versions, a signature on each, one revocation, and the referrers tag schema's indexes.
-    assert sorted(t for t in types if t != oci.OCI_INDEX) == sorted(
-        [VERSION_TYPE, VERSION_TYPE, SIGNATURE_TYPE, SIGNATURE_TYPE, REVOCATION_TYPE])
-    assert types.count(oci.OCI_INDEX) >= 2  # one per signed version, rewritten when the revocation joined
+    # Two versions and 1.1.0 updated, a signature on each manifest, one revocation, and the referrers
+    # tag schema's indexes (one per signed manifest, kept as revisions when rewritten).
+    assert sorted(t for t in types if t != oci.OCI_INDEX) == sorted([VERSION_TYPE] * 3 + [SIGNATURE_TYPE] * 3
+                                                                     + [REVOCATION_TYPE])
+    assert types.count(oci.OCI_INDEX) >= 3
 
 
 def test_everything_pushed_to_an_oci_layout_folder_is_valid_oci(tmp_path: Path) -> None:
