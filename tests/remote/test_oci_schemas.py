@@ -121,6 +121,8 @@ def test_everything_pushed_to_an_oci_layout_folder_is_valid_oci(tmp_path: Path) 
     layout = tmp_path / "usb"
     a = publisher(tmp_path, f"oci-layout:{layout}")
     a("push", "team", "origin", "--sign", "release")
+    a("version", "revoke", "team/base@1.0.0", "--reason", "a test revocation", "--push", "origin",
+      "--sign", "release")
 
     [marker] = list(layout.rglob("oci-layout"))
     folder = marker.parent
@@ -144,7 +146,7 @@ def test_everything_pushed_to_an_oci_layout_folder_is_valid_oci(tmp_path: Path) 
     assert {e["digest"] for e in index["manifests"]} <= set(manifests)
     types = check_repository(manifests, read_blob, str(folder))
     assert sorted(t for t in types if t != oci.OCI_INDEX) == sorted(
-        [VERSION_TYPE, VERSION_TYPE, SIGNATURE_TYPE, SIGNATURE_TYPE])
+        [VERSION_TYPE, VERSION_TYPE, SIGNATURE_TYPE, SIGNATURE_TYPE, REVOCATION_TYPE])
 
 
 # -- the validator itself: these checks can fail ------------------------------------------------------------------
