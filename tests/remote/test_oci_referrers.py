@@ -2,6 +2,7 @@
 registry (tests/remote/spec_registry.py), and the referrers tag schema on distribution 2.8, which has
 no API. In each, the other path is taken away afterwards, and what imgtool decides shows which path it
 used: signatures still verify and revocations still count, or the version is refused as unsigned.
+A referrer that oras-py attaches (not imgtool's) is listed by the API and skipped by imgtool.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import oras.client
+import oras.oci
 import pytest
 
 from imgtool.remote.connect import close
@@ -98,6 +101,15 @@ def test_the_referrers_api_is_used_where_the_registry_has_it(spec: SpecRegistry,
     # Take the tag schema away: a consumer still verifies and still sees the revocation, through the API.
     for tag in [t for t in repo.tags if t.startswith("sha256-")]:
         del repo.manifests[repo.tags.pop(tag)]
+    # oras attaches an artifact of its own to 1.1.0: the API lists it beside the signature; imgtool skips it.
+    subject = httpx.get(f"{spec.url}/v2/api/team/base/manifests/1.1.0", headers={"Accept": oci.OCI_MANIFEST})
+    sbom = tmp_path / "sbom.json"
+    sbom.write_text('{"sbom": "not an imgtool signature"}')
+    oras.client.OrasClient(hostname=spec.host, insecure=True).push(
+        target=f"{spec.host}/api/team/base:sbom", files=[str(sbom)], disable_path_validation=True, quiet=True,
+        subject=oras.oci.Subject(oci.OCI_MANIFEST, digests["1.1.0"], len(subject.content)))
+    assert len(httpx.get(f"{spec.url}/v2/api/team/base/referrers/{digests['1.1.0']}").json()["manifests"]) == 2
+
     before = len(spec.seen)
     check_consumer_sees_signatures_and_revocation(consumer(tmp_path, "user", url, public))
     asked = {s.path for s in spec.seen[before:] if "/referrers/" in s.path}
