@@ -1,8 +1,8 @@
 """Every manifest, index and config imgtool writes, checked against the OCI image-spec JSON schemas.
 
 The bytes are read where they land, not from imgtool: from the real registry's own storage (every
-manifest revision of every repository, tagged or not: versions, signatures, revocation statements and
-the referrers tag schema's indexes) and from an OCI layout folder's files. The schemas are Debian's
+manifest revision of every repository, tagged or not: versions, signatures, revocation statements,
+a replica and the referrers tag schema's indexes) and from an OCI layout folder's files. The schemas are Debian's
 (tests/remote/oci_schemas.py), the validator is `jsonschema`.
 """
 
@@ -104,10 +104,15 @@ def test_everything_pushed_signed_and_revoked_on_a_registry_is_valid_oci(registr
     assert isinstance(updated, dict) and updated["versions"][0]["status"] == "updated"
     a("version", "revoke", "team/base@1.0.0", "--reason", "a test revocation", "--push", "origin",
       "--sign", "release")
+    a("remote", "add", "mirror", f"{registry.url}/schemas-mirror")  # replication, signed for the mirror's name
+    a("trust", "signing-key", "mirror", "release")
+    a("version", "update", "team/base@1.1.0", "--replicate-to", "mirror")
 
     root = registry.root / "data" / "docker" / "registry" / "v2"
-    stored = {r: m for r, m in stored_manifests(registry).items() if r.startswith("schemas/")}
-    assert list(stored) == ["schemas/team/base"]
+    stored = {r: m for r, m in stored_manifests(registry).items() if r.startswith("schemas")}
+    assert sorted(stored) == ["schemas-mirror/team/base", "schemas/team/base"]
+    mirrored = check_repository(stored["schemas-mirror/team/base"], lambda d: stored_blob(root, d), "the mirror")
+    assert sorted(mirrored) == sorted([VERSION_TYPE, SIGNATURE_TYPE, oci.OCI_INDEX])
     types = check_repository(stored["schemas/team/base"], lambda d: stored_blob(root, d), "schemas/team/base")
     # Two versions and 1.1.0 updated, a signature on each manifest, one revocation, and the referrers
     # tag schema's indexes (one per signed manifest, kept as revisions when rewritten).
