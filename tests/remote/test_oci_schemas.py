@@ -99,7 +99,7 @@ def test_everything_pushed_signed_and_revoked_on_a_registry_is_valid_oci(registr
     a = publisher(tmp_path, f"{registry.url}/schemas")
     a("push", "team", "origin", "--sign", "release")
     # New publishing settings: a new config and manifest under the same tag, signed again.
-    a("version", "update", "team/base@1.1.0", "--end-of-life", "2099-01-01", "--exclude-from-latest")
+    a("version", "update", "team/base@1.1.0", "--exclude-from-latest")
     updated = a.json("push", "team/base@1.1.0", "origin", "--sign", "release")
     assert isinstance(updated, dict) and updated["versions"][0]["status"] == "updated"
     a("version", "revoke", "team/base@1.0.0", "--reason", "a test revocation", "--push", "origin",
