@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from imgtool import clock
-from imgtool.errors import Corrupt, InvalidArgument, NotFound
+from imgtool.errors import Corrupt, ImgtoolError, InvalidArgument, NotFound
 from imgtool.gallery.versions import Candidate, Verdict, resolve_latest
 from imgtool.names import Version
 from imgtool.oci.target import Target
@@ -27,19 +27,25 @@ class RemoteVersion:
 
 
 def remote_versions(target: Target, repo: str) -> list[RemoteVersion]:
-    """Every imgtool version tag of `repo`, lowest first; tags that are not imgtool versions are skipped."""
+    """Every imgtool version tag of `repo`, lowest first. Tags that are not imgtool versions are skipped
+    beside imgtool's; a repository whose version-like tags are all something else is refused, saying why."""
     found = []
+    skipped: ImgtoolError | None = None
     for tag in reversed(version_tags(target.tags(repo))):
         try:
             fetched = target.get_manifest(repo, tag)
             manifest = parse_manifest(fetched.data, fetched.digest, f"{repo}:{tag}")
-        except (InvalidArgument, Corrupt, NotFound):
+        except (InvalidArgument, Corrupt, NotFound) as exc:
+            skipped = skipped or exc
             continue
         notes = manifest.annotations
         found.append(RemoteVersion(tag, fetched.digest, notes.get("org.imgtool.exclude-from-latest") == "true",
                                    notes.get("org.imgtool.end-of-life"),
                                    notes.get("org.opencontainers.image.created"), notes.get("org.imgtool.boot-check"),
                                    None, dict(notes)))
+    if not found and skipped is not None:
+        raise type(skipped)(f"{target.label}:{repo} holds no imgtool version: {skipped.message}",
+                            hint=skipped.hint)
     return found
 
 

@@ -104,8 +104,7 @@ def parse_manifest(data: bytes, digest: str, what: str) -> VersionManifest:
     if not isinstance(body, dict) or body.get("schemaVersion") != 2:
         raise Corrupt(f"{what} is not an OCI image manifest", hint="the remote version is malformed")
     if body.get("artifactType") != VERSION_TYPE:
-        raise InvalidArgument(f"{what} is not an imgtool version (artifact type "
-                              f"{str(body.get('artifactType'))[:80]!r})",
+        raise InvalidArgument(f"{what} is not an imgtool version ({_kind_of(body)})",
                               hint="name a repository that imgtool push wrote")
     layers = body.get("layers")
     if not isinstance(layers, list) or len(layers) > MAX_LAYERS:
@@ -128,6 +127,15 @@ def parse_manifest(data: bytes, digest: str, what: str) -> VersionManifest:
     if not isinstance(notes, dict):
         raise Corrupt(f"{what} has malformed annotations", hint="the remote version is malformed")
     return VersionManifest(digest, config, indexes, packs, {str(k): str(v) for k, v in notes.items()})
+
+
+def _kind_of(body: dict[str, Any]) -> str:
+    """What another tool's manifest says it is: its artifact type, else its config's media type."""
+    if "artifactType" in body:
+        return f"artifact type {str(body['artifactType'])[:80]!r}"
+    config = body.get("config")
+    media_type = config.get("mediaType") if isinstance(config, dict) else None
+    return f"no artifact type; config type {str(media_type)[:80]!r}"
 
 
 # -- config ----------------------------------------------------------------------------------------
