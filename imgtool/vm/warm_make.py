@@ -61,6 +61,7 @@ def cpu_model(accel_name: str) -> str:
 def make(home: Home, req: WarmRequest, *, progress: Progress | None = None) -> warm_state.Found:
     """Build (or rebuild) the warm state of a version at one size; returns it."""
     started = time.monotonic()
+    run.which("zstd")  # QEMU's exec: migration runs it; missing, say so now rather than as a failed save
     version, digest = lookup.get_version(home, parse_image_ref(req.image))
     _check_version(version)
     definition, cpus, memory = sizes(home, version, req.cpus, req.memory_mib)
@@ -113,6 +114,9 @@ def _build(home: Home, tmp: Path, version: ImageVersion, digest: str, definition
     _run_template(tmp, spec, req.timeout)
     for name in ("seed.iso", "serial.log", "qemu.pid"):
         (tmp / name).unlink(missing_ok=True)
+    # Pages the guest left zero become holes: a third of the tiny template's RAM file (measured); a
+    # private mapping reads a hole as zeros, so restored VMs see the same RAM.
+    run.run(["fallocate", "--dig-holes", str(tmp / warm_state.RAM)], timeout=120)
     for made in disks:
         os.chmod(tmp / made.overlay, 0o400)  # frozen: every VM starts from a copy
     label = f"{version.gallery}/{version.definition}@{version.version}"

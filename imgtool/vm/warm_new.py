@@ -100,6 +100,7 @@ def _plan(home: Home, req: vm.NewVm, version: ImageVersion, digest: str,
         raise Refused(f"{req.image} is specialized and has no warm state", hint="create the VM without --warm")
     seed.validate(provisioning)
     found = _find(home, version, digest, cpus, memory)
+    run.which("zstd")  # QEMU's exec: migration reads the state through it
     accel_name = accel.choose_accel(home.cache, requested=requested_accel, arch=definition.architecture)
     warm_state.check_fits(found.record, _facts(home, found, definition, accel_name, req))
     return definition, provisioning, found, accel_name
