@@ -159,6 +159,38 @@ def test_kill_9_during_version_warm_leaves_nothing_usable_and_gc_cleans_it(warme
     assert not tmp.exists() and warm_folder(warmed).is_dir()
 
 
+def test_kill_9_during_a_warm_vm_new_leaves_no_running_vm_and_gc_cleans_it(warmed: Cli) -> None:
+    env = {**os.environ, "IMGTOOL_HOME": str(warmed.home), **warmed.env}
+    folder = warmed.home / "vms" / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "imgtool", "vm", "new", "killed", "--image", "lab/tiny@1.0.0",
+                             *SIZE, "--warm"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert wait_until(lambda: _pid(folder) > 0, 60)
+    pid = _pid(folder)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    # The guard SIGKILLs the restored QEMU: nothing runs with the template's identity.
+    assert pid and wait_until(lambda: not Path(f"/proc/{pid}").exists() or b"zombie" in _status(pid), 30)
+    assert not (folder / "vm.json").exists()
+    listed = warmed.json("vm", "list")
+    assert isinstance(listed, list) and all(v["state"] != "running" for v in listed if v["name"] == "killed")
+    warmed("gc")
+    assert not folder.exists()
+
+
+def _pid(folder: Path) -> int:
+    try:
+        return int((folder / "qemu.pid").read_text().strip())
+    except (OSError, ValueError):
+        return 0
+
+
+def _status(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/status").read_bytes().lower()
+    except OSError:
+        return b"zombie"
+
+
 def test_version_warm_delete_and_gc_after_the_version_goes(warmed: Cli) -> None:
     folder = warm_folder(warmed)
     warmed("version", "warm", "lab/tiny@1.0.0", "--delete")

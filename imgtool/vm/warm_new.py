@@ -9,8 +9,8 @@ Order, and why:
    NoCloud seed (for later cold boots, with the instance id the agent writes, so they are not
    first boots) and, for UEFI, the template's variables.
 3. QEMU starts daemonized with `-incoming defer`, its RAM the warm state's file mapped privately
-   (copy-on-write: VMs of one state share the pages none of them changed). A tethered guard
-   kills it if this process dies before step 5: a killed `vm new --warm` never leaves a running
+   (copy-on-write: VMs of one state share the pages none of them changed). A tethered guard,
+   started before QEMU, kills it if this process dies before step 5: a killed `vm new --warm` never leaves a running
    VM with the template's identity, only a folder without a record, which gc removes.
 4. The state is loaded, the VM resumed, and the agent personalizes it (hostname, machine-id,
    instance id, admin user and key, RNG seed, clock, user-data); any failure or a missing answer
@@ -170,10 +170,10 @@ def _restore(home: Home, folder: Path, record: VmRecord, found: Found, provision
     begun = time.monotonic()
     spec = _spec(home, record, found, accel_name, port=free_port())
     argv = qemu.build_argv(spec, daemonize=True)
-    run.run(argv, timeout=120)
-    pid = int((folder / "qemu.pid").read_text().strip())
-    guard = _guard(pid)
+    guard = _guard(folder / "qemu.pid")  # before QEMU: no moment without one
     try:
+        run.run(argv, timeout=120)
+        pid = int((folder / "qemu.pid").read_text().strip())
         migration.load(spec.qmp_socket, found.folder / warm_state.STATE, timeout=LOAD_TIMEOUT)
         migration.resume(spec.qmp_socket)
         restored = time.monotonic()
@@ -206,12 +206,15 @@ def _dumps(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, indent=2).encode()
 
 
-_GUARD = 'trap "kill -9 $1 2>/dev/null; exit 0" TERM; while :; do sleep 1; done'
+# On TERM: wait (bounded) for a QEMU being started to write its pid file, then SIGKILL that pid.
+_GUARD = ('trap \'i=0; while [ ! -s "$1" ] && [ $i -lt 50 ]; do sleep 0.2; i=$((i+1)); done; '
+          'kill -9 "$(cat "$1" 2>/dev/null)" 2>/dev/null; exit 0\' TERM; while :; do sleep 1; done')
 
 
-def _guard(pid: int) -> run.Background:
-    """A tethered shell that SIGKILLs QEMU `pid` when this process dies (it gets SIGTERM then)."""
-    return run.spawn(["sh", "-c", _GUARD, "imgtool-warm-guard", str(pid)], tethered=True, death_signal=signal.SIGTERM)
+def _guard(pid_file: Path) -> run.Background:
+    """A tethered shell that SIGKILLs the QEMU of `pid_file` when this process dies (it gets SIGTERM then)."""
+    return run.spawn(["sh", "-c", _GUARD, "imgtool-warm-guard", str(pid_file)], tethered=True,
+                     death_signal=signal.SIGTERM)
 
 
 def _disarm(guard: run.Background) -> None:
