@@ -80,10 +80,16 @@ def test_two_warm_vms_differ_in_identity_and_in_random_bytes(warmed: Cli, tmp_pa
     machine_b, random_b = b["marker"].split("-")
     assert len(machine_a) == 32 and machine_a != machine_b
     assert len(random_a) == 64 and random_a != random_b
-    # Ordinary VMs afterwards: stop and delete work as for any VM.
-    warmed("vm", "stop", "wa")
-    warmed("vm", "delete", "wa")
     warmed("vm", "delete", "wb")
+    # An ordinary VM afterwards: stopped and started, it boots cold with its own seed, keeping the identity
+    # the agent gave it (the seed's instance id is the one the agent wrote: not a first boot).
+    warmed("vm", "stop", "wa")
+    warmed("vm", "start", "wa")
+    line = warmed("vm", "console", "wa", "--until", "READY", "--timeout", BOOT_TIMEOUT).stdout
+    again = WARM_READY.search(line)
+    assert again, line
+    assert again.groups()[:4] == ("wa", a["instance"], "no", "uwa")
+    warmed("vm", "delete", "wa")
 
 
 def test_a_state_that_does_not_fit_this_qemu_is_refused(warmed: Cli) -> None:
