@@ -106,6 +106,7 @@ def vm_new(
     from imgtool.vm import runtime as vmrun
 
     st = state(ctx)
+    start = start or warm  # a warm VM is restored running
     if accel is not None:
         _check_accel(accel)
         if not start:
@@ -123,7 +124,8 @@ def vm_new(
         if stream:
             raise InvalidArgument("--warm and --stream cannot be combined", hint="a warm state is made from a "
                                   "local version: pull it first (imgtool pull), then imgtool version warm")
-        _new_warm(st, dataclasses.replace(request, image=_local_image(st, image)), accel=accel)
+        _new_warm(st, dataclasses.replace(request, image=_local_image(st, image)), accel=accel,
+                  wait_timeout=wait_timeout if wait else None)
         return
     record = _new_streamed(st, request, stream=stream, hydrate=hydrate)
     warnings: list[str] = []
@@ -215,10 +217,13 @@ def _hydration_line(found: dict[str, Any] | None) -> str:
     return line
 
 
-def _new_warm(st: Any, request: Any, *, accel: str | None) -> None:
+def _new_warm(st: Any, request: Any, *, accel: str | None, wait_timeout: float | None) -> None:
     from imgtool.cli import warm_cmds
 
     started = warm_cmds.new_warm(st.home, request, accel=accel)
+    if wait_timeout is not None:
+        from imgtool.cli.guest_cmds import wait_ready
+        wait_ready(st, request.name, timeout=wait_timeout, cloud_init=False)
     if st.json:
         emit_json(vm_json(st.home, request.name, warm=started.to_json()))
         return
