@@ -20,11 +20,12 @@ def version_warm(
     ctx: typer.Context,
     ref: Annotated[str, Arg(help="GALLERY/DEFINITION@X.Y.Z or @latest (a generalized version)")],
     cpus: Annotated[int | None, Opt(help="vCPUs of the VMs it serves (default: vm new's).")] = None,
-    memory: Annotated[int | None, Opt(help="Memory in MiB of the VMs it serves (default: vm new's).")] = None,
+    memory: Annotated[int | None, Opt(metavar="MIB", help="Memory in MiB of the VMs it serves "
+                                                          "(default: vm new's).")] = None,
     accel: Annotated[str | None, Opt(help="kvm or tcg (default: probe); VMs restored from it need the same.")] = None,
     timeout: Annotated[float, Opt(help="Seconds the template may take to boot until its agent waits.")] = 600.0,
-    delete: Annotated[bool, Opt(help="Delete the version's warm states (only the given size with --cpus and "
-                                     "--memory) instead of making one.")] = False,
+    delete: Annotated[bool, Opt("--delete", help="Delete the version's warm states (only the given size with "
+                                                 "--cpus and --memory) instead of making one.")] = False,
 ) -> None:
     """Boot a template VM from a generalized version until its guest agent waits, then save its device state,
     RAM and disks as a warm state: `vm new --warm` then restores a VM of that size in seconds and gives it
