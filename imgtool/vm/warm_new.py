@@ -1,7 +1,8 @@
 """`vm new --warm`: a VM restored from its version's warm state, personalized before anyone can use it.
 
 Order, and why:
-1. Everything is checked before anything is made: the version, the sizes, the warm state of
+1. Under the warm state's lock (held until the VM exists, so a rebuild cannot swap files in between;
+   concurrent warm `vm new`s of one state take turns), everything is checked before anything is made: the version, the sizes, the warm state of
    exactly those sizes, and that it fits the VM QEMU would start now (binary, version, firmware,
    CPU model, accelerator, device set): a state loaded into another QEMU fails or corrupts.
 2. The VM folder gets copies of the template's frozen overlays (same bases, so the VM is an
@@ -70,10 +71,14 @@ class WarmStart:
 def create(home: Home, req: vm.NewVm, *, requested_accel: str | None = None) -> WarmStart:
     """Make and start a VM from the version's warm state of its size; see the module's notes."""
     version, digest = lookup.get_version(home, parse_image_ref(req.image))
-    definition, provisioning, found, accel_name = _plan(home, req, version, digest, requested_accel)
+    _, cpus, memory = warm_make.sizes(home, version, req.cpus, req.memory_mib)
+    state_lock = warm_state.lock_path(warm_state.state_dir(home, digest, cpus, memory))
+    if not state_lock.parent.is_dir():  # no warm state of this version at all: say so without making folders
+        _plan(home, req, version, digest, requested_accel)
     home.ensure()
     folder = vm_dir(home, req.name)
-    with home.store.writing(), file_lock(home.vms / f".{req.name}.lock"):
+    with file_lock(state_lock), home.store.writing(), file_lock(home.vms / f".{req.name}.lock"):
+        definition, provisioning, found, accel_name = _plan(home, req, version, digest, requested_accel)
         vm._claim(folder, req.name)
         try:
             record = _files(home, folder, req, version, digest, definition, provisioning, found)

@@ -27,7 +27,7 @@ from imgtool.errors import Corrupt, NotFound, Refused
 from imgtool.home import Home
 from imgtool.records import Fields, check_record
 from store import atomic
-from store.lock import alive
+from store.lock import alive, file_lock
 
 WARM = "warm"
 RECORD = "warm.json"
@@ -110,6 +110,12 @@ def state_dir(home: Home, version_digest: str, cpus: int, memory_mib: int) -> Pa
     return version_dir(home, version_digest) / key(cpus, memory_mib)
 
 
+def lock_path(folder: Path) -> Path:
+    """The lock of one warm state: held while it is replaced or deleted, and by a `vm new --warm` from
+    reading its record until the VM exists, so a VM never gets one state's disks and another's RAM."""
+    return folder.parent / f".{folder.name}.lock"
+
+
 @dataclass(frozen=True)
 class Found:
     folder: Path
@@ -159,14 +165,15 @@ def list_for(home: Home, version_digest: str) -> list[Found]:
 def install(tmp: Path, final: Path) -> None:
     """Put a finished temporary folder in place of `final` (replacing an older state of the same size).
 
-    Between the two renames neither exists, which a concurrent `vm new --warm` reports as no warm state.
+    Under the state's lock: a `vm new --warm` sees the old state or the new one, never a mix.
     """
     old = None
-    if final.exists():
-        old = final.parent / f"{atomic.TMP_PREFIX}{os.getpid()}-old-{final.name}"
-        os.rename(final, old)
-    os.rename(tmp, final)
-    atomic.fsync_dir(final.parent)
+    with file_lock(lock_path(final)):
+        if final.exists():
+            old = final.parent / f"{atomic.TMP_PREFIX}{os.getpid()}-old-{final.name}"
+            os.rename(final, old)
+        os.rename(tmp, final)
+        atomic.fsync_dir(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -177,7 +184,8 @@ def delete(home: Home, version_digest: str, cpus: int | None, memory_mib: int | 
                if (cpus is None or f.record.cpus == cpus) and (memory_mib is None or f.record.memory_mib == memory_mib)]
     for folder in targets:
         doomed = folder.parent / f"{atomic.TMP_PREFIX}{os.getpid()}-deleting-{folder.name}"
-        os.rename(folder, doomed)  # gone at once for readers; the bytes follow
+        with file_lock(lock_path(folder)):
+            os.rename(folder, doomed)  # gone at once for readers; the bytes follow
         shutil.rmtree(doomed, ignore_errors=True)
     return targets
 
