@@ -2,9 +2,10 @@
 
 Order, and why:
 1. Under the warm state's lock (held until the VM exists, so a rebuild cannot swap files in between;
-   concurrent warm `vm new`s of one state take turns), everything is checked before anything is made: the version, the sizes, the warm state of
-   exactly those sizes, and that it fits the VM QEMU would start now (binary, version, firmware,
-   CPU model, accelerator, device set): a state loaded into another QEMU fails or corrupts.
+   concurrent warm `vm new`s of one state take turns), everything is checked before anything is
+   made: the version, the sizes, the warm state of exactly those sizes, and that it fits the VM QEMU
+   would start now (binary, version, firmware, CPU model, accelerator, device set): a state loaded
+   into another QEMU fails or corrupts.
 2. The VM folder gets copies of the template's frozen overlays (same bases, so the VM is an
    ordinary one afterwards: capture, snapshot, generalize and a cold start all work), its own
    NoCloud seed (for later cold boots, with the instance id the agent writes, so they are not
