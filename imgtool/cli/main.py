@@ -18,8 +18,17 @@ import typer.main
 from typer._click import exceptions as clicks
 
 from imgtool import __version__
-from imgtool.cli import gallery_cmds, guest_cmds, remote_cmds, serve_cmds, store_cmds, trust_cmds, version_cmds, vm_cmds
-from imgtool.cli import warm_cmds
+from imgtool.cli import (
+    gallery_cmds,
+    guest_cmds,
+    remote_cmds,
+    serve_cmds,
+    store_cmds,
+    trust_cmds,
+    version_cmds,
+    vm_cmds,
+    warm_cmds,
+)
 from imgtool.cli.output import State, flush_json
 from imgtool.errors import ImgtoolError, InvalidArgument
 from imgtool.flows.shapes import error as error_json

@@ -225,7 +225,7 @@ def _new_warm(st: Any, request: Any, *, accel: str | None, wait_timeout: float |
         from imgtool.cli.guest_cmds import wait_ready
         wait_ready(st, request.name, timeout=wait_timeout, cloud_init=False)
     if st.json:
-        emit_json(vm_json(st.home, request.name, warm=started.to_json()))
+        emit_json(shapes.vm_of(st.home, request.name, warm=started.to_json()))
         return
     print(f"created VM {request.name} from {started.record.image}, restored warm in {started.restore_seconds:.1f}s "
           f"and personalized in {started.personalize_seconds:.1f}s")

@@ -4,8 +4,9 @@ from typing import Annotated, Any
 
 import typer
 
-from imgtool.cli.output import ProgressBar, emit_json, human_bytes, state
+from imgtool.cli.output import ProgressBar, emit_json, state
 from imgtool.errors import InvalidArgument
+from imgtool.flows.shapes import human_bytes
 from imgtool.home import Home
 
 Opt = typer.Option
