@@ -25,7 +25,7 @@ from imgtool.gallery import recycle
 from imgtool.gallery.galleries import VERSIONS
 from imgtool.gallery.model import ImageVersion
 from imgtool.home import Home
-from imgtool.vm import bases
+from imgtool.vm import bases, warm_state
 from imgtool.vm import lifecycle as vm
 from imgtool.vm import record as vmrecord
 from store import fsclock
@@ -80,6 +80,7 @@ class GcPlan:
     stale: list[Path] = field(default_factory=list)
     unfinished: list[Path] = field(default_factory=list)
     purged: list[recycle.DeletedItem] = field(default_factory=list)
+    warm: list[tuple[Path, str]] = field(default_factory=list)  # warm-state folders, with the reason
 
     @property
     def bytes_freed(self) -> int:
@@ -183,9 +184,23 @@ def plan(home: Home, *, capture_retention: float = DEFAULT_CAPTURE_RETENTION, no
                      for b in result.evict]
     result.items += [Item("base-temporary", b.name, "a half-written base whose writer is gone", bases.size_on_disk(b))
                      for b in result.stale]
+    result.warm = warm_state.collectable(home, _live_warm(home))
+    result.items += [Item("warm-state", f"{p.parent.name[:12]}/{p.name}", why, _tree_size(p)) for p, why in result.warm]
     result.items += [Item("unfinished-vm", f.name, "a VM folder without a record (an interrupted vm new or delete)",
                           _tree_size(f)) for f in result.unfinished]
     return result
+
+
+def _live_warm(home: Home) -> set[str]:
+    """Version digests (hex) with warm states that may stay: named and not revoked. Only the versions
+    that have warm states are read, so a home with many versions pays nothing here."""
+    top = warm_state.root(home)
+    present = {p.name for p in top.iterdir()} if top.is_dir() else set()
+    if not present:
+        return set()
+    named = {d.split(":", 1)[-1]: d for _key, d in home.store.list_names(VERSIONS)}
+    return {h for h in present & set(named)
+            if ImageVersion.from_json(home.store.get_manifest(named[h])).revocation is None}
 
 
 def _tree_size(folder: Path) -> int:
@@ -203,6 +218,8 @@ def execute(home: Home, the_plan: GcPlan) -> None:
     for leftover in the_plan.stale:
         leftover.unlink(missing_ok=True)
     for folder in the_plan.unfinished:
+        shutil.rmtree(folder, ignore_errors=True)
+    for folder, _why in the_plan.warm:
         shutil.rmtree(folder, ignore_errors=True)
 
 

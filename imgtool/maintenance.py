@@ -15,7 +15,7 @@ from imgtool.gallery.galleries import VERSIONS
 from imgtool.gallery.model import ImageVersion
 from imgtool.home import Home
 from imgtool.names import ref_fields
-from imgtool.vm import bases
+from imgtool.vm import bases, warm_state
 from imgtool.vm import record as vmrecord
 from store import gc as store_gc
 from store import optimize as store_optimize
@@ -142,8 +142,16 @@ def du(home: Home) -> dict[str, Any]:
     return {"versions": rows,
             "captures": {"count": len(captures), "unpublished_bytes": sum(clen(c) for c in unpublished)},
             "bases": {"count": len(bases.all_bases(home)), "bytes": base_bytes},
+            "warm": _warm_usage(home),
             "vms": vm_rows, "store_bytes": store_bytes,
             "home_bytes": _tree_bytes(home.root)}
+
+
+def _warm_usage(home: Home) -> dict[str, int]:
+    """Warm states (imgtool version warm): how many folders and their bytes on disk, half-made ones included."""
+    top = warm_state.root(home)
+    folders = [f for v in top.iterdir() if v.is_dir() for f in v.iterdir() if f.is_dir()] if top.is_dir() else []
+    return {"count": sum(1 for f in folders if (f / warm_state.RECORD).is_file()), "bytes": _tree_bytes(top)}
 
 
 def _version_key(text: str) -> tuple[int, ...]:

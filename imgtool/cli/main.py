@@ -18,7 +18,17 @@ import typer.main
 from typer._click import exceptions as clicks
 
 from imgtool import __version__
-from imgtool.cli import gallery_cmds, guest_cmds, remote_cmds, serve_cmds, store_cmds, trust_cmds, version_cmds, vm_cmds
+from imgtool.cli import (
+    gallery_cmds,
+    guest_cmds,
+    remote_cmds,
+    serve_cmds,
+    store_cmds,
+    trust_cmds,
+    version_cmds,
+    vm_cmds,
+    warm_cmds,
+)
 from imgtool.cli.output import State, flush_json
 from imgtool.errors import ImgtoolError, InvalidArgument
 from imgtool.flows.shapes import error as error_json
@@ -38,6 +48,7 @@ app = typer.Typer(
 app.add_typer(gallery_cmds.gallery_app, name="gallery")
 app.add_typer(gallery_cmds.definition_app, name="definition")
 app.add_typer(version_cmds.version_app, name="version")
+warm_cmds.register(version_cmds.version_app)
 app.add_typer(vm_cmds.vm_app, name="vm")
 version_cmds.register(app)
 store_cmds.register(app)

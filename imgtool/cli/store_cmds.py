@@ -187,5 +187,6 @@ def du(ctx: typer.Context) -> None:
     captures, base_info = usage["captures"], usage["bases"]
     print(f"unpublished captures: {captures['count']}, {human_bytes(captures['unpublished_bytes'])} only they hold")
     print(f"VM bases: {base_info['count']}, {human_bytes(base_info['bytes'])}")
+    print(f"warm states: {usage['warm']['count']}, {human_bytes(usage['warm']['bytes'])}")
     print(f"VM folders: {len(usage['vms'])}, {human_bytes(sum(v['bytes'] for v in usage['vms']))}")
     print(f"store: {human_bytes(usage['store_bytes'])} on disk; home total: {human_bytes(usage['home_bytes'])}")

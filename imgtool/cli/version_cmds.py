@@ -174,7 +174,7 @@ def _list_deleted(home: Any, r: Any, as_json: bool) -> None:
 @version_app.command("show")
 def version_show(ctx: typer.Context, ref: Annotated[str, Arg(help="GALLERY/DEFINITION@X.Y.Z or @latest")]) -> None:
     """Show a version: disks, provenance, publishing settings, replication targets."""
-    from imgtool.cli import remote_cmds
+    from imgtool.cli import remote_cmds, warm_cmds
     from imgtool.flows import replication
     from imgtool.gallery import lookup
 
@@ -182,7 +182,8 @@ def version_show(ctx: typer.Context, ref: Annotated[str, Arg(help="GALLERY/DEFIN
     v, digest = lookup.get_version(st.home, ref)
     if st.json:
         emit_json({**shapes.version_of(st.home, ref),
-                   "replication": replication.describe(st.home, v.gallery, v.definition, v.version)})
+                   "replication": replication.describe(st.home, v.gallery, v.definition, v.version),
+                   "warm": warm_cmds.warm_json(st.home, digest)})
         return
     pairs: list[tuple[str, Any]] = [
         ("version", f"{v.gallery}/{v.definition}@{v.version}"), ("record", digest), ("os state", v.os_state),
@@ -201,6 +202,7 @@ def version_show(ctx: typer.Context, ref: Annotated[str, Arg(help="GALLERY/DEFIN
                                      f"{str(pulled.get('manifest'))[:19]}"))
     pairs.extend(remote_cmds.replication_rows(st.home, v.gallery, v.definition, v.version))
     pairs.append(("audit", _audit_line(v.audit)))
+    pairs.extend(warm_cmds.warm_rows(st.home, digest))
     fields(pairs)
     if v.check and v.check.console_tail:
         print("console tail of the failed check:")

@@ -96,6 +96,8 @@ def vm_new(
                                      "first); the VM's next start after hydration uses a local base.")] = False,
     hydrate: Annotated[str, Opt(metavar="MODE", help="With --stream: background (fetch everything) or "
                                                      "on-demand (only what the guest reads).")] = "background",
+    warm: Annotated[bool, Opt(help="Restore the VM from the version's warm state of its size (imgtool version "
+                                   "warm) and personalize it: it is running afterwards, as with --start.")] = False,
 ) -> None:
     """Create a VM from an image version: one qcow2 overlay per disk over a shared read-only base, and a
     cloud-init NoCloud seed for generalized images. The version's digest is pinned in the VM's record."""
@@ -104,6 +106,7 @@ def vm_new(
     from imgtool.vm import runtime as vmrun
 
     st = state(ctx)
+    start = start or warm  # a warm VM is restored running
     if accel is not None:
         _check_accel(accel)
         if not start:
@@ -117,6 +120,13 @@ def vm_new(
                        admin_user=admin_user, ssh_key=ssh_key, user_data=user_data,
                        ignore_recommendations=ignore_recommendations, allow_revoked=allow_revoked,
                        disk_size=disk_bytes, forwards=forwards)
+    if warm:
+        if stream:
+            raise InvalidArgument("--warm and --stream cannot be combined", hint="a warm state is made from a "
+                                  "local version: pull it first (imgtool pull), then imgtool version warm")
+        _new_warm(st, dataclasses.replace(request, image=_local_image(st, image)), accel=accel,
+                  wait_timeout=wait_timeout if wait else None)
+        return
     record = _new_streamed(st, request, stream=stream, hydrate=hydrate)
     warnings: list[str] = []
     if record is None:
@@ -205,6 +215,23 @@ def _hydration_line(found: dict[str, Any] | None) -> str:
     if found.get("state") == "paused-waiting-for-remote":
         line += f" (paused: waiting for {found.get('remote')}; imgtool vm resume NAME)"
     return line
+
+
+def _new_warm(st: Any, request: Any, *, accel: str | None, wait_timeout: float | None) -> None:
+    from imgtool.cli import warm_cmds
+
+    started = warm_cmds.new_warm(st.home, request, accel=accel)
+    if wait_timeout is not None:
+        from imgtool.cli.guest_cmds import wait_ready
+        wait_ready(st, request.name, timeout=wait_timeout, cloud_init=False)
+    if st.json:
+        emit_json(shapes.vm_of(st.home, request.name, warm=started.to_json()))
+        return
+    print(f"created VM {request.name} from {started.record.image}, restored warm in {started.restore_seconds:.1f}s "
+          f"and personalized in {started.personalize_seconds:.1f}s")
+    for line in _got(started.record):
+        print(f"  {line}")
+    print(_ssh_line(request.name, started.runtime))
 
 
 @vm_app.command("update")

@@ -20,6 +20,12 @@ Choices, with reasons:
 - A virtio RNG: a freshly booted guest generating SSH host keys would otherwise
   wait on entropy.
 - No `-no-reboot`: a guest that reboots should come back.
+- Warm starts (`Warm`): guest RAM is a file (`memory-backend-file`, named by `-machine
+  memory-backend=`), shared (the template writes its RAM into the file) or private (a VM maps the
+  saved file copy-on-write, so VMs restored from one warm state share its unchanged pages); a
+  virtio-serial port for the personalization agent; a `vmgenid` device, whose new GUID on restore
+  makes a guest kernel with the driver reseed its RNG at once; `-incoming defer`, so the caller can
+  set the migration capabilities before the state is read.
 """
 
 from __future__ import annotations
@@ -79,6 +85,22 @@ class VmSpec:
     serial_log: Path
     pid_file: Path
     forwards: tuple[tuple[int, int], ...] = ()  # extra (host port, guest port) TCP forwards on 127.0.0.1
+    warm: Warm | None = None  # a warm template or a VM restored from a warm state
+
+
+AGENT_PORT = "org.imgtool.agent"  # the virtio-serial port name the guest agent looks for
+RAM_ID = "ram0"
+
+
+@dataclass(frozen=True)
+class Warm:
+    """What a warm template and a VM restored from its state add to a VM (see the module's notes)."""
+
+    machine: str  # the resolved machine type (e.g. "pc-q35-7.2"): a saved state loads only into the same one
+    ram_file: Path
+    ram_shared: bool  # True for the template (its RAM lands in the file), False for a restored VM
+    agent_socket: Path  # unix socket QEMU listens on for the agent's port
+    incoming: bool  # start paused, waiting for `migrate-incoming`
 
 
 def qemu_binary(arch: str) -> str:
@@ -86,6 +108,12 @@ def qemu_binary(arch: str) -> str:
     if arch not in ARCHES:
         raise InvalidArgument(f"unknown architecture {arch!r}", hint=f"use one of {', '.join(ARCHES)}")
     return f"qemu-system-{arch}"
+
+
+def machine_alias(arch: str) -> str:
+    """The machine type imgtool asks for ("q35", "virt"); QEMU resolves it to a versioned one."""
+    qemu_binary(arch)
+    return _MACHINE[arch]
 
 
 def escape(value: str | Path) -> str:
@@ -109,7 +137,11 @@ def validate(spec: VmSpec) -> None:
             f"QMP socket path is longer than {MAX_SOCKET_PATH} bytes: {spec.qmp_socket}",
             hint="use a shorter state directory",
         )
-    for path in (spec.qmp_socket, spec.serial_log, spec.pid_file, *(d.path for d in spec.disks)):
+    warm_paths = (spec.warm.ram_file, spec.warm.agent_socket) if spec.warm else ()
+    if spec.warm and len(str(spec.warm.agent_socket).encode()) > MAX_SOCKET_PATH:
+        raise InvalidArgument(f"agent socket path is longer than {MAX_SOCKET_PATH} bytes: {spec.warm.agent_socket}",
+                              hint="use a shorter state directory")
+    for path in (spec.qmp_socket, spec.serial_log, spec.pid_file, *(d.path for d in spec.disks), *warm_paths):
         if "\n" in str(path) or "\0" in str(path):
             raise InvalidArgument(f"path {str(path)!r} contains a newline or NUL", hint="rename it")
 
@@ -161,14 +193,27 @@ def build_argv(spec: VmSpec, *, daemonize: bool = True) -> list[str]:
     argv += _firmware_args(spec)
     argv += _disk_args(spec)
     argv += _device_args(spec)
+    argv += _warm_args(spec)
     return argv
+
+
+def device_set(spec: VmSpec) -> list[str]:
+    """The devices the guest sees, host paths left out: a saved state restores only onto the same set."""
+    disks = [f"virtio-blk:{d.format}{':ro' if d.readonly else ''}" for d in spec.disks]
+    devices = [*disks, *(["virtio-blk:seed"] if spec.seed else []), "virtio-net-pci", "virtio-rng-pci"]
+    if spec.firmware == "uefi":
+        devices.append("pflash:ovmf")
+    if spec.warm:
+        devices += ["virtio-serial-pci", f"virtserialport:{AGENT_PORT}", "vmgenid"]
+    return devices
 
 
 def _machine_args(spec: VmSpec) -> list[str]:
     accel = "tcg,thread=multi" if spec.accel == "tcg" else "kvm"
+    machine = _MACHINE[spec.arch] if spec.warm is None else f"{spec.warm.machine},memory-backend={RAM_ID}"
     return [
         "-name", f"guest={escape(spec.name)}",
-        "-machine", _MACHINE[spec.arch],
+        "-machine", machine,
         "-accel", accel,
         "-cpu", "max" if spec.accel == "tcg" else "host",
         "-smp", str(spec.cpus),
@@ -240,3 +285,21 @@ def _device_args(spec: VmSpec) -> list[str]:
         "-device", "virtio-net-pci,netdev=n0",
         "-device", "virtio-rng-pci",
     ]  # fmt: skip
+
+
+def _warm_args(spec: VmSpec) -> list[str]:
+    if spec.warm is None:
+        return []
+    warm = spec.warm
+    share = "on" if warm.ram_shared else "off"
+    args = [
+        "-object", f"memory-backend-file,id={RAM_ID},size={spec.memory_mib}M,mem-path={escape(warm.ram_file)},"
+                   f"share={share}",
+        "-device", "virtio-serial-pci",
+        "-chardev", f"socket,id=agent0,path={escape(warm.agent_socket)},server=on,wait=off",
+        "-device", f"virtserialport,chardev=agent0,name={AGENT_PORT}",
+        "-device", "vmgenid,guid=auto",
+    ]  # fmt: skip
+    if warm.incoming:
+        args += ["-incoming", "defer"]
+    return args

@@ -45,6 +45,8 @@ PACKAGES = {
     "debugfs": "e2fsprogs",
     "qemu-storage-daemon": "qemu-system-common",
     "unshare": "util-linux",
+    "fallocate": "util-linux",
+    "zstd": "zstd",
 }
 
 

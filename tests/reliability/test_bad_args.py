@@ -114,6 +114,13 @@ def cases(f: dict[str, str]) -> list[tuple[list[str], int]]:
         ([*new_vm, "--memory", "10", "--ignore-recommendations"], 2),
         ([*new_vm, "--memory", "abc"], 2),
         ([*new_vm, "--memory", "1e9"], 2),
+        # warm starts: no warm state made, sizes no VM can have, options that cannot apply
+        ([*new_vm, "--warm"], 3),
+        ([*new_vm, "--warm", "--disk-size", "1G"], 2),
+        (["version", "warm", "g/d@1.0.0", "--cpus", "0"], 2),
+        (["version", "warm", "g/d@1.0.0", "--memory", "10"], 2),
+        (["version", "warm", "g/d@1.0.0", "--accel", "hax"], 2),
+        (["version", "warm", "g/d@9.9.9"], 3),
         # formats and dates
         (["capture", f["good"], "--format", "qcow3"], 2),
         (["capture", f["good"], "--format", "qcow2"], 2),
