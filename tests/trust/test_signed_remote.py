@@ -208,8 +208,22 @@ def test_latest_is_the_highest_verified_version(world: World) -> None:
     assert listed["latest"] == "1.0.0"  # type: ignore[index]
     reasons = {c["version"]: c["reason"] for c in listed["candidates"]}  # type: ignore[index]
     assert reasons["1.1.0"].startswith("dropped: not verified") and "is not signed" in reasons["1.1.0"]
+
     pulled = world.user.json("pull", "origin:team/base")
     assert pulled["tag"] == "1.0.0"  # type: ignore[index]
+
+
+def test_a_long_refusal_reaches_remote_versions_whole(world: World) -> None:
+    src = Home.at(world.publisher.home)
+    publish_bytes(src, "team/base", "1.1.0", disk_bytes(1 << 20, seed=42))
+    for key in ("stranger", "intruder"):  # two untrusted signatures make a refusal longer than 160 characters
+        world.publisher("key", "generate", key)
+        world.publisher("push", "team/base@1.1.0", "origin", "--sign", key)
+    world.user("trust", "add", "origin", str(world.pub_key))
+    why = world.user("pull", "origin:team/base@1.1.0", ok=False).stderr.split("error: ")[1].splitlines()[0]
+    listed = world.user.json("remote", "versions", "origin:team/base", "--explain")
+    reasons = {c["version"]: c["reason"] for c in listed["candidates"]}  # type: ignore[index]
+    assert len(why) > 160 and reasons["1.1.0"] == f"dropped: not verified: {why}"
 
 
 def test_vm_new_reverifies_from_the_store(world: World) -> None:
