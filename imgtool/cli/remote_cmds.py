@@ -180,7 +180,8 @@ def remote_versions(
 
 def push_cmd(
     ctx: typer.Context,
-    source: Annotated[str, Arg(help="GALLERY, GALLERY/DEFINITION or GALLERY/DEFINITION@X.Y.Z")],
+    source: Annotated[str, Arg(help="GALLERY or GALLERY/DEFINITION (every version), GALLERY/DEFINITION@X.Y.Z, "
+                                    "or GALLERY/DEFINITION@latest (the one latest picks here)")],
     remote: Annotated[str, Arg(help="Remote name.")],
     sign: Annotated[str | None, Opt("--sign", help="Sign each version pushed with this key of yours "
                                                    "(default: the remote's signing key, see imgtool trust "

@@ -22,6 +22,7 @@ from typing import Any
 
 from imgtool.errors import NotFound, Refused
 from imgtool.gallery.galleries import DEFINITIONS, GALLERIES, VERSIONS
+from imgtool.gallery.lookup import get_version
 from imgtool.gallery.model import ImageVersion
 from imgtool.home import Home
 from imgtool.names import check_name, parse_image_ref, ref_fields
@@ -73,7 +74,7 @@ class PushResult:
 
 
 def versions_of(home: Home, source: str) -> list[tuple[ImageVersion, str]]:
-    """SRC (`G`, `G/D` or `G/D@X.Y.Z`) as (version, record digest) pairs, lowest version first."""
+    """SRC (`G`, `G/D`, `G/D@X.Y.Z` or `G/D@latest`) as (version, record digest) pairs, lowest version first."""
     store = home.store
     if "/" not in source:
         gallery = check_name(source, "gallery")
@@ -85,8 +86,8 @@ def versions_of(home: Home, source: str) -> list[tuple[ImageVersion, str]]:
         if store.get_name(DEFINITIONS, ref.gallery, ref.definition) is None:
             raise NotFound(f"definition '{ref.definition_ref}' does not exist",
                            hint=f"list them with imgtool definition list {ref.gallery}")
-        if ref.version is not None and "@" in source:
-            keys = [(ref.gallery, ref.definition, str(ref.version))]
+        if "@" in source:  # @X.Y.Z is that version, @latest the one latest picks here (never all of them)
+            keys = [(ref.gallery, ref.definition, get_version(home, ref)[0].version)]
         else:
             keys = [(ref.gallery, ref.definition, key[0]) for key, _ in
                     store.list_names(VERSIONS, ref.gallery, ref.definition)]
