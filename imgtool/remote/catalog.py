@@ -31,7 +31,10 @@ def remote_versions(target: Target, repo: str) -> list[RemoteVersion]:
     beside imgtool's; a repository whose version-like tags are all something else is refused, saying why."""
     found = []
     skipped: ImgtoolError | None = None
-    for tag in reversed(version_tags(target.tags(repo))):
+    tags = target.tags(repo)
+    if not tags:
+        check_repository(target, repo)
+    for tag in reversed(version_tags(tags)):
         try:
             fetched = target.get_manifest(repo, tag)
             manifest = parse_manifest(fetched.data, fetched.digest, f"{repo}:{tag}")
@@ -47,6 +50,17 @@ def remote_versions(target: Target, repo: str) -> list[RemoteVersion]:
         raise type(skipped)(f"{target.label}:{repo} holds no imgtool version: {skipped.message}",
                             hint=skipped.hint)
     return found
+
+
+def check_repository(target: Target, repo: str) -> None:
+    """NotFound unless `repo` exists on the remote: a misspelled definition, a missing layout folder or a
+    URL that is not a registry must not look like a definition without versions."""
+    if target.has_repository(repo):
+        return
+    gallery, definition = repo.split("/")[-2:]
+    raise NotFound(f"{target.label} has no definition {gallery}/{definition} (no repository {repo})",
+                   hint=f"check the spelling; a definition gets there when pushed: imgtool push "
+                        f"{gallery}/{definition} {target.label}")
 
 
 def resolve(found: list[RemoteVersion], *, refused: dict[str, str] | None = None) -> tuple[Version | None,

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import os
 import stat
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -66,6 +70,53 @@ def test_errors_are_one_clear_line(registry: Registry, tmp_path: Path) -> None:
     assert "Traceback" not in missing.stderr
     unknown = a("pull", "nope:team/base", ok=False)
     assert unknown.returncode == 3 and "remote add" in unknown.stderr
+
+
+@contextlib.contextmanager
+def web_page_server() -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 that is not a registry: every path is a 404 web page."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(404)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<html>no such page</html>")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_a_missing_definition_layout_or_registry_is_not_an_empty_remote(registry: Registry, tmp_path: Path) -> None:
+    src = make_home(tmp_path / "a")
+    publish_bytes(src, "team/base", "1.0.0", disk_bytes(1 << 20, seed=22))
+    a = cli_for(src.root, tmp_path)
+    a("remote", "add", "origin", f"{registry.url}/missing")
+    a("trust", "policy", "origin", "any")
+    a("push", "team/base@1.0.0", "origin")
+    assert [v["version"] for v in a.json("remote", "versions", "origin:team/base")["versions"]] == ["1.0.0"]  # type: ignore[index]
+    typo = a("remote", "versions", "origin:team/bsae", ok=False)
+    assert typo.returncode == 3 and "origin has no definition team/bsae" in typo.stderr
+    assert a("pull", "origin:team/bsae", ok=False).returncode == 3
+    a("remote", "add", "usb", f"oci-layout:{tmp_path / 'unmounted'}")
+    gone = a("remote", "versions", "usb:team/base", ok=False)
+    assert gone.returncode == 3 and "layout folder" in gone.stderr and "does not exist" in gone.stderr
+    (tmp_path / "unmounted").mkdir()
+    assert "usb has no definition team/base" in a("remote", "versions", "usb:team/base", ok=False).stderr
+    with web_page_server() as url:
+        a("remote", "add", "web", url)
+        page = a("remote", "versions", "web:team/base", ok=False)
+    assert page.returncode == 12 and "does not answer as an OCI registry" in page.stderr
+    assert "Traceback" not in typo.stderr + gone.stderr + page.stderr
 
 
 def test_htpasswd_login_wrong_password_and_missing_login(auth_registry: Registry, tmp_path: Path) -> None:
