@@ -128,7 +128,10 @@ def test_publish_refuses_identity_then_offline_generalize_makes_it_clean(cli: Cl
     assert cli("audit", "vm:box:3", ok=False).returncode == 3  # no data disk at LUN 3
     refused_admin = cli("vm", "generalize", "box", "--remove-admin", ok=False)
     assert refused_admin.returncode == 5  # a specialized VM has no provisioned admin to remove
+    pinned = cli.home / "vms" / "box" / "known_hosts"
+    pinned.write_text("[imgtool-box]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOld\n")  # what vm ssh remembered
     done = cli.json("vm", "generalize", "box")
+    assert not pinned.exists()  # the host keys were removed: the new ones must not be refused
     assert isinstance(done, dict)
     removed = set(done["removed"])
     assert {"/etc/ssh/ssh_host_ed25519_key", "/etc/ssh/ssh_host_ed25519_key.pub", "/etc/machine-id (emptied)",

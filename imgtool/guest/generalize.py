@@ -27,7 +27,7 @@ from imgtool.guest.fs import Debugfs
 from imgtool.guest.targets import vm_target
 from imgtool.home import Home
 from imgtool.vm import runtime as vmrun
-from imgtool.vm.record import load, save
+from imgtool.vm.record import load, save, vm_dir
 
 CLOUD_INIT_SUDOERS = "/etc/sudoers.d/90-cloud-init-users"
 ACCOUNT_FILES = ("/etc/passwd", "/etc/shadow", "/etc/group", "/etc/gshadow")
@@ -63,6 +63,9 @@ def generalize(home: Home, name: str, *, remove_admin: bool = False, timeout: fl
 def _mark(home: Home, result: Result) -> None:
     # Reloaded: the online path stopped the VM meanwhile (and the runtime may have touched its files).
     save(home, dataclasses.replace(load(home, result.name), generalized=True))
+    # The guest's host keys are gone and its next boot makes new ones: the pinned old key would make
+    # `vm ssh`/`vm wait` refuse the VM (after `vm start --force`) as if it were an impostor.
+    (vm_dir(home, result.name) / ssh.KNOWN_HOSTS).unlink(missing_ok=True)
 
 
 # -- online ---------------------------------------------------------------
