@@ -14,10 +14,12 @@ A second push of the same version finds the tag with the same disks and settings
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any
 
 from imgtool.errors import NotFound, Refused
@@ -121,6 +123,40 @@ def manifest_annotations(version: ImageVersion, definition: dict[str, Any]) -> d
     return notes
 
 
+def public_record(record: dict[str, Any]) -> dict[str, Any]:
+    """The version record as it travels: what a consumer needs to know of each disk's source (its kind,
+    format, name and digest), never the publisher's local paths. Idempotent (a pulled record is pushed
+    on as it came)."""
+    disks = [{**d, "source": _public_source(d.get("source"), d.get("digest"))} for d in record.get("disks") or []]
+    body = {**record, "disks": disks}
+    provenance = record.get("provenance")
+    if isinstance(provenance, dict) and "os_disk" in provenance:  # the OS disk's source again
+        os_digest = disks[0].get("digest") if disks and isinstance(disks[0], dict) else None
+        body["provenance"] = {**provenance, "os_disk": _public_source(provenance["os_disk"], os_digest)}
+    audit = record.get("audit")
+    if isinstance(audit, dict) and isinstance(audit.get("source"), str):
+        body["audit"] = {**audit, "source": _public_text(audit["source"])}
+    return body
+
+
+def _public_text(text: str) -> str:
+    """A source as typed: a file keeps its base name; vm:, snapshot:, blake3: and G/D@V have no path."""
+    named = text.startswith(("vm:", "snapshot:", "blake3:")) or re.fullmatch(r"[^/@]+/[^/@]+@[^/]+", text)
+    return text if named else PurePath(text).name
+
+
+def _public_source(source: Any, digest: Any) -> Any:
+    if isinstance(source, str):
+        return _public_text(source)
+    if not isinstance(source, dict):
+        return source
+    kept = {k: v for k, v in source.items() if k != "path"}
+    if source.get("kind") == "file":
+        path = source.get("path")
+        kept = {**kept, "name": PurePath(path).name if isinstance(path, str) else kept.get("name"), "digest": digest}
+    return kept
+
+
 def _settings(record: dict[str, Any]) -> tuple[Any, ...]:
     check = record.get("check")
     return (record.get("exclude_from_latest"), record.get("end_of_life"),
@@ -156,7 +192,7 @@ class Pusher:
     def push(self, version: ImageVersion) -> PushResult:
         repo, tag = self.repository(version), version.version
         name = f"{version.gallery}/{version.definition}@{version.version}"
-        record = version.to_json()
+        record = public_record(version.to_json())
         definition = self.store.get_manifest(version.definition_record)
         existing = self._existing(repo, tag)
         if existing is not None:

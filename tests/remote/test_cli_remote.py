@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli import Cli
+from tests.conftest import require_tools
 from tests.remote.conftest import PASSWORD, USER
 from tests.remote.helpers import disk_bytes, make_home, publish_bytes
 from tests.remote.registry import Registry, running
@@ -219,3 +220,35 @@ def test_vm_new_from_a_remote_image_pulls_first(registry: Registry, tmp_path: Pa
     assert made["image"] == "team/spec@1.0.0"  # type: ignore[index]
     assert b.json("version", "show", "team/spec@1.0.0")["provenance"]["pulled_from"]["remote"] == "origin"  # type: ignore[index]
     b.json("vm", "new", "dev2", "--image", "origin:team/spec@1.0.0")  # already here: nothing pulled again
+
+
+def test_a_pushed_record_carries_no_publisher_paths(tmp_path: Path) -> None:
+    require_tools("qemu-img")
+    private = tmp_path / "private-folder-of-the-publisher"
+    private.mkdir()
+    disk = private / "golden.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "4M"], check=True)
+    a = cli_for(tmp_path / "a", tmp_path)
+    a("gallery", "create", "team")
+    a("definition", "create", "team/base", "--publisher", "p", "--offer", "o", "--sku", "s", "--os-type", "linux",
+      "--os-state", "generalized")
+    a("publish", "team/base", "--version", "1.0.0", "--os-disk", str(disk))
+    assert str(private) in json.dumps(a.json("version", "show", "team/base@1.0.0"))  # kept locally
+    layout = tmp_path / "layout"
+    a("remote", "add", "usb", f"oci-layout:{layout}")
+    a("push", "team/base@1.0.0", "usb")
+    blobs = [p.read_bytes() for p in layout.rglob("blobs/sha256/*") if p.stat().st_size < 1 << 20]
+    configs = [b for b in blobs if b"imgtool-version-config" in b]
+    assert configs and not any(str(private).encode() in b or b"private-folder" in b for b in blobs)
+    record = json.loads(configs[0])["version"]
+    source = record["disks"][0]["source"]
+    assert source["kind"] == "file" and source["format"] == "qcow2" and source["name"] == "golden.qcow2"
+    assert source["digest"] == record["disks"][0]["digest"] and "path" not in source
+    assert record["provenance"]["os_disk"] == source and record["audit"]["source"] == "golden.qcow2"
+    b = cli_for(tmp_path / "b", tmp_path)
+    b("remote", "add", "usb", f"oci-layout:{layout}")
+    b("trust", "policy", "usb", "any")
+    b("pull", "usb:team/base@1.0.0")
+    shown = b.json("version", "show", "team/base@1.0.0")
+    assert str(private) not in json.dumps(shown) and b("verify", "--deep").returncode == 0
+    b("push", "team/base@1.0.0", "usb")  # pushed on as it came: the same record, nothing changes
