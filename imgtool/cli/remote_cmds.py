@@ -186,9 +186,12 @@ def push_cmd(
     sign: Annotated[str | None, Opt("--sign", help="Sign each version pushed with this key of yours "
                                                    "(default: the remote's signing key, see imgtool trust "
                                                    "signing-key).")] = None,
+    with_revocation: Annotated[bool, Opt(help="Push versions revoked here too, with their revocation: their "
+                                              "record says so, and a signed statement is attached.")] = False,
 ) -> None:
     """Push versions (and their definition and gallery records) the remote lacks. Only chunks the remote
-    does not hold travel; the tag is put last; a second push sends nothing; a killed push resumes."""
+    does not hold travel; the tag is put last; a second push sends nothing; a killed push resumes.
+    A version revoked here is refused unless --with-revocation."""
     from imgtool.flows import sharing
     from imgtool.trust.homes import keyring
 
@@ -198,7 +201,8 @@ def push_cmd(
     bar = ProgressBar(f"pushing {source}", enabled=not st.json)
     stats: dict[str, int] = {}
     try:
-        results = sharing.push_source(st.home, source, remote, sign=sign, progress=bar, stats=stats)
+        results = sharing.push_source(st.home, source, remote, sign=sign, progress=bar, stats=stats,
+                                      with_revocation=with_revocation)
     finally:
         bar.close()
     if st.json:

@@ -9,8 +9,8 @@ from imgtool import clock
 from imgtool.errors import Corrupt, ImgtoolError, InvalidArgument, NotFound
 from imgtool.gallery.versions import Candidate, Verdict, resolve_latest
 from imgtool.names import Version
-from imgtool.oci.target import Target
-from imgtool.remote.format import parse_manifest
+from imgtool.oci.target import Target, read_all
+from imgtool.remote.format import VersionManifest, parse_config, parse_manifest
 from imgtool.remote.knowledge import version_tags
 
 
@@ -38,6 +38,7 @@ def remote_versions(target: Target, repo: str) -> list[RemoteVersion]:
         try:
             fetched = target.get_manifest(repo, tag)
             manifest = parse_manifest(fetched.data, fetched.digest, f"{repo}:{tag}")
+            revoked = notes_revoked(manifest.annotations) or config_revoked(target, repo, manifest)
         except (InvalidArgument, Corrupt, NotFound) as exc:
             skipped = skipped or exc
             continue
@@ -45,11 +46,27 @@ def remote_versions(target: Target, repo: str) -> list[RemoteVersion]:
         found.append(RemoteVersion(tag, fetched.digest, notes.get("org.imgtool.exclude-from-latest") == "true",
                                    notes.get("org.imgtool.end-of-life"),
                                    notes.get("org.opencontainers.image.created"), notes.get("org.imgtool.boot-check"),
-                                   None, dict(notes)))
+                                   revoked, dict(notes)))
     if not found and skipped is not None:
         raise type(skipped)(f"{target.label}:{repo} holds no imgtool version: {skipped.message}",
                             hint=skipped.hint)
     return found
+
+
+def notes_revoked(notes: dict[str, str]) -> str | None:
+    reason = notes.get("org.imgtool.revoked")
+    return f"by its publisher: {reason}" if reason else None
+
+
+def config_revoked(target: Target, repo: str, manifest: VersionManifest) -> str | None:
+    """The revocation the version's own record carries (pushed --with-revocation, or by an imgtool that
+    wrote no annotation): honoured by every remote view, since it can only make a version less usable."""
+    data = read_all(target.get_blob(repo, manifest.config.digest, size=manifest.config.size))
+    record, _definition, _gallery = parse_config(data, f"config of {repo}")
+    revocation = record.get("revocation")
+    if isinstance(revocation, dict) and isinstance(revocation.get("reason"), str):
+        return f"by its publisher: {revocation['reason'][:512]}"
+    return None
 
 
 def check_repository(target: Target, repo: str) -> None:

@@ -120,6 +120,8 @@ def manifest_annotations(version: ImageVersion, definition: dict[str, Any]) -> d
         notes["org.imgtool.end-of-life"] = version.end_of_life
     if version.check is not None:  # the remote's latest obeys boot checks too (imgtool.remote.catalog)
         notes["org.imgtool.boot-check"] = version.check.state
+    if version.revocation is not None:  # pushed --with-revocation: readers need not fetch the config to see it
+        notes["org.imgtool.revoked"] = version.revocation.reason[:512]
     return notes
 
 
@@ -159,8 +161,10 @@ def _public_source(source: Any, digest: Any) -> Any:
 
 def _settings(record: dict[str, Any]) -> tuple[Any, ...]:
     check = record.get("check")
+    revocation = record.get("revocation")
     return (record.get("exclude_from_latest"), record.get("end_of_life"),
-            record.get("block_deletion_before_end_of_life"), check.get("state") if isinstance(check, dict) else None)
+            record.get("block_deletion_before_end_of_life"), check.get("state") if isinstance(check, dict) else None,
+            revocation.get("reason") if isinstance(revocation, dict) else None)
 
 
 def _disks(record: dict[str, Any]) -> list[tuple[Any, Any]]:
@@ -375,8 +379,19 @@ def _count(result: PushResult, sent: int) -> None:
 
 
 def push(home: Home, remote: Remote, target: Target, source: str, *, progress: Progress | None = None,
-         hook: PushHook | None = None, workers: int = WORKERS) -> list[PushResult]:
-    """Push every version SRC names that the remote lacks (lowest first, so later ones reuse packs)."""
+         hook: PushHook | None = None, workers: int = WORKERS, with_revocation: bool = False) -> list[PushResult]:
+    """Push every version SRC names that the remote lacks (lowest first, so later ones reuse packs).
+
+    A revoked version is refused before anything moves unless `with_revocation`: its record (config)
+    then carries the revocation, which every remote view honours; the caller attaches the signed
+    statement (imgtool.remote.revoke.push_revocation)."""
+    versions = [version for version, _record in versions_of(home, source)]
+    revoked = [v.label for v in versions if v.revocation is not None]
+    if revoked and not with_revocation:
+        raise Refused(f"{', '.join(revoked)} {'is' if len(revoked) == 1 else 'are'} revoked here: pushing would "
+                      f"offer {'it' if len(revoked) == 1 else 'them'} to others as usable",
+                      hint="push with --with-revocation to send the revocation along (signed), or push the "
+                           "other versions by name")
     pusher = Pusher(home, remote, target, progress=progress, workers=workers, hook=hook)
-    return [pusher.push(version) for version, _record in versions_of(home, source)]
+    return [pusher.push(version) for version in versions]
 

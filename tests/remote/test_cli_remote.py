@@ -252,3 +252,37 @@ def test_a_pushed_record_carries_no_publisher_paths(tmp_path: Path) -> None:
     shown = b.json("version", "show", "team/base@1.0.0")
     assert str(private) not in json.dumps(shown) and b("verify", "--deep").returncode == 0
     b("push", "team/base@1.0.0", "usb")  # pushed on as it came: the same record, nothing changes
+
+
+def test_a_revoked_version_travels_only_with_its_revocation(registry: Registry, tmp_path: Path) -> None:
+    src = make_home(tmp_path / "a")
+    publish_bytes(src, "team/base", "1.0.0", disk_bytes(1 << 20, seed=30))
+    publish_bytes(src, "team/base", "1.1.0", disk_bytes(1 << 20, seed=31))
+    publish_bytes(src, "team/base", "1.2.0", disk_bytes(1 << 20, seed=32))
+    a = cli_for(src.root, tmp_path)
+    url = f"{registry.url}/revoked-{os.getpid()}"
+    a("remote", "add", "origin", url)
+    a("key", "generate", "release")
+    (tmp_path / "release.pub").write_text(a("key", "export", "release").stdout)
+    a("trust", "signing-key", "origin", "release")
+    a("push", "team/base@1.0.0", "origin")
+    a("version", "revoke", "team/base@1.0.0", "--reason", "CVE-2026-0001 in openssl")  # pushed, then revoked
+    a("version", "revoke", "team/base@1.2.0", "--reason", "broken boot")  # revoked, never pushed
+    refused = a("push", "team/base", "origin", ok=False)
+    assert refused.returncode == 5 and "team/base@1.0.0, team/base@1.2.0 are revoked here" in refused.stderr
+    assert "--with-revocation" in refused.stderr
+    assert [v["version"] for v in a.json("remote", "versions", "origin:team/base")["versions"]] == ["1.0.0"]  # type: ignore[index]
+    pushed = a.json("push", "team/base", "origin", "--with-revocation")
+    assert [v["status"] for v in pushed["versions"]] == ["updated", "pushed", "pushed"]  # type: ignore[index]
+
+    b = cli_for(tmp_path / "b", tmp_path)
+    b("remote", "add", "origin", url)
+    b("trust", "add", "origin", str(tmp_path / "release.pub"))
+    listed = b.json("remote", "versions", "origin:team/base", "--explain")
+    assert listed["latest"] == "1.1.0"  # type: ignore[index]
+    revoked = {v["version"]: v["revoked"] for v in listed["versions"]}  # type: ignore[index]
+    assert "CVE-2026-0001" in revoked["1.0.0"] and "broken boot" in revoked["1.2.0"] and revoked["1.1.0"] is None
+    assert b.json("pull", "origin:team/base@latest")["tag"] == "1.1.0"  # type: ignore[index]
+    gone = b("pull", "origin:team/base@1.2.0", ok=False)
+    assert gone.returncode == 5 and "revoked" in gone.stderr and "broken boot" in gone.stderr
+    assert b("pull", "origin:team/base@1.0.0", ok=False).returncode == 5
