@@ -33,13 +33,25 @@ def remote_add(
     insecure: Annotated[bool, Opt(help="Allow plain http to a non-loopback host, and skip TLS verification.")]
     = False,
     ca_file: Annotated[str | None, Opt(help="PEM file of the CA that signed the registry's certificate.")] = None,
+    sign_with: Annotated[str | None, Opt(help="Your key (imgtool key generate) that signs every version that "
+                                              "reaches this remote: push, replicate, publish --replicate-to.")]
+    = None,
 ) -> None:
     """Add a remote. http:// is accepted only for this machine's loopback addresses (or with --insecure)."""
     from imgtool.remote import remotes
+    from imgtool.trust.homes import keyring, trust_store
 
     st = state(ctx)
+    if sign_with is not None:
+        keyring(st.home).load(sign_with)  # a missing or unusable key fails before the remote is added
     remote = remotes.add(st.home, name, url, insecure=insecure, ca_file=ca_file)
-    emit_json(remote.describe()) if st.json else print(f"added remote {name} ({remote.url})")
+    if sign_with is not None:
+        trust_store(st.home).set_signing_key(name, sign_with)
+    if st.json:
+        emit_json({**remote.describe(), "signing_key": sign_with})
+        return
+    print(f"added remote {name} ({remote.url})" + (f"; what reaches it is signed with key {sign_with}"
+                                                   if sign_with else ""))
 
 
 @remote_app.command("list")
