@@ -188,3 +188,17 @@ def test_vm_wait_stops_at_a_changed_host_key_instead_of_retrying(tmp_path: Path,
     finally:
         qemu.kill()
         qemu.wait()
+
+
+@pytest.mark.parametrize(("source", "hint"), [
+    ("disk.qcow2", "imgtool generalize disk.qcow2"),
+    ("vm:web:os", "imgtool vm generalize web"),
+    ("snapshot:web/clean", "imgtool vm snapshot restore web clean, then imgtool vm generalize web"),
+    ("team/base@1.0.0", "imgtool vm generalize NAME and use --os-disk vm:NAME"),
+    ("blake3:" + "a" * 64, "imgtool generalize FILE"),
+])
+def test_the_identity_refusal_names_what_generalizes_that_source(source: str, hint: str) -> None:
+    report = audit.Report(True, None, (audit.Finding("machine_id", audit.IDENTITY, ("/etc/machine-id",), ""),))
+    with pytest.raises(Refused) as caught:
+        service.gate(report, source=source, allow_identity=False)
+    assert hint in caught.value.hint and "--allow-identity" in caught.value.hint
