@@ -141,6 +141,7 @@ def test_exports_take_the_format_from_the_extension_and_never_overwrite(cli: Cli
             head = (tmp_path / name).read_bytes()[:4]
             assert (head == b"QFI\xfb") == (fmt is not None), name
             assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640, name  # 0666 less the umask
+        assert "mode 0666 less the umask" in cli("version", "export", "--help").stdout  # as the help says
     finally:
         os.umask(old)
     again = cli("version", "export", "g/d@1.0.0", str(tmp_path / "a.qcow2"), ok=False)

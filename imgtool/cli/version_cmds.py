@@ -16,8 +16,9 @@ if TYPE_CHECKING:
     from imgtool.gallery.model import ImageVersion
     from imgtool.gallery.version_index import Summary
 
-version_app = typer.Typer(help="Image versions (GALLERY/DEFINITION@X.Y.Z): list, show, update, delete, resolve "
-                          "latest, export.", no_args_is_help=True)
+version_app = typer.Typer(help="Image versions (GALLERY/DEFINITION@X.Y.Z; made by imgtool publish): list, show, "
+                          "resolve latest, update, delete, restore, check, revoke, users, export, verify.",
+                          no_args_is_help=True)
 Opt = typer.Option
 Arg = typer.Argument
 
@@ -426,7 +427,7 @@ def version_export(
     disk: Annotated[int | None, Opt("--disk", help="Data disk LUN (default: the OS disk).")] = None,
     force: Annotated[bool, Opt("--force", help="Overwrite an existing output file.")] = False,
 ) -> None:
-    """Write one disk of a version back out as a file (mode 0644 less the umask, like any new file)."""
+    """Write one disk of a version back out as a file (mode 0666 less the umask, like any new file)."""
     from imgtool.gallery import image_versions
 
     st = state(ctx)
