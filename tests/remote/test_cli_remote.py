@@ -6,6 +6,7 @@ import contextlib
 import http.server
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from tests.remote.helpers import disk_bytes, make_home, publish_bytes
 from tests.remote.registry import Registry, running
 
 pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def cli_for(home_root: Path, tmp_path: Path) -> Cli:
@@ -286,3 +288,36 @@ def test_a_revoked_version_travels_only_with_its_revocation(registry: Registry, 
     gone = b("pull", "origin:team/base@1.2.0", ok=False)
     assert gone.returncode == 5 and "revoked" in gone.stderr and "broken boot" in gone.stderr
     assert b("pull", "origin:team/base@1.0.0", ok=False).returncode == 5
+
+
+def _documented_keys(row: str) -> set[str]:
+    """The JSON keys a SHARING.md table row names (REF stands for ref, gallery, definition, version)."""
+    keys = set(re.findall(r'"([a-z_]+)"', row.split("|", 2)[2]))
+    return keys | ({"ref", "gallery", "definition", "version"} if "REF" in row else set())
+
+
+def _keys(value: object) -> set[str]:
+    if isinstance(value, dict):
+        return set(value) | {k for v in value.values() for k in _keys(v)}
+    if isinstance(value, list):
+        return {k for v in value for k in _keys(v)}
+    return set()
+
+
+def test_sharing_md_json_table_matches_the_output(tmp_path: Path) -> None:
+    rows = {line.split("`")[1]: line for line in (ROOT / "docs" / "SHARING.md").read_text().splitlines()
+            if line.startswith("| `")}
+    src = make_home(tmp_path / "a")
+    publish_bytes(src, "team/base", "1.0.0", disk_bytes(1 << 20, seed=40))
+    a = cli_for(src.root, tmp_path)
+    layout = f"oci-layout:{tmp_path / 'layout'}"
+    added = a.json("remote", "add", "usb", layout)
+    b = cli_for(tmp_path / "b", tmp_path)
+    b("remote", "add", "usb", layout)
+    b("trust", "policy", "usb", "any")
+    outputs = {"remote add": added, "push": a.json("push", "team", "usb"),
+               "remote versions": a.json("remote", "versions", "usb:team/base"),
+               "pull": b.json("pull", "usb:team/base"), "remote list": a.json("remote", "show", "usb")}
+    for command, output in outputs.items():
+        undocumented = _keys(output) - _documented_keys(rows[command])
+        assert not undocumented, f"docs/SHARING.md does not name {undocumented} in `{command}`"
