@@ -21,7 +21,7 @@ from typing import Any
 
 from imgtool.clock import now, parse_time
 from imgtool.errors import NotFound, Refused
-from imgtool.flows.signing import registry_of, signing_key
+from imgtool.flows.signing import registry_of
 from imgtool.gallery.galleries import VERSIONS
 from imgtool.gallery.lifecycle_model import Revocation
 from imgtool.gallery.lookup import get_version
