@@ -10,14 +10,15 @@ from pathlib import Path
 
 
 class Cli:
-    def __init__(self, home: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, home: Path, env: dict[str, str] | None = None, *, cwd: Path | None = None) -> None:
         self.home = home
         self.env = env or {}
+        self.cwd = cwd
 
     def __call__(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "IMGTOOL_HOME": str(self.home), **self.env}
         done = subprocess.run([sys.executable, "-m", "imgtool", *args], env=env, capture_output=True, text=True,
-                              check=False,
+                              check=False, cwd=self.cwd,
                               timeout=300)
         if ok and done.returncode != 0:
             raise AssertionError(f"imgtool {' '.join(args)} failed ({done.returncode}):\n{done.stderr}")

@@ -118,6 +118,21 @@ def test_vm_new_says_what_the_vm_got_and_warns(cli: Cli, tmp_path: Path) -> None
     assert "warning: nobody can log in to VM 'four'" in nobody.stderr
 
 
+def test_a_relative_ssh_key_is_kept_absolute(cli: Cli, tmp_path: Path) -> None:
+    Cli(cli.home, cwd=tmp_path)("vm", "new", "rel", "--image", "g/d@1.0.0", "--ssh-key", "id.pub")
+    shown = cli.json("vm", "show", "rel")  # from another folder, the key is still found
+    assert isinstance(shown, dict) and shown["seed"]["ssh_key"] == str(tmp_path / "id.pub")
+
+
+def test_broken_cloud_config_user_data_is_refused_with_its_line(cli: Cli, tmp_path: Path) -> None:
+    broken = tmp_path / "user-data"
+    broken.write_text("#cloud-config\npackages:\n  - nginx\n runcmd: [ls\n")
+    refused = cli("vm", "new", "bad", "--image", "g/d@1.0.0", "--ssh-key", str(tmp_path / "id.pub"),
+                  "--user-data", str(broken), ok=False)
+    assert refused.returncode == 2 and "not valid #cloud-config YAML at line 4" in refused.stderr
+    assert "Traceback" not in refused.stderr and not (cli.home / "vms" / "bad").exists()
+
+
 def test_exports_take_the_format_from_the_extension_and_never_overwrite(cli: Cli, tmp_path: Path) -> None:
     old = os.umask(0o027)
     try:
@@ -126,6 +141,7 @@ def test_exports_take_the_format_from_the_extension_and_never_overwrite(cli: Cli
             head = (tmp_path / name).read_bytes()[:4]
             assert (head == b"QFI\xfb") == (fmt is not None), name
             assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640, name  # 0666 less the umask
+        assert "mode 0666 less the umask" in cli("version", "export", "--help").stdout  # as the help says
     finally:
         os.umask(old)
     again = cli("version", "export", "g/d@1.0.0", str(tmp_path / "a.qcow2"), ok=False)

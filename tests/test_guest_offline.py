@@ -114,6 +114,26 @@ def test_a_disk_without_ext_root_is_not_audited(cli: Cli, tmp_path: Path) -> Non
     assert "no ext2/3/4 root file system" in body["reason"]
 
 
+def test_a_guest_os_the_audit_cannot_read_is_refused_unless_allowed_and_recorded(cli: Cli, tmp_path: Path) -> None:
+    require_tools("mkfs.fat")
+    disk = tmp_path / "fat.raw"
+    subprocess.run(["mkfs.fat", "-C", str(disk), "8192"], check=True, capture_output=True)
+    refused = cli("publish", "lab/gene", "--version", "1.0.0", "--os-disk", str(disk), ok=False)
+    assert refused.returncode == 5 and "could not be audited" in refused.stderr and "vfat" in refused.stderr
+    assert "--allow-unaudited" in refused.stderr and "Traceback" not in refused.stderr
+    assert cli.json("version", "list", "lab/gene") == []  # nothing published
+    cli("publish", "lab/gene", "--version", "1.0.0", "--os-disk", str(disk), "--allow-unaudited")
+    audit = cli.json("version", "show", "lab/gene@1.0.0")["audit"]  # type: ignore[index]
+    assert audit["audited"] is False and audit["allowed_unaudited"] is True and not audit["allowed_identity"]
+    assert "not audited, published with --allow-unaudited" in cli("version", "show", "lab/gene@1.0.0").stdout
+    # A disk with no partition table and no file system holds no guest OS: recorded, not refused.
+    blank = tmp_path / "blank.raw"
+    blank.write_bytes(b"\x5a" * MiB)
+    cli("publish", "lab/gene", "--version", "1.0.1", "--os-disk", str(blank))
+    audit = cli.json("version", "show", "lab/gene@1.0.1")["audit"]  # type: ignore[index]
+    assert audit["audited"] is False and "allowed_unaudited" not in audit
+
+
 def test_publish_refuses_identity_then_offline_generalize_makes_it_clean(cli: Cli, tmp_path: Path) -> None:
     disk = make_guest_disk(tmp_path)
     refused = cli("publish", "lab/gene", "--version", "1.0.0", "--os-disk", str(disk), ok=False)
@@ -128,7 +148,10 @@ def test_publish_refuses_identity_then_offline_generalize_makes_it_clean(cli: Cl
     assert cli("audit", "vm:box:3", ok=False).returncode == 3  # no data disk at LUN 3
     refused_admin = cli("vm", "generalize", "box", "--remove-admin", ok=False)
     assert refused_admin.returncode == 5  # a specialized VM has no provisioned admin to remove
+    pinned = cli.home / "vms" / "box" / "known_hosts"
+    pinned.write_text("[imgtool-box]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOld\n")  # what vm ssh remembered
     done = cli.json("vm", "generalize", "box")
+    assert not pinned.exists()  # the host keys were removed: the new ones must not be refused
     assert isinstance(done, dict)
     removed = set(done["removed"])
     assert {"/etc/ssh/ssh_host_ed25519_key", "/etc/ssh/ssh_host_ed25519_key.pub", "/etc/machine-id (emptied)",
@@ -167,6 +190,27 @@ def test_publish_refuses_identity_then_offline_generalize_makes_it_clean(cli: Cl
     mid = subprocess.run(["debugfs", "-R", "stat /etc/machine-id", f"{exported}?offset={ROOT_START * 512}"],
                          capture_output=True, text=True, check=True)
     assert "Size: 0" in mid.stdout and "Mode:  0444" in mid.stdout
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_generalize_a_file_offline_then_publish_it(cli: Cli, tmp_path: Path, fmt: str) -> None:
+    disk = make_guest_disk(tmp_path)
+    if fmt == "qcow2":
+        converted = tmp_path / "guest.qcow2"
+        subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(disk), str(converted)], check=True)
+        disk = converted
+    refused = cli("publish", "lab/gene", "--version", "1.0.0", "--os-disk", str(disk), ok=False)
+    assert refused.returncode == 5 and f"hint: imgtool generalize {disk} (then publish again)" in refused.stderr
+    done = cli.json("generalize", str(disk))
+    assert isinstance(done, dict) and done["file"] == str(disk) and done["mode"] == "offline"
+    assert {"/etc/ssh/ssh_host_ed25519_key", "/etc/machine-id (emptied)", "/var/lib/cloud/data/",
+            "/var/log/syslog", "/root/.bash_history"} <= set(done["removed"])
+    assert cli.json("audit", str(disk))["clean"] is True  # type: ignore[index]
+    cli("publish", "lab/gene", "--version", "1.0.0", "--os-disk", str(disk))
+    again = cli("generalize", str(disk))
+    assert "nothing to remove" in again.stdout
+    assert cli("generalize", str(tmp_path / "nope.raw"), ok=False).returncode == 2
+    assert cli("generalize", "vm:box", ok=False).returncode == 2
 
 
 def test_allow_identity_is_recorded_and_remove_admin_edits_accounts(cli: Cli, tmp_path: Path) -> None:

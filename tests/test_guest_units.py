@@ -143,3 +143,62 @@ def test_version_record_keeps_its_audit_and_omits_none() -> None:
     body = {**audit.Report(True).to_json(), "source": "disk.raw", "allowed_identity": False}
     audited = ImageVersion("g", "d", "1.0.0", "generalized", (disk,), "blake3:" + "b" * 64, audit=body)
     assert ImageVersion.from_json(audited.to_json()).audit == body
+
+
+def test_vm_wait_stops_at_a_changed_host_key_instead_of_retrying(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import subprocess
+    import time
+
+    from imgtool.errors import ToolFailed
+    from imgtool.guest import ssh
+    from imgtool.home import Home
+    from imgtool.tools import run
+    from imgtool.vm.record import SeedInfo, VmDisk, VmRecord, save
+
+    home = Home.at(tmp_path / "home")
+    home.ensure()
+    (home.vms / "web").mkdir()
+    save(home, VmRecord(name="web", created="2026-01-01T00:00:00Z", image="g/d@1.0.0", version_digest="blake3:0",
+                        os_state="generalized", definition={}, definition_record="blake3:0", cpus=1, memory_mib=256,
+                        firmware="bios", arch="x86_64", disks=(VmDisk(None, "disk-os.qcow2", "/nowhere", "blake3:0",
+                                                                       1 << 20),),
+                        seed=SeedInfo("seed.iso", "blake3:0", "iid", "web", "me", None)))
+    # A live process that looks like the VM's QEMU, so the VM counts as running.
+    qemu = subprocess.Popen(["bash", "-c", "exec -a qemu-system-x86_64 sleep 60"])
+    try:
+        for _ in range(500):  # bounded: until bash has exec'd (a few ms)
+            if b"qemu-system" in Path(f"/proc/{qemu.pid}/cmdline").read_bytes():
+                break
+            time.sleep(0.01)
+        (home.vms / "web" / "state.json").write_text(json.dumps({"pid": qemu.pid, "ssh_port": 2222}))
+        calls: list[object] = []
+
+        def refused_by_ssh(argv: object, **_: object) -> object:  # the subprocess seam: what ssh says
+            calls.append(argv)
+            raise ToolFailed("ssh failed (exit 255)", returncode=255,
+                             stderr_tail="@@@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @@@\n"
+                                         "Host key verification failed.")
+
+        monkeypatch.setattr(run, "run", refused_by_ssh)
+        with pytest.raises(Refused, match="host key other than the one remembered") as caught:
+            ssh.wait(home, "web", timeout=600)
+        assert len(calls) == 1 and "known_hosts" in caught.value.hint
+    finally:
+        qemu.kill()
+        qemu.wait()
+
+
+@pytest.mark.parametrize(("source", "hint"), [
+    ("disk.qcow2", "imgtool generalize disk.qcow2"),
+    ("vm:web:os", "imgtool vm generalize web"),
+    ("snapshot:web/clean", "imgtool vm snapshot restore web clean, then imgtool vm generalize web"),
+    ("team/base@1.0.0", "imgtool vm generalize NAME and use --os-disk vm:NAME"),
+    ("blake3:" + "a" * 64, "imgtool generalize FILE"),
+])
+def test_the_identity_refusal_names_what_generalizes_that_source(source: str, hint: str) -> None:
+    report = audit.Report(True, None, (audit.Finding("machine_id", audit.IDENTITY, ("/etc/machine-id",), ""),))
+    with pytest.raises(Refused) as caught:
+        service.gate(report, source=source, allow_identity=False)
+    assert hint in caught.value.hint and "--allow-identity" in caught.value.hint

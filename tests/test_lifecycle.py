@@ -141,12 +141,31 @@ def test_a_definition_without_a_boot_check_publishes_eligible_versions_with_unch
 def test_requiring_a_check_later_applies_to_new_versions_only(tmp_path: Path) -> None:
     home, disk = setup_home(tmp_path)
     put(home, "1.0.0", disk)
-    gallery.update_definition(home, REF, boot_check=BootCheck("ssh", None, 120))
+    gallery.update_definition(home, REF, boot_check=BootCheck("console", "READY", 120))
     put(home, "1.1.0", disk)
     assert latest(home) == "1.0.0"
-    assert gallery.get_definition(home, REF).boot_check == BootCheck("ssh", None, 120)
-    with pytest.raises(InvalidArgument, match="specialized"):
-        checks.check_version(home, "team/base@1.1.0")  # ssh needs a provisioned user
+    assert gallery.get_definition(home, REF).boot_check == BootCheck("console", "READY", 120)
+
+
+@pytest.mark.parametrize("kind", ["ssh", "cloud-init"])
+def test_a_specialized_definition_refuses_a_check_that_needs_a_provisioned_user(tmp_path: Path, kind: str) -> None:
+    home, _disk = setup_home(tmp_path)
+    with pytest.raises(InvalidArgument, match="console:TEXT"):
+        gallery.update_definition(home, REF, boot_check=BootCheck(kind, None, 120))
+    assert gallery.get_definition(home, REF).boot_check is None
+    other = Definition("team", "other", "acme", "other", "v1", "linux", "specialized", boot_check=BootCheck(kind))
+    with pytest.raises(InvalidArgument, match="specialized definition team/other"):
+        gallery.create_definition(home, other)
+    gallery.create_definition(home, dataclasses.replace(other, os_state="generalized"))
+
+
+def test_require_boot_check_on_a_specialized_definition_asks_for_a_console_text(tmp_path: Path) -> None:
+    cli = Cli(tmp_path / "home")
+    cli("gallery", "create", "team")
+    define = ["--publisher", "p", "--offer", "o", "--sku", "s", "--os-type", "linux", "--os-state", "specialized"]
+    refused = cli("definition", "create", "team/spec", *define, "--require-boot-check", ok=False)
+    assert refused.returncode == 2 and "hint: wait for a console line" in refused.stderr
+    cli("definition", "create", "team/spec", *define, "--require-boot-check", "--boot-check", "console:login:")
 
 
 def test_a_damaged_check_field_is_corrupt_not_a_crash(tmp_path: Path) -> None:

@@ -314,3 +314,21 @@ def test_linux_sees_the_cidata_label(tmp_path: Path) -> None:
     fields = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
     assert fields["TYPE"] == "iso9660"
     assert fields["LABEL"] == "cidata"
+
+
+@pytest.mark.parametrize(("document", "found"), [
+    ("#cloud-config\npackages:\n  - nginx\n runcmd: [ls\n", "YAML at line 4"),
+    ("#cloud-config\nwrite_files:\n- path: /x\n  content: 'secret-token\n", "YAML at line"),
+    ("#cloud-config\n- just\n- a list\n", "not a mapping"),
+    ("Content-Type: text/cloud-config\nMIME-Version: 1.0\n\n#cloud-config\nusers: [a\n", "text/cloud-config part"),
+])
+def test_broken_cloud_config_is_refused_with_where_but_not_what(document: str, found: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        seed.user_data(prov(user_data=document))
+    assert found in str(caught.value) and "secret-token" not in str(caught.value)
+
+
+@pytest.mark.parametrize("document", ["#cloud-config\n", "#cloud-config\npackages: [htop]\n",
+                                      "#!/bin/sh\nthis: is: not: yaml\n"])
+def test_valid_or_non_yaml_user_data_passes(document: str) -> None:
+    assert seed.user_data(prov(user_data=document))

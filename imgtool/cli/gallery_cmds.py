@@ -171,7 +171,8 @@ def definition_create(
     tag: Annotated[list[str] | None, Opt(help="KEY=VALUE (repeatable).")] = None,
     require_boot_check: Annotated[bool, Opt("--require-boot-check", help="New versions start pending: latest "
                                             "skips them until imgtool version check sees them boot.")] = False,
-    boot_check: Annotated[str | None, Opt(help="ssh (default), cloud-init or console:TEXT.")] = None,
+    boot_check: Annotated[str | None, Opt(help="ssh (default), cloud-init (both need a generalized image) "
+                                               "or console:TEXT.")] = None,
     boot_timeout: Annotated[int | None, Opt(help="Seconds a boot check may take (default 300).")] = None,
 ) -> None:
     """Create an image definition."""

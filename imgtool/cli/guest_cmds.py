@@ -30,6 +30,7 @@ def register(app: typer.Typer, vm_app: typer.Typer) -> None:
     app.command("audit", help=AUDIT_HELP)(audit)
     vm_app.command("wait")(vm_wait)
     vm_app.command("generalize")(vm_generalize)
+    app.command("generalize")(generalize_file)
 
 
 def audit(
@@ -141,3 +142,26 @@ def vm_generalize(
     for path in result.skipped:
         print(f"skipped {path} (a name debugfs cannot be given safely)")
     print(f"generalized VM {name} ({result.mode}); publish it with --os-state generalized")
+
+
+def generalize_file(
+    ctx: typer.Context,
+    file: Annotated[str, Arg(help="A disk image file (qcow2, raw, vmdk, vhd, vhdx) with an ext2/3/4 root.")],
+) -> None:
+    """Generalize a disk file in place, offline, as virt-sysprep does: remove SSH host keys, the
+    machine-id (left empty), cloud-init state and seed, logs, shell histories and DHCP leases, so
+    that every VM made from it gets its own identity. Nothing is mounted (debugfs through
+    qemu-storage-daemon). For a VM use imgtool vm generalize NAME."""
+    from imgtool.guest import generalize
+
+    st = state(ctx)
+    result = generalize.generalize_file(file)
+    if st.json:
+        emit_json({**result.to_json(), "file": file})
+        return
+    for path in result.removed:
+        print(f"removed {path}")
+    for path in result.skipped:
+        print(f"skipped {path} (a name debugfs cannot be given safely)")
+    print(f"generalized {file}" + ("" if result.removed else " (nothing to remove)")
+          + "; publish it into a generalized definition")

@@ -33,13 +33,25 @@ def remote_add(
     insecure: Annotated[bool, Opt(help="Allow plain http to a non-loopback host, and skip TLS verification.")]
     = False,
     ca_file: Annotated[str | None, Opt(help="PEM file of the CA that signed the registry's certificate.")] = None,
+    sign_with: Annotated[str | None, Opt(help="Your key (imgtool key generate) that signs every version that "
+                                              "reaches this remote: push, replicate, publish --replicate-to.")]
+    = None,
 ) -> None:
     """Add a remote. http:// is accepted only for this machine's loopback addresses (or with --insecure)."""
     from imgtool.remote import remotes
+    from imgtool.trust.homes import keyring, trust_store
 
     st = state(ctx)
+    if sign_with is not None:
+        keyring(st.home).load(sign_with)  # a missing or unusable key fails before the remote is added
     remote = remotes.add(st.home, name, url, insecure=insecure, ca_file=ca_file)
-    emit_json(remote.describe()) if st.json else print(f"added remote {name} ({remote.url})")
+    if sign_with is not None:
+        trust_store(st.home).set_signing_key(name, sign_with)
+    if st.json:
+        emit_json({**remote.describe(), "signing_key": sign_with})
+        return
+    print(f"added remote {name} ({remote.url})" + (f"; what reaches it is signed with key {sign_with}"
+                                                   if sign_with else ""))
 
 
 @remote_app.command("list")
@@ -180,14 +192,18 @@ def remote_versions(
 
 def push_cmd(
     ctx: typer.Context,
-    source: Annotated[str, Arg(help="GALLERY, GALLERY/DEFINITION or GALLERY/DEFINITION@X.Y.Z")],
+    source: Annotated[str, Arg(help="GALLERY or GALLERY/DEFINITION (every version), GALLERY/DEFINITION@X.Y.Z, "
+                                    "or GALLERY/DEFINITION@latest (the one latest picks here)")],
     remote: Annotated[str, Arg(help="Remote name.")],
     sign: Annotated[str | None, Opt("--sign", help="Sign each version pushed with this key of yours "
                                                    "(default: the remote's signing key, see imgtool trust "
                                                    "signing-key).")] = None,
+    with_revocation: Annotated[bool, Opt(help="Push versions revoked here too, with their revocation: their "
+                                              "record says so, and a signed statement is attached.")] = False,
 ) -> None:
     """Push versions (and their definition and gallery records) the remote lacks. Only chunks the remote
-    does not hold travel; the tag is put last; a second push sends nothing; a killed push resumes."""
+    does not hold travel; the tag is put last; a second push sends nothing; a killed push resumes.
+    A version revoked here is refused unless --with-revocation."""
     from imgtool.flows import sharing
     from imgtool.trust.homes import keyring
 
@@ -197,7 +213,8 @@ def push_cmd(
     bar = ProgressBar(f"pushing {source}", enabled=not st.json)
     stats: dict[str, int] = {}
     try:
-        results = sharing.push_source(st.home, source, remote, sign=sign, progress=bar, stats=stats)
+        results = sharing.push_source(st.home, source, remote, sign=sign, progress=bar, stats=stats,
+                                      with_revocation=with_revocation)
     finally:
         bar.close()
     if st.json:

@@ -16,8 +16,9 @@ if TYPE_CHECKING:
     from imgtool.gallery.model import ImageVersion
     from imgtool.gallery.version_index import Summary
 
-version_app = typer.Typer(help="Image versions (GALLERY/DEFINITION@X.Y.Z): list, show, update, delete, resolve "
-                          "latest, export.", no_args_is_help=True)
+version_app = typer.Typer(help="Image versions (GALLERY/DEFINITION@X.Y.Z; made by imgtool publish): list, show, "
+                          "resolve latest, update, delete, restore, check, revoke, users, export, verify.",
+                          no_args_is_help=True)
 Opt = typer.Option
 Arg = typer.Argument
 
@@ -90,12 +91,15 @@ def publish(
     allow_identity: Annotated[bool, Opt(help="Generalized definitions: publish even if the audit finds machine "
                                              "identity (host keys, machine-id, cloud-init state); recorded.")]
     = False,
+    allow_unaudited: Annotated[bool, Opt(help="Generalized definitions: publish a guest OS the audit cannot read "
+                                              "(a root file system other than ext2/3/4); recorded.")] = False,
 ) -> None:
     """Publish a new, immutable image version from its disks. In a definition that requires a boot check it
     starts pending: latest skips it until imgtool version check (or --check here) sees it boot.
 
     Into a generalized definition the OS disk is audited first (see imgtool audit): SSH host keys, a
-    machine-id or cloud-init instance state refuse the publish. The audit is stored on the version."""
+    machine-id or cloud-init instance state refuse the publish, and so does a guest OS the audit cannot
+    read (a root file system other than ext2/3/4). The audit is stored on the version."""
     from imgtool.cli import remote_cmds
     from imgtool.flows import publishing
     from imgtool.gallery import image_versions
@@ -107,7 +111,8 @@ def publish(
         data_disks=tuple(image_versions.parse_data_disk(d) for d in data_disk or []), os_state=os_state,
         exclude_from_latest=exclude_from_latest, end_of_life=end_of_life,
         block_deletion_before_end_of_life=block_deletion_before_end_of_life, source_format=fmt,
-        replace_data_disks=replace_data_disks, allow_nested=allow_nested_image, allow_identity=allow_identity)
+        replace_data_disks=replace_data_disks, allow_nested=allow_nested_image, allow_identity=allow_identity,
+        allow_unaudited=allow_unaudited)
     bar = ProgressBar(f"publishing {ref}@{version}", enabled=not st.json)
     try:
         published = publishing.publish(st.home, request, check=check, targets=targets, progress=bar)
@@ -213,7 +218,8 @@ def _audit_line(audit: dict[str, Any] | None) -> str:
     if audit is None:
         return "none (not published into a generalized definition)"
     if not audit.get("audited"):
-        return f"not audited: {audit.get('reason')}"
+        allowed = ", published with --allow-unaudited" if audit.get("allowed_unaudited") else ""
+        return f"not audited{allowed}: {audit.get('reason')}"
     found = [f"{f['check']} ({f['severity']})" for f in audit.get("findings", [])]
     verdict = "clean" if audit.get("clean") else "IDENTITY FOUND"
     if audit.get("allowed_identity"):
@@ -423,7 +429,7 @@ def version_export(
     disk: Annotated[int | None, Opt("--disk", help="Data disk LUN (default: the OS disk).")] = None,
     force: Annotated[bool, Opt("--force", help="Overwrite an existing output file.")] = False,
 ) -> None:
-    """Write one disk of a version back out as a file (mode 0644 less the umask, like any new file)."""
+    """Write one disk of a version back out as a file (mode 0666 less the umask, like any new file)."""
     from imgtool.gallery import image_versions
 
     st = state(ctx)

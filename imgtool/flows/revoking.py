@@ -21,7 +21,7 @@ from typing import Any
 
 from imgtool.clock import now, parse_time
 from imgtool.errors import NotFound, Refused
-from imgtool.flows.signing import registry_of, signing_key
+from imgtool.flows.signing import registry_of
 from imgtool.gallery.galleries import VERSIONS
 from imgtool.gallery.lifecycle_model import Revocation
 from imgtool.gallery.lookup import get_version
@@ -63,11 +63,7 @@ def push_revocation(home: Home, text: str, remote_name: str, *, key_name: str | 
         except NotFound:
             raise NotFound(f"{remote.name} has no {repo}:{version.version}",
                            hint="nothing to revoke there (push it first, if that was meant)") from None
-        chosen = signing_key(home, remote, key_name)
-        if chosen is None:
-            raise Refused(f"no key to sign the revocation for {remote.name} with",
-                          hint=f"pass --sign KEY, or set one: imgtool trust signing-key {remote.name} KEY")
-        key = keyring(home).load(chosen)
+        key = keyring(home).load(signing_key_for(home, remote.name, key_name))
         when = parse_time(version.revocation.when, "revoked at")
         envelope = revocations.sign(key, _name(remote, repo, version.gallery, version.definition, version.version),
                                     fetched.digest, version.revocation.reason, revoked_at=when)
@@ -77,6 +73,16 @@ def push_revocation(home: Home, text: str, remote_name: str, *, key_name: str | 
         referrers.attach(target, repo, manifest, envelope, artifact_type=revocations.REVOCATION_MEDIA_TYPE)
     return {**ref_fields(version.label), "remote": remote_name, "repository": repo, "manifest": fetched.digest,
             "key_id": key.public.key_id}
+
+
+def signing_key_for(home: Home, remote_name: str, key_name: str | None = None) -> str:
+    """The key that signs statements for `remote_name`: the one given, else the remote's signing key;
+    Refused if none."""
+    chosen = key_name or trust_store(home).remote(remote_name).signing_key
+    if chosen is None:
+        raise Refused(f"no key to sign the revocation for {remote_name} with",
+                      hint=f"pass --sign KEY, or set one: imgtool trust signing-key {remote_name} KEY")
+    return chosen
 
 
 # -- finding and judging ---------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from imgtool.errors import InvalidArgument
 from imgtool.flows import revoking, signing
+from imgtool.gallery.lookup import get_version
 from imgtool.gallery.model import ImageVersion
 from imgtool.gallery.versions import Verdict
 from imgtool.home import Home
@@ -25,9 +26,23 @@ from store.progress import Progress
 
 
 def push_source(home: Home, source: str, remote_name: str, *, sign: str | None = None,
-                progress: Progress | None = None, stats: dict[str, int] | None = None) -> list[PushResult]:
+                progress: Progress | None = None, stats: dict[str, int] | None = None,
+                with_revocation: bool = False) -> list[PushResult]:
     """Push `source` (gallery, definition or version) signed by `sign`, or by the remote's default signing
-    key; versions already there get that key's signature if they lack it."""
+    key; versions already there get that key's signature if they lack it. With `with_revocation`, the
+    signed revocation of every revoked version pushed is attached too."""
+    if with_revocation:
+        revoking.signing_key_for(home, remote_name, sign)  # no key, no statement: refused before anything moves
+    results = _push_source(home, source, remote_name, sign=sign, progress=progress, stats=stats,
+                           with_revocation=with_revocation)
+    for result in results:
+        if with_revocation and get_version(home, result.name)[0].revocation is not None:
+            revoking.push_revocation(home, result.name, remote_name, key_name=sign)
+    return results
+
+
+def _push_source(home: Home, source: str, remote_name: str, *, sign: str | None, progress: Progress | None,
+                 stats: dict[str, int] | None, with_revocation: bool) -> list[PushResult]:
     with connected(home, remote_name) as (remote, target):
         key_name = signing.signing_key(home, remote, sign)
 
@@ -36,7 +51,8 @@ def push_source(home: Home, source: str, remote_name: str, *, sign: str | None =
                                 key_name=key_name)
 
         try:
-            results = push(home, remote, target, source, progress=progress, hook=hook)
+            results = push(home, remote, target, source, progress=progress, hook=hook,
+                           with_revocation=with_revocation)
             for result in results:
                 if result.status == "present":  # already there: signed now if this key has not signed it
                     ref = parse_image_ref(result.name, require_version=True)
@@ -110,7 +126,8 @@ def versions(home: Home, text: str) -> tuple[list[catalog.RemoteVersion], Versio
         revoked = revoking.revoked_tags(home, remote, target, repo,
                                       [(v.version, v.manifest, v.annotations) for v in found])
         refused = signing.screen(home, remote, target, repo, found)
-    found = [replace(v, revoked=revoked.get(v.version)) for v in found]
+    # A statement by a trusted key, else the revocation the publisher's record carries (never less strict).
+    found = [replace(v, revoked=revoked.get(v.version) or v.revoked) for v in found]
     chosen, verdicts = catalog.resolve(found, refused=refused)
     return found, chosen, verdicts, repo
 

@@ -219,7 +219,8 @@ def screen(home: Home, remote: Remote, target: Target, repository: str,
             envelopes = [a.envelope for a in referrers.find(target, repository, version.manifest)]
             trust.check(remote.name, name, version.manifest, envelopes)
         except (Refused, Corrupt, InvalidArgument) as exc:
-            refused[version.version] = "not verified: " + exc.message[:160]
+            # Whole: the message is ours and short; a cut one ended mid-word in `remote versions --json`.
+            refused[version.version] = "not verified: " + exc.message
     return refused
 
 

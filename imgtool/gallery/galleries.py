@@ -90,8 +90,21 @@ def list_definitions(home: Home, gallery: str) -> list[Definition]:
             for _key, digest in home.store.list_names(DEFINITIONS, gallery)]
 
 
+def _check_boot_check_fits(definition: Definition) -> None:
+    """Only a console check can run on a specialized image: ssh and cloud-init need the provisioned user
+    that a specialized VM never gets, so such a check would leave every new version pending forever."""
+    check = definition.boot_check
+    if check is not None and check.kind != "console" and definition.os_state == "specialized":
+        ref = f"{definition.gallery}/{definition.name}"
+        raise InvalidArgument(f"a {check.kind} boot check cannot run on specialized definition {ref}: VMs of "
+                              "a specialized image get no provisioned user to log in as",
+                              hint="wait for a console line instead: --require-boot-check --boot-check "
+                                   "console:TEXT (e.g. console:login:)")
+
+
 def create_definition(home: Home, definition: Definition) -> Definition:
     check_name(definition.name, "definition")
+    _check_boot_check_fits(definition)
     with gallery_lock(home, definition.gallery):
         get_gallery(home, definition.gallery)
         for other in list_definitions(home, definition.gallery):
@@ -120,6 +133,8 @@ def update_definition(home: Home, ref: DefinitionRef, **changes: Any) -> Definit
     with gallery_lock(home, ref.gallery):
         current = get_definition(home, ref)
         updated = dataclasses.replace(current, updated=stamp(), **changes)
+        if "boot_check" in changes:
+            _check_boot_check_fits(updated)
         digest = home.store.put_manifest(updated.to_json())
         home.store.set_name(DEFINITIONS, ref.gallery, ref.definition, target=digest)
     return updated

@@ -49,6 +49,7 @@ class PublishRequest:
     replace_data_disks: bool = False
     allow_nested: bool = False  # store disks whose content is itself an image header (recorded per disk)
     allow_identity: bool = False  # publish into a generalized definition even if the audit finds identity
+    allow_unaudited: bool = False  # ... or even if the audit cannot read the guest OS it sees (recorded)
 
 
 @dataclass(frozen=True)
@@ -165,13 +166,18 @@ def _audit(home: Home, req: PublishRequest, definition: Definition) -> dict[str,
     """A generalized definition gets only sources without machine identity (imgtool.guest).
 
     The OS disk is audited before anything is captured; identity refuses the publish unless
-    `allow_identity`, which the record keeps. Specialized definitions keep identity by design.
+    `allow_identity`, and a guest OS the audit cannot read unless `allow_unaudited`; the record keeps
+    either override. Specialized definitions keep identity by design.
     """
     if definition.os_state != "generalized":
         return None
     report = guest.audit(home, req.os_disk, firmware=definition.firmware)
-    guest.gate(report, source=req.os_disk, allow_identity=req.allow_identity)
-    return {**report.to_json(), "source": req.os_disk, "allowed_identity": req.allow_identity and not report.clean}
+    guest.gate(report, source=req.os_disk, allow_identity=req.allow_identity, allow_unaudited=req.allow_unaudited)
+    body = {**report.to_json(), "source": req.os_disk,
+            "allowed_identity": req.allow_identity and report.audited and not report.clean}
+    if not report.audited and not report.opaque:
+        body["allowed_unaudited"] = True  # only --allow-unaudited lets this through the gate
+    return body
 
 
 def _inspect_files(req: PublishRequest) -> None:

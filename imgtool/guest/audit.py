@@ -48,6 +48,7 @@ class Report:
     findings: tuple[Finding, ...] = ()
     facts: dict[str, Any] = field(default_factory=dict)
     audited_at: str = field(default_factory=stamp)
+    opaque: bool = False  # not audited, and no OS was seen at all (imgtool.guest.fs.NotAudited)
 
     @property
     def clean(self) -> bool:
@@ -70,7 +71,7 @@ def audit_disk(disk: Any, *, firmware: str | None = None) -> Report:
         findings = tuple(_findings(dbg))
         facts = _facts(dbg, root, firmware)
     except fs.NotAudited as exc:
-        return Report(False, exc.reason)
+        return Report(False, exc.reason, opaque=exc.opaque)
     return Report(True, None, findings, facts)
 
 

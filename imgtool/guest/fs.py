@@ -111,11 +111,14 @@ class RootFs:
 
 
 class NotAudited(Exception):
-    """The root file system cannot be read with the tools at hand; `reason` says why."""
+    """The root file system cannot be read with the tools at hand; `reason` says why. `opaque`: the disk
+    shows no partition table and no file system at all (blank or raw data), so no guest OS was seen
+    whose identity went unchecked; otherwise one was (xfs, btrfs, LVM, a partitioned disk...)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, opaque: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.opaque = opaque
 
 
 def read_table(disk: Path) -> partitions.Table:
@@ -137,12 +140,13 @@ def read_table(disk: Path) -> partitions.Table:
 def find_root(disk: Path) -> RootFs:
     """The ext2/3/4 file system that holds /etc; NotAudited when there is none."""
     table = read_table(disk)
-    candidates: list[partitions.Partition | None] = [None] if table.scheme == "none" else list(table.partitions)
+    # A boot sector without partitions (a FAT file system's looks like an MBR) is a whole-disk file system.
+    candidates: list[partitions.Partition | None] = list(table.partitions) or [None]
     seen: list[str] = []
     for part in candidates:
         with open(disk, "rb") as handle:
             handle.seek(0 if part is None else part.start)
-            head = handle.read(2048)
+            head = handle.read(BTRFS_MAGIC_AT + 8)
         if not partitions.is_ext(head):
             seen.append(_describe(part, head))
             continue
@@ -151,16 +155,24 @@ def find_root(disk: Path) -> RootFs:
             return root
         seen.append(f"{_where(part)}: ext file system without /etc")
     raise NotAudited("no ext2/3/4 root file system found (" + ("; ".join(seen) or "no partitions") + "); "
-                     "only ext file systems can be read without libguestfs")
+                     "only ext file systems can be read without libguestfs",
+                     opaque=table.scheme == "none" and seen == [f"{_where(None)}: {UNKNOWN}"])
 
 
 def _where(part: partitions.Partition | None) -> str:
     return "whole disk" if part is None else f"partition {part.number}"
 
 
+UNKNOWN = "no file system recognised"
+BTRFS_MAGIC_AT = 0x10040  # btrfs keeps its superblock at 64 KiB
+
+
 def _describe(part: partitions.Partition | None, head: bytes) -> str:
-    kinds = {b"XFSB": "xfs", b"FAT3": "vfat", b"FAT1": "vfat", b"NTFS": "ntfs"}
-    found = next((name for magic, name in kinds.items() if magic in head[:100]), "not ext")
+    kinds = {b"XFSB": "xfs", b"FAT3": "vfat", b"FAT1": "vfat", b"NTFS": "ntfs", b"LUKS\xba\xbe": "LUKS",
+             b"LABELONE": "LVM", b"SWAPSPACE2": "swap"}
+    found = next((name for magic, name in kinds.items() if magic in head[:4096]), UNKNOWN)
+    if head[BTRFS_MAGIC_AT:BTRFS_MAGIC_AT + 8] == b"_BHRfS_M":
+        found = "btrfs"
     return f"{_where(part)}: {found}"
 
 

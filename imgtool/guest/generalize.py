@@ -20,14 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imgtool.errors import Refused, ToolFailed
+from imgtool import formats
+from imgtool.errors import InvalidArgument, Refused, ToolFailed
 from imgtool.guest import fs, ssh
 from imgtool.guest.audit import HISTORIES, LEASE_DIRS, home_dirs
 from imgtool.guest.fs import Debugfs
 from imgtool.guest.targets import vm_target
 from imgtool.home import Home
 from imgtool.vm import runtime as vmrun
-from imgtool.vm.record import load, save
+from imgtool.vm.record import load, save, vm_dir
 
 CLOUD_INIT_SUDOERS = "/etc/sudoers.d/90-cloud-init-users"
 ACCOUNT_FILES = ("/etc/passwd", "/etc/shadow", "/etc/group", "/etc/gshadow")
@@ -63,6 +64,9 @@ def generalize(home: Home, name: str, *, remove_admin: bool = False, timeout: fl
 def _mark(home: Home, result: Result) -> None:
     # Reloaded: the online path stopped the VM meanwhile (and the runtime may have touched its files).
     save(home, dataclasses.replace(load(home, result.name), generalized=True))
+    # The guest's host keys are gone and its next boot makes new ones: the pinned old key would make
+    # `vm ssh`/`vm wait` refuse the VM (after `vm start --force`) as if it were an impostor.
+    (vm_dir(home, result.name) / ssh.KNOWN_HOSTS).unlink(missing_ok=True)
 
 
 # -- online ---------------------------------------------------------------
@@ -121,7 +125,30 @@ def _wait_stopped(home: Home, name: str, timeout: float) -> None:
 
 def offline(home: Home, name: str, admin: str | None) -> Result:
     target = vm_target(home, name)
-    with fs.disk_bytes(target.path, target.fmt, writable=True) as disk:
+    plan = _offline_disk(target.path, target.fmt, admin)
+    return Result(name, "offline", tuple(plan.removed), tuple(plan.skipped))
+
+
+def generalize_file(text: str) -> Result:
+    """Generalize a disk file in place, offline (what virt-sysprep does to a file): the same removals as
+    `vm generalize` on a stopped VM. The file is untrusted: inspected as capture inspects it first."""
+    path = Path(text)
+    if not path.is_file():
+        raise InvalidArgument(f"'{text}' is not a disk file",
+                              hint="give an image file; a VM is generalized with imgtool vm generalize NAME")
+    info = formats.inspect(path)  # backing files, external data, nested images... are refused here
+    try:
+        plan = _offline_disk(path, info.format, None)
+    except fs.NotAudited as exc:
+        raise Refused(f"{text} cannot be generalized here: {exc.reason}",
+                      hint="generalize it with virt-sysprep -a FILE (libguestfs), or publish it into a "
+                           "specialized definition") from None
+    return Result(text, "offline", tuple(plan.removed), tuple(plan.skipped))
+
+
+def _offline_disk(path: Path, fmt: str, admin: str | None) -> Plan:
+    """The removals on a stopped disk (debugfs -w through a writable export); NotAudited without an ext root."""
+    with fs.disk_bytes(path, fmt, writable=True) as disk:
         root = fs.find_root(disk)
         dbg = Debugfs(root, writable=True)
         fs.check_clean(dbg)
@@ -130,7 +157,7 @@ def offline(home: Home, name: str, admin: str | None) -> Result:
         if admin:
             _plan_account_edits(dbg, plan, admin)
         _execute(dbg, plan)
-    return Result(name, "offline", tuple(plan.removed), tuple(plan.skipped))
+    return plan
 
 
 @dataclass

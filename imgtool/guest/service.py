@@ -14,17 +14,42 @@ def audit(home: Home, source: str, *, firmware: str | None = None) -> audits.Rep
         return audits.audit_disk(disk, firmware=firmware or target.firmware)
 
 
-def gate(report: audits.Report, *, source: str, allow_identity: bool) -> None:
-    """Publishing into a generalized definition: refuse identity unless explicitly allowed.
+def gate(report: audits.Report, *, source: str, allow_identity: bool, allow_unaudited: bool = False) -> None:
+    """Publishing into a generalized definition: refuse identity, and a guest OS the audit cannot read,
+    unless explicitly allowed (the caller records which).
 
-    A source that could not be audited is not refused (the record says "not audited" and why),
-    since only ext file systems can be read without libguestfs; it is never called clean.
+    Only ext file systems can be read without libguestfs; a disk showing another file system, LVM,
+    LUKS or a partition table without an ext root is refused, since "not audited" is never a pass.
+    A disk showing no partition table and no file system at all (blank or raw data) holds no guest OS
+    to carry identity: it is recorded as not audited, not refused.
     """
+    if not report.audited:
+        if report.opaque or allow_unaudited:
+            return
+        raise Refused(f"{source} could not be audited for machine identity: {report.reason}",
+                      hint="generalize it yourself (e.g. virt-sysprep) and publish again with --allow-unaudited "
+                           "(recorded on the version), or publish it into a specialized definition")
     found = report.identity()
     if not found or allow_identity:
         return
     what = ", ".join(f.check.replace("_", " ") for f in found)
-    vm = source[3:].partition(":")[0] if source.startswith("vm:") else "NAME"
     raise Refused(f"{source} is not generalized: the audit found {what}; every VM made from it would share them",
-                  hint=f"imgtool vm generalize {vm} (then publish again), or --allow-identity to publish anyway "
+                  hint=f"{generalize_hint(source)} (then publish again), or --allow-identity to publish anyway "
                        "(recorded on the version)")
+
+
+def generalize_hint(source: str) -> str:
+    """The command that generalizes `source`: a VM's disk in place, a file by an offline edit; a stored
+    disk is immutable, so the way to a VM that can be generalized."""
+    kind, _, rest = source.partition(":")
+    if kind == "vm" and rest:
+        return f"imgtool vm generalize {rest.partition(':')[0]}"
+    if kind == "snapshot" and rest:
+        vm, _, snap = rest.partition(":")[0].partition("/")
+        return f"imgtool vm snapshot restore {vm} {snap}, then imgtool vm generalize {vm} and use --os-disk vm:{vm}"
+    if "@" in source:
+        return ("make a VM of it (imgtool vm new NAME --image ...), then imgtool vm generalize NAME and use "
+                "--os-disk vm:NAME")
+    if kind == "blake3":
+        return "generalize the file it was captured from (imgtool generalize FILE) and publish that"
+    return f"imgtool generalize {source}"

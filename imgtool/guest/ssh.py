@@ -119,10 +119,18 @@ def _until(home: Home, name: str, deadline: float, probe: Callable[[float], str 
         time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
 
 
+HOST_KEY_CHANGED = ("REMOTE HOST IDENTIFICATION HAS CHANGED", "Host key verification failed")
+
+
 def _ssh_ready(home: Home, name: str, timeout: float, login: Login) -> str | None:
     try:
         run_in(home, name, ["true"], timeout=timeout, login=login)
     except ToolFailed as exc:
+        if any(words in exc.stderr_tail + exc.message for words in HOST_KEY_CHANGED):
+            # Waiting cannot help: ssh refuses this host key every time until the pin is dropped.
+            raise Refused(f"VM '{name}' answers SSH with a host key other than the one remembered for it",
+                          hint=f"if its keys were made anew (generalized, restored, recreated), forget the old "
+                               f"one: rm {vm_dir(home, name) / KNOWN_HOSTS}") from None
         return exc.message.splitlines()[0][:200]
     return None
 

@@ -61,6 +61,10 @@ class Target(Protocol):
 
     def tags(self, repo: str) -> list[str]: ...
 
+    def has_repository(self, repo: str) -> bool:
+        """Whether `repo` exists there; raises when the remote itself is missing or is not a registry."""
+        ...
+
     def get_manifest(self, repo: str, ref: str) -> Fetched:
         """By tag or digest; NotFound when absent; Corrupt when a digest does not match."""
         ...

@@ -59,6 +59,14 @@ class LayoutTarget:
             raise Corrupt(f"{path} is not an OCI index", hint="the layout folder is damaged")
         return body
 
+    def has_repository(self, repo: str) -> bool:
+        """Whether `repo` is a layout in the folder; NotFound when the folder itself is missing (an unmounted
+        drive must not look like an empty remote)."""
+        if not self.root.is_dir():
+            raise NotFound(f"{self.label}: the layout folder {self.root} does not exist",
+                           hint=f"mount or create it, or check the remote: imgtool remote show {self.label}")
+        return (self._repo(repo) / "index.json").is_file()
+
     def tags(self, repo: str) -> list[str]:
         found = []
         for entry in self._index(repo)["manifests"]:

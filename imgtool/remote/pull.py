@@ -190,6 +190,11 @@ class Puller:
             raise Corrupt(f"the definition record in {what} is not the one the version names",
                           hint="the remote version is damaged; ask its publisher to push it again")
         _check_sizes(version, what)
+        if version.revocation is not None:  # its publisher revoked it and pushed that (push --with-revocation)
+            raise Refused(f"{self.remote.name}:{ref.definition_ref}@{tag} is revoked by its publisher: "
+                          f"{version.revocation.reason} (since {version.revocation.when})",
+                          hint=f"nothing was pulled; pick another version: imgtool remote versions "
+                               f"{self.remote.name}:{ref.definition_ref}")
         # Trust is judged before anything moves, and on every pull, cache hits included.
         checked = self.check(Checking(self.target, repo, tag, fetched, version)) if self.check else Checked()
         return Judged(repo, tag, local, fetched, manifest, version, definition, definition_obj, gallery, checked)

@@ -14,14 +14,17 @@ A second push of the same version finds the tag with the same disks and settings
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any
 
 from imgtool.errors import NotFound, Refused
 from imgtool.gallery.galleries import DEFINITIONS, GALLERIES, VERSIONS
+from imgtool.gallery.lookup import get_version
 from imgtool.gallery.model import ImageVersion
 from imgtool.home import Home
 from imgtool.names import check_name, parse_image_ref, ref_fields
@@ -73,7 +76,7 @@ class PushResult:
 
 
 def versions_of(home: Home, source: str) -> list[tuple[ImageVersion, str]]:
-    """SRC (`G`, `G/D` or `G/D@X.Y.Z`) as (version, record digest) pairs, lowest version first."""
+    """SRC (`G`, `G/D`, `G/D@X.Y.Z` or `G/D@latest`) as (version, record digest) pairs, lowest version first."""
     store = home.store
     if "/" not in source:
         gallery = check_name(source, "gallery")
@@ -85,8 +88,8 @@ def versions_of(home: Home, source: str) -> list[tuple[ImageVersion, str]]:
         if store.get_name(DEFINITIONS, ref.gallery, ref.definition) is None:
             raise NotFound(f"definition '{ref.definition_ref}' does not exist",
                            hint=f"list them with imgtool definition list {ref.gallery}")
-        if ref.version is not None and "@" in source:
-            keys = [(ref.gallery, ref.definition, str(ref.version))]
+        if "@" in source:  # @X.Y.Z is that version, @latest the one latest picks here (never all of them)
+            keys = [(ref.gallery, ref.definition, get_version(home, ref)[0].version)]
         else:
             keys = [(ref.gallery, ref.definition, key[0]) for key, _ in
                     store.list_names(VERSIONS, ref.gallery, ref.definition)]
@@ -117,13 +120,51 @@ def manifest_annotations(version: ImageVersion, definition: dict[str, Any]) -> d
         notes["org.imgtool.end-of-life"] = version.end_of_life
     if version.check is not None:  # the remote's latest obeys boot checks too (imgtool.remote.catalog)
         notes["org.imgtool.boot-check"] = version.check.state
+    if version.revocation is not None:  # pushed --with-revocation: readers need not fetch the config to see it
+        notes["org.imgtool.revoked"] = version.revocation.reason[:512]
     return notes
+
+
+def public_record(record: dict[str, Any]) -> dict[str, Any]:
+    """The version record as it travels: what a consumer needs to know of each disk's source (its kind,
+    format, name and digest), never the publisher's local paths. Idempotent (a pulled record is pushed
+    on as it came)."""
+    disks = [{**d, "source": _public_source(d.get("source"), d.get("digest"))} for d in record.get("disks") or []]
+    body = {**record, "disks": disks}
+    provenance = record.get("provenance")
+    if isinstance(provenance, dict) and "os_disk" in provenance:  # the OS disk's source again
+        os_digest = disks[0].get("digest") if disks and isinstance(disks[0], dict) else None
+        body["provenance"] = {**provenance, "os_disk": _public_source(provenance["os_disk"], os_digest)}
+    audit = record.get("audit")
+    if isinstance(audit, dict) and isinstance(audit.get("source"), str):
+        body["audit"] = {**audit, "source": _public_text(audit["source"])}
+    return body
+
+
+def _public_text(text: str) -> str:
+    """A source as typed: a file keeps its base name; vm:, snapshot:, blake3: and G/D@V have no path."""
+    named = text.startswith(("vm:", "snapshot:", "blake3:")) or re.fullmatch(r"[^/@]+/[^/@]+@[^/]+", text)
+    return text if named else PurePath(text).name
+
+
+def _public_source(source: Any, digest: Any) -> Any:
+    if isinstance(source, str):
+        return _public_text(source)
+    if not isinstance(source, dict):
+        return source
+    kept = {k: v for k, v in source.items() if k != "path"}
+    if source.get("kind") == "file":
+        path = source.get("path")
+        kept = {**kept, "name": PurePath(path).name if isinstance(path, str) else kept.get("name"), "digest": digest}
+    return kept
 
 
 def _settings(record: dict[str, Any]) -> tuple[Any, ...]:
     check = record.get("check")
+    revocation = record.get("revocation")
     return (record.get("exclude_from_latest"), record.get("end_of_life"),
-            record.get("block_deletion_before_end_of_life"), check.get("state") if isinstance(check, dict) else None)
+            record.get("block_deletion_before_end_of_life"), check.get("state") if isinstance(check, dict) else None,
+            revocation.get("reason") if isinstance(revocation, dict) else None)
 
 
 def _disks(record: dict[str, Any]) -> list[tuple[Any, Any]]:
@@ -155,7 +196,7 @@ class Pusher:
     def push(self, version: ImageVersion) -> PushResult:
         repo, tag = self.repository(version), version.version
         name = f"{version.gallery}/{version.definition}@{version.version}"
-        record = version.to_json()
+        record = public_record(version.to_json())
         definition = self.store.get_manifest(version.definition_record)
         existing = self._existing(repo, tag)
         if existing is not None:
@@ -338,8 +379,19 @@ def _count(result: PushResult, sent: int) -> None:
 
 
 def push(home: Home, remote: Remote, target: Target, source: str, *, progress: Progress | None = None,
-         hook: PushHook | None = None, workers: int = WORKERS) -> list[PushResult]:
-    """Push every version SRC names that the remote lacks (lowest first, so later ones reuse packs)."""
+         hook: PushHook | None = None, workers: int = WORKERS, with_revocation: bool = False) -> list[PushResult]:
+    """Push every version SRC names that the remote lacks (lowest first, so later ones reuse packs).
+
+    A revoked version is refused before anything moves unless `with_revocation`: its record (config)
+    then carries the revocation, which every remote view honours; the caller attaches the signed
+    statement (imgtool.remote.revoke.push_revocation)."""
+    versions = [version for version, _record in versions_of(home, source)]
+    revoked = [v.label for v in versions if v.revocation is not None]
+    if revoked and not with_revocation:
+        raise Refused(f"{', '.join(revoked)} {'is' if len(revoked) == 1 else 'are'} revoked here: pushing would "
+                      f"offer {'it' if len(revoked) == 1 else 'them'} to others as usable",
+                      hint="push with --with-revocation to send the revocation along (signed), or push the "
+                           "other versions by name")
     pusher = Pusher(home, remote, target, progress=progress, workers=workers, hook=hook)
-    return [pusher.push(version) for version, _record in versions_of(home, source)]
+    return [pusher.push(version) for version in versions]
 

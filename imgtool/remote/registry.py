@@ -299,6 +299,24 @@ class RegistryClient:
             raise self._fail(response, "GET /v2/")
         response.close()
 
+    def has_repository(self, repo: str) -> bool:
+        """Whether the registry knows `repo` (its tag list answers) after /v2/ answered as a registry's does;
+        an empty tag list cannot tell a new repository from a misspelled one, or a registry from a web page."""
+        response = self.request("GET", "/v2/")
+        if response.status_code != 200:
+            words = registry_message(response)
+            response.close()
+            raise RemoteFailed(f"{self.label} ({self.base}) does not answer as an OCI registry: GET /v2/ gave "
+                               f"HTTP {response.status_code} {words}".rstrip(),
+                               hint=f"check the URL (imgtool remote show {self.label}); a registry answers "
+                                    "/v2/ with 200, or 401 before login")
+        response.close()
+        response = self.request("GET", f"/v2/{repo}/tags/list", repo=repo)
+        if response.status_code in (200, 404):
+            response.close()
+            return response.status_code == 200
+        raise self._fail(response, f"listing the tags of {repo}")
+
     def tags(self, repo: str) -> list[str]:
         found: list[str] = []
         path: str | None = f"/v2/{repo}/tags/list"

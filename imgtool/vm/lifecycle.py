@@ -112,11 +112,17 @@ def _provisioning(req: NewVm, version: ImageVersion) -> seed.Provisioning | None
                 hint="a specialized image keeps the source's identity (hostname, users, keys); "
                      "publish a generalized version to provision VMs")
         return None
-    key_path = req.ssh_key or _default_key()
+    key_path = _key_path(req)
     keys = (_public_key(key_path),) if key_path else ()
     user_data = _read(req.user_data, "user-data", MAX_USER_DATA) if req.user_data else None
     hostname = req.hostname or req.name.replace("_", "-").replace(".", "-")[:63]
     return seed.Provisioning(seed.new_instance_id(), hostname, req.admin_user or _default_user(), keys, user_data)
+
+
+def _key_path(req: NewVm) -> Path | None:
+    """The public key file, absolute: the record keeps it for vm ssh/wait, which run from any folder."""
+    path = req.ssh_key or _default_key()
+    return None if path is None else path.expanduser().absolute()
 
 
 def _public_key(path: Path) -> str:
@@ -263,7 +269,7 @@ def _build(home: Home, folder: Path, req: NewVm, version: ImageVersion, version_
     if provisioning is not None:
         digest = seed.write_seed(folder / "seed.iso", provisioning)
         seed_info = SeedInfo("seed.iso", digest, provisioning.instance_id, provisioning.hostname,
-                             provisioning.admin_user, str(req.ssh_key or _default_key() or "") or None)
+                             provisioning.admin_user, str(_key_path(req) or "") or None)
     if definition.firmware == "uefi":
         _, vars_template = accel.ovmf_paths()
         shutil.copyfile(vars_template, folder / "ovmf-vars.fd")

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import blake3
 import pycdlib
+import yaml
 
 from imgtool.errors import InvalidArgument
 from store import atomic
@@ -240,6 +241,8 @@ def _user_parts(document: str) -> list[EmailMessage]:
     for header, subtype in _USER_DATA_TYPES:
         if first.startswith(header):
             merge = _USER_CLOUD_CONFIG_MERGE if subtype == "cloud-config" else None
+            if subtype == "cloud-config":
+                check_cloud_config(document, "the user-data file")
             return [_text_part(document, subtype, "user-data", merge)]
     raise InvalidArgument(
         "the user-data file has no cloud-init header on its first line",
@@ -254,6 +257,7 @@ def _mime_parts(document: str) -> list[EmailMessage]:
     if not isinstance(parsed, EmailMessage):
         raise InvalidArgument("the user-data MIME document cannot be parsed", hint="check its headers")
     if not parsed.is_multipart():
+        _check_cloud_config_parts([parsed])
         return [parsed]
     parts = parsed.get_payload()
     passed = [part for part in parts if isinstance(part, EmailMessage)] if isinstance(parts, list) else []
@@ -264,7 +268,34 @@ def _mime_parts(document: str) -> list[EmailMessage]:
         # user chose a merge strategy themselves.
         if part.get_content_type() == "text/cloud-config" and "Merge-Type" not in part and "X-Merge-Type" not in part:
             part["Merge-Type"] = _USER_CLOUD_CONFIG_MERGE
+    _check_cloud_config_parts(passed)
     return passed
+
+
+def _check_cloud_config_parts(parts: list[EmailMessage]) -> None:
+    for part in parts:
+        if part.get_content_type() == "text/cloud-config":
+            check_cloud_config(str(part.get_content()), "a text/cloud-config part of the user-data file")
+
+
+def check_cloud_config(text: str, what: str) -> None:
+    """Refuse a cloud-config that cloud-init would drop inside the guest: not YAML, or YAML but not a mapping.
+
+    The error names the line and YAML's complaint, never the text (user-data may hold secrets).
+    """
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "it is not valid YAML"
+        raise InvalidArgument(f"{what} is not valid #cloud-config YAML{where}: {problem}",
+                              hint="fix that line (cloud-init would ignore the whole document in the guest); "
+                              "check it with: cloud-init schema --config-file FILE") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise InvalidArgument(f"{what} is YAML but not a mapping of cloud-config keys "
+                              f"(it is a {type(loaded).__name__})",
+                              hint="write keys at the top level, e.g. packages: [nginx]")
 
 
 # --- the ISO ----------------------------------------------------------------

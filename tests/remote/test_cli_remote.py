@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.cli import Cli
+from tests.conftest import require_tools
 from tests.remote.conftest import PASSWORD, USER
 from tests.remote.helpers import disk_bytes, make_home, publish_bytes
 from tests.remote.registry import Registry, running
 
 pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def cli_for(home_root: Path, tmp_path: Path) -> Cli:
@@ -66,6 +73,53 @@ def test_errors_are_one_clear_line(registry: Registry, tmp_path: Path) -> None:
     assert "Traceback" not in missing.stderr
     unknown = a("pull", "nope:team/base", ok=False)
     assert unknown.returncode == 3 and "remote add" in unknown.stderr
+
+
+@contextlib.contextmanager
+def web_page_server() -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 that is not a registry: every path is a 404 web page."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(404)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<html>no such page</html>")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_a_missing_definition_layout_or_registry_is_not_an_empty_remote(registry: Registry, tmp_path: Path) -> None:
+    src = make_home(tmp_path / "a")
+    publish_bytes(src, "team/base", "1.0.0", disk_bytes(1 << 20, seed=22))
+    a = cli_for(src.root, tmp_path)
+    a("remote", "add", "origin", f"{registry.url}/missing")
+    a("trust", "policy", "origin", "any")
+    a("push", "team/base@1.0.0", "origin")
+    assert [v["version"] for v in a.json("remote", "versions", "origin:team/base")["versions"]] == ["1.0.0"]  # type: ignore[index]
+    typo = a("remote", "versions", "origin:team/bsae", ok=False)
+    assert typo.returncode == 3 and "origin has no definition team/bsae" in typo.stderr
+    assert a("pull", "origin:team/bsae", ok=False).returncode == 3
+    a("remote", "add", "usb", f"oci-layout:{tmp_path / 'unmounted'}")
+    gone = a("remote", "versions", "usb:team/base", ok=False)
+    assert gone.returncode == 3 and "layout folder" in gone.stderr and "does not exist" in gone.stderr
+    (tmp_path / "unmounted").mkdir()
+    assert "usb has no definition team/base" in a("remote", "versions", "usb:team/base", ok=False).stderr
+    with web_page_server() as url:
+        a("remote", "add", "web", url)
+        page = a("remote", "versions", "web:team/base", ok=False)
+    assert page.returncode == 12 and "does not answer as an OCI registry" in page.stderr
+    assert "Traceback" not in typo.stderr + gone.stderr + page.stderr
 
 
 def test_htpasswd_login_wrong_password_and_missing_login(auth_registry: Registry, tmp_path: Path) -> None:
@@ -168,3 +222,102 @@ def test_vm_new_from_a_remote_image_pulls_first(registry: Registry, tmp_path: Pa
     assert made["image"] == "team/spec@1.0.0"  # type: ignore[index]
     assert b.json("version", "show", "team/spec@1.0.0")["provenance"]["pulled_from"]["remote"] == "origin"  # type: ignore[index]
     b.json("vm", "new", "dev2", "--image", "origin:team/spec@1.0.0")  # already here: nothing pulled again
+
+
+def test_a_pushed_record_carries_no_publisher_paths(tmp_path: Path) -> None:
+    require_tools("qemu-img")
+    private = tmp_path / "private-folder-of-the-publisher"
+    private.mkdir()
+    disk = private / "golden.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "4M"], check=True)
+    a = cli_for(tmp_path / "a", tmp_path)
+    a("gallery", "create", "team")
+    a("definition", "create", "team/base", "--publisher", "p", "--offer", "o", "--sku", "s", "--os-type", "linux",
+      "--os-state", "generalized")
+    a("publish", "team/base", "--version", "1.0.0", "--os-disk", str(disk))
+    assert str(private) in json.dumps(a.json("version", "show", "team/base@1.0.0"))  # kept locally
+    layout = tmp_path / "layout"
+    a("remote", "add", "usb", f"oci-layout:{layout}")
+    a("push", "team/base@1.0.0", "usb")
+    blobs = [p.read_bytes() for p in layout.rglob("blobs/sha256/*") if p.stat().st_size < 1 << 20]
+    configs = [b for b in blobs if b"imgtool-version-config" in b]
+    assert configs and not any(str(private).encode() in b or b"private-folder" in b for b in blobs)
+    record = json.loads(configs[0])["version"]
+    source = record["disks"][0]["source"]
+    assert source["kind"] == "file" and source["format"] == "qcow2" and source["name"] == "golden.qcow2"
+    assert source["digest"] == record["disks"][0]["digest"] and "path" not in source
+    assert record["provenance"]["os_disk"] == source and record["audit"]["source"] == "golden.qcow2"
+    b = cli_for(tmp_path / "b", tmp_path)
+    b("remote", "add", "usb", f"oci-layout:{layout}")
+    b("trust", "policy", "usb", "any")
+    b("pull", "usb:team/base@1.0.0")
+    shown = b.json("version", "show", "team/base@1.0.0")
+    assert str(private) not in json.dumps(shown) and b("verify", "--deep").returncode == 0
+    b("push", "team/base@1.0.0", "usb")  # pushed on as it came: the same record, nothing changes
+
+
+def test_a_revoked_version_travels_only_with_its_revocation(registry: Registry, tmp_path: Path) -> None:
+    src = make_home(tmp_path / "a")
+    publish_bytes(src, "team/base", "1.0.0", disk_bytes(1 << 20, seed=30))
+    publish_bytes(src, "team/base", "1.1.0", disk_bytes(1 << 20, seed=31))
+    publish_bytes(src, "team/base", "1.2.0", disk_bytes(1 << 20, seed=32))
+    a = cli_for(src.root, tmp_path)
+    url = f"{registry.url}/revoked-{os.getpid()}"
+    a("remote", "add", "origin", url)
+    a("key", "generate", "release")
+    (tmp_path / "release.pub").write_text(a("key", "export", "release").stdout)
+    a("trust", "signing-key", "origin", "release")
+    a("push", "team/base@1.0.0", "origin")
+    a("version", "revoke", "team/base@1.0.0", "--reason", "CVE-2026-0001 in openssl")  # pushed, then revoked
+    a("version", "revoke", "team/base@1.2.0", "--reason", "broken boot")  # revoked, never pushed
+    refused = a("push", "team/base", "origin", ok=False)
+    assert refused.returncode == 5 and "team/base@1.0.0, team/base@1.2.0 are revoked here" in refused.stderr
+    assert "--with-revocation" in refused.stderr
+    assert [v["version"] for v in a.json("remote", "versions", "origin:team/base")["versions"]] == ["1.0.0"]  # type: ignore[index]
+    pushed = a.json("push", "team/base", "origin", "--with-revocation")
+    assert [v["status"] for v in pushed["versions"]] == ["updated", "pushed", "pushed"]  # type: ignore[index]
+
+    b = cli_for(tmp_path / "b", tmp_path)
+    b("remote", "add", "origin", url)
+    b("trust", "add", "origin", str(tmp_path / "release.pub"))
+    listed = b.json("remote", "versions", "origin:team/base", "--explain")
+    assert listed["latest"] == "1.1.0"  # type: ignore[index]
+    revoked = {v["version"]: v["revoked"] for v in listed["versions"]}  # type: ignore[index]
+    assert "CVE-2026-0001" in revoked["1.0.0"] and "broken boot" in revoked["1.2.0"] and revoked["1.1.0"] is None
+    assert b.json("pull", "origin:team/base@latest")["tag"] == "1.1.0"  # type: ignore[index]
+    gone = b("pull", "origin:team/base@1.2.0", ok=False)
+    assert gone.returncode == 5 and "revoked" in gone.stderr and "broken boot" in gone.stderr
+    assert b("pull", "origin:team/base@1.0.0", ok=False).returncode == 5
+
+
+def _documented_keys(row: str) -> set[str]:
+    """The JSON keys a SHARING.md table row names (REF stands for ref, gallery, definition, version)."""
+    keys = set(re.findall(r'"([a-z_]+)"', row.split("|", 2)[2]))
+    return keys | ({"ref", "gallery", "definition", "version"} if "REF" in row else set())
+
+
+def _keys(value: object) -> set[str]:
+    if isinstance(value, dict):
+        return set(value) | {k for v in value.values() for k in _keys(v)}
+    if isinstance(value, list):
+        return {k for v in value for k in _keys(v)}
+    return set()
+
+
+def test_sharing_md_json_table_matches_the_output(tmp_path: Path) -> None:
+    rows = {line.split("`")[1]: line for line in (ROOT / "docs" / "SHARING.md").read_text().splitlines()
+            if line.startswith("| `")}
+    src = make_home(tmp_path / "a")
+    publish_bytes(src, "team/base", "1.0.0", disk_bytes(1 << 20, seed=40))
+    a = cli_for(src.root, tmp_path)
+    layout = f"oci-layout:{tmp_path / 'layout'}"
+    added = a.json("remote", "add", "usb", layout)
+    b = cli_for(tmp_path / "b", tmp_path)
+    b("remote", "add", "usb", layout)
+    b("trust", "policy", "usb", "any")
+    outputs = {"remote add": added, "push": a.json("push", "team", "usb"),
+               "remote versions": a.json("remote", "versions", "usb:team/base"),
+               "pull": b.json("pull", "usb:team/base"), "remote list": a.json("remote", "show", "usb")}
+    for command, output in outputs.items():
+        undocumented = _keys(output) - _documented_keys(rows[command])
+        assert not undocumented, f"docs/SHARING.md does not name {undocumented} in `{command}`"

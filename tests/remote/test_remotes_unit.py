@@ -80,3 +80,22 @@ def test_credentials_lookup_order_and_own_file_mode(tmp_path: Path, monkeypatch:
     assert auth.lookup("reg.example:5000", home_root) == auth.Credentials("skopeo", "s")
     (tmp_path / "registry-auth.json").write_text("not json")  # another tool's broken file is skipped
     assert auth.lookup("reg.example:5000", home_root) == auth.Credentials("podman", "p")
+
+
+def test_push_sources_name_the_versions_they_mean(tmp_path: Path) -> None:
+    from imgtool.remote.push import versions_of
+    from tests.remote.helpers import disk_bytes, make_home, publish_bytes
+
+    home = make_home(tmp_path / "home")
+    publish_bytes(home, "team/base", "1.0.0", disk_bytes(1 << 18, seed=1))
+    publish_bytes(home, "team/base", "1.1.0", disk_bytes(1 << 18, seed=2))
+    publish_bytes(home, "team/base", "2.0.0", disk_bytes(1 << 18, seed=3), exclude_from_latest=True)
+
+    def names(source: str) -> list[str]:
+        return [v.version for v, _ in versions_of(home, source)]
+
+    assert names("team/base@latest") == ["1.1.0"]  # the one latest picks, not every version
+    assert names("team/base@2.0.0") == ["2.0.0"]
+    assert names("team/base") == names("team") == ["1.0.0", "1.1.0", "2.0.0"]
+    with pytest.raises(NotFound):
+        versions_of(home, "team/base@3.0.0")

@@ -180,6 +180,9 @@ class Adapter:
         body = json.loads(self._body(self.client.tags(repo), repo))
         return list(body.get("tags") or [])
 
+    def has_repository(self, repo: str) -> bool:
+        return self.client.tags(repo).status == 200
+
     def get_manifest(self, repo: str, ref: str) -> Fetched:
         answer = self.client.manifest(repo, ref)
         data = self._body(answer, f"{repo}:{ref}")

@@ -208,8 +208,22 @@ def test_latest_is_the_highest_verified_version(world: World) -> None:
     assert listed["latest"] == "1.0.0"  # type: ignore[index]
     reasons = {c["version"]: c["reason"] for c in listed["candidates"]}  # type: ignore[index]
     assert reasons["1.1.0"].startswith("dropped: not verified") and "is not signed" in reasons["1.1.0"]
+
     pulled = world.user.json("pull", "origin:team/base")
     assert pulled["tag"] == "1.0.0"  # type: ignore[index]
+
+
+def test_a_long_refusal_reaches_remote_versions_whole(world: World) -> None:
+    src = Home.at(world.publisher.home)
+    publish_bytes(src, "team/base", "1.1.0", disk_bytes(1 << 20, seed=42))
+    for key in ("stranger", "intruder"):  # two untrusted signatures make a refusal longer than 160 characters
+        world.publisher("key", "generate", key)
+        world.publisher("push", "team/base@1.1.0", "origin", "--sign", key)
+    world.user("trust", "add", "origin", str(world.pub_key))
+    why = world.user("pull", "origin:team/base@1.1.0", ok=False).stderr.split("error: ")[1].splitlines()[0]
+    listed = world.user.json("remote", "versions", "origin:team/base", "--explain")
+    reasons = {c["version"]: c["reason"] for c in listed["candidates"]}  # type: ignore[index]
+    assert len(why) > 160 and reasons["1.1.0"] == f"dropped: not verified: {why}"
 
 
 def test_vm_new_reverifies_from_the_store(world: World) -> None:
@@ -294,3 +308,25 @@ def test_signed_versions_through_an_oci_layout_folder(world: World) -> None:
     world.user("trust", "add", "usb", str(world.pub_key))
     world.user("pull", "usb:team/base@1.0.0")
     assert world.user.json("version", "verify", "team/base@1.0.0")["remote"] == "usb"  # type: ignore[index]
+
+
+def test_signing_follows_the_remote_for_every_way_a_version_reaches_it(world: World, registry: Registry) -> None:
+    """The README's sharing section: a remote added --sign-with KEY gets every version signed, pushed or
+    replicated by publish --replicate-to; a teammate whose policy requires that key pulls them."""
+    url = f"{registry.url}/follows-{world.prefix}"
+    world.publisher("remote", "add", "team-remote", url, "--sign-with", "release")
+    disk = world.tmp / "v2.raw"
+    disk.write_bytes(bytes(disk_bytes(1 << 20, seed=43)))
+    world.publisher("publish", "team/base", "--version", "1.2.0", "--os-disk", str(disk),
+                    "--replicate-to", "team-remote")
+    world.publisher("push", "team/base@1.0.0", "team-remote")
+    teammate = cli_for(world.tmp / "teammate", world.tmp)
+    teammate("remote", "add", "team-remote", url)
+    teammate("trust", "add", "team-remote", str(world.pub_key))
+    assert teammate.json("pull", "team-remote:team/base@latest")["tag"] == "1.2.0"  # type: ignore[index]
+    teammate("pull", "team-remote:team/base@1.0.0")
+    for version in ("1.0.0", "1.2.0"):
+        verified = teammate.json("version", "verify", f"team/base@{version}")
+        assert verified["policy"] == "signed"  # type: ignore[index]
+    missing = world.publisher("remote", "add", "other", url, "--sign-with", "nobody", ok=False)
+    assert missing.returncode == 3 and "other" not in world.publisher("remote", "list").stdout
