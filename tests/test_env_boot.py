@@ -61,7 +61,8 @@ def user_data(me: str, peer: str, address: str, peer_address: str, guest: str) -
     pings = f"i=0; while [ $i -lt 900 ]; do ping -c 1 -W 2 {peer} >/dev/null && echo REACH {peer} $i; " \
             "i=$((i+1)); sleep 1; done"
     return "\n".join(["#cloud-config", f"#tiny-net: {mac} {address}/24", f"#tiny-host: {peer_address} {peer}",
-                      f"#tiny-after: mkdir -p /mnt/s && mount -t virtiofs share0 /mnt/s && echo MOUNTED; {guest}",
+                      "#tiny-after: mkdir -p /mnt/s && mount -t virtiofs imgtool:share0 /mnt/s && echo MOUNTED; "
+                      + guest,
                       f"#tiny-after: {pings}", ""])
 
 

@@ -76,11 +76,11 @@ def test_an_old_record_reads_and_new_fields_round_trip(tmp_path: Path) -> None:
 
 
 def test_the_seed_names_mounts_nics_and_peers() -> None:
-    p = seed.Provisioning("iid-1", "a", "me", mounts=(("share0", "/srv/src", "virtiofs", "defaults,nofail,ro", "0",
-                                                        "0"),),
+    mount = ("imgtool:share0", "/srv/src", "virtiofs", "defaults,nofail,ro", "0", "0")
+    p = seed.Provisioning("iid-1", "a", "me", mounts=(mount,),
                           nics=(seed.GuestNic("52:54:00:aa:bb:cc", "10.91.0.2/24"),), hosts=(("10.91.0.3", "b"),))
     config = yaml.safe_load(seed.cloud_config(p))
-    assert config["mounts"] == [["share0", "/srv/src", "virtiofs", "defaults,nofail,ro", "0", "0"]]
+    assert config["mounts"] == [["imgtool:share0", "/srv/src", "virtiofs", "defaults,nofail,ro", "0", "0"]]
     assert config["bootcmd"] == [["sh", "-c", "sed -i '/ # imgtool-network$/d' /etc/hosts && "
                                   "printf '%s\\n' '10.91.0.3 b # imgtool-network' >> /etc/hosts"]]
     network = yaml.safe_load(seed.network_config(p) or "")
@@ -95,7 +95,7 @@ def test_the_seed_names_mounts_nics_and_peers() -> None:
     {"nics": (seed.GuestNic("52:54:00:aa:bb:cc", "10.91.0.2"),)},
     {"hosts": (("10.91.0.3", "b; reboot"),)},
     {"hosts": (("10.91.0.300", "b"),)},
-    {"mounts": (("share0", "/srv x", "virtiofs", "defaults", "0", "0"),)},
+    {"mounts": (("imgtool:share0", "/srv x", "virtiofs", "defaults", "0", "0"),)},
 ])
 def test_network_values_that_could_break_a_guest_file_are_refused(change: dict[str, object]) -> None:
     with pytest.raises(InvalidArgument):
@@ -121,7 +121,7 @@ def test_vm_new_with_shares_and_networks_records_them_and_seeds_the_guest(home: 
     refreshed = attachments.refresh_seed(home, load(home, "a"))
     assert refreshed.seed is not None and refreshed.seed.digest != (a.seed.digest if a.seed else None)
     user_data = iso_file(home.vms / "a" / "seed.iso", "user-data")
-    assert "10.91.7.2 b # imgtool-network" in user_data and '"share0", "/srv/src", "virtiofs"' in user_data
+    assert "10.91.7.2 b # imgtool-network" in user_data and '"imgtool:share0", "/srv/src", "virtiofs"' in user_data
     with pytest.raises(Refused, match="used by VM\\(s\\) a, b"):
         networks.delete(home, "lan", used_by=[r.name for r in vms_on_network(home, "lan")])
 
@@ -161,7 +161,7 @@ def test_the_cli_wires_shares_networks_and_network_commands(home: Home, tmp_path
     assert shown["shares"] == [{"host": str(src.resolve()), "guest": "/srv/src", "readonly": True}]
     assert shown["networks"][0]["address"] == "10.91.0.10"
     text = cli("vm", "show", "web").stdout
-    assert "share share0:" in text and "network lan:" in text and "10.91.0.10/24" in text
+    assert "share imgtool:share0:" in text and "network lan:" in text and "10.91.0.10/24" in text
     listed = cli.json("network", "show", "lan")
     assert isinstance(listed, dict) and listed["vms"] == [{"name": "web", "address": "10.91.0.10",
                                                            "mac": shown["networks"][0]["mac"]}]

@@ -9,9 +9,10 @@ Contracts:
 - A killed `up` leaves what it finished; the next `up` sees those as unchanged, reclaims a VM
   folder without a record (imgtool.vm.lifecycle._claim) and goes on. A VM is made and recorded
   with its project, so `down` deletes exactly what `up` made.
-- Provision scripts run once, after SSH answers, only with `wait`: `sudo sh -s` with the script on
-  stdin; `provisioned.json` in the VM folder (exit code, output tail) marks it done, also when it
-  failed (it is reported, not re-run: delete the VM to run it again).
+- Provision scripts run once, after SSH answers (and cloud-init is done, for a seeded VM), only with
+  `wait`: `sudo sh -s` with the script on stdin; `provisioned.json` in the VM folder (exit code,
+  output tail) marks it done, also when it failed (it is reported, not re-run: delete the VM to run
+  it again).
 """
 
 from __future__ import annotations
@@ -136,7 +137,9 @@ def _provision_all(home: Home, spec: EnvironmentSpec, result: UpResult, timeout:
     running = [v for v in spec.vms if v.full_name not in result.failed]
 
     def ready(vm: VmSpec) -> dict[str, Any]:
-        ssh.wait(home, vm.full_name, timeout=max(deadline - time.monotonic(), 1.0))
+        # A seeded guest is ready once cloud-init is done: its shares are mounted, its NICs configured.
+        seeded = vmrecord.load(home, vm.full_name).seed is not None
+        ssh.wait(home, vm.full_name, timeout=max(deadline - time.monotonic(), 1.0), cloud_init=seeded)
         return provision(home, vm) if vm.provision is not None else {"ran": False, "exit_code": None, "output": ""}
 
     with ThreadPoolExecutor(max_workers=max(1, min(len(running), 8))) as pool:

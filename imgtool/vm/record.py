@@ -125,7 +125,7 @@ class VmRecord:
     allowed_revoked: str | None = None  # made from a revoked version on purpose (--allow-revoked): its reason
     forwards: tuple[Forward, ...] = ()  # extra port forwards (vm new --forward)
     updated: str | None = None  # when vm update last changed vCPUs or memory
-    shares: tuple[ShareRecord, ...] = ()  # shared folders (virtio-fs), in tag order: share0, share1, ...
+    shares: tuple[ShareRecord, ...] = ()  # virtio-fs shares, in tag order: imgtool:share0, ...
     networks: tuple[NetworkAttachment, ...] = ()  # one NIC each, after the user-mode one
     environment: JsonObject | None = None  # {"project", "settings"} when `imgtool up` made it (environment/plan)
 

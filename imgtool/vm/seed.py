@@ -151,7 +151,7 @@ def validate(p: Provisioning) -> None:
 
 
 _MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
-_FSTAB_FIELD = re.compile(r"[A-Za-z0-9._@+,=/-]+")
+_FSTAB_FIELD = re.compile(r"[A-Za-z0-9._@+,=/:-]+")
 
 
 def _validate_network(p: Provisioning) -> None:
