@@ -249,7 +249,9 @@ def cloud_config(p: Provisioning) -> str:
         lines.extend(f"  - [{', '.join(map(_q, entry))}]" for entry in p.mounts)
     if p.nics:
         # bootcmd runs at every boot: the peers' names stay current when the seed is rebuilt at a start.
-        lines += ["bootcmd:", f"  - [sh, -c, {_q(hosts_script(p.hosts))}]"]
+        # manage_etc_hosts `localhost` (images often say true, which rewrites the whole file from a
+        # template after bootcmd) keeps cloud-init to its own hostname line.
+        lines += ["manage_etc_hosts: localhost", "bootcmd:", f"  - [sh, -c, {_q(hosts_script(p.hosts))}]"]
     return "\n".join(lines) + "\n"
 
 
