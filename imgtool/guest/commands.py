@@ -7,7 +7,7 @@ runs. After a good probe, 255 is the command's (or a connection lost mid-way, wh
 same way; nothing can tell those apart).
 
 The remote command line is built here, each word quoted for the guest's shell:
-`cd DIR && exec sudo -n -u USER -H -- env K=V -- CMD ARG...` (the parts given).
+`cd DIR && exec sudo -n -u USER -H -- env K=V CMD ARG...` (the parts given).
 
 cp: `scp -p` (SFTP; modes and times kept, `-r` for folders) with the same options. One side is the
 VM's NAME:PATH, the other local; a word is a VM path when what comes before its first colon is a
@@ -64,7 +64,9 @@ def remote_line(command: Command) -> str:
     if command.user is not None:
         words += ["sudo", "-n", "-u", command.user, "-H", "--"]
     if command.env:
-        words += ["env", *(f"{k}={v}" for k, v in command.env), "--"]
+        # No `--` after the assignments: env stops at its first non-option, so a `--` there would be
+        # taken for the command's name.
+        words += ["env", *(f"{k}={v}" for k, v in command.env)]
     line = shlex.join([*words, *command.argv])
     return f"cd {shlex.quote(command.workdir)} && {line}" if command.workdir else line
 

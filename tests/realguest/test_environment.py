@@ -26,7 +26,7 @@ from tests.cli import Cli
 from tests.realguest.test_debian import _require_root_or_cache
 from tests.test_env_boot import processes_mentioning
 
-pytestmark = [pytest.mark.realguest, pytest.mark.integration, pytest.mark.boot]
+pytestmark = [pytest.mark.realguest, pytest.mark.integration, pytest.mark.boot, pytest.mark.timeout(2400)]
 ROOT = Path(__file__).resolve().parents[2]
 
 FILE = """\
@@ -74,19 +74,31 @@ def rss_kib(pid: int) -> int:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
 
 
-def memory_report(cli: Cli) -> dict[str, int]:
+def memory_report(cli: Cli, shared: Path) -> dict[str, int]:
     """RSS in MiB of each VM's QEMU, the virtiofsd processes, and the network's switch."""
     found: dict[str, int] = {}
     for vm in ("envr-a", "envr-b"):
         shown = cli.json("vm", "show", vm)
         assert isinstance(shown, dict)
         found[f"qemu {vm}"] = rss_kib(int(shown["pid"])) // 1024
-    virtiofsd = [p for p in processes_mentioning("virtiofsd") if p in processes_mentioning(str(cli.home))]
+    virtiofsd = [p for p in processes_mentioning("virtiofsd") if p in processes_mentioning(str(shared))]
+    assert virtiofsd, "no virtiofsd serves the shared folder"
     found["virtiofsd (all)"] = sum(rss_kib(p) for p in virtiofsd) // 1024
     network = cli.json("network", "show", "envr-lan")
     assert isinstance(network, dict) and network["switch"]
     found["switch"] = rss_kib(int(network["switch"]["pid"])) // 1024
     return found
+
+
+def diagnose(cli: Cli) -> str:
+    """What cloud-init said in each guest (for a failed up --wait)."""
+    found = []
+    for vm in ("envr-a", "envr-b"):
+        done = imgtool(cli, "vm", "exec", vm, "--user", "root", "--", "sh", "-c",
+                       "cloud-init status --long; "
+                       "grep -E 'WARN|ERROR|Traceback|Fail' /var/log/cloud-init.log | tail -20")
+        found.append(f"--- {vm}\n{done.stdout}{done.stderr}")
+    return "\n".join(found)
 
 
 def test_a_two_vm_environment_of_real_guests(tmp_path: Path) -> None:
@@ -109,7 +121,7 @@ def test_a_two_vm_environment_of_real_guests(tmp_path: Path) -> None:
         started = time.monotonic()
         up = imgtool(cli, "--json", "up", "-f", yaml_file, "--wait", "--timeout", "900", timeout=1000)
         took = time.monotonic() - started
-        assert up.returncode == 0, up.stderr
+        assert up.returncode == 0, up.stdout + up.stderr + diagnose(cli)
         body: dict[str, Any] = json.loads(up.stdout)
         print(f"\nup --wait for two VMs: {took:.0f}s (TCG, bases included)")
         assert body["failed"] == {} and sorted(body["started"]) == ["envr-a", "envr-b"]
@@ -117,7 +129,7 @@ def test_a_two_vm_environment_of_real_guests(tmp_path: Path) -> None:
         assert "hello from provision a" in body["provisioned"]["envr-a"]["output"]
         assert body["provisioned"]["envr-b"]["exit_code"] == 3
         assert "failing on purpose" in body["provisioned"]["envr-b"]["output"]
-        print("memory (RSS, MiB):", memory_report(cli))
+        print("memory (RSS, MiB):", memory_report(cli, shared))
 
         # shares: host -> guest, guest -> host, and the host refuses b's write
         assert imgtool(cli, "vm", "exec", "envr-a", "--", "cat", "/srv/shared/from-host.txt").stdout == \
@@ -154,7 +166,7 @@ def test_a_two_vm_environment_of_real_guests(tmp_path: Path) -> None:
 
         # a TCP listener in a, reached from b by name
         imgtool(cli, "vm", "exec", "envr-a", "--", "sh", "-c",
-                f"nohup python3 -c \"{LISTEN}\" >/dev/null 2>&1 &")
+                f"nohup python3 -c \"{LISTEN}\" </dev/null >/dev/null 2>&1 &")
         reached = imgtool(cli, "vm", "exec", "envr-b", "--", "python3", "-c", CONNECT)
         assert reached.stdout.strip() == "hello-from-a", reached.stderr
 
@@ -179,6 +191,6 @@ def test_a_two_vm_environment_of_real_guests(tmp_path: Path) -> None:
     assert down.returncode == 0, down.stderr
     assert cli.json("vm", "list") == [] and cli.json("network", "list") == []
     deadline = time.monotonic() + 60
-    while processes_mentioning(str(cli.home)) and time.monotonic() < deadline:
+    while (processes_mentioning(str(cli.home)) or processes_mentioning(str(shared))) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert processes_mentioning(str(cli.home)) == []
+    assert processes_mentioning(str(cli.home)) == [] and processes_mentioning(str(shared)) == []
