@@ -16,9 +16,8 @@ from imgtool.errors import InvalidArgument, NotFound, Refused
 from imgtool.gallery import galleries as gallery
 from imgtool.gallery.image_versions import PublishRequest, publish
 from imgtool.gallery.model import Definition
-from imgtool.gallery.versions import Version
 from imgtool.home import Home
-from imgtool.names import DefinitionRef
+from imgtool.names import DefinitionRef, Version
 from imgtool.net import networks
 from imgtool.vm import attachments, lifecycle, seed
 from imgtool.vm.record import NetworkAttachment, ShareRecord, load, vms_on_network

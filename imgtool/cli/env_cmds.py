@@ -18,11 +18,11 @@ def register(app: typer.Typer) -> None:
 
 def _load(st: Any, file: Path | None, *, check_images: bool) -> Any:
     from imgtool.environment import spec
+    from imgtool.flows.images import is_remote_image
     from imgtool.gallery import lookup
-    from imgtool.remote import service
 
     def check_image(image: str) -> None:
-        if not service.is_remote_image(image):  # a remote one is looked up when it is pulled
+        if not is_remote_image(image):  # a remote one is looked up when it is pulled
             lookup.get_version(st.home, image)
 
     return spec.load(file or Path(spec.DEFAULT_FILE), home=st.home.root,

@@ -4,8 +4,8 @@ from typing import Annotated, Any
 
 import typer
 
-from imgtool.flows import shapes
 from imgtool.cli.output import emit_json, fields, state, table
+from imgtool.flows import shapes
 from imgtool.home import Home
 
 network_app = typer.Typer(help="Networks between VMs: a private guest subnet; no root, no host interface, nothing "
