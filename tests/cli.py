@@ -15,8 +15,12 @@ class Cli:
         self.env = env or {}
         self.cwd = cwd
 
+    def env_for(self) -> dict[str, str]:
+        """The environment the command line runs in (for a test that starts it itself)."""
+        return {**os.environ, "IMGTOOL_HOME": str(self.home), **self.env}
+
     def __call__(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "IMGTOOL_HOME": str(self.home), **self.env}
+        env = self.env_for()
         done = subprocess.run([sys.executable, "-m", "imgtool", *args], env=env, capture_output=True, text=True,
                               check=False, cwd=self.cwd,
                               timeout=300)

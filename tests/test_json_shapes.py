@@ -118,6 +118,10 @@ FAILURE: list[list[str]] = [
     ["version", "revoke", "g/d@1.0.0"],  # --reason is required
     ["version", "restore", "g/d@1.0.0"],  # not deleted
     ["key", "export", "nope"],
+    ["network", "show", "nope"],
+    ["network", "create", "n", "--subnet", "8.8.8.0/24"],
+    ["vm", "cp", "web:/etc/hostname", "{root}"],
+    ["up", "-f", "{root}/no-such.yaml"],
 ]
 
 

@@ -129,7 +129,7 @@ def test_qemu_argv_for_memory_and_devices(tmp_path: Path) -> None:
                                        "-numa", "node,memdev=mem0"]
     assert shares.device_argv(1, Path("/v/a,b/fs.sock")) == [
         "-chardev", "socket,id=fs1,path=/v/a,,b/fs.sock",
-        "-device", "vhost-user-fs-pci,chardev=fs1,tag=share1",
+        "-device", "vhost-user-fs-pci,chardev=fs1,tag=imgtool:share1",
     ]  # fmt: skip
     with pytest.raises(InvalidArgument, match="longer than"):
         shares.device_argv(0, Path("/" + "x" * 120))
@@ -137,8 +137,8 @@ def test_qemu_argv_for_memory_and_devices(tmp_path: Path) -> None:
 
 def test_guest_side_mounts() -> None:
     ro = Share(Path("/d"), "/srv/d", True)
-    assert shares.mount_command(0, ro) == "sudo mkdir -p /srv/d && sudo mount -t virtiofs -o ro share0 /srv/d"
-    assert shares.cloud_init_mount(0, ro) == ["share0", "/srv/d", "virtiofs", "defaults,nofail,ro", "0", "0"]
+    assert shares.mount_command(0, ro) == "sudo mkdir -p /srv/d && sudo mount -t virtiofs -o ro imgtool:share0 /srv/d"
+    assert shares.cloud_init_mount(0, ro) == ["imgtool:share0", "/srv/d", "virtiofs", "defaults,nofail,ro", "0", "0"]
     assert shares.cloud_init_mount(2, Share(Path("/d"), "/srv/e"))[3] == "defaults,nofail"
 
 

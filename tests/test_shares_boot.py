@@ -31,8 +31,8 @@ WAIT = 240.0
 NOBODY = 65534
 GUEST = "; ".join([
     "mkdir -p /mnt/rw /mnt/ro /mnt/user",
-    "mount -t virtiofs share0 /mnt/rw && mount -t virtiofs share1 /mnt/ro && echo MOUNTED",
-    "mount -t virtiofs share2 /mnt/user 2>/dev/null && { echo USER-MOUNTED;"
+    "mount -t virtiofs imgtool:share0 /mnt/rw && mount -t virtiofs imgtool:share1 /mnt/ro && echo MOUNTED",
+    "mount -t virtiofs imgtool:share2 /mnt/user 2>/dev/null && { echo USER-MOUNTED;"
     " echo \"READ-USER $(cat /mnt/user/keep.txt)\"; echo x > /mnt/user/new.txt || echo USER-RO-WRITE-REFUSED; }",
     'echo "READ-RW $(cat /mnt/rw/from-host.txt)"',
     'echo "READ-RO $(cat /mnt/ro/keep.txt)"',

@@ -19,8 +19,11 @@ from typer._click import exceptions as clicks
 
 from imgtool import __version__
 from imgtool.cli import (
+    env_cmds,
+    exec_cmds,
     gallery_cmds,
     guest_cmds,
+    network_cmds,
     remote_cmds,
     serve_cmds,
     store_cmds,
@@ -56,6 +59,9 @@ remote_cmds.register(app)
 trust_cmds.register(app)
 guest_cmds.register(app, vm_cmds.vm_app)
 serve_cmds.register(app)
+network_cmds.register(app)
+exec_cmds.register(vm_cmds.vm_app)
+env_cmds.register(app)
 
 _flags = {"json": False, "debug": False}
 

@@ -9,6 +9,7 @@ import typer
 from typer.core import TyperGroup
 
 from imgtool.cli.output import ProgressBar, emit_json, fields, state, table, warn
+from imgtool.cli.vm_attach import SHARE_HELP, attachment_fields, parse_shares
 from imgtool.errors import InvalidArgument
 from imgtool.flows import shapes
 from imgtool.flows.shapes import human_bytes
@@ -81,6 +82,9 @@ def vm_new(
                                                               "in the guest grows its filesystem.")] = None,
     forward: Annotated[list[str] | None, Opt(metavar="HOST:GUEST", help="Also forward 127.0.0.1:HOST to the "
                                                                         "guest's port GUEST (repeatable).")] = None,
+    share: Annotated[list[str] | None, Opt(metavar="HOST_DIR:GUEST_PATH[:ro]", help=SHARE_HELP)] = None,
+    network: Annotated[list[str] | None, Opt(metavar="NAME[:ADDRESS]", help="Add a NIC on imgtool network NAME "
+                                                                          "(see imgtool network; repeatable).")] = None,
     hostname: Annotated[str | None, Opt(help="Generalized images: the VM's hostname (default: its name).")] = None,
     admin_user: Annotated[str | None, Opt(help="Generalized images: the admin user to create.")] = None,
     ssh_key: Annotated[Path | None, Opt(help="Generalized images: public key for the admin user "
@@ -101,8 +105,8 @@ def vm_new(
 ) -> None:
     """Create a VM from an image version: one qcow2 overlay per disk over a shared read-only base, and a
     cloud-init NoCloud seed for generalized images. The version's digest is pinned in the VM's record."""
+    from imgtool.vm import attachments, options
     from imgtool.vm import lifecycle as vm
-    from imgtool.vm import options
     from imgtool.vm import runtime as vmrun
 
     st = state(ctx)
@@ -119,7 +123,8 @@ def vm_new(
     request = vm.NewVm(name=name, image=image, cpus=cpus, memory_mib=memory, hostname=hostname,
                        admin_user=admin_user, ssh_key=ssh_key, user_data=user_data,
                        ignore_recommendations=ignore_recommendations, allow_revoked=allow_revoked,
-                       disk_size=disk_bytes, forwards=forwards)
+                       disk_size=disk_bytes, forwards=forwards, shares=parse_shares(share),
+                       networks=tuple(map(attachments.parse_network, network or [])))
     if warm:
         if stream:
             raise InvalidArgument("--warm and --stream cannot be combined", hint="a warm state is made from a "
@@ -241,16 +246,24 @@ def vm_update(
     cpus: Annotated[int | None, Opt(help="New vCPU count (within the definition's recommendation).")] = None,
     memory: Annotated[int | None, Opt(help="New memory in MiB (within the recommendation).")] = None,
     ignore_recommendations: Annotated[bool, Opt(help="Allow values outside the recommended ranges.")] = False,
+    share: Annotated[list[str] | None, Opt(metavar="HOST_DIR:GUEST_PATH[:ro]", help=SHARE_HELP + " Replaces the "
+                                                                                   "VM's shares.")] = None,
+    no_shares: Annotated[bool, Opt("--no-shares", help="Remove every share.")] = False,
 ) -> None:
-    """Change a stopped VM's vCPUs or memory (takes effect at its next start)."""
+    """Change a stopped VM's vCPUs, memory or shared folders (takes effect at its next start)."""
     from imgtool.vm import lifecycle as vm
 
     st = state(ctx)
-    record = vm.update(st.home, name, cpus=cpus, memory_mib=memory, ignore_recommendations=ignore_recommendations)
+    if share and no_shares:
+        raise InvalidArgument("--share and --no-shares contradict each other", hint="give one of them")
+    shares = () if no_shares else (parse_shares(share) if share else None)
+    record = vm.update(st.home, name, cpus=cpus, memory_mib=memory, ignore_recommendations=ignore_recommendations,
+                       shares=shares)
     if st.json:
         emit_json(shapes.vm_of(st.home, name))
         return
-    print(f"updated VM {name}: {record.cpus} vCPUs, {record.memory_mib} MiB memory")
+    print(f"updated VM {name}: {record.cpus} vCPUs, {record.memory_mib} MiB memory, "
+          f"{len(record.shares)} share{'' if len(record.shares) == 1 else 's'}")
 
 
 @vm_app.command("start")
@@ -401,6 +414,7 @@ def vm_show(ctx: typer.Context, name: str) -> None:
             ("generalized", "yes (vm start needs --force)" if record.generalized else "no"),
             ("revoked", revoked and f"revoked: {revoked.reason}"),
             ("allowed revoked", record.allowed_revoked),
+            *attachment_fields(record),
             ("qemu", " ".join(status["qemu_argv"]) if status.get("qemu_argv") else None)])
 
 

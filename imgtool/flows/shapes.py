@@ -65,7 +65,9 @@ def vm(record: VmRecord, status: dict[str, Any]) -> dict[str, Any]:
     return {**body, "state": status["state"], "ssh_port": status.get("ssh_port"), "accel": status.get("accel"),
             "pid": status.get("pid"), "started": status.get("started"),
             "forwards": [{"host": f.host, "guest": f.guest} for f in record.forwards], "updated": record.updated,
-            "hydration": status.get("hydration")}
+            "hydration": status.get("hydration"),
+            "shares": [dataclasses.asdict(s) for s in record.shares],
+            "networks": [dataclasses.asdict(n) for n in record.networks]}
 
 
 def gallery(g: Gallery) -> dict[str, Any]:
@@ -117,7 +119,7 @@ def incomplete_vm(name: str) -> dict[str, Any]:
     """A VM folder without a record (an unfinished vm new): the same keys, unknown values null."""
     return {"name": name, "image": None, "state": "incomplete", "ssh_port": None, "accel": None, "cpus": None,
             "memory_mib": None, "disks": [], "forwards": [], "seed": None, "version_digest": None, "created": None,
-            "hydration": None}
+            "hydration": None, "shares": [], "networks": []}
 
 
 # The keys each noun always has (docs/GUIDE.md, "JSON output"; tests/test_json_shapes.py checks every
@@ -137,7 +139,16 @@ KEYS: dict[str, tuple[str, ...]] = {
     "capture": ("digest", "virtual_size", "source"),
     "export": ("path", "format", "lun", "digest", "virtual_size"),
     "vm": ("name", "image", "state", "ssh_port", "accel", "cpus", "memory_mib", "disks", "forwards", "seed",
-           "version_digest", "created", "hydration"),
+           "version_digest", "created", "hydration", "shares", "networks"),
     "snapshot": ("vm", "name", "ref", "created", "image", "disks", "stored_bytes"),
     "deleted": ("deleted",),
+    "network": ("name", "subnet", "created", "project", "vms", "switch"),
+    "exec": ("vm", "exit_code"),
+    "environment": ("project", "file", "actions"),
 }
+
+
+def network(record: Any, vms: list[dict[str, Any]], switch: dict[str, Any] | None) -> dict[str, Any]:
+    """A network: its record, the VMs with a NIC on it (name, address, MAC) and its switch (null: none runs)."""
+    return {**record.to_json(), "project": record.project, "vms": vms, "switch": switch and {
+        "pid": switch.get("pid"), "ports": [{k: p.get(k) for k in ("vm", "mac", "dropped")} for p in switch["ports"]]}}

@@ -18,6 +18,7 @@ import resource
 import shlex
 import shutil
 import signal
+import subprocess
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -354,6 +355,16 @@ def _spawn(command: Any, args: list[str], kwargs: dict[str, Any], limits: Limits
         return Background(args, command(*args[1:], **kwargs))
     kwargs["_preexec_fn"] = _tether(os.getpid(), preexec, death)
     return Background(args, _spawner.call(lambda: command(*args[1:], **kwargs)))
+
+
+def passthrough(argv: Sequence[Arg]) -> int:
+    """Run `argv` with this process's stdin, stdout and stderr (ssh running a user's command); its exit
+    code, or 128 + the signal that ended it (as a shell reports it)."""
+    args = argv_strings(argv)
+    path = which(args[0])
+    log.debug("+ %s", shlex.join(args))
+    code = subprocess.run([path, *args[1:]], env=child_env(), check=False).returncode
+    return 128 - code if code < 0 else code
 
 
 def exec_replace(argv: Sequence[Arg]) -> None:

@@ -29,12 +29,14 @@ from imgtool.gallery.galleries import get_definition
 from imgtool.gallery.model import Definition, ImageVersion, Range
 from imgtool.home import Home
 from imgtool.names import DefinitionRef, check_name, parse_image_ref
+from imgtool.records import JsonObject
 from imgtool.tools import accel, qemu_img
-from imgtool.vm import bases, options, seed
+from imgtool.vm import attachments, bases, options, seed
 from imgtool.vm import record as vmrecord
 from imgtool.vm import runtime as vmrun
 from imgtool.vm import state as vmstate
-from imgtool.vm.record import Forward, SeedInfo, VmDisk, VmRecord, load, save, vm_dir
+from imgtool.vm.record import Forward, SeedInfo, ShareRecord, VmDisk, VmRecord, load, save, vm_dir
+from imgtool.vm.shares import Share
 from store import atomic
 from store.lock import file_lock
 from store.progress import Progress
@@ -58,6 +60,9 @@ class NewVm:
     disk_size: int | None = None  # grow the OS disk's overlay to this many bytes (the guest grows its fs)
     forwards: tuple[Forward, ...] = ()
     allow_revoked: bool = False  # a revoked version only on purpose; recorded in the receipt
+    shares: tuple[Share, ...] = ()  # checked by attachments.check_shares before anything is made
+    networks: tuple[attachments.Wanted, ...] = ()  # (network, address or None): one NIC each
+    environment: JsonObject | None = None  # what `imgtool up` records on the VMs it makes
 
 
 def _pick(value: int | None, rng: Range, default: int) -> int:
@@ -204,6 +209,8 @@ def _create(home: Home, req: NewVm, version: ImageVersion, version_digest: str, 
     provisioning = _provisioning(req, version)
     if provisioning is not None:
         seed.validate(provisioning)
+    checked_shares = attachments.check_shares(home, req.shares)
+    attachments.check_networks(home, req.networks)
     home.ensure()
     with home.store.writing(), file_lock(home.vms / f".{req.name}.lock"):
         _claim(folder, req.name)
@@ -212,7 +219,7 @@ def _create(home: Home, req: NewVm, version: ImageVersion, version_digest: str, 
             if prepare is not None:
                 prepare(folder)
             record = _build(home, folder, req, version, version_digest, definition, cpus, memory, provisioning,
-                            base_paths, future=prepare is not None)
+                            base_paths, checked_shares, future=prepare is not None)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -252,7 +259,7 @@ def _definition(home: Home, version: ImageVersion) -> Definition:
 
 def _build(home: Home, folder: Path, req: NewVm, version: ImageVersion, version_digest: str,
            definition: Definition, cpus: int, memory: int, provisioning: seed.Provisioning | None,
-           base_paths: dict[str, Path], *, future: bool = False) -> VmRecord:
+           base_paths: dict[str, Path], shared: tuple[ShareRecord, ...], *, future: bool = False) -> VmRecord:
     disks: list[VmDisk] = []
     for disk in version.disks:
         base = base_paths[disk.digest]
@@ -265,23 +272,34 @@ def _build(home: Home, folder: Path, req: NewVm, version: ImageVersion, version_
             qemu_img.create_overlay(overlay, backing=base, backing_fmt="raw", size=size)
         os.chmod(overlay, 0o600)
         disks.append(VmDisk(disk.lun, overlay.name, str(base), disk.digest, size or disk.virtual_size))
-    seed_info = None
-    if provisioning is not None:
-        digest = seed.write_seed(folder / "seed.iso", provisioning)
-        seed_info = SeedInfo("seed.iso", digest, provisioning.instance_id, provisioning.hostname,
-                             provisioning.admin_user, str(_key_path(req) or "") or None)
     if definition.firmware == "uefi":
         _, vars_template = accel.ovmf_paths()
         shutil.copyfile(vars_template, folder / "ovmf-vars.fd")
         os.chmod(folder / "ovmf-vars.fd", 0o600)
-    record = VmRecord(
+    with attachments.networks_lock(home):  # addresses are chosen and saved under one hold
+        nics = attachments.assign(home, req.name, req.networks)
+        record = _record(req, version, version_digest, definition, cpus, memory, tuple(disks), shared, nics)
+        if provisioning is not None:
+            attachments.save_provisioning(folder, provisioning)
+            wired = attachments.provisioning(home, record, provisioning)
+            digest = seed.write_seed(folder / "seed.iso", wired)
+            record = dataclasses.replace(record, seed=SeedInfo(
+                "seed.iso", digest, provisioning.instance_id, provisioning.hostname, provisioning.admin_user,
+                str(_key_path(req) or "") or None))
+        save(home, record)  # the commit point: from here on the VM exists
+    return record
+
+
+def _record(req: NewVm, version: ImageVersion, version_digest: str, definition: Definition, cpus: int, memory: int,
+            disks: tuple[VmDisk, ...], shared: tuple[ShareRecord, ...],
+            nics: tuple[vmrecord.NetworkAttachment, ...]) -> VmRecord:
+    return VmRecord(
         name=req.name, created=stamp(), image=f"{version.gallery}/{version.definition}@{version.version}",
         version_digest=version_digest, os_state=version.os_state, definition=definition.to_json(),
         definition_record=version.definition_record, cpus=cpus, memory_mib=memory, firmware=definition.firmware,
-        arch=definition.architecture, disks=tuple(disks), seed=seed_info, forwards=req.forwards,
-        allowed_revoked=version.revocation.reason if version.revocation else None)
-    save(home, record)  # the commit point: from here on the VM exists
-    return record
+        arch=definition.architecture, disks=disks, seed=None, forwards=req.forwards,
+        allowed_revoked=version.revocation.reason if version.revocation else None, shares=shared, networks=nics,
+        environment=req.environment)
 
 
 def advice(home: Home, record: VmRecord, req: NewVm) -> list[str]:
@@ -302,15 +320,17 @@ def advice(home: Home, record: VmRecord, req: NewVm) -> list[str]:
 
 
 def update(home: Home, name: str, *, cpus: int | None, memory_mib: int | None,
-           ignore_recommendations: bool = False) -> VmRecord:
-    """Change a stopped VM's vCPUs or memory, within its definition's recommendation."""
-    if cpus is None and memory_mib is None:
-        raise InvalidArgument("nothing to update", hint=f"give --cpus N and/or --memory MIB, e.g. "
+           ignore_recommendations: bool = False, shares: tuple[Share, ...] | None = None) -> VmRecord:
+    """Change a stopped VM's vCPUs, memory (within its definition's recommendation) or shares (all of
+    them: `shares` replaces the list; its seed's mounts follow at the next start)."""
+    if cpus is None and memory_mib is None and shares is None:
+        raise InvalidArgument("nothing to update", hint=f"give --cpus N, --memory MIB and/or --share, e.g. "
                                                         f"imgtool vm update {name} --memory 1024")
+    checked = attachments.check_shares(home, shares) if shares is not None else None
     with file_lock(home.vms / f".{name}.lock"):
         record = load(home, name)
         if vmstate.is_running(home, name):
-            raise Refused(f"VM '{name}' is running; vCPUs and memory change while it is stopped",
+            raise Refused(f"VM '{name}' is running; vCPUs, memory and shares change while it is stopped",
                           hint=f"imgtool vm stop {name}, then update it (or: imgtool vm restart {name} after)")
         definition = _current_definition(home, record)
         new_cpus = record.cpus if cpus is None else cpus
@@ -321,7 +341,8 @@ def update(home: Home, name: str, *, cpus: int | None, memory_mib: int | None,
         else:
             options.check_cpus(new_cpus)
             options.check_memory(new_memory)
-        updated = dataclasses.replace(record, cpus=new_cpus, memory_mib=new_memory, updated=stamp())
+        updated = dataclasses.replace(record, cpus=new_cpus, memory_mib=new_memory, updated=stamp(),
+                                      shares=record.shares if checked is None else checked)
         save(home, updated)
     return updated
 

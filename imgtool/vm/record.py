@@ -22,7 +22,7 @@ RECORD = "vm.json"
 FORMAT = 1
 _FIELDS = {"name", "created", "image", "version_digest", "os_state", "definition", "definition_record", "cpus",
            "memory_mib", "firmware", "arch", "disks", "base_disks", "seed", "qemu_argv", "generalized",
-           "allowed_revoked", "forwards", "updated"}
+           "allowed_revoked", "forwards", "updated", "shares", "networks", "environment"}
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,38 @@ class Forward:
 
 
 @dataclass(frozen=True)
+class ShareRecord:
+    """A shared folder (vm new --share): the host folder as resolved when checked, where the guest mounts it."""
+
+    host: str
+    guest: str
+    readonly: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.guest}{':ro' if self.readonly else ''}"
+
+    @classmethod
+    def from_json(cls, obj: JsonObject, what: str) -> ShareRecord:
+        f = Fields(obj, what)
+        return cls(f.text("host"), f.text("guest"), f.flag("readonly"))
+
+
+@dataclass(frozen=True)
+class NetworkAttachment:
+    """One NIC on an imgtool network (vm new --network): its MAC and guest address, fixed at vm new."""
+
+    network: str
+    mac: str
+    address: str  # IPv4, inside the network's subnet
+    prefix: int  # the subnet's prefix length, so the seed needs no network record
+
+    @classmethod
+    def from_json(cls, obj: JsonObject, what: str) -> NetworkAttachment:
+        f = Fields(obj, what)
+        return cls(f.text("network"), f.text("mac"), f.text("address"), f.integer("prefix"))
+
+
+@dataclass(frozen=True)
 class VmRecord:
     name: str
     created: str
@@ -93,6 +125,9 @@ class VmRecord:
     allowed_revoked: str | None = None  # made from a revoked version on purpose (--allow-revoked): its reason
     forwards: tuple[Forward, ...] = ()  # extra port forwards (vm new --forward)
     updated: str | None = None  # when vm update last changed vCPUs or memory
+    shares: tuple[ShareRecord, ...] = ()  # virtio-fs shares, in tag order: imgtool:share0, ...
+    networks: tuple[NetworkAttachment, ...] = ()  # one NIC each, after the user-mode one
+    environment: JsonObject | None = None  # {"project", "settings"} when `imgtool up` made it (environment/plan)
 
     @property
     def base_disks(self) -> tuple[str, ...]:
@@ -105,7 +140,9 @@ class VmRecord:
         body = dataclasses.asdict(self)
         body["disks"] = [dataclasses.asdict(d) for d in self.disks]
         body["forwards"] = [dataclasses.asdict(f) for f in self.forwards]
-        for late in ("allowed_revoked", "forwards", "updated"):
+        body["shares"] = [dataclasses.asdict(s) for s in self.shares]
+        body["networks"] = [dataclasses.asdict(n) for n in self.networks]
+        for late in ("allowed_revoked", "forwards", "updated", "shares", "networks", "environment"):
             if not body[late]:
                 del body[late]  # absent unless set, like every field added after format 1
         return {"format": FORMAT, "kind": "vm", **body, "base_disks": list(self.base_disks)}
@@ -123,7 +160,10 @@ class VmRecord:
             seed=SeedInfo.from_json(seed, f"{what} seed") if seed else None,
             generalized=f.flag("generalized"), allowed_revoked=f.opt_text("allowed_revoked"),
             forwards=f.each("forwards", Forward.from_json) if "forwards" in f.obj else (),
-            updated=f.opt_text("updated")))
+            updated=f.opt_text("updated"),
+            shares=f.each("shares", ShareRecord.from_json) if "shares" in f.obj else (),
+            networks=f.each("networks", NetworkAttachment.from_json) if "networks" in f.obj else (),
+            environment=f.obj_or_empty("environment") or None))
 
 
 def record_path(home: Home, name: str) -> Path:
@@ -161,6 +201,11 @@ def load_records(home: Home) -> list[VmRecord]:
 
 def save(home: Home, record: VmRecord) -> None:
     atomic.replace(record_path(home, record.name), json.dumps(record.to_json(), indent=2, sort_keys=True).encode())
+
+
+def vms_on_network(home: Home, network: str) -> list[VmRecord]:
+    """The VMs whose records give them a NIC on `network`."""
+    return [r for r in load_records(home) if any(n.network == network for n in r.networks)]
 
 
 def vms_using(home: Home, gallery: str, definition: str, version: str) -> list[str]:

@@ -24,11 +24,11 @@ from typing import Any
 import blake3
 
 from imgtool.clock import stamp
-from imgtool.errors import InvalidArgument, NotFound, Refused, ToolFailed
+from imgtool.errors import Corrupt, InvalidArgument, NotFound, Refused, ToolFailed
 from imgtool.home import Home
 from imgtool.tools import accel, ports, qemu, qmp, run, sockets
 from imgtool.tools.ports import free_port
-from imgtool.vm import bases, streaming
+from imgtool.vm import attachments, bases, streaming
 from imgtool.vm import state as vmstate
 from imgtool.vm.record import VmRecord, is_streaming, load, save, vm_dir
 from store import atomic
@@ -142,24 +142,44 @@ def start(home: Home, name: str, *, requested_accel: str | None = None, force: b
         os.replace(log, folder / f"{SERIAL}.1")  # each boot starts a fresh console log
     if is_streaming(home, name):
         _start_stream_server(home, name)
+    record = attachments.refresh_seed(home, record)  # peers made since the last start get hosts lines
+    extra = attachments.device_argv(home, record)
     for attempt in range(3):
         spec = spec_for(home, record, accel_name=accel_name, port=free_port())
-        argv = qemu.build_argv(spec, daemonize=True)
+        argv = qemu.build_argv(spec, daemonize=True) + extra
         spec.qmp_socket.unlink(missing_ok=True)
+        # Each virtiofsd serves one connection: a QEMU that failed has used it up, so each attempt has its own.
+        servers = attachments.start_shares(home, record)
         try:
             run.run(argv, timeout=120)
             break
         except ToolFailed as exc:
+            attachments.stop_all(servers)
             # The free port may have been taken between our check and QEMU's bind: try another.
             port_clash = "hostfwd" in exc.message or "host forwarding" in exc.message
             if not port_clash or attempt == 2:
                 raise
+        except BaseException:
+            attachments.stop_all(servers)
+            raise
     pid = int((folder / "qemu.pid").read_text().strip())
+    _attach(home, record, pid, folder)
     state = {"pid": pid, "accel": accel_name, "ssh_port": spec.ssh_port, "qmp": str(spec.qmp_socket),
              "started": stamp(), "qemu_argv": argv,
              "forwards": [{"host": f.host, "guest": f.guest} for f in record.forwards]}
     atomic.replace(folder / STATE, json.dumps(state, indent=2).encode())
     return state
+
+
+def _attach(home: Home, record: VmRecord, pid: int, folder: Path) -> None:
+    """Network ports for the QEMU just started; if that fails, the VM is stopped again (no half start)."""
+    try:
+        attachments.attach(home, record, pid)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+        _wait_gone(pid, 5)
+        raise
 
 
 @dataclass(frozen=True)
@@ -191,6 +211,8 @@ def stop_detail(home: Home, name: str, *, timeout: float = 30.0) -> Stopped:
         os.kill(pid, signal.SIGKILL)
         _wait_gone(pid, 5)
     _clear(folder, state)
+    with contextlib.suppress(NotFound, Corrupt):
+        attachments.detach(home, load(home, name))  # the switch would notice the exit too; this is at once
     return Stopped(True, forced)
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from email import message_from_string
 from email import policy as email_policy
 from email.message import EmailMessage
+from ipaddress import AddressValueError, IPv4Address
 from pathlib import Path
 
 import blake3
@@ -42,7 +43,12 @@ VOLUME_LABEL = "cidata"
 _FILES = (
     ("meta-data", "/METADATA.;1"),
     ("user-data", "/USERDATA.;1"),
+    ("network-config", "/NETWORK.;1"),  # only when the VM has NICs on imgtool networks
 )
+# QEMU gives the first NIC without mac= this address; imgtool's user-mode NIC is that one (its network
+# NICs all have explicit MACs), so network-config can keep it on DHCP by MAC.
+USER_NIC_MAC = "52:54:00:12:34:56"
+HOSTS_TAG = "# imgtool-network"  # marks the /etc/hosts lines the seed manages (rewritten at every boot)
 
 # Serialise MIME with plain newlines (the guest is Unix). Bodies are never
 # rewrapped: 7bit parts keep long lines (SSH keys) intact.
@@ -75,6 +81,14 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
+class GuestNic:
+    """A NIC on an imgtool network as the guest configures it."""
+
+    mac: str  # lower-case, colon-separated
+    address: str  # ADDRESS/PREFIX
+
+
+@dataclass(frozen=True)
 class Provisioning:
     """What a VM is told at first boot. `user_data` is the user's own document (any cloud-init type)."""
 
@@ -83,6 +97,14 @@ class Provisioning:
     admin_user: str
     ssh_keys: tuple[str, ...] = ()
     user_data: str | None = None
+    mounts: tuple[tuple[str, ...], ...] = ()  # cloud-init `mounts` entries (fstab fields): the shares
+    nics: tuple[GuestNic, ...] = ()  # NICs on imgtool networks: a static address each
+    hosts: tuple[tuple[str, str], ...] = ()  # (address, name): peers on those networks, for /etc/hosts
+
+
+def is_hostname(name: str) -> bool:
+    """Whether `name` is an RFC 1123 label (what /etc/hosts and the seed's hostname take)."""
+    return bool(_HOSTNAME.fullmatch(name))
 
 
 def new_instance_id() -> str:
@@ -126,6 +148,37 @@ def validate(p: Provisioning) -> None:
         )
     for number, key in enumerate(p.ssh_keys, start=1):
         validate_ssh_key(key, number)
+    _validate_network(p)
+
+
+_MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
+_FSTAB_FIELD = re.compile(r"[A-Za-z0-9._@+,=/:-]+")
+
+
+def _validate_network(p: Provisioning) -> None:
+    """NICs, hosts entries and mounts reach guest config files: only plain values pass."""
+    for nic in p.nics:
+        if not _MAC.fullmatch(nic.mac):
+            raise InvalidArgument(f"MAC {nic.mac!r} is not six lower-case hex bytes", hint="e.g. 52:54:00:12:34:56")
+        _address(nic.address.partition("/")[0])
+        if not nic.address.partition("/")[2].isdigit():
+            raise InvalidArgument(f"NIC address {nic.address!r} has no prefix length", hint="e.g. 10.91.0.2/24")
+    for address, name in p.hosts:
+        _address(address)
+        if not _HOSTNAME.fullmatch(name):
+            raise InvalidArgument(f"host name {name!r} is not a valid RFC 1123 label",
+                                  hint="use 1-63 letters, digits and '-'")
+    for entry in p.mounts:
+        if not all(_FSTAB_FIELD.fullmatch(field) for field in entry):
+            raise InvalidArgument(f"mount entry {list(entry)} holds characters an fstab line cannot",
+                                  hint="use plain paths: letters, digits and . _ @ + - /")
+
+
+def _address(text: str) -> None:
+    try:
+        IPv4Address(text)
+    except AddressValueError:
+        raise InvalidArgument(f"{text!r} is not an IPv4 address", hint="e.g. 10.91.0.2") from None
 
 
 def validate_ssh_key(key: str, number: int = 1) -> None:
@@ -192,6 +245,38 @@ def cloud_config(p: Provisioning) -> str:
     if p.ssh_keys:
         lines.append("    ssh_authorized_keys:")
         lines.extend(f"      - {_q(key)}" for key in p.ssh_keys)
+    if p.mounts:
+        lines.append("mounts:")
+        lines.extend(f"  - [{', '.join(map(_q, entry))}]" for entry in p.mounts)
+    if p.nics:
+        # bootcmd runs at every boot: the peers' names stay current when the seed is rebuilt at a start.
+        # manage_etc_hosts `localhost` (images often say true, which rewrites the whole file from a
+        # template after bootcmd) keeps cloud-init to its own hostname line.
+        lines += ["manage_etc_hosts: localhost", "bootcmd:", f"  - [sh, -c, {_q(hosts_script(p.hosts))}]"]
+    return "\n".join(lines) + "\n"
+
+
+def hosts_script(hosts: tuple[tuple[str, str], ...]) -> str:
+    """A shell command that replaces the seed's lines in /etc/hosts by `hosts` (values validated before)."""
+    lines = "".join(f" '{address} {name} {HOSTS_TAG}'" for address, name in hosts)
+    script = f"sed -i '/ {HOSTS_TAG}$/d' /etc/hosts"
+    return f"{script} && printf '%s\\n'{lines} >> /etc/hosts" if hosts else script
+
+
+def network_config(p: Provisioning) -> str | None:
+    """network-config (version 2) for a VM with NICs on imgtool networks, else None (cloud-init's default).
+
+    Given a network-config, cloud-init configures only what it names, so the user-mode NIC (outbound
+    access, SSH) is named too, by QEMU's default MAC, with DHCP as before.
+    """
+    validate(p)
+    if not p.nics:
+        return None
+    lines = ["version: 2", "ethernets:", "  user0:", "    match:", f"      macaddress: {_q(USER_NIC_MAC)}",
+             "    dhcp4: true"]
+    for index, nic in enumerate(p.nics, start=1):
+        lines += [f"  net{index}:", "    match:", f"      macaddress: {_q(nic.mac)}",
+                  f"    addresses: [{_q(nic.address)}]", "    dhcp4: false"]
     return "\n".join(lines) + "\n"
 
 
@@ -304,10 +389,15 @@ def check_cloud_config(text: str, what: str) -> None:
 def build_iso(p: Provisioning) -> bytes:
     """The seed ISO image as bytes (Joliet + Rock Ridge, label `cidata`)."""
     contents = {"meta-data": meta_data(p).encode(), "user-data": user_data(p).encode()}
+    network = network_config(p)
+    if network is not None:
+        contents["network-config"] = network.encode()
     iso = pycdlib.PyCdlib()
     iso.new(interchange_level=1, vol_ident=VOLUME_LABEL, joliet=3, rock_ridge="1.09")
     try:
         for name, iso_path in _FILES:
+            if name not in contents:
+                continue
             data = contents[name]
             # 0o100400: a regular file readable by its owner only inside the guest's
             # view of the ISO (user-data can hold secrets).

@@ -97,9 +97,18 @@ def check_shares(shares: tuple[Share, ...]) -> tuple[Share, ...]:
     return shares
 
 
+TAG_PREFIX = "imgtool:"
+
+
 def tag(index: int) -> str:
-    """The virtio-fs tag of a VM's share number `index` (its position in the VM record)."""
-    return f"share{index}"
+    """The virtio-fs tag of a VM's share number `index` (its position in the VM record).
+
+    Why the colon: cloud-init's `mounts` (22.4, Debian 12's) drops an entry whose device is neither a
+    path, a block device it can find, nor `HOST:PATH` (its test for a network file system), so a
+    plain tag such as `share0` never reaches fstab; `imgtool:share0` passes as a network source and
+    the guest's mount takes it as the tag, byte for byte.
+    """
+    return f"{TAG_PREFIX}share{index}"
 
 
 def virtiofsd_argv(share: Share, *, fd: int, unprivileged: bool, virtiofsd: str = VIRTIOFSD) -> list[str]:
