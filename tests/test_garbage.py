@@ -4,7 +4,6 @@ and how to free it, and execution of exactly that plan."""
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 from imgtool import garbage
@@ -17,6 +16,7 @@ from imgtool.home import Home
 from imgtool.names import DefinitionRef, Version
 from imgtool.vm import bases
 from imgtool.vm.record import VmDisk, VmRecord, save
+from store import fsclock
 from store.ingest import ingest
 
 REF = DefinitionRef("team", "base")
@@ -69,7 +69,8 @@ def test_capture_leases_are_kept_with_a_deadline_then_expire(tmp_path: Path) -> 
         lease(home.store, disk)
     with home.store.exclusive():
         fresh = garbage.plan(home)
-        later = garbage.plan(home, now=time.time() + 25 * 3600)
+        # A day later by the clock that stamped the lease (the file system's), as gc itself reads it.
+        later = garbage.plan(home, now=fsclock.now(home.store.layout.tmp) + 25 * 3600)
     assert [k.kind for k in fresh.kept] == ["capture-lease"] and fresh.items == []
     assert fresh.kept[0].until is not None and "imgtool publish" in fresh.kept[0].hint
     assert {i.kind for i in later.items} == {"capture-lease", "manifest", "pack"} and later.kept == []
