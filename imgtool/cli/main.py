@@ -2,8 +2,8 @@
 
 Errors: one line `imgtool: error: WHAT` plus `  hint: WHAT TO DO` on stderr (and with
 --json, an "error" object in the one JSON document on stdout), and the error category's
-exit code. A traceback only with --debug. The global flags --json and --debug may be
-written before or after the command (`imgtool version list g/d --json`).
+exit code. A traceback only with --debug. The global options --json, --debug and --home PATH may
+be written before or after the command (`imgtool version list g/d --json --home /tmp/h`).
 """
 
 import errno
@@ -90,15 +90,31 @@ def main(
 
 
 GLOBAL_FLAGS = ("--json", "--debug")
+GLOBAL_OPTIONS = ("--home",)  # global options that take a value
 
 
 def hoist_global_flags(argv: list[str]) -> list[str]:
-    """Move --json/--debug written after the command to the front, where the root parser takes
-    them. Arguments after `--` (passed through, e.g. to ssh) are left alone."""
+    """Move the global options (--json, --debug, --home PATH) written after the command to the front,
+    where the root parser takes them, so every global option works on both sides of the command alike.
+    Arguments after `--` (passed through, e.g. to ssh) are left alone."""
     end = argv.index("--") if "--" in argv else len(argv)
-    flags = [a for a in argv[:end] if a in GLOBAL_FLAGS]
-    rest = [a for a in argv[:end] if a not in GLOBAL_FLAGS]
-    return [*dict.fromkeys(flags), *rest, *argv[end:]]
+    flags: list[str] = []
+    options: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < end:
+        arg = argv[i]
+        if arg in GLOBAL_FLAGS:
+            flags.append(arg)
+        elif arg in GLOBAL_OPTIONS and i + 1 < end:
+            options += [arg, argv[i + 1]]
+            i += 1
+        elif arg.split("=", 1)[0] in GLOBAL_OPTIONS:
+            options.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return [*dict.fromkeys(flags), *options, *rest, *argv[end:]]
 
 
 def tidy_help(command: Any) -> None:
