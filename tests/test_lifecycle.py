@@ -117,7 +117,8 @@ def test_a_pending_version_stays_out_of_latest_until_promoted(tmp_path: Path) ->
     assert latest(home) == "1.0.0"
     verdict = next(v for v in lookup.resolve(home, REF)[1] if str(v.version) == "1.1.0")
     assert "boot check failed" in verdict.reason
-    promoted = checks.promote(home, "team/base@1.1.0")
+    promoted, warnings = checks.promote(home, "team/base@1.1.0")
+    assert len(warnings) == 1 and "failed its boot check" in warnings[0] and "did not boot" in warnings[0]
     assert promoted.check is not None and promoted.check.state == "promoted"
     assert promoted.check.detail is not None and "was: failed" in promoted.check.detail
     assert latest(home) == "1.1.0"

@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from imgtool.cli.output import ProgressBar, emit_json, fields, state, table
+from imgtool.cli.output import ProgressBar, emit_json, fields, state, table, warn
 from imgtool.errors import InvalidArgument
 from imgtool.flows import shapes
 from imgtool.flows.shapes import human_bytes
@@ -277,7 +277,7 @@ def version_update(
 
     st = state(ctx)
     if promote:
-        checks.promote(st.home, ref)
+        warn(checks.promote(st.home, ref)[1])
     changes: dict[str, Any] = {}
     if exclude_from_latest is not None:
         changes["exclude_from_latest"] = exclude_from_latest

@@ -169,11 +169,15 @@ def _console(home: Home, name: str) -> str:
     return tail(text)
 
 
-def promote(home: Home, text: str, *, reason: str | None = None) -> ImageVersion:
-    """Let a pending or failed version into latest without a passing check (recorded as promoted)."""
+def promote(home: Home, text: str, *, reason: str | None = None) -> tuple[ImageVersion, list[str]]:
+    """Let a pending or failed version into latest without a passing check (recorded as promoted); returns
+    the version and warnings (promoting one whose check failed lets latest pick a version that did not boot)."""
     parse_image_ref(text, require_version=True)
     version, _ = get_version(home, text)
     before = version.check.describe() if version.check else "no check required"
+    warnings = []
+    if version.check is not None and version.check.state == "failed":
+        warnings.append(f"{text} failed its boot check ({before[:200]}); promoted, latest can now pick a version "
+                        f"that did not boot (imgtool version check {text} checks it again)")
     detail = f"promoted by hand (was: {before[:200]})" + (f": {reason}" if reason else "")
-    return update_version(home, text, check=CheckResult("promoted", None, stamp(),
-                                                        None, detail))
+    return update_version(home, text, check=CheckResult("promoted", None, stamp(), None, detail)), warnings
