@@ -342,7 +342,8 @@ class RegistryClient:
         if response.status_code == 404:
             response.close()
             raise NotFound(f"{self.label} has no {repo}:{ref}",
-                           hint=f"list what it has with imgtool remote versions {self.label}:…")
+                           hint=f"check the spelling; imgtool remote versions {self.label}:GALLERY/DEFINITION "
+                                "lists the versions it has")
         if response.status_code != 200:
             raise self._fail(response, f"reading manifest {repo}:{ref}")
         data = self._read_capped(response, MAX_MANIFEST, f"manifest {repo}:{ref}")
