@@ -46,19 +46,24 @@ def _push_source(home: Home, source: str, remote_name: str, *, sign: str | None,
     with connected(home, remote_name) as (remote, target):
         key_name = signing.signing_key(home, remote, sign)
 
+        signed: dict[str, list[str]] = {}  # manifest digest -> key ids whose signatures the push attached
+
         def hook(event: Pushed) -> None:
-            signing.sign_pushed(home, remote, event.target, event.repository, event.manifest, event.version,
-                                key_name=key_name)
+            signed[event.manifest.digest] = signing.sign_pushed(home, remote, event.target, event.repository,
+                                                                event.manifest, event.version, key_name=key_name)
 
         try:
             results = push(home, remote, target, source, progress=progress, hook=hook,
                            with_revocation=with_revocation)
             for result in results:
+                result.signed_by = signed.get(result.manifest, [])
                 if result.status == "present":  # already there: signed now if this key has not signed it
                     ref = parse_image_ref(result.name, require_version=True)
                     name = SignedName(signing.registry_of(remote), result.repository, ref.gallery, ref.definition,
                                       result.tag)
-                    signing.sign_present(home, target, result.repository, result.manifest, name, key_name=key_name)
+                    key_id = signing.sign_present(home, target, result.repository, result.manifest, name,
+                                                  key_name=key_name)
+                    result.signed_by = [key_id] if key_id else []
             return results
         finally:
             if stats is not None:
