@@ -115,3 +115,42 @@ def test_promoting_a_failed_version_warns(world: dict[str, Any]) -> None:
     failed = cli("version", "update", "g/checked@1.1.0", "--promote", "--json")
     assert "imgtool: warning: g/checked@1.1.0 failed its boot check" in failed.stderr
     assert "did not boot" in failed.stderr
+
+
+def test_an_unreachable_registry_is_named_and_retries_show_on_a_terminal(tmp_path: Path) -> None:
+    import os
+    import sys
+
+    from imgtool.tools.ports import free_port
+
+    cli = Cli(tmp_path / "home")
+    port = free_port()  # nothing listens there: every connection is refused
+    cli("remote", "add", "dead", f"http://127.0.0.1:{port}/x", "--insecure")
+    piped = cli("remote", "versions", "dead:g/d", ok=False)
+    assert piped.returncode == 12
+    assert f"dead (127.0.0.1:{port}) could not be reached: the connection was refused" in piped.stderr
+    assert "Error" not in piped.stderr and "trying again" not in piped.stderr
+    primary, secondary = os.openpty()  # stderr on a terminal: each retry is said as it happens
+    try:
+        done = subprocess.run([sys.executable, "-m", "imgtool", "remote", "versions", "dead:g/d"],
+                              env={**os.environ, "IMGTOOL_HOME": str(cli.home)}, stdout=subprocess.PIPE,
+                              stderr=secondary, check=False, timeout=120)
+        os.close(secondary)
+        seen = b""
+        while chunk := _read_pty(primary):
+            seen += chunk
+    finally:
+        os.close(primary)
+    text = seen.decode()
+    assert done.returncode == 12
+    said = [line for line in text.splitlines() if "trying again in" in line]
+    assert len(said) == 4 and all(f"dead (127.0.0.1:{port}): the connection was refused" in line for line in said)
+
+
+def _read_pty(fd: int) -> bytes:
+    import os
+
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # EIO: the writer is gone and everything was read
+        return b""

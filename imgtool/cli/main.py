@@ -86,7 +86,21 @@ def main(
     _flags["json"], _flags["debug"] = json_output, debug
     if debug:
         logging.basicConfig(level=logging.DEBUG, format="%(message)s", stream=sys.stderr)
+    elif sys.stderr.isatty():
+        _show_retries()
     ctx.obj = State(Home.at(home), json=json_output, debug=debug)
+
+
+def _show_retries() -> None:
+    """On a terminal, a remote's retries are said as they happen (seconds of waiting are never silent);
+    piped, the final error says how many tries were made."""
+    retries = logging.getLogger("imgtool.remote.retry")
+    if not retries.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("imgtool: %(message)s"))
+        retries.addHandler(handler)
+    retries.setLevel(logging.INFO)
+    retries.propagate = False
 
 
 GLOBAL_FLAGS = ("--json", "--debug")
