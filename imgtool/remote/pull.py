@@ -312,15 +312,30 @@ class Puller:
                     if self.progress is not None:
                         self.progress(len(frame))
 
-        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="pull") as pool:
-            for plan in plans:
-                if plan.whole:
-                    result.packs_whole += 1
-                else:
-                    result.range_requests += len(plan.ranges())
-                window.append(pool.submit(fetch.fetch_pack, self.target, repo, plan))
-                drain(self.workers)
-            drain(0)
+        try:
+            with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="pull") as pool:
+                for plan in plans:
+                    if plan.whole:
+                        result.packs_whole += 1
+                    else:
+                        result.range_requests += len(plan.ranges())
+                    window.append(pool.submit(fetch.fetch_pack, self.target, repo, plan))
+                    drain(self.workers)
+                drain(0)
+        except KeyboardInterrupt:
+            self._keep_fetched(window)
+            raise
+        writer.flush()
+
+    def _keep_fetched(self, window: deque[Future[list[fetch.Verified]]]) -> None:
+        """Ctrl-C: store the chunks of every pack that arrived whole (verified), so that the same pull run
+        again fetches only the rest. A fresh writer: the interrupted one may have been stopped halfway
+        through queueing a frame; what it had queued is dropped, its packs already being written finish."""
+        writer = self.home.store.pack_writer()
+        for future in window:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                for raw, frame, rawlen in future.result():
+                    writer.add(raw, frame, rawlen)
         writer.flush()
 
     def _local_version(self, version: ImageVersion, local: DefinitionRef, repo: str, tag: str,

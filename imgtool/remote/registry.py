@@ -30,7 +30,7 @@ from imgtool.oci.descriptor import check_digest, sha256_of
 from imgtool.oci.media import MANIFEST_ACCEPT, OCI_INDEX
 from imgtool.oci.target import MAX_MANIFEST, READ_SIZE, Fetched, Stats, verified_stream
 from imgtool.remote import auth
-from imgtool.remote.errors import RemoteFailed, TransferBroken, transport_words
+from imgtool.remote.errors import RemoteFailed, TransferBroken
 
 log = logging.getLogger("imgtool.remote")
 retry_log = logging.getLogger("imgtool.remote.retry")  # one line per retry; shown on a terminal by the CLI
@@ -54,6 +54,39 @@ RETRIABLE = {429, 500, 502, 503, 504}
 # caller gets one RemoteFailed that says so.
 BODY_GRACE = 60.0  # seconds any body may take on top of its size at BODY_MIN_RATE
 BODY_MIN_RATE = 64 << 10  # bytes per second a body must average
+
+
+# What a failed connection means, in words (the exception class names httpx uses mean nothing to people).
+_TRANSPORT_WORDS = (
+    (httpx.ConnectTimeout, "no answer to the connection attempt (timed out)"),
+    (httpx.ReadTimeout, "no answer in time (read timed out)"),
+    (httpx.WriteTimeout, "could not send in time (write timed out)"),
+    (httpx.PoolTimeout, "no free connection in time"),
+    (httpx.RemoteProtocolError, "the server closed the connection or answered something that is not HTTP"),
+    (httpx.ProxyError, "the proxy refused the connection"),
+    (httpx.ReadError, "the connection broke while reading"),
+    (httpx.WriteError, "the connection broke while sending"),
+)
+
+
+def transport_words(exc: BaseException) -> str:
+    """Why a request could not be made, for people: refused, unknown host, TLS, timed out, broken."""
+    detail = str(exc).lower()
+    if isinstance(exc, httpx.ConnectError):
+        if "certificate" in detail or "ssl" in detail or "tls" in detail:
+            return "its TLS certificate is not trusted here (or TLS failed)"
+        if "name or service not known" in detail or "nodename nor servname" in detail or \
+                "temporary failure in name resolution" in detail or "no address" in detail:
+            return "the host name does not resolve"
+        if "refused" in detail:
+            return "the connection was refused (nothing listens there)"
+        if "unreachable" in detail:
+            return "the network or host is unreachable"
+        return "could not connect"
+    for kind, words in _TRANSPORT_WORDS:
+        if isinstance(exc, kind):
+            return words
+    return "the connection failed"
 
 
 def _expected_size(response: httpx.Response, fallback: int) -> int:

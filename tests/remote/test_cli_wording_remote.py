@@ -59,3 +59,34 @@ def test_typos_and_passed_over_versions_are_named(registry: Registry, tmp_path: 
     refs = [c["ref"] for c in listed["candidates"]]  # type: ignore[index]
     assert refs == ["origin:team/base@1.1.0", "origin:team/base@1.0.0"]
     assert [c["latest"] for c in listed["candidates"]] == [False, True]  # type: ignore[index]
+
+
+def test_vm_new_from_a_remote_version_works_offline_from_the_local_copy(own_registry: Registry,
+                                                                        tmp_path: Path) -> None:
+    from tests.conftest import require_tools
+    from tests.reliability.harness import fake_ssh_key
+
+    require_tools("qemu-img")
+    src = make_home(tmp_path / "a")
+    publish_bytes(src, "team/base", "1.0.0", disk_bytes(1 << 20, seed=62))
+    a = cli_for(src.root, tmp_path)
+    a("remote", "add", "origin", f"{own_registry.url}/offline")
+    a("push", "team", "origin")
+    b = cli_for(tmp_path / "b", tmp_path)
+    b("remote", "add", "origin", f"{own_registry.url}/offline")
+    b("trust", "policy", "origin", "any")
+    manifest = b.json("pull", "origin:team/base@1.0.0")["manifest"]  # type: ignore[index]
+    key = tmp_path / "id.pub"
+    key.write_text(fake_ssh_key() + "\n")
+    own_registry.stop()
+
+    made = b("vm", "new", "web", "--image", "origin:team/base@1.0.0", "--ssh-key", str(key))
+    assert "could not be reached" in made.stderr and "using the copy of team/base@1.0.0" in made.stderr
+    assert manifest[:19] in made.stderr
+    assert b.json("vm", "show", "web")["image"] == "team/base@1.0.0"  # type: ignore[index]
+    pinned = b("vm", "new", "pin", "--image", f"origin:team/base@1.0.0@{manifest}", "--ssh-key", str(key))
+    assert pinned.returncode == 0
+    other = "sha256:" + "0" * 64
+    for image in ("origin:team/base@latest", f"origin:team/base@1.0.0@{other}", "origin:team/other@1.0.0"):
+        refused = b("vm", "new", "x", "--image", image, "--ssh-key", str(key), ok=False)
+        assert refused.returncode == 12 and "could not be reached" in refused.stderr, (image, refused.stderr)
