@@ -42,7 +42,10 @@ FIRMWARES = values(Firmware)
 DRIVE_FORMATS = ("qcow2", "raw")
 MIN_MEMORY_MIB = 64
 
-_MACHINE = {"x86_64": "q35", "aarch64": "virt"}
+# graphics=off: with no display, SeaBIOS writes its boot messages ("Booting from Hard Disk...", "Boot failed:
+# not a bootable disk") to the serial console, so the console shows life from the first second and a disk
+# that cannot boot says so there.
+_MACHINE = {"x86_64": "q35,graphics=off", "aarch64": "virt"}
 
 
 @dataclass(frozen=True)
