@@ -153,7 +153,7 @@ def remote_sync(ctx: typer.Context, name: Annotated[str, Arg(help="Remote name."
     for item in found:
         if item["revoked"]:
             vms = f"; VMs: {', '.join(item['vms'])}" if item["vms"] else ""
-            print(f"{item['version']}: revoked: {item['revoked']}{vms}")
+            print(f"{item['version']}: revoked since {item['revoked']['when']}: {item['revoked']['reason']}{vms}")
         for why in item["ignored"]:
             print(f"{item['version']}: ignored a revocation statement: {why}")
     if not any(item["revoked"] for item in found):
