@@ -449,7 +449,7 @@ def vm_console(
     raw: Annotated[bool, Opt("--raw", help="Keep terminal control sequences (colours, cursor moves).")] = False,
 ) -> None:
     """Print (or follow) the VM's serial console log, without terminal control sequences unless --raw.
-    With --json: one document {"vm", "lines", "match"} (match: the --until line, else null)."""
+    With --json: one document with the VM's name, the console lines and the line --until waited for."""
     from imgtool.vm import runtime as vmrun
 
     st = state(ctx)
