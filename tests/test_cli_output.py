@@ -107,6 +107,7 @@ def test_values_read_as_words_never_python() -> None:
     (["vm", "list", "--home", "/h", "--json"], ["--json", "--home", "/h", "vm", "list"]),
     (["vm", "list", "--home=/h"], ["--home=/h", "vm", "list"]),
     (["vm", "ssh", "web", "--", "--home", "x"], ["vm", "ssh", "web", "--", "--home", "x"]),
+    (["vm", "list", "--home"], ["vm", "list", "--home"]),  # no value: left for the parser to refuse
 ])
 def test_global_flags_are_taken_after_the_command(argv: list[str], expected: list[str]) -> None:
     assert hoist_global_flags(argv) == expected

@@ -123,7 +123,7 @@ def hoist_global_flags(argv: list[str]) -> list[str]:
         elif arg in GLOBAL_OPTIONS and i + 1 < end:
             options += [arg, argv[i + 1]]
             i += 1
-        elif arg.split("=", 1)[0] in GLOBAL_OPTIONS:
+        elif "=" in arg and arg.split("=", 1)[0] in GLOBAL_OPTIONS:
             options.append(arg)
         else:
             rest.append(arg)
