@@ -130,6 +130,7 @@ def test_console_lines_lose_control_sequences() -> None:
     assert plain("\x1b[1;32mREADY\x1b[0m ok\r") == "READY ok"
     assert plain("\x1b]0;title\x07login: \x1b[2J\x1b[Hx\x08y\tz") == "login: xy\tz"
     assert plain("plain text") == "plain text"
+    assert plain("\x1bc\x1b[?7l\x1b[2J\x1b[0mSeaBIOS (version 1.16.2)\r") == "SeaBIOS (version 1.16.2)"
 
 
 @pytest.mark.parametrize(("text", "size"), [("20G", 20 << 30), ("512M", 512 << 20), ("1T", 1 << 40),
