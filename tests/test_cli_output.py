@@ -61,14 +61,31 @@ def test_help_shows_no_python_types_or_values(path: str) -> None:
     assert "[default: no-" not in text  # an on/off flag's default is not printed as a flag name
 
 
-def test_table_fits_80_columns_and_keeps_every_column() -> None:
-    out = io.StringIO()
+def test_table_fits_80_columns_and_wraps_rather_than_cuts() -> None:
+    out = io.StringIO()  # piped: 80 columns
     long = "x" * 200
+    verdict = "dropped: boot check failed (check again, or version update --promote); past its end of life"
     output.table(["name", "image", "state"], [["web", long, "running"], ["db", "g/d@1.0.0", None]], out=out)
+    output.table(["version", "verdict"], [["1.0.0", verdict]], out=out)
     lines = out.getvalue().splitlines()
     assert all(len(line) <= 80 for line in lines), lines
     assert lines[0].split() == ["NAME", "IMAGE", "STATE"] and lines[1].endswith("running")
-    assert "\u2026" in lines[1] and lines[2].split()[-1] == "-"
+    assert "\u2026" not in out.getvalue()
+    rows = lines[1:lines.index("VERSION  VERDICT")]
+    assert "".join(line.split()[1] if line.startswith("web") else line.strip() for line in rows
+                   if not line.startswith("db")) == long  # the whole value, wrapped within its column
+    assert rows[-1].split()[-1] == "-"
+    wrapped = lines[lines.index("VERSION  VERDICT") + 1:]
+    assert " ".join(line[7:].strip() for line in wrapped) == verdict and len(wrapped) == 2
+
+
+def test_table_is_sized_to_its_content_on_a_wide_terminal() -> None:
+    out = io.StringIO()
+    names = ["a-rather-long-vm-name-for-the-nightly-build-" + str(i) for i in range(3)]
+    output.table(["name", "image"], [[n, "team/base@1.0.0"] for n in names], out=out, width=200)
+    lines = out.getvalue().splitlines()
+    assert [line.split()[0] for line in lines[1:]] == names and len(lines) == 4
+    assert len(lines[1]) == len(names[0]) + 2 + len("team/base@1.0.0")
 
 
 def test_values_read_as_words_never_python() -> None:
@@ -87,6 +104,10 @@ def test_values_read_as_words_never_python() -> None:
     (["--json", "vm", "list"], ["--json", "vm", "list"]),
     (["vm", "ssh", "web", "--debug", "--", "--json"], ["--debug", "vm", "ssh", "web", "--", "--json"]),
     (["gc", "--json", "--json"], ["--json", "gc"]),
+    (["vm", "list", "--home", "/h", "--json"], ["--json", "--home", "/h", "vm", "list"]),
+    (["vm", "list", "--home=/h"], ["--home=/h", "vm", "list"]),
+    (["vm", "ssh", "web", "--", "--home", "x"], ["vm", "ssh", "web", "--", "--home", "x"]),
+    (["vm", "list", "--home"], ["vm", "list", "--home"]),  # no value: left for the parser to refuse
 ])
 def test_global_flags_are_taken_after_the_command(argv: list[str], expected: list[str]) -> None:
     assert hoist_global_flags(argv) == expected
@@ -109,6 +130,7 @@ def test_console_lines_lose_control_sequences() -> None:
     assert plain("\x1b[1;32mREADY\x1b[0m ok\r") == "READY ok"
     assert plain("\x1b]0;title\x07login: \x1b[2J\x1b[Hx\x08y\tz") == "login: xy\tz"
     assert plain("plain text") == "plain text"
+    assert plain("\x1bc\x1b[?7l\x1b[2J\x1b[0mSeaBIOS (version 1.16.2)\r") == "SeaBIOS (version 1.16.2)"
 
 
 @pytest.mark.parametrize(("text", "size"), [("20G", 20 << 30), ("512M", 512 << 20), ("1T", 1 << 40),

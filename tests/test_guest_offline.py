@@ -244,3 +244,18 @@ def test_allow_identity_is_recorded_and_remove_admin_edits_accounts(cli: Cli, tm
     shadow = subprocess.run(["debugfs", "-R", "stat /etc/passwd", device], capture_output=True, text=True,
                             check=True)
     assert "Mode:  0644" in shadow.stdout and "User:     0" in shadow.stdout
+
+
+def test_online_generalize_also_removes_what_the_guest_wrote_while_powering_off(cli: Cli, tmp_path: Path) -> None:
+    from imgtool.guest import generalize
+    from imgtool.home import Home
+
+    # The disk as an online generalize leaves it once the guest is off: the script's removals done, and
+    # the journal (here with everything else the fixture carries) written again during power-off.
+    cli("publish", "lab/spec", "--version", "1.0.0", "--os-disk", str(make_guest_disk(tmp_path)))
+    cli("vm", "new", "box", "--image", "lab/spec")
+    done = generalize.after_poweroff(Home.at(cli.home), "box", ("/etc/ssh/ssh_host_ed25519_key",))
+    assert done.mode == "online" and done.removed[0] == "/etc/ssh/ssh_host_ed25519_key"
+    assert "/var/log/journal/abc/system.journal (written during power-off)" in done.removed
+    body = cli.json("audit", "vm:box")
+    assert isinstance(body, dict) and body["clean"] and "logs" not in _checks(body)

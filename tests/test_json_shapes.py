@@ -83,6 +83,7 @@ SUCCESS: list[tuple[list[str], str]] = [
     (["vm", "stop", "web"], "vm"),
     (["vm", "update", "web", "--memory", "1024"], "vm"),
     (["vm", "snapshot", "list", "web"], "list:snapshot"),
+    (["vm", "console", "web"], "console"),
     (["verify"], "verify"),
     (["du"], "du"),
     (["version", "list", "g/d", "--deleted"], "any"),

@@ -117,7 +117,8 @@ def test_a_pending_version_stays_out_of_latest_until_promoted(tmp_path: Path) ->
     assert latest(home) == "1.0.0"
     verdict = next(v for v in lookup.resolve(home, REF)[1] if str(v.version) == "1.1.0")
     assert "boot check failed" in verdict.reason
-    promoted = checks.promote(home, "team/base@1.1.0")
+    promoted, warnings = checks.promote(home, "team/base@1.1.0")
+    assert len(warnings) == 1 and "failed its boot check" in warnings[0] and "did not boot" in warnings[0]
     assert promoted.check is not None and promoted.check.state == "promoted"
     assert promoted.check.detail is not None and "was: failed" in promoted.check.detail
     assert latest(home) == "1.1.0"
@@ -435,3 +436,20 @@ def test_an_interrupted_delete_or_restore_is_finished_by_running_it_again(tmp_pa
         home.store.set_name(*key, target=record)
     removal.restore_version(home, "team/base@1.0.0")
     assert lookup.get_version(home, "team/base@1.0.0")[1] == record and recycle.items(home) == []
+
+
+def test_a_console_that_says_the_disk_cannot_boot_ends_an_ssh_check_at_once() -> None:
+    assert checks.cannot_boot("Booting from Hard Disk...") is None
+    assert checks.cannot_boot("login: ") is None
+    for line in ("Boot failed: not a bootable disk", "No bootable device.",
+                 "BdsDxe: No bootable option or device was found.", "Kernel panic - not syncing: VFS: Unable"):
+        why = checks.cannot_boot(line)
+        assert why is not None and line[:20] in why
+    tries: list[float] = []
+
+    def attempt(timeout: float) -> tuple[int, str] | None:
+        tries.append(timeout)
+        raise checks.CannotBoot("its console says the disk cannot boot: 'No bootable device.'", hint="")
+
+    why = checks.retry_ssh(attempt, "true", deadline=600, clock=lambda: 0.0, sleep=lambda s: None)
+    assert why == "its console says the disk cannot boot: 'No bootable device.'" and len(tries) == 1

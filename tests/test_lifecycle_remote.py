@@ -101,11 +101,13 @@ def test_check_state_and_signed_revocations_reach_other_stores(registry: Registr
     synced = user.json("remote", "sync", "origin")
     assert isinstance(synced, list)
     marked = {s["ref"]: s for s in synced}
-    assert marked["team/base@1.2.0"]["revoked"] == "CVE-2026-1234 in openssl"
+    assert marked["team/base@1.2.0"]["revoked"]["reason"] == "CVE-2026-1234 in openssl"
+    assert marked["team/base@1.2.0"]["revoked"] == user.json("vm", "show", "web")["revoked"]  # type: ignore[index]
     assert marked["team/base@1.2.0"]["vms"] == ["web"]
     assert marked["team/base@1.0.0"]["revoked"] is None
     assert "not a key trusted" in marked["team/base@1.0.0"]["ignored"][0]
-    assert "web: revoked: CVE-2026-1234 in openssl" in user("vm", "list").stdout
+    flagged = user("vm", "list").stdout
+    assert "web: revoked since " in flagged and ": CVE-2026-1234 in openssl" in flagged
     # A later pull of a revoked version marks the local copy too: a third store that pulled it before.
     third = cli_for(tmp_path / "third-home", tmp_path)
     third("remote", "add", "origin", f"{registry.url}/lifecycle")

@@ -41,7 +41,8 @@ def test_warm_argv_pins_the_machine_puts_ram_in_the_file_and_adds_the_agent_port
     assert restored[restored.index("-object") + 1].endswith(",share=off")
     assert restored[-2:] == ["-incoming", "defer"]
     plain = qemu.build_argv(spec(tmp_path))
-    assert plain[plain.index("-machine") + 1] == "q35" and "-object" not in plain and "vmgenid,guid=auto" not in plain
+    assert plain[plain.index("-machine") + 1] == "q35,graphics=off"  # a cold boot: SeaBIOS on the serial console
+    assert "-object" not in plain and "vmgenid,guid=auto" not in plain
 
 
 def test_device_set_names_devices_not_paths(tmp_path: Path) -> None:

@@ -2,8 +2,8 @@
 
 Errors: one line `imgtool: error: WHAT` plus `  hint: WHAT TO DO` on stderr (and with
 --json, an "error" object in the one JSON document on stdout), and the error category's
-exit code. A traceback only with --debug. The global flags --json and --debug may be
-written before or after the command (`imgtool version list g/d --json`).
+exit code. A traceback only with --debug. The global options --json, --debug and --home PATH may
+be written before or after the command (`imgtool version list g/d --json --home /tmp/h`).
 """
 
 import errno
@@ -86,19 +86,49 @@ def main(
     _flags["json"], _flags["debug"] = json_output, debug
     if debug:
         logging.basicConfig(level=logging.DEBUG, format="%(message)s", stream=sys.stderr)
+    elif sys.stderr.isatty():
+        _show_retries()
     ctx.obj = State(Home.at(home), json=json_output, debug=debug)
 
 
+def _show_retries() -> None:
+    """On a terminal, a remote's retries are said as they happen (seconds of waiting are never silent);
+    piped, the final error says how many tries were made."""
+    retries = logging.getLogger("imgtool.remote.retry")
+    if not retries.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("imgtool: %(message)s"))
+        retries.addHandler(handler)
+    retries.setLevel(logging.INFO)
+    retries.propagate = False
+
+
 GLOBAL_FLAGS = ("--json", "--debug")
+GLOBAL_OPTIONS = ("--home",)  # global options that take a value
 
 
 def hoist_global_flags(argv: list[str]) -> list[str]:
-    """Move --json/--debug written after the command to the front, where the root parser takes
-    them. Arguments after `--` (passed through, e.g. to ssh) are left alone."""
+    """Move the global options (--json, --debug, --home PATH) written after the command to the front,
+    where the root parser takes them, so every global option works on both sides of the command alike.
+    Arguments after `--` (passed through, e.g. to ssh) are left alone."""
     end = argv.index("--") if "--" in argv else len(argv)
-    flags = [a for a in argv[:end] if a in GLOBAL_FLAGS]
-    rest = [a for a in argv[:end] if a not in GLOBAL_FLAGS]
-    return [*dict.fromkeys(flags), *rest, *argv[end:]]
+    flags: list[str] = []
+    options: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < end:
+        arg = argv[i]
+        if arg in GLOBAL_FLAGS:
+            flags.append(arg)
+        elif arg in GLOBAL_OPTIONS and i + 1 < end:
+            options += [arg, argv[i + 1]]
+            i += 1
+        elif "=" in arg and arg.split("=", 1)[0] in GLOBAL_OPTIONS:
+            options.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return [*dict.fromkeys(flags), *options, *rest, *argv[end:]]
 
 
 def tidy_help(command: Any) -> None:

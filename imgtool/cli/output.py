@@ -7,6 +7,7 @@ vocabulary every command follows is in imgtool/flows/shapes.py and docs/GUIDE.md
 """
 
 import json
+import shutil
 import sys
 import textwrap
 import time
@@ -19,7 +20,7 @@ import typer
 from imgtool.flows.shapes import human_bytes
 from imgtool.home import Home
 
-WIDTH = 80  # human output fits a classic terminal; --json has the full values
+WIDTH = 80  # human output fits a classic terminal, or the terminal it is on; --json has the full values
 
 
 @dataclass
@@ -76,34 +77,55 @@ def text(value: Any) -> str:
     return str(value)
 
 
-def _fit(cell: str, width: int) -> str:
-    return cell if len(cell) <= width else cell[:max(width - 1, 0)] + "\u2026"
+def terminal_width(out: TextIO) -> int:
+    """The width human output fits: the terminal's when `out` is one (at least 80), else 80 (piped
+    output wraps there; nothing is ever cut)."""
+    if out.isatty():
+        return max(shutil.get_terminal_size((WIDTH, 24)).columns, WIDTH)
+    return WIDTH
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO = sys.stdout,
-          width: int = WIDTH) -> None:
-    """A plain aligned table that fits `width` columns: the widest columns are cut (with an ellipsis)
-    until it does; --json has the full values. An empty table says so instead of printing nothing."""
+def _wrap(cell: str, width: int) -> list[str]:
+    return textwrap.wrap(cell, width, break_on_hyphens=False) or [""]
+
+
+def _widths(headers: Sequence[str], cells: list[list[str]], width: int) -> list[int]:
+    """Each column as wide as its widest cell; while the row is wider than `width`, the widest
+    column narrows (its cells will wrap), never below its header or 12 columns."""
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    while sum(widths) + 2 * (len(widths) - 1) > width:
+        widest = max(range(len(widths)), key=lambda i: widths[i])
+        if widths[widest] <= max(len(headers[widest]), 12):
+            break  # narrower would wrap every word: let the line run long instead
+        widths[widest] -= 1
+    return widths
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO | None = None,
+          width: int | None = None) -> None:
+    """A plain aligned table sized to its content, within the terminal's width (80 when piped): a
+    cell longer than its column wraps onto the next lines of that column, so no value is ever cut.
+    An empty table says so instead of printing nothing."""
+    out = out or sys.stdout
     cells = [[text(c) for c in row] for row in rows]
     if not cells:
         out.write("(none)\n")
         return
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
-    while sum(widths) + 2 * (len(widths) - 1) > width:
-        widest = max(range(len(widths)), key=lambda i: widths[i])
-        if widths[widest] <= max(len(headers[widest]), 6):
-            break  # nothing left to cut without losing the column itself
-        widths[widest] -= 1
+    widths = _widths(headers, cells, width or terminal_width(out))
     line = "  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))
     out.write(line.rstrip() + "\n")
     for row in cells:
-        out.write("  ".join(_fit(c, w).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
+        wrapped = [_wrap(c, w) for c, w in zip(row, widths, strict=True)]
+        for n in range(max(len(w) for w in wrapped)):
+            parts = [(w[n] if n < len(w) else "").ljust(size) for w, size in zip(wrapped, widths, strict=True)]
+            out.write("  ".join(parts).rstrip() + "\n")
 
 
-def fields(pairs: Sequence[tuple[str, Any]], out: TextIO = sys.stdout) -> None:
+def fields(pairs: Sequence[tuple[str, Any]], out: TextIO | None = None) -> None:
     """Key: value lines for `show` commands (long values wrap under their value column)."""
+    out = out or sys.stdout
     width = max(len(k) for k, _ in pairs)
-    room = max(WIDTH - width - 2, 20)
+    room = max(terminal_width(out) - width - 2, 20)
     for key, value in pairs:
         shown = text(value)
         lines = textwrap.wrap(shown, room, break_on_hyphens=False) or ["-"]

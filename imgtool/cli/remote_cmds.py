@@ -153,11 +153,24 @@ def remote_sync(ctx: typer.Context, name: Annotated[str, Arg(help="Remote name."
     for item in found:
         if item["revoked"]:
             vms = f"; VMs: {', '.join(item['vms'])}" if item["vms"] else ""
-            print(f"{item['version']}: revoked: {item['revoked']}{vms}")
+            print(f"{item['version']}: revoked since {item['revoked']['when']}: {item['revoked']['reason']}{vms}")
         for why in item["ignored"]:
             print(f"{item['version']}: ignored a revocation statement: {why}")
     if not any(item["revoked"] for item in found):
         print(f"no revocations on {name} for versions pulled from it")
+
+
+def _candidate(ref: str, version: str, chosen: bool, reason: str) -> dict[str, Any]:
+    """A candidate of `latest` on a remote: the same shape as version resolve's candidates, the ref with
+    its remote (REMOTE:G/D@X.Y.Z)."""
+    from imgtool.flows import shapes
+    from imgtool.names import parse_definition_ref
+    from imgtool.remote import remotes
+
+    _, rest = remotes.split_ref(ref)
+    r = parse_definition_ref(rest)
+    return {**shapes.ref_parts(r.gallery, r.definition, version), "ref": f"{ref}@{version}", "latest": chosen,
+            "reason": reason}
 
 
 @remote_app.command("versions")
@@ -176,8 +189,7 @@ def remote_versions(
         emit_json({"ref": ref, "repository": repo, "latest": latest,
                    "versions": [{**{k: x for k, x in v.__dict__.items() if k != "annotations"},
                                  "latest": v.version == latest} for v in found],
-                   "candidates": [{"version": str(v.version), "chosen": v.chosen, "reason": v.reason}
-                                  for v in verdicts]})
+                   "candidates": [_candidate(ref, str(v.version), v.chosen, v.reason) for v in verdicts]})
         return
     table(["version", "latest", "status", "published", "manifest"],
           [[v.version, "*" if v.version == latest else "", _status(v), v.published, v.manifest[:19]]
@@ -223,6 +235,11 @@ def push_cmd(
     table(["version", "status", "uploaded", "packs", "mounted", "manifest"],
           [[r.name, r.status, human_bytes(r.bytes_uploaded), r.packs_uploaded, r.packs_mounted, r.manifest[:19]]
            for r in results])
+    for r in results:
+        if r.signed_by:
+            print(f"signed {r.name} on {remote} (key {', '.join(k[:19] for k in r.signed_by)})")
+        elif sign is not None:
+            print(f"{r.name} was already signed on {remote} with key {sign}")
 
 
 def pull_cmd(

@@ -1,12 +1,15 @@
 """imgtool key … (signing keys) and imgtool trust … (whose signatures a remote's versions need)."""
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from imgtool.cli.output import emit_json, state, table
 from imgtool.flows import shapes
+
+if TYPE_CHECKING:
+    from imgtool.home import Home
 
 key_app = typer.Typer(help="Signing keys (ed25519) for the versions you push.", no_args_is_help=True)
 trust_app = typer.Typer(help="Trusted publishers per remote: pulls from a remote with trusted keys accept only "
@@ -114,6 +117,7 @@ def trust_add(ctx: typer.Context, remote: str, key_file: Path,
     from imgtool.trust.keys import MAX_PUBLIC_KEY_FILE, parse_public_key
 
     st = state(ctx)
+    _existing_remote(st.home, remote)
     if not key_file.is_file():
         raise NotFound(f"no file {key_file}", hint="the publisher makes it with imgtool key export NAME")
     with key_file.open("rb") as handle:
@@ -179,11 +183,20 @@ def trust_policy(ctx: typer.Context, remote: str,
     from imgtool.trust.homes import trust_store
 
     st = state(ctx)
+    _existing_remote(st.home, remote)
     rt = trust_store(st.home).set_policy(remote, policy)
     if st.json:
         emit_json({"remote": remote, "policy": rt.policy})
         return
     print(f"{remote}: policy {rt.policy}")
+
+
+def _existing_remote(home: "Home", name: str) -> None:
+    """Trust is set for a remote that exists: a misspelled name would otherwise be trusted, silently, and
+    the real remote left as it was."""
+    from imgtool.remote import remotes
+
+    remotes.get(home, name)
 
 
 @trust_app.command("signing-key")
@@ -198,6 +211,7 @@ def trust_signing_key(ctx: typer.Context, remote: str,
     st = state(ctx)
     if (key is None) == (not none):
         raise InvalidArgument("give a key name or --none", hint=f"imgtool trust signing-key {remote} KEY")
+    _existing_remote(st.home, remote)
     if key is not None:
         keyring(st.home).load(key)
     rt = trust_store(st.home).set_signing_key(remote, key)

@@ -1,18 +1,19 @@
 """imgtool capture, imgtool publish, imgtool version …"""
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from imgtool.cli.output import ProgressBar, emit_json, fields, state, table
+from imgtool.cli.output import ProgressBar, emit_json, fields, state, table, warn
 from imgtool.errors import InvalidArgument
 from imgtool.flows import shapes
 from imgtool.flows.shapes import human_bytes
 from imgtool.names import Version, parse_definition_ref
 
 if TYPE_CHECKING:
-    from imgtool.gallery.lifecycle_model import CheckResult
+    from imgtool.gallery.lifecycle_model import BootCheck, CheckResult
     from imgtool.gallery.model import ImageVersion
     from imgtool.gallery.version_index import Summary
 
@@ -115,7 +116,8 @@ def publish(
         allow_unaudited=allow_unaudited)
     bar = ProgressBar(f"publishing {ref}@{version}", enabled=not st.json)
     try:
-        published = publishing.publish(st.home, request, check=check, targets=targets, progress=bar)
+        published = publishing.publish(st.home, request, check=check, targets=targets, progress=bar,
+                                       started=None if st.json else _checking)
     finally:
         bar.close()
     label = published.version.label
@@ -277,7 +279,7 @@ def version_update(
 
     st = state(ctx)
     if promote:
-        checks.promote(st.home, ref)
+        warn(checks.promote(st.home, ref)[1])
     changes: dict[str, Any] = {}
     if exclude_from_latest is not None:
         changes["exclude_from_latest"] = exclude_from_latest
@@ -351,10 +353,17 @@ def version_check(
     from imgtool.vm import checks
 
     st = state(ctx)
-    result = checks.check_version(st.home, ref, timeout=timeout, accel=accel)
+    result = checks.check_version(st.home, ref, timeout=timeout, accel=accel, started=None if st.json else _checking)
     if st.json:
         emit_json({"ref": ref, **result.to_json()})
     _report_check(ref, result, st.json)
+
+
+def _checking(name: str, check: "BootCheck") -> None:
+    """A boot check can take minutes: say what it waits for and where to watch it."""
+    sys.stderr.write(f"boot check: VM {name} is booting; waiting up to {check.timeout}s for {check.describe()} "
+                     f"(watch: imgtool vm console {name} --follow)\n")
+    sys.stderr.flush()
 
 
 @version_app.command("revoke")

@@ -371,7 +371,7 @@ def vm_list(ctx: typer.Context) -> None:
         rows.append(shapes.vm(record, vmrun.status(st.home, name)))
     flags = revocation.vm_flags(st.home, {r["name"]: r["image"] for r in rows if r["image"]})
     for row in rows:
-        row["revoked"] = flags[row["name"]].reason if row["name"] in flags else None
+        row["revoked"] = flags[row["name"]].to_json() if row["name"] in flags else None
     if st.json:
         emit_json(rows)
         return
@@ -380,7 +380,7 @@ def vm_list(ctx: typer.Context) -> None:
             r["ssh_port"] and f"127.0.0.1:{r['ssh_port']}"] for r in rows])
     for row in rows:
         if row["revoked"]:
-            print(f"{row['name']}: revoked: {row['revoked']}")
+            print(f"{row['name']}: revoked since {row['revoked']['when']}: {row['revoked']['reason']}")
 
 
 @vm_app.command("show")
@@ -412,26 +412,31 @@ def vm_show(ctx: typer.Context, name: str) -> None:
             ("admin user", seed and seed.admin_user), ("snapshots", snaps), ("created", record.created),
             ("updated", record.updated),
             ("generalized", "yes (vm start needs --force)" if record.generalized else "no"),
-            ("revoked", revoked and f"revoked: {revoked.reason}"),
+            ("revoked", revoked and f"{revoked.reason} (since {revoked.when})"),
             ("allowed revoked", record.allowed_revoked),
             *attachment_fields(record),
             ("qemu", " ".join(status["qemu_argv"]) if status.get("qemu_argv") else None)])
 
 
-def _follow(home: Home, name: str, until: str | None, timeout: float | None, *, raw: bool) -> None:
+def _follow(home: Home, name: str, until: str | None, timeout: float | None, *, raw: bool,
+            lines: list[str] | None = None) -> str | None:
+    """Print the console as it comes (or, with `lines`, collect it there); returns the --until line."""
     from imgtool.vm import runtime as vmrun
 
     show = (lambda line: line) if raw else vmrun.plain
+    say = (lambda line: print(line, flush=True)) if lines is None else lines.append
     if until:
-        print(show(vmrun.wait_for(home, name, until, timeout=timeout or 300)))
-        return
+        found = show(vmrun.wait_for(home, name, until, timeout=timeout or 300))
+        say(found)
+        return found
     if not vmrun.is_running(home, name):
         sys.stderr.write(f"imgtool: VM {name} is not running; its last console log follows\n")
     try:
         for line in vmrun.console_lines(home, name, follow=True, timeout=timeout):
-            print(show(line), flush=True)
+            say(show(line))
     except KeyboardInterrupt:
         sys.stderr.write("\ndetached from the console; the VM keeps running\n")
+    return None
 
 
 @vm_app.command("console")
@@ -443,7 +448,8 @@ def vm_console(
     timeout: Annotated[float | None, Opt(help="Give up after this many seconds (with --follow/--until).")] = None,
     raw: Annotated[bool, Opt("--raw", help="Keep terminal control sequences (colours, cursor moves).")] = False,
 ) -> None:
-    """Print (or follow) the VM's serial console log, without terminal control sequences unless --raw."""
+    """Print (or follow) the VM's serial console log, without terminal control sequences unless --raw.
+    With --json: one document with the VM's name, the console lines and the line --until waited for."""
     from imgtool.vm import runtime as vmrun
 
     st = state(ctx)
@@ -452,11 +458,16 @@ def vm_console(
         if not (follow or until):
             raise InvalidArgument("--timeout applies with --follow or --until",
                                   hint=f"e.g. imgtool vm console {name} --until READY --timeout 300")
+    collected: list[str] | None = [] if st.json else None
+    match = None
     if follow or until:
-        _follow(st.home, name, until, timeout, raw=raw)
-        return
-    for line in vmrun.console_lines(st.home, name, follow=False):
-        print(line if raw else vmrun.plain(line))
+        match = _follow(st.home, name, until, timeout, raw=raw, lines=collected)
+    else:
+        for line in vmrun.console_lines(st.home, name, follow=False):
+            shown = line if raw else vmrun.plain(line)
+            print(shown) if collected is None else collected.append(shown)
+    if collected is not None:
+        emit_json({"vm": name, "lines": collected, "match": match})
 
 
 @vm_app.command("ssh", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -534,10 +545,14 @@ def snapshot_delete(ctx: typer.Context, name: Annotated[str, Arg(help="VM name."
 
 @vm_app.command("delete")
 def vm_delete(ctx: typer.Context, name: str) -> None:
-    """Delete a VM: stop it, remove its files, release its hold on the version."""
+    """Delete a VM: stop it, remove its files and its snapshots, release its hold on the version."""
     from imgtool.vm import lifecycle as vm
 
     st = state(ctx)
-    vm.delete(st.home, name)
-    emit_json({"deleted": name}) if st.json else print(f"deleted VM {name}")
+    snaps = vm.delete(st.home, name)
+    if st.json:
+        emit_json({"deleted": name, "snapshots_deleted": snaps})
+        return
+    dropped = f" and its {len(snaps)} snapshot{'s' if len(snaps) != 1 else ''} ({', '.join(snaps)})" if snaps else ""
+    print(f"deleted VM {name}{dropped}")
 

@@ -25,11 +25,12 @@ def is_remote_image(image: str) -> bool:
 
 
 def image_for_vm(home: Home, image: str, *, progress: Progress | None = None) -> ImageForVm:
-    """Pull a remote image (what is missing), then verify the local version it is; raises Refused when
-    its remote's policy refuses it now, Corrupt when what is stored does not add up."""
+    """Pull a remote image (what is missing; offline, an exact version pulled before from that remote is
+    used from here: sharing.pull_for_vm), then verify the local version it is; raises Refused when its
+    remote's policy refuses it now, Corrupt when what is stored does not add up."""
     warnings: tuple[str, ...] = ()
     if is_remote_image(image):
-        pulled = sharing.pull_ref(home, image, progress=progress)
-        image, warnings = pulled.name, tuple(pulled.warnings)
+        image, pulled_warnings = sharing.pull_for_vm(home, image, progress=progress)
+        warnings = tuple(pulled_warnings)
     verdict = signing.verify_local(home, image, deep=False)
     return ImageForVm(image, warnings or (verdict.acceptance.warnings if verdict else ()))

@@ -6,13 +6,13 @@ before a copy leaves the machine; a failed replication is an outcome, never a fa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from imgtool.errors import InvalidArgument
 from imgtool.gallery import galleries, image_versions
-from imgtool.gallery.lifecycle_model import CheckResult
+from imgtool.gallery.lifecycle_model import BootCheck, CheckResult
 from imgtool.gallery.model import ImageVersion
 from imgtool.home import Home
 from store.progress import Progress
@@ -48,8 +48,10 @@ def need_boot_check(home: Home, request: image_versions.PublishRequest) -> None:
 
 
 def publish(home: Home, request: image_versions.PublishRequest, *, check: bool = False,
-            targets: Sequence[str] = (), progress: Progress | None = None) -> Published:
-    """Publish `request`; with `check`, boot-check it; then replicate it to `targets`."""
+            targets: Sequence[str] = (), progress: Progress | None = None,
+            started: Callable[[str, BootCheck], None] | None = None) -> Published:
+    """Publish `request`; with `check`, boot-check it (`started` is told the throwaway VM's name once it
+    boots: vm.checks.check_version); then replicate it to `targets`."""
     check_targets(home, targets)
     if check:
         need_boot_check(home, request)
@@ -58,7 +60,7 @@ def publish(home: Home, request: image_versions.PublishRequest, *, check: bool =
     if check:
         from imgtool.vm import checks  # noqa: PLC0415 - lazily: boots a VM, loaded only when asked
 
-        result = checks.check_version(home, version.label)
+        result = checks.check_version(home, version.label, started=started)
     replicas = []
     if targets:
         from imgtool.flows import replication  # noqa: PLC0415 - lazily, as remotes above

@@ -206,6 +206,7 @@ def _sync_one(home: Home, remote: Remote, target: Target, version: ImageVersion,
         return {**ref_fields(version.label), "revoked": None, "ignored": found.ignored} if found.ignored else None
     if version.revocation is None:
         update_version(home, version.label, revocation=Revocation(found.revoked.reason, found.revoked.revoked_at))
-    return {**ref_fields(version.label), "revoked": found.revoked.reason, "since": found.revoked.revoked_at,
+    revoked = Revocation(found.revoked.reason, found.revoked.revoked_at).to_json()  # as vm list and vm show
+    return {**ref_fields(version.label), "revoked": revoked,
             "key_id": found.revoked.key_id, "ignored": found.ignored,
             "vms": vmrecord.vms_using(home, version.gallery, version.definition, version.version)}

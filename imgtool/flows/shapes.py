@@ -145,6 +145,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "network": ("name", "subnet", "created", "project", "vms", "switch"),
     "exec": ("vm", "exit_code"),
     "environment": ("project", "file", "actions"),
+    "console": ("vm", "lines", "match"),
 }
 
 

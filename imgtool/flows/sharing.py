@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import replace
 
-from imgtool.errors import InvalidArgument
+from imgtool.errors import InvalidArgument, NotFound
 from imgtool.flows import revoking, signing
 from imgtool.gallery.lookup import get_version
 from imgtool.gallery.model import ImageVersion
@@ -17,6 +17,7 @@ from imgtool.oci.target import Target
 from imgtool.remote import auth, catalog, remotes
 from imgtool.remote import format as fmt
 from imgtool.remote.connect import connected
+from imgtool.remote.errors import RemoteFailed, TransferInterrupted
 from imgtool.remote.pull import Checked, Checking, Judged, Puller, PullResult
 from imgtool.remote.push import Pushed, PushResult, push
 from imgtool.remote.registry import RegistryClient
@@ -46,19 +47,25 @@ def _push_source(home: Home, source: str, remote_name: str, *, sign: str | None,
     with connected(home, remote_name) as (remote, target):
         key_name = signing.signing_key(home, remote, sign)
 
+        signed: dict[str, list[str]] = {}  # manifest digest -> key ids whose signatures the push attached
+
         def hook(event: Pushed) -> None:
-            signing.sign_pushed(home, remote, event.target, event.repository, event.manifest, event.version,
-                                key_name=key_name)
+            signed[event.manifest.digest] = signing.sign_pushed(home, remote, event.target, event.repository,
+                                                                event.manifest, event.version, key_name=key_name)
 
         try:
-            results = push(home, remote, target, source, progress=progress, hook=hook,
-                           with_revocation=with_revocation)
+            with _interruptible(f"push {source} {remote_name}", remote_name, target, pushing=True):
+                results = push(home, remote, target, source, progress=progress, hook=hook,
+                               with_revocation=with_revocation)
             for result in results:
+                result.signed_by = signed.get(result.manifest, [])
                 if result.status == "present":  # already there: signed now if this key has not signed it
                     ref = parse_image_ref(result.name, require_version=True)
                     name = SignedName(signing.registry_of(remote), result.repository, ref.gallery, ref.definition,
                                       result.tag)
-                    signing.sign_present(home, target, result.repository, result.manifest, name, key_name=key_name)
+                    key_id = signing.sign_present(home, target, result.repository, result.manifest, name,
+                                                  key_name=key_name)
+                    result.signed_by = [key_id] if key_id else []
             return results
         finally:
             if stats is not None:
@@ -70,7 +77,8 @@ def pull_ref(home: Home, text: str, *, as_ref: str | None = None, progress: Prog
     name, rest, pinned = _split_pinned(text, as_ref)
     with connected(home, name) as (remote, target):
         try:
-            return puller(home, remote, target, pinned, progress=progress).pull(rest, as_ref=as_ref)
+            with _interruptible(f"pull {text}", name, target, pushing=False):
+                return puller(home, remote, target, pinned, progress=progress).pull(rest, as_ref=as_ref)
         finally:
             if stats is not None:
                 stats.update(target.stats.to_json())
@@ -105,6 +113,31 @@ def judged_remote(home: Home, text: str, *,
         yield remote, target, found, found.judge(rest, as_ref=as_ref)
 
 
+@contextlib.contextmanager
+def _interruptible(command: str, remote: str, target: Target, *, pushing: bool) -> Iterator[None]:
+    """Ctrl-C says what was kept and that the same command resumes (both push and pull skip what the
+    other side already holds, so a rerun moves only the rest)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if pushing:
+            done = target.stats.blobs_uploaded
+            kept = (f"{done} blob{'s' if done != 1 else ''} ({_mib(target.stats.bytes_sent)}) had reached {remote} "
+                    "and stay there, untagged" if done else f"nothing had reached {remote} yet")
+            raise TransferInterrupted(
+                f"interrupted: {kept}; no version was tagged unfinished",
+                hint=f"run `imgtool {command}` again to resume: it sends only what {remote} lacks") from None
+        raise TransferInterrupted(
+            f"interrupted after {_mib(target.stats.bytes_received)} received: the chunks already stored are "
+            "kept here, unnamed; no version was named unfinished",
+            hint=f"run `imgtool {command}` again to resume: it fetches only what this store lacks "
+                 "(imgtool gc frees the kept chunks if you do not)") from None
+
+
+def _mib(count: int) -> str:
+    return f"{count / (1 << 20):.1f} MiB"
+
+
 def _check(home: Home, remote: remotes.Remote, event: Checking, pinned: pins.RemoteRef) -> Checked:
     """The pin, then the remote's trust policy, on the version about to be pulled (raises Refused)."""
     pins.check_pin(pinned, event.fetched.digest, where=f"{remote.name}:{event.repository}:{event.tag}")
@@ -115,6 +148,44 @@ def _check(home: Home, remote: remotes.Remote, event: Checking, pinned: pins.Rem
         signing.keep_pulled(home, remote, event.repository, event.tag, found, local)
 
     return Checked(found.acceptance.warnings, keep)
+
+
+def pull_for_vm(home: Home, text: str, *, progress: Progress | None = None) -> tuple[str, list[str]]:
+    """`vm new --image REMOTE:G/D[@V]`: pull what is missing; returns the local `G/D@X.Y.Z` and warnings.
+
+    When the remote cannot be reached and REMOTE:G/D@X.Y.Z (an exact version) is here, pulled from that
+    remote's URL under that tag (and with the pinned manifest digest, if one is given), the local copy
+    is used with a warning: versions are immutable, and the caller re-verifies the local copy."""
+    try:
+        result = pull_ref(home, text, progress=progress)
+    except RemoteFailed as exc:
+        copy = _offline_copy(home, text)
+        if copy is None:
+            raise
+        local, manifest = copy
+        return local, [f"{exc.message}; using the copy of {local} pulled from it before (manifest {manifest[:19]}…): "
+                       "a revocation made there since is not known here"]
+    return result.name, result.warnings
+
+
+def _offline_copy(home: Home, text: str) -> tuple[str, str] | None:
+    """The local version REMOTE:G/D@X.Y.Z[@sha256:…] was pulled as, with its manifest digest, or None."""
+    ref = pins.parse_remote_ref(text)
+    if ref.version is None:
+        return None  # latest is the remote's to say
+    local = f"{ref.gallery}/{ref.definition}@{ref.version}"
+    try:
+        version, _ = get_version(home, local)
+    except NotFound:
+        return None
+    pulled = version.provenance.get("pulled_from")
+    remote = remotes.get(home, ref.remote)
+    if not isinstance(pulled, dict) or pulled.get("url") != remote.url or pulled.get("tag") != str(ref.version):
+        return None
+    manifest = pulled.get("manifest")
+    if not isinstance(manifest, str) or (ref.digest is not None and manifest != ref.digest):
+        return None
+    return local, manifest
 
 
 def versions(home: Home, text: str) -> tuple[list[catalog.RemoteVersion], Version | None, list[Verdict], str]:

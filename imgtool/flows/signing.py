@@ -122,21 +122,22 @@ def sign_pushed(home: Home, remote: Remote, target: Target, repository: str, sub
 
 
 def sign_present(home: Home, target: Target, repository: str, digest: str, name: sig.SignedName, *,
-                 key_name: str | None) -> bool:
+                 key_name: str | None) -> str | None:
     """A version already on the remote gets a signature by `key_name` unless that key signed it there
-    already (so `push --sign` after an unsigned push signs, and a second one adds nothing)."""
+    already (so `push --sign` after an unsigned push signs, and a second one adds nothing); returns the
+    key id when it signed now."""
     if key_name is None:
-        return False
+        return None
     key = keyring(home).load(key_name)
     if any(_signed_by(key.public, a, name, digest) for a in referrers.find(target, repository, digest)):
-        return False
+        return None
     manifest = target.get_manifest(repository, digest).data
     when = now()
     envelope_bytes = sig.sign(key, name, digest, signed_at=when)
     subject = Descriptor(media.OCI_MANIFEST, digest, len(manifest))
     referrers.attach(target, repository, referrers.make(envelope_bytes, subject, key_id=key.public.key_id,
                                                         created=when))
-    return True
+    return key.public.key_id
 
 
 def _signed_by(key: PublicKey, attached: referrers.Attached, name: sig.SignedName, digest: str) -> bool:

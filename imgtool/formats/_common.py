@@ -19,6 +19,10 @@ DEFAULT_MAX_VIRTUAL_SIZE = 4 << 40  # 4 TiB
 LIMIT_ENV = "IMGTOOL_MAX_VIRTUAL_SIZE"
 
 FLATTEN_HINT = "flatten it with `qemu-img convert -O qcow2` on a trusted machine first"
+# A whole image in a format we do not take: nothing to flatten, only to convert.
+CONVERT_HINT = "convert it to qcow2 with `qemu-img convert -O qcow2 FILE FILE.qcow2` on a trusted machine first"
+# Names people use for an accepted format, and qemu's name for it (the help says VHD; qemu says vpc).
+FORMAT_ALIASES = {"vhd": "vpc"}
 DAMAGED_HINT = (
     "the file is damaged or crafted; get a fresh copy, or "
     "convert it with `qemu-img convert -O qcow2` on a trusted machine first"

@@ -19,8 +19,10 @@ from imgtool.errors import InvalidArgument, NotFound, UnsafeImage
 from . import partitions, qcow2, vhdx, vmdk, vpc
 from ._common import (
     ACCEPTED_FORMATS,
+    CONVERT_HINT,
     DEFAULT_MAX_VIRTUAL_SIZE,
     FLATTEN_HINT,
+    FORMAT_ALIASES,
     LIMIT_ENV,
     ImageInfo,
     Source,
@@ -46,6 +48,9 @@ REFUSED = {
     "iso": "ISO 9660/UDF images are installation media, not disks, and are not accepted as one",
 }
 REFUSED_HINTS = {
+    **{fmt: CONVERT_HINT for fmt in ("vdi", "parallels", "bochs", "cloop", "dmg")},
+    "luks": "decrypt and convert it with `qemu-img convert --object secret,... -O qcow2` on a trusted machine "
+            "first",
     "iso": "to use its bytes as a disk anyway, convert it with `qemu-img convert -f raw -O qcow2 FILE.iso "
            "FILE.qcow2` (an ISO inside a disk is ordinary guest content)",
 }
@@ -69,9 +74,10 @@ def inspect(path: Path, *, expected: str | None = None, max_virtual_size: int | 
     """
     path = Path(path)  # tolerate a str from untyped callers
     limit = _limit(max_virtual_size)
+    expected = FORMAT_ALIASES.get(expected.lower(), expected.lower()) if expected is not None else None
     if expected is not None and expected not in ACCEPTED_FORMATS:
         raise InvalidArgument(f"unknown image format {expected!r}",
-                              hint=f"use one of: {', '.join(ACCEPTED_FORMATS)}")
+                              hint=f"use one of: {', '.join(ACCEPTED_FORMATS)} (vhd is vpc)")
     resolved, before = _stat_regular(path)
     fd = _open_same(resolved, before)
     try:

@@ -10,7 +10,7 @@ from imgtool.gallery import recycle
 from imgtool.gallery.galleries import VERSIONS, get_definition_with_digest
 from imgtool.gallery.model import Disk, ImageVersion
 from imgtool.gallery.version_index import Summary, summaries
-from imgtool.gallery.versions import Candidate, Verdict, resolve_latest
+from imgtool.gallery.versions import Candidate, Verdict, resolve_latest, why_nothing
 from imgtool.home import Home
 from imgtool.names import DefinitionRef, ImageRef, Version, parse_image_ref
 
@@ -37,15 +37,24 @@ def resolve(home: Home, ref: DefinitionRef) -> tuple[Version | None, list[Verdic
     return latest_of(list_versions(home, ref))
 
 
+def _nothing_hint(ref: DefinitionRef, verdicts: list[Verdict]) -> str:
+    pending = [v for v in verdicts if "boot check pending" in v.reason]
+    if pending:
+        return f"run its boot check: imgtool version check {ref}@{pending[0].version}, or name a version (@X.Y.Z)"
+    if not verdicts:
+        return f"publish one: imgtool publish {ref} --version 1.0.0 --os-disk FILE"
+    return f"see imgtool version resolve {ref} --explain, or name a version (@X.Y.Z)"
+
+
 def get_version(home: Home, text: str | ImageRef) -> tuple[ImageVersion, str]:
     """The version named by G/D@X.Y.Z or G/D@latest (or G/D), and its record digest."""
     ref = parse_image_ref(text) if isinstance(text, str) else text
     version = ref.version
     if version is None:
-        version, _ = resolve(home, ref.definition_ref)
+        version, verdicts = resolve(home, ref.definition_ref)
         if version is None:
-            raise NotFound(f"{ref.definition_ref} has no version that latest can pick",
-                           hint="publish one, or name a version explicitly (@X.Y.Z)")
+            raise NotFound(f"{ref.definition_ref}@latest picks nothing: {why_nothing(verdicts)}",
+                           hint=_nothing_hint(ref.definition_ref, verdicts))
     digest = home.store.get_name(VERSIONS, ref.gallery, ref.definition, str(version))
     if digest is None:
         get_definition_with_digest(home, ref.definition_ref)

@@ -59,3 +59,17 @@ def _reason(c: Candidate, winner: Version | None, today: str | None) -> str:
     if c.version == winner:
         return "chosen: highest eligible version" + eol
     return f"kept out: {winner} is higher" + eol
+
+
+def why_nothing(verdicts: list[Verdict]) -> str:
+    """Why `latest` picks nothing, for an error message: there are no versions, or each one's reason."""
+    if not verdicts:
+        return "it has no versions"
+    return "every version is dropped: " + "; ".join(f"{v.version} {v.reason.removeprefix('dropped: ')}"
+                                                    for v in verdicts)
+
+
+def passed_over(verdicts: list[Verdict]) -> list[Verdict]:
+    """The versions above the chosen one that `latest` dropped (all of them when none was chosen)."""
+    chosen = next((v.version for v in verdicts if v.chosen), None)
+    return [v for v in verdicts if not v.chosen and (chosen is None or v.version > chosen)]

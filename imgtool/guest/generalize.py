@@ -5,7 +5,8 @@ virt-sysprep's defaults for the same things): SSH host keys, /etc/machine-id (em
 new one on the next boot), cloud-init's instance state and seed, logs, shell histories, DHCP leases;
 with `remove_admin` the provisioned admin user (account, group, home, sudoers rule).
 
-Online (the VM runs and answers SSH): a script run with sudo in the guest, which then powers off.
+Online (the VM runs and answers SSH): a script run with sudo in the guest, which then powers off; then
+the offline removals run on its disk, for what the guest wrote while powering off (the journal).
 Offline (the VM is stopped): the same removals on its OS overlay through qemu-storage-daemon's FUSE
 export and `debugfs -w`. Either way every removal is listed, and the VM's record says `generalized`;
 `vm start` refuses a generalized VM without --force (booting would personalize it again).
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from imgtool import formats
-from imgtool.errors import InvalidArgument, Refused, ToolFailed
+from imgtool.errors import ImgtoolError, InvalidArgument, Refused, ToolFailed
 from imgtool.guest import fs, ssh
 from imgtool.guest.audit import HISTORIES, LEASE_DIRS, home_dirs
 from imgtool.guest.fs import Debugfs
@@ -109,7 +110,20 @@ def _online(home: Home, name: str, admin: str | None, timeout: float) -> Result:
                          hint=f"check that it answers: imgtool vm wait {name}; or stop it and generalize offline")
     removed = tuple(line[len("removed "):] for line in lines if line.startswith("removed "))
     _wait_stopped(home, name, timeout)
-    return Result(name, "online", removed)
+    return after_poweroff(home, name, removed)
+
+
+def after_poweroff(home: Home, name: str, removed: tuple[str, ...]) -> Result:
+    """The online result, completed offline once the VM is off: what the guest wrote while powering off
+    (the journal's last lines, a log rotated at shutdown) is removed from the disk too. When the disk
+    cannot be edited offline (tools missing, a file system not cleanly unmounted, not ext2/3/4), that
+    is listed as skipped: the online removals stand."""
+    try:
+        late = offline(home, name, None)
+    except ImgtoolError as exc:
+        return Result(name, "online", removed, (f"files written during power-off: {exc.message}",))
+    return Result(name, "online", (*removed, *(f"{path} (written during power-off)" for path in late.removed)),
+                  late.skipped)
 
 
 def _wait_stopped(home: Home, name: str, timeout: float) -> None:

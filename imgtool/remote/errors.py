@@ -14,3 +14,10 @@ class RemoteFailed(ImgtoolError):
 
 class TransferBroken(RemoteFailed):
     """A body broke off mid-transfer (reset, closed): the request may succeed if sent again."""
+
+
+class TransferInterrupted(ImgtoolError):
+    """Ctrl-C during a push or pull: what was kept, and that the same command resumes."""
+
+    exit_code = 130
+    category = "interrupted"

@@ -32,6 +32,7 @@ from imgtool.formats._common import LIMIT_ENV
 from imgtool.gallery import galleries
 from imgtool.gallery.galleries import DEFINITIONS, GALLERIES, VERSIONS, gallery_lock
 from imgtool.gallery.model import Definition, Gallery, ImageVersion
+from imgtool.gallery.versions import passed_over, why_nothing
 from imgtool.home import Home
 from imgtool.names import DefinitionRef, ImageRef, parse_definition_ref, parse_image_ref, ref_fields
 from imgtool.oci.target import Fetched, Target, read_all
@@ -85,6 +86,7 @@ class Judged:
     definition_obj: dict[str, Any]
     gallery: Gallery | None
     checked: Checked
+    passed_over: list[str] = field(default_factory=list)  # warnings: newer versions `latest` passed over
 
 
 @dataclass
@@ -107,15 +109,32 @@ class PullResult:
 
 
 def resolve_tag(target: Target, repo: str, ref: ImageRef, remote_name: str,
-                screen: catalog.Screen | None = None) -> str:
+                screen: catalog.Screen | None = None) -> tuple[str, list[str]]:
+    """The tag `ref` names there, and warnings: a newer version that latest passed over for trust."""
     if ref.version is not None:
-        return str(ref.version)
+        return str(ref.version), []
     found = catalog.remote_versions(target, repo)
-    chosen, _verdicts = catalog.resolve(found, refused=screen(repo, found) if screen else None)
+    refused = screen(repo, found) if screen else {}
+    chosen, verdicts = catalog.resolve(found, refused=refused)
+    where = f"{remote_name}:{ref.definition_ref}"
+    if not found:
+        raise NotFound(f"{where} has no versions: the remote has nothing at {repo}",
+                       hint=f"check the spelling of {ref.definition_ref}; a push creates it "
+                            f"(imgtool push {ref.definition_ref} {remote_name})")
     if chosen is None:
-        raise NotFound(f"{remote_name}:{ref.definition_ref} has no version that latest can pick",
-                       hint=f"see imgtool remote versions {remote_name}:{ref.definition_ref} --explain")
-    return str(chosen)
+        raise NotFound(f"{where}@latest picks nothing: {why_nothing(verdicts)}",
+                       hint=f"see imgtool remote versions {where} --explain, or name a version (@X.Y.Z)")
+    warnings = [f"{where}@latest is {chosen}, not the newer {v.version}: {v.reason.removeprefix('dropped: ')}"
+                for v in passed_over(verdicts) if str(v.version) in refused]
+    return str(chosen), warnings
+
+
+def _manifest(target: Target, repo: str, tag: str, where: str) -> Fetched:
+    try:
+        return target.get_manifest(repo, tag)
+    except NotFound:
+        raise NotFound(f"{where}@{tag} does not exist (the remote has no tag {tag} at {repo})",
+                       hint=f"list its versions: imgtool remote versions {where}") from None
 
 
 def _records(target: Target, repo: str, manifest: VersionManifest,
@@ -179,9 +198,9 @@ class Puller:
         exactly as a pulled one."""
         ref = parse_image_ref(text)
         repo = fmt.repository(self.remote.prefix, ref.gallery, ref.definition)
-        tag = resolve_tag(self.target, repo, ref, self.remote.name, self.screen)
+        tag, passed = resolve_tag(self.target, repo, ref, self.remote.name, self.screen)
         local = parse_definition_ref(as_ref) if as_ref else ref.definition_ref
-        fetched = self.target.get_manifest(repo, tag)
+        fetched = _manifest(self.target, repo, tag, f"{self.remote.name}:{ref.definition_ref}")
         what = f"{self.remote.name}:{repo}:{tag}"
         manifest = fmt.parse_manifest(fetched.data, fetched.digest, what)
         version, definition, definition_obj, gallery = _records(self.target, repo, manifest, what)
@@ -197,13 +216,14 @@ class Puller:
                                f"{self.remote.name}:{ref.definition_ref}")
         # Trust is judged before anything moves, and on every pull, cache hits included.
         checked = self.check(Checking(self.target, repo, tag, fetched, version)) if self.check else Checked()
-        return Judged(repo, tag, local, fetched, manifest, version, definition, definition_obj, gallery, checked)
+        return Judged(repo, tag, local, fetched, manifest, version, definition, definition_obj, gallery, checked,
+                      passed)
 
     def pull(self, text: str, *, as_ref: str | None = None) -> PullResult:
         judged = self.judge(text, as_ref=as_ref)
         repo, tag, local, fetched, version = judged.repo, judged.tag, judged.local, judged.fetched, judged.version
         result = PullResult(f"{local}@{tag}", self.remote.name, repo, tag, fetched.digest, "pulled",
-                            warnings=list(judged.checked.warnings))
+                            warnings=[*judged.passed_over, *judged.checked.warnings])
         checked = judged.checked
         if self._present(local, version, judged.definition):
             result.status = "present"
@@ -292,15 +312,30 @@ class Puller:
                     if self.progress is not None:
                         self.progress(len(frame))
 
-        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="pull") as pool:
-            for plan in plans:
-                if plan.whole:
-                    result.packs_whole += 1
-                else:
-                    result.range_requests += len(plan.ranges())
-                window.append(pool.submit(fetch.fetch_pack, self.target, repo, plan))
-                drain(self.workers)
-            drain(0)
+        try:
+            with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="pull") as pool:
+                for plan in plans:
+                    if plan.whole:
+                        result.packs_whole += 1
+                    else:
+                        result.range_requests += len(plan.ranges())
+                    window.append(pool.submit(fetch.fetch_pack, self.target, repo, plan))
+                    drain(self.workers)
+                drain(0)
+        except KeyboardInterrupt:
+            self._keep_fetched(window)
+            raise
+        writer.flush()
+
+    def _keep_fetched(self, window: deque[Future[list[fetch.Verified]]]) -> None:
+        """Ctrl-C: store the chunks of every pack that arrived whole (verified), so that the same pull run
+        again fetches only the rest. A fresh writer: the interrupted one may have been stopped halfway
+        through queueing a frame; what it had queued is dropped, its packs already being written finish."""
+        writer = self.home.store.pack_writer()
+        for future in window:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                for raw, frame, rawlen in future.result():
+                    writer.add(raw, frame, rawlen)
         writer.flush()
 
     def _local_version(self, version: ImageVersion, local: DefinitionRef, repo: str, tag: str,

@@ -18,7 +18,7 @@ import re
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
 
@@ -69,6 +69,7 @@ class PushResult:
     packs_mounted: int = 0
     bytes_uploaded: int = 0
     chunks_new: int = 0
+    signed_by: list[str] = field(default_factory=list)  # key ids whose signatures this push attached
 
     def to_json(self) -> dict[str, Any]:
         body = dict(self.__dict__)

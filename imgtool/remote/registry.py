@@ -33,6 +33,7 @@ from imgtool.remote import auth
 from imgtool.remote.errors import RemoteFailed, TransferBroken
 
 log = logging.getLogger("imgtool.remote")
+retry_log = logging.getLogger("imgtool.remote.retry")  # one line per retry; shown on a terminal by the CLI
 # httpx and httpcore log requests, response headers and upload-session URLs at DEBUG; --debug shows
 # our own one line per request (method, path, status) instead, never a header.
 for _noisy in ("httpx", "httpcore"):
@@ -53,6 +54,39 @@ RETRIABLE = {429, 500, 502, 503, 504}
 # caller gets one RemoteFailed that says so.
 BODY_GRACE = 60.0  # seconds any body may take on top of its size at BODY_MIN_RATE
 BODY_MIN_RATE = 64 << 10  # bytes per second a body must average
+
+
+# What a failed connection means, in words (the exception class names httpx uses mean nothing to people).
+_TRANSPORT_WORDS = (
+    (httpx.ConnectTimeout, "no answer to the connection attempt (timed out)"),
+    (httpx.ReadTimeout, "no answer in time (read timed out)"),
+    (httpx.WriteTimeout, "could not send in time (write timed out)"),
+    (httpx.PoolTimeout, "no free connection in time"),
+    (httpx.RemoteProtocolError, "the server closed the connection or answered something that is not HTTP"),
+    (httpx.ProxyError, "the proxy refused the connection"),
+    (httpx.ReadError, "the connection broke while reading"),
+    (httpx.WriteError, "the connection broke while sending"),
+)
+
+
+def transport_words(exc: BaseException) -> str:
+    """Why a request could not be made, for people: refused, unknown host, TLS, timed out, broken."""
+    detail = str(exc).lower()
+    if isinstance(exc, httpx.ConnectError):
+        if "certificate" in detail or "ssl" in detail or "tls" in detail:
+            return "its TLS certificate is not trusted here (or TLS failed)"
+        if "name or service not known" in detail or "nodename nor servname" in detail or \
+                "temporary failure in name resolution" in detail or "no address" in detail:
+            return "the host name does not resolve"
+        if "refused" in detail:
+            return "the connection was refused (nothing listens there)"
+        if "unreachable" in detail:
+            return "the network or host is unreachable"
+        return "could not connect"
+    for kind, words in _TRANSPORT_WORDS:
+        if isinstance(exc, kind):
+            return words
+    return "the connection failed"
 
 
 def _expected_size(response: httpx.Response, fallback: int) -> int:
@@ -82,7 +116,7 @@ def _bounded(response: httpx.Response, size: int, *, label: str, what: str) -> I
                                hint="the remote is stalled or too slow; try again later") from None
         if isinstance(exc, httpx.TransportError):
             raise
-        raise TransferBroken(f"{label}: reading {what} broke off ({type(exc).__name__})",
+        raise TransferBroken(f"{label}: reading {what} broke off ({transport_words(exc)})",
                            hint="run the command again") from None
     finally:
         timer.cancel()
@@ -151,16 +185,20 @@ class RegistryClient:
         url = self.base + path
         answered = False
         last = ""
+        unreachable = False
+        started = time.monotonic()
         attempt = 0
         while attempt < ATTEMPTS:
             try:
                 response = self._send_following(method, url, scope, headers or {}, content, stream, params)
             except httpx.TransportError as exc:
-                last = type(exc).__name__
-                log.debug("remote %s %s: %s (attempt %d)", method, path, last, attempt + 1)
-                time.sleep(BACKOFF[attempt])
+                last, unreachable = transport_words(exc), True
                 attempt += 1
+                if attempt < ATTEMPTS:  # no pause after the last try: nothing follows it
+                    self._retrying(method, path, last, attempt - 1)
+                    time.sleep(BACKOFF[attempt - 1])
                 continue
+            unreachable = False
             if response.status_code == 401:
                 challenge = auth.parse_challenge(response.headers.get("www-authenticate", ""))
                 response.close()
@@ -176,13 +214,30 @@ class RegistryClient:
                 last = registry_message(response)
                 wait = self._retry_after(response) if response.status_code == 429 else BACKOFF[attempt]
                 response.close()
-                log.debug("remote %s %s: %s, retrying in %.1fs", method, path, last, wait)
+                self._retrying(method, path, last, attempt, wait)
                 time.sleep(wait)
                 attempt += 1
                 continue
             return self._checked(response, repo, actions)
-        raise RemoteFailed(f"{self.label}: {method} {path} kept failing ({last})",
-                           hint="check that the registry is up and has space, then run the command again")
+        raise self._gave_up(method, path, last, unreachable=unreachable, seconds=time.monotonic() - started)
+
+    def _retrying(self, method: str, path: str, why: str, attempt: int, wait: float | None = None) -> None:
+        """Say that a request is tried again (the `imgtool.remote.retry` log: the CLI shows it on a terminal,
+        so a wait of seconds is never silent)."""
+        wait = BACKOFF[attempt] if wait is None else wait
+        retry_log.info("%s (%s): %s; trying again in %.1fs (%d of %d tries failed; %s %s)", self.label, self.host,
+                       why, wait, attempt + 1, ATTEMPTS, method, path)
+
+    def _gave_up(self, method: str, path: str, why: str, *, unreachable: bool, seconds: float) -> RemoteFailed:
+        tries = f"{ATTEMPTS} tries in {seconds:.0f}s ({method} {path})"
+        if not unreachable:
+            return RemoteFailed(f"{self.label} ({self.host}) kept failing: {why}; {tries}",
+                                hint="check that the registry is up and has space, then run the command again")
+        hint = (f"give imgtool the registry's CA (imgtool remote add {self.label} URL --ca-file CA.pem)"
+                if "TLS" in why else
+                f"check that a registry answers at {self.base} (imgtool remote show {self.label}), then run the "
+                "command again")
+        return RemoteFailed(f"{self.label} ({self.host}) could not be reached: {why}; {tries}", hint=hint)
 
     def _send_following(self, method: str, url: str, scope: str, headers: dict[str, str],
                         content: bytes | None, stream: bool, params: dict[str, str] | None) -> httpx.Response:
@@ -244,7 +299,7 @@ class RegistryClient:
         try:
             response = self.http.get(realm, params=params, headers=headers)
         except httpx.TransportError as exc:
-            raise RemoteFailed(f"{self.label}: the token service did not answer ({type(exc).__name__})",
+            raise RemoteFailed(f"{self.label}: the token service did not answer ({transport_words(exc)})",
                                hint="check the network, then run the command again") from None
         self.stats.add(requests=1)
         if response.status_code in (401, 403):
@@ -342,7 +397,8 @@ class RegistryClient:
         if response.status_code == 404:
             response.close()
             raise NotFound(f"{self.label} has no {repo}:{ref}",
-                           hint=f"list what it has with imgtool remote versions {self.label}:…")
+                           hint=f"check the spelling; imgtool remote versions {self.label}:GALLERY/DEFINITION "
+                                "lists the versions it has")
         if response.status_code != 200:
             raise self._fail(response, f"reading manifest {repo}:{ref}")
         data = self._read_capped(response, MAX_MANIFEST, f"manifest {repo}:{ref}")
@@ -410,7 +466,7 @@ class RegistryClient:
                         yield piece
             except httpx.TransportError as exc:
                 raise TransferBroken(f"{self.label}: the transfer of blob {digest[:19]}… broke off "
-                                   f"({type(exc).__name__})", hint="run the command again; it resumes") from None
+                                   f"({transport_words(exc)})", hint="run the command again; it resumes") from None
         finally:
             response.close()
 
@@ -440,7 +496,7 @@ class RegistryClient:
                             break
             except httpx.TransportError as exc:
                 raise TransferBroken(f"{self.label}: the transfer of blob {digest[:19]}… broke off "
-                                   f"({type(exc).__name__})", hint="run the command again; it resumes") from None
+                                   f"({transport_words(exc)})", hint="run the command again; it resumes") from None
         finally:
             response.close()
         if len(out) < length:
@@ -532,7 +588,7 @@ class RegistryClient:
                         raise Corrupt(f"{self.label}: {what} is above the {limit}-byte limit",
                                       hint="the remote serves something imgtool does not read")
         except httpx.TransportError as exc:
-            raise TransferBroken(f"{self.label}: reading {what} broke off ({type(exc).__name__})",
+            raise TransferBroken(f"{self.label}: reading {what} broke off ({transport_words(exc)})",
                                hint="run the command again") from None
         finally:
             response.close()

@@ -10,6 +10,7 @@ that `remote show` prints); PREFIX components must be valid repository component
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import re
@@ -164,10 +165,14 @@ def add(home: Home, name: str, url: str, *, insecure: bool = False, ca_file: str
 
 
 def get(home: Home, name: str) -> Remote:
-    found = load_all(home).get(name)
+    """The remote called `name`; NotFound (naming the closest existing name, for a typo) if there is none."""
+    known = load_all(home)
+    found = known.get(name)
     if found is None:
+        close = difflib.get_close_matches(name, list(known), n=1)
+        guess = f"did you mean '{close[0]}'? " if close else ""
         raise NotFound(f"remote '{name}' does not exist",
-                       hint="list remotes with imgtool remote list, add one with imgtool remote add NAME URL")
+                       hint=f"{guess}list remotes with imgtool remote list, add one with imgtool remote add NAME URL")
     return found
 
 

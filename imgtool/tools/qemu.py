@@ -43,6 +43,10 @@ DRIVE_FORMATS = ("qcow2", "raw")
 MIN_MEMORY_MIB = 64
 
 _MACHINE = {"x86_64": "q35", "aarch64": "virt"}
+# graphics=off: with no display, SeaBIOS writes its boot messages ("Booting from Hard Disk...", "Boot failed:
+# not a bootable disk") to the serial console, so the console shows life from the first second and a disk
+# that cannot boot says so there. Cold boots only: a warm start restores its template's machine as it was.
+_COLD_MACHINE = {"x86_64": "q35,graphics=off", "aarch64": "virt"}
 
 
 @dataclass(frozen=True)
@@ -210,7 +214,7 @@ def device_set(spec: VmSpec) -> list[str]:
 
 def _machine_args(spec: VmSpec) -> list[str]:
     accel = "tcg,thread=multi" if spec.accel == "tcg" else "kvm"
-    machine = _MACHINE[spec.arch] if spec.warm is None else f"{spec.warm.machine},memory-backend={RAM_ID}"
+    machine = _COLD_MACHINE[spec.arch] if spec.warm is None else f"{spec.warm.machine},memory-backend={RAM_ID}"
     return [
         "-name", f"guest={escape(spec.name)}",
         "-machine", machine,

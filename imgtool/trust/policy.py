@@ -235,7 +235,8 @@ def _refusal(label: str, digest: str, findings: list[Finding]) -> str:
 def _refusal_hint(rt: RemoteTrust, name: SignedName) -> str:
     trusted = ", ".join(short_id(k.key_id) + "…" for k in rt.keys if k.applies_to(name.gallery)) or "none"
     return (f"nothing was stored; trusted for {name.gallery} on {rt.remote}: {trusted}. Ask the publisher to "
-            f"sign it (imgtool push … --sign KEY), or if you trust another key: imgtool trust add {rt.remote} KEY.pub")
+            f"sign it (imgtool push {name.gallery}/{name.definition}@{name.version} REMOTE --sign KEY), or if you "
+            f"trust another key: imgtool trust add {rt.remote} KEY.pub")
 
 
 def _remote_from_json(name: str, entry: Any) -> RemoteTrust:

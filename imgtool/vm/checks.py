@@ -49,9 +49,13 @@ def boot_check_of(home: Home, version: ImageVersion) -> BootCheck | None:
     return definition.boot_check
 
 
+Started = Callable[[str, BootCheck], None]  # told the throwaway VM's name once it boots (to show life)
+
+
 def check_version(home: Home, text: str, *, timeout: int | None = None, accel: str | None = None,
-                  clock: Clock = time.monotonic) -> CheckResult:
-    """Boot-check G/D@X.Y.Z and record the result on the version; returns the result."""
+                  clock: Clock = time.monotonic, started: Started | None = None) -> CheckResult:
+    """Boot-check G/D@X.Y.Z and record the result on the version; returns the result. `started(name, check)`
+    is called once the throwaway VM runs, so that a caller can say what is being waited for and where."""
     parse_image_ref(text, require_version=True)
     version, _ = get_version(home, text)
     check = boot_check_of(home, version)
@@ -64,13 +68,13 @@ def check_version(home: Home, text: str, *, timeout: int | None = None, accel: s
     if check.kind != "console" and version.os_state == "specialized":
         raise InvalidArgument(f"a {check.kind} check needs a provisioned user, and {version.label} is specialized",
                               hint="check specialized images with --boot-check console:TEXT")
-    result = run_check(home, version, check, accel=accel, clock=clock)
+    result = run_check(home, version, check, accel=accel, clock=clock, started=started)
     update_version(home, version.label, check=result)
     return result
 
 
 def run_check(home: Home, version: ImageVersion, check: BootCheck, *, accel: str | None,
-              clock: Clock = time.monotonic) -> CheckResult:
+              clock: Clock = time.monotonic, started: Started | None = None) -> CheckResult:
     """Boot a throwaway VM from the version and wait for the check (nothing is recorded here)."""
     name = f"boot-check-{secrets.token_hex(4)}"
     with tempfile.TemporaryDirectory(prefix="imgtool-check-") as scratch:
@@ -81,6 +85,8 @@ def run_check(home: Home, version: ImageVersion, check: BootCheck, *, accel: str
         try:
             began = clock()
             vmrun.start(home, name, requested_accel=accel)
+            if started is not None:
+                started(name, check)
             failure = _wait(home, name, check, deadline=began + check.timeout, clock=clock)
             elapsed = int((clock() - began) * 1000)
             console = _console(home, name) if failure else None
@@ -102,15 +108,41 @@ def _wait(home: Home, name: str, check: BootCheck, *, deadline: float, clock: Cl
     """None when the check passed before the deadline, else why it did not."""
     if check.kind == "console":
         assert check.text is not None
-        try:
-            vmrun.wait_for(home, name, check.text, timeout=max(deadline - clock(), 0.0))
-        except ToolFailed:
-            if not vmstate.is_running(home, name):
-                return f"the VM stopped before its console printed {check.text!r}"
-            return f"its console did not print {check.text!r} within {check.timeout}s"
-        return None
+        why = _wait_console(home, name, check.text, deadline=deadline, clock=clock)
+        return why.replace("in time", f"within {check.timeout}s") or None
     command = ["true"] if check.kind == "ssh" else ["cloud-init", "status", "--wait"]
     return _wait_ssh(home, name, command, deadline=deadline, clock=clock)
+
+
+# What firmware and kernels print when a disk cannot boot: waiting longer changes nothing (SeaBIOS
+# retries every 60 s, forever), so the check fails at once, naming the line.
+CANNOT_BOOT = ("No bootable device", "Boot failed: not a bootable disk", "Boot failed: could not read the boot disk",
+               "No bootable option or device was found", "Kernel panic - not syncing")
+
+
+def cannot_boot(line: str) -> str | None:
+    """Why the console line says the VM will never boot, or None."""
+    found = next((sign for sign in CANNOT_BOOT if sign in line), None)
+    return None if found is None else f"its console says the disk cannot boot: {line.strip()[:200]!r}"
+
+
+def _wait_console(home: Home, name: str, text: str, *, deadline: float, clock: Clock) -> str:
+    """'' when a console line contains `text` before the deadline, else why not (failing at once when the
+    console says the disk cannot boot)."""
+    for line in vmrun.console_lines(home, name, follow=True, timeout=max(deadline - clock(), 0.0)):
+        shown = vmrun.plain(line)
+        if text in shown:
+            return ""
+        fatal = cannot_boot(shown)
+        if fatal is not None:
+            return fatal
+    if not vmstate.is_running(home, name):
+        return f"the VM stopped before its console printed {text!r}"
+    return f"its console did not print {text!r} in time"
+
+
+def _console_says_cannot_boot(home: Home, name: str) -> str | None:
+    return next((why for line in _console(home, name).splitlines() if (why := cannot_boot(line))), None)
 
 
 def ssh_check_argv(port: int, user: str, key: Path, command: list[str]) -> list[str]:
@@ -130,6 +162,9 @@ def _wait_ssh(home: Home, name: str, command: list[str], *, deadline: float, clo
         state = vmstate.running_state(home, name)
         if state is None:
             return None
+        fatal = _console_says_cannot_boot(home, name)
+        if fatal is not None:
+            raise CannotBoot(fatal)
         done = run.run(ssh_check_argv(int(state["ssh_port"]), user, key, command), timeout=timeout, check=False)
         return done.returncode, done.stderr
 
@@ -137,6 +172,10 @@ def _wait_ssh(home: Home, name: str, command: list[str], *, deadline: float, clo
 
 
 Attempt = Callable[[float], "tuple[int, str] | None"]
+
+
+class CannotBoot(ToolFailed):
+    """Raised by an ssh attempt when the console says the disk will never boot: no use retrying."""
 
 
 def retry_ssh(attempt: Attempt, what: str, *, deadline: float, clock: Clock,
@@ -149,6 +188,8 @@ def retry_ssh(attempt: Attempt, what: str, *, deadline: float, clock: Clock,
     while clock() < deadline:
         try:
             outcome = attempt(min(SSH_ATTEMPT_TIMEOUT, max(deadline - clock(), 1.0)))
+        except CannotBoot as exc:
+            return exc.message
         except ToolFailed as exc:
             last = exc.message
         else:
@@ -169,11 +210,15 @@ def _console(home: Home, name: str) -> str:
     return tail(text)
 
 
-def promote(home: Home, text: str, *, reason: str | None = None) -> ImageVersion:
-    """Let a pending or failed version into latest without a passing check (recorded as promoted)."""
+def promote(home: Home, text: str, *, reason: str | None = None) -> tuple[ImageVersion, list[str]]:
+    """Let a pending or failed version into latest without a passing check (recorded as promoted); returns
+    the version and warnings (promoting one whose check failed lets latest pick a version that did not boot)."""
     parse_image_ref(text, require_version=True)
     version, _ = get_version(home, text)
     before = version.check.describe() if version.check else "no check required"
+    warnings = []
+    if version.check is not None and version.check.state == "failed":
+        warnings.append(f"{text} failed its boot check ({before[:200]}); promoted, latest can now pick a version "
+                        f"that did not boot (imgtool version check {text} checks it again)")
     detail = f"promoted by hand (was: {before[:200]})" + (f": {reason}" if reason else "")
-    return update_version(home, text, check=CheckResult("promoted", None, stamp(),
-                                                        None, detail))
+    return update_version(home, text, check=CheckResult("promoted", None, stamp(), None, detail)), warnings

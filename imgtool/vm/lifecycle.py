@@ -356,22 +356,31 @@ def _current_definition(home: Home, record: VmRecord) -> Definition | None:
         return Definition.from_json(record.definition) if record.definition else None
 
 
-def delete(home: Home, name: str) -> None:
-    """Remove a VM: record first (it stops holding its version), then its files."""
+def delete(home: Home, name: str) -> list[str]:
+    """Remove a VM: record first (it stops holding its version), then its files, snapshots included;
+    returns the names of the snapshots that went with it (for the caller to say so)."""
     folder = vm_dir(home, name)
     if not folder.is_dir():
         load(home, name)  # raises NotFound with the usual hint
     with file_lock(home.vms / f".{name}.lock"):
+        snaps = _snapshot_names(folder)
         vmrun.stop(home, name, timeout=0)
         vmrecord.record_path(home, name).unlink(missing_ok=True)
         shutil.rmtree(folder, ignore_errors=True)
         _drop_stream_leases(home, name)
+    return snaps
 
 
 def _drop_stream_leases(home: Home, name: str) -> None:
     """What a streaming VM fetched is held by leases; with the VM gone, gc may take what nothing else uses."""
     for key, _digest in home.store.list_names(vmrecord.STREAM_LEASES, name):
         home.store.delete_name(vmrecord.STREAM_LEASES, name, *key)
+
+
+def _snapshot_names(folder: Path) -> list[str]:
+    root = folder / "snapshots"
+    return sorted(p.name for p in root.iterdir() if not p.name.startswith(".") and (p / "snapshot.json").is_file()) \
+        if root.is_dir() else []
 
 
 def list_names(home: Home) -> list[str]:

@@ -263,8 +263,9 @@ def console_lines(home: Home, name: str, *, follow: bool, timeout: float | None 
         yield pending.decode("utf-8", "replace")
 
 
-# CSI (ESC [ ... final), OSC (ESC ] ... BEL/ST), other two-byte ESC sequences, and C0 controls but tab.
-_CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?|[\x00-\x08\x0b-\x1f\x7f]")
+# CSI (ESC [ ... final), OSC (ESC ] ... BEL/ST), other two-byte ESC sequences (Fp, Fe and Fs: ESC 7, ESC c,
+# the reset SeaBIOS starts with), and C0 controls but tab.
+_CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[0-~]?|[\x00-\x08\x0b-\x1f\x7f]")
 
 
 def plain(line: str) -> str:

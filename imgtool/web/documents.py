@@ -93,7 +93,7 @@ def vm_list(home: Home) -> list[dict[str, Any]]:
         rows.append(shapes.vm(record, vmrun.status(home, name)))
     flags = revocation.vm_flags(home, {r["name"]: r["image"] for r in rows if r["image"]})
     for row in rows:
-        row["revoked"] = flags[row["name"]].reason if row["name"] in flags else None
+        row["revoked"] = flags[row["name"]].to_json() if row["name"] in flags else None
     return rows
 
 

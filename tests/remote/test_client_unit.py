@@ -124,6 +124,28 @@ def test_resets_and_timeouts_are_retried() -> None:
     assert client(flaky).tags("a/b") == ["1.0.0"]
 
 
+@pytest.mark.parametrize(("failure", "words"), [
+    (httpx.ConnectError("[Errno 111] Connection refused"), "the connection was refused"),
+    (httpx.ConnectError("[Errno -2] Name or service not known"), "the host name does not resolve"),
+    (httpx.ConnectError("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"), "TLS certificate"),
+    (httpx.ConnectTimeout("timed out"), "timed out"),
+    (httpx.RemoteProtocolError("Server disconnected without sending a response."), "closed the connection"),
+])
+def test_an_unreachable_registry_is_named_with_why_and_each_retry_is_said(
+        failure: Exception, words: str, no_sleep: list[float], caplog: pytest.LogCaptureFixture) -> None:
+    def down(request: httpx.Request) -> httpx.Response:
+        raise failure
+    with caplog.at_level("INFO", logger="imgtool.remote.retry"), pytest.raises(RemoteFailed) as caught:
+        client(down).tags("a/b")
+    message = caught.value.message
+    assert message.startswith("r (reg.example) could not be reached: ") and words in message, message
+    assert type(failure).__name__ not in message + caught.value.hint
+    assert f"{registry.ATTEMPTS} tries" in message and "GET /v2/a/b/tags/list" in message
+    assert len(no_sleep) == registry.ATTEMPTS - 1  # no pause after the last try
+    said = [r.getMessage() for r in caplog.records if r.name == "imgtool.remote.retry"]
+    assert len(said) == registry.ATTEMPTS - 1 and all(words in line and "trying again" in line for line in said)
+
+
 def test_credentials_never_follow_a_redirect_to_another_host() -> None:
     seen: dict[str, str | None] = {}
 

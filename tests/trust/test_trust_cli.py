@@ -25,6 +25,12 @@ def test_key_and_trust_commands(tmp_path: Path) -> None:
     pub = tmp_path / "release.pub"
     pub.write_text(exported)
 
+    user("remote", "add", "origin", f"oci-layout:{tmp_path / 'layout'}")
+    for argv in (["add", "orign", str(pub)], ["policy", "orign", "any"], ["signing-key", "orign", "release"]):
+        typo = user("trust", *argv, ok=False)  # a misspelled remote is never trusted silently
+        assert typo.returncode == 3 and "remote 'orign' does not exist" in typo.stderr, typo.stderr
+        assert "did you mean 'origin'?" in typo.stderr
+    assert user.json("trust", "list") == []
     refused = user("trust", "policy", "origin", "signed", ok=False)
     assert refused.returncode == 2 and "imgtool trust add origin" in refused.stderr
     assert "trusting key" in user("trust", "add", "origin", str(pub), "--gallery", "team").stdout
