@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,3 +51,35 @@ def zygote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zygote]:
         yield server
     finally:
         server.close()
+
+
+# Programs a VM test starts that outlive the command that started them (QEMU daemonizes; the stream
+# server, virtiofsd and switches follow the VM). A test that fails half-way must not leave them running.
+_VM_PROGRAMS = (b"qemu-system-", b"virtiofsd", b"imgtool.stream.serve", b"imgtool.net.daemon")
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_vm_processes(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if "tmp_path" not in request.fixturenames:
+        return
+    folder = os.fsencode(request.getfixturevalue("tmp_path"))
+    for pid in _processes_under(folder):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _processes_under(folder: bytes) -> list[int]:
+    """Pids of VM programs whose command line names a path inside `folder`."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if folder in cmdline and any(program in cmdline for program in _VM_PROGRAMS):
+            found.append(int(entry.name))
+    return found
