@@ -60,10 +60,11 @@ _VM_PROGRAMS = (b"qemu-system-", b"virtiofsd", b"imgtool.stream.serve", b"imgtoo
 
 @pytest.fixture(autouse=True)
 def _no_stray_vm_processes(request: pytest.FixtureRequest) -> Iterator[None]:
-    yield
     if "tmp_path" not in request.fixturenames:
+        yield
         return
-    folder = os.fsencode(request.getfixturevalue("tmp_path"))
+    folder = os.fsencode(request.getfixturevalue("tmp_path"))  # asked first, so torn down after us
+    yield
     for pid in _processes_under(folder):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
