@@ -30,6 +30,7 @@ from imgtool.cli import (
     trust_cmds,
     version_cmds,
     vm_cmds,
+    vm_settings_cmds,
     warm_cmds,
 )
 from imgtool.cli.output import State, flush_json
@@ -58,6 +59,7 @@ store_cmds.register(app)
 remote_cmds.register(app)
 trust_cmds.register(app)
 guest_cmds.register(app, vm_cmds.vm_app)
+vm_settings_cmds.register(vm_cmds.vm_app)
 serve_cmds.register(app)
 network_cmds.register(app)
 exec_cmds.register(vm_cmds.vm_app)
