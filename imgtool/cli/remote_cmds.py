@@ -19,6 +19,9 @@ Arg = typer.Argument
 
 
 def register(app: typer.Typer) -> None:
+    from imgtool.cli import remote_settings_cmds
+
+    remote_settings_cmds.register(remote_app)
     app.add_typer(remote_app, name="remote")
     app.command("push")(push_cmd)
     app.command("pull")(pull_cmd)
@@ -103,20 +106,19 @@ def remote_login(
     ctx: typer.Context,
     name: Annotated[str, Arg(help="Remote name.")],
     username: Annotated[str, Opt("--username", "-u", help="User name (or token name).")],
-    password_stdin: Annotated[bool, Opt("--password-stdin", help="Read the password or token from stdin.")]
+    password_stdin: Annotated[bool, Opt("--password-stdin", help="Read the password or token from stdin "
+                                                                 "(default: ask on the terminal, not echoed).")]
     = False,
 ) -> None:
-    """Check credentials against the registry and keep them in <home>/auth.json (mode 0600)."""
-    from imgtool.errors import InvalidArgument
+    """Check credentials against the registry and keep them in <home>/auth.json (mode 0600). The password is
+    asked on the terminal, or read from stdin with --password-stdin; never taken on the command line."""
+    from imgtool.cli.remote_settings_cmds import read_password
     from imgtool.flows import sharing
+    from imgtool.remote import remotes
 
     st = state(ctx)
-    if not password_stdin:
-        raise InvalidArgument("the password is read from stdin only", hint="echo TOKEN | imgtool remote login "
-                              f"{name} --username U --password-stdin")
-    password = sys.stdin.readline().rstrip("\r\n")
-    if not password:
-        raise InvalidArgument("no password on stdin", hint="pipe the password or token into the command")
+    remotes.get(st.home, name)  # a misspelled remote is said before the password is asked
+    password = read_password(name, from_stdin=password_stdin)
     host = sharing.login(st.home, name, username, password)
     emit_json({"remote": name, "host": host, "username": username}) if st.json else \
         print(f"logged in to {name} ({host}) as {username}")
