@@ -25,6 +25,7 @@ from imgtool.cli import (
     guest_cmds,
     network_cmds,
     remote_cmds,
+    revocation_cmds,
     serve_cmds,
     store_cmds,
     trust_cmds,
@@ -60,6 +61,7 @@ remote_cmds.register(app)
 trust_cmds.register(app)
 guest_cmds.register(app, vm_cmds.vm_app)
 vm_settings_cmds.register(vm_cmds.vm_app)
+revocation_cmds.register(version_cmds.version_app)
 serve_cmds.register(app)
 network_cmds.register(app)
 exec_cmds.register(vm_cmds.vm_app)

@@ -144,7 +144,8 @@ def _status(v: Any) -> str:
 @remote_app.command("sync")
 def remote_sync(ctx: typer.Context, name: Annotated[str, Arg(help="Remote name.")]) -> None:
     """Learn the revocations of a remote: every local version pulled from it that a trusted key revoked there
-    is marked revoked here (its VMs are flagged). Statements by keys not trusted are reported, not used."""
+    is marked revoked here (its VMs are flagged), and a revocation a trusted key lifted there is lifted here
+    (unless revoked here later). Statements by keys not trusted are reported, not used."""
     from imgtool.flows import revoking
 
     st = state(ctx)
@@ -156,9 +157,11 @@ def remote_sync(ctx: typer.Context, name: Annotated[str, Arg(help="Remote name."
         if item["revoked"]:
             vms = f"; VMs: {', '.join(item['vms'])}" if item["vms"] else ""
             print(f"{item['version']}: revoked: {item['revoked']}{vms}")
+        if item.get("lifted"):
+            print(f"{item['version']}: revocation lifted: {item['lifted']}")
         for why in item["ignored"]:
             print(f"{item['version']}: ignored a revocation statement: {why}")
-    if not any(item["revoked"] for item in found):
+    if not any(item["revoked"] or item.get("lifted") for item in found):
         print(f"no revocations on {name} for versions pulled from it")
 
 
