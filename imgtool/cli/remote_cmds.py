@@ -233,14 +233,22 @@ def push_cmd(
 def pull_cmd(
     ctx: typer.Context,
     ref: Annotated[str, Arg(help="REMOTE:GALLERY/DEFINITION[@X.Y.Z|@latest], or pinned: "
-                                 "REMOTE:G/D@X.Y.Z@sha256:… (a different digest is an error)")],
+                                 "REMOTE:G/D@X.Y.Z@sha256:… (a different digest is an error); REMOTE:GALLERY "
+                                 "pulls every definition's versions")],
     as_ref: Annotated[str | None, Opt("--as", help="Store it as GALLERY/DEFINITION here.")] = None,
+    all_versions: Annotated[bool, Opt("--all", help="Every version of the definition (not revoked, allowed by "
+                                                    "the trust policy), not only latest; resumable.")] = False,
 ) -> None:
     """Pull a version: only chunks the local store lacks travel, every blob and chunk is verified, and
-    nothing is named until all of it is stored. A missing gallery/definition is created from the remote's."""
+    nothing is named until all of it is stored. A missing gallery/definition is created from the remote's.
+    With --all (or a gallery) every version comes, one by one: a rerun resumes, one failure stops none."""
+    from imgtool.cli import pull_all_cmds
     from imgtool.flows import sharing
 
     st = state(ctx)
+    if all_versions or pull_all_cmds.is_gallery(ref):
+        pull_all_cmds.pull_many(st, ref, as_ref)
+        return
     bar = ProgressBar(f"pulling {ref}", enabled=not st.json)
     stats: dict[str, int] = {}
     try:
