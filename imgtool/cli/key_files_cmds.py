@@ -43,7 +43,7 @@ def _read_key_file(path: Path) -> tuple[bytes, list[str]]:
 
 def key_import(
     ctx: typer.Context,
-    file: Annotated[Path, Arg(help="An ed25519 private key, PKCS#8 PEM, unencrypted (another home's "
+    file: Annotated[Path, Arg(metavar="FILE", help="An ed25519 private key, PKCS#8 PEM, unencrypted (another home's "
                                    "keys/NAME.key, or openssl genpkey -algorithm ed25519).")],
     name: Annotated[str | None, Opt(help="The key's name here (default: the file's name without .key/.pem).")]
     = None,

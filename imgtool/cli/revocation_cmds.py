@@ -16,9 +16,9 @@ def version_unrevoke(
     ctx: typer.Context,
     ref: Annotated[str, Arg(help="GALLERY/DEFINITION@X.Y.Z")],
     reason: Annotated[str, Opt(help="Why it is fit again (kept in the signed statement).")],
-    push: Annotated[list[str] | None, Opt("--push", help="Also attach a signed statement lifting the revocation "
-                                                         "to the version on this remote (repeatable).")] = None,
-    sign: Annotated[str | None, Opt("--sign", help="With --push: the signing key (default: the remote's "
+    push: Annotated[list[str] | None, Opt("--push", metavar="REMOTE", help="Also attach a signed statement "
+                                          "lifting the revocation to the version on this remote (repeatable).")] = None,
+    sign: Annotated[str | None, Opt("--sign", metavar="KEY", help="With --push: the signing key (default: the remote's "
                                                    "signing key).")] = None,
 ) -> None:
     """Lift a version's revocation: it may be latest and used by vm new again, and its VMs are no longer
