@@ -343,7 +343,12 @@ class RegistryClient:
         path: str | None = "/v2/_catalog?n=1000"
         for _page in range(1000):  # bounded: a million repositories
             assert path is not None
-            response = self.request("GET", path, stream=True)
+            try:
+                response = self.request("GET", path, stream=True)
+            except Refused as exc:  # the catalog is a right of its own (registry:catalog:*)
+                raise Refused(f"{exc.message} (listing its repositories, /v2/_catalog)",
+                              hint="pull each definition instead: imgtool pull REMOTE:GALLERY/DEFINITION --all, "
+                                   "or ask the registry's admin for the catalog right") from None
             if response.status_code in (404, 405):
                 response.close()
                 raise NotFound(f"{self.label} does not list its repositories (no /v2/_catalog)",
