@@ -107,6 +107,8 @@ def test_a_missing_vm_is_named(cli: Cli) -> None:
 def test_ssh_config_of_a_stopped_vm_says_why_not(cli: Cli) -> None:
     done = cli("vm", "ssh-config", "web", ok=False)
     assert done.returncode == 5 and "not running" in done.stderr and "imgtool vm start web" in done.stderr
+    every = cli("vm", "ssh-config", ok=False)  # every running VM: there is none
+    assert every.returncode == 5 and "no VM is running" in every.stderr
 
 
 def test_openssh_reads_the_ssh_config_block_as_meant(tmp_path: Path) -> None:

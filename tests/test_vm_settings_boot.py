@@ -65,6 +65,8 @@ def test_a_changed_vm_boots_as_changed(tmp_path: Path) -> None:
         assert f"identityfile {tmp_path / 'id'}" in seen
         as_json = cli.json("vm", "ssh-config", "web")
         assert isinstance(as_json, dict) and as_json["port"] == shown["ssh_port"] and as_json["config"] == done.stdout
+        assert cli("vm", "ssh-config").stdout == done.stdout  # every running VM: this one
+        assert cli.json("vm", "ssh-config") == [as_json]
 
         for argv_ in (["vm", "update", "web", "--forward", "9999:99"], ["vm", "resize", "web", "--disk-size", "1G"]):
             refused = cli(*argv_, ok=False)

@@ -54,24 +54,33 @@ def changed_lines(record: VmRecord, forward: list[str] | None, no_forwards: bool
     return lines
 
 
-def vm_ssh_config(ctx: typer.Context, name: Annotated[str, Arg(help="VM name.")]) -> None:
+def vm_ssh_config(ctx: typer.Context,
+                  name: Annotated[str | None, Arg(help="VM name (default: every running VM).")] = None) -> None:
     """Print an OpenSSH config block for a running VM (Host NAME, its port, user, key and its own known_hosts,
     host key checked strictly), for `ssh NAME`, scp and editors: imgtool vm ssh-config web1 >> ~/.ssh/config.
-    The port is this start's: print it again after the next start."""
+    Without a name, one block per running VM. The port is this start's: print it again after the next start."""
     from imgtool.vm import ssh_config
 
     st = state(ctx)
-    host = ssh_config.for_vm(st.home, name)
+    hosts = [ssh_config.for_vm(st.home, name)] if name else ssh_config.running(st.home)
     if st.json:
-        emit_json({"name": name, "host": ssh_config.ADDRESS, "port": host.port, "user": host.user,
-                   "identity_file": host.identity and str(host.identity),
-                   "user_known_hosts_file": str(host.known_hosts), "host_key_alias": host.alias,
-                   "config": ssh_config.render(host)})
+        shown = [_host_json(host, ssh_config.render(host)) for host in hosts]
+        emit_json(shown[0] if name else shown)
     else:
-        sys.stdout.write(ssh_config.render(host))
-    if not host.key_recorded():
-        sys.stderr.write(f"imgtool: note: VM {name}'s host key is not recorded yet, and this block checks it "
-                         f"strictly; record it first with: imgtool vm wait {name} (or imgtool vm ssh {name})\n")
+        sys.stdout.write("\n".join(ssh_config.render(host) for host in hosts))
+    for host in hosts:
+        if not host.key_recorded():
+            sys.stderr.write(f"imgtool: note: VM {host.name}'s host key is not recorded yet, and this block checks "
+                             f"it strictly; record it first with: imgtool vm wait {host.name} (or imgtool vm ssh "
+                             f"{host.name})\n")
+
+
+def _host_json(host: Any, config: str) -> dict[str, Any]:
+    from imgtool.vm import ssh_config
+
+    return {"name": host.name, "host": ssh_config.ADDRESS, "port": host.port, "user": host.user,
+            "identity_file": host.identity and str(host.identity), "user_known_hosts_file": str(host.known_hosts),
+            "host_key_alias": host.alias, "config": config}
 
 
 def vm_resize(

@@ -8,6 +8,7 @@ does not. The port is this start's, so the block is valid until the VM stops.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,19 @@ def for_vm(home: Home, name: str) -> SshHost:
     private = Path(key[:-4]) if key.endswith(".pub") and Path(key[:-4]).is_file() else None
     return SshHost(name=name, port=int(status["ssh_port"]), user=record.seed.admin_user if record.seed else None,
                    identity=private, known_hosts=vm_dir(home, name) / KNOWN_HOSTS)
+
+
+def running(home: Home) -> list[SshHost]:
+    """The SSH facts of every running VM, by name; none running is refused (there is nothing to print)."""
+    names = sorted(p.parent.name for p in home.vms.glob("*/vm.json")) if home.vms.is_dir() else []
+    hosts = []
+    for name in names:
+        with contextlib.suppress(Refused):  # stopped (or stopping right now): no block
+            hosts.append(for_vm(home, name))
+    if not hosts:
+        raise Refused("no VM is running; SSH ports are chosen when VMs start",
+                      hint="start one (imgtool vm start NAME), then imgtool vm ssh-config")
+    return hosts
 
 
 def _quoted(path: Path) -> str:
