@@ -188,7 +188,7 @@ def update(home: Home, name: str, *, url: str | None = None, insecure: bool | No
 def signatures_carry_over(before: Remote, after: Remote) -> bool:
     """Whether signatures made for versions at `before` still verify at `after`.
 
-    A signature binds the registry's host:port and the repository path (trust/gate.py: registry_of),
+    A signature binds the registry's host:port and the repository path (flows/signing.py: registry_of),
     so that a registry cannot serve what was signed for another place as its own. A new host, port or
     prefix is another place: what is there must be signed there again (push --sign signs what is
     present). An OCI layout folder is signed as "oci-layout" with paths relative to it, so moving the

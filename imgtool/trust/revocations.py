@@ -41,7 +41,7 @@ REVOCATION_MEDIA_TYPE = media.REVOCATION
 PAYLOAD_TYPE = media.REVOCATION_PAYLOAD
 REVOCATION_TYPE = "imgtool version revocation v1"
 LIFT_TYPE = "imgtool version revocation lift v1"
-_AT = {REVOCATION_TYPE: "revoked-at", LIFT_TYPE: "lifted-at"}
+TIME_FIELD = {REVOCATION_TYPE: "revoked-at", LIFT_TYPE: "lifted-at"}
 MAX_REASON = 1024
 
 
@@ -68,7 +68,7 @@ def payload_for(name: SignedName, manifest_digest: str, reason: str, *, revoked_
     kind = LIFT_TYPE if lift else REVOCATION_TYPE
     return canonical({"critical": {"identity": name.as_json(), "image": {"manifest-digest": manifest_digest},
                                    "reason": reason, "type": kind},
-                      "optional": {_AT[kind]: stamp(revoked_at)}})
+                      "optional": {TIME_FIELD[kind]: stamp(revoked_at)}})
 
 
 def sign(key: SigningKey, name: SignedName, manifest_digest: str, reason: str, *, revoked_at: datetime,
@@ -132,9 +132,9 @@ def _read(payload: bytes) -> tuple[SignedName, str, str, str, str]:
     what = "a revocation payload"
     crit = strict.load_object(payload, what=what, limit=MAX_PAYLOAD).get("critical")
     kind = crit.get("type") if isinstance(crit, dict) else None
-    if kind not in _AT:
+    if kind not in TIME_FIELD:
         raise strict.refuse(what, "its type is neither a revocation nor a lift")
-    at = _AT[str(kind)]
+    at = TIME_FIELD[str(kind)]
     found = read_statement(payload, what=what, kind=str(kind), critical=frozenset({"reason"}),
                            optional=frozenset({at}))
     reason = strict.text(found.critical, "reason", what=what)
