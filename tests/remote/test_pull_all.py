@@ -57,7 +57,7 @@ def test_a_whole_definition_and_gallery(registry: Registry, tmp_path: Path) -> N
     text = user("pull", "origin:team").stdout
     assert "team/web@2.0.0: skipped" in text and "team/base@1.2.0: skipped (revoked: broken)" in text
 
-    for argv, code, words in ((["pull", "origin:team/bsae", "--all"], 3, "no versions of team/bsae"),
+    for argv, code, words in ((["pull", "origin:team/bsae", "--all"], 3, "team/bsae"),
                               (["pull", "origin:nogallery"], 3, "no definitions of gallery nogallery"),
                               (["pull", "origin:team/base@1.0.0", "--all"], 2, "names a version"),
                               (["pull", "origin:team", "--as", "x/y"], 2, "--as")):
