@@ -102,6 +102,20 @@ def test_convert_argv() -> None:
     assert argv == ["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", "-c", "-S", "0", "/a", "/b"]
 
 
+def test_convert_options_and_resize_argv() -> None:
+    argv = qemu_img.convert_argv("/a", "/b.vhd", src_fmt="raw", dst_fmt="vpc",
+                                 options=("subformat=fixed", "force_size=on"))
+    assert argv == ["qemu-img", "convert", "-q", "-f", "raw", "-O", "vpc", "-o", "subformat=fixed,force_size=on",
+                    "/a", "/b.vhd"]
+    for bad in ("subformat", "a=b,backing_file=/etc/shadow", "=x"):  # one KEY=VALUE each, nothing smuggled
+        with pytest.raises(InvalidArgument):
+            qemu_img.convert_argv("/a", "/b", src_fmt="raw", dst_fmt="vpc", options=(bad,))
+    assert qemu_img.resize_argv("disk.qcow2", fmt="qcow2", size=1 << 30) == [
+        "qemu-img", "resize", "-q", "-f", "qcow2", "./disk.qcow2", str(1 << 30)]
+    with pytest.raises(InvalidArgument):
+        qemu_img.resize_argv("/d", fmt="qcow2", size=0)
+
+
 def test_unknown_format_is_refused_before_running() -> None:
     with pytest.raises(InvalidArgument, match="unsupported image format"):
         qemu_img.map_argv("/a", fmt="qcow3")

@@ -88,6 +88,7 @@ def test_a_signature_referrer_is_shaped_as_documented(tmp_path: Path) -> None:
     assert sorted(payload["critical"]["identity"]) == sorted(re.findall(r'"(\w+)": "', envelopes.split(
         '"identity": {', 1)[1].split("}", 1)[0]))
     assert revocations.REVOCATION_TYPE in envelopes
+    assert revocations.LIFT_TYPE in envelopes and all(f'"{at}"' in envelopes for at in revocations.TIME_FIELD.values())
 
 
 def test_the_fallback_tag_and_index_are_as_documented() -> None:

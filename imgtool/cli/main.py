@@ -25,11 +25,13 @@ from imgtool.cli import (
     guest_cmds,
     network_cmds,
     remote_cmds,
+    revocation_cmds,
     serve_cmds,
     store_cmds,
     trust_cmds,
     version_cmds,
     vm_cmds,
+    vm_settings_cmds,
     warm_cmds,
 )
 from imgtool.cli.output import State, flush_json
@@ -58,6 +60,8 @@ store_cmds.register(app)
 remote_cmds.register(app)
 trust_cmds.register(app)
 guest_cmds.register(app, vm_cmds.vm_app)
+vm_settings_cmds.register(vm_cmds.vm_app)
+revocation_cmds.register(version_cmds.version_app)
 serve_cmds.register(app)
 network_cmds.register(app)
 exec_cmds.register(vm_cmds.vm_app)

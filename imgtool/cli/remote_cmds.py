@@ -19,6 +19,9 @@ Arg = typer.Argument
 
 
 def register(app: typer.Typer) -> None:
+    from imgtool.cli import remote_settings_cmds
+
+    remote_settings_cmds.register(remote_app)
     app.add_typer(remote_app, name="remote")
     app.command("push")(push_cmd)
     app.command("pull")(pull_cmd)
@@ -103,20 +106,19 @@ def remote_login(
     ctx: typer.Context,
     name: Annotated[str, Arg(help="Remote name.")],
     username: Annotated[str, Opt("--username", "-u", help="User name (or token name).")],
-    password_stdin: Annotated[bool, Opt("--password-stdin", help="Read the password or token from stdin.")]
+    password_stdin: Annotated[bool, Opt("--password-stdin", help="Read the password or token from stdin "
+                                                                 "(default: ask on the terminal, not echoed).")]
     = False,
 ) -> None:
-    """Check credentials against the registry and keep them in <home>/auth.json (mode 0600)."""
-    from imgtool.errors import InvalidArgument
+    """Check credentials against the registry and keep them in <home>/auth.json (mode 0600). The password is
+    asked on the terminal, or read from stdin with --password-stdin; never taken on the command line."""
+    from imgtool.cli.remote_settings_cmds import read_password
     from imgtool.flows import sharing
+    from imgtool.remote import remotes
 
     st = state(ctx)
-    if not password_stdin:
-        raise InvalidArgument("the password is read from stdin only", hint="echo TOKEN | imgtool remote login "
-                              f"{name} --username U --password-stdin")
-    password = sys.stdin.readline().rstrip("\r\n")
-    if not password:
-        raise InvalidArgument("no password on stdin", hint="pipe the password or token into the command")
+    remotes.get(st.home, name)  # a misspelled remote is said before the password is asked
+    password = read_password(name, from_stdin=password_stdin)
     host = sharing.login(st.home, name, username, password)
     emit_json({"remote": name, "host": host, "username": username}) if st.json else \
         print(f"logged in to {name} ({host}) as {username}")
@@ -142,7 +144,8 @@ def _status(v: Any) -> str:
 @remote_app.command("sync")
 def remote_sync(ctx: typer.Context, name: Annotated[str, Arg(help="Remote name.")]) -> None:
     """Learn the revocations of a remote: every local version pulled from it that a trusted key revoked there
-    is marked revoked here (its VMs are flagged). Statements by keys not trusted are reported, not used."""
+    is marked revoked here (its VMs are flagged), and a revocation a trusted key lifted there is lifted here
+    (unless revoked here later). Statements by keys not trusted are reported, not used."""
     from imgtool.flows import revoking
 
     st = state(ctx)
@@ -154,9 +157,11 @@ def remote_sync(ctx: typer.Context, name: Annotated[str, Arg(help="Remote name."
         if item["revoked"]:
             vms = f"; VMs: {', '.join(item['vms'])}" if item["vms"] else ""
             print(f"{item['version']}: revoked since {item['revoked']['when']}: {item['revoked']['reason']}{vms}")
+        if item.get("lifted"):
+            print(f"{item['version']}: revocation lifted: {item['lifted']}")
         for why in item["ignored"]:
             print(f"{item['version']}: ignored a revocation statement: {why}")
-    if not any(item["revoked"] for item in found):
+    if not any(item["revoked"] or item.get("lifted") for item in found):
         print(f"no revocations on {name} for versions pulled from it")
 
 
@@ -245,14 +250,22 @@ def push_cmd(
 def pull_cmd(
     ctx: typer.Context,
     ref: Annotated[str, Arg(help="REMOTE:GALLERY/DEFINITION[@X.Y.Z|@latest], or pinned: "
-                                 "REMOTE:G/D@X.Y.Z@sha256:… (a different digest is an error)")],
+                                 "REMOTE:G/D@X.Y.Z@sha256:… (a different digest is an error); REMOTE:GALLERY "
+                                 "pulls every definition's versions")],
     as_ref: Annotated[str | None, Opt("--as", help="Store it as GALLERY/DEFINITION here.")] = None,
+    all_versions: Annotated[bool, Opt("--all", help="Every version of the definition (not revoked, allowed by "
+                                                    "the trust policy), not only latest; resumable.")] = False,
 ) -> None:
     """Pull a version: only chunks the local store lacks travel, every blob and chunk is verified, and
-    nothing is named until all of it is stored. A missing gallery/definition is created from the remote's."""
+    nothing is named until all of it is stored. A missing gallery/definition is created from the remote's.
+    With --all (or a gallery) every version comes, one by one: a rerun resumes, one failure stops none."""
+    from imgtool.cli import pull_all_cmds
     from imgtool.flows import sharing
 
     st = state(ctx)
+    if all_versions or pull_all_cmds.is_gallery(ref):
+        pull_all_cmds.pull_many(st, ref, as_ref)
+        return
     bar = ProgressBar(f"pulling {ref}", enabled=not st.json)
     stats: dict[str, int] = {}
     try:

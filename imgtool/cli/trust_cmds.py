@@ -19,8 +19,10 @@ Opt = typer.Option
 
 
 def register(app: typer.Typer) -> None:
+    from imgtool.cli import key_files_cmds
     from imgtool.cli.version_cmds import version_app
 
+    key_files_cmds.register(key_app)
     app.add_typer(key_app, name="key")
     app.add_typer(trust_app, name="trust")
     version_app.command("verify")(version_verify)

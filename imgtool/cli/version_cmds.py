@@ -433,23 +433,27 @@ def version_users(ctx: typer.Context, ref: Annotated[str, Arg(help="GALLERY/DEFI
 def version_export(
     ctx: typer.Context,
     ref: Annotated[str, Arg(help="GALLERY/DEFINITION@X.Y.Z or @latest")],
-    out: Annotated[Path, Arg(help="Output file (.qcow2, .raw or .img gives the format).")],
-    fmt: Annotated[str | None, Opt("--format", help="qcow2 or raw (default: from the file's extension).")] = None,
+    out: Annotated[Path, Arg(help="Output file (.qcow2, .raw, .img, .vhd or .vmdk gives the format).")],
+    fmt: Annotated[str | None, Opt("--format", help="qcow2, raw, vhd (fixed, size rounded up to a whole MiB, as "
+                                                    "Azure requires; alias vpc) or vmdk (streamOptimized) "
+                                                    "(default: from the file's extension).")] = None,
     disk: Annotated[int | None, Opt("--disk", help="Data disk LUN (default: the OS disk).")] = None,
     force: Annotated[bool, Opt("--force", help="Overwrite an existing output file.")] = False,
 ) -> None:
     """Write one disk of a version back out as a file (mode 0666 less the umask, like any new file)."""
-    from imgtool.gallery import image_versions
+    from imgtool.gallery import export_formats, image_versions
 
     st = state(ctx)
-    fmt = image_versions.export_format(out, fmt)
+    target = export_formats.choose(out, fmt)
     bar = ProgressBar(f"exporting {ref}", enabled=not st.json)
     try:
-        exported = image_versions.export(st.home, ref, out, fmt=fmt, lun=disk, progress=bar, force=force)
+        exported = image_versions.export(st.home, ref, out, fmt=target.name, lun=disk, progress=bar, force=force)
     finally:
         bar.close()
+    size = target.size_of(exported.virtual_size)
     if st.json:
-        emit_json({"path": str(out), "format": fmt, "lun": disk, "digest": exported.digest,
-                   "virtual_size": exported.virtual_size})
+        emit_json({"path": str(out), "format": target.name, "lun": disk, "digest": exported.digest,
+                   "virtual_size": exported.virtual_size, "exported_virtual_size": size})
         return
-    print(f"wrote {out} ({fmt}, {human_bytes(exported.virtual_size)})")
+    grown = f", rounded up to {human_bytes(size)}" if size != exported.virtual_size else ""
+    print(f"wrote {out} ({target.name}, {human_bytes(exported.virtual_size)}{grown})")

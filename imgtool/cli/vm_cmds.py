@@ -249,21 +249,29 @@ def vm_update(
     share: Annotated[list[str] | None, Opt(metavar="HOST_DIR:GUEST_PATH[:ro]", help=SHARE_HELP + " Replaces the "
                                                                                    "VM's shares.")] = None,
     no_shares: Annotated[bool, Opt("--no-shares", help="Remove every share.")] = False,
+    forward: Annotated[list[str] | None, Opt(metavar="HOST:GUEST", help="Forward 127.0.0.1:HOST to the guest's "
+                                             "port GUEST, as in vm new (repeatable; replaces the forwards).")] = None,
+    no_forwards: Annotated[bool, Opt("--no-forwards", help="Remove every extra forward (SSH's stays).")] = False,
+    disk_size: Annotated[str | None, Opt(metavar="SIZE", help="Grow the OS disk to SIZE (e.g. 20G; never "
+                                                              "shrinks); the guest grows its file system.")] = None,
 ) -> None:
-    """Change a stopped VM's vCPUs, memory or shared folders (takes effect at its next start)."""
-    from imgtool.vm import lifecycle as vm
+    """Change a stopped VM's vCPUs, memory, shared folders, port forwards or OS disk size (takes effect at its
+    next start)."""
+    from imgtool.cli import vm_settings_cmds
 
     st = state(ctx)
     if share and no_shares:
         raise InvalidArgument("--share and --no-shares contradict each other", hint="give one of them")
     shares = () if no_shares else (parse_shares(share) if share else None)
-    record = vm.update(st.home, name, cpus=cpus, memory_mib=memory, ignore_recommendations=ignore_recommendations,
-                       shares=shares)
+    record = vm_settings_cmds.update(st.home, name, cpus=cpus, memory=memory, shares=shares, forward=forward,
+                                     no_forwards=no_forwards, disk_size=disk_size,
+                                     ignore_recommendations=ignore_recommendations)
     if st.json:
         emit_json(shapes.vm_of(st.home, name))
         return
     print(f"updated VM {name}: {record.cpus} vCPUs, {record.memory_mib} MiB memory, "
-          f"{len(record.shares)} share{'' if len(record.shares) == 1 else 's'}")
+          f"{len(record.shares)} share{'' if len(record.shares) == 1 else 's'}"
+          + "".join(f"; {line}" for line in vm_settings_cmds.changed_lines(record, forward, no_forwards, disk_size)))
 
 
 @vm_app.command("start")
@@ -404,6 +412,8 @@ def vm_show(ctx: typer.Context, name: str) -> None:
     fields([("name", name), ("image", record.image), ("version record", record.version_digest),
             ("os state", record.os_state), ("state", status["state"]),
             ("hydration", hydration and _hydration_line(hydration)), ("accel", status.get("accel")),
+            ("address", "127.0.0.1" if status.get("ssh_port") else "none while stopped"),
+            ("ports", [_port_text(p) for p in shapes.vm_address(record, status)["ports"]]),
             ("ssh", status.get("ssh_port") and f"127.0.0.1:{status['ssh_port']}"),
             ("forwards", [str(f) for f in record.forwards]), ("cpus", record.cpus),
             ("memory", f"{record.memory_mib} MiB"), ("firmware", record.firmware),
@@ -416,6 +426,12 @@ def vm_show(ctx: typer.Context, name: str) -> None:
             ("allowed revoked", record.allowed_revoked),
             *attachment_fields(record),
             ("qemu", " ".join(status["qemu_argv"]) if status.get("qemu_argv") else None)])
+
+
+def _port_text(port: dict[str, Any]) -> str:
+    if port["host"] is None:
+        return f"{port['guest']} (ssh: its host port is chosen at start)"
+    return f"127.0.0.1:{port['host']}->{port['guest']}" + (" (ssh)" if port["purpose"] == "ssh" else "")
 
 
 def _follow(home: Home, name: str, until: str | None, timeout: float | None, *, raw: bool,

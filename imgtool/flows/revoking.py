@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from imgtool.clock import now, parse_time
@@ -56,6 +57,23 @@ def push_revocation(home: Home, text: str, remote_name: str, *, key_name: str | 
     if version.revocation is None:
         raise Refused(f"{version.label} is not revoked here",
                       hint=f"revoke it first: imgtool version revoke {version.label} --reason TEXT")
+    when = parse_time(version.revocation.when, "revoked at")
+    return _push_statement(home, version, remote_name, key_name, version.revocation.reason, when, lift=False)
+
+
+def push_lift(home: Home, text: str, remote_name: str, reason: str, *, key_name: str | None = None,
+              at: datetime | None = None) -> dict[str, Any]:
+    """Attach a signed lifting of G/D@V's revocation (made at `at`, default now) to its manifest on
+    `remote_name`; the version must not be revoked here (lift it locally first)."""
+    version, _ = get_version(home, text)
+    if version.revocation is not None:
+        raise Refused(f"{version.label} is still revoked here",
+                      hint=f"imgtool version unrevoke {version.label} --reason TEXT --push {remote_name}")
+    return _push_statement(home, version, remote_name, key_name, reason, at or now(), lift=True)
+
+
+def _push_statement(home: Home, version: ImageVersion, remote_name: str, key_name: str | None, reason: str,
+                    when: datetime, *, lift: bool) -> dict[str, Any]:
     with connected(home, remote_name) as (remote, target):
         repo = fmt.repository(remote.prefix, version.gallery, version.definition)
         try:
@@ -64,9 +82,8 @@ def push_revocation(home: Home, text: str, remote_name: str, *, key_name: str | 
             raise NotFound(f"{remote.name} has no {repo}:{version.version}",
                            hint="nothing to revoke there (push it first, if that was meant)") from None
         key = keyring(home).load(signing_key_for(home, remote.name, key_name))
-        when = parse_time(version.revocation.when, "revoked at")
         envelope = revocations.sign(key, _name(remote, repo, version.gallery, version.definition, version.version),
-                                    fetched.digest, version.revocation.reason, revoked_at=when)
+                                    fetched.digest, reason, revoked_at=when, lift=lift)
         subject = Descriptor(media.OCI_MANIFEST, fetched.digest, len(fetched.data))
         layer = Descriptor.of(revocations.REVOCATION_MEDIA_TYPE, envelope)
         manifest = referrers.referrer_manifest(subject, revocations.REVOCATION_MEDIA_TYPE, layer, {})
@@ -101,22 +118,30 @@ def statements(target: Target, repo: str, digest: str) -> list[bytes]:
 
 @dataclass
 class Finding:
-    revoked: revocations.Revoked | None = None
+    revoked: revocations.Revoked | None = None  # the revocation in force
+    lifted: revocations.Revoked | None = None  # the lift in force (then revoked is None)
     ignored: list[str] = field(default_factory=list)  # statements that did not count, and why
 
 
 def find(home: Home, remote: Remote, target: Target, repo: str, name: sig.SignedName,
          digests: list[str]) -> Finding:
-    """A verified revocation of `name` at any of `digests`, and the statements that did not count."""
+    """The verified statement in force about `name` at any of `digests` (the latest; at the same second a
+    revocation over a lift), and the statements that did not count."""
     keys = trust_store(home).remote(remote.name).keys
     finding = Finding()
+    verified: list[revocations.Revoked] = []
     for digest in digests:
         for envelope in statements(target, repo, digest):
             verdict = revocations.judge(envelope, keys=keys, name=name, manifest_digest=digest, when=now())
             if isinstance(verdict, revocations.Revoked):
-                finding.revoked = verdict
-                return finding
-            finding.ignored.append(verdict)
+                verified.append(verdict)
+            else:
+                finding.ignored.append(verdict)
+    decided = revocations.latest(verified)
+    if decided is not None and decided.lifted:
+        finding.lifted = decided
+    else:
+        finding.revoked = decided
     return finding
 
 
@@ -202,6 +227,8 @@ def _sync_one(home: Home, remote: Remote, target: Target, version: ImageVersion,
     name = _name(remote, repo, notes.get("org.imgtool.gallery", version.gallery),
                  notes.get("org.imgtool.definition", version.definition), tag)
     found = find(home, remote, target, repo, name, digests)
+    if found.lifted is not None:
+        return _lift_one(home, version, found)
     if found.revoked is None:
         return {**ref_fields(version.label), "revoked": None, "ignored": found.ignored} if found.ignored else None
     if version.revocation is None:
@@ -209,4 +236,18 @@ def _sync_one(home: Home, remote: Remote, target: Target, version: ImageVersion,
     revoked = Revocation(found.revoked.reason, found.revoked.revoked_at).to_json()  # as vm list and vm show
     return {**ref_fields(version.label), "revoked": revoked,
             "key_id": found.revoked.key_id, "ignored": found.ignored,
+            "vms": vmrecord.vms_using(home, version.gallery, version.definition, version.version)}
+
+
+def _lift_one(home: Home, version: ImageVersion, found: Finding) -> dict[str, Any] | None:
+    """A lift on the remote clears the local copy's revocation, unless it was revoked here after the lift
+    (a later local decision stands)."""
+    lifted = found.lifted
+    assert lifted is not None
+    local = version.revocation
+    if local is None or local.when > lifted.revoked_at:
+        return None
+    update_version(home, version.label, revocation=None)
+    return {**ref_fields(version.label), "revoked": None, "lifted": lifted.reason, "since": lifted.revoked_at,
+            "key_id": lifted.key_id, "ignored": found.ignored,
             "vms": vmrecord.vms_using(home, version.gallery, version.definition, version.version)}

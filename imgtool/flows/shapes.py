@@ -67,7 +67,16 @@ def vm(record: VmRecord, status: dict[str, Any]) -> dict[str, Any]:
             "forwards": [{"host": f.host, "guest": f.guest} for f in record.forwards], "updated": record.updated,
             "hydration": status.get("hydration"),
             "shares": [dataclasses.asdict(s) for s in record.shares],
-            "networks": [dataclasses.asdict(n) for n in record.networks]}
+            "networks": [dataclasses.asdict(n) for n in record.networks], **vm_address(record, status)}
+
+
+def vm_address(record: VmRecord, status: dict[str, Any]) -> dict[str, Any]:
+    """Where a VM is reached from this machine: "address" (127.0.0.1 while it runs, else null) and
+    "ports", each {"host", "guest", "purpose"}: SSH's (its host port null while stopped) and the forwards."""
+    ssh_port = status.get("ssh_port")
+    ports = [{"host": ssh_port, "guest": 22, "purpose": "ssh"}]
+    ports += [{"host": f.host, "guest": f.guest, "purpose": "forward"} for f in record.forwards]
+    return {"address": "127.0.0.1" if ssh_port else None, "ports": ports}
 
 
 def gallery(g: Gallery) -> dict[str, Any]:
@@ -119,7 +128,7 @@ def incomplete_vm(name: str) -> dict[str, Any]:
     """A VM folder without a record (an unfinished vm new): the same keys, unknown values null."""
     return {"name": name, "image": None, "state": "incomplete", "ssh_port": None, "accel": None, "cpus": None,
             "memory_mib": None, "disks": [], "forwards": [], "seed": None, "version_digest": None, "created": None,
-            "hydration": None, "shares": [], "networks": []}
+            "hydration": None, "shares": [], "networks": [], "address": None, "ports": []}
 
 
 # The keys each noun always has (docs/GUIDE.md, "JSON output"; tests/test_json_shapes.py checks every
@@ -139,7 +148,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "capture": ("digest", "virtual_size", "source"),
     "export": ("path", "format", "lun", "digest", "virtual_size"),
     "vm": ("name", "image", "state", "ssh_port", "accel", "cpus", "memory_mib", "disks", "forwards", "seed",
-           "version_digest", "created", "hydration", "shares", "networks"),
+           "version_digest", "created", "hydration", "shares", "networks", "address", "ports"),
     "snapshot": ("vm", "name", "ref", "created", "image", "disks", "stored_bytes"),
     "deleted": ("deleted",),
     "network": ("name", "subnet", "created", "project", "vms", "switch"),

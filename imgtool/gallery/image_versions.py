@@ -18,6 +18,7 @@ from imgtool import formats
 from imgtool.capture import archives, sources
 from imgtool.capture.disk import CAPTURES
 from imgtool.errors import AlreadyExists, InvalidArgument, NotFound, Refused
+from imgtool.gallery import export_formats
 from imgtool.gallery.galleries import VERSIONS, gallery_lock, get_definition_with_digest
 from imgtool.gallery.lifecycle_model import CheckResult
 from imgtool.gallery.lookup import get_version, version_disks
@@ -219,20 +220,9 @@ def _check_format(source: dict[str, Any], definition: Definition) -> None:
                       hint="convert the disk to an allowed format first")
 
 
-EXPORT_FORMATS = {".qcow2": "qcow2", ".raw": "raw", ".img": "raw"}
-
-
 def export_format(out: Path, fmt: str | None) -> str:
-    """The export format: given, else from the output file's extension; never a guess."""
-    if fmt is not None:
-        if fmt not in ("qcow2", "raw"):
-            raise InvalidArgument(f"export format '{fmt}' is not supported", hint="use --format qcow2 or raw")
-        return fmt
-    found = EXPORT_FORMATS.get(Path(out).suffix.lower())
-    if found is None:
-        raise InvalidArgument(f"cannot tell the format of {out} from its extension",
-                              hint="name it .qcow2, .raw or .img, or give --format qcow2|raw")
-    return found
+    """The export format's name: given, else from the output file's extension (gallery/export_formats.py)."""
+    return export_formats.choose(out, fmt).name
 
 
 def _check_output(out: Path, force: bool) -> None:
@@ -246,8 +236,10 @@ def _check_output(out: Path, force: bool) -> None:
 
 def export(home: Home, text: str, out: Path, *, fmt: str = "qcow2", lun: int | None = None,
            progress: Progress | None = None, force: bool = False) -> Disk:
-    """Write one disk of a version to `out` (qcow2 or raw), atomically; refuses to overwrite unless forced."""
-    fmt = export_format(out, fmt)
+    """Write one disk of a version to `out` (qcow2, raw, vhd or vmdk: gallery/export_formats.py),
+    atomically; refuses to overwrite unless forced. The file's virtual size is the disk's, except a VHD's,
+    rounded up to a whole MiB (the tail reads as zeros)."""
+    target = export_formats.choose(out, fmt)
     version, _ = get_version(home, text)
     disk = _disk(version, lun)
     out = Path(out).absolute()
@@ -257,13 +249,15 @@ def export(home: Home, text: str, out: Path, *, fmt: str = "qcow2", lun: int | N
     os.umask(umask)
     try:
         materialize(home.store, home.store.get_disk(disk.digest), tmp_raw, progress=progress, durable=False)
-        if fmt == "raw":
+        if target.size_of(disk.virtual_size) != disk.virtual_size:
+            os.truncate(tmp_raw, target.size_of(disk.virtual_size))  # a sparse tail of zeros
+        if target.name == "raw":
             os.chmod(tmp_raw, 0o666 & ~umask)
             os.replace(tmp_raw, out)
         else:
             tmp_out = atomic.tmp_name(out.parent)
             try:
-                qemu_img.convert(tmp_raw, tmp_out, src_fmt="raw", dst_fmt="qcow2")
+                qemu_img.convert(tmp_raw, tmp_out, src_fmt="raw", dst_fmt=target.qemu_format, options=target.options)
                 os.chmod(tmp_out, 0o666 & ~umask)
                 os.replace(tmp_out, out)
             finally:

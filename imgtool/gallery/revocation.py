@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 
 from imgtool.clock import stamp
+from imgtool.errors import Refused
 from imgtool.gallery.galleries import VERSIONS
 from imgtool.gallery.lifecycle_model import Revocation
 from imgtool.gallery.model import ImageVersion
@@ -26,6 +27,16 @@ def revoke(home: Home, text: str, reason: str, *, now: dt.datetime | None = None
     revocation = Revocation(reason, stamp(now))
     updated = update_version(home, text, revocation=revocation)
     return updated, vmrecord.vms_using(home, updated.gallery, updated.definition, updated.version)
+
+
+def lift(home: Home, text: str) -> tuple[ImageVersion, Revocation]:
+    """Lift G/D@X.Y.Z's revocation (a new record moves the name): it can be `latest` and used by vm new
+    again; returns the version and the revocation that was lifted. A version not revoked is refused."""
+    ref = parse_image_ref(text, require_version=True)
+    current = revocation_of(home, f"{ref.gallery}/{ref.definition}@{ref.version}")
+    if current is None:
+        raise Refused(f"version {text} is not revoked", hint=f"imgtool version show {text}")
+    return update_version(home, text, revocation=None), current
 
 
 def revocation_of(home: Home, image: str) -> Revocation | None:

@@ -75,6 +75,10 @@ class LayoutTarget:
                 found.append(name)
         return found
 
+    def repositories(self) -> list[str]:
+        """The repositories of the folder: each gallery/definition folder with an index.json."""
+        return sorted(f"{p.parent.parent.name}/{p.parent.name}" for p in self.root.glob("*/*/index.json"))
+
     def _resolve(self, repo: str, ref: str) -> str:
         if ref.startswith("sha256:"):
             return check_digest(ref, "a manifest reference")

@@ -391,6 +391,33 @@ class RegistryClient:
                 return found
         return found
 
+    def repositories(self) -> list[str]:
+        """Every repository the registry lists (GET /v2/_catalog, paged, bounded). A registry that offers no
+        catalog (GHCR, Docker Hub) answers 404 or 405: NotFound, saying to name each definition."""
+        found: list[str] = []
+        path: str | None = "/v2/_catalog?n=1000"
+        for _page in range(1000):  # bounded: a million repositories
+            assert path is not None
+            try:
+                response = self.request("GET", path, stream=True)
+            except Refused as exc:  # the catalog is a right of its own (registry:catalog:*)
+                raise Refused(f"{exc.message} (listing its repositories, /v2/_catalog)",
+                              hint="pull each definition instead: imgtool pull REMOTE:GALLERY/DEFINITION --all, "
+                                   "or ask the registry's admin for the catalog right") from None
+            if response.status_code in (404, 405):
+                response.close()
+                raise NotFound(f"{self.label} does not list its repositories (no /v2/_catalog)",
+                               hint="pull each definition instead: imgtool pull REMOTE:GALLERY/DEFINITION --all")
+            if response.status_code != 200:
+                raise self._fail(response, "listing the repositories")
+            body = self._read_json(response, MAX_MANIFEST, "the repository catalog")
+            names = body.get("repositories") if isinstance(body, dict) else None
+            found.extend(n for n in (names or []) if isinstance(n, str))
+            path = _next_link(response.headers.get("link", ""))
+            if path is None:
+                return found
+        return found
+
     def get_manifest(self, repo: str, ref: str) -> Fetched:
         response = self.request("GET", f"/v2/{repo}/manifests/{ref}", repo=repo, stream=True,
                                 headers={"Accept": MANIFEST_ACCEPT})

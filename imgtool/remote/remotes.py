@@ -148,12 +148,7 @@ def _lock(home: Home) -> Any:
 def add(home: Home, name: str, url: str, *, insecure: bool = False, ca_file: str | None = None) -> Remote:
     check_name(name, "remote")
     normalised = check_url(url, insecure=insecure)
-    if ca_file is not None:
-        ca = Path(ca_file).absolute()
-        if not ca.is_file():
-            raise NotFound(f"CA file {ca} does not exist", hint="give the PEM file of the registry's CA")
-        ca_file = str(ca)
-    remote = Remote(name, normalised, insecure, ca_file)
+    remote = Remote(name, normalised, insecure, _ca(ca_file))
     with _lock(home):
         remotes = load_all(home)
         if name in remotes:
@@ -162,6 +157,48 @@ def add(home: Home, name: str, url: str, *, insecure: bool = False, ca_file: str
         remotes[name] = remote
         _save(home, remotes)
     return remote
+
+
+def _ca(ca_file: str | None) -> str | None:
+    if ca_file is None:
+        return None
+    ca = Path(ca_file).absolute()
+    if not ca.is_file():
+        raise NotFound(f"CA file {ca} does not exist", hint="give the PEM file of the registry's CA")
+    return str(ca)
+
+
+def update(home: Home, name: str, *, url: str | None = None, insecure: bool | None = None,
+           ca_file: str | None = None) -> tuple[Remote, Remote]:
+    """Point remote `name` elsewhere (a registry that moved, a new port, a layout folder moved);
+    returns (before, after). Its name, trust policy and signing key stay. What this means for
+    signatures made at the old place is `signatures_carry_over`."""
+    with _lock(home):
+        remotes = load_all(home)
+        if name not in remotes:
+            raise NotFound(f"remote '{name}' does not exist", hint="list remotes with imgtool remote list")
+        before = remotes[name]
+        keep_insecure = before.insecure if insecure is None else insecure
+        after = Remote(name, check_url(url if url is not None else before.url, insecure=keep_insecure),
+                       keep_insecure, _ca(ca_file) if ca_file is not None else before.ca_file)
+        remotes[name] = after
+        _save(home, remotes)
+    return before, after
+
+
+def signatures_carry_over(before: Remote, after: Remote) -> bool:
+    """Whether signatures made for versions at `before` still verify at `after`.
+
+    A signature binds the registry's host:port and the repository path (flows/signing.py: registry_of),
+    so that a registry cannot serve what was signed for another place as its own. A new host, port or
+    prefix is another place: what is there must be signed there again (push --sign signs what is
+    present). An OCI layout folder is signed as "oci-layout" with paths relative to it, so moving the
+    folder keeps its signatures. Versions already pulled keep verifying offline either way: their
+    stored signatures name the place they came from.
+    """
+    if before.kind == after.kind == "oci-layout":
+        return True
+    return before.kind == after.kind and before.host == after.host and before.prefix == after.prefix
 
 
 def get(home: Home, name: str) -> Remote:

@@ -133,18 +133,39 @@ def create_overlay_argv(
 
 def convert_argv(
     src: PathLike, dst: PathLike, *, src_fmt: str, dst_fmt: str, compress: bool = False,
-    sparse: bool = True,
+    sparse: bool = True, options: tuple[str, ...] = (),
 ) -> list[str]:
-    """`qemu-img convert`; sparse=False writes every zero (`-S 0`)."""
+    """`qemu-img convert`; sparse=False writes every zero (`-S 0`); `options` are the output
+    format's creation options (`-o subformat=fixed`), one KEY=VALUE each."""
     argv = ["qemu-img", "convert",
             "-q",
             "-f", check_format(src_fmt),
             "-O", check_format(dst_fmt)]
+    if options:
+        argv += ["-o", ",".join(_check_option(o) for o in options)]
     if compress:
         argv += ["-c"]
     if not sparse:
         argv += ["-S", "0"]
     return [*argv, image_arg(src), image_arg(dst)]
+
+
+def _check_option(option: str) -> str:
+    key, eq, value = option.partition("=")
+    if not eq or not key.replace("_", "").isalnum() or not value.replace("_", "").isalnum():
+        raise InvalidArgument(f"qemu-img option '{option}' is not KEY=VALUE", hint="e.g. subformat=fixed")
+    return option
+
+
+def resize_argv(path: PathLike, *, fmt: str, size: int) -> list[str]:
+    """`qemu-img resize` to `size` bytes, growing only (`qemu-img` needs --shrink to cut a disk)."""
+    if size <= 0:
+        raise InvalidArgument(f"a disk size must be positive, not {size}", hint="e.g. 20G")
+    return ["qemu-img", "resize",
+            "-q",
+            "-f", check_format(fmt),
+            image_arg(path),
+            str(size)]
 
 
 # ---------------------------------------------------------------------------
@@ -310,8 +331,15 @@ def create_overlay(overlay: PathLike, *, backing: PathLike, backing_fmt: str, si
 
 def convert(
     src: PathLike, dst: PathLike, *, src_fmt: str, dst_fmt: str, compress: bool = False,
-    limits: run.Limits | None = None,
+    limits: run.Limits | None = None, options: tuple[str, ...] = (),
 ) -> None:
     """Convert src to dst (sparse). Pass limits for untrusted sources."""
     require_file(src)
-    run.run(convert_argv(src, dst, src_fmt=src_fmt, dst_fmt=dst_fmt, compress=compress), limits=limits)
+    run.run(convert_argv(src, dst, src_fmt=src_fmt, dst_fmt=dst_fmt, compress=compress, options=options),
+            limits=limits)
+
+
+def resize(path: PathLike, *, fmt: str, size: int) -> None:
+    """Grow the image at `path` to `size` bytes (never shrinks: qemu-img refuses without --shrink)."""
+    require_file(path)
+    run.run(resize_argv(path, fmt=fmt, size=size))

@@ -147,12 +147,40 @@ class KeyRing:
         """Create key NAME at time `at` (default: now). The private key file is created 0600 and never
         replaced; an expiry at or before `at` is refused."""
         key_path, meta_path = self._paths(name)
+        if meta_path.exists() or key_path.exists():  # said before a key is made
+            raise AlreadyExists(f"key {name} already exists", hint=f"imgtool key export {name} shows its public key")
+        return self._keep(name, Ed25519PrivateKey.generate(), expires=expires, at=at)
+
+    def import_private(self, name: str, pem: bytes, *, expires: datetime | None = None,
+                       at: datetime | None = None) -> PublicKey:
+        """Keep an existing ed25519 private key (PKCS#8 PEM, unencrypted) as key NAME, as `generate` keeps a
+        new one: 0600, never replacing a key. The same key under two names is refused (one key, one name)."""
+        try:
+            private = serialization.load_pem_private_key(pem, password=None)
+        except TypeError:
+            raise InvalidArgument("the private key is encrypted", hint="decrypt it first: openssl pkey -in KEY "
+                                                                       "-out plain.pem (and keep that file private)"
+                                  ) from None
+        except (ValueError, UnsupportedAlgorithm):
+            raise InvalidArgument("the file is not a PEM private key", hint="give the NAME.key file of another "
+                                  "imgtool home, or a key from openssl genpkey -algorithm ed25519") from None
+        if not isinstance(private, Ed25519PrivateKey):
+            raise InvalidArgument("the private key is not ed25519", hint="imgtool signs with ed25519 keys only")
+        key_id = key_id_of(_raw_public(private))
+        for other in self.names():
+            if self.load(other).public.key_id == key_id:
+                raise AlreadyExists(f"that key is already here as {other} ({key_id})",
+                                    hint=f"use it as {other}, or imgtool key delete {other} first")
+        return self._keep(name, private, expires=expires, at=at)
+
+    def _keep(self, name: str, private: Ed25519PrivateKey, *, expires: datetime | None,
+              at: datetime | None) -> PublicKey:
+        key_path, meta_path = self._paths(name)
         if meta_path.exists() or key_path.exists():
             raise AlreadyExists(f"key {name} already exists", hint=f"imgtool key export {name} shows its public key")
         created = now() if at is None else at
         if expires is not None and expires <= created:
             raise InvalidArgument("the expiry is in the past", hint="give a future date with --expires")
-        private = Ed25519PrivateKey.generate()
         pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())
         public = PublicKey(_raw_public(private), name=name, expires=expires)
@@ -164,6 +192,25 @@ class KeyRing:
                 meta_path, json.dumps(meta, sort_keys=True).encode(), mode=0o600):
             raise AlreadyExists(f"key {name} was created concurrently", hint="imgtool key list")
         return public
+
+    def find(self, name_or_id: str) -> SigningKey:
+        """A key by its name, its full id, or an unambiguous prefix of its id (sha256:…)."""
+        if not name_or_id.startswith("sha256:"):
+            return self.load(name_or_id)
+        found = [k for k in (self.load(n) for n in self.names()) if k.public.key_id.startswith(name_or_id)]
+        if len(found) != 1:
+            raise (NotFound if not found else InvalidArgument)(
+                f"{len(found) or 'no'} signing keys have an id starting {name_or_id}",
+                hint="imgtool key list shows names and ids; give the name or a longer id")
+        return found[0]
+
+    def delete(self, name: str) -> None:
+        """Remove key NAME: its metadata first (it stops being listed or used), then the private key."""
+        key_path, meta_path = self._paths(name)
+        if not meta_path.exists():
+            raise NotFound(f"no signing key named {name}", hint="imgtool key list")
+        meta_path.unlink()
+        key_path.unlink(missing_ok=True)
 
     def names(self) -> list[str]:
         if not self.folder.is_dir():

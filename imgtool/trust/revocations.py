@@ -12,6 +12,13 @@ own payload type so a signature can never be read as a revocation nor the other 
 The statement is attached to the version's manifest as an OCI referrer whose artifact type and
 single layer are REVOCATION_MEDIA_TYPE. A statement counts only when a key the remote trusts (for
 that gallery) signed it, for the very name and manifest digest it is attached to.
+
+A revocation is lifted by a second statement of the same shape with type LIFT_TYPE and `lifted-at`
+instead of `revoked-at` (the reason says why it is fit again). Statements are never removed from a
+remote; of the verified ones about a version, the latest decides, and at the same second a
+revocation wins over a lift (fail closed). So revoke, lift and revoke again each need a new
+statement, and hiding the newest statement can only bring back an older decision that a trusted
+key signed.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ from imgtool.trust.signatures import MAX_ENVELOPE, MAX_PAYLOAD, SignedName, pae,
 REVOCATION_MEDIA_TYPE = media.REVOCATION
 PAYLOAD_TYPE = media.REVOCATION_PAYLOAD
 REVOCATION_TYPE = "imgtool version revocation v1"
+LIFT_TYPE = "imgtool version revocation lift v1"
+TIME_FIELD = {REVOCATION_TYPE: "revoked-at", LIFT_TYPE: "lifted-at"}
 MAX_REASON = 1024
 
 
@@ -41,26 +50,35 @@ class Revoked:
     """A verified statement."""
 
     reason: str
-    revoked_at: str
+    revoked_at: str  # when the statement was made (for a lift: when it was lifted)
     key_id: str
+    lifted: bool = False  # a lift: the version is fit again as of revoked_at
+
+    def supersedes(self, other: Revoked) -> bool:
+        """Whether this statement decides over `other`: the later one; a revocation at the same second."""
+        return (self.revoked_at, not self.lifted) > (other.revoked_at, not other.lifted)
 
 
-def payload_for(name: SignedName, manifest_digest: str, reason: str, *, revoked_at: datetime) -> bytes:
+def payload_for(name: SignedName, manifest_digest: str, reason: str, *, revoked_at: datetime,
+                lift: bool = False) -> bytes:
     if not strict.SHA256.fullmatch(manifest_digest):
         raise InvalidArgument(f"'{manifest_digest}' is not a sha256 manifest digest", hint="sha256:<64 hex digits>")
     if not reason.strip() or len(reason) > MAX_REASON:
-        raise InvalidArgument("a revocation needs a reason of 1-1024 characters", hint="say why")
+        raise InvalidArgument("a revocation (or its lifting) needs a reason of 1-1024 characters", hint="say why")
+    kind = LIFT_TYPE if lift else REVOCATION_TYPE
     return canonical({"critical": {"identity": name.as_json(), "image": {"manifest-digest": manifest_digest},
-                                   "reason": reason, "type": REVOCATION_TYPE},
-                      "optional": {"revoked-at": stamp(revoked_at)}})
+                                   "reason": reason, "type": kind},
+                      "optional": {TIME_FIELD[kind]: stamp(revoked_at)}})
 
 
-def sign(key: SigningKey, name: SignedName, manifest_digest: str, reason: str, *, revoked_at: datetime) -> bytes:
-    """The envelope bytes revoking `manifest_digest` as `name`, signed with `key`."""
+def sign(key: SigningKey, name: SignedName, manifest_digest: str, reason: str, *, revoked_at: datetime,
+         lift: bool = False) -> bytes:
+    """The envelope bytes revoking `manifest_digest` as `name` (lifting its revocation, with `lift`), signed
+    with `key`; `revoked_at` is the statement's time."""
     if key.public.expires is not None and key.public.expires <= revoked_at:
         raise InvalidArgument(f"signing key {key.name} expired on {stamp(key.public.expires)}",
                               hint="sign the revocation with a key that has not expired")
-    payload = payload_for(name, manifest_digest, reason, revoked_at=revoked_at)
+    payload = payload_for(name, manifest_digest, reason, revoked_at=revoked_at, lift=lift)
     signature = key.sign(pae(PAYLOAD_TYPE, payload))
     return canonical({"payloadType": PAYLOAD_TYPE, "payload": base64.b64encode(payload).decode(),
                       "keyid": key.public.key_id, "algorithm": ALGORITHM,
@@ -90,25 +108,40 @@ def judge(data: bytes, *, keys: Sequence[TrustedKey], name: SignedName, manifest
     if key.expires is not None and when >= key.expires:
         return f"signed by a key that expired on {stamp(key.expires)}"
     try:
-        claimed, digest, reason, revoked_at = _read(payload)
+        claimed, digest, reason, revoked_at, kind = _read(payload)
     except Corrupt as exc:
         return f"malformed payload ({exc.message})"
+    verb = "lifts" if kind == LIFT_TYPE else "revokes"
     if digest != manifest_digest:
-        return f"revokes another manifest ({digest[:19]}…)"
+        return f"{verb} another manifest ({digest[:19]}…)"
     if claimed != name:
-        return f"revokes another name ({claimed})"
-    return Revoked(reason, revoked_at, key_id)
+        return f"{verb} another name ({claimed})"
+    return Revoked(reason, revoked_at, key_id, lifted=kind == LIFT_TYPE)
 
 
-def _read(payload: bytes) -> tuple[SignedName, str, str, str]:
+def latest(found: Sequence[Revoked]) -> Revoked | None:
+    """The verified statement that decides (see the module doc), or None when there is none."""
+    decided: Revoked | None = None
+    for statement in found:
+        if decided is None or statement.supersedes(decided):
+            decided = statement
+    return decided
+
+
+def _read(payload: bytes) -> tuple[SignedName, str, str, str, str]:
     what = "a revocation payload"
-    found = read_statement(payload, what=what, kind=REVOCATION_TYPE, critical=frozenset({"reason"}),
-                           optional=frozenset({"revoked-at"}))
+    crit = strict.load_object(payload, what=what, limit=MAX_PAYLOAD).get("critical")
+    kind = crit.get("type") if isinstance(crit, dict) else None
+    if kind not in TIME_FIELD:
+        raise strict.refuse(what, "its type is neither a revocation nor a lift")
+    at = TIME_FIELD[str(kind)]
+    found = read_statement(payload, what=what, kind=str(kind), critical=frozenset({"reason"}),
+                           optional=frozenset({at}))
     reason = strict.text(found.critical, "reason", what=what)
     if not reason.strip() or len(reason) > MAX_REASON:
         raise strict.refuse(what, "the reason must be 1-1024 characters")
     try:
-        revoked_at = stamp(parse_time(strict.text(found.optional, "revoked-at", what=what), "revoked-at"))
+        when = stamp(parse_time(strict.text(found.optional, at, what=what), at))
     except InvalidArgument as exc:
         raise strict.refuse(what, exc.message) from exc
-    return found.name, found.manifest_digest, reason, revoked_at
+    return found.name, found.manifest_digest, reason, when, str(kind)

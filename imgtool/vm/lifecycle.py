@@ -487,6 +487,19 @@ def restore_snapshot(home: Home, name: str, snap: str) -> None:
                 staged.append((tmp, vm_dir(home, name) / disk.overlay))
             for tmp, target in staged:
                 os.replace(tmp, target)
+            save(home, _sizes_from_snapshot(record, folder))
         finally:
             for tmp, _ in staged:
                 tmp.unlink(missing_ok=True)
+
+
+def _sizes_from_snapshot(record: VmRecord, folder: Path) -> VmRecord:
+    """The receipt with each disk's size as the snapshot has it (a disk grown since shrinks back with it)."""
+    try:
+        info = json.loads((folder / "snapshot.json").read_text())
+    except (OSError, ValueError):
+        return record
+    taken = {d.get("overlay"): d.get("virtual_size") for d in info.get("disks", []) if isinstance(d, dict)}
+    sizes = {overlay: size for overlay, size in taken.items() if isinstance(size, int)}
+    disks = tuple(dataclasses.replace(d, virtual_size=sizes.get(d.overlay, d.virtual_size)) for d in record.disks)
+    return dataclasses.replace(record, disks=disks)
