@@ -12,7 +12,7 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 
-from imgtool.gallery.lifecycle_model import CheckResult
+from imgtool.gallery.lifecycle_model import CheckResult, Revocation
 from imgtool.gallery.model import Disk, ImageVersion
 from imgtool.oci import media
 from imgtool.oci.descriptor import EMPTY_DIGEST, Descriptor, sha256_of
@@ -48,7 +48,8 @@ def _version() -> ImageVersion:
     return ImageVersion("team", "base", "1.0.0", "generalized",
                         (Disk(None, "blake3:" + "1" * 64, 1 << 20, {"kind": "file"}),), "blake3:" + "0" * 64,
                         published="2026-12-01T09:00:00Z", end_of_life="2027-01-01",
-                        check=CheckResult("failed", "console:READY", "2026-12-01T09:00:00Z"))
+                        check=CheckResult("failed", "console:READY", "2026-12-01T09:00:00Z"),
+                        revocation=Revocation("CVE-2026-0001", "2026-12-02T09:00:00Z"))  # pushed --with-revocation
 
 
 def test_every_annotation_a_push_writes_is_documented() -> None:
