@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from imgtool.gallery.version_index import Summary
 
 version_app = typer.Typer(help="Image versions (GALLERY/DEFINITION@X.Y.Z; made by imgtool publish): list, show, "
-                          "resolve latest, update, delete, restore, check, revoke, unrevoke, users, export, verify, warm.",
+                          "resolve latest, update, delete, restore, check, revoke, unrevoke, users, export, verify, "
+                          "warm.",
                           no_args_is_help=True)
 Opt = typer.Option
 Arg = typer.Argument
