@@ -40,8 +40,8 @@ def test_typos_and_passed_over_versions_are_named(registry: Registry, tmp_path: 
     b("remote", "add", "origin", f"{registry.url}/wording")
     b("trust", "add", "origin", str(pub))
     typo = b("pull", "origin:team/bsae", ok=False)
-    assert typo.returncode == 3 and "origin:team/bsae has no versions" in typo.stderr
-    assert "check the spelling of team/bsae" in typo.stderr and "latest can pick" not in typo.stderr
+    assert typo.returncode == 3 and "origin has no definition team/bsae" in typo.stderr
+    assert "check the spelling" in typo.stderr and "latest can pick" not in typo.stderr
     missing = b("pull", "origin:team/base@9.9.9", ok=False)
     assert missing.returncode == 3 and "origin:team/base@9.9.9 does not exist" in missing.stderr
     assert "imgtool remote versions origin:team/base\n" in missing.stderr and "\u2026" not in missing.stderr
