@@ -67,7 +67,8 @@ def test_ctrl_c_in_a_push_and_a_pull_says_what_was_kept_and_the_rerun_resumes(
         assert "had reached origin and stay there, untagged; no version was tagged unfinished" in stopped.stderr
         assert "run `imgtool push team origin` again to resume" in stopped.stderr
         assert json.loads(stopped.stdout)["error"]["category"] == "interrupted"
-        assert a.json("remote", "versions", "origin:team/base")["versions"] == []  # type: ignore[index]
+        untagged = a("remote", "versions", "origin:team/base", ok=False)  # blobs only: no tag, no definition
+        assert untagged.returncode == 3 and "origin has no definition team/base" in untagged.stderr
         resumed = a.json("push", "team", "origin")
         sent = resumed["transfer"]["bytes_sent"]  # type: ignore[index]
         kept = re.search(r"interrupted: (\d+) blobs? \(([\d.]+) MiB\) had reached origin", stopped.stderr)
