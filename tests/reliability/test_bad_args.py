@@ -167,7 +167,7 @@ def path_cases(f: dict[str, str]) -> list[tuple[list[str], int]]:
         (["version", "export", "g/d@1.0.0", f["folder"]], 2),
         (["version", "export", "g/d@1.0.0", f["good"]], 4),  # .raw exists: no silent overwrite
         (["version", "export", "g/d@1.0.0", f["key"], "--format", "qcow2"], 4),
-        (["version", "export", "g/d@1.0.0", f["folder"] + "/out.vdi"], 2),  # which format? (.vdi is not one imgtool exports)
+        (["version", "export", "g/d@1.0.0", f["folder"] + "/out.vdi"], 2),  # .vdi: not a format it exports
         (["version", "export", "g/d@1.0.0", f["folder"] + "/missing/out.qcow2"], 3),
         # data disks: never dropped or swapped silently
         ([*publish, "--os-disk", "vm:web:x", "--os-state", "generalized"], 2),
