@@ -25,7 +25,7 @@ class Cli:
                               check=False, cwd=self.cwd,
                               timeout=300)
         if ok and done.returncode != 0:
-            raise AssertionError(f"imgtool {' '.join(args)} failed ({done.returncode}):\n{done.stderr}")
+            raise AssertionError(f"imgtool {' '.join(args)} failed ({done.returncode}):\n{done.stderr}{done.stdout}")
         return done
 
     def json(self, *args: str) -> object:

@@ -140,6 +140,7 @@ def start(home: Home, name: str, *, requested_accel: str | None = None, force: b
     log = folder / SERIAL
     if log.exists():
         os.replace(log, folder / f"{SERIAL}.1")  # each boot starts a fresh console log
+    _stop_unrecorded_qemu(folder)
     if is_streaming(home, name):
         _start_stream_server(home, name)
     record = attachments.refresh_seed(home, record)  # peers made since the last start get hosts lines
@@ -169,6 +170,25 @@ def start(home: Home, name: str, *, requested_accel: str | None = None, force: b
              "forwards": [{"host": f.host, "guest": f.guest} for f in record.forwards]}
     atomic.replace(folder / STATE, json.dumps(state, indent=2).encode())
     return state
+
+
+def _stop_unrecorded_qemu(folder: Path) -> None:
+    """A start killed after QEMU daemonized but before the state was written leaves a QEMU that no record
+    knows (its networks maybe not attached, its forwards unknown) and that holds the pid file's lock,
+    so the next start would fail. It is this VM's (its command line names this folder's pid file): stop it."""
+    pidfile = folder / "qemu.pid"
+    try:
+        pid = int(pidfile.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return
+    if b"qemu-system" not in cmdline or os.fsencode(pidfile) not in cmdline:
+        return  # the pid is another program's now
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while vmstate.qemu_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _attach(home: Home, record: VmRecord, pid: int, folder: Path) -> None:
