@@ -86,12 +86,14 @@ def version_resolve(home: Home, ref: str, caches: Caches) -> dict[str, Any]:
 
 
 def version_show(home: Home, ref: str, caches: Caches) -> dict[str, Any]:
-    """`version show --json`: the version shape (latest from the remembered resolve) and its replication."""
+    """`version show --json`: the version shape (latest from the remembered resolve), its replication and
+    its warm states."""
     version, record = lookup.get_version(home, ref)
     latest = version_resolve(home, f"{version.gallery}/{version.definition}", caches)["latest"]
     body = shapes.version(version, record, latest=latest == version.version)
     return {**body, "replication": replication.describe(home, version.gallery, version.definition,
-                                                        version.version)}
+                                                        version.version),
+            "warm": documents.warm_states(home, record)}
 
 
 def every_version(home: Home, caches: Caches) -> list[Summary]:
