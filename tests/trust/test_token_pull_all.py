@@ -10,7 +10,8 @@ import pytest
 
 from tests.trust.test_token_imgtool import Site, site  # noqa: F401 - the module's registry, as a fixture
 
-pytestmark = pytest.mark.integration
+# real_clock: the Go registry checks token lifetimes against the real clock, which libfaketime cannot move.
+pytestmark = [pytest.mark.integration, pytest.mark.real_clock]
 
 
 def test_a_gallery_through_token_auth(site: Site, tmp_path: Path) -> None:  # noqa: F811
