@@ -22,6 +22,8 @@ def cli(tmp_path: Path) -> Cli:
     tool("gallery", "create", "team")
     tool("definition", "create", "team/base", "--publisher", "acme", "--offer", "base", "--sku", "v1",
          "--os-type", "linux", "--os-state", "generalized")
+    # The disks here are test patterns, no guest OS the audit can read: publishes give --allow-unaudited
+    # (the gate itself: tests/test_audit_blank.py).
     return tool
 
 
@@ -35,8 +37,9 @@ def test_issue_transcript(cli: Cli, tmp_path: Path) -> None:
 
     digest = cli("capture", str(disk)).stdout.strip()
     assert digest.startswith("blake3:") and len(digest) == 7 + 64
-    cli("publish", "team/base", "--version", "1.0.0", "--os-disk", str(disk))
-    cli("publish", "team/base", "--version", "1.1.0", "--os-disk", str(disk_v2), "--exclude-from-latest")
+    cli("publish", "team/base", "--version", "1.0.0", "--os-disk", str(disk), "--allow-unaudited")
+    cli("publish", "team/base", "--version", "1.1.0", "--os-disk", str(disk_v2), "--allow-unaudited",
+        "--exclude-from-latest")
 
     explained = cli("version", "resolve", "team/base", "--explain").stdout
     assert "team/base@latest -> 1.0.0" in explained
@@ -78,7 +81,7 @@ def test_every_format_round_trips(cli: Cli, tmp_path: Path, fmt: str, options: t
     convert(raw, image, "raw", fmt, *options)
     captured = cli.json("capture", str(image))
     assert isinstance(captured, dict) and captured["source"]["format"] == fmt
-    cli("publish", "team/base", "--version", "1.0.0", "--os-disk", str(image))
+    cli("publish", "team/base", "--version", "1.0.0", "--os-disk", str(image), "--allow-unaudited")
     out = tmp_path / "out.raw"
     cli("version", "export", "team/base@1.0.0", str(out), "--format", "raw")
     assert identical(image, out, fmt, "raw")
@@ -88,20 +91,20 @@ def test_data_disks_and_copy_between_galleries(cli: Cli, tmp_path: Path) -> None
     os_disk = make_disk(tmp_path / "os.qcow2", size_mib=16)
     data0 = make_disk(tmp_path / "d0.qcow2", size_mib=8, seed=0x10)
     data3 = make_disk(tmp_path / "d3.raw", size_mib=8, seed=0x20, fmt="raw")
-    cli("publish", "team/base", "--version", "2.0.0", "--os-disk", str(os_disk),
+    cli("publish", "team/base", "--version", "2.0.0", "--os-disk", str(os_disk), "--allow-unaudited",
         "--data-disk", f"0={data0}", "--data-disk", f"3={data3}")
     cli("gallery", "create", "other")
     cli("definition", "create", "other/copy", "--publisher", "acme", "--offer", "copy", "--sku", "v1",
         "--os-type", "linux", "--os-state", "generalized")
     packs_before = sorted((cli.home / "store" / "packs").rglob("*.pack"))
-    cli("publish", "other/copy", "--version", "1.0.0", "--os-disk", "team/base@2.0.0")
+    cli("publish", "other/copy", "--version", "1.0.0", "--os-disk", "team/base@2.0.0", "--allow-unaudited")
     assert sorted((cli.home / "store" / "packs").rglob("*.pack")) == packs_before  # nothing duplicated
     copied = cli.json("version", "show", "other/copy@1.0.0")
     assert isinstance(copied, dict) and [d["lun"] for d in copied["disks"]] == [None, 0, 3]
     out = tmp_path / "lun3.raw"
     cli("version", "export", "other/copy@1.0.0", str(out), "--format", "raw", "--disk", "3")
     assert identical(data3, out, "raw", "raw")
-    clash = cli("publish", "team/base", "--version", "2.0.1", "--os-disk", str(os_disk),
+    clash = cli("publish", "team/base", "--version", "2.0.1", "--os-disk", str(os_disk), "--allow-unaudited",
                 "--data-disk", f"1={data0}", "--data-disk", f"1={data3}", ok=False)
     assert clash.returncode == 2 and "LUN 1" in clash.stderr
 
@@ -111,10 +114,10 @@ def test_small_change_adds_about_the_change(cli: Cli, tmp_path: Path) -> None:
     subprocess.run(["qemu-img", "create", "-f", "raw", str(raw), "256M"], check=True, capture_output=True)
     with open(raw, "r+b") as handle:  # 64 MiB of incompressible data
         handle.write(os.urandom(64 * MiB))
-    cli("publish", "team/base", "--version", "1.0.0", "--os-disk", str(raw))
+    cli("publish", "team/base", "--version", "1.0.0", "--os-disk", str(raw), "--allow-unaudited")
     before = _stored_bytes(cli.home)
     qemu_io(raw, "raw", "write -P 0x5a 10M 256k", "write -P 0x5b 40M 64k")
-    cli("publish", "team/base", "--version", "1.0.1", "--os-disk", str(raw))
+    cli("publish", "team/base", "--version", "1.0.1", "--os-disk", str(raw), "--allow-unaudited")
     added = _stored_bytes(cli.home) - before
     assert added < 1 * MiB, f"a 320 KiB change added {added} bytes"
 
@@ -125,7 +128,7 @@ def _stored_bytes(home: Path) -> int:
 
 def test_refused_inputs_leave_the_store_unchanged(cli: Cli, tmp_path: Path) -> None:
     disk = make_disk(tmp_path / "disk.qcow2", size_mib=8)
-    cli("publish", "team/base", "--version", "1.0.0", "--os-disk", str(disk))
+    cli("publish", "team/base", "--version", "1.0.0", "--os-disk", str(disk), "--allow-unaudited")
     before = tree_fingerprint(cli.home / "store")
     hostile = tmp_path / "backing.qcow2"
     subprocess.run(["qemu-img", "create", "-f", "qcow2", "-b", "/etc/passwd", "-F", "raw", str(hostile)],
@@ -155,7 +158,7 @@ def test_refused_inputs_leave_the_store_unchanged(cli: Cli, tmp_path: Path) -> N
 def test_version_rules(cli: Cli, tmp_path: Path) -> None:
     disk = make_disk(tmp_path / "disk.qcow2", size_mib=8)
     for version in ("1.0.0", "1.10.0", "1.9.0"):
-        cli("publish", "team/base", "--version", version, "--os-disk", str(disk))
+        cli("publish", "team/base", "--version", version, "--os-disk", str(disk), "--allow-unaudited")
     assert "-> 1.10.0" in cli("version", "resolve", "team/base").stdout
     cli("version", "update", "team/base@1.10.0", "--exclude-from-latest")
     assert "-> 1.9.0" in cli("version", "resolve", "team/base").stdout

@@ -20,6 +20,7 @@ from tests.reliability.harness import fake_ssh_key, random_pieces, write_raw
 
 pytestmark = pytest.mark.integration
 
+# The disks are random pieces, no guest OS the audit can read: publishes give --allow-unaudited.
 DEFINE = ["--publisher", "p", "--offer", "o", "--sku", "s", "--os-type", "linux", "--os-state", "generalized",
           "--min-vcpus", "1", "--max-vcpus", "4", "--min-memory", "128", "--max-memory", "2048"]
 
@@ -33,7 +34,8 @@ def cli(tmp_path: Path) -> Cli:
     (tmp_path / "id.pub").write_text(fake_ssh_key() + "\n")
     cli("gallery", "create", "g")
     cli("definition", "create", "g/d", *DEFINE)
-    cli("publish", "g/d", "--version", "1.0.0", "--os-disk", str(os_raw), "--data-disk", f"0={data_raw}")
+    cli("publish", "g/d", "--version", "1.0.0", "--os-disk", str(os_raw), "--allow-unaudited",
+        "--data-disk", f"0={data_raw}")
     cli("vm", "new", "web", "--image", "g/d@1.0.0", "--ssh-key", str(tmp_path / "id.pub"), "--disk-size", "8M")
     return cli
 
@@ -57,7 +59,7 @@ def read_pattern(path: Path, pattern: int, offset: str, length: str) -> bool:
 def test_publishing_a_vm_brings_every_disk_and_lun_sources_take_data_disks(cli: Cli, tmp_path: Path) -> None:
     qemu_io(overlay(cli, "disk-lun0.qcow2"), "qcow2", "write -P 0x5a 0 64k")  # the guest changed its data disk
     qemu_io(overlay(cli, "disk-os.qcow2"), "qcow2", "write -P 0x33 6M 64k")  # beyond the base: grown disk
-    cli("publish", "g/d", "--version", "1.1.0", "--os-disk", "vm:web", "--os-state", "generalized")
+    cli("publish", "g/d", "--version", "1.1.0", "--os-disk", "vm:web", "--allow-unaudited", "--os-state", "generalized")
     got = disks(cli, "g/d@1.1.0")
     assert sorted(got, key=str) == [0, None]  # the data disk was not dropped
     assert got[None]["virtual_size"] == 8 * MiB  # the grown OS disk
@@ -67,16 +69,18 @@ def test_publishing_a_vm_brings_every_disk_and_lun_sources_take_data_disks(cli: 
     assert read_pattern(out, 0x5A, "0", "64k")
 
     # --data-disk 0=vm:web is web's LUN 0, never its OS disk
-    cli("publish", "g/d", "--version", "1.2.0", "--os-disk", str(tmp_path / "os.raw"), "--data-disk", "0=vm:web")
+    cli("publish", "g/d", "--version", "1.2.0", "--os-disk", str(tmp_path / "os.raw"), "--allow-unaudited",
+        "--data-disk", "0=vm:web")
     assert disks(cli, "g/d@1.2.0")[0]["digest"] == got[0]["digest"]
     # and a clash with what the OS source brings is refused, unless asked
     refused = cli("publish", "g/d", "--version", "1.3.0", "--os-disk", "vm:web", "--os-state", "generalized",
                   "--data-disk", f"0={tmp_path / 'data.raw'}", ok=False)
     assert refused.returncode == 2 and "--replace-data-disks" in refused.stderr
-    cli("publish", "g/d", "--version", "1.3.0", "--os-disk", "vm:web", "--os-state", "generalized",
+    cli("publish", "g/d", "--version", "1.3.0", "--os-disk", "vm:web", "--allow-unaudited", "--os-state", "generalized",
         "--data-disk", f"0={tmp_path / 'data.raw'}", "--replace-data-disks")
     assert disks(cli, "g/d@1.3.0")[0]["digest"] == disks(cli, "g/d@1.0.0")[0]["digest"]
-    cli("publish", "g/d", "--version", "1.4.0", "--os-disk", "vm:web:os", "--os-state", "generalized")
+    cli("publish", "g/d", "--version", "1.4.0", "--os-disk", "vm:web:os", "--allow-unaudited",
+        "--os-state", "generalized")
     assert list(disks(cli, "g/d@1.4.0")) == [None]
 
 

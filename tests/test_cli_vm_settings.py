@@ -29,7 +29,7 @@ def cli(tmp_path: Path) -> Cli:
     (tmp_path / "id.pub").write_text(fake_ssh_key() + "\n")
     cli("gallery", "create", "g")
     cli("definition", "create", "g/d", *DEFINE)
-    cli("publish", "g/d", "--version", "1.0.0", "--os-disk", str(os_raw))
+    cli("publish", "g/d", "--version", "1.0.0", "--os-disk", str(os_raw), "--allow-unaudited")
     cli("vm", "new", "web", "--image", "g/d@1.0.0", "--ssh-key", str(tmp_path / "id.pub"), "--forward", "8080:80")
     return cli
 
@@ -87,7 +87,7 @@ def test_the_os_disk_grows_and_never_shrinks(cli: Cli) -> None:
     cli("vm", "update", "web", "--disk-size", "128M")
     assert overlay_size(cli) == 128 * MiB
     # a VM grown from a grown disk can still be published: the overlay is a real qcow2 of that size
-    cli("publish", "g/d", "--version", "1.1.0", "--os-disk", "vm:web", "--os-state", "generalized")
+    cli("publish", "g/d", "--version", "1.1.0", "--os-disk", "vm:web", "--allow-unaudited", "--os-state", "generalized")
     version = cli.json("version", "show", "g/d@1.1.0")
     assert isinstance(version, dict) and version["disks"][0]["virtual_size"] == 128 * MiB
 

@@ -18,6 +18,8 @@ from tests.reliability.harness import fake_ssh_key, random_pieces, write_raw
 pytestmark = pytest.mark.integration
 
 def define(sku: str) -> list[str]:
+    """A generalized definition; the disk published here is random pieces, no guest OS the audit can read,
+    so publishes give --allow-unaudited."""
     return ["--publisher", "p", "--offer", "o", "--sku", sku, "--os-type", "linux", "--os-state", "generalized"]
 
 
@@ -30,7 +32,7 @@ def world(tmp_path: Path) -> dict[str, Any]:
     key.write_text(fake_ssh_key() + "\n")
     cli("gallery", "create", "g")
     cli("definition", "create", "g/d", *define("d"))
-    cli("publish", "g/d", "--version", "1.0.0", "--os-disk", str(disk))
+    cli("publish", "g/d", "--version", "1.0.0", "--os-disk", str(disk), "--allow-unaudited")
     return {"cli": cli, "disk": disk, "key": key, "root": tmp_path}
 
 
@@ -86,7 +88,7 @@ def test_vm_delete_says_which_snapshots_went_with_it(world: dict[str, Any]) -> N
 def test_latest_that_picks_nothing_says_why(world: dict[str, Any]) -> None:
     cli = world["cli"]
     cli("definition", "create", "g/checked", *define("checked"), "--require-boot-check")
-    cli("publish", "g/checked", "--version", "2.0.0", "--os-disk", str(world["disk"]))
+    cli("publish", "g/checked", "--version", "2.0.0", "--os-disk", str(world["disk"]), "--allow-unaudited")
     held = cli("vm", "new", "x", "--image", "g/checked@latest", "--ssh-key", str(world["key"]), ok=False)
     assert held.returncode == 3, held.stderr
     assert "g/checked@latest picks nothing: every version is dropped: 2.0.0 boot check pending" in held.stderr
@@ -106,8 +108,8 @@ def test_promoting_a_failed_version_warns(world: dict[str, Any]) -> None:
 
     cli = world["cli"]
     cli("definition", "create", "g/checked", *define("checked"), "--require-boot-check")
-    cli("publish", "g/checked", "--version", "1.0.0", "--os-disk", str(world["disk"]))
-    cli("publish", "g/checked", "--version", "1.1.0", "--os-disk", str(world["disk"]))
+    cli("publish", "g/checked", "--version", "1.0.0", "--os-disk", str(world["disk"]), "--allow-unaudited")
+    cli("publish", "g/checked", "--version", "1.1.0", "--os-disk", str(world["disk"]), "--allow-unaudited")
     update_version(Home.at(cli.home), "g/checked@1.1.0",
                    check=CheckResult("failed", "console:READY", "2026-01-01T00:00:00Z", 60000, "no READY"))
     pending = cli("version", "update", "g/checked@1.0.0", "--promote")

@@ -200,8 +200,12 @@ def test_the_cli_flag_allows_a_nested_image_and_records_it(tmp_path: Path) -> No
     cli("gallery", "create", "g")
     cli("definition", "create", "g/d", "--publisher", "p", "--offer", "o", "--sku", "s", "--os-type", "linux",
         "--os-state", "generalized")
-    assert cli("publish", "g/d", "--version", "1.0.0", "--os-disk", str(image), ok=False).returncode == 5
-    shown = cli.json("publish", "g/d", "--version", "1.0.0", "--os-disk", str(image), "--allow-nested-image")
+    # The guest data is an image, no guest OS the audit can read: --allow-unaudited lets the publish reach
+    # the nested check, which is what refuses it.
+    refused = cli("publish", "g/d", "--version", "1.0.0", "--os-disk", str(image), "--allow-unaudited", ok=False)
+    assert refused.returncode == 5 and "--allow-nested-image" in refused.stderr
+    shown = cli.json("publish", "g/d", "--version", "1.0.0", "--os-disk", str(image), "--allow-unaudited",
+                     "--allow-nested-image")
     assert isinstance(shown, dict)
     version = cli.json("version", "show", "g/d@1.0.0")
     assert isinstance(version, dict) and version["disks"][0]["source"]["nested_image"]

@@ -41,7 +41,9 @@ def test_repair_sets_a_damaged_chunk_aside_and_a_recapture_restores_it(tmp_path:
     galleries.create_definition(home, Definition("team", "base", "acme", "base", "v1", "linux", "generalized"))
     data = os.urandom(4 * CHUNK)
     disk = _ingest(home, data)
-    publish(home, PublishRequest(DefinitionRef("team", "base"), Version.parse("1.0.0"), os_disk=disk))
+    # Random bytes, no guest OS the audit can read: published with the override.
+    publish(home, PublishRequest(DefinitionRef("team", "base"), Version.parse("1.0.0"), os_disk=disk,
+                                 allow_unaudited=True))
     _flip_first_frame(home)
 
     report, hit = maintenance.verify(home, deep=True)

@@ -37,7 +37,9 @@ def home(tmp_path: Path) -> Home:
     made = Home.at(tmp_path / "home")
     gallery.create_gallery(made, "team")
     gallery.create_definition(made, Definition("team", "base", "acme", "base", "v1", "linux", "generalized"))
-    publish(made, PublishRequest(DefinitionRef("team", "base"), Version.parse("1.0.0"), os_disk=new_disk(made)))
+    # Random bytes, no guest OS the audit can read: published with the override.
+    publish(made, PublishRequest(DefinitionRef("team", "base"), Version.parse("1.0.0"), os_disk=new_disk(made),
+                                 allow_unaudited=True))
     return made
 
 

@@ -17,13 +17,16 @@ and report identity that must not be cloned and facts about the guest.
 
 SOURCE: a disk file, vm:NAME (stopped), snapshot:VM/SNAP, blake3:DIGEST or GALLERY/DEF@X.Y.Z.
 
-Exit code 0 when audited clean, 5 when identity was found, 9 when the file system could not be
-read ("not audited" is never a pass).
+Exit code 0 when audited clean (or empty: every byte of the disk is zero, so it holds no guest OS),
+5 when identity was found, 9 when the file system could not be read ("not audited" is never a pass).
 
---json prints one document: source, audited, reason, clean, findings (each check, severity, paths,
+--json prints one document: source, audited, reason, clean, empty, findings (each check, severity, paths,
 count, detail), facts (os, kernels, partition_table, root_partition, boot_modes, firmware,
 boot_mode_ok, fs_size, fs_free) and audited_at (docs/GUIDE.md). Checks: machine_id, ssh_host_keys,
 cloud_init_state (severity identity); authorized_keys, shell_history, dhcp_leases, logs (warning)."""
+
+
+EMPTY = "audited: empty (every byte of the disk is zero: no guest OS)"
 
 
 def register(app: typer.Typer, vm_app: typer.Typer) -> None:
@@ -55,6 +58,9 @@ def audit(
 def print_report(body: dict[str, Any]) -> None:
     if not body["audited"]:
         print(f"not audited: {body['reason']}")
+        return
+    if body.get("empty"):
+        print(EMPTY)
         return
     facts = body["facts"]
     fit = facts.get("boot_mode_ok")

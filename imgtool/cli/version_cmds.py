@@ -93,8 +93,9 @@ def publish(
     allow_identity: Annotated[bool, Opt(help="Generalized definitions: publish even if the audit finds machine "
                                              "identity (host keys, machine-id, cloud-init state); recorded.")]
     = False,
-    allow_unaudited: Annotated[bool, Opt(help="Generalized definitions: publish a guest OS the audit cannot read "
-                                              "(a root file system other than ext2/3/4); recorded.")] = False,
+    allow_unaudited: Annotated[bool, Opt(help="Generalized definitions: publish a disk the audit cannot read (a "
+                                              "root file system other than ext2/3/4, or data with no file system "
+                                              "that is not all zeros); recorded.")] = False,
 ) -> None:
     """Publish a new, immutable image version from its disks. In a definition that requires a boot check it
     starts pending: latest skips it until imgtool version check (or --check here) sees it boot.
@@ -223,6 +224,8 @@ def _audit_line(audit: dict[str, Any] | None) -> str:
     if not audit.get("audited"):
         allowed = ", published with --allow-unaudited" if audit.get("allowed_unaudited") else ""
         return f"not audited{allowed}: {audit.get('reason')}"
+    if audit.get("empty"):
+        return "empty (every byte of the disk is zero: no guest OS)"
     found = [f"{f['check']} ({f['severity']})" for f in audit.get("findings", [])]
     verdict = "clean" if audit.get("clean") else "IDENTITY FOUND"
     if audit.get("allowed_identity"):

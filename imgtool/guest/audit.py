@@ -3,11 +3,12 @@
 Findings are `identity` (a clone would share it: a non-empty /etc/machine-id, SSH host keys,
 cloud-init instance state; publishing into a generalized definition refuses them) or `warning`
 (personal data a clone would inherit: authorized_keys, shell histories, DHCP leases, logs).
-A file system the audit cannot read gives `audited: false` with the reason, never a pass.
+A file system the audit cannot read gives `audited: false` with the reason, never a pass. A disk
+whose every byte is zero holds no guest OS: `audited: true, empty: true` (imgtool.guest.blank).
 
 JSON shape (`imgtool audit --json`, and the `audit` field of a version record):
-    {"audited": bool, "reason": str|null, "clean": bool, "findings": [{"check", "severity", "paths", "count",
-     "detail"}], "facts": {"os", "kernels", "partition_table", "root_partition", "boot_modes",
+    {"audited": bool, "reason": str|null, "clean": bool, "empty": bool, "findings": [{"check", "severity",
+     "paths", "count", "detail"}], "facts": {"os", "kernels", "partition_table", "root_partition", "boot_modes",
      "firmware", "boot_mode_ok", "fs_size", "fs_free"}, "audited_at": str}
 `clean` is true only when audited and no identity finding was made.
 """
@@ -49,6 +50,7 @@ class Report:
     facts: dict[str, Any] = field(default_factory=dict)
     audited_at: str = field(default_factory=stamp)
     opaque: bool = False  # not audited, and no OS was seen at all (imgtool.guest.fs.NotAudited)
+    empty: bool = False  # audited: every byte is zero, so there is no guest OS (imgtool.guest.blank)
 
     @property
     def clean(self) -> bool:
@@ -58,7 +60,7 @@ class Report:
         return [f for f in self.findings if f.severity == IDENTITY]
 
     def to_json(self) -> dict[str, Any]:
-        return {"audited": self.audited, "reason": self.reason, "clean": self.clean,
+        return {"audited": self.audited, "reason": self.reason, "clean": self.clean, "empty": self.empty,
                 "findings": [f.to_json() for f in self.findings], "facts": self.facts,
                 "audited_at": self.audited_at}
 
@@ -73,6 +75,11 @@ def audit_disk(disk: Any, *, firmware: str | None = None) -> Report:
     except fs.NotAudited as exc:
         return Report(False, exc.reason, opaque=exc.opaque)
     return Report(True, None, findings, facts)
+
+
+def empty_report() -> Report:
+    """The report of a disk that reads as zeros throughout: audited, nothing found, no OS."""
+    return Report(True, None, (), {"os": None}, empty=True)
 
 
 def _findings(dbg: Debugfs) -> list[Finding]:

@@ -155,8 +155,9 @@ def generalize_file(text: str) -> Result:
         plan = _offline_disk(path, info.format, None)
     except fs.NotAudited as exc:
         raise Refused(f"{text} cannot be generalized here: {exc.reason}",
-                      hint="generalize it with virt-sysprep -a FILE (libguestfs), or publish it into a "
-                           "specialized definition") from None
+                      hint="generalize it with virt-sysprep -a FILE (libguestfs) and publish it with "
+                           "--allow-unaudited (recorded on the version), or publish it into a specialized "
+                           "definition") from None
     return Result(text, "offline", tuple(plan.removed), tuple(plan.skipped))
 
 

@@ -4,31 +4,35 @@ from __future__ import annotations
 
 from imgtool.errors import Refused
 from imgtool.guest import audit as audits
-from imgtool.guest import fs, targets
+from imgtool.guest import blank, fs, targets
 from imgtool.home import Home
 
 
 def audit(home: Home, source: str, *, firmware: str | None = None) -> audits.Report:
-    """Audit a source (see imgtool.guest.targets); `firmware` overrides the one its record names."""
+    """Audit a source (see imgtool.guest.targets); `firmware` overrides the one its record names.
+
+    A disk showing no partition table and no file system is "empty" when every byte of it is zero
+    (provably no guest OS), else "not audited" like any other disk the audit cannot read."""
     with targets.resolve(home, source) as target, fs.disk_bytes(target.path, target.fmt) as disk:
-        return audits.audit_disk(disk, firmware=firmware or target.firmware)
+        report = audits.audit_disk(disk, firmware=firmware or target.firmware)
+        if report.opaque and blank.disk_is_blank(target.path, target.fmt, disk):
+            return audits.empty_report()
+        return report
 
 
 def gate(report: audits.Report, *, source: str, allow_identity: bool, allow_unaudited: bool = False) -> None:
-    """Publishing into a generalized definition: refuse identity, and a guest OS the audit cannot read,
+    """Publishing into a generalized definition: refuse identity, and any disk the audit cannot read,
     unless explicitly allowed (the caller records which).
 
-    Only ext file systems can be read without libguestfs; a disk showing another file system, LVM,
-    LUKS or a partition table without an ext root is refused, since "not audited" is never a pass.
-    A disk showing no partition table and no file system at all (blank or raw data) holds no guest OS
-    to carry identity: it is recorded as not audited, not refused.
+    Only ext file systems can be read without libguestfs; any other disk (another file system, LVM,
+    LUKS, a partition table without an ext root, or data without any layout) is refused, since
+    "not audited" is never a pass. Only a disk whose every byte is zero passes unread (`empty`).
     """
     if not report.audited:
-        if report.opaque or allow_unaudited:
+        if allow_unaudited:
             return
         raise Refused(f"{source} could not be audited for machine identity: {report.reason}",
-                      hint="generalize it yourself (e.g. virt-sysprep) and publish again with --allow-unaudited "
-                           "(recorded on the version), or publish it into a specialized definition")
+                      hint=_unaudited_hint(report))
     found = report.identity()
     if not found or allow_identity:
         return
@@ -36,6 +40,14 @@ def gate(report: audits.Report, *, source: str, allow_identity: bool, allow_unau
     raise Refused(f"{source} is not generalized: the audit found {what}; every VM made from it would share them",
                   hint=f"{generalize_hint(source)} (then publish again), or --allow-identity to publish anyway "
                        "(recorded on the version)")
+
+
+def _unaudited_hint(report: audits.Report) -> str:
+    ways = ("publish again with --allow-unaudited (recorded on the version), or publish it into a specialized "
+            "definition")
+    if report.opaque:  # no layout at all: raw data, or an OS in a layout the audit does not know
+        return f"if it holds no guest OS with machine identity, {ways}"
+    return f"generalize it yourself (e.g. virt-sysprep) and {ways}"
 
 
 def generalize_hint(source: str) -> str:

@@ -35,8 +35,8 @@ def _populate(home: Path, count: int) -> tuple[float, str]:
     with disk.open("wb") as f:
         f.truncate(16 << 20)
     sh(["mkfs.ext4", "-q", "-F", disk])
-    captured = json.loads(sh([*cli, "--json", "publish", DEFINITION, "--version", number(0), "--os-disk", disk],
-                             env=env))
+    captured = json.loads(sh([*cli, "--json", "publish", DEFINITION, "--version", number(0), "--os-disk", disk,
+                              "--allow-unaudited"], env=env))  # an ext4 without /etc: no guest OS to audit
     digest = str(captured["disks"][0]["digest"])
     start = time.perf_counter()
     bounds = [1 + (count - 1) * w // WORKERS for w in range(WORKERS + 1)]
@@ -90,7 +90,8 @@ def _after_publish(env: dict[str, str], digest: str, count: int, runs: int) -> d
     """`version list` right after publishing one more version (what a user does next), `runs` times."""
     found = []
     for i in range(runs):
-        sh([str(IMGTOOL), "publish", DEFINITION, "--version", number(count + i), "--os-disk", digest], env=env)
+        sh([str(IMGTOOL), "publish", DEFINITION, "--version", number(count + i), "--os-disk", digest,
+            "--allow-unaudited"], env=env)
         found.append(timed(Step([str(IMGTOOL), "version", "list", DEFINITION], env)))
     return {"median": median_sample(found).to_json(), "runs": [s.to_json() for s in found]}
 

@@ -237,6 +237,8 @@ def test_bad_arguments_get_one_line_and_change_nothing(zygote: Zygote, tmp_path:
     require_tools("qemu-img")
     home, work = tmp_path / "home", tmp_path / "work"
     work.mkdir()
+    # Random pieces, no guest OS the audit can read: g/d (generalized) takes it with --allow-unaudited. The
+    # bad arguments below are refused before the audit, so they are given without it.
     good = write_raw(work / "good.raw", 4 << 20, random_pieces(random.Random(8), 4 << 20, 4))
     f = {"good": str(good), "missing": str(work / "missing.raw"), "key": str(work / "id.pub"),
          "folder": str(work), "fifo": str(work / "fifo"), "binary": str(work / "binary"),
@@ -255,7 +257,7 @@ def test_bad_arguments_get_one_line_and_change_nothing(zygote: Zygote, tmp_path:
                  ["definition", "create", "g/d", *[a.format(offer="o") for a in DEFINE], "generalized",
                   "--min-vcpus", "1", "--max-vcpus", "4", "--min-memory", "256", "--max-memory", "2048"],
                  ["definition", "create", "g/s", *[a.format(offer="s") for a in DEFINE], "specialized"],
-                 ["publish", "g/d", "--version", "1.0.0", "--os-disk", f["good"]],
+                 ["publish", "g/d", "--version", "1.0.0", "--os-disk", f["good"], "--allow-unaudited"],
                  ["publish", "g/s", "--version", "1.0.0", "--os-disk", f["good"]],
                  ["vm", "new", "web", "--image", "g/d@1.0.0", "--ssh-key", f["key"]]):
         done = zygote.run(argv, home=home)

@@ -317,7 +317,7 @@ def test_signing_follows_the_remote_for_every_way_a_version_reaches_it(world: Wo
     world.publisher("remote", "add", "team-remote", url, "--sign-with", "release")
     disk = world.tmp / "v2.raw"
     disk.write_bytes(bytes(disk_bytes(1 << 20, seed=43)))
-    world.publisher("publish", "team/base", "--version", "1.2.0", "--os-disk", str(disk),
+    world.publisher("publish", "team/base", "--version", "1.2.0", "--os-disk", str(disk), "--allow-unaudited",
                     "--replicate-to", "team-remote")
     world.publisher("push", "team/base@1.0.0", "team-remote")
     teammate = cli_for(world.tmp / "teammate", world.tmp)
