@@ -29,13 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from imgtool.errors import ImgtoolError, Refused
-from imgtool.flows import sharing
+from imgtool.flows import boot_profiles, sharing
 from imgtool.gallery import lookup
 from imgtool.home import Home
 from imgtool.nbd.server import Server
+from imgtool.oci.target import Target
 from imgtool.remote.pull import Judged, Puller
 from imgtool.stream import status
-from imgtool.stream.hydration import FLUSH_BYTES, Disk, DiskSource, Hydration
+from imgtool.stream.hydration import FLUSH_BYTES, READ_AHEAD, Disk, DiskSource, Hydration, prefetch
 from imgtool.tools import qmp
 from imgtool.vm import record as vmrecord
 from imgtool.vm import state as vmstate
@@ -48,6 +49,7 @@ START_GRACE = 300.0  # seconds to wait for the VM's QEMU after listening
 TICK = 0.5
 KEEP_EVERY = 5.0  # seconds between writes of demand-fetched chunks into the store
 MAX_BACKOFF = 30.0
+PROFILED_READ_AHEAD = READ_AHEAD  # with a profile ahead of the guest, misses are rarer; see docs/BENCHMARKS.md
 ALREADY_RUNNING = "already running"
 
 
@@ -72,8 +74,11 @@ class Supervisor:
     """Follows QEMU, writes the status, resumes a paused VM, hydrates, and finishes the stream."""
 
     def __init__(self, home: Home, name: str, info: dict[str, Any], hydration: Hydration, *,
-                 hydrate_only: bool, clock: Callable[[], float] = time.monotonic) -> None:
+                 hydrate_only: bool, clock: Callable[[], float] = time.monotonic,
+                 order: list[bytes] | None = None) -> None:
         self.home, self.name, self.info, self.hydration = home, name, info, hydration
+        self.order = order or []  # the boot profile's chunks, first touch first (empty: no profile)
+        self.prefetcher: threading.Thread | None = None
         self.folder = vmrecord.vm_dir(home, name)
         self.hydrate_only, self.clock = hydrate_only, clock
         self.stopping = threading.Event()
@@ -91,7 +96,10 @@ class Supervisor:
         seen_qemu = False
         last_keep = started
         backoff, next_resume = 1.0, 0.0
-        if self.info["mode"] == "background" or self.hydrate_only:
+        if self.order and not self.hydrate_only:
+            self.prefetcher = threading.Thread(target=self.prefetch, name="prefetch", daemon=True)
+            self.prefetcher.start()
+        elif self.info["mode"] == "background" or self.hydrate_only:
             self.start_hydrator()
         while not self.stopping.is_set():
             if not (self.folder / vmrecord.RECORD).exists():
@@ -149,6 +157,25 @@ class Supervisor:
             self.hydrator = threading.Thread(target=self.hydrate, name="hydrator", daemon=True)
             self.hydrator.start()
 
+    def prefetch(self) -> None:
+        """The boot profile's chunks ahead of the guest, in its order, PREFETCH_IN_FLIGHT requests at a time
+        (a demand miss does not queue behind them: it asks at once); then, hydrating in the background,
+        the rest."""
+        began = self.clock()
+        log.info("VM %s: prefetching the missing chunks of its boot profile", self.name)
+
+        def failed(exc: BaseException, delay: float) -> None:
+            self.message = f"waiting for {self.info['remote']}: {exc}"
+            log.warning("prefetch for VM %s: %s; again in %.0fs", self.name, exc, delay)
+
+        prefetch(self.hydration, self.order, stopping=self.stopping, on_error=failed)
+        if self.stopping.is_set():
+            return
+        log.info("VM %s: boot profile prefetched (%d of its chunks were missing) in %.1fs", self.name,
+                 self.hydration.counters.profile_chunks, self.clock() - began)
+        if self.info["mode"] == "background":
+            self.start_hydrator()
+
     def hydrate(self) -> None:
         """Fetch everything still missing, by pack, with backoff while the remote fails."""
         delay = 1.0
@@ -199,6 +226,7 @@ class Supervisor:
         elapsed = (c.last_fetch - c.first_fetch) if c.first_fetch and c.last_fetch else None
         body = {"state": self.state, "remote": self.info["remote"], "image": self.info["image"],
                 "mode": self.info["mode"], "message": self.message, "chunks_fetched": c.fetched_chunks,
+                "profile_chunks": c.profile_chunks, "prefetched_chunks": c.prefetched_chunks,
                 **status.figures(c.total_bytes, c.local_bytes, c.fetched_bytes, elapsed)}
         status.write(self.folder, body)
 
@@ -239,12 +267,14 @@ def _serve(home: Home, name: str, folder: Path, *, hydrate_only: bool, ready: Ca
         sizes = {digest: descriptor.size for digest, descriptor in judged.manifest.packs.items()}
         hydration = Hydration(home.store, target, judged.repo, sizes, disks, lease_owner=name,
                               wanted=(folder / vmrecord.RECORD).exists)
+        order = [] if hydrate_only else profile_order(target, judged, disks)
         try:
             hydration.keep()  # leases first: what an earlier run fetched is held from now on
-            supervisor = Supervisor(home, name, info, hydration, hydrate_only=hydrate_only)
+            supervisor = Supervisor(home, name, info, hydration, hydrate_only=hydrate_only, order=order)
             signal.signal(signal.SIGTERM, lambda *_: supervisor.stopping.set())
             signal.signal(signal.SIGINT, lambda *_: supervisor.stopping.set())
-            exports = {d.label: DiskSource(hydration, d) for d in disks}
+            exports = {d.label: DiskSource(hydration, d, read_ahead=PROFILED_READ_AHEAD if order else READ_AHEAD)
+                       for d in disks}
             with Server(stream_socket(folder), exports, on_error=supervisor.on_error):
                 atomic.replace(folder / status.PID, f"{os.getpid()}\n".encode())
                 supervisor.write_status()
@@ -257,6 +287,23 @@ def _serve(home: Home, name: str, folder: Path, *, hydrate_only: bool, ready: Ca
         finally:
             hydration.close()
     return 0
+
+
+def profile_order(target: Target, judged: Judged, disks: list[Disk]) -> list[bytes]:
+    """The chunks the version's boot profile names, first touch first; [] without a usable one (each one
+    skipped is said in the stream log: a profile is a hint, never a reason not to boot)."""
+    known = {d.label: (v.digest, frozenset(d.manifest.chunks))
+             for v, d in zip(judged.version.disks, disks, strict=True)}
+    profile, skipped = boot_profiles.find(target, judged.repo, judged.fetched.digest, known)
+    for why in skipped:
+        log.warning("%s", why)
+    if profile is None:
+        log.info("no boot profile for %s: chunks are fetched as the guest asks for them", judged.fetched.digest[:19])
+        return []
+    by_label = {d.label: d for d in disks}
+    order = [bytes.fromhex(by_label[o.disk].manifest.chunks[n]) for o in profile.disks for n in o.chunks]
+    log.info("boot profile %s: %d chunks", judged.fetched.digest[:19], len(order))
+    return order
 
 
 def daemonize(home: Home, name: str, *, hydrate_only: bool = False) -> int:
