@@ -27,10 +27,12 @@ def attach(home: Home, target: Target, repo: str, subject: Descriptor, version: 
     """Attach the local version's profile, bound to `subject` (its pushed manifest); False if it has none."""
     try:
         profile = boot_profile.load(home.store, version.gallery, version.definition, version.version)
+        if profile is None:
+            return False
+        # A name left from a deleted version of the same number would be about other disks.
+        boot_profile.check(profile, subject=None, disks=disk_chunks(home, version), what="the local boot profile")
     except ImgtoolError as exc:
         log.warning("the boot profile of %s is not pushed: %s", version.label, exc.message)
-        return False
-    if profile is None:
         return False
     blob = profile.bound_to(subject.digest).encode()
     layer = Descriptor.of(MEDIA_TYPE, blob)

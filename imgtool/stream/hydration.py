@@ -333,8 +333,8 @@ def prefetch(hydration: Hydration, order: list[bytes], *, stopping: threading.Ev
 class DiskSource:
     """One disk as a block source for the NBD server: chunks not listed are zeros."""
 
-    def __init__(self, hydration: Hydration, disk: Disk, *, read_ahead: int = READ_AHEAD) -> None:
-        self.hydration, self.read_ahead = hydration, read_ahead
+    def __init__(self, hydration: Hydration, disk: Disk) -> None:
+        self.hydration = hydration
         self.chunk_size = disk.manifest.chunk_size
         self._size = disk.manifest.virtual_size
         self.chunks = {i: bytes.fromhex(h) for i, h in disk.manifest.chunks.items()}
@@ -351,7 +351,7 @@ class DiskSource:
             digest = self.chunks.get(number)
             if digest is None:
                 continue  # a zero chunk: never stored, never fetched
-            ahead = [d for d in (self.chunks.get(n) for n in range(number + 1, number + 1 + self.read_ahead)) if d]
+            ahead = [d for d in (self.chunks.get(n) for n in range(number + 1, number + 1 + READ_AHEAD)) if d]
             data = self.hydration.chunk(digest, ahead)
             start = number * size
             low, high = max(offset, start), min(end, start + len(data))

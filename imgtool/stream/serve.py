@@ -36,7 +36,7 @@ from imgtool.nbd.server import Server
 from imgtool.oci.target import Target
 from imgtool.remote.pull import Judged, Puller
 from imgtool.stream import status
-from imgtool.stream.hydration import FLUSH_BYTES, READ_AHEAD, Disk, DiskSource, Hydration, prefetch
+from imgtool.stream.hydration import FLUSH_BYTES, Disk, DiskSource, Hydration, prefetch
 from imgtool.tools import qmp
 from imgtool.vm import record as vmrecord
 from imgtool.vm import state as vmstate
@@ -49,7 +49,6 @@ START_GRACE = 300.0  # seconds to wait for the VM's QEMU after listening
 TICK = 0.5
 KEEP_EVERY = 5.0  # seconds between writes of demand-fetched chunks into the store
 MAX_BACKOFF = 30.0
-PROFILED_READ_AHEAD = READ_AHEAD  # with a profile ahead of the guest, misses are rarer; see docs/BENCHMARKS.md
 ALREADY_RUNNING = "already running"
 
 
@@ -273,8 +272,7 @@ def _serve(home: Home, name: str, folder: Path, *, hydrate_only: bool, ready: Ca
             supervisor = Supervisor(home, name, info, hydration, hydrate_only=hydrate_only, order=order)
             signal.signal(signal.SIGTERM, lambda *_: supervisor.stopping.set())
             signal.signal(signal.SIGINT, lambda *_: supervisor.stopping.set())
-            exports = {d.label: DiskSource(hydration, d, read_ahead=PROFILED_READ_AHEAD if order else READ_AHEAD)
-                       for d in disks}
+            exports = {d.label: DiskSource(hydration, d) for d in disks}
             with Server(stream_socket(folder), exports, on_error=supervisor.on_error):
                 atomic.replace(folder / status.PID, f"{os.getpid()}\n".encode())
                 supervisor.write_status()

@@ -24,10 +24,11 @@ from typing import Any
 
 from imgtool import strict
 from imgtool.errors import Corrupt
+from imgtool.oci import media
 from store import canonical
 from store.repo import Store
 
-MEDIA_TYPE = "application/vnd.imgtool.boot-profile.v1+json"
+MEDIA_TYPE = media.BOOT_PROFILE
 KIND = "boot-profile"
 FORMAT = 1
 NAMESPACE = "boot-profiles"  # store names: boot-profiles/G/D/X.Y.Z
