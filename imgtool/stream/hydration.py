@@ -20,6 +20,8 @@ Contract:
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import threading
 import time
 from collections.abc import Callable
@@ -31,7 +33,7 @@ from imgtool.remote.format import DiskIndex, IndexEntry
 from imgtool.vm.record import STREAM_LEASES as LEASES
 from store import codec
 from store.disks import DiskManifest
-from store.errors import Corrupt
+from store.errors import Corrupt, StorageFull
 from store.packs import ChunkIndex, PackReader, PackWriter, decode_chunk
 from store.repo import Store
 
@@ -91,6 +93,7 @@ class Hydration:
                 self.entries.setdefault(entry.blake3, entry)
         self.lock = threading.Lock()
         self.keep_lock = threading.Lock()  # one pack writer at a time (hydrator, prefetchers, supervisor)
+        self.full = threading.Event()  # the last keep found the store's disk full
         self.memory: dict[bytes, bytes] = {}  # fetched, checked, not yet in a pack of the store
         self.frames: list[fetch.Verified] = []  # the same chunks' frames, for `keep`
         self.flights: dict[bytes, _Flight] = {}
@@ -257,11 +260,36 @@ class Hydration:
     def keep(self) -> int:
         """Write the fetched chunks into a pack and renew the leases; returns the chunks written."""
         with self.keep_lock:
-            return self._keep()
+            try:
+                kept = self._keep()
+            except (StorageFull, OSError) as exc:
+                if disk_full(exc):
+                    self.full.set()
+                raise
+            self.full.clear()
+            return kept
+
+    def flush_or_wait(self, stopping: threading.Event) -> None:
+        """For the fetching threads: write what they fetched once FLUSH_BYTES are held; while the store's
+        disk is full fetch nothing more (it would only pile up in memory) until a keep succeeds again
+        (the supervisor retries it and pauses the VM meanwhile)."""
+        if self.pending_bytes() >= FLUSH_BYTES and not self.full.is_set():
+            with contextlib.suppress(StorageFull, OSError):  # a full disk sets `full`; others: the next keep
+                self.keep()
+        while self.full.is_set() and not stopping.is_set():
+            stopping.wait(1.0)
 
     def _keep(self) -> int:
         with self.lock:
             frames, self.frames = self.frames, []
+        try:
+            return self._write(frames)
+        except BaseException:
+            with self.lock:  # nothing fetched is lost: the next keep writes these again
+                self.frames = frames + self.frames
+            raise
+
+    def _write(self, frames: list[fetch.Verified]) -> int:
         with self.store.writing():
             # The indexes again: another stream or a pull may have stored some of these meanwhile.
             self.index = ChunkIndex.load(self.store.layout)
@@ -320,14 +348,18 @@ def prefetch(hydration: Hydration, order: list[bytes], *, stopping: threading.Ev
                     on_error(exc, delay)
                     stopping.wait(delay)
                     delay = min(delay * 2, 30.0)
-            if hydration.pending_bytes() >= FLUSH_BYTES:
-                hydration.keep()
+            hydration.flush_or_wait(stopping)
 
     workers = [threading.Thread(target=work, name=f"prefetch-{n}", daemon=True) for n in range(in_flight)]
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join()
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether `exc` says the store's filesystem has no room (or quota) left."""
+    return isinstance(exc, StorageFull) or (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT))
 
 
 class DiskSource:

@@ -36,7 +36,7 @@ from imgtool.nbd.server import Server
 from imgtool.oci.target import Target
 from imgtool.remote.pull import Judged, Puller
 from imgtool.stream import status
-from imgtool.stream.hydration import FLUSH_BYTES, Disk, DiskSource, Hydration, prefetch
+from imgtool.stream.hydration import Disk, DiskSource, Hydration, disk_full, prefetch
 from imgtool.tools import qmp
 from imgtool.vm import record as vmrecord
 from imgtool.vm import state as vmstate
@@ -50,6 +50,7 @@ TICK = 0.5
 KEEP_EVERY = 5.0  # seconds between writes of demand-fetched chunks into the store
 MAX_BACKOFF = 30.0
 ALREADY_RUNNING = "already running"
+PAUSED_DISK_FULL = "paused-disk-full"
 
 
 def read_stream(folder: Path) -> dict[str, Any]:
@@ -78,6 +79,7 @@ class Supervisor:
         self.home, self.name, self.info, self.hydration = home, name, info, hydration
         self.order = order or []  # the boot profile's chunks, first touch first (empty: no profile)
         self.prefetcher: threading.Thread | None = None
+        self.paused_by_us = False  # the VM was paused because the store's disk is full
         self.folder = vmrecord.vm_dir(home, name)
         self.hydrate_only, self.clock = hydrate_only, clock
         self.stopping = threading.Event()
@@ -108,7 +110,7 @@ class Supervisor:
             if self.hydration.complete() and not self.finished and self.clock() >= self.next_finish:
                 self.finish()
             elif self.clock() - last_keep >= KEEP_EVERY and self.hydration.frames:
-                self.hydration.keep()
+                self.keep()
                 last_keep = self.clock()
             qemu = vmstate.running_state(self.home, self.name)
             seen_qemu = seen_qemu or qemu is not None
@@ -149,6 +151,41 @@ class Supervisor:
                 log.warning("resuming VM %s failed: %s", self.name, exc)
             return min(backoff * 2, MAX_BACKOFF), now + backoff
         return backoff, next_resume
+
+    def keep(self) -> bool:
+        """Write the fetched chunks into the store; True once they are there. On a full disk the VM is
+        paused (its reads would only pile up in memory) and told why; the run loop retries every
+        KEEP_EVERY seconds and resumes the VM once a write succeeds."""
+        try:
+            self.hydration.keep()
+        except (ImgtoolError, OSError) as exc:
+            if not disk_full(exc):
+                raise
+            if self.state != PAUSED_DISK_FULL:
+                self.paused_by_us = self._qmp(qmp.pause)
+                log.error("VM %s paused: the local store's disk is full (%s)", self.name, exc)
+            self.state = PAUSED_DISK_FULL
+            self.message = (f"paused: the local store's disk is full ({getattr(exc, 'message', exc)}); free space "
+                            f"(imgtool gc), and the VM resumes by itself within {KEEP_EVERY:g} s")
+            return False
+        if self.state == PAUSED_DISK_FULL:
+            log.info("VM %s: the store took the fetched chunks again; resuming it", self.name)
+            self.state, self.message = ("hydrating" if self.hydrator else "streaming"), None
+            if self.paused_by_us:
+                self._qmp(qmp.cont)
+            self.paused_by_us = False
+        return True
+
+    def _qmp(self, command: Callable[..., None]) -> bool:
+        qemu = vmstate.running_state(self.home, self.name)
+        if qemu is None:
+            return False
+        try:
+            command(Path(qemu["qmp"]), timeout=2.0)
+        except ImgtoolError as exc:
+            log.warning("VM %s: QMP failed: %s", self.name, exc)
+            return False
+        return True
 
     def start_hydrator(self) -> None:
         if self.hydrator is None:
@@ -194,12 +231,13 @@ class Supervisor:
                     self.stopping.wait(delay)
                     delay = min(delay * 2, MAX_BACKOFF)
                     break
-                if self.hydration.pending_bytes() >= FLUSH_BYTES:
-                    self.hydration.keep()
+                self.hydration.flush_or_wait(self.stopping)
 
     def finish(self) -> None:
         """Every chunk is local: name the version as pull names it, point the VM at it, drop the stream."""
-        self.hydration.keep()
+        if not self.keep():
+            self.next_finish = self.clock() + KEEP_EVERY
+            return
         try:
             pulled = sharing.pull_ref(self.home, self.info["ref"], as_ref=self.info["local"])
         except ImgtoolError as exc:  # e.g. the remote is down: the chunks stay leased, try again later
