@@ -13,6 +13,10 @@ Contract:
 - Fetched chunks are held in memory (at most about FLUSH_BYTES plus what is in flight) until `keep`
   writes them into a pack; `keep` then renews the leases, under the store's shared lock, so no gc
   runs between a chunk landing in a pack and a lease naming it.
+- `prefetch` fetches a boot profile's chunks (imgtool/vm/boot_profile.py) in its order ahead of the
+  guest, a bounded number of requests at once; the guest's own misses never wait behind it.
+- A keep that fails (a full disk) puts its frames back: nothing fetched is lost; `full` says so until
+  a keep succeeds, and the fetching threads fetch nothing more meanwhile.
 - A lease is a disk manifest listing the chunks of that disk present in the store, named under
   names/stream-leases/<vm>/<disk>: a valid partial disk, so gc keeps its chunks and verify finds
   it complete. The stream's owner deletes the leases once the version has its own name.
