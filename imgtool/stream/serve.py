@@ -36,7 +36,15 @@ from imgtool.nbd.server import Server
 from imgtool.oci.target import Target
 from imgtool.remote.pull import Judged, Puller
 from imgtool.stream import status
-from imgtool.stream.hydration import Disk, DiskSource, Hydration, disk_full, prefetch
+from imgtool.stream.hydration import (
+    PROFILED_READ_AHEAD,
+    READ_AHEAD,
+    Disk,
+    DiskSource,
+    Hydration,
+    disk_full,
+    prefetch,
+)
 from imgtool.tools import qmp
 from imgtool.vm import record as vmrecord
 from imgtool.vm import state as vmstate
@@ -310,7 +318,8 @@ def _serve(home: Home, name: str, folder: Path, *, hydrate_only: bool, ready: Ca
             supervisor = Supervisor(home, name, info, hydration, hydrate_only=hydrate_only, order=order)
             signal.signal(signal.SIGTERM, lambda *_: supervisor.stopping.set())
             signal.signal(signal.SIGINT, lambda *_: supervisor.stopping.set())
-            exports = {d.label: DiskSource(hydration, d) for d in disks}
+            ahead = PROFILED_READ_AHEAD if order else READ_AHEAD
+            exports = {d.label: DiskSource(hydration, d, read_ahead=ahead) for d in disks}
             with Server(stream_socket(folder), exports, on_error=supervisor.on_error):
                 atomic.replace(folder / status.PID, f"{os.getpid()}\n".encode())
                 supervisor.write_status()
