@@ -13,7 +13,7 @@ from imgtool.errors import InvalidArgument, NotFound, Refused
 from imgtool.home import Home
 from imgtool.names import check_name
 from imgtool.vm import state as vmstate
-from imgtool.vm.record import VmDisk, VmRecord, load, vm_dir
+from imgtool.vm.record import VmDisk, VmRecord, is_streaming, load, vm_dir
 from store.progress import Progress
 
 
@@ -45,6 +45,10 @@ def data_luns(home: Home, kind: str, target: str) -> list[int]:
 
 def capture_vm_source(home: Home, kind: str, target: str, lun: int | None, *,
                       progress: Progress | None = None, allow_nested: bool = False) -> Captured:
+    vm_name = target if kind == "vm" else target.partition("/")[0]
+    if is_streaming(home, vm_name):  # its base's chunks are not all here, and the store lacks its disk manifest
+        raise Refused(f"VM '{vm_name}' still streams its version: its base is not all here yet",
+                      hint=f"imgtool vm hydrate {vm_name} --wait, then capture again (imgtool publish does it)")
     if kind == "vm":
         record = load(home, target)
         if vmstate.is_running(home, target):

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from imgtool.gallery.lifecycle_model import BootCheck, CheckResult
     from imgtool.gallery.model import ImageVersion
     from imgtool.gallery.version_index import Summary
+    from imgtool.home import Home
 
 version_app = typer.Typer(help="Image versions (GALLERY/DEFINITION@X.Y.Z; made by imgtool publish): list, show, "
                           "resolve latest, update, delete, restore, check, revoke, unrevoke, users, export, verify, "
@@ -109,6 +110,7 @@ def publish(
 
     st = state(ctx)
     targets = remote_cmds.parse_targets(replicate_to)
+    _hydrate_streamed(st.home, [os_disk, *(d.partition("=")[2] for d in data_disk or [])], quiet=st.json)
     request = image_versions.PublishRequest(
         ref=parse_definition_ref(ref), version=Version.parse(version), os_disk=os_disk,
         data_disks=tuple(image_versions.parse_data_disk(d) for d in data_disk or []), os_state=os_state,
@@ -361,6 +363,25 @@ def version_check(
     if st.json:
         emit_json({"ref": ref, **result.to_json()})
     _report_check(ref, result, st.json)
+
+
+def _hydrate_streamed(home: "Home", sources: list[str], *, quiet: bool) -> None:
+    """A VM (or a snapshot of one) that still streams its version is captured once every chunk of its base
+    is here: fetch the rest first (as imgtool vm hydrate --wait), then publish reads an ordinary chain."""
+    from imgtool.stream import vms as streamed
+    from imgtool.vm import bases
+    from imgtool.vm.record import is_streaming, load
+
+    for text in sources:
+        kind, _, rest = text.partition(":")
+        name = rest.partition(":")[0].partition("/")[0] if kind in ("vm", "snapshot") else ""
+        if name and is_streaming(home, name):
+            if not quiet:
+                sys.stderr.write(f"VM {name} still streams its version: fetching the rest first "
+                                 f"(progress: imgtool vm show {name})\n")
+            streamed.hydrate(home, name, wait=True)
+            for disk in load(home, name).disks:  # a hydrated VM gets its base at its next start: now, here
+                bases.ensure(home, disk.base_disk)
 
 
 def _checking(name: str, check: "BootCheck") -> None:

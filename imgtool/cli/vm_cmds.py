@@ -217,8 +217,12 @@ def _hydration_line(found: dict[str, Any] | None) -> str:
         line += f", {human_bytes(found['rate_bytes_per_second'])}/s"
     if found.get("eta_seconds"):
         line += f", about {found['eta_seconds']} s left"
+    if found.get("profile_chunks"):
+        line += f", boot profile {found.get('prefetched_chunks') or 0} of {found['profile_chunks']} chunks prefetched"
     if found.get("state") == "paused-waiting-for-remote":
         line += f" (paused: waiting for {found.get('remote')}; imgtool vm resume NAME)"
+    if found.get("state") == "paused-disk-full":
+        line += " (paused: the local store's disk is full; free space, e.g. imgtool gc, and it resumes by itself)"
     return line
 
 

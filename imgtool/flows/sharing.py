@@ -7,12 +7,14 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 from imgtool.errors import InvalidArgument, NotFound
-from imgtool.flows import revoking, signing
+from imgtool.flows import boot_profiles, revoking, signing
 from imgtool.gallery.lookup import get_version
 from imgtool.gallery.model import ImageVersion
 from imgtool.gallery.versions import Verdict
 from imgtool.home import Home
 from imgtool.names import Version, parse_definition_ref, parse_image_ref
+from imgtool.oci import media
+from imgtool.oci.descriptor import Descriptor
 from imgtool.oci.target import Target
 from imgtool.remote import auth, catalog, remotes
 from imgtool.remote import format as fmt
@@ -52,6 +54,7 @@ def _push_source(home: Home, source: str, remote_name: str, *, sign: str | None,
         def hook(event: Pushed) -> None:
             signed[event.manifest.digest] = signing.sign_pushed(home, remote, event.target, event.repository,
                                                                 event.manifest, event.version, key_name=key_name)
+            boot_profiles.attach(home, event.target, event.repository, event.manifest, event.version)
 
         try:
             with _interruptible(f"push {source} {remote_name}", remote_name, target, pushing=True):
@@ -66,10 +69,20 @@ def _push_source(home: Home, source: str, remote_name: str, *, sign: str | None,
                     key_id = signing.sign_present(home, target, result.repository, result.manifest, name,
                                                   key_name=key_name)
                     result.signed_by = [key_id] if key_id else []
+                    _attach_profile(home, target, result.repository, result.name, result.manifest)
             return results
         finally:
             if stats is not None:
                 stats.update(target.stats.to_json())
+
+
+def _attach_profile(home: Home, target: Target, repo: str, name: str, digest: str) -> None:
+    """A version already there gets the boot profile a check recorded since it was pushed."""
+    version, _ = get_version(home, name)
+    if not boot_profiles.has(home, version):
+        return
+    fetched = target.get_manifest(repo, digest)
+    boot_profiles.attach(home, target, repo, Descriptor(media.OCI_MANIFEST, digest, len(fetched.data)), version)
 
 
 def pull_ref(home: Home, text: str, *, as_ref: str | None = None, progress: Progress | None = None,
@@ -146,6 +159,7 @@ def _check(home: Home, remote: remotes.Remote, event: Checking, pinned: pins.Rem
 
     def keep(local: ImageVersion) -> None:
         signing.keep_pulled(home, remote, event.repository, event.tag, found, local)
+        boot_profiles.keep_pulled(home, event.target, event.repository, event.fetched.digest, local)
 
     return Checked(found.acceptance.warnings, keep)
 

@@ -23,6 +23,7 @@ SIGNATURE = "application/vnd.imgtool.signature.v1+json"  # artifactType and laye
 SIGNATURE_PAYLOAD = "application/vnd.imgtool.signature-payload.v1+json"  # DSSE payloadType
 REVOCATION = "application/vnd.imgtool.revocation.v1+json"  # artifactType and layer of a revocation referrer
 REVOCATION_PAYLOAD = "application/vnd.imgtool.revocation-payload.v1+json"
+BOOT_PROFILE = "application/vnd.imgtool.boot-profile.v1+json"  # artifactType and layer of a boot profile referrer
 
 # Annotations
 REF_NAME = "org.opencontainers.image.ref.name"  # a tag in an OCI layout's index.json

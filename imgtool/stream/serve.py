@@ -29,13 +29,22 @@ from pathlib import Path
 from typing import Any
 
 from imgtool.errors import ImgtoolError, Refused
-from imgtool.flows import sharing
+from imgtool.flows import boot_profiles, sharing
 from imgtool.gallery import lookup
 from imgtool.home import Home
 from imgtool.nbd.server import Server
+from imgtool.oci.target import Target
 from imgtool.remote.pull import Judged, Puller
 from imgtool.stream import status
-from imgtool.stream.hydration import FLUSH_BYTES, Disk, DiskSource, Hydration
+from imgtool.stream.hydration import (
+    PROFILED_READ_AHEAD,
+    READ_AHEAD,
+    Disk,
+    DiskSource,
+    Hydration,
+    disk_full,
+    prefetch,
+)
 from imgtool.tools import qmp
 from imgtool.vm import record as vmrecord
 from imgtool.vm import state as vmstate
@@ -49,6 +58,7 @@ TICK = 0.5
 KEEP_EVERY = 5.0  # seconds between writes of demand-fetched chunks into the store
 MAX_BACKOFF = 30.0
 ALREADY_RUNNING = "already running"
+PAUSED_DISK_FULL = "paused-disk-full"
 
 
 def read_stream(folder: Path) -> dict[str, Any]:
@@ -72,8 +82,12 @@ class Supervisor:
     """Follows QEMU, writes the status, resumes a paused VM, hydrates, and finishes the stream."""
 
     def __init__(self, home: Home, name: str, info: dict[str, Any], hydration: Hydration, *,
-                 hydrate_only: bool, clock: Callable[[], float] = time.monotonic) -> None:
+                 hydrate_only: bool, clock: Callable[[], float] = time.monotonic,
+                 order: list[bytes] | None = None) -> None:
         self.home, self.name, self.info, self.hydration = home, name, info, hydration
+        self.order = order or []  # the boot profile's chunks, first touch first (empty: no profile)
+        self.prefetcher: threading.Thread | None = None
+        self.paused_by_us = False  # the VM was paused because the store's disk is full
         self.folder = vmrecord.vm_dir(home, name)
         self.hydrate_only, self.clock = hydrate_only, clock
         self.stopping = threading.Event()
@@ -91,7 +105,10 @@ class Supervisor:
         seen_qemu = False
         last_keep = started
         backoff, next_resume = 1.0, 0.0
-        if self.info["mode"] == "background" or self.hydrate_only:
+        if self.order and not self.hydrate_only:
+            self.prefetcher = threading.Thread(target=self.prefetch, name="prefetch", daemon=True)
+            self.prefetcher.start()
+        elif self.info["mode"] == "background" or self.hydrate_only:
             self.start_hydrator()
         while not self.stopping.is_set():
             if not (self.folder / vmrecord.RECORD).exists():
@@ -101,7 +118,7 @@ class Supervisor:
             if self.hydration.complete() and not self.finished and self.clock() >= self.next_finish:
                 self.finish()
             elif self.clock() - last_keep >= KEEP_EVERY and self.hydration.frames:
-                self.hydration.keep()
+                self.keep()
                 last_keep = self.clock()
             qemu = vmstate.running_state(self.home, self.name)
             seen_qemu = seen_qemu or qemu is not None
@@ -143,11 +160,65 @@ class Supervisor:
             return min(backoff * 2, MAX_BACKOFF), now + backoff
         return backoff, next_resume
 
+    def keep(self) -> bool:
+        """Write the fetched chunks into the store; True once they are there. On a full disk the VM is
+        paused (its reads would only pile up in memory) and told why; the run loop retries every
+        KEEP_EVERY seconds and resumes the VM once a write succeeds."""
+        try:
+            self.hydration.keep()
+        except (ImgtoolError, OSError) as exc:
+            if not disk_full(exc):
+                raise
+            if self.state != PAUSED_DISK_FULL:
+                self.paused_by_us = self._qmp(qmp.pause)
+                log.error("VM %s paused: the local store's disk is full (%s)", self.name, exc)
+            self.state = PAUSED_DISK_FULL
+            self.message = (f"paused: the local store's disk is full ({getattr(exc, 'message', exc)}); free space "
+                            f"(imgtool gc), and the VM resumes by itself within {KEEP_EVERY:g} s")
+            return False
+        if self.state == PAUSED_DISK_FULL:
+            log.info("VM %s: the store took the fetched chunks again; resuming it", self.name)
+            self.state, self.message = ("hydrating" if self.hydrator else "streaming"), None
+            if self.paused_by_us:
+                self._qmp(qmp.cont)
+            self.paused_by_us = False
+        return True
+
+    def _qmp(self, command: Callable[..., None]) -> bool:
+        qemu = vmstate.running_state(self.home, self.name)
+        if qemu is None:
+            return False
+        try:
+            command(Path(qemu["qmp"]), timeout=2.0)
+        except ImgtoolError as exc:
+            log.warning("VM %s: QMP failed: %s", self.name, exc)
+            return False
+        return True
+
     def start_hydrator(self) -> None:
         if self.hydrator is None:
             self.state = "hydrating"
             self.hydrator = threading.Thread(target=self.hydrate, name="hydrator", daemon=True)
             self.hydrator.start()
+
+    def prefetch(self) -> None:
+        """The boot profile's chunks ahead of the guest, in its order, PREFETCH_IN_FLIGHT requests at a time
+        (a demand miss does not queue behind them: it asks at once); then, hydrating in the background,
+        the rest."""
+        began = self.clock()
+        log.info("VM %s: prefetching the missing chunks of its boot profile", self.name)
+
+        def failed(exc: BaseException, delay: float) -> None:
+            self.message = f"waiting for {self.info['remote']}: {exc}"
+            log.warning("prefetch for VM %s: %s; again in %.0fs", self.name, exc, delay)
+
+        prefetch(self.hydration, self.order, stopping=self.stopping, on_error=failed)
+        if self.stopping.is_set():
+            return
+        log.info("VM %s: boot profile prefetched (%d of its chunks were missing) in %.1fs", self.name,
+                 self.hydration.counters.profile_chunks, self.clock() - began)
+        if self.info["mode"] == "background":
+            self.start_hydrator()
 
     def hydrate(self) -> None:
         """Fetch everything still missing, by pack, with backoff while the remote fails."""
@@ -168,12 +239,13 @@ class Supervisor:
                     self.stopping.wait(delay)
                     delay = min(delay * 2, MAX_BACKOFF)
                     break
-                if self.hydration.pending_bytes() >= FLUSH_BYTES:
-                    self.hydration.keep()
+                self.hydration.flush_or_wait(self.stopping)
 
     def finish(self) -> None:
         """Every chunk is local: name the version as pull names it, point the VM at it, drop the stream."""
-        self.hydration.keep()
+        if not self.keep():
+            self.next_finish = self.clock() + KEEP_EVERY
+            return
         try:
             pulled = sharing.pull_ref(self.home, self.info["ref"], as_ref=self.info["local"])
         except ImgtoolError as exc:  # e.g. the remote is down: the chunks stay leased, try again later
@@ -199,6 +271,7 @@ class Supervisor:
         elapsed = (c.last_fetch - c.first_fetch) if c.first_fetch and c.last_fetch else None
         body = {"state": self.state, "remote": self.info["remote"], "image": self.info["image"],
                 "mode": self.info["mode"], "message": self.message, "chunks_fetched": c.fetched_chunks,
+                "profile_chunks": c.profile_chunks, "prefetched_chunks": c.prefetched_chunks,
                 **status.figures(c.total_bytes, c.local_bytes, c.fetched_bytes, elapsed)}
         status.write(self.folder, body)
 
@@ -239,12 +312,14 @@ def _serve(home: Home, name: str, folder: Path, *, hydrate_only: bool, ready: Ca
         sizes = {digest: descriptor.size for digest, descriptor in judged.manifest.packs.items()}
         hydration = Hydration(home.store, target, judged.repo, sizes, disks, lease_owner=name,
                               wanted=(folder / vmrecord.RECORD).exists)
+        order = [] if hydrate_only else profile_order(target, judged, disks)
         try:
             hydration.keep()  # leases first: what an earlier run fetched is held from now on
-            supervisor = Supervisor(home, name, info, hydration, hydrate_only=hydrate_only)
+            supervisor = Supervisor(home, name, info, hydration, hydrate_only=hydrate_only, order=order)
             signal.signal(signal.SIGTERM, lambda *_: supervisor.stopping.set())
             signal.signal(signal.SIGINT, lambda *_: supervisor.stopping.set())
-            exports = {d.label: DiskSource(hydration, d) for d in disks}
+            ahead = PROFILED_READ_AHEAD if order else READ_AHEAD
+            exports = {d.label: DiskSource(hydration, d, read_ahead=ahead) for d in disks}
             with Server(stream_socket(folder), exports, on_error=supervisor.on_error):
                 atomic.replace(folder / status.PID, f"{os.getpid()}\n".encode())
                 supervisor.write_status()
@@ -257,6 +332,23 @@ def _serve(home: Home, name: str, folder: Path, *, hydrate_only: bool, ready: Ca
         finally:
             hydration.close()
     return 0
+
+
+def profile_order(target: Target, judged: Judged, disks: list[Disk]) -> list[bytes]:
+    """The chunks the version's boot profile names, first touch first; [] without a usable one (each one
+    skipped is said in the stream log: a profile is a hint, never a reason not to boot)."""
+    known = {d.label: (v.digest, frozenset(d.manifest.chunks))
+             for v, d in zip(judged.version.disks, disks, strict=True)}
+    profile, skipped = boot_profiles.find(target, judged.repo, judged.fetched.digest, known)
+    for why in skipped:
+        log.warning("%s", why)
+    if profile is None:
+        log.info("no boot profile for %s: chunks are fetched as the guest asks for them", judged.fetched.digest[:19])
+        return []
+    by_label = {d.label: d for d in disks}
+    order = [bytes.fromhex(by_label[o.disk].manifest.chunks[n]) for o in profile.disks for n in o.chunks]
+    log.info("boot profile %s: %d chunks", judged.fetched.digest[:19], len(order))
+    return order
 
 
 def daemonize(home: Home, name: str, *, hydrate_only: bool = False) -> int:

@@ -175,6 +175,12 @@ def quit(sock: Path, *, timeout: float = 5.0) -> None:
         qmp.execute("quit")
 
 
+def pause(sock: Path, *, timeout: float = 5.0) -> None:
+    """Pause the VM's CPUs (QMP `stop`); `cont` resumes it. The guest only sees time pass."""
+    with Qmp(sock, timeout=timeout) as qmp:
+        qmp.execute("stop")
+
+
 def cont(sock: Path, *, timeout: float = 5.0) -> None:
     """Resume a paused VM; after an I/O error stop (rerror=stop) QEMU re-issues the failed request."""
     with Qmp(sock, timeout=timeout) as qmp:

@@ -30,9 +30,11 @@ from imgtool.gallery.version_changes import update_version
 from imgtool.home import Home
 from imgtool.names import DefinitionRef, parse_image_ref
 from imgtool.tools import run
+from imgtool.vm import boot_profile, profile_recording
 from imgtool.vm import lifecycle as vm
 from imgtool.vm import runtime as vmrun
 from imgtool.vm import state as vmstate
+from imgtool.vm.boot_profile import BootProfile
 from imgtool.vm.record import load, vm_dir
 
 SSH_ATTEMPT_TIMEOUT = 20.0  # one ssh attempt; the loop around it obeys the check's own timeout
@@ -68,14 +70,20 @@ def check_version(home: Home, text: str, *, timeout: int | None = None, accel: s
     if check.kind != "console" and version.os_state == "specialized":
         raise InvalidArgument(f"a {check.kind} check needs a provisioned user, and {version.label} is specialized",
                               hint="check specialized images with --boot-check console:TEXT")
-    result = run_check(home, version, check, accel=accel, clock=clock, started=started)
+    profiles: list[BootProfile] = []
+    result = run_check(home, version, check, accel=accel, clock=clock, started=started, profiled=profiles.append)
     update_version(home, version.label, check=result)
+    for profile in profiles:  # after the record: a profile is a hint about a version that boots
+        boot_profile.save(home.store, version.gallery, version.definition, version.version, profile)
     return result
 
 
 def run_check(home: Home, version: ImageVersion, check: BootCheck, *, accel: str | None,
-              clock: Clock = time.monotonic, started: Started | None = None) -> CheckResult:
-    """Boot a throwaway VM from the version and wait for the check (nothing is recorded here)."""
+              clock: Clock = time.monotonic, started: Started | None = None,
+              profiled: Callable[[BootProfile], None] | None = None) -> CheckResult:
+    """Boot a throwaway VM from the version and wait for the check (nothing is recorded here). Its bases
+    are read through a recorder: when the check passes, `profiled` is given the chunks the boot read
+    until then, in first-touch order (the version's boot profile)."""
     name = f"boot-check-{secrets.token_hex(4)}"
     with tempfile.TemporaryDirectory(prefix="imgtool-check-") as scratch:
         key = _throwaway_key(Path(scratch)) if check.kind != "console" else None
@@ -83,13 +91,17 @@ def run_check(home: Home, version: ImageVersion, check: BootCheck, *, accel: str
         vm.create(home, vm.NewVm(name=name, image=version.label, ssh_key=key,
                                  admin_user=admin, allow_revoked=True, ignore_recommendations=False))
         try:
-            began = clock()
-            vmrun.start(home, name, requested_accel=accel)
-            if started is not None:
-                started(name, check)
-            failure = _wait(home, name, check, deadline=began + check.timeout, clock=clock)
-            elapsed = int((clock() - began) * 1000)
-            console = _console(home, name) if failure else None
+            with profile_recording.recording(home, load(home, name)) as (served, recorder):
+                began = clock()
+                vmrun.start(home, name, requested_accel=accel, served=served)
+                if started is not None:
+                    started(name, check)
+                failure = _wait(home, name, check, deadline=began + check.timeout, clock=clock)
+                elapsed = int((clock() - began) * 1000)
+                if failure is None and profiled is not None:
+                    profiled(recorder.profile())
+                console = _console(home, name) if failure else None
+                vmrun.stop(home, name, timeout=0)  # QEMU first, then the server it reads from
         finally:
             vm.delete(home, name)
     when = stamp()

@@ -28,7 +28,7 @@ from imgtool.errors import Corrupt, InvalidArgument, NotFound, Refused, ToolFail
 from imgtool.home import Home
 from imgtool.tools import accel, ports, qemu, qmp, run, sockets
 from imgtool.tools.ports import free_port
-from imgtool.vm import attachments, bases, streaming
+from imgtool.vm import attachments, bases, boot_profile, streaming
 from imgtool.vm import state as vmstate
 from imgtool.vm.record import VmRecord, is_streaming, load, save, vm_dir
 from store import atomic
@@ -80,8 +80,8 @@ def stream_socket(folder: Path) -> Path:
 
 
 def export_name(lun: int | None) -> str:
-    """A disk's NBD export (and stream lease) name: "os", or "lunN"."""
-    return "os" if lun is None else f"lun{lun}"
+    """A disk's NBD export (and stream lease, and boot profile) name: "os", or "lunN"."""
+    return boot_profile.disk_label(lun)
 
 
 STREAM_SERVER_TIMEOUT = 600  # judging the version (trust, signatures) and the first index reads
@@ -94,11 +94,13 @@ def _start_stream_server(home: Home, name: str) -> None:
             timeout=STREAM_SERVER_TIMEOUT)
 
 
-def spec_for(home: Home, record: VmRecord, *, accel_name: str, port: int) -> qemu.VmSpec:
+def spec_for(home: Home, record: VmRecord, *, accel_name: str, port: int,
+             served: Path | None = None) -> qemu.VmSpec:
+    """`served`: the bases come over NBD from that socket (a boot check recording a profile)."""
     folder = vm_dir(home, record.name)
-    streamed = is_streaming(home, record.name)
+    sock = served or (stream_socket(folder) if is_streaming(home, record.name) else None)
     drives = tuple(qemu.Drive(folder / d.overlay, "qcow2", stream=qemu.StreamBacking(
-        stream_socket(folder), export_name(d.lun)) if streamed else None) for d in record.disks)
+        sock, export_name(d.lun)) if sock else None) for d in record.disks)
     seed = folder / record.seed.file if record.seed else None
     code, vars_path = (accel.ovmf_paths()[0], folder / "ovmf-vars.fd") if record.firmware == "uefi" \
         else (None, None)
@@ -117,8 +119,10 @@ def _check_forward_ports(record: VmRecord) -> None:
                           hint=f"free that port, then imgtool vm start {record.name}")
 
 
-def start(home: Home, name: str, *, requested_accel: str | None = None, force: bool = False) -> dict[str, Any]:
-    """Boot the VM in the background; returns its runtime state.
+def start(home: Home, name: str, *, requested_accel: str | None = None, force: bool = False,
+          served: Path | None = None) -> dict[str, Any]:
+    """Boot the VM in the background; returns its runtime state. `served`: its bases are read over NBD
+    from that socket, whose server the caller runs (imgtool/vm/profile_recording.py).
 
     A generalized VM is refused unless `force`: its first boot would personalize it again (new
     machine-id, host keys, cloud-init instance). Forced, it stops being generalized.
@@ -146,7 +150,7 @@ def start(home: Home, name: str, *, requested_accel: str | None = None, force: b
     record = attachments.refresh_seed(home, record)  # peers made since the last start get hosts lines
     extra = attachments.device_argv(home, record)
     for attempt in range(3):
-        spec = spec_for(home, record, accel_name=accel_name, port=free_port())
+        spec = spec_for(home, record, accel_name=accel_name, port=free_port(), served=served)
         argv = qemu.build_argv(spec, daemonize=True) + extra
         spec.qmp_socket.unlink(missing_ok=True)
         # Each virtiofsd serves one connection: a QEMU that failed has used it up, so each attempt has its own.
