@@ -21,11 +21,12 @@ from typing import Any
 from imgtool import clock
 from imgtool.capture.disk import CAPTURES
 from imgtool.errors import ImgtoolError
+from imgtool.flows.signing import SIGNATURES
 from imgtool.gallery import recycle
 from imgtool.gallery.galleries import VERSIONS
 from imgtool.gallery.model import ImageVersion
 from imgtool.home import Home
-from imgtool.vm import bases, warm_state
+from imgtool.vm import bases, boot_profile, warm_state
 from imgtool.vm import lifecycle as vm
 from imgtool.vm import record as vmrecord
 from store import fsclock
@@ -81,6 +82,7 @@ class GcPlan:
     unfinished: list[Path] = field(default_factory=list)
     purged: list[recycle.DeletedItem] = field(default_factory=list)
     warm: list[tuple[Path, str]] = field(default_factory=list)  # warm-state folders, with the reason
+    profiles: list[tuple[str, ...]] = field(default_factory=list)  # boot-profile names of gone versions
 
     @property
     def bytes_freed(self) -> int:
@@ -170,13 +172,19 @@ def plan(home: Home, *, capture_retention: float = DEFAULT_CAPTURE_RETENTION, no
     expired, kept = _captures(home, capture_retention, fsclock.now(store.layout.tmp) if now is None else now)
     purged, retained = _deletions(home, clock.now().timestamp() if now is None else now)
     gone = {(CAPTURES, h) for h in expired} | {(recycle.DELETED, *i.key) for i in purged}
-    roots = [d for key, d in store.all_names() if key not in gone and (key[0], key[-1]) not in gone]
+    names = store.all_names()
+    orphans = _orphan_profiles(names, gone)
+    gone |= set(orphans)
+    roots = [d for key, d in names if key not in gone and (key[0], key[-1]) not in gone]
     roots += vmrecord.roots(home).values()
     result = GcPlan(store_gc.plan(store, roots), kept=kept + retained + _held_by_vms(home), expired_captures=expired,
                     purged=purged)
     result.items = [Item("capture-lease", h, "an unpublished capture older than the retention", 0) for h in expired]
     result.items += [Item(f"deleted-{i.kind}", i.label, f"deleted at {i.deleted_at}; its retention ended "
                           f"{i.purge_after}", 0) for i in purged]
+    result.profiles = orphans
+    result.items += [Item(PER_VERSION_KINDS[k[0]], "/".join(k[1:]), "its version is gone (purged)", 0)
+                     for k in orphans]
     result.items += _store_items(result.store)
     result.evict, result.stale, result.unfinished = bases.unused(home), bases.stale_temporaries(home), \
         vm.unfinished(home)
@@ -189,6 +197,23 @@ def plan(home: Home, *, capture_retention: float = DEFAULT_CAPTURE_RETENTION, no
     result.items += [Item("unfinished-vm", f.name, "a VM folder without a record (an interrupted vm new or delete)",
                           _tree_size(f)) for f in result.unfinished]
     return result
+
+
+PER_VERSION_KINDS = {boot_profile.NAMESPACE: "boot-profile", SIGNATURES: "signature-set"}
+PER_VERSION = tuple(PER_VERSION_KINDS)  # names that describe one version, keyed like it
+
+
+def _orphan_profiles(names: list[tuple[tuple[str, ...], str]],
+                     gone: set[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """Boot-profile and signature-set names whose version is neither named nor kept as deleted (a
+    soft-deleted version can be restored, and these with it). Both are bound to their version's digest,
+    so a version published again under the same number would refuse stale ones; gc drops them so no
+    name outlives the version it describes."""
+    held = {key[1:] for key, _d in names if key[0] == VERSIONS}
+    # a deleted gallery or definition may be restored with its versions: keep what lies under it
+    held |= {key[2:] for key, _d in names if key[0] == recycle.DELETED and key not in gone}
+    return [key for key, _d in names if key[0] in PER_VERSION
+            and not any(key[1:1 + n] in held for n in (1, 2, 3))]
 
 
 def _live_warm(home: Home) -> set[str]:
@@ -211,6 +236,8 @@ def execute(home: Home, the_plan: GcPlan) -> None:
     """Carry out a plan made under the same exclusive lock."""
     for name in the_plan.expired_captures:
         home.store.delete_name(CAPTURES, name)
+    for key in the_plan.profiles:
+        home.store.delete_name(*key)
     recycle.purge(home, the_plan.purged)
     store_gc.execute(home.store, the_plan.store)
     for base in the_plan.evict:

@@ -14,7 +14,7 @@ from imgtool.gallery.model import Definition
 from imgtool.gallery.version_changes import delete_version
 from imgtool.home import Home
 from imgtool.names import DefinitionRef, Version
-from imgtool.vm import bases
+from imgtool.vm import bases, boot_profile
 from imgtool.vm.record import VmDisk, VmRecord, save
 from store import fsclock
 from store.ingest import ingest
@@ -150,3 +150,22 @@ def test_the_lease_of_a_published_disk_is_not_reported_as_kept(tmp_path: Path) -
         lease(home.store, disk)
     publish(home, PublishRequest(REF, Version.parse("1.0.0"), os_disk=disk, allow_unaudited=True))
     assert garbage.gc(home, dry_run=True).kept == []  # the version keeps it; the lease adds nothing to say
+
+
+def test_a_purged_versions_boot_profile_goes_and_a_soft_deleted_ones_stays(tmp_path: Path) -> None:
+    home = setup_home(tmp_path)
+    digests = {}
+    for number in ("1.0.0", "2.0.0"):
+        digests[number] = store_disk(home, 2)
+        publish(home, PublishRequest(REF, Version.parse(number), os_disk=digests[number], allow_unaudited=True))
+        profile = boot_profile.BootProfile(None, (boot_profile.DiskOrder("os", digests[number], (1, 0)),))
+        boot_profile.save(home.store, "team", "base", number, profile)
+    delete_version(home, "team/base@1.0.0")  # soft: restorable, so its profile must stay
+    assert "boot-profile" not in kinds(garbage.gc(home, dry_run=True))
+    delete_version(home, "team/base@2.0.0", purge=True)
+    plan = garbage.gc(home, dry_run=True)
+    assert [(i.kind, i.name) for i in plan.items if i.kind == "boot-profile"] == [("boot-profile", "team/base/2.0.0")]
+    garbage.gc(home, dry_run=False)
+    assert boot_profile.load(home.store, "team", "base", "2.0.0") is None
+    assert boot_profile.load(home.store, "team", "base", "1.0.0") is not None
+    assert "boot-profile" not in kinds(garbage.gc(home, dry_run=True))  # converged
