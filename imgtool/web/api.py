@@ -12,9 +12,11 @@
     /api/vms/NAME                                   imgtool vm show NAME --json
     /api/remotes                                    imgtool remote list --json
     /api/trust                                      imgtool trust list --json
-    /api/du                                         imgtool du --json (run as a child process)
+    /api/du                                         imgtool du --json (counted in a child process)
 
-and one that no command prints: /api/vms/NAME/console, {"name", "state", "lines"} (the console tail the
+/api/du answers the last count while it is current (the home's state unchanged and at most 30 s old, see
+background.py), else counts now; its `Age` header says how many seconds ago it was counted. There is
+also one that no command prints: /api/vms/NAME/console, {"name", "state", "lines"} (the console tail the
 VM page polls).
 """
 
@@ -27,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from imgtool.errors import ImgtoolError, ToolFailed
 from imgtool.home import Home
 from imgtool.vm import runtime
 from imgtool.web import child, documents, views
@@ -60,6 +63,19 @@ def _encoded(resolve: bool) -> Callable[[Request], Response]:
     return endpoint
 
 
+def _du(request: Request) -> Response:
+    ctx: Context = request.app.state.ctx
+    assert ctx.du is not None
+    snapshot = ctx.du.fresh(child.DU_TIMEOUT)
+    if isinstance(snapshot.failure, ImgtoolError):
+        raise snapshot.failure
+    if snapshot.failure is not None or snapshot.value is None or snapshot.computed_at is None:
+        raise ToolFailed(f"imgtool du did not give a count ({snapshot.error or 'still counting'})",
+                         hint="run imgtool du --debug to see why")
+    age = max(0, int(ctx.clock() - snapshot.computed_at))
+    return JSONResponse(snapshot.value, headers={"Age": str(age)})
+
+
 def _console(home: Home, request: Request) -> dict[str, Any]:
 
     name = request.path_params["name"]
@@ -86,5 +102,5 @@ def routes() -> list[Route]:
         Route("/api/vms/{name}/console", _json(_console)),
         Route("/api/remotes", _json(lambda h, r: documents.remote_list(h))),
         Route("/api/trust", _json(lambda h, r: documents.trust_list(h))),
-        Route("/api/du", _json(lambda h, r: child.du(h.root))),
+        Route("/api/du", _du),
     ]

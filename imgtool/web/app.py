@@ -10,22 +10,19 @@ their library call to that pool.
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from imgtool.web import actions, api, background, child, pages, security, views
+from imgtool.web import actions, api, background, child, memo, pages, security, views
 from imgtool.web.render import HERE, Context, handler, not_found
 
-
-def _warm(ctx: Context) -> None:
-    with contextlib.suppress(Exception):  # only a head start: a request computes whatever is missing
-        views.warm(ctx.home(), ctx.caches)
+DU_START_WAIT = 120.0  # seconds start-up waits for the first du count; later visits see it when done
 
 
 def _guarded(route: BaseRoute) -> BaseRoute:
@@ -34,17 +31,25 @@ def _guarded(route: BaseRoute) -> BaseRoute:
     return route
 
 
-def build(root: Path, keys: security.Secrets, *, allow_actions: bool = False, warm: bool = False,
+def build(root: Path, keys: security.Secrets, *, allow_actions: bool = False,
           clock: Callable[[], float] = time.time) -> security.TokenGate:
-    """The whole application, behind the token gate. warm: fill the caches and start counting `du` in the
-    background now, so that the first visits do not wait for them."""
+    """The whole application, behind the token gate, with empty caches (see warm)."""
     ctx = Context(Path(root), keys, allow_actions, clock=clock)
-    ctx.du = background.Refreshing(lambda: child.du(ctx.root), clock=clock)
+    ctx.du = background.Refreshing(lambda: child.du(ctx.root), key=lambda: memo.store_key(ctx.home()), clock=clock)
     routes = [*pages.routes(), *api.routes(), *actions.routes(),
               Mount("/static", StaticFiles(directory=HERE / "static"), name="static")]
     app = Starlette(routes=[_guarded(r) for r in routes], exception_handlers={404: not_found})
     app.state.ctx = ctx
-    if warm:
-        ctx.du.get()
-        threading.Thread(target=_warm, args=(ctx,), name="imgtool-serve-warm", daemon=True).start()
     return security.TokenGate(app, keys)
+
+
+def warm(gate: security.TokenGate) -> None:
+    """Fill the caches the first visits would fill, and count `du` (in a child process, meanwhile): run
+    before the server says where it is, so that no first request waits for them. Errors are left to
+    the requests, which compute whatever is missing and report what fails."""
+    ctx: Context = cast(Starlette, gate.app).state.ctx
+    assert ctx.du is not None
+    ctx.du.get()
+    with contextlib.suppress(Exception):  # only a head start: the page that needs it says what failed
+        views.warm(ctx.home(), ctx.caches)
+    ctx.du.wait(DU_START_WAIT)

@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 from imgtool.gallery import lookup
 from imgtool.home import Home
 from imgtool.web import security
-from imgtool.web.app import build
+from imgtool.web.app import build, warm
 from tests.web.home import HOSTILE, XSS_CONSOLE, XSS_NAME_TEXT, XSS_REASON
 
 PAGES = ("/", "/galleries/team", "/definitions/team/base", "/definitions/team/checked", "/definitions/pulled/base",
@@ -168,6 +168,82 @@ def test_the_store_page_counts_in_the_background(web_home: Home) -> None:
     assert "Counting what the store holds" in first or "Store on disk" in first
     cast(Starlette, app.app).state.ctx.du.wait(120)
     assert "Store on disk" in c.get("/store").text
+
+
+def test_after_warming_the_first_visits_find_everything_ready(fresh_home: Home) -> None:
+    """What `imgtool serve` does before it prints its URL: the caches are filled and du is counted, so
+    the store page's first visit shows the totals and /api/du answers that count (its Age header says
+    how old it is) instead of counting again."""
+    from tests.web.test_web_units import _age, _key_folders
+
+    _age(*_key_folders(fresh_home), fresh_home.store.layout.name("versions", "team", "base"))
+    keys = security.Secrets()
+    app = build(fresh_home.root, keys)
+    warm(app)
+    ctx = cast(Starlette, app.app).state.ctx
+    counted = ctx.du.get()
+    assert counted.value is not None and not counted.computing
+    c = TestClient(app)
+    c.cookies.set(security.COOKIE, keys.token)
+    assert "Store on disk" in c.get("/store").text
+    answer = c.get("/api/du")
+    assert answer.status_code == 200 and int(answer.headers["age"]) >= 0
+    assert answer.json() == counted.value and ctx.du.get().computed_at == counted.computed_at
+
+
+def test_api_du_counts_again_once_the_home_changed(fresh_home: Home) -> None:
+    from tests.remote.helpers import disk_bytes, publish_bytes
+    from tests.web.test_web_units import _age, _key_folders
+
+    definition = fresh_home.store.layout.name("versions", "team", "base")
+    _age(*_key_folders(fresh_home), definition)
+    c, _ = client(fresh_home)
+    refs = [r["ref"] for r in c.get("/api/du").json()["versions"]]
+    assert "team/base@3.0.0" not in refs
+    publish_bytes(fresh_home, "team/base", "3.0.0", disk_bytes(1 << 20, seed=78))
+    _age(*_key_folders(fresh_home), definition)
+    assert "team/base@3.0.0" in [r["ref"] for r in c.get("/api/du").json()["versions"]]
+
+
+def test_serve_json_prints_one_line_a_script_can_use(web_home: Home) -> None:
+    """`imgtool serve --json`: one JSON line on stdout once it is ready; the url carries the token (it is
+    what a script needs to get in), base_url does not; nothing on stderr repeats the token."""
+    import http.client
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    from urllib.error import HTTPError
+    from urllib.request import urlopen
+
+    from tests.cli import Cli
+
+    proc = subprocess.Popen([sys.executable, "-m", "imgtool", "serve", "--port", "0", "--json"],
+                            env=Cli(web_home.root).env_for(), text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        ready = json.loads(proc.stdout.readline())
+        assert set(ready) == {"url", "base_url", "host", "port", "pid", "startup_ms"}
+        assert ready["pid"] == proc.pid and ready["host"] == "127.0.0.1" and ready["startup_ms"] >= 0
+        assert ready["base_url"] == f"http://127.0.0.1:{ready['port']}"
+        token = ready["url"].split("?token=", 1)[1]
+        assert ready["url"] == f"{ready['base_url']}/?token={token}" and len(token) >= 40
+        with pytest.raises(HTTPError) as refused:
+            urlopen(ready["base_url"] + "/api/galleries", timeout=30)
+        assert refused.value.code == 403
+        conn = http.client.HTTPConnection("127.0.0.1", ready["port"], timeout=30)
+        conn.request("GET", f"/api/galleries?token={token}")
+        answer = conn.getresponse()
+        answer.read()
+        conn.close()
+        assert answer.status == 303 and answer.getheader("set-cookie", "").startswith(f"{security.COOKIE}={token};")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert out == "" and token not in err  # nothing more on stdout at exit; no token on stderr
+    assert proc.returncode == 0 and os.path.exists(web_home.root)
 
 
 def test_sharing_agrees_with_du_on_the_bytes_only_a_version_holds(web: TestClient, web_home: Home) -> None:
