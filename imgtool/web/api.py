@@ -16,8 +16,8 @@
 
 /api/du answers the last count while it is current (the home's state unchanged and at most 30 s old, see
 background.py), else counts now; its `Age` header says how many seconds ago it was counted. There is
-also one that no command prints: /api/vms/NAME/console, {"name", "state", "lines"} (the console tail the
-VM page polls).
+also one that no command prints: /api/vms/NAME/console, {"name", "state", "lines", "hydration"} (the
+console tail, and the state and hydration as vm show --json has them, that the VM page polls).
 """
 
 from __future__ import annotations
@@ -80,7 +80,8 @@ def _console(home: Home, request: Request) -> dict[str, Any]:
 
     name = request.path_params["name"]
     lines = views.console_tail(home, name)
-    return {"name": name, "state": runtime.status(home, name)["state"], "lines": lines}
+    status = runtime.status(home, name)
+    return {"name": name, "state": status["state"], "lines": lines, "hydration": status.get("hydration")}
 
 
 def routes() -> list[Route]:

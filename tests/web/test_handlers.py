@@ -246,6 +246,27 @@ def test_serve_json_prints_one_line_a_script_can_use(web_home: Home) -> None:
     assert proc.returncode == 0 and os.path.exists(web_home.root)
 
 
+def test_a_streamed_vm_shows_its_hydration(fresh_home: Home) -> None:
+    """The stream server's status file, as vm show --json reads it, on the VM page and in the console
+    answer the page polls (console.js writes the same words as the page)."""
+    import json
+
+    from imgtool.vm.record import STREAM
+    from imgtool.vm.streaming import STATUS
+
+    folder = fresh_home.vms / "web1"
+    c, _ = client(fresh_home)
+    assert "not streamed" in c.get("/vms/web1").text and c.get("/api/vms/web1/console").json()["hydration"] is None
+    (folder / STREAM).write_text("{}")  # the VM still streams its version
+    status = {"state": "hydrating", "server": False, "remote": "origin", "bytes_total": 4 << 20,
+              "bytes_local": 1 << 20, "bytes_fetched": 1 << 20, "rate_bytes_per_second": 1 << 20, "eta_seconds": 3}
+    (folder / STATUS).write_text(json.dumps(status))
+    page = c.get("/vms/web1").text
+    assert '<span id="vm-hydration">hydrating, 25% local, about 3 s left</span>' in page
+    assert 'max="4194304" value="1048576"' in page and "1.0 MiB of 4.0 MiB" in page
+    assert c.get("/api/vms/web1/console").json()["hydration"] == status == c.get("/api/vms/web1").json()["hydration"]
+
+
 def test_sharing_agrees_with_du_on_the_bytes_only_a_version_holds(web: TestClient, web_home: Home) -> None:
     """Two computations of the same number: the sharing page's (chunk sets and users) and imgtool du's
     (a mark of the whole store)."""
