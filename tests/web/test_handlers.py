@@ -101,6 +101,17 @@ def test_the_versions_table_says_why_latest_picked_what_it_did(web: TestClient) 
     assert "trusted</span> on mirror" in pulled and "pulled as" not in pulled and "sha256:" in pulled
 
 
+def test_a_replication_under_way_shows_its_progress(fresh_home: Home) -> None:
+    """What a replicate running in another terminal records every 2 s (bytes done of the total)."""
+    from imgtool.flows import replication
+
+    replication._update(fresh_home, ("team", "base", "1.2.0"), "down", state="replicating", progress=3 << 20,
+                        total=12 << 20)
+    c, _ = client(fresh_home)
+    row = c.get("/definitions/team/base").text.split(">1.2.0</a></th>", 1)[1].split("</tr>", 1)[0]
+    assert "state-replicating" in row and "3.0 MiB of 12.0 MiB" in row
+
+
 def test_the_version_page_shows_disks_provenance_and_what_stands_on_it(web: TestClient, web_home: Home) -> None:
     html = web.get("/versions/team/base/1.2.0").text
     assert "OS disk" in html and "2.0 MiB" in html  # the virtual size
