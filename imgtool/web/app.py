@@ -10,6 +10,7 @@ their library call to that pool.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from imgtool.web import actions, api, background, child, memo, pages, security, 
 from imgtool.web.render import HERE, Context, handler, not_found
 
 DU_START_WAIT = 120.0  # seconds start-up waits for the first du count; later visits see it when done
+REFRESH_EVERY = 1.0  # seconds between two looks at the home's names while serving
 
 
 def _guarded(route: BaseRoute) -> BaseRoute:
@@ -53,3 +55,31 @@ def warm(gate: security.TokenGate) -> None:
     with contextlib.suppress(Exception):  # only a head start: the page that needs it says what failed
         views.warm(ctx.home(), ctx.caches)
     ctx.du.wait(DU_START_WAIT)
+
+
+def refresh(gate: security.TokenGate, warmed: memo.Key | None) -> memo.Key | None:
+    """One look at the home while serving: when its names changed since `warmed` (a publish, a capture,
+    a new VM) and are settled (not racy), fill the caches again now and start a new du count, so that
+    the next visit does not pay for the change. Returns the names' state the caches are warm for."""
+    ctx: Context = cast(Starlette, gate.app).state.ctx
+    assert ctx.du is not None
+    home = ctx.home()
+    now = memo.home_key(home)
+    if now is None or now == warmed:
+        return warmed
+    ctx.du.get()  # counts in its child process meanwhile, if the change moved what du counts
+    with contextlib.suppress(Exception):  # as at start-up: a request reports what fails
+        views.warm(home, ctx.caches)
+    return now
+
+
+def keep_warm(gate: security.TokenGate, stop: threading.Event) -> threading.Thread:
+    """refresh() every REFRESH_EVERY seconds in a daemon thread until `stop` is set (the server stops)."""
+    def loop() -> None:
+        warmed = memo.home_key(cast(Starlette, gate.app).state.ctx.home())
+        while not stop.wait(REFRESH_EVERY):
+            warmed = refresh(gate, warmed)
+
+    thread = threading.Thread(target=loop, name="imgtool-serve-refresh", daemon=True)
+    thread.start()
+    return thread

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import uvicorn
 
 from imgtool.errors import InvalidArgument
 from imgtool.web import security
-from imgtool.web.app import build, warm
+from imgtool.web.app import build, keep_warm, warm
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_PORT = 8470
@@ -75,10 +76,14 @@ def prepare(root: Path, keys: security.Secrets, *, allow_actions: bool) -> secur
 
 
 def serve(app: security.TokenGate, sock: socket.socket) -> None:
-    """Serve until interrupted (Ctrl-C); the socket is closed on the way out."""
+    """Serve until interrupted (Ctrl-C), keeping the caches warm as the home changes; the socket is
+    closed on the way out."""
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                             server_header=False, proxy_headers=False)
+    stop = threading.Event()
+    keep_warm(app, stop)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
+        stop.set()
         sock.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from starlette.applications import Starlette
@@ -200,6 +200,41 @@ def test_after_warming_the_first_visits_find_everything_ready(fresh_home: Home) 
     answer = c.get("/api/du")
     assert answer.status_code == 200 and int(answer.headers["age"]) >= 0
     assert answer.json() == counted.value and ctx.du.get().computed_at == counted.computed_at
+
+
+def test_while_serving_a_change_is_read_before_anyone_asks(fresh_home: Home,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """app.refresh (what the server runs every second): nothing happens while the names are unchanged;
+    after a publish it fills the caches again, so the next request finds the new list remembered."""
+    from imgtool.web import app as webapp
+    from imgtool.web import documents
+    from imgtool.web.memo import home_key
+    from tests.remote.helpers import disk_bytes, publish_bytes
+    from tests.web.test_web_units import _age, _key_folders
+
+    definition = fresh_home.store.layout.name("versions", "team", "base")
+    _age(*_key_folders(fresh_home), definition)
+    keys = security.Secrets()
+    app = build(fresh_home.root, keys)
+    warm(app)
+    listed: list[str] = []
+    real = documents.version_list
+    def counted(home: Home, ref: str) -> list[dict[str, Any]]:
+        listed.append(ref)
+        return real(home, ref)
+
+    monkeypatch.setattr(documents, "version_list", counted)
+    warmed = home_key(fresh_home)
+    assert warmed is not None and webapp.refresh(app, warmed) == warmed and listed == []
+    publish_bytes(fresh_home, "team/base", "3.0.0", disk_bytes(1 << 20, seed=79))
+    _age(*_key_folders(fresh_home), definition)
+    now = webapp.refresh(app, warmed)
+    assert now not in (None, warmed) and "team/base" in listed
+    listed.clear()
+    c = TestClient(app)
+    c.cookies.set(security.COOKIE, keys.token)
+    assert c.get("/api/definitions/team/base/versions").json()[-1]["version"] == "3.0.0"
+    assert "3.0.0" in c.get("/definitions/team/base").text and listed == []  # remembered by the refresh
 
 
 def test_api_du_counts_again_once_the_home_changed(fresh_home: Home) -> None:
