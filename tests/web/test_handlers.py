@@ -112,6 +112,15 @@ def test_a_replication_under_way_shows_its_progress(fresh_home: Home) -> None:
     assert "state-replicating" in row and "3.0 MiB of 12.0 MiB" in row
 
 
+def test_the_versions_table_shows_the_audit(web: TestClient) -> None:
+    """A generalized definition's versions are audited at publish: this one's disk holds no file system
+    the audit can read, which is recorded (and shown) as not audited, with why; specialized ones have none."""
+    checked = web.get("/definitions/team/checked").text.split(">1.0.0</a></th>", 1)[1].split("</tr>", 1)[0]
+    assert "not audited: no ext2/3/4 root file system found" in checked
+    base = web.get("/definitions/team/base").text.split(">1.0.0</a></th>", 1)[1].split("</tr>", 1)[0]
+    assert "not audited" not in base and '<span class="muted">none</span>' in base
+
+
 def test_the_version_page_shows_disks_provenance_and_what_stands_on_it(web: TestClient, web_home: Home) -> None:
     html = web.get("/versions/team/base/1.2.0").text
     assert "OS disk" in html and "2.0 MiB" in html  # the virtual size
