@@ -14,10 +14,11 @@
     /api/trust                                      imgtool trust list --json
     /api/du                                         imgtool du --json (counted in a child process)
 
-/api/du answers the last count while it is current (the home's state unchanged and at most 30 s old, see
-background.py), else counts now; its `Age` header says how many seconds ago it was counted. There is
-also one that no command prints: /api/vms/NAME/console, {"name", "state", "lines", "hydration"} (the
-console tail, and the state and hydration as vm show --json has them, that the VM page polls).
+/api/du answers the last count while it is current (the home's state unchanged, and at most 30 s old
+while a VM runs: see background.py), else counts now; its `Age` header says how many seconds ago it
+was counted. There is also one that no command prints: /api/vms/NAME/console, {"name", "state",
+"lines", "hydration"} (the console tail, and the state and hydration as vm show --json has them, that
+the VM page polls).
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from imgtool.home import Home
+from imgtool.vm import lifecycle
+from imgtool.vm import state as vm_state
 from imgtool.web import actions, api, background, child, memo, pages, security, views
 from imgtool.web.render import HERE, Context, handler, not_found
 
@@ -33,11 +36,17 @@ def _guarded(route: BaseRoute) -> BaseRoute:
     return route
 
 
+def _any_vm_runs(home: Home) -> bool:
+    """Whether some VM runs: its disks and logs grow in files whose folders' stamps do not move."""
+    return any(vm_state.is_running(home, name) for name in lifecycle.list_names(home))
+
+
 def build(root: Path, keys: security.Secrets, *, allow_actions: bool = False,
           clock: Callable[[], float] = time.time) -> security.TokenGate:
     """The whole application, behind the token gate, with empty caches (see warm)."""
     ctx = Context(Path(root), keys, allow_actions, clock=clock)
-    ctx.du = background.Refreshing(lambda: child.du(ctx.root), key=lambda: memo.store_key(ctx.home()), clock=clock)
+    ctx.du = background.Refreshing(lambda: child.du(ctx.root), key=lambda: memo.store_key(ctx.home()),
+                                   ages=lambda: _any_vm_runs(ctx.home()), clock=clock)
     routes = [*pages.routes(), *api.routes(), *actions.routes(),
               Mount("/static", StaticFiles(directory=HERE / "static"), name="static")]
     app = Starlette(routes=[_guarded(r) for r in routes], exception_handlers={404: not_found})

@@ -3,11 +3,12 @@
 `du` reads every version record, marks every chunk and walks the home's files (seconds on a home with
 10,000 versions), so the server counts it once when it starts (before it prints its URL) and keeps the
 last result with the time it was counted and the state of the home it was counted from (`key`). A
-result is current while that state is unchanged and it is younger than `max_age`: what the key reads
-(folder stamps, the name log) moves with every publish, capture, gc and new VM, but not with a running
-VM writing into its own disk, which only the age bounds. The store page shows the last result at once
-(and starts a new count when it is not current); /api/du waits for a current one. The count itself runs
-`imgtool du` as a child process (imgtool/web/child.py).
+result is current while that state is unchanged: what the key reads (folder stamps, the name log)
+moves with every publish, capture, gc and new VM. It does not move while a running VM writes into its
+own disk or log; while `ages` says that can happen (app.py: some VM runs), a result is current for
+`max_age` seconds only. The store page shows the last result at once (and starts a new count when it
+is not current); /api/du waits for a current one. The count itself runs `imgtool du` as a child
+process (imgtool/web/child.py).
 """
 
 from __future__ import annotations
@@ -34,10 +35,13 @@ def _no_key() -> Hashable:
 
 class Refreshing:
     def __init__(self, compute: Callable[[], dict[str, Any]], *, key: Callable[[], Hashable | None] = _no_key,
-                 max_age: float = 30.0, clock: Callable[[], float] = time.time) -> None:
-        """key: the state the value depends on (None: cannot tell now, so never current)."""
+                 ages: Callable[[], bool] = lambda: True, max_age: float = 30.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        """key: the state the value depends on (None: cannot tell now, so never current); ages: whether
+        the value can now go stale without the key moving (then it is current for max_age seconds)."""
         self._compute = compute
         self._key = key
+        self._ages = ages
         self._max_age = max_age
         self._clock = clock
         self._lock = threading.Lock()
@@ -83,8 +87,15 @@ class Refreshing:
             return None
 
     def _is_current(self, key: Hashable | None) -> bool:
-        return (self._at is not None and self._failure is None and key is not None and key == self._counted_key
-                and self._clock() - self._at <= self._max_age)
+        if self._at is None or self._failure is not None or key is None or key != self._counted_key:
+            return False
+        return self._clock() - self._at <= self._max_age or not self._aging()
+
+    def _aging(self) -> bool:
+        try:
+            return self._ages()
+        except Exception:  # cannot tell: as if it could
+            return True
 
     def _start(self, key: Hashable | None) -> None:
         self._thread = threading.Thread(target=self._run, args=(key,), name="imgtool-serve-du", daemon=True)

@@ -129,6 +129,25 @@ def test_a_count_is_current_only_while_its_key_is_unchanged() -> None:
     assert value.get().value == {"n": 2} and not value.get().computing
 
 
+def test_a_count_grows_old_only_while_something_can_change_unseen() -> None:
+    calls: list[int] = []
+    now = [1000.0]
+    running = [False]
+
+    def compute() -> dict[str, int]:
+        calls.append(1)
+        return {"n": len(calls)}
+
+    value = background.Refreshing(compute, ages=lambda: running[0], max_age=30, clock=lambda: now[0])
+    assert value.fresh(10).value == {"n": 1}
+    now[0] += 3600
+    assert value.fresh(10).value == {"n": 1}  # no VM runs: an hour-old count of an unchanged home holds
+    running[0] = True
+    assert value.fresh(10).value == {"n": 2}  # a VM runs: its disk may have grown
+    now[0] += 10
+    assert value.fresh(10).value == {"n": 2}
+
+
 def test_a_count_is_never_current_while_its_key_cannot_be_told() -> None:
     calls: list[int] = []
 
