@@ -205,7 +205,11 @@ def test_after_warming_the_first_visits_find_everything_ready(fresh_home: Home) 
     assert counted.value is not None and not counted.computing
     c = TestClient(app)
     c.cookies.set(security.COOKIE, keys.token)
-    assert "Store on disk" in c.get("/store").text
+    store = c.get("/store").text
+    assert "Store on disk" in store
+    listed = re.findall(r'<th scope="row"><a href="/versions/[^"]*">([^<]*)</a></th>', store)
+    most = sorted(counted.value["versions"], key=lambda r: r["unique_bytes"], reverse=True)
+    assert listed and listed[0] == most[0]["ref"] and set(listed) == {r["ref"] for r in most}  # < 50 here
     answer = c.get("/api/du")
     assert answer.status_code == 200 and int(answer.headers["age"]) >= 0
     assert answer.json() == counted.value and ctx.du.get().computed_at == counted.computed_at
