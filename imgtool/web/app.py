@@ -96,9 +96,12 @@ def refresh(gate: security.TokenGate, warmed: memo.Key | None) -> memo.Key | Non
 def keep_warm(gate: security.TokenGate, stop: threading.Event) -> threading.Thread:
     """refresh() every REFRESH_EVERY seconds in a daemon thread until `stop` is set (the server stops)."""
     def loop() -> None:
-        warmed = memo.home_key(cast(Starlette, gate.app).state.ctx.home())
+        warmed: memo.Key | None = None
         while not stop.wait(REFRESH_EVERY):
-            warmed = refresh(gate, warmed)
+            try:
+                warmed = refresh(gate, warmed)
+            except OSError:  # a folder went away while it was read: look again next time
+                continue
 
     thread = threading.Thread(target=loop, name="imgtool-serve-refresh", daemon=True)
     thread.start()
