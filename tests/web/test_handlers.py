@@ -114,9 +114,10 @@ def test_a_replication_under_way_shows_its_progress(fresh_home: Home) -> None:
 
 def test_the_versions_table_shows_the_audit(web: TestClient) -> None:
     """A generalized definition's versions are audited at publish: this one's disk holds no file system
-    the audit can read, which is recorded (and shown) as not audited, with why; specialized ones have none."""
+    the audit can read, published with --allow-unaudited, which is recorded (and shown) with why;
+    specialized ones have none."""
     checked = web.get("/definitions/team/checked").text.split(">1.0.0</a></th>", 1)[1].split("</tr>", 1)[0]
-    assert "not audited: no ext2/3/4 root file system found" in checked
+    assert "not audited (published with --allow-unaudited): no ext2/3/4 root file system found" in checked
     base = web.get("/definitions/team/base").text.split(">1.0.0</a></th>", 1)[1].split("</tr>", 1)[0]
     assert "not audited" not in base and '<span class="muted">none</span>' in base
 
