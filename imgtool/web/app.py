@@ -96,7 +96,10 @@ def refresh(gate: security.TokenGate, warmed: memo.Key | None) -> memo.Key | Non
 def keep_warm(gate: security.TokenGate, stop: threading.Event) -> threading.Thread:
     """refresh() every REFRESH_EVERY seconds in a daemon thread until `stop` is set (the server stops)."""
     def loop() -> None:
-        warmed: memo.Key | None = None
+        try:  # what warm() just read; None (a home that had just changed) makes the first look read again
+            warmed = memo.home_key(cast(Starlette, gate.app).state.ctx.home())
+        except OSError:
+            warmed = None
         while not stop.wait(REFRESH_EVERY):
             try:
                 warmed = refresh(gate, warmed)
