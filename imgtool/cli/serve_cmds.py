@@ -1,7 +1,10 @@
 """imgtool serve"""
 
 import contextlib
+import json
+import os
 import sys
+import time
 from typing import Annotated
 
 import typer
@@ -25,24 +28,38 @@ def serve(
     revocations, signatures, audits, replication), lineage, sharing, remotes and trust, VMs with a live
     console, store totals. Read-only unless --allow-actions.
 
-    Prints a link with a random token; without it every page answers 403. /api/... answers the same
-    JSON documents as the --json commands. Ctrl-C stops it."""
+    Reads what the pages show first (seconds on a big home), then prints a link with a random token;
+    without it every page answers 403. With --json that is one JSON line instead: url (with the token),
+    base_url, host, port, pid, startup_ms. /api/... answers the same JSON documents as the --json
+    commands. Ctrl-C stops it."""
     from imgtool.web import security, server
 
     st = state(ctx)
+    started = time.monotonic()
     wanted = server.parse_listen(listen, port)
     if not wanted.loopback:
         warn([f"listening on {wanted.host}, not only this machine's loopback: anyone who can reach it and gets "
               "the link can see the gallery" + (" and act on it" if allow_actions else "")])
     sock, bound = server.bind(wanted)
     keys = security.Secrets()
+    try:
+        app = server.prepare(st.home.root, keys, allow_actions=allow_actions)
+    except BaseException:
+        sock.close()
+        raise
+    startup_ms = round((time.monotonic() - started) * 1000)
     url = bound.url(keys.token)
-    print(f"imgtool serve: {url}", flush=True)
-    sys.stderr.write("  the link carries an access token; Ctrl-C stops the server\n")
+    if st.json:  # one line, now: the document a script waits for (nothing more is printed at exit)
+        print(json.dumps({"url": url, "base_url": bound.base, "host": bound.host, "port": bound.port,
+                          "pid": os.getpid(), "startup_ms": startup_ms}, sort_keys=True), flush=True)
+    else:
+        print(f"imgtool serve: {url}", flush=True)
+        sys.stderr.write(f"  ready in {startup_ms / 1000:.1f} s; the link carries an access token; "
+                         "Ctrl-C stops the server\n")
     if open_browser:
         _open(url)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how it stops
-        server.serve(st.home.root, sock, keys, allow_actions=allow_actions)
+        server.serve(app, sock)
 
 
 def _open(url: str) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,9 @@ class Summary:
                    v.check_state, v.revocation.reason if v.revocation else None)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        # What asdict gives (fields in order, the disks copied), without its deep copy of every value:
+        # asdict was most of `version list --json`'s time at 10,000 versions.
+        return {**vars(self), "disks": [dict(d) for d in self.disks]}
 
 
 def _cache_path(home: Home, ref: DefinitionRef) -> Path:

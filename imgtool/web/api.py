@@ -12,14 +12,18 @@
     /api/vms/NAME                                   imgtool vm show NAME --json
     /api/remotes                                    imgtool remote list --json
     /api/trust                                      imgtool trust list --json
-    /api/du                                         imgtool du --json (run as a child process)
+    /api/du                                         imgtool du --json (counted in a child process)
 
-and one that no command prints: /api/vms/NAME/console, {"name", "state", "lines"} (the console tail the
-VM page polls).
+/api/du answers the last count while it is current (the home's state unchanged, and at most 30 s old
+while a VM runs: see background.py), else counts now; its `Age` header says how many seconds ago it
+was counted. There is also one that no command prints: /api/vms/NAME/console, {"name", "state",
+"lines", "hydration"} (the console tail, and the state and hydration as vm show --json has them, that
+the VM page polls).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from imgtool.errors import ImgtoolError, ToolFailed
 from imgtool.home import Home
 from imgtool.vm import runtime
 from imgtool.web import child, documents, views
@@ -60,11 +65,29 @@ def _encoded(resolve: bool) -> Callable[[Request], Response]:
     return endpoint
 
 
+def _du(request: Request) -> Response:
+    ctx: Context = request.app.state.ctx
+    assert ctx.du is not None
+    snapshot = ctx.du.fresh(child.DU_TIMEOUT)
+    if isinstance(snapshot.failure, ImgtoolError):
+        raise snapshot.failure
+    if snapshot.failure is not None or snapshot.value is None or snapshot.computed_at is None:
+        raise ToolFailed(f"imgtool du did not give a count ({snapshot.error or 'still counting'})",
+                         hint="run imgtool du --debug to see why")
+    age = max(0, int(ctx.clock() - snapshot.computed_at))
+    value = snapshot.value  # one count is sent many times: encoded once (10,000 rows take tens of ms)
+    # The entry keeps the count alive, so no other count can have its id while the entry exists.
+    _kept, body = ctx.caches.memo.get("du json", (snapshot.computed_at, id(value)), lambda: (value, json.dumps(
+        value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()))
+    return Response(body, media_type="application/json", headers={"Age": str(age)})
+
+
 def _console(home: Home, request: Request) -> dict[str, Any]:
 
     name = request.path_params["name"]
     lines = views.console_tail(home, name)
-    return {"name": name, "state": runtime.status(home, name)["state"], "lines": lines}
+    status = runtime.status(home, name)
+    return {"name": name, "state": status["state"], "lines": lines, "hydration": status.get("hydration")}
 
 
 def routes() -> list[Route]:
@@ -86,5 +109,5 @@ def routes() -> list[Route]:
         Route("/api/vms/{name}/console", _json(_console)),
         Route("/api/remotes", _json(lambda h, r: documents.remote_list(h))),
         Route("/api/trust", _json(lambda h, r: documents.trust_list(h))),
-        Route("/api/du", _json(lambda h, r: child.du(h.root))),
+        Route("/api/du", _du),
     ]

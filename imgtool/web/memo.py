@@ -74,6 +74,20 @@ def home_key(home: Home) -> Key | None:
     return (_log_size(home), tuple(stamps))
 
 
+def store_key(home: Home) -> Key | None:
+    """What `imgtool du` depends on that a stamp can show: every version name and VM folder (home_key),
+    and the folders one level into the home but its cache, and the store's pack folders (a new pack,
+    capture, base or warm state is a new entry in one of them). Bytes written inside an existing file (a running
+    VM's disk) change no stamp: background.py bounds those by age."""
+    names = home_key(home)
+    if names is None:
+        return None
+    cache = os.fspath(home.cache)  # derived files the server itself writes as it reads (version indexes)
+    folders = [*(f for f in _subfolders(os.fspath(home.root), depth=1) if f != cache),
+               *_subfolders(os.fspath(home.store.layout.packs), depth=1)]
+    return (names, tuple((f, _stamp(f)) for f in folders))
+
+
 def _subfolders(folder: str, *, depth: int) -> list[str]:
     """The folders `depth` levels below `folder` (galleries/definitions: depth 2), sorted."""
     found = [folder]

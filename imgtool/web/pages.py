@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import heapq
+from operator import itemgetter
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from imgtool.web import documents, lineage, views
 from imgtool.web.render import Context, definition_ref, page_number, render, version_ref
+
+TOP = 50  # versions the store page lists, by bytes only they hold (all of them: /api/du)
 
 
 def ctx_of(request: Request) -> Context:
@@ -71,7 +76,8 @@ def store(request: Request) -> Response:
     assert ctx.du is not None
     snapshot = ctx.du.get()
     age = None if snapshot.computed_at is None else max(0, int(ctx.clock() - snapshot.computed_at))
-    return render(request, "store.html", du=snapshot.value, age=age, computing=snapshot.computing,
+    top = heapq.nlargest(TOP, snapshot.value["versions"], key=itemgetter("unique_bytes")) if snapshot.value else []
+    return render(request, "store.html", du=snapshot.value, top=top, age=age, computing=snapshot.computing,
                   failed=snapshot.error)
 
 

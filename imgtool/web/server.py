@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import uvicorn
 
 from imgtool.errors import InvalidArgument
 from imgtool.web import security
-from imgtool.web.app import build
+from imgtool.web.app import build, keep_warm, warm
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_PORT = 8470
@@ -28,8 +29,13 @@ class Listen:
         return ipaddress.ip_address(self.host).is_loopback
 
     def url(self, token: str) -> str:
+        return f"{self.base}/?token={token}"
+
+    @property
+    def base(self) -> str:
+        """The address without the token (it answers 403 until the browser has the cookie)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/?token={token}"
+        return f"http://{host}:{self.port}"
 
 
 def parse_listen(text: str | None, port: int) -> Listen:
@@ -61,14 +67,23 @@ def bind(listen: Listen) -> tuple[socket.socket, Listen]:
     return sock, Listen(listen.host, sock.getsockname()[1])
 
 
-def serve(root: Path, sock: socket.socket, keys: security.Secrets, *, allow_actions: bool) -> None:
-    """Serve until interrupted (Ctrl-C); the socket is closed on the way out."""
+def prepare(root: Path, keys: security.Secrets, *, allow_actions: bool) -> security.TokenGate:
+    """The application with its caches filled and du counted (seconds on a big home): done before the
+    URL is printed, so that no first visit waits for them."""
+    app = build(root, keys, allow_actions=allow_actions)
+    warm(app)
+    return app
 
 
-    app = build(root, keys, allow_actions=allow_actions, warm=True)
+def serve(app: security.TokenGate, sock: socket.socket) -> None:
+    """Serve until interrupted (Ctrl-C), keeping the caches warm as the home changes; the socket is
+    closed on the way out."""
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                             server_header=False, proxy_headers=False)
+    stop = threading.Event()
+    keep_warm(app, stop)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
+        stop.set()
         sock.close()

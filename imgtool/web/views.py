@@ -144,11 +144,15 @@ def lineage_graph(home: Home, caches: Caches) -> lineage.Graph:
 
 
 def warm(home: Home, caches: Caches) -> None:
-    """Fill the caches a first visit would fill (run in the background when the server starts)."""
+    """Fill the caches the first visits would fill (the server does this before it prints its URL): every
+    definition's lists, their /api bytes, its first page and sharing basis, then the whole-home views."""
     for g in galleries.list_galleries(home):
         for d in galleries.list_definitions(home, g.name):
-            version_list(home, f"{g.name}/{d.name}", caches)
-            version_resolve(home, f"{g.name}/{d.name}", caches)
+            ref = f"{g.name}/{d.name}"
+            encoded(home, ref, caches, resolve=False)
+            encoded(home, ref, caches, resolve=True)
+            definition_page(home, ref, 1, caches)
+            sharing_basis(home, ref, caches)
     chunk_users(home, caches)
     lineage_graph(home, caches)
 

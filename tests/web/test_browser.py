@@ -222,6 +222,33 @@ def test_a_vm_console_updates_live(served: Served, browser: WebDriver, shots: Pa
     _shot(driver, shots, "09-vm-console")
 
 
+def test_a_streamed_vms_hydration_updates_live(served: Served, browser: WebDriver, web_home: Home) -> None:
+    """The stream server rewrites its status file about once a second; the open VM page follows it."""
+    import json
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from imgtool.vm.streaming import STATUS
+
+    status = web_home.vms / "web1" / STATUS
+    figures = {"state": "hydrating", "server": False, "bytes_total": 4 << 20, "bytes_fetched": 0}
+    status.write_text(json.dumps({**figures, "bytes_local": 1 << 20}))
+    try:
+        driver = browser
+        driver.get(served.url)
+        driver.get(served.base + "/vms/web1")
+        shown = driver.find_element(By.ID, "vm-hydration")
+        assert "25% local" in shown.text  # no stream.json: the VM no longer streams, so it is complete
+        status.write_text(json.dumps({**figures, "bytes_local": 3 << 20}))
+        WebDriverWait(driver, 30, poll_frequency=0.5).until(
+            lambda d: "75% local" in d.find_element(By.ID, "vm-hydration").text)
+        bar = driver.find_element(By.ID, "vm-hydration-bar")
+        assert bar.get_attribute("value") == str(3 << 20)
+    finally:
+        status.unlink()
+
+
 def test_a_narrow_window_reads(served: Served, browser: WebDriver, shots: Path) -> None:
     from selenium.webdriver.common.by import By
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from starlette.applications import Starlette
@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 from imgtool.gallery import lookup
 from imgtool.home import Home
 from imgtool.web import security
-from imgtool.web.app import build
+from imgtool.web.app import build, warm
 from tests.web.home import HOSTILE, XSS_CONSOLE, XSS_NAME_TEXT, XSS_REASON
 
 PAGES = ("/", "/galleries/team", "/definitions/team/base", "/definitions/team/checked", "/definitions/pulled/base",
@@ -101,6 +101,27 @@ def test_the_versions_table_says_why_latest_picked_what_it_did(web: TestClient) 
     assert "trusted</span> on mirror" in pulled and "pulled as" not in pulled and "sha256:" in pulled
 
 
+def test_a_replication_under_way_shows_its_progress(fresh_home: Home) -> None:
+    """What a replicate running in another terminal records every 2 s (bytes done of the total)."""
+    from imgtool.flows import replication
+
+    replication._update(fresh_home, ("team", "base", "1.2.0"), "down", state="replicating", progress=3 << 20,
+                        total=12 << 20)
+    c, _ = client(fresh_home)
+    row = c.get("/definitions/team/base").text.split(">1.2.0</a></th>", 1)[1].split("</tr>", 1)[0]
+    assert "state-replicating" in row and "3.0 MiB of 12.0 MiB" in row
+
+
+def test_the_versions_table_shows_the_audit(web: TestClient) -> None:
+    """A generalized definition's versions are audited at publish: this one's disk holds no file system
+    the audit can read, published with --allow-unaudited, which is recorded (and shown) with why;
+    specialized ones have none."""
+    checked = web.get("/definitions/team/checked").text.split(">1.0.0</a></th>", 1)[1].split("</tr>", 1)[0]
+    assert "not audited (published with --allow-unaudited): no ext2/3/4 root file system found" in checked
+    base = web.get("/definitions/team/base").text.split(">1.0.0</a></th>", 1)[1].split("</tr>", 1)[0]
+    assert "not audited" not in base and '<span class="muted">none</span>' in base
+
+
 def test_the_version_page_shows_disks_provenance_and_what_stands_on_it(web: TestClient, web_home: Home) -> None:
     html = web.get("/versions/team/base/1.2.0").text
     assert "OS disk" in html and "2.0 MiB" in html  # the virtual size
@@ -168,6 +189,142 @@ def test_the_store_page_counts_in_the_background(web_home: Home) -> None:
     assert "Counting what the store holds" in first or "Store on disk" in first
     cast(Starlette, app.app).state.ctx.du.wait(120)
     assert "Store on disk" in c.get("/store").text
+
+
+def test_after_warming_the_first_visits_find_everything_ready(fresh_home: Home) -> None:
+    """What `imgtool serve` does before it prints its URL: the caches are filled and du is counted, so
+    the store page's first visit shows the totals and /api/du answers that count (its Age header says
+    how old it is) instead of counting again."""
+    from tests.web.test_web_units import _age, _key_folders
+
+    _age(*_key_folders(fresh_home), fresh_home.store.layout.name("versions", "team", "base"))
+    keys = security.Secrets()
+    app = build(fresh_home.root, keys)
+    warm(app)
+    ctx = cast(Starlette, app.app).state.ctx
+    counted = ctx.du.get()
+    assert counted.value is not None and not counted.computing
+    c = TestClient(app)
+    c.cookies.set(security.COOKIE, keys.token)
+    store = c.get("/store").text
+    assert "Store on disk" in store
+    listed = re.findall(r'<th scope="row"><a href="/versions/[^"]*">([^<]*)</a></th>', store)
+    most = sorted(counted.value["versions"], key=lambda r: r["unique_bytes"], reverse=True)
+    assert listed and listed[0] == most[0]["ref"] and set(listed) == {r["ref"] for r in most}  # < 50 here
+    answer = c.get("/api/du")
+    assert answer.status_code == 200 and int(answer.headers["age"]) >= 0
+    assert answer.json() == counted.value and ctx.du.get().computed_at == counted.computed_at
+
+
+def test_while_serving_a_change_is_read_before_anyone_asks(fresh_home: Home,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """app.refresh (what the server runs every second): nothing happens while the names are unchanged;
+    after a publish it fills the caches again, so the next request finds the new list remembered."""
+    from imgtool.web import app as webapp
+    from imgtool.web import documents
+    from imgtool.web.memo import home_key
+    from tests.remote.helpers import disk_bytes, publish_bytes
+    from tests.web.test_web_units import _age, _key_folders
+
+    definition = fresh_home.store.layout.name("versions", "team", "base")
+    _age(*_key_folders(fresh_home), definition)
+    keys = security.Secrets()
+    app = build(fresh_home.root, keys)
+    warm(app)
+    listed: list[str] = []
+    real = documents.version_list
+    def counted(home: Home, ref: str) -> list[dict[str, Any]]:
+        listed.append(ref)
+        return real(home, ref)
+
+    monkeypatch.setattr(documents, "version_list", counted)
+    warmed = home_key(fresh_home)
+    assert warmed is not None and webapp.refresh(app, warmed) == warmed and listed == []
+    publish_bytes(fresh_home, "team/base", "3.0.0", disk_bytes(1 << 20, seed=79))
+    _age(*_key_folders(fresh_home), definition)
+    now = webapp.refresh(app, warmed)
+    assert now not in (None, warmed) and "team/base" in listed
+    listed.clear()
+    c = TestClient(app)
+    c.cookies.set(security.COOKIE, keys.token)
+    assert c.get("/api/definitions/team/base/versions").json()[-1]["version"] == "3.0.0"
+    assert "3.0.0" in c.get("/definitions/team/base").text and listed == []  # remembered by the refresh
+
+
+def test_api_du_counts_again_once_the_home_changed(fresh_home: Home) -> None:
+    from tests.remote.helpers import disk_bytes, publish_bytes
+    from tests.web.test_web_units import _age, _key_folders
+
+    definition = fresh_home.store.layout.name("versions", "team", "base")
+    _age(*_key_folders(fresh_home), definition)
+    c, _ = client(fresh_home)
+    refs = [r["ref"] for r in c.get("/api/du").json()["versions"]]
+    assert "team/base@3.0.0" not in refs
+    publish_bytes(fresh_home, "team/base", "3.0.0", disk_bytes(1 << 20, seed=78))
+    _age(*_key_folders(fresh_home), definition)
+    assert "team/base@3.0.0" in [r["ref"] for r in c.get("/api/du").json()["versions"]]
+
+
+def test_serve_json_prints_one_line_a_script_can_use(web_home: Home) -> None:
+    """`imgtool serve --json`: one JSON line on stdout once it is ready; the url carries the token (it is
+    what a script needs to get in), base_url does not; nothing on stderr repeats the token."""
+    import http.client
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    from urllib.error import HTTPError
+    from urllib.request import urlopen
+
+    from tests.cli import Cli
+
+    proc = subprocess.Popen([sys.executable, "-m", "imgtool", "serve", "--port", "0", "--json"],
+                            env=Cli(web_home.root).env_for(), text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        ready = json.loads(proc.stdout.readline())
+        assert set(ready) == {"url", "base_url", "host", "port", "pid", "startup_ms"}
+        assert ready["pid"] == proc.pid and ready["host"] == "127.0.0.1" and ready["startup_ms"] >= 0
+        assert ready["base_url"] == f"http://127.0.0.1:{ready['port']}"
+        token = ready["url"].split("?token=", 1)[1]
+        assert ready["url"] == f"{ready['base_url']}/?token={token}" and len(token) >= 40
+        with pytest.raises(HTTPError) as refused:
+            urlopen(ready["base_url"] + "/api/galleries", timeout=30)
+        assert refused.value.code == 403
+        conn = http.client.HTTPConnection("127.0.0.1", ready["port"], timeout=30)
+        conn.request("GET", f"/api/galleries?token={token}")
+        answer = conn.getresponse()
+        answer.read()
+        conn.close()
+        assert answer.status == 303 and answer.getheader("set-cookie", "").startswith(f"{security.COOKIE}={token};")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert out == "" and token not in err  # nothing more on stdout at exit; no token on stderr
+    assert proc.returncode == 0 and os.path.exists(web_home.root)
+
+
+def test_a_streamed_vm_shows_its_hydration(fresh_home: Home) -> None:
+    """The stream server's status file, as vm show --json reads it, on the VM page and in the console
+    answer the page polls (console.js writes the same words as the page)."""
+    import json
+
+    from imgtool.vm.record import STREAM
+    from imgtool.vm.streaming import STATUS
+
+    folder = fresh_home.vms / "web1"
+    c, _ = client(fresh_home)
+    assert "not streamed" in c.get("/vms/web1").text and c.get("/api/vms/web1/console").json()["hydration"] is None
+    (folder / STREAM).write_text("{}")  # the VM still streams its version
+    status = {"state": "hydrating", "server": False, "remote": "origin", "bytes_total": 4 << 20,
+              "bytes_local": 1 << 20, "bytes_fetched": 1 << 20, "rate_bytes_per_second": 1 << 20, "eta_seconds": 3}
+    (folder / STATUS).write_text(json.dumps(status))
+    page = c.get("/vms/web1").text
+    assert '<span id="vm-hydration">hydrating, 25% local, about 3 s left</span>' in page
+    assert 'max="4194304" value="1048576"' in page and "1.0 MiB of 4.0 MiB" in page
+    assert c.get("/api/vms/web1/console").json()["hydration"] == status == c.get("/api/vms/web1").json()["hydration"]
 
 
 def test_sharing_agrees_with_du_on_the_bytes_only_a_version_holds(web: TestClient, web_home: Home) -> None:

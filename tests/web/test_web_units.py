@@ -15,7 +15,7 @@ from imgtool.home import Home
 from imgtool.names import DefinitionRef
 from imgtool.web import background, lineage, security, server
 from imgtool.web.lineage import VersionFact, VmFact
-from imgtool.web.memo import Memo, definition_key, home_key
+from imgtool.web.memo import Memo, definition_key, home_key, store_key
 from imgtool.web.views import Window
 from store import fsclock
 
@@ -111,6 +111,84 @@ def test_a_failed_count_is_reported() -> None:
     value.get()
     value.wait(10)
     assert value.get().error is not None and "no" in str(value.get().error)
+
+
+def test_a_count_is_current_only_while_its_key_is_unchanged() -> None:
+    calls: list[int] = []
+    state = ["a"]
+
+    def compute() -> dict[str, int]:
+        calls.append(1)
+        return {"n": len(calls)}
+
+    value = background.Refreshing(compute, key=lambda: state[0], max_age=30, clock=lambda: 1000.0)
+    assert value.fresh(10).value == {"n": 1}  # nothing counted yet: counts now and waits
+    assert value.fresh(10).value == {"n": 1} and len(calls) == 1  # current: the same count
+    state[0] = "b"  # the home changed (a publish, a new pack)
+    assert value.fresh(10).value == {"n": 2}
+    assert value.get().value == {"n": 2} and not value.get().computing
+
+
+def test_a_count_grows_old_only_while_something_can_change_unseen() -> None:
+    calls: list[int] = []
+    now = [1000.0]
+    running = [False]
+
+    def compute() -> dict[str, int]:
+        calls.append(1)
+        return {"n": len(calls)}
+
+    value = background.Refreshing(compute, ages=lambda: running[0], max_age=30, clock=lambda: now[0])
+    assert value.fresh(10).value == {"n": 1}
+    now[0] += 3600
+    assert value.fresh(10).value == {"n": 1}  # no VM runs: an hour-old count of an unchanged home holds
+    running[0] = True
+    assert value.fresh(10).value == {"n": 2}  # a VM runs: its disk may have grown
+    now[0] += 10
+    assert value.fresh(10).value == {"n": 2}
+
+
+def test_a_count_is_never_current_while_its_key_cannot_be_told() -> None:
+    calls: list[int] = []
+
+    def compute() -> dict[str, int]:
+        calls.append(1)
+        return {"n": len(calls)}
+
+    value = background.Refreshing(compute, key=lambda: None, clock=lambda: 0.0)
+    assert value.fresh(10).value == {"n": 1}
+    assert value.fresh(10).value == {"n": 2}  # a racy folder: counted again
+
+
+def test_fresh_gives_the_failure_of_the_count_it_waited_for() -> None:
+    def broken() -> dict[str, int]:
+        raise InvalidArgument("no", hint="")
+
+    snapshot = background.Refreshing(broken, clock=lambda: 0.0).fresh(10)
+    assert snapshot.value is None and isinstance(snapshot.failure, InvalidArgument)
+
+
+def test_the_store_key_follows_packs_and_new_home_folders(tmp_path: Path) -> None:
+    home = Home.at(tmp_path / "home")
+    home.store.layout.packs.mkdir(parents=True, exist_ok=True)
+    _age(*_key_folders(home))
+    before = store_key(home)
+    assert before is not None and store_key(home) == before
+    (home.store.layout.packs / "ab").mkdir()  # where a new pack goes
+    _age(*_key_folders(home))
+    after = store_key(home)
+    assert after is not None and after != before
+    (home.root / "bases").mkdir(exist_ok=True)
+    (home.root / "bases" / "x").mkdir()  # a new VM base
+    _age(*_key_folders(home))
+    assert store_key(home) not in (None, after)
+
+
+def _key_folders(home: Home) -> list[Path]:
+    versions = home.store.layout.name("versions")
+    found = [versions, *versions.glob("*"), *versions.glob("*/*"), home.vms, *home.vms.glob("*"),
+             *home.root.glob("*"), *home.store.layout.packs.glob("*")]
+    return [f for f in found if f.is_dir()]
 
 
 def test_token_helpers() -> None:
