@@ -186,15 +186,13 @@ def _list_deleted(home: Any, r: Any, as_json: bool) -> None:
 def version_show(ctx: typer.Context, ref: Annotated[str, Arg(help="GALLERY/DEFINITION@X.Y.Z or @latest")]) -> None:
     """Show a version: disks, provenance, publishing settings, replication targets."""
     from imgtool.cli import remote_cmds, warm_cmds
-    from imgtool.flows import replication
+    from imgtool.flows import version_facts
     from imgtool.gallery import lookup
 
     st = state(ctx)
     v, digest = lookup.get_version(st.home, ref)
     if st.json:
-        emit_json({**shapes.version_of(st.home, ref),
-                   "replication": replication.describe(st.home, v.gallery, v.definition, v.version),
-                   "warm": warm_cmds.warm_json(st.home, digest)})
+        emit_json({**shapes.version_of(st.home, ref), **version_facts.facts(st.home, v, digest)})
         return
     pairs: list[tuple[str, Any]] = [
         ("version", f"{v.gallery}/{v.definition}@{v.version}"), ("record", digest), ("os state", v.os_state),
@@ -214,10 +212,19 @@ def version_show(ctx: typer.Context, ref: Annotated[str, Arg(help="GALLERY/DEFIN
     pairs.extend(remote_cmds.replication_rows(st.home, v.gallery, v.definition, v.version))
     pairs.append(("audit", _audit_line(v.audit)))
     pairs.extend(warm_cmds.warm_rows(st.home, digest))
+    pairs.append(("boot profile", _profile_line(version_facts.profile(st.home, v))))
     fields(pairs)
     if v.check and v.check.console_tail:
         print("console tail of the failed check:")
         print(v.check.console_tail.rstrip("\n"))
+
+
+def _profile_line(profile: dict[str, Any] | None) -> str:
+    if profile is None:
+        return "none (a passing boot check records one)"
+    if profile["problem"]:
+        return f"damaged, ignored by streams: {profile['problem']}"
+    return f"{profile['chunks']} chunks in first-read order, fetched first when streamed"
 
 
 def _audit_line(audit: dict[str, Any] | None) -> str:

@@ -60,13 +60,6 @@ def version_warm(
     print(f"create VMs from it with: imgtool vm new NAME --image {r.version} --warm")
 
 
-def warm_json(home: Home, digest: str) -> list[dict[str, Any]]:
-    """The `warm` list of `version show --json`."""
-    from imgtool.vm import warm_state
-
-    return [found.to_json() for found in warm_state.list_for(home, digest)]
-
-
 def warm_rows(home: Home, digest: str) -> list[tuple[str, Any]]:
     """`version show` lines: one per warm state."""
     from imgtool.vm import warm_state

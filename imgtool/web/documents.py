@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from imgtool.flows import replication, shapes
+from imgtool.flows import shapes, version_facts
 from imgtool.gallery import galleries, lookup, revocation, users
 from imgtool.home import Home
 from imgtool.names import parse_definition_ref
 from imgtool.remote import remotes
 from imgtool.trust.homes import trust_store
-from imgtool.vm import lifecycle, warm_state
+from imgtool.vm import lifecycle
 from imgtool.vm import runtime as vmrun
 from imgtool.vm.record import load
 
@@ -70,17 +70,9 @@ def version_resolve(home: Home, ref: str) -> dict[str, Any]:
 
 
 def version_show(home: Home, ref: str) -> dict[str, Any]:
-    """`imgtool version show G/D@X.Y.Z --json`: the version shape plus its replication per target and its
-    warm states."""
-    body = shapes.version_of(home, ref)
-    return {**body, "replication": replication.describe(home, body["gallery"], body["definition"],
-                                                        body["version"]),
-            "warm": warm_states(home, body["record"])}
-
-
-def warm_states(home: Home, record: str) -> list[dict[str, Any]]:
-    """The `warm` list of `version show --json`: the version's saved warm states."""
-    return [found.to_json() for found in warm_state.list_for(home, record)]
+    """`imgtool version show G/D@X.Y.Z --json`: the version shape plus flows/version_facts."""
+    version, record = lookup.get_version(home, ref)
+    return {**shapes.version_of(home, ref), **version_facts.facts(home, version, record)}
 
 
 def version_users(home: Home, ref: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imgtool.errors import ImgtoolError
-from imgtool.flows import replication, shapes, signing
+from imgtool.flows import replication, shapes, signing, version_facts
 from imgtool.gallery import galleries, lookup
 from imgtool.gallery.model import ImageVersion
 from imgtool.gallery.version_index import Summary, summaries
@@ -87,13 +87,11 @@ def version_resolve(home: Home, ref: str, caches: Caches) -> dict[str, Any]:
 
 def version_show(home: Home, ref: str, caches: Caches) -> dict[str, Any]:
     """`version show --json`: the version shape (latest from the remembered resolve), its replication and
-    its warm states."""
+    its warm states and boot profile (flows/version_facts)."""
     version, record = lookup.get_version(home, ref)
     latest = version_resolve(home, f"{version.gallery}/{version.definition}", caches)["latest"]
     body = shapes.version(version, record, latest=latest == version.version)
-    return {**body, "replication": replication.describe(home, version.gallery, version.definition,
-                                                        version.version),
-            "warm": documents.warm_states(home, record)}
+    return {**body, **version_facts.facts(home, version, record)}
 
 
 def every_version(home: Home, caches: Caches) -> list[Summary]:

@@ -54,10 +54,21 @@ def build(root: Path, layout: Path, *, with_vm: bool, hostile: bool = True) -> H
     update_version(home, "team/checked@1.0.0", check=CheckResult(
         "failed", kind="console:READY", when="2026-01-02T03:04:05Z", duration_ms=60000,
         detail="no READY within 60s", console_tail=text(XSS_CONSOLE)))
+    _profile(home, "team/checked@1.0.0")
     _share(home, layout)
     if with_vm:
         _vm(home, hostile)
     return home
+
+
+def _profile(home: Home, ref: str) -> None:
+    """A boot profile as a passing check records one: the OS disk's chunks 1 then 0."""
+    from imgtool.gallery import lookup
+    from imgtool.vm import boot_profile
+
+    v, _ = lookup.get_version(home, ref)
+    order = boot_profile.DiskOrder("os", v.disks[0].digest, (1, 0))
+    boot_profile.save(home.store, v.gallery, v.definition, v.version, boot_profile.BootProfile(None, (order,)))
 
 
 def _share(home: Home, layout: Path) -> None:

@@ -130,6 +130,13 @@ def test_the_version_page_shows_disks_provenance_and_what_stands_on_it(web: Test
     assert "vm: web1" in captured
 
 
+def test_the_version_page_shows_its_boot_profile(web: TestClient) -> None:
+    assert "2 chunks in first-read order (os: 2)" in web.get("/versions/team/checked/1.0.0").text
+    assert "none (a passing boot check records one)" in web.get("/versions/team/base/1.2.0").text
+    shown = web.get("/api/versions/team/checked/1.0.0").json()["boot_profile"]
+    assert shown == {"chunks": 2, "disks": [{"disk": "os", "chunks": 2}], "problem": None}
+
+
 def test_the_vm_console_api_strips_terminal_control_sequences(web: TestClient) -> None:
     body = web.get("/api/vms/web1/console").json()
     assert body["name"] == "web1" and body["state"] == "stopped"
