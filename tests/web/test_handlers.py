@@ -392,3 +392,14 @@ def test_serve_refuses_a_listen_name_and_a_bad_port(web_home: Home) -> None:
     assert named.returncode == 2 and "not an IP address" in named.stderr and "hint:" in named.stderr
     port = cli("serve", "--port", "70000", ok=False)
     assert port.returncode == 2 and "0..65535" in port.stderr
+
+
+def test_serve_warns_before_it_listens_beyond_loopback(web_home: Home) -> None:
+    """192.0.2.1 (TEST-NET-1) is assigned to no interface here: the bind fails without a packet sent,
+    after the warning a user must see whenever they ask for more than loopback."""
+    from tests.cli import Cli
+
+    done = Cli(web_home.root)("serve", "--listen", "192.0.2.1", "--port", "0", ok=False)
+    assert "listening on 192.0.2.1, not only this machine's loopback" in done.stderr
+    assert "anyone who can reach it" in done.stderr
+    assert done.returncode != 0 and "cannot listen on 192.0.2.1" in done.stderr

@@ -232,3 +232,17 @@ def _age(*folders: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         old = fsclock.now_ns(folder) - 2 * RACY_NS  # the file system's clock, as the memo reads it
         os.utime(folder, ns=(old, old))
+
+
+def test_the_audit_macro_words_every_verdict_and_escapes_findings() -> None:
+    """The verdicts a real guest gives (clean, identity found) drawn from audit records as publish
+    writes them; a finding's name is guest data and is escaped."""
+    from imgtool.web.render import TEMPLATES
+
+    audit = TEMPLATES.get_template("macros.html").module.audit  # type: ignore[attr-defined]
+    clean = str(audit({"audited": True, "clean": True, "facts": {"os": "Debian GNU/Linux 12"}}))
+    assert "state-passed" in clean and ">clean</span>, Debian GNU/Linux 12" in clean
+    found = str(audit({"audited": True, "clean": False, "allowed_identity": True,
+                       "findings": [{"check": "machine_id"}, {"check": "<img onerror=x>"}]}))
+    assert "identity found</span> (published with --allow-identity): machine_id, &lt;img onerror=x&gt;" in found
+    assert "<img" not in found
