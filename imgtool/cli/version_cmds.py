@@ -205,10 +205,9 @@ def version_show(ctx: typer.Context, ref: Annotated[str, Arg(help="GALLERY/DEFIN
         label = "os disk" if disk.lun is None else f"data disk {disk.lun}"
         origin = disk.source.get("path") or disk.source.get("name") or disk.source.get("kind")
         pairs.append((label, f"{disk.digest} {human_bytes(disk.virtual_size)} from {origin}"))
-    pulled = v.provenance.get("pulled_from")
-    if isinstance(pulled, dict):
-        pairs.append(("pulled from", f"{pulled.get('remote')}:{pulled.get('repository')}:{pulled.get('tag')} "
-                                     f"{str(pulled.get('manifest'))[:19]}"))
+    pulled = v.pulled_from
+    if pulled is not None:
+        pairs.append(("pulled from", f"{pulled.remote}:{pulled.repository}:{pulled.tag} {pulled.manifest[:19]}"))
     pairs.extend(remote_cmds.replication_rows(st.home, v.gallery, v.definition, v.version))
     pairs.append(("audit", _audit_line(v.audit)))
     pairs.extend(warm_cmds.warm_rows(st.home, digest))

@@ -192,14 +192,13 @@ def _offline_copy(home: Home, text: str) -> tuple[str, str] | None:
         version, _ = get_version(home, local)
     except NotFound:
         return None
-    pulled = version.provenance.get("pulled_from")
+    pulled = version.pulled_from
     remote = remotes.get(home, ref.remote)
-    if not isinstance(pulled, dict) or pulled.get("url") != remote.url or pulled.get("tag") != str(ref.version):
+    if pulled is None or pulled.url != remote.url or pulled.tag != str(ref.version):
         return None
-    manifest = pulled.get("manifest")
-    if not isinstance(manifest, str) or (ref.digest is not None and manifest != ref.digest):
+    if ref.digest is not None and pulled.manifest != ref.digest:
         return None
-    return local, manifest
+    return local, pulled.manifest
 
 
 def versions(home: Home, text: str) -> tuple[list[catalog.RemoteVersion], Version | None, list[Verdict], str]:

@@ -25,7 +25,7 @@ from imgtool.clock import now
 from imgtool.errors import Corrupt, InvalidArgument, Refused
 from imgtool.gallery.galleries import VERSIONS
 from imgtool.gallery.lookup import get_version
-from imgtool.gallery.model import ImageVersion
+from imgtool.gallery.model import ImageVersion, PulledFrom
 from imgtool.home import Home
 from imgtool.names import REPOSITORY_PATH
 from imgtool.oci import media
@@ -192,9 +192,8 @@ def keep_pulled(home: Home, remote: Remote, repository: str, tag: str, check: Pu
     store = home.store
     named = store.get_name(VERSIONS, local.gallery, local.definition, local.version)
     if named is not None:  # already here: keep them only for the copy of exactly this manifest from here
-        origin = ImageVersion.from_json(store.get_manifest(named)).provenance.get("pulled_from")
-        if not isinstance(origin, dict) or origin.get("remote") != remote.name \
-                or origin.get("manifest") != sha256_of(check.manifest):
+        origin = ImageVersion.from_json(store.get_manifest(named)).pulled_from
+        if origin is None or origin.remote != remote.name or origin.manifest != sha256_of(check.manifest):
             return
     record = SignatureSet(remote.name, replace(check.name, repository=repository, version=tag),
                           sha256_of(check.manifest), check.manifest, check.config, tuple(check.found)).to_record()
@@ -242,11 +241,11 @@ def verify_local(home: Home, ref: str, *, deep: bool = True) -> LocalVerdict | N
     stored does not add up.
     """
     version, _record = get_version(home, ref)
-    origin = version.provenance.get("pulled_from")
-    if not isinstance(origin, dict):
+    origin = version.pulled_from
+    if origin is None:
         return None
     label = f"{version.gallery}/{version.definition}@{version.version}"
-    remote_name, digest = str(origin.get("remote")), str(origin.get("manifest"))
+    remote_name, digest = origin.remote, origin.manifest
     trust = trust_store(home)
     if trust.remote(remote_name).policy == ANY:
         return LocalVerdict(label, remote_name, digest, trust.check(remote_name, _placeholder(origin, version),
@@ -263,9 +262,9 @@ def verify_local(home: Home, ref: str, *, deep: bool = True) -> LocalVerdict | N
     return LocalVerdict(label, remote_name, digest, acceptance)
 
 
-def _placeholder(origin: dict[str, Any], version: ImageVersion) -> sig.SignedName:
+def _placeholder(origin: PulledFrom, version: ImageVersion) -> sig.SignedName:
     """A name for messages when no signature set is stored (the policy refuses or warns before using it)."""
-    repository = str(origin.get("repository") or "unknown")
+    repository = origin.repository or "unknown"
     return sig.SignedName("unknown", repository if REPOSITORY_PATH.fullmatch(repository) else "unknown",
                           version.gallery, version.definition, version.version)
 

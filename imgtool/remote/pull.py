@@ -31,7 +31,7 @@ from imgtool.formats import DEFAULT_MAX_VIRTUAL_SIZE
 from imgtool.formats._common import LIMIT_ENV
 from imgtool.gallery import galleries
 from imgtool.gallery.galleries import DEFINITIONS, GALLERIES, VERSIONS, gallery_lock
-from imgtool.gallery.model import Definition, Gallery, ImageVersion
+from imgtool.gallery.model import Definition, Gallery, ImageVersion, PulledFrom
 from imgtool.gallery.versions import passed_over, why_nothing
 from imgtool.home import Home
 from imgtool.names import DefinitionRef, ImageRef, parse_definition_ref, parse_image_ref, ref_fields
@@ -340,9 +340,8 @@ class Puller:
 
     def _local_version(self, version: ImageVersion, local: DefinitionRef, repo: str, tag: str,
                        manifest_digest: str) -> ImageVersion:
-        origin = {"remote": self.remote.name, "url": self.remote.url, "repository": repo, "tag": tag,
-                  "manifest": manifest_digest, "pulled": stamp()}
-        provenance = {**version.provenance, "pulled_from": origin}
+        origin = PulledFrom(self.remote.name, self.remote.url, repo, tag, manifest_digest, stamp())
+        provenance = {**version.provenance, "pulled_from": origin.to_json()}
         return replace(version, gallery=local.gallery, definition=local.definition, provenance=provenance)
 
     def _name(self, local: DefinitionRef, definition: Definition, gallery: Gallery | None, tag: str,
