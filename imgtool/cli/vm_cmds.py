@@ -15,6 +15,7 @@ from imgtool.flows import shapes
 from imgtool.flows.shapes import human_bytes
 from imgtool.home import Home
 from imgtool.vm.record import VmRecord, is_streaming, load
+from imgtool.vm.state import RunState
 
 vm_app = typer.Typer(help="VMs: copy-on-write qcow2 overlays over a version's disks, booted under QEMU.",
                      no_args_is_help=True)
@@ -35,9 +36,9 @@ Opt = typer.Option
 Arg = typer.Argument
 
 
-def _ssh_line(name: str, runtime: dict[str, Any]) -> str:
-    forwards = "".join(f", 127.0.0.1:{f['host']}->{f['guest']}" for f in runtime.get("forwards", []))
-    return (f"started VM {name} ({runtime['accel']}): ssh on 127.0.0.1:{runtime['ssh_port']}{forwards}; "
+def _ssh_line(name: str, runtime: RunState) -> str:
+    forwards = "".join(f", {f}" for f in runtime.forwards)
+    return (f"started VM {name} ({runtime.accel}): ssh on 127.0.0.1:{runtime.ssh_port}{forwards}; "
             f"log in with: imgtool vm ssh {name}")
 
 
