@@ -8,6 +8,7 @@ import typer
 from imgtool.cli.output import ProgressBar, emit_json, fields, state, table, warn
 from imgtool.flows.shapes import human_bytes
 from imgtool.home import Home
+from imgtool.vocab import PullStatus
 
 if TYPE_CHECKING:
     from imgtool.flows.replication import Outcome
@@ -276,7 +277,7 @@ def pull_cmd(
     if st.json:
         emit_json({**result.to_json(), "transfer": stats})
         return
-    if result.status == "present":
+    if result.status == PullStatus.PRESENT:
         print(f"{result.name} is already here ({result.manifest[:19]})")
         return
     print(f"pulled {result.name} ({result.chunks_fetched} chunks, {human_bytes(result.bytes_received)} "

@@ -24,13 +24,14 @@ from imgtool.remote import catalog
 from imgtool.remote import format as fmt
 from imgtool.remote.connect import connected
 from imgtool.remote.remotes import split_ref
+from imgtool.vocab import PullStatus
 from store.progress import Progress
 
 
 @dataclass(frozen=True)
 class Outcome:
     ref: str  # G/D@X.Y.Z
-    status: str  # pulled | present | skipped | failed
+    status: PullStatus
     detail: str | None = None  # why skipped or failed; the manifest digest otherwise
 
     def to_json(self) -> dict[str, Any]:
@@ -111,9 +112,9 @@ def pull_all(home: Any, text: str, *, progress: Progress | None = None,
 
 def _pull_one(home: Any, remote_name: str, planned: Planned, progress: Progress | None) -> Outcome:
     if planned.skip is not None:
-        return Outcome(planned.ref, "skipped", planned.skip)
+        return Outcome(planned.ref, PullStatus.SKIPPED, planned.skip)
     try:
         result = sharing.pull_ref(home, f"{remote_name}:{planned.ref}", progress=progress)
     except ImgtoolError as exc:  # one version's failure is reported; the others still come
-        return Outcome(planned.ref, "failed", exc.message)
+        return Outcome(planned.ref, PullStatus.FAILED, exc.message)
     return Outcome(planned.ref, result.status, result.manifest)

@@ -25,6 +25,7 @@ from imgtool.remote.push import Pushed, PushResult, push
 from imgtool.remote.registry import RegistryClient
 from imgtool.trust import pins
 from imgtool.trust.signatures import SignedName
+from imgtool.vocab import PushStatus
 from store.progress import Progress
 
 
@@ -62,7 +63,7 @@ def _push_source(home: Home, source: str, remote_name: str, *, sign: str | None,
                                with_revocation=with_revocation)
             for result in results:
                 result.signed_by = signed.get(result.manifest, [])
-                if result.status == "present":  # already there: signed now if this key has not signed it
+                if result.status == PushStatus.PRESENT:  # already there: signed now if this key has not signed it
                     ref = parse_image_ref(result.name, require_version=True)
                     name = SignedName(signing.registry_of(remote), result.repository, ref.gallery, ref.definition,
                                       result.tag)

@@ -28,6 +28,7 @@ from imgtool.guest import service as guest
 from imgtool.home import Home
 from imgtool.names import DefinitionRef, Version
 from imgtool.tools import qemu_img
+from imgtool.vocab import SourceKind
 from store import atomic
 from store import digest as digests
 from store.materialize import materialize
@@ -136,7 +137,7 @@ def publish(home: Home, req: PublishRequest, *, progress: Progress | None = None
     if home.store.get_name(VERSIONS, req.ref.gallery, req.ref.definition, version_name):
         raise AlreadyExists(f"version {req.ref}@{version_name} already exists",
                             hint="versions are immutable: publish a higher version")
-    if req.source_format is not None and sources.parse(req.os_disk).kind != "file":
+    if req.source_format is not None and sources.parse(req.os_disk).kind != SourceKind.FILE:
         raise InvalidArgument(f"--format {req.source_format} applies to a disk file, and --os-disk {req.os_disk} "
                               "is not one", hint="drop --format: a stored disk's format is known")
     plan = plan_disks(home, req)

@@ -41,6 +41,7 @@ from imgtool.remote import format as fmt
 from imgtool.remote.format import DiskIndex, IndexEntry, VersionManifest
 from imgtool.remote.knowledge import load_index
 from imgtool.remote.remotes import Remote
+from imgtool.vocab import PullStatus
 from store import canonical
 from store import digest as store_digest
 from store.disks import DiskManifest
@@ -96,7 +97,7 @@ class PullResult:
     repository: str
     tag: str
     manifest: str
-    status: str  # pulled | present
+    status: PullStatus  # pulled | present
     chunks_fetched: int = 0
     bytes_received: int = 0
     packs_whole: int = 0
@@ -222,11 +223,11 @@ class Puller:
     def pull(self, text: str, *, as_ref: str | None = None) -> PullResult:
         judged = self.judge(text, as_ref=as_ref)
         repo, tag, local, fetched, version = judged.repo, judged.tag, judged.local, judged.fetched, judged.version
-        result = PullResult(f"{local}@{tag}", self.remote.name, repo, tag, fetched.digest, "pulled",
+        result = PullResult(f"{local}@{tag}", self.remote.name, repo, tag, fetched.digest, PullStatus.PULLED,
                             warnings=[*judged.passed_over, *judged.checked.warnings])
         checked = judged.checked
         if self._present(local, version, judged.definition):
-            result.status = "present"
+            result.status = PullStatus.PRESENT
             if checked.keep is not None:  # signatures verified now are kept for a copy that lacks them
                 with self.home.store.writing():
                     checked.keep(replace(version, gallery=local.gallery, definition=local.definition))

@@ -35,6 +35,7 @@ from imgtool.remote import format as fmt
 from imgtool.remote.format import DiskIndex, IndexEntry
 from imgtool.remote.knowledge import Known, learn
 from imgtool.remote.remotes import Remote
+from imgtool.vocab import PushStatus
 from store.packs import PackReader
 from store.progress import Progress
 from store.repo import Store
@@ -64,7 +65,7 @@ class PushResult:
     repository: str
     tag: str
     manifest: str
-    status: str  # pushed | present | updated
+    status: PushStatus
     packs_uploaded: int = 0
     packs_mounted: int = 0
     bytes_uploaded: int = 0
@@ -206,12 +207,12 @@ class Pusher:
                 raise Refused(f"{self.remote.name} already has {repo}:{tag} with other disks",
                               hint="versions are immutable: publish a higher version and push that")
             if _settings(remote_record) == _settings(record):
-                return PushResult(name, repo, tag, manifest.digest, "present")
+                return PushResult(name, repo, tag, manifest.digest, PushStatus.PRESENT)
             layers = [*manifest.indexes, *manifest.packs.values()]
             digest = self._put(version, repo, tag, record, definition, layers)
-            return PushResult(name, repo, tag, digest, "updated")
+            return PushResult(name, repo, tag, digest, PushStatus.UPDATED)
         self._check_same_definition(version, repo, definition)
-        result = PushResult(name, repo, tag, "", "pushed")
+        result = PushResult(name, repo, tag, "", PushStatus.PUSHED)
         with self.store.writing():
             layers = self._upload_content(version, repo, result)
             result.manifest = self._put(version, repo, tag, record, definition, layers)
