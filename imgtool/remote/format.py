@@ -15,12 +15,12 @@ from __future__ import annotations
 import base64
 import binascii
 import itertools
-import json
 import re
 import struct
 from dataclasses import dataclass
 from typing import Any
 
+from imgtool import strict
 from imgtool.errors import Corrupt, InvalidArgument
 from imgtool.names import REPOSITORY_COMPONENT
 from imgtool.oci import media
@@ -95,13 +95,8 @@ class VersionManifest:
 
 def parse_manifest(data: bytes, digest: str, what: str) -> VersionManifest:
     """Check an imgtool version manifest's shape; anything else is refused, never guessed at."""
-    if len(data) > MAX_MANIFEST:
-        raise Corrupt(f"{what} is above the 4 MiB manifest limit", hint="the remote version is malformed")
-    try:
-        body = json.loads(data)
-    except ValueError:
-        raise Corrupt(f"{what} is not JSON", hint="the remote version is malformed") from None
-    if not isinstance(body, dict) or body.get("schemaVersion") != 2:
+    body = strict.load_object(data, what=what, limit=MAX_MANIFEST)
+    if body.get("schemaVersion") != 2:
         raise Corrupt(f"{what} is not an OCI image manifest", hint="the remote version is malformed")
     if body.get("artifactType") != VERSION_TYPE:
         raise InvalidArgument(f"{what} is not an imgtool version ({_kind_of(body)})",
@@ -147,16 +142,9 @@ def config_bytes(version: dict[str, Any], definition: dict[str, Any], gallery: d
     return canonical_ascii(body)
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON imgtool stores")
-
-
 def parse_config(data: bytes, what: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
-    try:
-        body = json.loads(data, parse_constant=_no_constants, parse_float=_no_constants)
-    except ValueError:
-        raise Corrupt(f"{what} is not JSON", hint="the remote version is malformed") from None
-    if not isinstance(body, dict) or body.get("kind") != "imgtool-version-config":
+    body = strict.load_object(data, what=what, limit=MAX_CONFIG, floats=False)  # no float in any record
+    if body.get("kind") != "imgtool-version-config":
         raise Corrupt(f"{what} is not an imgtool version config", hint="the remote version is malformed")
     if body.get("format") != CONFIG_FORMAT:
         raise Corrupt(f"{what} has config format {body.get('format')!r}; this imgtool reads {CONFIG_FORMAT}",
