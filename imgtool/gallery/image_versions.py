@@ -70,7 +70,6 @@ class PlannedDisk:
 
     lun: int | None
     source: str
-    brought_by: str | None = None  # the --os-disk source that brings it, if not given explicitly
 
 
 def parse_data_disk(text: str) -> tuple[int, str]:
@@ -90,7 +89,7 @@ def plan_disks(home: Home, req: PublishRequest) -> list[PlannedDisk]:
     planned: dict[int | None, PlannedDisk] = {None: PlannedDisk(None, req.os_disk)}
     if os_source.kind in sources.MULTI_DISK and not os_source.selected:
         for lun in sources.data_luns(home, os_source, versions=versions):
-            planned[lun] = PlannedDisk(lun, os_source.select(lun).text(), brought_by=req.os_disk)
+            planned[lun] = PlannedDisk(lun, os_source.select(lun).text())
     else:
         sources.data_luns(home, os_source, versions=versions)  # a named VM, snapshot or version must exist
     clashes = sorted(lun for lun, _ in req.data_disks if lun in planned)
@@ -216,11 +215,6 @@ def _check_format(source: dict[str, Any], definition: Definition) -> None:
     if fmt in definition.disallowed_disk_formats:
         raise Refused(f"definition {definition.gallery}/{definition.name} disallows {fmt} disks",
                       hint="convert the disk to an allowed format first")
-
-
-def export_format(out: Path, fmt: str | None) -> str:
-    """The export format's name: given, else from the output file's extension (gallery/export_formats.py)."""
-    return export_formats.choose(out, fmt).name
 
 
 def _check_output(out: Path, force: bool) -> None:

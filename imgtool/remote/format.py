@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import binascii
 import itertools
-import re
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -33,13 +32,11 @@ CONFIG_TYPE = media.CONFIG
 INDEX_TYPE = media.CHUNK_INDEX
 PACK_TYPE = media.PACK
 CONFIG_FORMAT = 1
-ANNOTATION = "org.imgtool."
 MAX_CONFIG = 4 << 20
 MAX_INDEX = 128 << 20  # 60 bytes a chunk: 2.2 million chunks, 280 GiB of data at 128 KiB
 MAX_PACK = 1 << 30
 MAX_LAYERS = 20_000  # at ~32 MiB per pack: 600 GiB of new data in one version, inside the 4 MiB manifest
 
-_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 ENCODED = "x--"
 
 
@@ -70,10 +67,6 @@ def name_of_component(component: str) -> str:
 def repository(prefix: str, gallery: str, definition: str) -> str:
     parts = [p for p in prefix.split("/") if p] + [repo_component(gallery), repo_component(definition)]
     return "/".join(parts)
-
-
-def is_tag(text: str) -> bool:
-    return bool(_TAG.fullmatch(text))
 
 
 # -- descriptors and manifests ---------------------------------------------------------------------
