@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import typer
 
-from imgtool.cli.output import ProgressBar, emit_json, table
+from imgtool.cli.output import ProgressBar, State, emit_json, table
 from imgtool.errors import InvalidArgument
 from imgtool.vocab import PullStatus
 
@@ -17,7 +15,7 @@ def is_gallery(ref: str) -> bool:
     return bool(sep) and "/" not in rest and "@" not in rest
 
 
-def pull_many(st: Any, ref: str, as_ref: str | None) -> None:
+def pull_many(st: State, ref: str, as_ref: str | None) -> None:
     from imgtool.flows import pull_all
 
     if as_ref is not None:

@@ -309,7 +309,7 @@ def replicate_cmd(
         raise typer.Exit(code=12)
 
 
-def replication_rows(home: Any, gallery: str, definition: str, version: str) -> list[tuple[str, Any]]:
+def replication_rows(home: Home, gallery: str, definition: str, version: str) -> list[tuple[str, Any]]:
     """`version show` lines: one per replication target."""
     from imgtool.flows import replication
 
