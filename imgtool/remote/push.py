@@ -36,6 +36,7 @@ from imgtool.remote.format import DiskIndex, IndexEntry
 from imgtool.remote.knowledge import Known, learn
 from imgtool.remote.remotes import Remote
 from imgtool.vocab import PushStatus
+from store.disks import DiskManifest
 from store.packs import PackReader
 from store.progress import Progress
 from store.repo import Store
@@ -270,7 +271,7 @@ class Pusher:
             indexes.append(self._ensure_blob(repo, fmt.INDEX_TYPE, data))
         return [*indexes, *packs.values()]
 
-    def _mount_siblings(self, repo: str, known: Known, disks: list[Any],
+    def _mount_siblings(self, repo: str, known: Known, disks: list[DiskManifest],
                         result: PushResult) -> dict[bytes, IndexEntry | None]:
         """Chunks the remote holds, located in `repo` (mounting their packs from siblings first)."""
         needed: dict[str, str] = {}  # pack -> sibling repository

@@ -238,7 +238,7 @@ def stop_detail(home: Home, name: str, *, timeout: float = 30.0) -> Stopped:
     return Stopped(True, forced)
 
 
-def qmp_safe(action: Any, sock: Path) -> None:
+def qmp_safe(action: Callable[[Path], object], sock: Path) -> None:
     with contextlib.suppress(ToolFailed, OSError):
         action(sock)  # if QMP does not answer, the next, harder step follows
 
