@@ -13,6 +13,7 @@ from imgtool.tools.qemu import MIN_MEMORY_MIB
 from imgtool.vm.options import MAX_CPUS, MAX_MEMORY_MIB
 
 if TYPE_CHECKING:
+    from imgtool.gallery.lifecycle_model import BootCheck
     from imgtool.gallery.recycle import DeletedItem
     from imgtool.home import Home
 
@@ -316,7 +317,8 @@ def definition_restore(ctx: typer.Context, ref: Annotated[str, typer.Argument(he
     emit_json(definition_json(restored)) if st.json else print(f"restored definition {ref}")
 
 
-def _boot_check(require: bool | None, kind: str | None, timeout: int | None, current: Any) -> Any:
+def _boot_check(require: bool | None, kind: str | None, timeout: int | None,
+                current: "BootCheck | None") -> "BootCheck | None":
     """The definition's boot check from the options: None to clear it, `current` if untouched."""
     from imgtool.gallery.lifecycle_model import DEFAULT_BOOT_TIMEOUT, BootCheck
 

@@ -12,6 +12,7 @@ from imgtool.vocab import PullStatus
 
 if TYPE_CHECKING:
     from imgtool.flows.replication import Outcome
+    from imgtool.remote.catalog import RemoteVersion
 
 remote_app = typer.Typer(help="Remotes: OCI registries (ACR, GHCR, Harbor, Quay, distribution) or OCI layout "
                          "folders that galleries are shared through.", no_args_is_help=True)
@@ -136,7 +137,7 @@ def remote_logout(ctx: typer.Context, name: Annotated[str, Arg(help="Remote name
         print(f"logged out of {name}" if removed else f"imgtool kept no credentials for {name}")
 
 
-def _status(v: Any) -> str:
+def _status(v: "RemoteVersion") -> str:
     words = ["revoked" if v.revoked else "", "excluded" if v.exclude_from_latest else "",
              v.check if v.check in ("pending", "failed") else ""]
     return ",".join(w for w in words if w)
