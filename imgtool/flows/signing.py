@@ -40,6 +40,7 @@ from imgtool.trust import signatures as sig
 from imgtool.trust.homes import keyring, trust_store
 from imgtool.trust.keys import PublicKey
 from imgtool.trust.policy import ANY, SIGNED, UNSET, Acceptance
+from imgtool.vocab import RemoteKind
 from store import codec
 from store.packs import PackReader
 
@@ -82,6 +83,9 @@ class SignatureSet:
 
 
 def _attached_of(entry: dict[str, Any], what: str) -> referrers.Attached:
+    if set(entry) != {"manifest", "envelope"}:
+        raise Corrupt(f"{what} must hold exactly manifest and envelope (found {sorted(entry)[:5]})",
+                      hint="imgtool version delete the version, then pull it again")
     f = Fields(entry, what)
     manifest = _unb64(f.text("manifest"))
     return referrers.Attached(sha256_of(manifest), manifest, _unb64(f.text("envelope")))
@@ -89,7 +93,7 @@ def _attached_of(entry: dict[str, Any], what: str) -> referrers.Attached:
 
 def registry_of(remote: Remote) -> str:
     """The registry part of a signed name: the host, or `oci-layout` for a folder (its path can move)."""
-    return remote.host if remote.kind == "registry" else "oci-layout"
+    return remote.host if remote.kind == RemoteKind.REGISTRY else "oci-layout"
 
 
 def signed_name(remote: Remote, repository: str, version: ImageVersion) -> sig.SignedName:
