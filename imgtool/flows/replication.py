@@ -33,7 +33,7 @@ from imgtool.remote import remotes
 from imgtool.vocab import ReplicationState
 from store import atomic
 from store.lock import file_lock
-from store.progress import Progress
+from store.progress import Progress, announce_total
 
 FORMAT = 1
 
@@ -248,9 +248,7 @@ class _Recorder:
 
     def set_total(self, total: int) -> None:
         self.total = total
-        set_inner = getattr(self.inner, "set_total", None)
-        if callable(set_inner):
-            set_inner(total)
+        announce_total(self.inner, total)
 
     def __call__(self, amount: int) -> None:
         self.done += amount

@@ -45,7 +45,7 @@ from imgtool.vocab import PullStatus
 from store import canonical
 from store import digest as store_digest
 from store.disks import DiskManifest
-from store.progress import Progress
+from store.progress import Progress, announce_total
 
 WORKERS = 3
 IDENTITY = ("publisher", "offer", "sku", "os_type", "os_state", "architecture", "firmware")
@@ -300,9 +300,7 @@ class Puller:
                     wanted.setdefault(entry.pack, {}).setdefault(entry.blake3, entry)
         plans = [fetch.PackPlan(pack, manifest.packs[pack].size, sorted(found.values(), key=lambda e: e.offset))
                  for pack, found in wanted.items()]
-        set_total = getattr(self.progress, "set_total", None)
-        if callable(set_total):
-            set_total(sum(p.wanted for p in plans))
+        announce_total(self.progress, sum(p.wanted for p in plans))
         window: deque[Future[list[fetch.Verified]]] = deque()
 
         def drain(limit: int) -> None:

@@ -38,7 +38,7 @@ from imgtool.remote.remotes import Remote
 from imgtool.vocab import PushStatus
 from store.disks import DiskManifest
 from store.packs import PackReader
-from store.progress import Progress
+from store.progress import Progress, announce_total
 from store.repo import Store
 
 PACK_TARGET = 32 << 20  # "tens of MiB": few requests per GiB, small enough to hold a few in memory
@@ -301,10 +301,8 @@ class Pusher:
         happen on the pool, so the last pack's hash does not wait behind the others' reads."""
         known = self.known[repo]
         located: dict[bytes, IndexEntry] = {}
-        set_total = getattr(self.progress, "set_total", None)
         index = self.store.index
-        if callable(set_total):
-            set_total(sum(loc.clen for raw in new if (loc := index.get(raw)) is not None))
+        announce_total(self.progress, sum(loc.clen for raw in new if (loc := index.get(raw)) is not None))
         window: deque[tuple[Future[tuple[str, int]], list[Member]]] = deque()
 
         def settle(limit: int) -> None:
