@@ -24,10 +24,6 @@ if TYPE_CHECKING:
     from store.repo import Store
 
 
-def default_home() -> Path:
-    return _default()[0]
-
-
 def _default() -> tuple[Path, str]:
     """The home and where it came from (for messages)."""
     if os.environ.get("IMGTOOL_HOME"):

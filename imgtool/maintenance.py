@@ -7,6 +7,7 @@ else the home holds.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from imgtool import garbage
@@ -21,7 +22,7 @@ from store import gc as store_gc
 from store import optimize as store_optimize
 from store.packs import rebuild_index
 from store.progress import Progress
-from store.reach import closure, mark
+from store.reach import Reach, closure, mark
 from store.verify import Report
 from store.verify import verify as store_verify
 
@@ -161,11 +162,11 @@ def _version_key(text: str) -> tuple[int, ...]:
         return (1 << 32,)
 
 
-def _chunks(reach: Any, digest: str) -> set[str]:
+def _chunks(reach: Reach, digest: str) -> set[str]:
     return set().union(*(reach.disk_chunks.get(m, set()) for m in closure(reach, digest)))
 
 
-def _tree_bytes(root: Any) -> int:
+def _tree_bytes(root: Path) -> int:
     """Bytes allocated on disk under `root` (sparse files count what they really use)."""
     total = 0
     for path in root.rglob("*") if root.is_dir() else []:

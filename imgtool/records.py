@@ -115,7 +115,3 @@ def build(what: str, make: Callable[[], T]) -> T:
     except InvalidArgument as exc:
         raise Corrupt(f"{what} holds a value imgtool refuses: {exc.message}", hint=_DAMAGED) from None
 
-
-def opt_str(obj: JsonObject, key: str) -> str | None:
-    value = obj.get(key)
-    return None if value is None else str(value)

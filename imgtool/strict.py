@@ -1,5 +1,8 @@
 """Strict reading of JSON a remote sent: size capped, no duplicate keys, exact fields, exact types.
 
+The one strict-JSON kit: referrers, signatures, revocations, pins and the remote version format read
+through it.
+
 Pure module. Everything here raises Corrupt with `what` naming the document, so
 a hostile registry's answer becomes one clear refusal, never an internal error.
 """
@@ -35,12 +38,17 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"non-standard number {name}")
 
 
-def load_object(data: bytes, *, what: str, limit: int) -> dict[str, Any]:
-    """A JSON object of at most `limit` bytes."""
+def _no_fractions(text: str) -> Any:
+    raise ValueError(f"fractional number {text[:40]}")
+
+
+def load_object(data: bytes, *, what: str, limit: int, floats: bool = True) -> dict[str, Any]:
+    """A JSON object of at most `limit` bytes (without any fractional number, unless `floats`)."""
     if len(data) > limit:
         raise refuse(what, f"{len(data)} bytes, above the {limit}-byte limit")
     try:
-        obj = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        obj = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constants,
+                         parse_float=None if floats else _no_fractions)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise refuse(what, f"not JSON ({str(exc)[:80]})") from exc
     if not isinstance(obj, dict):

@@ -67,3 +67,30 @@ class ReplicationState(StrEnum):
     REPLICATING = "replicating"
     COMPLETED = "completed"
     FAILED = "failed"
+
+
+class PushStatus(StrEnum):
+    """What a push did with one version."""
+
+    PUSHED = "pushed"
+    PRESENT = "present"  # the remote had this manifest already
+    UPDATED = "updated"  # the tag named other bytes of the same version (its revocation or check changed)
+
+
+class PullStatus(StrEnum):
+    """What a pull did with one version (`skipped` and `failed` only in `pull --all`'s outcomes)."""
+
+    PULLED = "pulled"
+    PRESENT = "present"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+class SourceKind(StrEnum):
+    """What a capture or publish source names (imgtool.capture.sources)."""
+
+    FILE = "file"
+    DIGEST = "digest"
+    VERSION = "version"
+    VM = "vm"
+    SNAPSHOT = "snapshot"

@@ -190,8 +190,6 @@ EXCEPTIONS: dict[tuple[str, str], str] = {
     ("imgtool.__main__", "imgtool.cli.main"): "`python -m imgtool` is the CLI's entry point",
     ("imgtool.cli.serve_cmds", "imgtool.web.server"): "`imgtool serve` starts the web view, the other front end",
     ("imgtool.cli.serve_cmds", "imgtool.web.security"): "`imgtool serve` checks the listen address it is given",
-    ("imgtool.gallery.image_versions", "imgtool.guest.service"):
-        "publish audits a generalized OS disk before capture; the audit gate is still to be passed in",
 }
 
 

@@ -213,6 +213,7 @@ def test_ssh_remembers_host_keys_per_vm(tmp_path: Path) -> None:
     from imgtool.home import Home
     from imgtool.vm import runtime
     from imgtool.vm.record import SeedInfo, load, save, vm_dir
+    from imgtool.vm.state import RunState
     from tests.test_cli_publish_disks import _vm  # a VM record without QEMU
 
     home = Home.at(tmp_path / "home")
@@ -228,7 +229,7 @@ def test_ssh_remembers_host_keys_per_vm(tmp_path: Path) -> None:
                 if Path(f"/proc/{process.pid}/cmdline").read_bytes().startswith(argv0.encode()):
                     break
                 threading.Event().wait(0.05)
-            state.write_text(json.dumps({"pid": process.pid, "ssh_port": 2222}))
+            state.write_bytes(RunState(process.pid, "tcg", 2222, "q", "t", ()).dumps())
             if not running:
                 with pytest.raises(Exception, match="not running"):
                     runtime.ssh_argv(home, "web", [])

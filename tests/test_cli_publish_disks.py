@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from imgtool.errors import InvalidArgument, NotFound
+from imgtool.flows import publishing
 from imgtool.gallery import galleries, image_versions
 from imgtool.gallery.lookup import get_version
 from imgtool.gallery.model import Definition
@@ -44,7 +45,7 @@ def home(tmp_path: Path) -> Home:
 @pytest.fixture
 def disks(home: Home) -> dict[str, str]:
     found = {name: _disk(home, seed) for seed, name in enumerate("ABCDE")}
-    image_versions.publish(home, _req("1.0.0", f"{found['A']}", [(0, found["B"]), (1, found["C"])]))
+    publishing.publish_version(home, _req("1.0.0", f"{found['A']}", [(0, found["B"]), (1, found["C"])]))
     return found
 
 
@@ -86,17 +87,17 @@ def test_a_digest_or_file_is_one_disk(home: Home, disks: dict[str, str]) -> None
 
 
 def test_a_version_brings_its_data_disks(home: Home, disks: dict[str, str]) -> None:
-    image_versions.publish(home, _req("2.0.0", "g/d@1.0.0"))
+    publishing.publish_version(home, _req("2.0.0", "g/d@1.0.0"))
     assert _published(home, "2.0.0") == [(None, disks["A"]), (0, disks["B"]), (1, disks["C"])]
 
 
 def test_a_version_with_os_selector_brings_its_os_disk_alone(home: Home, disks: dict[str, str]) -> None:
-    image_versions.publish(home, _req("2.0.0", "g/d@1.0.0:os"))
+    publishing.publish_version(home, _req("2.0.0", "g/d@1.0.0:os"))
     assert _published(home, "2.0.0") == [(None, disks["A"])]
 
 
 def test_a_version_lun_as_os_disk_is_that_disk_alone(home: Home, disks: dict[str, str]) -> None:
-    image_versions.publish(home, _req("2.0.0", "g/d@1.0.0:1"))
+    publishing.publish_version(home, _req("2.0.0", "g/d@1.0.0:1"))
     assert _published(home, "2.0.0") == [(None, disks["C"])]
 
 
@@ -117,7 +118,7 @@ def test_a_vm_with_os_selector_brings_its_os_disk_alone(home: Home) -> None:
 
 
 def test_an_extra_data_disk_at_a_new_lun_is_added(home: Home, disks: dict[str, str]) -> None:
-    image_versions.publish(home, _req("2.0.0", "g/d@1.0.0", [(2, disks["D"])]))
+    publishing.publish_version(home, _req("2.0.0", "g/d@1.0.0", [(2, disks["D"])]))
     assert _published(home, "2.0.0") == [(None, disks["A"]), (0, disks["B"]), (1, disks["C"]), (2, disks["D"])]
     _vm(home)
     assert _plan(home, "vm:web", [(5, "extra.raw")])[-1] == (5, "extra.raw")
@@ -132,7 +133,7 @@ def test_a_data_disk_at_a_lun_the_source_brings_is_refused(home: Home, disks: di
 
 
 def test_replace_data_disks_replaces_only_that_lun(home: Home, disks: dict[str, str]) -> None:
-    image_versions.publish(home, _req("2.0.0", "g/d@1.0.0", [(1, disks["D"])], replace_data_disks=True))
+    publishing.publish_version(home, _req("2.0.0", "g/d@1.0.0", [(1, disks["D"])], replace_data_disks=True))
     assert _published(home, "2.0.0") == [(None, disks["A"]), (0, disks["B"]), (1, disks["D"])]
     _vm(home)
     assert _plan(home, "vm:web", [(0, "new.raw")], replace_data_disks=True) == \
@@ -140,13 +141,13 @@ def test_replace_data_disks_replaces_only_that_lun(home: Home, disks: dict[str, 
 
 
 def test_os_disk_alone_then_data_disks_from_elsewhere(home: Home, disks: dict[str, str]) -> None:
-    image_versions.publish(home, _req("2.0.0", "g/d@1.0.0:os", [(1, disks["E"])]))
+    publishing.publish_version(home, _req("2.0.0", "g/d@1.0.0:os", [(1, disks["E"])]))
     assert _published(home, "2.0.0") == [(None, disks["A"]), (1, disks["E"])]
 
 
 def test_a_multi_disk_data_source_gives_its_disk_at_the_same_lun(home: Home, disks: dict[str, str]) -> None:
     """The wrong result of issue 9: 0=vm:VM took the VM's OS disk. It is the VM's LUN 0."""
-    image_versions.publish(home, _req("2.0.0", disks["E"], [(0, "g/d@1.0.0"), (1, "g/d@1.0.0")]))
+    publishing.publish_version(home, _req("2.0.0", disks["E"], [(0, "g/d@1.0.0"), (1, "g/d@1.0.0")]))
     assert _published(home, "2.0.0") == [(None, disks["E"]), (0, disks["B"]), (1, disks["C"])]
     _vm(home)
     assert _plan(home, "os.raw", [(0, "vm:web"), (1, "snapshot:web/s1")]) == \
@@ -154,7 +155,7 @@ def test_a_multi_disk_data_source_gives_its_disk_at_the_same_lun(home: Home, dis
 
 
 def test_a_selected_data_disk_or_os_disk_is_taken_as_selected(home: Home, disks: dict[str, str]) -> None:
-    image_versions.publish(home, _req("2.0.0", disks["E"], [(3, "g/d@1.0.0:1"), (4, "g/d@1.0.0:os")]))
+    publishing.publish_version(home, _req("2.0.0", disks["E"], [(3, "g/d@1.0.0:1"), (4, "g/d@1.0.0:os")]))
     assert _published(home, "2.0.0") == [(None, disks["E"]), (3, disks["C"]), (4, disks["A"])]
     _vm(home)
     assert _plan(home, "os.raw", [(0, "vm:web:1"), (2, "vm:web:os"), (3, "snapshot:web/s1:0")]) == \
@@ -166,7 +167,7 @@ def test_a_data_disk_the_source_lacks_is_not_found_and_nothing_is_stored(home: H
                                                                         source: str) -> None:
     _vm(home)
     with pytest.raises(NotFound, match="has no data disk at LUN 7") as caught:
-        image_versions.publish(home, _req("2.0.0", disks["E"], [(7, source)]))
+        publishing.publish_version(home, _req("2.0.0", disks["E"], [(7, source)]))
     assert "0, 1" in caught.value.hint  # names the LUNs it has
     with pytest.raises(NotFound):
         get_version(home, "g/d@2.0.0")

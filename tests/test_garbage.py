@@ -8,8 +8,9 @@ from pathlib import Path
 
 from imgtool import garbage
 from imgtool.capture.disk import lease
+from imgtool.flows.publishing import publish_version as publish
 from imgtool.gallery import galleries
-from imgtool.gallery.image_versions import PublishRequest, publish
+from imgtool.gallery.image_versions import PublishRequest
 from imgtool.gallery.model import Definition
 from imgtool.gallery.version_changes import delete_version
 from imgtool.home import Home

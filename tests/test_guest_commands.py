@@ -5,7 +5,6 @@ whose command line says qemu-system (a sleep started under that name)."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from imgtool.guest import commands
 from imgtool.guest.commands import Command, Place, SshFailed
 from imgtool.home import Home
 from imgtool.tools import run
+from imgtool.vm.state import RunState
 from tests.test_vmrecord import RECORD, write_record
 
 PORT = 40022
@@ -41,8 +41,8 @@ def home(tmp_path: Path) -> Iterator[Home]:
         if b"qemu-system" in Path(f"/proc/{process.pid}/cmdline").read_bytes():
             break
         time.sleep(0.01)
-    (made.vms / "web" / "state.json").write_text(json.dumps({"pid": process.pid, "ssh_port": PORT,
-                                                             "qmp": str(tmp_path / "qmp.sock")}))
+    (made.vms / "web" / "state.json").write_bytes(
+        RunState(process.pid, "tcg", PORT, str(tmp_path / "qmp.sock"), "2026-01-01T00:00:00Z", ()).dumps())
     yield made
     process.kill()
     process.wait()

@@ -10,6 +10,7 @@ import pytest
 
 from imgtool.errors import Corrupt, Refused
 from imgtool.guest import audit, fs, generalize, partitions, service
+from imgtool.vm.state import RunState
 
 MiB = 1 << 20
 
@@ -147,7 +148,6 @@ def test_version_record_keeps_its_audit_and_omits_none() -> None:
 
 def test_vm_wait_stops_at_a_changed_host_key_instead_of_retrying(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    import json
     import subprocess
     import time
 
@@ -172,7 +172,7 @@ def test_vm_wait_stops_at_a_changed_host_key_instead_of_retrying(tmp_path: Path,
             if b"qemu-system" in Path(f"/proc/{qemu.pid}/cmdline").read_bytes():
                 break
             time.sleep(0.01)
-        (home.vms / "web" / "state.json").write_text(json.dumps({"pid": qemu.pid, "ssh_port": 2222}))
+        (home.vms / "web" / "state.json").write_bytes(RunState(qemu.pid, "tcg", 2222, "q", "t", ()).dumps())
         calls: list[object] = []
 
         def refused_by_ssh(argv: object, **_: object) -> object:  # the subprocess seam: what ssh says

@@ -7,8 +7,9 @@ import os
 from pathlib import Path
 
 from imgtool import maintenance
+from imgtool.flows.publishing import publish_version as publish
 from imgtool.gallery import galleries
-from imgtool.gallery.image_versions import PublishRequest, export, publish
+from imgtool.gallery.image_versions import PublishRequest, export
 from imgtool.gallery.model import Definition
 from imgtool.home import Home
 from imgtool.names import DefinitionRef, Version

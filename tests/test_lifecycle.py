@@ -12,10 +12,11 @@ import pytest
 
 from imgtool import garbage
 from imgtool.errors import AlreadyExists, Corrupt, InvalidArgument, NotFound, Refused, ToolFailed
+from imgtool.flows.publishing import publish_version as publish
 from imgtool.gallery import galleries as gallery
 from imgtool.gallery import lookup, recycle, removal, revocation, users
 from imgtool.gallery.galleries import VERSIONS
-from imgtool.gallery.image_versions import PublishRequest, export, publish
+from imgtool.gallery.image_versions import PublishRequest, export
 from imgtool.gallery.lifecycle_model import BootCheck, CheckResult, DeletedRecord, Revocation, tail
 from imgtool.gallery.model import Definition, ImageVersion
 from imgtool.gallery.version_changes import delete_version, update_version

@@ -3,7 +3,7 @@
 import pytest
 
 from imgtool.errors import Corrupt, InvalidArgument
-from imgtool.gallery.model import Definition, Disk, Gallery, ImageVersion, Range
+from imgtool.gallery.model import Definition, Disk, Gallery, ImageVersion, PulledFrom, Range
 
 
 def definition(**changes: object) -> Definition:
@@ -53,3 +53,25 @@ def test_version_links_reach_disks_and_definition() -> None:
     with pytest.raises(InvalidArgument, match="cannot change"):
         v.updated_with(os_state="specialized")
     assert v.updated_with(exclude_from_latest=True).exclude_from_latest
+
+
+def test_pulled_from_is_typed_and_its_bytes_unchanged() -> None:
+    origin = PulledFrom("hub", "https://hub.test", "team/base", "1.0.0", "sha256:" + "d" * 64, "2026-01-02T03:04:05Z")
+    v = ImageVersion("team", "base", "1.0.0", "generalized", (Disk(None, "blake3:" + "a" * 64, 10, {}),),
+                     "blake3:" + "c" * 64, provenance={"os_disk": {}, "pulled_from": origin.to_json()})
+    body = v.to_json()
+    # the field order pull has always written (docs/STORE-FORMAT.md)
+    assert list(body["provenance"]["pulled_from"]) == ["remote", "url", "repository", "tag", "manifest", "pulled"]
+    assert ImageVersion.from_json(body).pulled_from == origin
+    assert ImageVersion.from_json({**body, "provenance": {}}).pulled_from is None
+
+
+@pytest.mark.parametrize("change", [{"surprise": "x"}, {"tag": 1}, {"manifest": None}])
+def test_a_malformed_pulled_from_is_refused_when_read(change: dict[str, object]) -> None:
+    origin = {**PulledFrom("hub", "u", "r", "1.0.0", "sha256:" + "d" * 64, "t").to_json(), **change}
+    body = ImageVersion("team", "base", "1.0.0", "generalized", (Disk(None, "blake3:" + "a" * 64, 10, {}),),
+                        "blake3:" + "c" * 64, provenance={"pulled_from": origin}).to_json()
+    with pytest.raises(Corrupt, match="pulled_from"):
+        ImageVersion.from_json(body)
+    with pytest.raises(Corrupt, match="version record"):
+        ImageVersion.from_json({**body, "provenance": {"pulled_from": "hub"}})

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from imgtool.flows.publishing import publish_version as publish
 from imgtool.gallery import galleries as gallery
 from imgtool.gallery import lookup
-from imgtool.gallery.image_versions import PublishRequest, publish
+from imgtool.gallery.image_versions import PublishRequest
 from imgtool.gallery.model import Definition
 from imgtool.gallery.version_changes import update_version
 from imgtool.home import Home

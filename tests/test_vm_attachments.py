@@ -13,8 +13,9 @@ import pytest
 import yaml
 
 from imgtool.errors import InvalidArgument, NotFound, Refused
+from imgtool.flows.publishing import publish_version as publish
 from imgtool.gallery import galleries as gallery
-from imgtool.gallery.image_versions import PublishRequest, publish
+from imgtool.gallery.image_versions import PublishRequest
 from imgtool.gallery.model import Definition
 from imgtool.home import Home
 from imgtool.names import DefinitionRef, Version

@@ -72,3 +72,30 @@ def test_records_of_another_kind_or_shape_are_corrupt(tmp_path: Path, body: obje
 def test_missing_vm(tmp_path: Path) -> None:
     with pytest.raises(NotFound):
         load(Home.at(tmp_path), "nope")
+
+
+def test_state_json_keeps_its_bytes_and_is_read_strictly(tmp_path: Path) -> None:
+    from imgtool.vm.record import Forward
+    from imgtool.vm.state import STATE, RunState, read
+
+    old = {"pid": 7, "accel": "kvm", "ssh_port": 2222, "qmp": "/q.sock", "started": "2026-01-01T00:00:00Z",
+           "qemu_argv": ["qemu-system-x86_64", "-m", "512"], "forwards": [{"host": 8080, "guest": 80}]}
+    state = RunState(7, "kvm", 2222, "/q.sock", "2026-01-01T00:00:00Z", ("qemu-system-x86_64", "-m", "512"),
+                     (Forward(8080, 80),))
+    assert state.dumps() == json.dumps(old, indent=2).encode()  # what vm start wrote before the record
+    warm = RunState(7, "kvm", 2222, "/q.sock", "t", (), warm="2x512")
+    assert list(warm.to_json()) == ["pid", "accel", "ssh_port", "qmp", "started", "qemu_argv", "warm", "forwards"]
+    assert read(tmp_path) is None
+    (tmp_path / STATE).write_bytes(state.dumps())
+    assert read(tmp_path) == state
+    without = {k: v for k, v in old.items() if k != "forwards"}  # written before port forwards existed
+    (tmp_path / STATE).write_text(json.dumps(without))
+    assert read(tmp_path) == RunState(7, "kvm", 2222, "/q.sock", "2026-01-01T00:00:00Z", state.qemu_argv)
+    for bad in ({**old, "surprise": 1}, {**old, "pid": "7"}, {**old, "qemu_argv": None}, without | {"pid": None},
+                {k: v for k, v in old.items() if k != "qemu_argv"}, {**old, "forwards": [{"host": 1}]}, [1]):
+        (tmp_path / STATE).write_text(json.dumps(bad))
+        with pytest.raises(Corrupt, match=str(tmp_path / STATE)):
+            read(tmp_path)
+    (tmp_path / STATE).write_text("{")
+    with pytest.raises(Corrupt, match="not JSON"):
+        read(tmp_path)

@@ -23,10 +23,12 @@ from imgtool.capture import vms as vmcapture
 from imgtool.capture.disk import Captured, capture_file
 from imgtool.errors import InvalidArgument, NotFound
 from imgtool.home import Home
+from imgtool.vocab import SourceKind
 from store import digest as digests
 from store.progress import Progress
 
-MULTI_DISK = ("version", "vm", "snapshot")
+VM_KINDS = (SourceKind.VM, SourceKind.SNAPSHOT)  # written with their kind as a prefix
+MULTI_DISK = (SourceKind.VERSION, *VM_KINDS)
 MAX_LUN = 63
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -55,14 +57,14 @@ class VersionDisks(Protocol):
 class Source:
     """A parsed source: its kind, what it names, and the disk selected (`selected` False: none written)."""
 
-    kind: str  # "file" | "digest" | "version" | "vm" | "snapshot"
+    kind: SourceKind
     target: str  # path, digest, G/D@X.Y.Z, VM name, or VM/SNAP
     lun: int | None = None  # the data disk selected; None: the OS disk
     selected: bool = False
 
     def text(self) -> str:
         """The source as the user would write it (with its selector, if any)."""
-        prefix = {"vm": "vm:", "snapshot": "snapshot:"}.get(self.kind, "")
+        prefix = f"{self.kind}:" if self.kind in VM_KINDS else ""
         if not self.selected or self.kind not in MULTI_DISK:
             return prefix + self.target
         return f"{prefix}{self.target}:{'os' if self.lun is None else self.lun}"
@@ -81,7 +83,7 @@ def parse_selector(text: str, source: str) -> int | None:
     return int(text)
 
 
-def _with_selector(kind: str, rest: str, text: str) -> Source:
+def _with_selector(kind: SourceKind, rest: str, text: str) -> Source:
     target, sep, sel = rest.rpartition(":")
     if not sep:
         return Source(kind, rest)
@@ -91,23 +93,23 @@ def _with_selector(kind: str, rest: str, text: str) -> Source:
 def parse(text: str) -> Source:
     """Which kind of source `text` is. Paths are taken as they are (a file name may contain ':')."""
     if text.startswith("vm:"):
-        return _with_selector("vm", text[3:], text)
+        return _with_selector(SourceKind.VM, text[3:], text)
     if text.startswith("snapshot:"):
-        return _with_selector("snapshot", text[9:], text)
+        return _with_selector(SourceKind.SNAPSHOT, text[9:], text)
     if digests.looks_like(text):
-        return Source("digest", text)
+        return Source(SourceKind.DIGEST, text)
     if text.startswith(digests.PREFIX) and not Path(text).exists():
         digests.parse(text)  # a mistyped digest: say so, rather than "no such file"
     if _URL.match(text) and not Path(text).exists():
         raise InvalidArgument(f"'{text}' is a URL; sources are local files, digests, versions or VMs",
                               hint="download it first (e.g. curl -LO URL), then give the file's path")
     if is_file_source(text):
-        return Source("file", text)
+        return Source(SourceKind.FILE, text)
     base, _, after = text.partition("@")
     if ":" in after:
         version, _, sel = after.rpartition(":")
-        return Source("version", f"{base}@{version}", parse_selector(sel, text), True)
-    return Source("version", text)
+        return Source(SourceKind.VERSION, f"{base}@{version}", parse_selector(sel, text), True)
+    return Source(SourceKind.VERSION, text)
 
 
 def capture_digest(home: Home, text: str) -> Captured:
@@ -126,10 +128,10 @@ def is_file_source(text: str) -> bool:
 
 def data_luns(home: Home, source: Source, *, versions: VersionDisks) -> list[int]:
     """The data disk LUNs a multi-disk source has (checked to exist; nothing is read)."""
-    if source.kind == "version":
+    if source.kind == SourceKind.VERSION:
         _label, disks = versions(source.target)
         return [d.lun for d in disks if d.lun is not None]
-    if source.kind in ("vm", "snapshot"):
+    if source.kind in VM_KINDS:
         return vmcapture.data_luns(home, source.kind, source.target)
     return []
 
@@ -141,15 +143,15 @@ def capture(home: Home, text: str, *, versions: VersionDisks, fmt: str | None = 
     versions: resolves `G/D@X.Y.Z` sources (imgtool.gallery.lookup.version_disks).
     allow_nested: store a disk whose content starts with an image format header (recorded)."""
     source = parse(text)
-    if fmt is not None and source.kind != "file":
+    if fmt is not None and source.kind != SourceKind.FILE:
         raise InvalidArgument(f"--format {fmt} applies to disk files, and '{text}' is a {source.kind} source",
                               hint="drop --format: a stored disk's format is known")
-    if source.kind in ("vm", "snapshot"):
+    if source.kind in VM_KINDS:
         return vmcapture.capture_vm_source(home, source.kind, source.target, source.lun, progress=progress,
                                            allow_nested=allow_nested)
-    if source.kind == "digest":
+    if source.kind == SourceKind.DIGEST:
         return capture_digest(home, text)
-    if source.kind == "file":
+    if source.kind == SourceKind.FILE:
         return capture_file(home, Path(text), fmt=fmt, progress=progress, allow_nested=allow_nested)
     return _version_disk(source, versions)
 

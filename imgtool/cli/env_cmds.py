@@ -1,11 +1,15 @@
 """imgtool up / down / status: a test environment (VMs, networks, shares) from one imgtool.yaml."""
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from imgtool.cli.output import emit_json, state, table, warn
+from imgtool.cli.output import State, emit_json, state, table, warn
+
+if TYPE_CHECKING:
+    from imgtool.environment.plan import Plan
+    from imgtool.environment.spec import EnvironmentSpec
 
 FILE_HELP = "The environment file (default: ./imgtool.yaml)."
 
@@ -16,7 +20,7 @@ def register(app: typer.Typer) -> None:
     app.command("status")(status)
 
 
-def _load(st: Any, file: Path | None, *, check_images: bool) -> Any:
+def _load(st: State, file: Path | None, *, check_images: bool) -> "EnvironmentSpec":
     from imgtool.environment import spec
     from imgtool.flows.images import is_remote_image
     from imgtool.gallery import lookup
@@ -29,7 +33,7 @@ def _load(st: Any, file: Path | None, *, check_images: bool) -> Any:
                      check_image=check_image if check_images else None)
 
 
-def _actions(plan: Any) -> list[dict[str, Any]]:
+def _actions(plan: "Plan") -> list[dict[str, Any]]:
     return [{"action": a.action, "kind": a.kind, "name": a.name, "reason": a.reason,
              "differences": [{"setting": d.setting, "recorded": d.recorded, "wanted": d.wanted}
                              for d in a.differences]} for a in plan.actions]

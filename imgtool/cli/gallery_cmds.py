@@ -1,6 +1,6 @@
 """imgtool gallery … and imgtool definition …"""
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -11,6 +11,11 @@ from imgtool.gallery.model import Definition, Range, check_date
 from imgtool.names import parse_definition_ref
 from imgtool.tools.qemu import MIN_MEMORY_MIB
 from imgtool.vm.options import MAX_CPUS, MAX_MEMORY_MIB
+
+if TYPE_CHECKING:
+    from imgtool.gallery.lifecycle_model import BootCheck
+    from imgtool.gallery.recycle import DeletedItem
+    from imgtool.home import Home
 
 gallery_app = typer.Typer(help="Galleries: named collections of image definitions.", no_args_is_help=True)
 definition_app = typer.Typer(help="Image definitions (GALLERY/DEFINITION): what an image is; versions live "
@@ -41,7 +46,7 @@ def gallery_create(ctx: typer.Context, name: str,
     emit_json(shapes.gallery(created)) if st.json else print(f"created gallery {name}")
 
 
-def _list_deleted(home: Any, prefix: tuple[str, ...], as_json: bool) -> None:
+def _list_deleted(home: "Home", prefix: tuple[str, ...], as_json: bool) -> None:
     from imgtool.gallery import recycle
 
     kept = recycle.items(home, *prefix)
@@ -96,7 +101,7 @@ def gallery_update(ctx: typer.Context, name: str,
     emit_json(shapes.gallery(updated)) if st.json else print(f"updated gallery {name}")
 
 
-def _deleted(what: str, name: str, kept: Any, as_json: bool) -> None:
+def _deleted(what: str, name: str, kept: "DeletedItem | None", as_json: bool) -> None:
     if as_json:
         emit_json({"deleted": name, "purged": kept is None, "kept_until": kept and kept.purge_after})
         return
@@ -312,7 +317,8 @@ def definition_restore(ctx: typer.Context, ref: Annotated[str, typer.Argument(he
     emit_json(definition_json(restored)) if st.json else print(f"restored definition {ref}")
 
 
-def _boot_check(require: bool | None, kind: str | None, timeout: int | None, current: Any) -> Any:
+def _boot_check(require: bool | None, kind: str | None, timeout: int | None,
+                current: "BootCheck | None") -> "BootCheck | None":
     """The definition's boot check from the options: None to clear it, `current` if untouched."""
     from imgtool.gallery.lifecycle_model import DEFAULT_BOOT_TIMEOUT, BootCheck
 

@@ -2,12 +2,15 @@
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from imgtool.cli.output import emit_json, fields, state, table
+from imgtool.cli.output import State, emit_json, fields, state, table
 from imgtool.flows.shapes import human_bytes
+
+if TYPE_CHECKING:
+    from imgtool.guest.ssh import Login
 
 Opt = typer.Option
 Arg = typer.Argument
@@ -99,7 +102,8 @@ def vm_wait(
               + (f", cloud-init after {took['cloud_init']:.0f}s)" if "cloud_init" in took else ")"))
 
 
-def wait_ready(st: Any, name: str, *, timeout: float, cloud_init: bool, login: Any = None) -> dict[str, float]:
+def wait_ready(st: State, name: str, *, timeout: float, cloud_init: bool,
+               login: "Login | None" = None) -> dict[str, float]:
     """vm wait's work, shared with `vm new --start --wait`: progress on a terminal, never in --json."""
     from imgtool.guest import ssh as guest_ssh
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -97,6 +97,6 @@ def key_delete(
           for remote in users])
 
 
-def register(key_app: Any) -> None:
+def register(key_app: typer.Typer) -> None:
     key_app.command("import")(key_import)
     key_app.command("delete")(key_delete)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import typer
 
-from imgtool.cli.output import ProgressBar, emit_json, table
+from imgtool.cli.output import ProgressBar, State, emit_json, table
 from imgtool.errors import InvalidArgument
+from imgtool.vocab import PullStatus
 
 
 def is_gallery(ref: str) -> bool:
@@ -16,7 +15,7 @@ def is_gallery(ref: str) -> bool:
     return bool(sep) and "/" not in rest and "@" not in rest
 
 
-def pull_many(st: Any, ref: str, as_ref: str | None) -> None:
+def pull_many(st: State, ref: str, as_ref: str | None) -> None:
     from imgtool.flows import pull_all
 
     if as_ref is not None:
@@ -28,18 +27,18 @@ def pull_many(st: Any, ref: str, as_ref: str | None) -> None:
         if not st.json:
             bar.close()
             print(f"{outcome.ref}: {outcome.status}" + (f" ({outcome.detail})" if outcome.status in
-                                                         ("skipped", "failed") else ""), flush=True)
+                                                         (PullStatus.SKIPPED, PullStatus.FAILED) else ""), flush=True)
 
     try:
         outcomes = pull_all.pull_all(st.home, ref, progress=bar, each=each)
     finally:
         bar.close()
-    failed = [o for o in outcomes if o.status == "failed"]
+    failed = [o for o in outcomes if o.status == PullStatus.FAILED]
     if st.json:
         emit_json({"versions": [o.to_json() for o in outcomes]})
     else:
-        counts = {s: sum(o.status == s for o in outcomes) for s in ("pulled", "present", "skipped", "failed")}
-        table(["pulled", "present", "skipped", "failed"], [[counts[s] for s in counts]])
+        counts = {s: sum(o.status == s for o in outcomes) for s in PullStatus}
+        table([str(s) for s in counts], [list(counts.values())])
     if failed:
         if not st.json:
             print(f"{len(failed)} version(s) failed; run the same command again to resume")

@@ -8,9 +8,11 @@ import typer
 from imgtool.cli.output import ProgressBar, emit_json, fields, state, table, warn
 from imgtool.flows.shapes import human_bytes
 from imgtool.home import Home
+from imgtool.vocab import PullStatus
 
 if TYPE_CHECKING:
     from imgtool.flows.replication import Outcome
+    from imgtool.remote.catalog import RemoteVersion
 
 remote_app = typer.Typer(help="Remotes: OCI registries (ACR, GHCR, Harbor, Quay, distribution) or OCI layout "
                          "folders that galleries are shared through.", no_args_is_help=True)
@@ -135,7 +137,7 @@ def remote_logout(ctx: typer.Context, name: Annotated[str, Arg(help="Remote name
         print(f"logged out of {name}" if removed else f"imgtool kept no credentials for {name}")
 
 
-def _status(v: Any) -> str:
+def _status(v: "RemoteVersion") -> str:
     words = ["revoked" if v.revoked else "", "excluded" if v.exclude_from_latest else "",
              v.check if v.check in ("pending", "failed") else ""]
     return ",".join(w for w in words if w)
@@ -276,7 +278,7 @@ def pull_cmd(
     if st.json:
         emit_json({**result.to_json(), "transfer": stats})
         return
-    if result.status == "present":
+    if result.status == PullStatus.PRESENT:
         print(f"{result.name} is already here ({result.manifest[:19]})")
         return
     print(f"pulled {result.name} ({result.chunks_fetched} chunks, {human_bytes(result.bytes_received)} "
@@ -308,7 +310,7 @@ def replicate_cmd(
         raise typer.Exit(code=12)
 
 
-def replication_rows(home: Any, gallery: str, definition: str, version: str) -> list[tuple[str, Any]]:
+def replication_rows(home: Home, gallery: str, definition: str, version: str) -> list[tuple[str, Any]]:
     """`version show` lines: one per replication target."""
     from imgtool.flows import replication
 

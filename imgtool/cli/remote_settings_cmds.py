@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import getpass
 import sys
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -72,5 +72,5 @@ def read_password(name: str, *, from_stdin: bool) -> str:
     return password
 
 
-def register(remote_app: Any) -> None:
+def register(remote_app: typer.Typer) -> None:
     remote_app.command("update")(remote_update)

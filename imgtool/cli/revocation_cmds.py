@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -44,5 +44,5 @@ def version_unrevoke(
         print(f"lifting attached on {item['remote']} ({item['repository']}, signed by {item['key_id'][:19]}...)")
 
 
-def register(version_app: Any) -> None:
+def register(version_app: typer.Typer) -> None:
     version_app.command("unrevoke")(version_unrevoke)

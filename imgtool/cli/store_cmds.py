@@ -1,12 +1,16 @@
 """imgtool verify, imgtool gc, imgtool optimize, imgtool du"""
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from imgtool.cli.output import ProgressBar, emit_json, state, table
 from imgtool.errors import Corrupt, InvalidArgument
 from imgtool.flows.shapes import human_bytes
+
+if TYPE_CHECKING:
+    from imgtool.garbage import GcPlan
+    from store.verify import Report
 
 Opt = typer.Option
 MAX_LISTED = 20  # items shown per kind in the text plan; --json has them all
@@ -65,7 +69,7 @@ def verify(
         raise Corrupt(f"verify found {len(report.problems)} problem(s)", hint=_repair_hint(report, repair))
 
 
-def _repair_hint(report: Any, repaired: bool) -> str:
+def _repair_hint(report: "Report", repaired: bool) -> str:
     chunks = any(p.kind == "chunk" for p in report.problems)
     if not repaired:
         return ("imgtool verify --repair rebuilds indexes and bases" +
@@ -100,7 +104,7 @@ def gc(
     _print_plan(the_plan, dry_run)
 
 
-def _print_plan(the_plan: Any, dry_run: bool) -> None:
+def _print_plan(the_plan: "GcPlan", dry_run: bool) -> None:
     by_kind: dict[str, list[Any]] = {}
     for item in the_plan.items:
         by_kind.setdefault(item.kind, []).append(item)

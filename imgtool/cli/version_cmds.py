@@ -10,7 +10,7 @@ from imgtool.cli.output import ProgressBar, emit_json, fields, state, table, war
 from imgtool.errors import InvalidArgument
 from imgtool.flows import shapes
 from imgtool.flows.shapes import human_bytes
-from imgtool.names import Version, parse_definition_ref
+from imgtool.names import DefinitionRef, Version, parse_definition_ref
 
 if TYPE_CHECKING:
     from imgtool.gallery.lifecycle_model import BootCheck, CheckResult
@@ -171,7 +171,7 @@ def version_list(
             len(v.disks), human_bytes(v.disks[0]["virtual_size"]), v.published, v.end_of_life] for v in found])
 
 
-def _list_deleted(home: Any, r: Any, as_json: bool) -> None:
+def _list_deleted(home: "Home", r: DefinitionRef, as_json: bool) -> None:
     from imgtool.gallery import galleries, recycle
 
     galleries.get_definition(home, r)
@@ -205,10 +205,9 @@ def version_show(ctx: typer.Context, ref: Annotated[str, Arg(help="GALLERY/DEFIN
         label = "os disk" if disk.lun is None else f"data disk {disk.lun}"
         origin = disk.source.get("path") or disk.source.get("name") or disk.source.get("kind")
         pairs.append((label, f"{disk.digest} {human_bytes(disk.virtual_size)} from {origin}"))
-    pulled = v.provenance.get("pulled_from")
-    if isinstance(pulled, dict):
-        pairs.append(("pulled from", f"{pulled.get('remote')}:{pulled.get('repository')}:{pulled.get('tag')} "
-                                     f"{str(pulled.get('manifest'))[:19]}"))
+    pulled = v.pulled_from
+    if pulled is not None:
+        pairs.append(("pulled from", f"{pulled.remote}:{pulled.repository}:{pulled.tag} {pulled.manifest[:19]}"))
     pairs.extend(remote_cmds.replication_rows(st.home, v.gallery, v.definition, v.version))
     pairs.append(("audit", _audit_line(v.audit)))
     pairs.extend(warm_cmds.warm_rows(st.home, digest))
@@ -432,13 +431,13 @@ def version_revoke(
         print(f"revocation attached on {item['remote']} ({item['repository']}, signed by {item['key_id'][:19]}...)")
 
 
-def vmrecord_users(home: Any, version: "ImageVersion") -> list[str]:
+def vmrecord_users(home: "Home", version: "ImageVersion") -> list[str]:
     from imgtool.vm import record as vmrecord
 
     return vmrecord.vms_using(home, version.gallery, version.definition, version.version)
 
 
-def _push_revocation(home: Any, ref: str, remote: str, key: str | None) -> dict[str, Any]:
+def _push_revocation(home: "Home", ref: str, remote: str, key: str | None) -> dict[str, Any]:
     from imgtool.flows import revoking
 
     return revoking.push_revocation(home, ref, remote, key_name=key)

@@ -3,18 +3,23 @@
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer.core import TyperGroup
 
-from imgtool.cli.output import ProgressBar, emit_json, fields, state, table, warn
+from imgtool.cli.output import ProgressBar, State, emit_json, fields, state, table, warn
 from imgtool.cli.vm_attach import SHARE_HELP, attachment_fields, parse_shares
 from imgtool.errors import InvalidArgument
 from imgtool.flows import shapes
 from imgtool.flows.shapes import human_bytes
 from imgtool.home import Home
 from imgtool.vm.record import VmRecord, is_streaming, load
+from imgtool.vm.state import RunState
+
+if TYPE_CHECKING:
+    from imgtool.vm.lifecycle import NewVm
+    from imgtool.vm.runtime import Stopped
 
 vm_app = typer.Typer(help="VMs: copy-on-write qcow2 overlays over a version's disks, booted under QEMU.",
                      no_args_is_help=True)
@@ -35,9 +40,9 @@ Opt = typer.Option
 Arg = typer.Argument
 
 
-def _ssh_line(name: str, runtime: dict[str, Any]) -> str:
-    forwards = "".join(f", 127.0.0.1:{f['host']}->{f['guest']}" for f in runtime.get("forwards", []))
-    return (f"started VM {name} ({runtime['accel']}): ssh on 127.0.0.1:{runtime['ssh_port']}{forwards}; "
+def _ssh_line(name: str, runtime: RunState) -> str:
+    forwards = "".join(f", {f}" for f in runtime.forwards)
+    return (f"started VM {name} ({runtime.accel}): ssh on 127.0.0.1:{runtime.ssh_port}{forwards}; "
             f"log in with: imgtool vm ssh {name}")
 
 
@@ -57,7 +62,7 @@ def _got(record: VmRecord) -> list[str]:
     return lines
 
 
-def _local_image(st: Any, image: str) -> str:
+def _local_image(st: State, image: str) -> str:
     """The local G/D@X.Y.Z for `vm new --image` (imgtool.flows.images pulls and verifies), warnings shown."""
     from imgtool.flows.images import image_for_vm, is_remote_image
 
@@ -161,7 +166,7 @@ def vm_new(
         print(f"start it with: imgtool vm start {name}")
 
 
-def _new_streamed(st: Any, request: Any, *, stream: bool, hydrate: str) -> VmRecord | None:
+def _new_streamed(st: State, request: "NewVm", *, stream: bool, hydrate: str) -> VmRecord | None:
     """`vm new --stream`: the VM over a remote version not pulled yet; None when there is nothing to stream."""
     from imgtool.flows import images
 
@@ -226,7 +231,7 @@ def _hydration_line(found: dict[str, Any] | None) -> str:
     return line
 
 
-def _new_warm(st: Any, request: Any, *, accel: str | None, wait_timeout: float | None) -> None:
+def _new_warm(st: State, request: "NewVm", *, accel: str | None, wait_timeout: float | None) -> None:
     from imgtool.cli import warm_cmds
 
     started = warm_cmds.new_warm(st.home, request, accel=accel)
@@ -305,7 +310,7 @@ def vm_start(
         _follow(st.home, name, None, None, raw=False)
 
 
-def _stopped(st: Any, name: str, stopped: Any, timeout: float) -> None:
+def _stopped(st: State, name: str, stopped: "Stopped", timeout: float) -> None:
     if stopped.forced:
         warn([f"VM {name} did not power down within {timeout:g}s and was stopped hard (like pulling the plug); "
               "give the guest more time with --timeout"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -12,6 +12,9 @@ from imgtool.errors import InvalidArgument
 from imgtool.flows.shapes import human_bytes
 from imgtool.home import Home
 from imgtool.vm.record import VmRecord
+
+if TYPE_CHECKING:
+    from imgtool.vm.ssh_config import SshHost
 
 Opt = typer.Option
 Arg = typer.Argument
@@ -75,7 +78,7 @@ def vm_ssh_config(ctx: typer.Context,
                              f"{host.name})\n")
 
 
-def _host_json(host: Any, config: str) -> dict[str, Any]:
+def _host_json(host: SshHost, config: str) -> dict[str, Any]:
     from imgtool.vm import ssh_config
 
     return {"name": host.name, "host": ssh_config.ADDRESS, "port": host.port, "user": host.user,
@@ -103,6 +106,6 @@ def vm_resize(
           f"it takes effect at the next start: imgtool vm start {name}")
 
 
-def register(vm_app: Any) -> None:
+def register(vm_app: typer.Typer) -> None:
     vm_app.command("ssh-config")(vm_ssh_config)
     vm_app.command("resize")(vm_resize)

@@ -1,6 +1,6 @@
 """imgtool version warm, and the --warm side of vm new and version show."""
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -8,6 +8,10 @@ from imgtool.cli.output import ProgressBar, emit_json, state
 from imgtool.errors import InvalidArgument
 from imgtool.flows.shapes import human_bytes
 from imgtool.home import Home
+
+if TYPE_CHECKING:
+    from imgtool.vm.lifecycle import NewVm
+    from imgtool.vm.warm_new import WarmStart
 
 Opt = typer.Option
 Arg = typer.Argument
@@ -72,7 +76,7 @@ def warm_rows(home: Home, digest: str) -> list[tuple[str, Any]]:
     return rows or [("warm state", "none (imgtool version warm)")]
 
 
-def new_warm(home: Home, request: Any, *, accel: str | None) -> Any:
+def new_warm(home: Home, request: "NewVm", *, accel: str | None) -> "WarmStart":
     """vm new --warm: restore and personalize (the VM is running afterwards)."""
     from imgtool.vm import warm_new
 

@@ -1,7 +1,7 @@
 """Use an image for a VM: local `G/D[@V]`, or remote `REMOTE:G/D[@V]` pulled first (only missing chunks
 travel); a pulled version is re-verified from the local store every time (signature, manifest and
-config chain, chunks present). A streamed disk plugs in here later, as another way to make a remote
-image local enough to boot."""
+config chain, chunks present). A streamed disk is the other way to use a remote image: `vm new --stream`
+calls imgtool.stream.vms instead of `image_for_vm` (docs/DESIGN.md, Where the new capabilities plug in)."""
 
 from __future__ import annotations
 

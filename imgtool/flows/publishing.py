@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from imgtool.errors import InvalidArgument
 from imgtool.gallery import galleries, image_versions
 from imgtool.gallery.lifecycle_model import BootCheck, CheckResult
 from imgtool.gallery.model import ImageVersion
+from imgtool.guest import service as guest
 from imgtool.home import Home
 from store.progress import Progress
 
@@ -38,6 +39,25 @@ def check_targets(home: Home, names: Sequence[str]) -> None:
         remotes.get(home, name)
 
 
+def audit_gate(home: Home, source: str, *, firmware: str, allow_identity: bool,
+               allow_unaudited: bool) -> dict[str, Any]:
+    """image_versions.AuditGate over imgtool.guest: the audit of `source`, then the gate's refusals; the
+    record keeps either override."""
+    report = guest.audit(home, source, firmware=firmware)
+    guest.gate(report, source=source, allow_identity=allow_identity, allow_unaudited=allow_unaudited)
+    body = {**report.to_json(), "source": source,
+            "allowed_identity": allow_identity and report.audited and not report.clean}
+    if not report.audited:
+        body["allowed_unaudited"] = True  # only --allow-unaudited lets this through the gate
+    return body
+
+
+def publish_version(home: Home, request: image_versions.PublishRequest, *,
+                    progress: Progress | None = None) -> ImageVersion:
+    """Publish `request` through the guest audit gate (no check, no replication)."""
+    return image_versions.publish(home, request, audit_gate=audit_gate, progress=progress)
+
+
 def need_boot_check(home: Home, request: image_versions.PublishRequest) -> None:
     """A check asked of a definition without a boot check fails before anything is published."""
     ref = request.ref
@@ -55,7 +75,7 @@ def publish(home: Home, request: image_versions.PublishRequest, *, check: bool =
     check_targets(home, targets)
     if check:
         need_boot_check(home, request)
-    version = image_versions.publish(home, request, progress=progress)
+    version = publish_version(home, request, progress=progress)
     result = None
     if check:
         from imgtool.vm import checks  # noqa: PLC0415 - lazily: boots a VM, loaded only when asked

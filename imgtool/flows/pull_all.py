@@ -19,18 +19,21 @@ from typing import Any
 
 from imgtool.errors import ImgtoolError, InvalidArgument, NotFound
 from imgtool.flows import revoking, sharing, signing
+from imgtool.home import Home
 from imgtool.names import check_name, ref_fields
+from imgtool.oci.target import Target
 from imgtool.remote import catalog
 from imgtool.remote import format as fmt
 from imgtool.remote.connect import connected
-from imgtool.remote.remotes import split_ref
+from imgtool.remote.remotes import Remote, split_ref
+from imgtool.vocab import PullStatus
 from store.progress import Progress
 
 
 @dataclass(frozen=True)
 class Outcome:
     ref: str  # G/D@X.Y.Z
-    status: str  # pulled | present | skipped | failed
+    status: PullStatus
     detail: str | None = None  # why skipped or failed; the manifest digest otherwise
 
     def to_json(self) -> dict[str, Any]:
@@ -57,7 +60,7 @@ def parse_scope(text: str) -> tuple[str, str, str | None]:
     return remote, gallery, definition or None
 
 
-def plan(home: Any, remote_name: str, gallery: str, definition: str | None) -> list[Planned]:
+def plan(home: Home, remote_name: str, gallery: str, definition: str | None) -> list[Planned]:
     """What a pull of the definition (or, with None, the whole gallery) would do, version by version."""
     with connected(home, remote_name) as (remote, target):
         definitions = [definition] if definition else _definitions(target, remote.prefix, gallery, remote_name)
@@ -67,7 +70,7 @@ def plan(home: Any, remote_name: str, gallery: str, definition: str | None) -> l
     return planned
 
 
-def _definitions(target: Any, prefix: str, gallery: str, remote_name: str) -> list[str]:
+def _definitions(target: Target, prefix: str, gallery: str, remote_name: str) -> list[str]:
     # Listing is not part of the OCI target protocol (not every registry offers it): the registry client
     # and the layout folder have `repositories`; anything else cannot list.
     listing = getattr(target, "repositories", None)
@@ -83,7 +86,7 @@ def _definitions(target: Any, prefix: str, gallery: str, remote_name: str) -> li
     return found
 
 
-def _plan_definition(home: Any, remote: Any, target: Any, gallery: str, definition: str) -> list[Planned]:
+def _plan_definition(home: Home, remote: Remote, target: Target, gallery: str, definition: str) -> list[Planned]:
     repo = fmt.repository(remote.prefix, gallery, definition)
     found = catalog.remote_versions(target, repo)
     if not found:
@@ -96,7 +99,7 @@ def _plan_definition(home: Any, remote: Any, target: Any, gallery: str, definiti
             for v in found]
 
 
-def pull_all(home: Any, text: str, *, progress: Progress | None = None,
+def pull_all(home: Home, text: str, *, progress: Progress | None = None,
              each: Callable[[Outcome], None] | None = None) -> list[Outcome]:
     """Pull every version `plan` allows; returns one outcome per version (`each` sees them as they come)."""
     remote_name, gallery, definition = parse_scope(text)
@@ -109,11 +112,11 @@ def pull_all(home: Any, text: str, *, progress: Progress | None = None,
     return outcomes
 
 
-def _pull_one(home: Any, remote_name: str, planned: Planned, progress: Progress | None) -> Outcome:
+def _pull_one(home: Home, remote_name: str, planned: Planned, progress: Progress | None) -> Outcome:
     if planned.skip is not None:
-        return Outcome(planned.ref, "skipped", planned.skip)
+        return Outcome(planned.ref, PullStatus.SKIPPED, planned.skip)
     try:
         result = sharing.pull_ref(home, f"{remote_name}:{planned.ref}", progress=progress)
     except ImgtoolError as exc:  # one version's failure is reported; the others still come
-        return Outcome(planned.ref, "failed", exc.message)
+        return Outcome(planned.ref, PullStatus.FAILED, exc.message)
     return Outcome(planned.ref, result.status, result.manifest)

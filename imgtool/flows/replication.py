@@ -4,7 +4,9 @@ The state lives OUTSIDE the immutable version record, one file per version:
 `<home>/replication/<gallery>/<definition>/<version>.json`
 
     {"format": 1, "targets": {"R": {"state": "pending|replicating|completed|failed",
-                                     "manifest": "sha256:…", "when": "…Z", "error": "…", "progress": N}}}
+                                     "manifest": "sha256:…", "when": "…Z", "error": "…", "progress": N, ...}}}
+
+(`TargetState` lists every field; docs/STORE-FORMAT.md, Home files, says the same.)
 
 Changes are read-modify-write under `<home>/replication/.lock`. A replication that fails records why
 and never touches the local version; `imgtool replicate` retries everything not completed. A state
@@ -19,7 +21,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 from imgtool.clock import stamp
 from imgtool.errors import Corrupt, ImgtoolError, InvalidArgument
@@ -31,9 +33,48 @@ from imgtool.remote import remotes
 from imgtool.vocab import ReplicationState
 from store import atomic
 from store.lock import file_lock
-from store.progress import Progress
+from store.progress import Progress, announce_total
 
 FORMAT = 1
+
+
+class TargetState(TypedDict, total=False):
+    """One target's state in the file. A TypedDict, not a frozen record: each change merges its fields
+    into the ones before (a field once set stays, `error` may be null), and the file keeps those bytes."""
+
+    state: ReplicationState
+    since: str
+    progress: int  # bytes sent so far
+    total: int  # bytes to send
+    when: str
+    manifest: str
+    error: str | None
+    retry: str  # the command that retries
+
+
+_TEXTS = {"since", "when", "manifest", "retry"}
+_COUNTS = {"progress", "total"}
+
+
+def _target_state(obj: object, what: str) -> TargetState:
+    """A target's state as the file holds it; unknown fields and mistyped values are Corrupt naming `what`."""
+    if not isinstance(obj, dict):
+        raise _damaged(what, "is not an object")
+    unknown = set(obj) - set(TargetState.__annotations__)
+    if unknown:
+        raise _damaged(what, f"has unknown fields {sorted(unknown)}")
+    if obj.get("state") not in set(ReplicationState):
+        raise _damaged(what, f"has state {str(obj.get('state'))[:40]!r}, not one of {', '.join(ReplicationState)}")
+    for key, value in obj.items():
+        if (key in _TEXTS and not isinstance(value, str)) or (key == "error" and not isinstance(value, str | None)) \
+                or (key in _COUNTS and (type(value) is not int or value < 0)):
+            raise _damaged(what, f"has a mistyped {key} ({type(value).__name__})")
+    return cast(TargetState, {**obj, "state": ReplicationState(obj["state"])})
+
+
+def _damaged(what: str, why: str) -> Corrupt:
+    return Corrupt(f"{what} {why}", hint="remove the file and set the targets again (imgtool version update "
+                                         "G/D@V --replicate-to R)")
 
 
 @dataclass(frozen=True)
@@ -64,7 +105,7 @@ def _locked(home: Home) -> Iterator[None]:
         yield
 
 
-def read_state(home: Home, gallery: str, definition: str, version: str) -> dict[str, dict[str, Any]]:
+def read_state(home: Home, gallery: str, definition: str, version: str) -> dict[str, TargetState]:
     path = _file(home, gallery, definition, version)
     try:
         body = json.loads(path.read_text())
@@ -75,11 +116,13 @@ def read_state(home: Home, gallery: str, definition: str, version: str) -> dict[
                       hint="remove the file and set the targets again") from None
     if not isinstance(body, dict) or body.get("format") != FORMAT or not isinstance(body.get("targets"), dict):
         raise Corrupt(f"replication state {path} has an unknown format", hint="upgrade imgtool")
-    return {str(k): v for k, v in body["targets"].items() if isinstance(v, dict)}
+    if set(body) != {"format", "targets"}:
+        raise _damaged(f"replication state {path}", f"has unknown fields {sorted(set(body) - {'format', 'targets'})}")
+    return {str(k): _target_state(v, f"replication state {path} target {k!r}") for k, v in body["targets"].items()}
 
 
 def _write_state(home: Home, gallery: str, definition: str, version: str,
-                 targets: dict[str, dict[str, Any]]) -> None:
+                 targets: dict[str, TargetState]) -> None:
     path = _file(home, gallery, definition, version)
     if not targets:
         path.unlink(missing_ok=True)
@@ -92,11 +135,12 @@ def _update(home: Home, key: tuple[str, str, str], target: str, **fields: Any) -
     with _locked(home):
         targets = read_state(home, *key)
         if target in targets:  # a target removed meanwhile stays removed
-            targets[target] = {**targets[target], **fields}
+            targets[target] = cast(TargetState, {**targets[target], **fields})
             _write_state(home, *key, targets)
 
 
-def set_targets(home: Home, text: str, *, add: Sequence[str] = (), remove: Sequence[str] = ()) -> dict[str, Any]:
+def set_targets(home: Home, text: str, *, add: Sequence[str] = (),
+                remove: Sequence[str] = ()) -> dict[str, TargetState]:
     """Add targets (as pending; additive) and remove others; returns the new state."""
     ref = parse_image_ref(text, require_version=True)
     key = (ref.gallery, ref.definition, str(ref.version))
@@ -204,9 +248,7 @@ class _Recorder:
 
     def set_total(self, total: int) -> None:
         self.total = total
-        set_inner = getattr(self.inner, "set_total", None)
-        if callable(set_inner):
-            set_inner(total)
+        announce_total(self.inner, total)
 
     def __call__(self, amount: int) -> None:
         self.done += amount

@@ -26,7 +26,7 @@ from imgtool.flows.signing import registry_of
 from imgtool.gallery.galleries import VERSIONS
 from imgtool.gallery.lifecycle_model import Revocation
 from imgtool.gallery.lookup import get_version
-from imgtool.gallery.model import ImageVersion
+from imgtool.gallery.model import ImageVersion, PulledFrom
 from imgtool.gallery.version_changes import update_version
 from imgtool.home import Home
 from imgtool.names import ref_fields
@@ -166,8 +166,8 @@ def mark_local_copies(home: Home, remote_name: str, digest: str, revoked: revoca
     marked = []
     for _key, record in home.store.list_names(VERSIONS):
         version = ImageVersion.from_json(home.store.get_manifest(record))
-        origin = version.provenance.get("pulled_from")
-        if not isinstance(origin, dict) or origin.get("remote") != remote_name or origin.get("manifest") != digest:
+        origin = version.pulled_from
+        if origin is None or origin.remote != remote_name or origin.manifest != digest:
             continue
         if version.revocation is None:
             update_version(home, version.label, revocation=Revocation(revoked.reason, revoked.revoked_at))
@@ -202,8 +202,8 @@ def sync(home: Home, remote_name: str) -> list[dict[str, Any]]:
     with connected(home, remote_name) as (remote, target):
         for _key, record in home.store.list_names(VERSIONS):
             version = ImageVersion.from_json(home.store.get_manifest(record))
-            origin = version.provenance.get("pulled_from")
-            if not isinstance(origin, dict) or origin.get("remote") != remote.name:
+            origin = version.pulled_from
+            if origin is None or origin.remote != remote.name:
                 continue
             result = _sync_one(home, remote, target, version, origin)
             if result is not None:
@@ -212,8 +212,8 @@ def sync(home: Home, remote_name: str) -> list[dict[str, Any]]:
 
 
 def _sync_one(home: Home, remote: Remote, target: Target, version: ImageVersion,
-              origin: dict[str, Any]) -> dict[str, Any] | None:
-    repo, tag, pulled = str(origin.get("repository")), str(origin.get("tag")), str(origin.get("manifest"))
+              origin: PulledFrom) -> dict[str, Any] | None:
+    repo, tag, pulled = origin.repository, origin.tag, origin.manifest
     try:
         fetched = target.get_manifest(repo, pulled)
     except NotFound:

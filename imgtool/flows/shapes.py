@@ -26,6 +26,7 @@ from imgtool.home import Home
 from imgtool.vm.record import VmRecord, load
 
 if TYPE_CHECKING:
+    from imgtool.net.networks import NetworkRecord
     from imgtool.trust.policy import TrustedKey
 
 
@@ -158,7 +159,7 @@ KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
-def network(record: Any, vms: list[dict[str, Any]], switch: dict[str, Any] | None) -> dict[str, Any]:
+def network(record: NetworkRecord, vms: list[dict[str, Any]], switch: dict[str, Any] | None) -> dict[str, Any]:
     """A network: its record, the VMs with a NIC on it (name, address, MAC) and its switch (null: none runs)."""
     return {**record.to_json(), "project": record.project, "vms": vms, "switch": switch and {
         "pid": switch.get("pid"), "ports": [{k: p.get(k) for k in ("vm", "mac", "dropped")} for p in switch["ports"]]}}

@@ -25,6 +25,7 @@ from imgtool.remote.push import Pushed, PushResult, push
 from imgtool.remote.registry import RegistryClient
 from imgtool.trust import pins
 from imgtool.trust.signatures import SignedName
+from imgtool.vocab import PushStatus
 from store.progress import Progress
 
 
@@ -62,7 +63,7 @@ def _push_source(home: Home, source: str, remote_name: str, *, sign: str | None,
                                with_revocation=with_revocation)
             for result in results:
                 result.signed_by = signed.get(result.manifest, [])
-                if result.status == "present":  # already there: signed now if this key has not signed it
+                if result.status == PushStatus.PRESENT:  # already there: signed now if this key has not signed it
                     ref = parse_image_ref(result.name, require_version=True)
                     name = SignedName(signing.registry_of(remote), result.repository, ref.gallery, ref.definition,
                                       result.tag)
@@ -192,14 +193,13 @@ def _offline_copy(home: Home, text: str) -> tuple[str, str] | None:
         version, _ = get_version(home, local)
     except NotFound:
         return None
-    pulled = version.provenance.get("pulled_from")
+    pulled = version.pulled_from
     remote = remotes.get(home, ref.remote)
-    if not isinstance(pulled, dict) or pulled.get("url") != remote.url or pulled.get("tag") != str(ref.version):
+    if pulled is None or pulled.url != remote.url or pulled.tag != str(ref.version):
         return None
-    manifest = pulled.get("manifest")
-    if not isinstance(manifest, str) or (ref.digest is not None and manifest != ref.digest):
+    if ref.digest is not None and pulled.manifest != ref.digest:
         return None
-    return local, manifest
+    return local, pulled.manifest
 
 
 def versions(home: Home, text: str) -> tuple[list[catalog.RemoteVersion], Version | None, list[Verdict], str]:

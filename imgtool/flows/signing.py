@@ -25,7 +25,7 @@ from imgtool.clock import now
 from imgtool.errors import Corrupt, InvalidArgument, Refused
 from imgtool.gallery.galleries import VERSIONS
 from imgtool.gallery.lookup import get_version
-from imgtool.gallery.model import ImageVersion
+from imgtool.gallery.model import ImageVersion, PulledFrom
 from imgtool.home import Home
 from imgtool.names import REPOSITORY_PATH
 from imgtool.oci import media
@@ -40,6 +40,7 @@ from imgtool.trust import signatures as sig
 from imgtool.trust.homes import keyring, trust_store
 from imgtool.trust.keys import PublicKey
 from imgtool.trust.policy import ANY, SIGNED, UNSET, Acceptance
+from imgtool.vocab import RemoteKind
 from store import codec
 from store.packs import PackReader
 
@@ -82,6 +83,9 @@ class SignatureSet:
 
 
 def _attached_of(entry: dict[str, Any], what: str) -> referrers.Attached:
+    if set(entry) != {"manifest", "envelope"}:
+        raise Corrupt(f"{what} must hold exactly manifest and envelope (found {sorted(entry)[:5]})",
+                      hint="imgtool version delete the version, then pull it again")
     f = Fields(entry, what)
     manifest = _unb64(f.text("manifest"))
     return referrers.Attached(sha256_of(manifest), manifest, _unb64(f.text("envelope")))
@@ -89,7 +93,7 @@ def _attached_of(entry: dict[str, Any], what: str) -> referrers.Attached:
 
 def registry_of(remote: Remote) -> str:
     """The registry part of a signed name: the host, or `oci-layout` for a folder (its path can move)."""
-    return remote.host if remote.kind == "registry" else "oci-layout"
+    return remote.host if remote.kind == RemoteKind.REGISTRY else "oci-layout"
 
 
 def signed_name(remote: Remote, repository: str, version: ImageVersion) -> sig.SignedName:
@@ -192,9 +196,8 @@ def keep_pulled(home: Home, remote: Remote, repository: str, tag: str, check: Pu
     store = home.store
     named = store.get_name(VERSIONS, local.gallery, local.definition, local.version)
     if named is not None:  # already here: keep them only for the copy of exactly this manifest from here
-        origin = ImageVersion.from_json(store.get_manifest(named)).provenance.get("pulled_from")
-        if not isinstance(origin, dict) or origin.get("remote") != remote.name \
-                or origin.get("manifest") != sha256_of(check.manifest):
+        origin = ImageVersion.from_json(store.get_manifest(named)).pulled_from
+        if origin is None or origin.remote != remote.name or origin.manifest != sha256_of(check.manifest):
             return
     record = SignatureSet(remote.name, replace(check.name, repository=repository, version=tag),
                           sha256_of(check.manifest), check.manifest, check.config, tuple(check.found)).to_record()
@@ -242,11 +245,11 @@ def verify_local(home: Home, ref: str, *, deep: bool = True) -> LocalVerdict | N
     stored does not add up.
     """
     version, _record = get_version(home, ref)
-    origin = version.provenance.get("pulled_from")
-    if not isinstance(origin, dict):
+    origin = version.pulled_from
+    if origin is None:
         return None
     label = f"{version.gallery}/{version.definition}@{version.version}"
-    remote_name, digest = str(origin.get("remote")), str(origin.get("manifest"))
+    remote_name, digest = origin.remote, origin.manifest
     trust = trust_store(home)
     if trust.remote(remote_name).policy == ANY:
         return LocalVerdict(label, remote_name, digest, trust.check(remote_name, _placeholder(origin, version),
@@ -263,9 +266,9 @@ def verify_local(home: Home, ref: str, *, deep: bool = True) -> LocalVerdict | N
     return LocalVerdict(label, remote_name, digest, acceptance)
 
 
-def _placeholder(origin: dict[str, Any], version: ImageVersion) -> sig.SignedName:
+def _placeholder(origin: PulledFrom, version: ImageVersion) -> sig.SignedName:
     """A name for messages when no signature set is stored (the policy refuses or warns before using it)."""
-    repository = str(origin.get("repository") or "unknown")
+    repository = origin.repository or "unknown"
     return sig.SignedName("unknown", repository if REPOSITORY_PATH.fullmatch(repository) else "unknown",
                           version.gallery, version.definition, version.version)
 

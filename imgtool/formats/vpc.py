@@ -25,7 +25,6 @@ DYNAMIC_SIZE = 1024
 CHECKSUM_AT = 64  # offset of the footer checksum
 DYNAMIC_CHECKSUM_AT = 36
 FIXED, DYNAMIC, DIFFERENCING = 2, 3, 4
-NO_OFFSET = 0xFFFFFFFFFFFFFFFF
 MAX_GEOMETRY = 65535 * 16 * 255  # qemu then trusts current_size whatever the creator
 MAX_SECTORS = 0xFF000000  # qemu refuses VHDs larger than 2040 GiB
 SIZE_CREATORS = (b"win ", b"qem2", b"d2v ", b"CTXS", b"tap\x00")

@@ -39,7 +39,6 @@ FORMATS = {f.name: f for f in (
 )}
 ALIASES = {"vpc": "vhd", "img": "raw"}
 EXTENSIONS = {".qcow2": "qcow2", ".raw": "raw", ".img": "raw", ".vhd": "vhd", ".vmdk": "vmdk"}
-NAMES = "qcow2, raw, vhd (fixed, MiB-aligned, as Azure needs) or vmdk (streamOptimized)"
 
 
 def choose(out: Path, given: str | None) -> ExportFormat:

@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from imgtool import formats
 from imgtool.capture import archives, sources
@@ -24,10 +24,10 @@ from imgtool.gallery.lifecycle_model import CheckResult
 from imgtool.gallery.lookup import get_version, version_disks
 from imgtool.gallery.model import OS_STATES, Definition, Disk, ImageVersion, check_choice, check_date
 from imgtool.gallery.version_changes import check_block_deletion
-from imgtool.guest import service as guest
 from imgtool.home import Home
 from imgtool.names import DefinitionRef, Version
 from imgtool.tools import qemu_img
+from imgtool.vocab import SourceKind
 from store import atomic
 from store import digest as digests
 from store.materialize import materialize
@@ -53,13 +53,23 @@ class PublishRequest:
     allow_unaudited: bool = False  # ... or even if the audit cannot read the guest OS it sees (recorded)
 
 
+class AuditGate(Protocol):
+    """What publishing into a generalized definition needs of the guest audit: audit the OS disk `source`
+    before anything is captured, refuse machine identity (unless `allow_identity`) and a guest OS the audit
+    cannot read (unless `allow_unaudited`), and return what the version records as its `audit`.
+
+    The guest layer sits above the gallery, so the gate is passed in: imgtool.flows.publishing.audit_gate."""
+
+    def __call__(self, home: Home, source: str, *, firmware: str, allow_identity: bool,
+                 allow_unaudited: bool) -> dict[str, Any]: ...
+
+
 @dataclass(frozen=True)
 class PlannedDisk:
     """One disk of the version to be: its LUN (None: the OS disk) and the source to capture."""
 
     lun: int | None
     source: str
-    brought_by: str | None = None  # the --os-disk source that brings it, if not given explicitly
 
 
 def parse_data_disk(text: str) -> tuple[int, str]:
@@ -79,7 +89,7 @@ def plan_disks(home: Home, req: PublishRequest) -> list[PlannedDisk]:
     planned: dict[int | None, PlannedDisk] = {None: PlannedDisk(None, req.os_disk)}
     if os_source.kind in sources.MULTI_DISK and not os_source.selected:
         for lun in sources.data_luns(home, os_source, versions=versions):
-            planned[lun] = PlannedDisk(lun, os_source.select(lun).text(), brought_by=req.os_disk)
+            planned[lun] = PlannedDisk(lun, os_source.select(lun).text())
     else:
         sources.data_luns(home, os_source, versions=versions)  # a named VM, snapshot or version must exist
     clashes = sorted(lun for lun, _ in req.data_disks if lun in planned)
@@ -125,8 +135,10 @@ def _source_needs_state(text: str) -> bool:
     return text.startswith(("vm:", "snapshot:"))
 
 
-def publish(home: Home, req: PublishRequest, *, progress: Progress | None = None) -> ImageVersion:
-    """Capture the sources and name the new version. Refuses an existing version."""
+def publish(home: Home, req: PublishRequest, *, audit_gate: AuditGate,
+            progress: Progress | None = None) -> ImageVersion:
+    """Capture the sources and name the new version. Refuses an existing version; a generalized
+    definition's OS disk passes `audit_gate` first."""
     definition, def_digest = get_definition_with_digest(home, req.ref)
     _check_request(req, definition)
     if req.os_state is None and _source_needs_state(req.os_disk):
@@ -136,12 +148,15 @@ def publish(home: Home, req: PublishRequest, *, progress: Progress | None = None
     if home.store.get_name(VERSIONS, req.ref.gallery, req.ref.definition, version_name):
         raise AlreadyExists(f"version {req.ref}@{version_name} already exists",
                             hint="versions are immutable: publish a higher version")
-    if req.source_format is not None and sources.parse(req.os_disk).kind != "file":
+    if req.source_format is not None and sources.parse(req.os_disk).kind != SourceKind.FILE:
         raise InvalidArgument(f"--format {req.source_format} applies to a disk file, and --os-disk {req.os_disk} "
                               "is not one", hint="drop --format: a stored disk's format is known")
     plan = plan_disks(home, req)
     _inspect_files(req)
-    audit = _audit(home, req, definition)
+    audit = None
+    if definition.os_state == "generalized":  # specialized definitions keep identity by design
+        audit = audit_gate(home, req.os_disk, firmware=definition.firmware, allow_identity=req.allow_identity,
+                           allow_unaudited=req.allow_unaudited)
     with home.store.writing():
         disks = _capture_disks(home, req, plan, definition, progress)
         record = ImageVersion(
@@ -161,24 +176,6 @@ def publish(home: Home, req: PublishRequest, *, progress: Progress | None = None
                 raise AlreadyExists(f"version {req.ref}@{version_name} already exists",
                                     hint="another publish won the race; publish a higher version") from None
     return record
-
-
-def _audit(home: Home, req: PublishRequest, definition: Definition) -> dict[str, Any] | None:
-    """A generalized definition gets only sources without machine identity (imgtool.guest).
-
-    The OS disk is audited before anything is captured; identity refuses the publish unless
-    `allow_identity`, and a guest OS the audit cannot read unless `allow_unaudited`; the record keeps
-    either override. Specialized definitions keep identity by design.
-    """
-    if definition.os_state != "generalized":
-        return None
-    report = guest.audit(home, req.os_disk, firmware=definition.firmware)
-    guest.gate(report, source=req.os_disk, allow_identity=req.allow_identity, allow_unaudited=req.allow_unaudited)
-    body = {**report.to_json(), "source": req.os_disk,
-            "allowed_identity": req.allow_identity and report.audited and not report.clean}
-    if not report.audited:
-        body["allowed_unaudited"] = True  # only --allow-unaudited lets this through the gate
-    return body
 
 
 def _inspect_files(req: PublishRequest) -> None:
@@ -218,11 +215,6 @@ def _check_format(source: dict[str, Any], definition: Definition) -> None:
     if fmt in definition.disallowed_disk_formats:
         raise Refused(f"definition {definition.gallery}/{definition.name} disallows {fmt} disks",
                       hint="convert the disk to an allowed format first")
-
-
-def export_format(out: Path, fmt: str | None) -> str:
-    """The export format's name: given, else from the output file's extension (gallery/export_formats.py)."""
-    return export_formats.choose(out, fmt).name
 
 
 def _check_output(out: Path, force: bool) -> None:

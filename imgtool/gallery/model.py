@@ -192,6 +192,31 @@ class Disk:
 
 
 @dataclass(frozen=True)
+class PulledFrom:
+    """Where a pulled version came from: its record's `provenance.pulled_from` (docs/STORE-FORMAT.md)."""
+
+    remote: str
+    url: str
+    repository: str
+    tag: str
+    manifest: str  # the digest of the version's manifest on the remote
+    pulled: str  # when
+
+    def to_json(self) -> JsonObject:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: object, what: str) -> PulledFrom:
+        names = [f.name for f in dataclasses.fields(cls)]
+        if not isinstance(obj, dict) or set(obj) != set(names):
+            found = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+            raise Corrupt(f"{what} must be an object with exactly {names} (found {found})",
+                          hint="the record is damaged; run imgtool verify")
+        f = Fields(obj, what)
+        return cls(*(f.text(name) for name in names))
+
+
+@dataclass(frozen=True)
 class ImageVersion:
     gallery: str
     definition: str
@@ -218,6 +243,12 @@ class ImageVersion:
     @property
     def check_state(self) -> str | None:
         return None if self.check is None else self.check.state
+
+    @property
+    def pulled_from(self) -> PulledFrom | None:
+        """Where it was pulled from; None for a version published here."""
+        value = self.provenance.get("pulled_from")
+        return None if value is None else PulledFrom.from_json(value, f"version record {self.label} pulled_from")
 
     @property
     def os_disk(self) -> Disk:
@@ -248,12 +279,15 @@ class ImageVersion:
         disks = f.each("disks", Disk.from_json)
         if not disks:
             raise Corrupt(f"{what} has no disks", hint="the record is damaged; run imgtool verify")
+        provenance = f.obj_or_empty("provenance")
+        if "pulled_from" in provenance:  # a malformed origin is refused when the record is read, not when used
+            PulledFrom.from_json(provenance["pulled_from"], f"{what} provenance.pulled_from")
         return cls(gallery=f.text("gallery"), definition=f.text("definition"), version=f.text("version"),
                    os_state=f.text("os_state"), disks=disks, definition_record=f.text("definition_record"),
                    published=f.text("published"), exclude_from_latest=f.flag("exclude_from_latest"),
                    end_of_life=f.opt_text("end_of_life"),
                    block_deletion_before_end_of_life=f.flag("block_deletion_before_end_of_life"),
-                   provenance=f.obj_or_empty("provenance"), updated=f.opt_text("updated"),
+                   provenance=provenance, updated=f.opt_text("updated"),
                    check=CheckResult.from_json(f.obj_or_empty("check"), f"{what} check")
                    if f.obj.get("check") is not None else None,
                    revocation=Revocation.from_json(f.obj_or_empty("revocation"), f"{what} revocation")

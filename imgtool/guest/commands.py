@@ -27,7 +27,6 @@ from imgtool.home import Home
 from imgtool.names import check_name
 from imgtool.tools import run
 
-SSH_FAILED = 255
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 

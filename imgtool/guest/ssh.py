@@ -31,7 +31,7 @@ def options(home: Home, name: str, *, batch: bool = True, identity: Path | None 
     status = vmstate.running_state(home, name)
     if status is None:
         raise Refused(f"VM '{name}' is not running", hint=f"start it: imgtool vm start {name}")
-    argv = ["-p", str(status["ssh_port"]),
+    argv = ["-p", str(status.ssh_port),
             "-o", f"UserKnownHostsFile={vm_dir(home, name) / KNOWN_HOSTS}",
             "-o", "StrictHostKeyChecking=accept-new",
             "-o", f"HostKeyAlias=imgtool-vm-{name}",

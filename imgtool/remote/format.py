@@ -15,12 +15,11 @@ from __future__ import annotations
 import base64
 import binascii
 import itertools
-import json
-import re
 import struct
 from dataclasses import dataclass
 from typing import Any
 
+from imgtool import strict
 from imgtool.errors import Corrupt, InvalidArgument
 from imgtool.names import REPOSITORY_COMPONENT
 from imgtool.oci import media
@@ -33,13 +32,11 @@ CONFIG_TYPE = media.CONFIG
 INDEX_TYPE = media.CHUNK_INDEX
 PACK_TYPE = media.PACK
 CONFIG_FORMAT = 1
-ANNOTATION = "org.imgtool."
 MAX_CONFIG = 4 << 20
 MAX_INDEX = 128 << 20  # 60 bytes a chunk: 2.2 million chunks, 280 GiB of data at 128 KiB
 MAX_PACK = 1 << 30
 MAX_LAYERS = 20_000  # at ~32 MiB per pack: 600 GiB of new data in one version, inside the 4 MiB manifest
 
-_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 ENCODED = "x--"
 
 
@@ -72,10 +69,6 @@ def repository(prefix: str, gallery: str, definition: str) -> str:
     return "/".join(parts)
 
 
-def is_tag(text: str) -> bool:
-    return bool(_TAG.fullmatch(text))
-
-
 # -- descriptors and manifests ---------------------------------------------------------------------
 
 
@@ -95,13 +88,8 @@ class VersionManifest:
 
 def parse_manifest(data: bytes, digest: str, what: str) -> VersionManifest:
     """Check an imgtool version manifest's shape; anything else is refused, never guessed at."""
-    if len(data) > MAX_MANIFEST:
-        raise Corrupt(f"{what} is above the 4 MiB manifest limit", hint="the remote version is malformed")
-    try:
-        body = json.loads(data)
-    except ValueError:
-        raise Corrupt(f"{what} is not JSON", hint="the remote version is malformed") from None
-    if not isinstance(body, dict) or body.get("schemaVersion") != 2:
+    body = strict.load_object(data, what=what, limit=MAX_MANIFEST)
+    if body.get("schemaVersion") != 2:
         raise Corrupt(f"{what} is not an OCI image manifest", hint="the remote version is malformed")
     if body.get("artifactType") != VERSION_TYPE:
         raise InvalidArgument(f"{what} is not an imgtool version ({_kind_of(body)})",
@@ -147,16 +135,9 @@ def config_bytes(version: dict[str, Any], definition: dict[str, Any], gallery: d
     return canonical_ascii(body)
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON imgtool stores")
-
-
 def parse_config(data: bytes, what: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
-    try:
-        body = json.loads(data, parse_constant=_no_constants, parse_float=_no_constants)
-    except ValueError:
-        raise Corrupt(f"{what} is not JSON", hint="the remote version is malformed") from None
-    if not isinstance(body, dict) or body.get("kind") != "imgtool-version-config":
+    body = strict.load_object(data, what=what, limit=MAX_CONFIG, floats=False)  # no float in any record
+    if body.get("kind") != "imgtool-version-config":
         raise Corrupt(f"{what} is not an imgtool version config", hint="the remote version is malformed")
     if body.get("format") != CONFIG_FORMAT:
         raise Corrupt(f"{what} has config format {body.get('format')!r}; this imgtool reads {CONFIG_FORMAT}",

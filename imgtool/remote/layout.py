@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from imgtool import strict
 from imgtool.errors import Corrupt, NotFound
 from imgtool.oci.descriptor import check_digest, sha256_of
 from imgtool.oci.media import OCI_INDEX, REF_NAME
@@ -49,13 +50,8 @@ class LayoutTarget:
             data = path.read_bytes()
         except FileNotFoundError:
             return {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
-        if len(data) > MAX_MANIFEST * 4:
-            raise Corrupt(f"{path} is too large", hint="the layout folder is damaged")
-        try:
-            body = json.loads(data)
-        except ValueError:
-            raise Corrupt(f"{path} is not JSON", hint="the layout folder is damaged") from None
-        if not isinstance(body, dict) or not isinstance(body.get("manifests"), list):
+        body = strict.load_object(data, what=str(path), limit=MAX_MANIFEST * 4)
+        if not isinstance(body.get("manifests"), list):
             raise Corrupt(f"{path} is not an OCI index", hint="the layout folder is damaged")
         return body
 

@@ -31,7 +31,7 @@ from imgtool.formats import DEFAULT_MAX_VIRTUAL_SIZE
 from imgtool.formats._common import LIMIT_ENV
 from imgtool.gallery import galleries
 from imgtool.gallery.galleries import DEFINITIONS, GALLERIES, VERSIONS, gallery_lock
-from imgtool.gallery.model import Definition, Gallery, ImageVersion
+from imgtool.gallery.model import Definition, Gallery, ImageVersion, PulledFrom
 from imgtool.gallery.versions import passed_over, why_nothing
 from imgtool.home import Home
 from imgtool.names import DefinitionRef, ImageRef, parse_definition_ref, parse_image_ref, ref_fields
@@ -41,10 +41,11 @@ from imgtool.remote import format as fmt
 from imgtool.remote.format import DiskIndex, IndexEntry, VersionManifest
 from imgtool.remote.knowledge import load_index
 from imgtool.remote.remotes import Remote
+from imgtool.vocab import PullStatus
 from store import canonical
 from store import digest as store_digest
 from store.disks import DiskManifest
-from store.progress import Progress
+from store.progress import Progress, announce_total
 
 WORKERS = 3
 IDENTITY = ("publisher", "offer", "sku", "os_type", "os_state", "architecture", "firmware")
@@ -96,7 +97,7 @@ class PullResult:
     repository: str
     tag: str
     manifest: str
-    status: str  # pulled | present
+    status: PullStatus  # pulled | present
     chunks_fetched: int = 0
     bytes_received: int = 0
     packs_whole: int = 0
@@ -222,11 +223,11 @@ class Puller:
     def pull(self, text: str, *, as_ref: str | None = None) -> PullResult:
         judged = self.judge(text, as_ref=as_ref)
         repo, tag, local, fetched, version = judged.repo, judged.tag, judged.local, judged.fetched, judged.version
-        result = PullResult(f"{local}@{tag}", self.remote.name, repo, tag, fetched.digest, "pulled",
+        result = PullResult(f"{local}@{tag}", self.remote.name, repo, tag, fetched.digest, PullStatus.PULLED,
                             warnings=[*judged.passed_over, *judged.checked.warnings])
         checked = judged.checked
         if self._present(local, version, judged.definition):
-            result.status = "present"
+            result.status = PullStatus.PRESENT
             if checked.keep is not None:  # signatures verified now are kept for a copy that lacks them
                 with self.home.store.writing():
                     checked.keep(replace(version, gallery=local.gallery, definition=local.definition))
@@ -299,9 +300,7 @@ class Puller:
                     wanted.setdefault(entry.pack, {}).setdefault(entry.blake3, entry)
         plans = [fetch.PackPlan(pack, manifest.packs[pack].size, sorted(found.values(), key=lambda e: e.offset))
                  for pack, found in wanted.items()]
-        set_total = getattr(self.progress, "set_total", None)
-        if callable(set_total):
-            set_total(sum(p.wanted for p in plans))
+        announce_total(self.progress, sum(p.wanted for p in plans))
         window: deque[Future[list[fetch.Verified]]] = deque()
 
         def drain(limit: int) -> None:
@@ -340,9 +339,8 @@ class Puller:
 
     def _local_version(self, version: ImageVersion, local: DefinitionRef, repo: str, tag: str,
                        manifest_digest: str) -> ImageVersion:
-        origin = {"remote": self.remote.name, "url": self.remote.url, "repository": repo, "tag": tag,
-                  "manifest": manifest_digest, "pulled": stamp()}
-        provenance = {**version.provenance, "pulled_from": origin}
+        origin = PulledFrom(self.remote.name, self.remote.url, repo, tag, manifest_digest, stamp())
+        provenance = {**version.provenance, "pulled_from": origin.to_json()}
         return replace(version, gallery=local.gallery, definition=local.definition, provenance=provenance)
 
     def _name(self, local: DefinitionRef, definition: Definition, gallery: Gallery | None, tag: str,

@@ -35,8 +35,10 @@ from imgtool.remote import format as fmt
 from imgtool.remote.format import DiskIndex, IndexEntry
 from imgtool.remote.knowledge import Known, learn
 from imgtool.remote.remotes import Remote
+from imgtool.vocab import PushStatus
+from store.disks import DiskManifest
 from store.packs import PackReader
-from store.progress import Progress
+from store.progress import Progress, announce_total
 from store.repo import Store
 
 PACK_TARGET = 32 << 20  # "tens of MiB": few requests per GiB, small enough to hold a few in memory
@@ -64,7 +66,7 @@ class PushResult:
     repository: str
     tag: str
     manifest: str
-    status: str  # pushed | present | updated
+    status: PushStatus
     packs_uploaded: int = 0
     packs_mounted: int = 0
     bytes_uploaded: int = 0
@@ -206,12 +208,12 @@ class Pusher:
                 raise Refused(f"{self.remote.name} already has {repo}:{tag} with other disks",
                               hint="versions are immutable: publish a higher version and push that")
             if _settings(remote_record) == _settings(record):
-                return PushResult(name, repo, tag, manifest.digest, "present")
+                return PushResult(name, repo, tag, manifest.digest, PushStatus.PRESENT)
             layers = [*manifest.indexes, *manifest.packs.values()]
             digest = self._put(version, repo, tag, record, definition, layers)
-            return PushResult(name, repo, tag, digest, "updated")
+            return PushResult(name, repo, tag, digest, PushStatus.UPDATED)
         self._check_same_definition(version, repo, definition)
-        result = PushResult(name, repo, tag, "", "pushed")
+        result = PushResult(name, repo, tag, "", PushStatus.PUSHED)
         with self.store.writing():
             layers = self._upload_content(version, repo, result)
             result.manifest = self._put(version, repo, tag, record, definition, layers)
@@ -269,7 +271,7 @@ class Pusher:
             indexes.append(self._ensure_blob(repo, fmt.INDEX_TYPE, data))
         return [*indexes, *packs.values()]
 
-    def _mount_siblings(self, repo: str, known: Known, disks: list[Any],
+    def _mount_siblings(self, repo: str, known: Known, disks: list[DiskManifest],
                         result: PushResult) -> dict[bytes, IndexEntry | None]:
         """Chunks the remote holds, located in `repo` (mounting their packs from siblings first)."""
         needed: dict[str, str] = {}  # pack -> sibling repository
@@ -299,10 +301,8 @@ class Pusher:
         happen on the pool, so the last pack's hash does not wait behind the others' reads."""
         known = self.known[repo]
         located: dict[bytes, IndexEntry] = {}
-        set_total = getattr(self.progress, "set_total", None)
         index = self.store.index
-        if callable(set_total):
-            set_total(sum(loc.clen for raw in new if (loc := index.get(raw)) is not None))
+        announce_total(self.progress, sum(loc.clen for raw in new if (loc := index.get(raw)) is not None))
         window: deque[tuple[Future[tuple[str, int]], list[Member]]] = deque()
 
         def settle(limit: int) -> None:

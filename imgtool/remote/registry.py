@@ -436,17 +436,6 @@ class RegistryClient:
         media_type = response.headers.get("content-type", "").split(";")[0].strip()
         return Fetched(data, digest, media_type)
 
-    def head_manifest(self, repo: str, ref: str) -> str | None:
-        response = self.request("HEAD", f"/v2/{repo}/manifests/{ref}", repo=repo,
-                                headers={"Accept": MANIFEST_ACCEPT})
-        response.close()
-        if response.status_code == 404:
-            return None
-        if response.status_code != 200:
-            raise self._fail(response, f"checking manifest {repo}:{ref}")
-        found = response.headers.get("docker-content-digest")
-        return found if isinstance(found, str) else None
-
     def put_manifest(self, repo: str, ref: str, data: bytes, media_type: str) -> str:
         if len(data) > MAX_MANIFEST:
             raise Refused(f"the manifest for {repo}:{ref} is {len(data)} bytes, above the 4 MiB registries accept",
@@ -562,12 +551,6 @@ class RegistryClient:
         if response.status_code == 202:  # not mounted: an upload session was opened instead; let it expire
             return False
         raise self._fail(response, f"mounting {digest[:19]} from {source}")
-
-    def delete_manifest(self, repo: str, digest: str) -> None:
-        response = self.request("DELETE", f"/v2/{repo}/manifests/{digest}", repo=repo, actions="pull,push,delete")
-        response.close()
-        if response.status_code not in (202, 404):
-            raise self._fail(response, f"deleting {repo}@{digest[:19]}")
 
     # -- referrers ----------------------------------------------------------------------------------
 

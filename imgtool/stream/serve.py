@@ -125,7 +125,7 @@ class Supervisor:
             if self._done(qemu is not None, seen_qemu, started):
                 return
             if qemu is not None:
-                backoff, next_resume = self.resume_if_paused(Path(qemu["qmp"]), backoff, next_resume)
+                backoff, next_resume = self.resume_if_paused(Path(qemu.qmp), backoff, next_resume)
             self.write_status()
             self.stopping.wait(TICK)
 
@@ -189,7 +189,7 @@ class Supervisor:
         if qemu is None:
             return False
         try:
-            command(Path(qemu["qmp"]), timeout=2.0)
+            command(Path(qemu.qmp), timeout=2.0)
         except ImgtoolError as exc:
             log.warning("VM %s: QMP failed: %s", self.name, exc)
             return False

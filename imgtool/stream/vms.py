@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from imgtool.errors import InvalidArgument, NotFound, Refused, ToolFailed
+from imgtool.errors import InvalidArgument, Refused, ToolFailed
 from imgtool.flows import sharing
 from imgtool.gallery.galleries import VERSIONS
 from imgtool.home import Home
@@ -102,7 +102,7 @@ def resume(home: Home, name: str) -> str:
     restarted = vmrecord.is_streaming(home, name) and status.server_pid(folder) is None
     if restarted:
         run.run([sys.executable, "-m", "imgtool.stream.serve", "--home", os.fspath(home.root), name], timeout=600)
-    sock = vmstate_qmp(state)
+    sock = Path(state.qmp)
     now = qmp.query_status(sock)
     if now not in ("paused", "io-error"):
         if restarted:
@@ -111,8 +111,3 @@ def resume(home: Home, name: str) -> str:
     qmp.cont(sock)
     return qmp.query_status(sock) or "stopped"
 
-
-def vmstate_qmp(state: dict[str, Any]) -> Path:
-    if not isinstance(state.get("qmp"), str):
-        raise NotFound("the VM's runtime state names no QMP socket", hint="restart the VM")
-    return Path(state["qmp"])

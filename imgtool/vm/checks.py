@@ -177,7 +177,7 @@ def _wait_ssh(home: Home, name: str, command: list[str], *, deadline: float, clo
         fatal = _console_says_cannot_boot(home, name)
         if fatal is not None:
             raise CannotBoot(fatal)
-        done = run.run(ssh_check_argv(int(state["ssh_port"]), user, key, command), timeout=timeout, check=False)
+        done = run.run(ssh_check_argv(state.ssh_port, user, key, command), timeout=timeout, check=False)
         return done.returncode, done.stderr
 
     return retry_ssh(attempt, " ".join(command), deadline=deadline, clock=clock)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import re
 import signal
@@ -55,10 +54,10 @@ def status(home: Home, name: str) -> dict[str, Any]:
     folder = vm_dir(home, name)
     state = _state(folder)
     streamed = streaming.hydration(home, name)
-    if not state or not _qemu_alive(int(state["pid"])):
+    if not state or not _qemu_alive(state.pid):
         return {"state": "stopped", "hydration": streamed}
-    guest = qmp.query_status(Path(state["qmp"]))
-    return {"state": guest or "unresponsive", **state, "hydration": streamed}
+    guest = qmp.query_status(Path(state.qmp))
+    return {"state": guest or "unresponsive", **state.to_json(), "hydration": streamed}
 
 
 def _check_disks(home: Home, record: VmRecord, folder: Path) -> None:
@@ -120,7 +119,7 @@ def _check_forward_ports(record: VmRecord) -> None:
 
 
 def start(home: Home, name: str, *, requested_accel: str | None = None, force: bool = False,
-          served: Path | None = None) -> dict[str, Any]:
+          served: Path | None = None) -> vmstate.RunState:
     """Boot the VM in the background; returns its runtime state. `served`: its bases are read over NBD
     from that socket, whose server the caller runs (imgtool/vm/profile_recording.py).
 
@@ -169,10 +168,9 @@ def start(home: Home, name: str, *, requested_accel: str | None = None, force: b
             raise
     pid = int((folder / "qemu.pid").read_text().strip())
     _attach(home, record, pid, folder)
-    state = {"pid": pid, "accel": accel_name, "ssh_port": spec.ssh_port, "qmp": str(spec.qmp_socket),
-             "started": stamp(), "qemu_argv": argv,
-             "forwards": [{"host": f.host, "guest": f.guest} for f in record.forwards]}
-    atomic.replace(folder / STATE, json.dumps(state, indent=2).encode())
+    state = vmstate.RunState(pid, accel_name, spec.ssh_port, str(spec.qmp_socket), stamp(), tuple(argv),
+                             record.forwards)
+    atomic.replace(folder / STATE, state.dumps())
     return state
 
 
@@ -220,10 +218,10 @@ def stop(home: Home, name: str, *, timeout: float = 30.0) -> bool:
 def stop_detail(home: Home, name: str, *, timeout: float = 30.0) -> Stopped:
     folder = vm_dir(home, name)
     state = _state(folder)
-    if not state or not _qemu_alive(int(state["pid"])):
+    if not state or not _qemu_alive(state.pid):
         _clear(folder, state)
         return Stopped(False, False)
-    pid, sock = int(state["pid"]), Path(state["qmp"])
+    pid, sock = state.pid, Path(state.qmp)
     if timeout > 0:
         qmp_safe(qmp.powerdown, sock)
         _wait_gone(pid, timeout)
@@ -240,7 +238,7 @@ def stop_detail(home: Home, name: str, *, timeout: float = 30.0) -> Stopped:
     return Stopped(True, forced)
 
 
-def qmp_safe(action: Any, sock: Path) -> None:
+def qmp_safe(action: Callable[[Path], object], sock: Path) -> None:
     with contextlib.suppress(ToolFailed, OSError):
         action(sock)  # if QMP does not answer, the next, harder step follows
 
@@ -251,10 +249,10 @@ def _wait_gone(pid: int, timeout: float) -> None:
         time.sleep(0.1)
 
 
-def _clear(folder: Path, state: dict[str, Any] | None) -> None:
+def _clear(folder: Path, state: vmstate.RunState | None) -> None:
     # Only what exists: unlink fails with EROFS even for a missing file, and stopping a stopped
     # VM on a read-only home must stay a pure read.
-    for path in [folder / STATE, *([Path(state["qmp"])] if state and state.get("qmp") else [])]:
+    for path in [folder / STATE, *([Path(state.qmp)] if state and state.qmp else [])]:
         if path.exists() or path.is_symlink():
             path.unlink(missing_ok=True)
 
@@ -327,7 +325,7 @@ def wait_ssh(home: Home, name: str, *, timeout: float, waiting: Callable[[int], 
         if state is None:
             load(home, name)
             raise Refused(f"VM '{name}' is not running", hint=f"start it: imgtool vm start {name}")
-        port = int(state["ssh_port"])
+        port = state.ssh_port
         if ports.ssh_answers(port, timeout=max(min(5.0, deadline - time.monotonic()), 0.5)):
             return port
         if not told and waiting is not None:
@@ -345,9 +343,9 @@ def ssh_argv(home: Home, name: str, extra: list[str], *, port: int | None = None
     (under an alias, so it survives the port changing at each start)."""
     record = load(home, name)
     state = _state(vm_dir(home, name))
-    if not state or not _qemu_alive(int(state["pid"])):
+    if not state or not _qemu_alive(state.pid):
         raise Refused(f"VM '{name}' is not running", hint=f"start it: imgtool vm start {name}")
-    port = port or int(state["ssh_port"])
+    port = port or state.ssh_port
     user = record.seed.admin_user if record.seed else None
     if not user:
         raise InvalidArgument(f"VM '{name}' has no provisioned user (specialized image)",
@@ -362,7 +360,7 @@ def ssh_argv(home: Home, name: str, extra: list[str], *, port: int | None = None
 
 
 def restart(home: Home, name: str, *, timeout: float = 30.0, requested_accel: str | None = None) -> \
-        tuple[Stopped, dict[str, Any]]:
+        tuple[Stopped, vmstate.RunState]:
     """Stop (if running) and start again, with the record as it is now (after vm update, say)."""
     load(home, name)
     stopped = stop_detail(home, name, timeout=timeout)

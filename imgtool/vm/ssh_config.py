@@ -51,7 +51,7 @@ def for_vm(home: Home, name: str) -> SshHost:
                       hint=f"start it (imgtool vm start {name}), then imgtool vm ssh-config {name}")
     key = (record.seed.ssh_key if record.seed else None) or ""
     private = Path(key[:-4]) if key.endswith(".pub") and Path(key[:-4]).is_file() else None
-    return SshHost(name=name, port=int(status["ssh_port"]), user=record.seed.admin_user if record.seed else None,
+    return SshHost(name=name, port=status.ssh_port, user=record.seed.admin_user if record.seed else None,
                    identity=private, known_hosts=vm_dir(home, name) / KNOWN_HOSTS)
 
 

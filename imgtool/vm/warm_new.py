@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import shutil
 import signal
@@ -45,6 +44,7 @@ from imgtool.tools.ports import free_port
 from imgtool.vm import bases, options, seed, warm_agent, warm_make, warm_state
 from imgtool.vm import lifecycle as vm
 from imgtool.vm import runtime as vmrun
+from imgtool.vm import state as vmstate
 from imgtool.vm.record import SeedInfo, VmDisk, VmRecord, save, vm_dir
 from imgtool.vm.warm_state import Found
 from store import atomic
@@ -59,7 +59,7 @@ class WarmStart:
     """What a warm vm new did, and how long each part took (seconds)."""
 
     record: VmRecord
-    runtime: dict[str, Any]
+    runtime: vmstate.RunState
     state: Path
     restore_seconds: float
     personalize_seconds: float
@@ -184,10 +184,9 @@ def _restore(home: Home, folder: Path, record: VmRecord, found: Found, provision
         migration.resume(spec.qmp_socket)
         restored = time.monotonic()
         _personalize(spec, provisioning, record.name)
-        runtime = {"pid": pid, "accel": accel_name, "ssh_port": spec.ssh_port, "qmp": str(spec.qmp_socket),
-                   "started": stamp(), "qemu_argv": argv, "warm": found.folder.name,
-                   "forwards": [{"host": f.host, "guest": f.guest} for f in record.forwards]}
-        atomic.replace(folder / vmrun.STATE, _dumps(runtime))
+        runtime = vmstate.RunState(pid, accel_name, spec.ssh_port, str(spec.qmp_socket), stamp(), tuple(argv),
+                                   record.forwards, warm=found.folder.name)
+        atomic.replace(folder / vmrun.STATE, runtime.dumps())
         save(home, record)  # the commit point: from here on the VM exists
     finally:
         _disarm(guard)
@@ -206,10 +205,6 @@ def _personalize(spec: qemu.VmSpec, provisioning: seed.Provisioning, name: str) 
     if not answer.ok:
         raise ToolFailed(f"personalizing VM '{name}' failed, so it was deleted: the guest agent said: {answer.detail}",
                          hint="create the VM without --warm, or rebuild the warm state (imgtool version warm ...)")
-
-
-def _dumps(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, indent=2).encode()
 
 
 # On TERM: wait (bounded) for a QEMU being started to write its pid file, then SIGKILL that pid.

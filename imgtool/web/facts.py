@@ -19,13 +19,11 @@ MAX_REMEMBERED = 200_000
 
 
 def version_fact(version: ImageVersion) -> VersionFact:
-    origin = version.provenance.get("pulled_from")
-    pulled = origin if isinstance(origin, dict) else {}
+    pulled = version.pulled_from
     via = tuple(sorted({str(d.source["name"]) for d in version.disks
                         if d.source.get("kind") in ("vm", "snapshot") and isinstance(d.source.get("name"), str)}))
     return VersionFact(version.label, tuple(sorted(parents(version))), via,
-                       str(pulled["remote"]) if "remote" in pulled else None,
-                       str(pulled["manifest"]) if "manifest" in pulled else None,
+                       pulled.remote if pulled else None, pulled.manifest if pulled else None,
                        version.revocation.reason if version.revocation else None)
 
 

@@ -16,8 +16,6 @@ from benchlib.disk import Disks
 from benchlib.measure import BenchError, Step, drop_caches, log, sh, timed, tree_size
 from benchlib.peers import ALL, Contender
 
-STEPS = ("v1", "v2", "restore")
-
 
 def _one(contender: Contender, disks: Disks) -> dict[str, Any]:
     work, out = contender.work, contender.work / "out"

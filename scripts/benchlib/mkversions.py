@@ -12,7 +12,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from imgtool.gallery.image_versions import PublishRequest, publish
+from imgtool.flows.publishing import publish_version as publish
+from imgtool.gallery.image_versions import PublishRequest
 from imgtool.home import Home
 from imgtool.names import Version, parse_definition_ref
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib.measure import BenchError, Sample, Step, drop_caches, log, median_sample, sh, timed
+from benchlib.measure import BenchError, Step, drop_caches, log, median_sample, sh, timed
 from benchlib.mkversions import number
 from benchlib.peers import IMGTOOL
 
@@ -94,8 +94,3 @@ def _after_publish(env: dict[str, str], digest: str, count: int, runs: int) -> d
             "--allow-unaudited"], env=env)
         found.append(timed(Step([str(IMGTOOL), "version", "list", DEFINITION], env)))
     return {"median": median_sample(found).to_json(), "runs": [s.to_json() for s in found]}
-
-
-def median_of(result: dict[str, Any], name: str) -> Sample:
-    m = result["commands"][name]["median"]
-    return Sample(m["wall"], m["cpu"], m["max_rss_kib"])

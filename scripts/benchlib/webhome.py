@@ -17,8 +17,9 @@ from pathlib import Path
 
 from benchlib.mkversions import number
 from imgtool.flows import replication
+from imgtool.flows.publishing import publish_version as publish
 from imgtool.gallery import galleries
-from imgtool.gallery.image_versions import PublishRequest, publish
+from imgtool.gallery.image_versions import PublishRequest
 from imgtool.gallery.model import Definition
 from imgtool.gallery.revocation import revoke
 from imgtool.home import Home

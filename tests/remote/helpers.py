@@ -5,8 +5,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from imgtool.flows.publishing import publish_version as publish
 from imgtool.gallery import galleries as gallery
-from imgtool.gallery.image_versions import PublishRequest, export, publish
+from imgtool.gallery.image_versions import PublishRequest, export
 from imgtool.gallery.model import Definition
 from imgtool.home import Home
 from imgtool.names import DefinitionRef, Version

@@ -177,3 +177,17 @@ def test_challenge_and_auth_file_parsing(tmp_path: pytest.TempPathFactory) -> No
     assert found is not None and found.params["scope"] == "repository:x:pull,push"
     assert auth.parse_challenge("Negotiate abc") is None
     assert auth._key_host("https://Index.Example:5000/v1/") == "index.example:5000"
+
+
+@pytest.mark.parametrize(("body", "why"), [
+    (b'{"format": 1, "kind": "imgtool-version-config", "kind": "x"}', "duplicate key"),
+    (b'{"format": 1.0, "kind": "imgtool-version-config"}', "fractional number"),
+    (b'{"format": NaN}', "non-standard number"), (b"[1]", "not a JSON object"), (b"{", "not JSON")])
+def test_a_version_config_is_read_by_the_strict_kit(body: bytes, why: str) -> None:
+    from imgtool.errors import Corrupt
+    from imgtool.remote import format as fmt
+
+    with pytest.raises(Corrupt, match=why):
+        fmt.parse_config(body, "config of team/base:1.0.0")
+    with pytest.raises(Corrupt, match="limit"):
+        fmt.parse_config(b" " * (fmt.MAX_CONFIG + 1), "config of team/base:1.0.0")

@@ -202,8 +202,9 @@ def test_a_version_served_under_another_tag_is_refused(own_registry: Registry, t
 
 
 def test_data_disks_travel_and_siblings_share_by_mount(registry: Registry, tmp_path: Path) -> None:
+    from imgtool.flows.publishing import publish_version as publish
     from imgtool.gallery.galleries import create_definition
-    from imgtool.gallery.image_versions import PublishRequest, export, publish
+    from imgtool.gallery.image_versions import PublishRequest, export
     from imgtool.gallery.model import Definition
     from imgtool.names import DefinitionRef, Version
     from store.ingest import ingest

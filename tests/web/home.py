@@ -87,7 +87,8 @@ def _share(home: Home, layout: Path) -> None:
 
 
 def _vm(home: Home, hostile: bool) -> None:
-    from imgtool.gallery.image_versions import PublishRequest, publish
+    from imgtool.flows.publishing import publish_version as publish
+    from imgtool.gallery.image_versions import PublishRequest
     from imgtool.names import DefinitionRef, Version
     from imgtool.vm import lifecycle
 
