@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from imgtool.errors import Corrupt, InvalidArgument, Refused, ToolFailed
 from imgtool.home import Home
@@ -136,8 +137,22 @@ def test_the_request_is_one_line_of_closed_alphabet_fields() -> None:
         warm_agent.new_request(provisioning(hostname="bad host"), clock=0)
 
 
+def test_the_request_carries_a_fresh_host_made_ssh_host_key_and_its_pin() -> None:
+    request = warm_agent.new_request(provisioning(), clock=0)
+    fields = dict(part.split("=", 1) for part in request.line().decode().split()[1:])
+    private = base64.b64decode(fields["hostkey"], validate=True)
+    assert private.startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----")
+    loaded = serialization.load_ssh_private_key(private, password=None)
+    public = loaded.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    assert public.decode() == request.host_public() and request.host_public().startswith("ssh-ed25519 ")
+    assert warm_agent.known_hosts_line("imgtool-vm-a", request) == f"imgtool-vm-a {request.host_public()}\n"
+    assert warm_agent.new_request(provisioning(), clock=0).host_public() != request.host_public()
+
+
 def test_answers_are_parsed_strictly() -> None:
     assert warm_agent.parse_answer(b"OK " + b"ab" * 32) == warm_agent.Answer(True, "ab" * 32)
+    assert warm_agent.parse_answer(b"OK " + b"ab" * 32 + b" hostkey") == warm_agent.Answer(True, "ab" * 32, True)
+    assert not warm_agent.parse_answer(b"OK " + b"ab" * 32 + b" hostkey extra").ok
     assert warm_agent.parse_answer(b"FAIL cannot set the clock") == warm_agent.Answer(False, "cannot set the clock")
     assert not warm_agent.parse_answer(b"OK short").ok
     assert not warm_agent.parse_answer(b"READY hostname=x").ok

@@ -15,8 +15,9 @@ Order, and why:
    started before QEMU, kills it if this process dies before step 5: a killed `vm new --warm` never leaves a running
    VM with the template's identity, only a folder without a record, which gc removes.
 4. The state is loaded, the VM resumed, and the agent personalizes it (hostname, machine-id,
-   instance id, admin user and key, RNG seed, clock, user-data); any failure or a missing answer
-   stops QEMU and deletes the VM, with the reason.
+   instance id, admin user and key, RNG seed, clock, SSH host key made here, network, user-data);
+   any failure or a missing answer stops QEMU and deletes the VM, with the reason. When the agent
+   installed the host key, the VM's known_hosts pins it (no trust on first use).
 5. `vm.json` is written last: from then on the VM exists, running.
 """
 
@@ -41,7 +42,7 @@ from imgtool.home import Home
 from imgtool.names import parse_image_ref
 from imgtool.tools import accel, migration, qemu, run
 from imgtool.tools.ports import free_port
-from imgtool.vm import bases, options, seed, warm_agent, warm_make, warm_state
+from imgtool.vm import bases, options, seed, ssh_config, warm_agent, warm_make, warm_state
 from imgtool.vm import lifecycle as vm
 from imgtool.vm import runtime as vmrun
 from imgtool.vm import state as vmstate
@@ -183,7 +184,7 @@ def _restore(home: Home, folder: Path, record: VmRecord, found: Found, provision
         migration.load(spec.qmp_socket, found.folder / warm_state.STATE, timeout=LOAD_TIMEOUT)
         migration.resume(spec.qmp_socket)
         restored = time.monotonic()
-        _personalize(spec, provisioning, record.name)
+        _personalize(spec, provisioning, record.name, folder)
         runtime = vmstate.RunState(pid, accel_name, spec.ssh_port, str(spec.qmp_socket), stamp(), tuple(argv),
                                    record.forwards, warm=found.folder.name)
         atomic.replace(folder / vmrun.STATE, runtime.dumps())
@@ -193,7 +194,7 @@ def _restore(home: Home, folder: Path, record: VmRecord, found: Found, provision
     return WarmStart(record, runtime, found.folder, restored - begun, time.monotonic() - restored)
 
 
-def _personalize(spec: qemu.VmSpec, provisioning: seed.Provisioning, name: str) -> None:
+def _personalize(spec: qemu.VmSpec, provisioning: seed.Provisioning, name: str, folder: Path) -> None:
     assert spec.warm is not None
     request = warm_agent.new_request(provisioning, clock=int(clock.now().timestamp()))
     try:
@@ -205,6 +206,9 @@ def _personalize(spec: qemu.VmSpec, provisioning: seed.Provisioning, name: str) 
     if not answer.ok:
         raise ToolFailed(f"personalizing VM '{name}' failed, so it was deleted: the guest agent said: {answer.detail}",
                          hint="create the VM without --warm, or rebuild the warm state (imgtool version warm ...)")
+    if answer.host_key:  # the key was made here: pin it now rather than trust the first answer (accept-new)
+        line = warm_agent.known_hosts_line(ssh_config.SshHost(name, 0, None, None, folder).alias, request)
+        atomic.replace(folder / ssh_config.KNOWN_HOSTS, line.encode())
 
 
 # On TERM: wait (bounded) for a QEMU being started to write its pid file, then SIGKILL that pid.
