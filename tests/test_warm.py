@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import socket
@@ -15,7 +16,8 @@ from cryptography.hazmat.primitives import serialization
 from imgtool.errors import Corrupt, InvalidArgument, Refused, ToolFailed
 from imgtool.home import Home
 from imgtool.tools import migration, qemu
-from imgtool.vm import seed, warm_agent, warm_state
+from imgtool.vm import lifecycle as vm
+from imgtool.vm import seed, warm_agent, warm_new, warm_state
 from imgtool.vm.warm_state import Facts, WarmDisk, WarmRecord
 
 
@@ -190,3 +192,12 @@ def test_gc_collects_states_of_gone_versions_and_half_made_ones_of_dead_writers(
     found = {(p.parent.name, p.name): why for p, why in warm_state.collectable(home, {live})}
     assert found == {("warm", gone): "its version is deleted or revoked",
                      (live, ".tmp-999999999-x-2c-256m"): "a half-made warm state whose writer is gone"}
+
+
+def test_a_request_a_warm_start_would_treat_differently_boots_cold_without_looking(tmp_path: Path) -> None:
+    home = Home.at(tmp_path / "none")  # never read: the request alone decides
+    base = vm.NewVm(name="v", image="lab/tiny@1.0.0")
+    for changes in ({"disk_size": 1 << 30}, {"user_data": tmp_path / "ud"}):
+        assert warm_new.choose(home, dataclasses.replace(base, **changes)) == warm_new.Choice(False)
+    assert not (tmp_path / "none").exists()
+    assert warm_new.choose(home, base) == warm_new.Choice(False)  # no such version: the cold path says so

@@ -35,7 +35,7 @@ from typing import Any
 
 from imgtool import clock
 from imgtool.clock import stamp
-from imgtool.errors import InvalidArgument, NotFound, Refused, ToolFailed
+from imgtool.errors import ImgtoolError, InvalidArgument, NotFound, Refused, ToolFailed
 from imgtool.gallery import lookup
 from imgtool.gallery.model import Definition, ImageVersion
 from imgtool.home import Home
@@ -89,6 +89,35 @@ def create(home: Home, req: vm.NewVm, *, requested_accel: str | None = None) -> 
             _kill_qemu(folder)
             shutil.rmtree(folder, ignore_errors=True)
             raise
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Whether a plain `vm new --start` restores the VM warm (see `choose`), and why not when it cannot."""
+
+    warm: bool
+    note: str | None = None  # a matching state exists but cannot be used: what to do about it
+
+
+def choose(home: Home, req: vm.NewVm, *, requested_accel: str | None = None) -> Choice:
+    """Warm by default, measured (docs/BENCHMARKS.md): when the version has a warm state of the VM's size
+    that fits the QEMU it would get, and the request asks nothing a warm start does differently (a disk
+    size, user-data, which the agents apply only in part, shared folders or networks). Checks only."""
+    if req.disk_size is not None or req.user_data is not None or req.shares or req.networks:
+        return Choice(False)
+    try:
+        version, digest = lookup.get_version(home, parse_image_ref(req.image))
+        _, cpus, memory = warm_make.sizes(home, version, req.cpus, req.memory_mib)
+    except ImgtoolError:
+        return Choice(False)  # the cold path reports it
+    if not warm_state.state_dir(home, digest, cpus, memory).is_dir():
+        return Choice(False)
+    try:
+        _plan(home, req, version, digest, requested_accel)
+    except ImgtoolError as exc:
+        return Choice(False, f"the warm state of {version.label} was not used: {exc.message}; booting cold"
+                             + (f" ({exc.hint})" if exc.hint else ""))
+    return Choice(True)
 
 
 def _plan(home: Home, req: vm.NewVm, version: ImageVersion, digest: str,
