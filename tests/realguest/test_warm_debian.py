@@ -5,6 +5,7 @@ VMs restored from that one state, each given its own admin key.
 Proved over SSH, through the host key the host made and pinned (StrictHostKeyChecking=yes): each VM
 has its own hostname, machine-id, host key and cloud-init instance; the RNG output the user-data read
 right after the reseed differs; each admin key opens only its own VM; the template's user is gone.
+A third restore whose user-data the agent cannot apply is deleted, with the agent's reason.
 The template boot under TCG is most of the time; each warm VM takes seconds.
 """
 
@@ -111,3 +112,15 @@ def test_each_admin_key_opens_only_its_own_vm(cli: Cli, keys: dict[str, Path],
     assert refused.returncode == 255 and "Permission denied" in refused.stderr
     assert ssh(cli, "wb", keys["wa"], "true").returncode == 255
     assert ssh(cli, "wa", keys["wa"], "true", user="template").returncode == 255  # the template's user
+
+
+def test_user_data_a_warm_start_cannot_apply_deletes_the_vm_with_the_reason(cli: Cli, keys: dict[str, Path],
+                                                                          tmp_path: Path) -> None:
+    user_data = tmp_path / "user-data"
+    user_data.write_text("#cloud-config\npackages: [nginx]\n")
+    failed = cli("vm", "new", "wc", "--image", "lab/deb@1.0.0", *SIZE, "--warm", "--admin-user", ADMIN,
+                 "--ssh-key", f"{keys['wa']}.pub", "--user-data", str(user_data), ok=False)
+    assert failed.returncode != 0 and "Traceback" not in failed.stderr
+    assert "personalizing VM 'wc' failed, so it was deleted" in failed.stderr and "packages" in failed.stderr
+    assert not (cli.home / "vms" / "wc").exists()
+    assert cli("vm", "show", "wc", ok=False).returncode != 0
