@@ -143,13 +143,16 @@ def vm_new(
         _new_warm(st, dataclasses.replace(request, image=_local_image(st, image)), accel=accel,
                   wait_timeout=wait_timeout if wait else None)
         return
-    if start and not cold and not stream and _warm_by_default(st, request, accel):
-        _new_warm(st, request, accel=accel, wait_timeout=wait_timeout if wait else None)
-        return
     record = _new_streamed(st, request, stream=stream, hydrate=hydrate)
+    verified = None
+    if record is None and start and not cold and not stream and not _is_remote(image):
+        verified = dataclasses.replace(request, image=_local_image(st, image))  # checked as for any VM
+        if _warm_by_default(st, verified, accel):
+            _new_warm(st, verified, accel=accel, wait_timeout=wait_timeout if wait else None)
+            return
     warnings: list[str] = []
     if record is None:
-        request = dataclasses.replace(request, image=_local_image(st, image))
+        request = verified or dataclasses.replace(request, image=_local_image(st, image))
         bar = ProgressBar(f"preparing {name}", enabled=not st.json)
         try:
             record = vm.create(st.home, request, progress=bar)
@@ -240,13 +243,17 @@ def _hydration_line(found: dict[str, Any] | None) -> str:
     return line
 
 
-def _warm_by_default(st: State, request: "NewVm", accel: str | None) -> bool:
-    """A local version with a warm state that fits: restore rather than boot (measured: docs/BENCHMARKS.md)."""
-    from imgtool.cli import warm_cmds
+def _is_remote(image: str) -> bool:
     from imgtool.flows.images import is_remote_image
 
-    if is_remote_image(request.image):
-        return False
+    return is_remote_image(image)
+
+
+def _warm_by_default(st: State, request: "NewVm", accel: str | None) -> bool:
+    """A local, verified version with a warm state that fits: restore rather than boot (measured:
+    docs/BENCHMARKS.md)."""
+    from imgtool.cli import warm_cmds
+
     choice = warm_cmds.choose_warm(st.home, request, accel=accel)
     if choice.note:
         warn([choice.note])
