@@ -5,7 +5,8 @@ VMs restored from that one state, each given its own admin key.
 Proved over SSH, through the host key the host made and pinned (StrictHostKeyChecking=yes): each VM
 has its own hostname, machine-id, host key and cloud-init instance; the RNG output the user-data read
 right after the reseed differs; each admin key opens only its own VM; the template's user is gone.
-A third restore whose user-data the agent cannot apply is deleted, with the agent's reason.
+A third restore whose user-data the agent cannot apply is deleted, with the agent's reason. Then one
+cold boot: a warm VM stopped and started keeps the identity the agent gave it.
 The template boot under TCG is most of the time; each warm VM takes seconds.
 """
 
@@ -124,3 +125,19 @@ def test_user_data_a_warm_start_cannot_apply_deletes_the_vm_with_the_reason(cli:
     assert "personalizing VM 'wc' failed, so it was deleted" in failed.stderr and "packages" in failed.stderr
     assert not (cli.home / "vms" / "wc").exists()
     assert cli("vm", "show", "wc", ok=False).returncode != 0
+
+
+def test_a_warm_vm_started_again_boots_cold_and_keeps_its_identity(cli: Cli, keys: dict[str, Path],
+                                                                   made: dict[str, dict[str, str]]) -> None:
+    """The agent renamed cloud-init's instance to the VM's: the cold boot with the VM's own seed runs no
+    per-instance module (no new host keys, which the pinned known_hosts would refuse), one more boot."""
+    cli("vm", "stop", "wa", "--timeout", "120")
+    cli("vm", "start", "wa")
+    cli("vm", "wait", "wa", "--timeout", WAIT)
+    done = ssh(cli, "wa", keys["wa"], "hostname; cat /etc/machine-id /etc/ssh/ssh_host_ed25519_key.pub; "
+               "ls /var/lib/cloud/instances")
+    assert done.returncode == 0, done.stderr
+    hostname, machine_id, host_key, instances = done.stdout.strip().splitlines()
+    before = made["wa"]
+    assert (hostname, machine_id, host_key, instances) == ("wa", before["machine_id"], before["host_key"],
+                                                           before["instance"])
