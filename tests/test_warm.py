@@ -19,6 +19,7 @@ from imgtool.tools import migration, qemu
 from imgtool.vm import lifecycle as vm
 from imgtool.vm import seed, warm_agent, warm_new, warm_state
 from imgtool.vm.warm_state import Facts, WarmDisk, WarmRecord
+from tests.cli import Cli
 
 
 def spec(tmp_path: Path, *, warm: qemu.Warm | None = None, seed_iso: bool = True) -> qemu.VmSpec:
@@ -201,3 +202,11 @@ def test_a_request_a_warm_start_would_treat_differently_boots_cold_without_looki
         assert warm_new.choose(home, dataclasses.replace(base, **changes)) == warm_new.Choice(False)
     assert not (tmp_path / "none").exists()
     assert warm_new.choose(home, base) == warm_new.Choice(False)  # no such version: the cold path says so
+
+
+def test_cold_applies_only_to_a_vm_that_starts_and_not_with_warm(tmp_path: Path) -> None:
+    cli = Cli(tmp_path / "home")
+    for extra in ((), ("--start", "--warm")):
+        done = cli("vm", "new", "v", "--image", "lab/tiny@1.0.0", "--cold", *extra, ok=False)
+        assert done.returncode == 2 and "--cold applies to a VM that starts" in done.stderr, done.stderr
+    assert not (tmp_path / "home" / "vms" / "v").exists()
