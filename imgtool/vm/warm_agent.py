@@ -98,7 +98,8 @@ def exchange(sock_path: Path, request: Request, *, timeout: float) -> Answer:
             return parse_answer(_read_line(conn, deadline))
         except OSError as exc:
             raise ToolFailed(f"the guest agent did not answer on {sock_path}: {exc}",
-                             hint="the image needs the imgtool agent (scripts/testimage/agent)") from None
+                             hint="the image needs the imgtool agent (scripts/testimage/agent, "
+                                  "scripts/debian/imgtool-agent)") from None
 
 
 def _read_line(conn: socket.socket, deadline: float) -> bytes:
