@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import socket
@@ -10,12 +11,15 @@ import threading
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from imgtool.errors import Corrupt, InvalidArgument, Refused, ToolFailed
 from imgtool.home import Home
 from imgtool.tools import migration, qemu
-from imgtool.vm import seed, warm_agent, warm_state
+from imgtool.vm import lifecycle as vm
+from imgtool.vm import seed, warm_agent, warm_new, warm_state
 from imgtool.vm.warm_state import Facts, WarmDisk, WarmRecord
+from tests.cli import Cli
 
 
 def spec(tmp_path: Path, *, warm: qemu.Warm | None = None, seed_iso: bool = True) -> qemu.VmSpec:
@@ -136,8 +140,22 @@ def test_the_request_is_one_line_of_closed_alphabet_fields() -> None:
         warm_agent.new_request(provisioning(hostname="bad host"), clock=0)
 
 
+def test_the_request_carries_a_fresh_host_made_ssh_host_key_and_its_pin() -> None:
+    request = warm_agent.new_request(provisioning(), clock=0)
+    fields = dict(part.split("=", 1) for part in request.line().decode().split()[1:])
+    private = base64.b64decode(fields["hostkey"], validate=True)
+    assert private.startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----")
+    loaded = serialization.load_ssh_private_key(private, password=None)
+    public = loaded.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    assert public.decode() == request.host_public() and request.host_public().startswith("ssh-ed25519 ")
+    assert warm_agent.known_hosts_line("imgtool-vm-a", request) == f"imgtool-vm-a {request.host_public()}\n"
+    assert warm_agent.new_request(provisioning(), clock=0).host_public() != request.host_public()
+
+
 def test_answers_are_parsed_strictly() -> None:
     assert warm_agent.parse_answer(b"OK " + b"ab" * 32) == warm_agent.Answer(True, "ab" * 32)
+    assert warm_agent.parse_answer(b"OK " + b"ab" * 32 + b" hostkey") == warm_agent.Answer(True, "ab" * 32, True)
+    assert not warm_agent.parse_answer(b"OK " + b"ab" * 32 + b" hostkey extra").ok
     assert warm_agent.parse_answer(b"FAIL cannot set the clock") == warm_agent.Answer(False, "cannot set the clock")
     assert not warm_agent.parse_answer(b"OK short").ok
     assert not warm_agent.parse_answer(b"READY hostname=x").ok
@@ -175,3 +193,20 @@ def test_gc_collects_states_of_gone_versions_and_half_made_ones_of_dead_writers(
     found = {(p.parent.name, p.name): why for p, why in warm_state.collectable(home, {live})}
     assert found == {("warm", gone): "its version is deleted or revoked",
                      (live, ".tmp-999999999-x-2c-256m"): "a half-made warm state whose writer is gone"}
+
+
+def test_a_request_a_warm_start_would_treat_differently_boots_cold_without_looking(tmp_path: Path) -> None:
+    home = Home.at(tmp_path / "none")  # never read: the request alone decides
+    base = vm.NewVm(name="v", image="lab/tiny@1.0.0")
+    for changes in ({"disk_size": 1 << 30}, {"user_data": tmp_path / "ud"}):
+        assert warm_new.choose(home, dataclasses.replace(base, **changes)) == warm_new.Choice(False)
+    assert not (tmp_path / "none").exists()
+    assert warm_new.choose(home, base) == warm_new.Choice(False)  # no such version: the cold path says so
+
+
+def test_cold_applies_only_to_a_vm_that_starts_and_not_with_warm(tmp_path: Path) -> None:
+    cli = Cli(tmp_path / "home")
+    for extra in ((), ("--start", "--warm")):
+        done = cli("vm", "new", "v", "--image", "lab/tiny@1.0.0", "--cold", *extra, ok=False)
+        assert done.returncode == 2 and "--cold applies to a VM that starts" in done.stderr, done.stderr
+    assert not (tmp_path / "home" / "vms" / "v").exists()

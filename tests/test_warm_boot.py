@@ -92,6 +92,20 @@ def test_two_warm_vms_differ_in_identity_and_in_random_bytes(warmed: Cli, tmp_pa
     warmed("vm", "delete", "wa")
 
 
+def test_a_plain_start_restores_from_a_fitting_warm_state_and_cold_opts_out(warmed: Cli) -> None:
+    made = warmed.json("vm", "new", "auto", "--image", "lab/tiny@1.0.0", *SIZE, "--start")
+    assert isinstance(made, dict) and made["warm"]["state"] == "1c-256m"
+    assert ready_line(warmed, "auto")["first_boot"] == "warm"
+    warmed("vm", "delete", "auto")
+    booted = warmed.json("vm", "new", "booted", "--image", "lab/tiny@1.0.0", *SIZE, "--start", "--cold")
+    assert isinstance(booted, dict) and "warm" not in booted and booted["state"] == "running"
+    line = warmed("vm", "console", "booted", "--until", "READY", "--timeout", BOOT_TIMEOUT).stdout
+    assert "first_boot=warm" not in line and "hostname=booted" in line
+    warmed("vm", "delete", "booted")
+    refused = warmed("vm", "new", "both", "--image", "lab/tiny@1.0.0", "--warm", "--cold", ok=False)
+    assert refused.returncode == 2 and "--cold" in refused.stderr
+
+
 def test_a_state_that_does_not_fit_this_qemu_is_refused(warmed: Cli) -> None:
     record = warm_folder(warmed) / "warm.json"
     original = record.read_text()

@@ -107,6 +107,9 @@ def vm_new(
                                                      "on-demand (only what the guest reads).")] = "background",
     warm: Annotated[bool, Opt(help="Restore the VM from the version's warm state of its size (imgtool version "
                                    "warm) and personalize it: it is running afterwards, as with --start.")] = False,
+    cold: Annotated[bool, Opt(help="With --start: boot, even when the version has a warm state that fits (a plain "
+                                   "--start restores from it unless --disk-size, --user-data, --share or "
+                                   "--network is given).")] = False,
 ) -> None:
     """Create a VM from an image version: one qcow2 overlay per disk over a shared read-only base, and a
     cloud-init NoCloud seed for generalized images. The version's digest is pinned in the VM's record."""
@@ -123,6 +126,9 @@ def vm_new(
                                                                                f"imgtool vm start {name} --accel")
     if wait and not start:
         raise InvalidArgument("--wait applies when the VM starts", hint=f"imgtool vm new {name} ... --start --wait")
+    if cold and (warm or not start):
+        raise InvalidArgument("--cold applies to a VM that starts, and not with --warm",
+                              hint=f"imgtool vm new {name} ... --start --cold")
     disk_bytes = None if disk_size is None else options.parse_size(disk_size)
     forwards = options.check_forwards(tuple(options.parse_forward(f) for f in forward or []))
     request = vm.NewVm(name=name, image=image, cpus=cpus, memory_mib=memory, hostname=hostname,
@@ -138,9 +144,15 @@ def vm_new(
                   wait_timeout=wait_timeout if wait else None)
         return
     record = _new_streamed(st, request, stream=stream, hydrate=hydrate)
+    verified = None
+    if record is None and start and not cold and not stream and not _is_remote(image):
+        verified = dataclasses.replace(request, image=_local_image(st, image))  # checked as for any VM
+        if _warm_by_default(st, verified, accel):
+            _new_warm(st, verified, accel=accel, wait_timeout=wait_timeout if wait else None)
+            return
     warnings: list[str] = []
     if record is None:
-        request = dataclasses.replace(request, image=_local_image(st, image))
+        request = verified or dataclasses.replace(request, image=_local_image(st, image))
         bar = ProgressBar(f"preparing {name}", enabled=not st.json)
         try:
             record = vm.create(st.home, request, progress=bar)
@@ -229,6 +241,23 @@ def _hydration_line(found: dict[str, Any] | None) -> str:
     if found.get("state") == "paused-disk-full":
         line += " (paused: the local store's disk is full; free space, e.g. imgtool gc, and it resumes by itself)"
     return line
+
+
+def _is_remote(image: str) -> bool:
+    from imgtool.flows.images import is_remote_image
+
+    return is_remote_image(image)
+
+
+def _warm_by_default(st: State, request: "NewVm", accel: str | None) -> bool:
+    """A local, verified version with a warm state that fits: restore rather than boot (measured:
+    docs/BENCHMARKS.md)."""
+    from imgtool.cli import warm_cmds
+
+    choice = warm_cmds.choose_warm(st.home, request, accel=accel)
+    if choice.note:
+        warn([choice.note])
+    return choice.warm
 
 
 def _new_warm(st: State, request: "NewVm", *, accel: str | None, wait_timeout: float | None) -> None:

@@ -11,7 +11,7 @@ from imgtool.home import Home
 
 if TYPE_CHECKING:
     from imgtool.vm.lifecycle import NewVm
-    from imgtool.vm.warm_new import WarmStart
+    from imgtool.vm.warm_new import Choice, WarmStart
 
 Opt = typer.Option
 Arg = typer.Argument
@@ -74,6 +74,13 @@ def warm_rows(home: Home, digest: str) -> list[tuple[str, Any]]:
         rows.append(("warm state", f"{r.cpus} vCPUs, {r.memory_mib} MiB, {r.machine}, {r.qemu_version}, {r.accel}, "
                                    f"{human_bytes(found.size())}, {r.created}"))
     return rows or [("warm state", "none (imgtool version warm)")]
+
+
+def choose_warm(home: Home, request: "NewVm", *, accel: str | None) -> "Choice":
+    """Whether a plain vm new --start restores warm (warm_new.choose)."""
+    from imgtool.vm import warm_new
+
+    return warm_new.choose(home, request, requested_accel=accel)
 
 
 def new_warm(home: Home, request: "NewVm", *, accel: str | None) -> "WarmStart":

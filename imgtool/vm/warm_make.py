@@ -186,7 +186,8 @@ def _wait_agent(console: Path, guest: run.Background, timeout: float) -> None:
     tail = console.read_text(errors="replace")[-400:] if console.exists() else ""
     raise ToolFailed(f"the template VM's agent did not report '{warm_agent.WAITING}' within {timeout:g}s; "
                      f"console tail: {tail!r}",
-                     hint="the image needs the imgtool agent (scripts/testimage/agent); or give --timeout longer")
+                     hint="the image needs the imgtool agent (scripts/testimage/agent, scripts/debian/imgtool-agent); "
+                          "or give --timeout longer")
 
 
 def check_size_args(cpus: int | None, memory_mib: int | None) -> None:

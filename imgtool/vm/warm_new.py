@@ -15,8 +15,9 @@ Order, and why:
    started before QEMU, kills it if this process dies before step 5: a killed `vm new --warm` never leaves a running
    VM with the template's identity, only a folder without a record, which gc removes.
 4. The state is loaded, the VM resumed, and the agent personalizes it (hostname, machine-id,
-   instance id, admin user and key, RNG seed, clock, user-data); any failure or a missing answer
-   stops QEMU and deletes the VM, with the reason.
+   instance id, admin user and key, RNG seed, clock, SSH host key made here, network, user-data);
+   any failure or a missing answer stops QEMU and deletes the VM, with the reason. When the agent
+   installed the host key, the VM's known_hosts pins it (no trust on first use).
 5. `vm.json` is written last: from then on the VM exists, running.
 """
 
@@ -34,14 +35,14 @@ from typing import Any
 
 from imgtool import clock
 from imgtool.clock import stamp
-from imgtool.errors import InvalidArgument, NotFound, Refused, ToolFailed
+from imgtool.errors import ImgtoolError, InvalidArgument, NotFound, Refused, ToolFailed
 from imgtool.gallery import lookup
 from imgtool.gallery.model import Definition, ImageVersion
 from imgtool.home import Home
 from imgtool.names import parse_image_ref
 from imgtool.tools import accel, migration, qemu, run
 from imgtool.tools.ports import free_port
-from imgtool.vm import bases, options, seed, warm_agent, warm_make, warm_state
+from imgtool.vm import bases, options, seed, ssh_config, warm_agent, warm_make, warm_state
 from imgtool.vm import lifecycle as vm
 from imgtool.vm import runtime as vmrun
 from imgtool.vm import state as vmstate
@@ -88,6 +89,35 @@ def create(home: Home, req: vm.NewVm, *, requested_accel: str | None = None) -> 
             _kill_qemu(folder)
             shutil.rmtree(folder, ignore_errors=True)
             raise
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Whether a plain `vm new --start` restores the VM warm (see `choose`), and why not when it cannot."""
+
+    warm: bool
+    note: str | None = None  # a matching state exists but cannot be used: what to do about it
+
+
+def choose(home: Home, req: vm.NewVm, *, requested_accel: str | None = None) -> Choice:
+    """Warm by default, measured (docs/BENCHMARKS.md): when the version has a warm state of the VM's size
+    that fits the QEMU it would get, and the request asks nothing a warm start does differently (a disk
+    size, user-data, which the agents apply only in part, shared folders or networks). Checks only."""
+    if req.disk_size is not None or req.user_data is not None or req.shares or req.networks:
+        return Choice(False)
+    try:
+        version, digest = lookup.get_version(home, parse_image_ref(req.image))
+        _, cpus, memory = warm_make.sizes(home, version, req.cpus, req.memory_mib)
+    except ImgtoolError:
+        return Choice(False)  # the cold path reports it
+    if not warm_state.state_dir(home, digest, cpus, memory).is_dir():
+        return Choice(False)
+    try:
+        _plan(home, req, version, digest, requested_accel)
+    except ImgtoolError as exc:
+        return Choice(False, f"the warm state of {version.label} was not used: {exc.message}; booting cold"
+                             + (f" ({exc.hint})" if exc.hint else ""))
+    return Choice(True)
 
 
 def _plan(home: Home, req: vm.NewVm, version: ImageVersion, digest: str,
@@ -183,7 +213,7 @@ def _restore(home: Home, folder: Path, record: VmRecord, found: Found, provision
         migration.load(spec.qmp_socket, found.folder / warm_state.STATE, timeout=LOAD_TIMEOUT)
         migration.resume(spec.qmp_socket)
         restored = time.monotonic()
-        _personalize(spec, provisioning, record.name)
+        _personalize(spec, provisioning, record.name, folder)
         runtime = vmstate.RunState(pid, accel_name, spec.ssh_port, str(spec.qmp_socket), stamp(), tuple(argv),
                                    record.forwards, warm=found.folder.name)
         atomic.replace(folder / vmrun.STATE, runtime.dumps())
@@ -193,7 +223,7 @@ def _restore(home: Home, folder: Path, record: VmRecord, found: Found, provision
     return WarmStart(record, runtime, found.folder, restored - begun, time.monotonic() - restored)
 
 
-def _personalize(spec: qemu.VmSpec, provisioning: seed.Provisioning, name: str) -> None:
+def _personalize(spec: qemu.VmSpec, provisioning: seed.Provisioning, name: str, folder: Path) -> None:
     assert spec.warm is not None
     request = warm_agent.new_request(provisioning, clock=int(clock.now().timestamp()))
     try:
@@ -205,6 +235,9 @@ def _personalize(spec: qemu.VmSpec, provisioning: seed.Provisioning, name: str) 
     if not answer.ok:
         raise ToolFailed(f"personalizing VM '{name}' failed, so it was deleted: the guest agent said: {answer.detail}",
                          hint="create the VM without --warm, or rebuild the warm state (imgtool version warm ...)")
+    if answer.host_key:  # the key was made here: pin it now rather than trust the first answer (accept-new)
+        line = warm_agent.known_hosts_line(ssh_config.SshHost(name, 0, None, None, folder).alias, request)
+        atomic.replace(folder / ssh_config.KNOWN_HOSTS, line.encode())
 
 
 # On TERM: wait (bounded) for a QEMU being started to write its pid file, then SIGKILL that pid.
