@@ -82,7 +82,7 @@ class GcPlan:
     unfinished: list[Path] = field(default_factory=list)
     purged: list[recycle.DeletedItem] = field(default_factory=list)
     warm: list[tuple[Path, str]] = field(default_factory=list)  # warm-state folders, with the reason
-    profiles: list[tuple[str, ...]] = field(default_factory=list)  # boot-profile names of gone versions
+    per_version: list[tuple[str, ...]] = field(default_factory=list)  # boot profiles, signature sets of gone versions
 
     @property
     def bytes_freed(self) -> int:
@@ -173,7 +173,7 @@ def plan(home: Home, *, capture_retention: float = DEFAULT_CAPTURE_RETENTION, no
     purged, retained = _deletions(home, clock.now().timestamp() if now is None else now)
     gone = {(CAPTURES, h) for h in expired} | {(recycle.DELETED, *i.key) for i in purged}
     names = store.all_names()
-    orphans = _orphan_profiles(names, gone)
+    orphans = _orphaned_per_version(names, gone)
     gone |= set(orphans)
     roots = [d for key, d in names if key not in gone and (key[0], key[-1]) not in gone]
     roots += vmrecord.roots(home).values()
@@ -182,7 +182,7 @@ def plan(home: Home, *, capture_retention: float = DEFAULT_CAPTURE_RETENTION, no
     result.items = [Item("capture-lease", h, "an unpublished capture older than the retention", 0) for h in expired]
     result.items += [Item(f"deleted-{i.kind}", i.label, f"deleted at {i.deleted_at}; its retention ended "
                           f"{i.purge_after}", 0) for i in purged]
-    result.profiles = orphans
+    result.per_version = orphans
     result.items += [Item(PER_VERSION_KINDS[k[0]], "/".join(k[1:]), "its version is gone (purged)", 0)
                      for k in orphans]
     result.items += _store_items(result.store)
@@ -203,7 +203,7 @@ PER_VERSION_KINDS = {boot_profile.NAMESPACE: "boot-profile", SIGNATURES: "signat
 PER_VERSION = tuple(PER_VERSION_KINDS)  # names that describe one version, keyed like it
 
 
-def _orphan_profiles(names: list[tuple[tuple[str, ...], str]],
+def _orphaned_per_version(names: list[tuple[tuple[str, ...], str]],
                      gone: set[tuple[str, ...]]) -> list[tuple[str, ...]]:
     """Boot-profile and signature-set names whose version is neither named nor kept as deleted (a
     soft-deleted version can be restored, and these with it). Both are bound to their version's digest,
@@ -236,7 +236,7 @@ def execute(home: Home, the_plan: GcPlan) -> None:
     """Carry out a plan made under the same exclusive lock."""
     for name in the_plan.expired_captures:
         home.store.delete_name(CAPTURES, name)
-    for key in the_plan.profiles:
+    for key in the_plan.per_version:
         home.store.delete_name(*key)
     recycle.purge(home, the_plan.purged)
     store_gc.execute(home.store, the_plan.store)

@@ -82,9 +82,14 @@ def probe(home: Home, name: str) -> None:
         raise ssh_failure(name, result.stderr)
 
 
+def _tail(stderr: str) -> str:
+    """The last two lines of a tool's stderr, bounded: what an error quotes of it."""
+    return " ".join(stderr.strip().splitlines()[-2:])[:300] or "no message"
+
+
 def ssh_failure(name: str, stderr: str) -> SshFailed:
     """What ssh's stderr says went wrong, as one error with a hint that fits it."""
-    tail = " ".join(stderr.strip().splitlines()[-2:])[:300] or "no message"
+    tail = _tail(stderr)
     if "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr or "Host key verification failed" in stderr:
         return SshFailed(f"the SSH host key of VM '{name}' changed since imgtool first saw it",
                          hint=f"if the guest was re-created or re-keyed on purpose, remove the old key: "
@@ -167,7 +172,7 @@ def copy(home: Home, sources: list[Place], target: Place, *, recursive: bool) ->
 
 
 def copy_failure(name: str, stderr: str) -> ImgtoolError:
-    tail = " ".join(stderr.strip().splitlines()[-2:])[:300] or "no message"
+    tail = _tail(stderr)
     if "No space left on device" in stderr or "Disk quota exceeded" in stderr:
         return StorageFull(f"copy failed: a disk is full ({tail})",
                            hint=f"free space in the guest, or make the VM with a larger --disk-size "

@@ -19,7 +19,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -373,49 +373,58 @@ class RegistryClient:
         raise self._fail(response, f"listing the tags of {repo}")
 
     def tags(self, repo: str) -> list[str]:
-        found: list[str] = []
-        path: str | None = f"/v2/{repo}/tags/list"
-        for _page in range(1000):  # bounded: 1000 pages of tags
-            assert path is not None
-            response = self.request("GET", path, repo=repo, stream=True)
-            if response.status_code == 404:
-                response.close()
-                return found
-            if response.status_code != 200:
-                raise self._fail(response, f"listing the tags of {repo}")
-            body = self._read_json(response, MAX_MANIFEST, f"tag list of {repo}")
-            tags = body.get("tags") if isinstance(body, dict) else None
-            found.extend(t for t in (tags or []) if isinstance(t, str))
-            path = _next_link(response.headers.get("link", ""))
-            if path is None:
-                return found
-        return found
+        """Every tag of `repo` (paged, bounded: 1000 pages); none when the repository does not exist."""
+
+        def refused(response: httpx.Response) -> list[str] | None:
+            return [] if response.status_code == 404 else None
+
+        return self._listing(f"/v2/{repo}/tags/list", "tags", f"tag list of {repo}", f"listing the tags of {repo}",
+                             repo=repo, unanswered=refused)
 
     def repositories(self) -> list[str]:
         """Every repository the registry lists (GET /v2/_catalog, paged, bounded). A registry that offers no
         catalog (GHCR, Docker Hub) answers 404 or 405: NotFound, saying to name each definition."""
+
+        def no_catalog(response: httpx.Response) -> list[str] | None:
+            if response.status_code not in (404, 405):
+                return None
+            raise NotFound(f"{self.label} does not list its repositories (no /v2/_catalog)",
+                           hint="pull each definition instead: imgtool pull REMOTE:GALLERY/DEFINITION --all")
+
+        try:
+            return self._listing("/v2/_catalog?n=1000", "repositories", "the repository catalog",
+                                 "listing the repositories", repo=None, unanswered=no_catalog)
+        except Refused as exc:  # the catalog is a right of its own (registry:catalog:*)
+            raise Refused(f"{exc.message} (listing its repositories, /v2/_catalog)",
+                          hint="pull each definition instead: imgtool pull REMOTE:GALLERY/DEFINITION --all, "
+                               "or ask the registry's admin for the catalog right") from None
+
+    def _listing(self, path: str, key: str, what: str, doing: str, *, repo: str | None,
+                 unanswered: Callable[[httpx.Response], list[str] | None]) -> list[str]:
+        """The strings under `key` of a paged list (the Link header's next page), at most 1000 pages.
+        `unanswered` turns a status other than 200 into an answer, an error, or None (then `_fail`)."""
         found: list[str] = []
-        path: str | None = "/v2/_catalog?n=1000"
-        for _page in range(1000):  # bounded: a million repositories
-            assert path is not None
-            try:
-                response = self.request("GET", path, stream=True)
-            except Refused as exc:  # the catalog is a right of its own (registry:catalog:*)
-                raise Refused(f"{exc.message} (listing its repositories, /v2/_catalog)",
-                              hint="pull each definition instead: imgtool pull REMOTE:GALLERY/DEFINITION --all, "
-                                   "or ask the registry's admin for the catalog right") from None
-            if response.status_code in (404, 405):
-                response.close()
-                raise NotFound(f"{self.label} does not list its repositories (no /v2/_catalog)",
-                               hint="pull each definition instead: imgtool pull REMOTE:GALLERY/DEFINITION --all")
+        page: str | None = path
+        for _page in range(1000):  # bounded: a thousand pages
+            assert page is not None
+            response = self.request("GET", page, repo=repo, stream=True)
             if response.status_code != 200:
-                raise self._fail(response, "listing the repositories")
-            body = self._read_json(response, MAX_MANIFEST, "the repository catalog")
-            names = body.get("repositories") if isinstance(body, dict) else None
-            found.extend(n for n in (names or []) if isinstance(n, str))
-            path = _next_link(response.headers.get("link", ""))
-            if path is None:
+                try:
+                    answer = unanswered(response)
+                except BaseException:
+                    response.close()
+                    raise
+                if answer is None:
+                    raise self._fail(response, doing)  # reads the registry's words, then closes
+                response.close()
+                return found + answer
+            body = self._read_json(response, MAX_MANIFEST, what)
+            items = body.get(key) if isinstance(body, dict) else None
+            found.extend(item for item in (items or []) if isinstance(item, str))
+            page = _next_link(response.headers.get("link", ""))
+            if page is None:
                 return found
+        return found
         return found
 
     def get_manifest(self, repo: str, ref: str) -> Fetched:
