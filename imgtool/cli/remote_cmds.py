@@ -281,8 +281,9 @@ def pull_cmd(
     if result.status == PullStatus.PRESENT:
         print(f"{result.name} is already here ({result.manifest[:19]})")
         return
+    joined = f", {result.chunks_joined} from a stream on this machine" if result.chunks_joined else ""
     print(f"pulled {result.name} ({result.chunks_fetched} chunks, {human_bytes(result.bytes_received)} "
-          f"received, manifest {result.manifest[:19]})")
+          f"received{joined}, manifest {result.manifest[:19]})")
 
 
 def replicate_cmd(

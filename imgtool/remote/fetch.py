@@ -29,6 +29,7 @@ class PackPlan:
     pack: str
     size: int
     entries: list[IndexEntry]  # wanted chunks, by offset, one per BLAKE3
+    ranges_only: bool = False  # the pack's other chunks come from elsewhere (a stream on this machine)
 
     @property
     def wanted(self) -> int:
@@ -36,7 +37,7 @@ class PackPlan:
 
     @property
     def whole(self) -> bool:
-        return self.wanted >= self.size * WHOLE_FRACTION
+        return not self.ranges_only and self.wanted >= self.size * WHOLE_FRACTION
 
     def ranges(self) -> list[tuple[int, int, list[IndexEntry]]]:
         """(start, end, entries) spans, merging frames that lie close together."""

@@ -36,7 +36,7 @@ from imgtool.gallery.versions import passed_over, why_nothing
 from imgtool.home import Home
 from imgtool.names import DefinitionRef, ImageRef, parse_definition_ref, parse_image_ref, ref_fields
 from imgtool.oci.target import Fetched, Target, read_all
-from imgtool.remote import catalog, fetch
+from imgtool.remote import catalog, fetch, shared_fetch
 from imgtool.remote import format as fmt
 from imgtool.remote.format import DiskIndex, IndexEntry, VersionManifest
 from imgtool.remote.knowledge import load_index
@@ -99,6 +99,7 @@ class PullResult:
     manifest: str
     status: PullStatus  # pulled | present
     chunks_fetched: int = 0
+    chunks_joined: int = 0  # fetched meanwhile by a stream of the same version on this machine
     bytes_received: int = 0
     packs_whole: int = 0
     range_requests: int = 0
@@ -301,15 +302,23 @@ class Puller:
         plans = [fetch.PackPlan(pack, manifest.packs[pack].size, sorted(found.values(), key=lambda e: e.offset))
                  for pack, found in wanted.items()]
         announce_total(self.progress, sum(p.wanted for p in plans))
-        window: deque[Future[list[fetch.Verified]]] = deque()
+        window: deque[Future[shared_fetch.Got]] = deque()
+        clen = {e.blake3: e.clen for found in wanted.values() for e in found.values()}
+        claims = shared_fetch.Claims(store)
+        joining = claims.streaming_here()  # a stream may wait for our chunks: spool them for it
 
         def drain(limit: int) -> None:
             while len(window) > limit:
-                for raw, frame, rawlen in window.popleft().result():
+                got = window.popleft().result()
+                for raw, frame, rawlen in got.fetched + got.taken:
                     if writer.add(raw, frame, rawlen):
                         result.chunks_fetched += 1
                     if self.progress is not None:
                         self.progress(len(frame))
+                result.chunks_fetched -= len(got.taken)
+                result.chunks_joined += len(got.taken) + len(got.stored)
+                if self.progress is not None:
+                    self.progress(sum(clen[d] for d in got.stored))
 
         try:
             with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="pull") as pool:
@@ -318,7 +327,7 @@ class Puller:
                         result.packs_whole += 1
                     else:
                         result.range_requests += len(plan.ranges())
-                    window.append(pool.submit(fetch.fetch_pack, self.target, repo, plan))
+                    window.append(pool.submit(self._fetch_plan, claims, repo, plan, joining))
                     drain(self.workers)
                 drain(0)
         except KeyboardInterrupt:
@@ -326,14 +335,24 @@ class Puller:
             raise
         writer.flush()
 
-    def _keep_fetched(self, window: deque[Future[list[fetch.Verified]]]) -> None:
+    def _fetch_plan(self, claims: shared_fetch.Claims, repo: str, plan: fetch.PackPlan,
+                    joining: bool) -> shared_fetch.Got:
+        """One pack's chunks; a chunk a stream on this machine is fetching is waited for and taken from it."""
+        def fetch_pack(wanted: list[IndexEntry], ranges_only: bool) -> list[fetch.Verified]:
+            return fetch.fetch_pack(self.target, repo, fetch.PackPlan(plan.pack, plan.size, wanted, ranges_only))
+
+        return shared_fetch.fetch(claims, plan.entries, fetch_pack, lambda d: d in self.home.store.reload_index(),
+                                  spool=joining)
+
+    def _keep_fetched(self, window: deque[Future[shared_fetch.Got]]) -> None:
         """Ctrl-C: store the chunks of every pack that arrived whole (verified), so that the same pull run
         again fetches only the rest. A fresh writer: the interrupted one may have been stopped halfway
         through queueing a frame; what it had queued is dropped, its packs already being written finish."""
         writer = self.home.store.pack_writer()
         for future in window:
             if future.done() and not future.cancelled() and future.exception() is None:
-                for raw, frame, rawlen in future.result():
+                got = future.result()
+                for raw, frame, rawlen in got.fetched + got.taken:
                     writer.add(raw, frame, rawlen)
         writer.flush()
 

@@ -9,7 +9,10 @@ reads first) and that chunks become usable before the version has a local name.
 Contract:
 - `chunk(digest)` returns bytes whose BLAKE3 is `digest`, or raises (RemoteFailed, Corrupt, ...);
   a chunk that fails its check is never returned nor stored.
-- One fetch per chunk at a time (single flight): concurrent misses on a chunk wait for the same fetch.
+- One fetch per chunk at a time (single flight): concurrent misses on a chunk wait for the same fetch,
+  and across processes (another VM streaming the version, a pull of it) through
+  imgtool/remote/shared_fetch.py: a chunk another process is fetching is waited for and taken from its
+  spool, never asked of the registry twice.
 - Fetched chunks are held in memory (at most about FLUSH_BYTES plus what is in flight) until `keep`
   writes them into a pack; `keep` then renews the leases, under the store's shared lock, so no gc
   runs between a chunk landing in a pack and a lease naming it.
@@ -32,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from imgtool.oci.target import Target
-from imgtool.remote import fetch
+from imgtool.remote import fetch, shared_fetch
 from imgtool.remote.format import DiskIndex, IndexEntry
 from imgtool.vm.record import STREAM_LEASES as LEASES
 from store import codec
@@ -65,6 +68,7 @@ class Counters:
     local_at_start: int = 0
     fetched_bytes: int = 0  # raw bytes of chunks fetched by this process
     fetched_chunks: int = 0
+    joined_bytes: int = 0  # raw bytes of chunks another process fetched (its spool, or its pack)
     first_fetch: float | None = None
     last_fetch: float | None = None
     last_error: str | None = None
@@ -76,7 +80,7 @@ class Counters:
 
     @property
     def local_bytes(self) -> int:
-        return self.local_at_start + self.fetched_bytes
+        return self.local_at_start + self.fetched_bytes + self.joined_bytes
 
 
 class _Flight:
@@ -106,6 +110,8 @@ class Hydration:
         self.flights: dict[bytes, _Flight] = {}
         self.index = ChunkIndex.load(store.layout)
         self.reader = PackReader(store.layout)
+        self.claims = shared_fetch.Claims(store)
+        self.claims.streaming()
         self.counters = Counters(total_bytes=sum(e.rawlen for e in self.entries.values()))
         self.counters.missing = {d for d in self.entries if d not in self.index}
         self.counters.local_at_start = sum(self.entries[d].rawlen for d in self.entries
@@ -176,23 +182,14 @@ class Hydration:
     def _fly(self, entries: list[IndexEntry], flights: list[_Flight]) -> None:
         try:
             pack = entries[0].pack
-            plan = fetch.PackPlan(pack, self.pack_sizes[pack], sorted(entries, key=lambda e: e.offset))
-            got = fetch.fetch_pack(self.target, self.repo, plan)  # every chunk's BLAKE3 checked there
-            decoded = [(raw, frame, rawlen, codec.decompress(frame, rawlen, raw, what=raw.hex()[:16]))
-                       for raw, frame, rawlen in got]
-            now = self.clock()
-            with self.lock:
-                for raw, frame, rawlen, data in decoded:
-                    self.memory[raw] = data
-                    self.frames.append((raw, frame, rawlen))
-                    if raw in self.counters.missing:
-                        self.counters.missing.discard(raw)
-                        self.counters.fetched_bytes += rawlen
-                        self.counters.fetched_chunks += 1
-                        if len(self.counters.fetch_log) < FETCH_LOG:
-                            self.counters.fetch_log.append(raw)
-                self.counters.first_fetch = self.counters.first_fetch or now
-                self.counters.last_fetch = now
+            size = self.pack_sizes[pack]
+
+            def fetch_pack(wanted: list[IndexEntry], ranges_only: bool) -> list[fetch.Verified]:
+                plan = fetch.PackPlan(pack, size, wanted, ranges_only)
+                return fetch.fetch_pack(self.target, self.repo, plan)  # every chunk's BLAKE3 checked there
+
+            got = shared_fetch.fetch(self.claims, entries, fetch_pack, self._in_store)
+            self._arrived(got)
         except BaseException as exc:
             for flight in flights:
                 flight.error = exc
@@ -204,6 +201,38 @@ class Hydration:
                     self.flights.pop(entry.blake3, None)
             for flight in flights:
                 flight.done.set()
+
+    def _arrived(self, got: shared_fetch.Got) -> None:
+        decode = [(raw, frame, rawlen, codec.decompress(frame, rawlen, raw, what=raw.hex()[:16]), own)
+                  for own, chunks in ((True, got.fetched), (False, got.taken)) for raw, frame, rawlen in chunks]
+        now = self.clock()
+        with self.lock:
+            for raw, frame, rawlen, data, own in decode:
+                self.memory[raw] = data
+                self.frames.append((raw, frame, rawlen))
+                if raw not in self.counters.missing:
+                    continue
+                self.counters.missing.discard(raw)
+                if own:
+                    self.counters.fetched_bytes += rawlen
+                    self.counters.fetched_chunks += 1
+                    if len(self.counters.fetch_log) < FETCH_LOG:
+                        self.counters.fetch_log.append(raw)
+                else:
+                    self.counters.joined_bytes += rawlen
+            for raw in got.stored:
+                if raw in self.counters.missing:
+                    self.counters.missing.discard(raw)
+                    self.counters.joined_bytes += self.entries[raw].rawlen
+            if got.fetched:
+                self.counters.first_fetch = self.counters.first_fetch or now
+                self.counters.last_fetch = now
+
+    def _in_store(self, digest: bytes) -> bool:
+        """Whether another process has put `digest` into a pack since this one read the indexes."""
+        with self.store.reading():
+            self.index = ChunkIndex.load(self.store.layout)
+            return digest in self.index
 
     def pending_bytes(self) -> int:
         with self.lock:
@@ -311,6 +340,7 @@ class Hydration:
         with self.lock:
             for raw, _frame, _rawlen in frames:
                 self.memory.pop(raw, None)
+        self.claims.forget([raw for raw, _frame, _rawlen in frames])
         return len(frames)
 
     def _renew_leases(self) -> None:
@@ -325,6 +355,7 @@ class Hydration:
 
     def close(self) -> None:
         self.reader.__exit__()
+        self.claims.close()
 
 
 Report = Callable[[BaseException, float], None]  # a failed prefetch request, and the seconds until it is retried

@@ -14,6 +14,7 @@ are `Lie` kinds:
     huge-length      Content-Length: 2**50, then a little data and a close
     endless          chunked, never-ending body (bounded by `limit` bytes, or the client leaving)
     slow             one byte every `delay` seconds (bounded by `limit` bytes)
+    late             the honest answer, after `delay` seconds (a request another can overlap)
     status           answer `status` with `body` and `headers` (429 + Retry-After, 500 disk full…)
     redirect         307 to the same path on `Liar.elsewhere`, a second listener (another origin)
                      that records whether credentials followed
@@ -46,6 +47,7 @@ _BLOB = re.compile(r"^/v2/(?P<repo>.+?)/blobs/(?P<digest>sha256:[0-9a-f]{64})$")
 _TAGS = re.compile(r"^/v2/(?P<repo>.+?)/tags/list$")
 _REFERRERS = re.compile(r"^/v2/(?P<repo>.+?)/referrers/(?P<digest>sha256:[0-9a-f]{64})$")
 _UPLOAD = re.compile(r"^/v2/(?P<repo>.+?)/blobs/uploads/(?P<id>[^/]*)$")
+_RANGE = re.compile(r"bytes=(\d+)-(\d+)")
 
 
 def sha256(data: bytes) -> str:
@@ -79,6 +81,7 @@ class Seen:
     path: str
     authorized: bool
     port: int
+    range: str = ""  # the Range header, when the request had one
 
 
 @dataclass
@@ -218,7 +221,8 @@ def _handler(liar: Liar) -> type[BaseHTTPRequestHandler]:
             path = urlsplit(self.path).path
             port = self.connection.getsockname()[1]
             with liar._lock:
-                liar.requests.append(Seen(self.command, path, "Authorization" in self.headers, port))
+                liar.requests.append(Seen(self.command, path, "Authorization" in self.headers, port,
+                                          self.headers.get("Range", "")))
             body = self._read_body() if self.command in ("PUT", "POST", "PATCH") else b""
             if liar.credentials is not None and port != liar.elsewhere_port and not self._authorized():
                 self._answer(401, b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}',
@@ -252,13 +256,16 @@ def _handler(liar: Liar) -> type[BaseHTTPRequestHandler]:
                 self._endless(lie)
             elif lie.kind == "slow":
                 self._slow(lie)
+            elif lie.kind == "late":
+                liar.stopping.wait(lie.delay)
+                return False
             elif lie.kind == "huge-manifest":
                 filler = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
                           "annotations": {"x": "a" * lie.size}}
                 self._answer(200, json.dumps(filler).encode(),
                              {"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
             else:
-                return False  # wrong-bytes, truncate: the honest answer, spoilt on the way out
+                return False  # wrong-bytes, truncate: the honest answer, spoilt on the way out; late: later
             return True
 
         def _endless(self, lie: Lie) -> None:
@@ -303,10 +310,17 @@ def _handler(liar: Liar) -> type[BaseHTTPRequestHandler]:
 
         def _serve(self, data: bytes, media_type: str, digest: str, lie: Lie | None) -> None:
             headers = {"Content-Type": media_type, "Docker-Content-Digest": digest, "Content-Length": str(len(data))}
+            wanted = _RANGE.fullmatch(self.headers.get("Range", ""))
+            status = 200
+            if wanted is not None and int(wanted[1]) < len(data):  # as registries do: 206 and the slice
+                start, end = int(wanted[1]), min(int(wanted[2]), len(data) - 1)
+                headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+                data, status = data[start:end + 1], 206
+                headers["Content-Length"] = str(len(data))
             if lie is not None and lie.kind == "wrong-bytes" and data:
                 data = bytes([data[0] ^ 0xFF]) + data[1:]
             if lie is not None and lie.kind == "truncate" and self.command != "HEAD":
-                self.send_response(200)
+                self.send_response(status)
                 for key, value in headers.items():
                     self.send_header(key, value)
                 self.end_headers()
@@ -315,7 +329,7 @@ def _handler(liar: Liar) -> type[BaseHTTPRequestHandler]:
                     self.wfile.flush()
                 self._reset()
                 return
-            self._answer(200, data, headers)
+            self._answer(status, data, headers)
 
         def _manifest(self, match: re.Match[str], body: bytes, lie: Lie | None) -> None:
             repo, ref = liar.repo(match["repo"]), match["ref"]
