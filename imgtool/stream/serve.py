@@ -7,7 +7,8 @@ is local gives the version its local name by running `pull` itself (which then f
 the VM's record at that version and drops the stream: the VM's next start uses an ordinary base.
 
 Process: returns (exit 0) once it listens, or exits 1 with the reason on stderr; then runs in a new
-session, logging to stream.log in the VM folder. One per VM (flock on stream.lock). It follows QEMU:
+session, logging to stream.log in the VM folder, as the child of a keeper that starts it again when it
+dies while the VM runs. One per VM (flock on stream.lock). It follows QEMU:
 it exits when the VM's QEMU exits (or when none started within START_GRACE seconds), and with
 `--hydrate-only` (no VM running) once hydration ends. While QEMU is paused on an I/O error
 (rerror=stop: a chunk the registry did not give), it resumes it with backoff; QEMU re-issues the read.
@@ -57,6 +58,7 @@ START_GRACE = 300.0  # seconds to wait for the VM's QEMU after listening
 TICK = 0.5
 KEEP_EVERY = 5.0  # seconds between writes of demand-fetched chunks into the store
 MAX_BACKOFF = 30.0
+RESTARTS = 8  # a server that keeps dying is left dead after this many restarts in a row (vm resume starts one)
 ALREADY_RUNNING = "already running"
 PAUSED_DISK_FULL = "paused-disk-full"
 
@@ -352,7 +354,10 @@ def profile_order(target: Target, judged: Judged, disks: list[Disk]) -> list[byt
 
 
 def daemonize(home: Home, name: str, *, hydrate_only: bool = False) -> int:
-    """Fork the server into the background (new session, output to stream.log); return once it listens."""
+    """Fork the server into the background (new session, output to stream.log); return once it listens.
+
+    The background process is a keeper: it runs the server in a child and starts it again when it dies
+    while its VM runs (`_keep_serving`)."""
     folder = vmrecord.vm_dir(home, name)
     read_end, write_end = os.pipe()
     child = os.fork()
@@ -370,23 +375,58 @@ def daemonize(home: Home, name: str, *, hydrate_only: bool = False) -> int:
     if os.fork() > 0:
         os._exit(0)
     _detach_stdio(folder / "stream.log")
-    reported = False
+    os._exit(_keep_serving(home, name, hydrate_only, write_end))
 
+
+def _keep_serving(home: Home, name: str, hydrate_only: bool, report: int) -> int:
+    """Run the server in a child; when it dies (a signal, kill -9 included) while its VM's QEMU runs and
+    the VM still streams, run it again after a backoff, at most RESTARTS times in a row.
+    QEMU holds the guest's reads meanwhile (`reconnect-delay`) and reconnects to the same socket."""
+    restarts, delay = 0, 1.0
+    while True:
+        child = os.fork()
+        if child == 0:
+            os._exit(_run_server(home, name, hydrate_only, report if restarts == 0 else None))
+        if restarts == 0:
+            os.close(report)  # the caller reads until the first server has said how it started
+        _pid, status = os.waitpid(child, 0)
+        code = os.waitstatus_to_exitcode(status)
+        # A first server that failed said why to its caller; one that died, or a restarted one that could
+        # not judge the version again (the registry away), is run again.
+        killed = code < 0 or (code > 0 and restarts > 0)
+        if not killed or restarts >= RESTARTS or not _still_streaming(home, name, hydrate_only):
+            return max(code, 0)
+        restarts += 1
+        log.warning("the stream server (pid %d) ended with %s; starting it again in %.0f s (%d of %d)",
+                    child, f"signal {-code}" if code < 0 else f"code {code}", delay, restarts, RESTARTS)
+        time.sleep(delay)
+        delay = min(delay * 2, MAX_BACKOFF)
+
+
+def _still_streaming(home: Home, name: str, hydrate_only: bool) -> bool:
+    folder = vmrecord.vm_dir(home, name)
+    if not (folder / vmrecord.RECORD).exists() or not (folder / vmrecord.STREAM).exists():
+        return False
+    return hydrate_only or vmstate.running_state(home, name) is not None
+
+
+def _run_server(home: Home, name: str, hydrate_only: bool, report: int | None) -> int:
+    """The server in this (child) process; `report` (the first one's) says to `daemonize` how it started."""
     def ready(message: str) -> None:
-        nonlocal reported
-        os.write(write_end, message.encode())
-        os.close(write_end)
-        reported = True
+        nonlocal report
+        if report is not None:
+            os.write(report, message.encode())
+            os.close(report)
+            report = None
 
     try:
-        code = serve(home, name, hydrate_only=hydrate_only, ready=ready)
+        return serve(home, name, hydrate_only=hydrate_only, ready=ready)
     except BaseException as exc:
         log.exception("stream server failed")
-        if not reported:
+        if report is not None:
             text = exc.message + f" (hint: {exc.hint})" if isinstance(exc, ImgtoolError) else str(exc)
-            os.write(write_end, f"the stream server of VM '{name}' did not start: {text}".encode())
-        os._exit(1)
-    os._exit(code)
+            os.write(report, f"the stream server of VM '{name}' did not start: {text}".encode())
+        return 1
 
 
 def _detach_stdio(log_file: Path) -> None:

@@ -7,6 +7,7 @@ provenance, verify --deep is clean, and the next start runs over an ordinary loc
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -58,6 +59,21 @@ def published(tmp_path: Path, registry: Registry, image: Path, repo: str) -> tup
     return publisher, pub
 
 
+def new_server(folder: Path, old: int) -> int:
+    """The pid of the stream server that replaced `old` (bounded wait)."""
+    for _ in range(300):
+        with contextlib.suppress(OSError, ValueError):
+            pid = int((folder / "stream.pid").read_text())
+            if pid != old and alive(pid):
+                return pid
+        time.sleep(0.2)
+    raise AssertionError(f"no stream server replaced pid {old}: {(folder / 'stream.log').read_text()[-2000:]}")
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 def test_a_streamed_vm_boots_hydrates_and_then_runs_on_a_local_base(
         registry: Registry, bios_image: Path, tmp_path: Path) -> None:  # noqa: F811
     _publisher, pub = published(tmp_path, registry, bios_image, "stream")
@@ -82,12 +98,18 @@ def test_a_streamed_vm_boots_hydrates_and_then_runs_on_a_local_base(
     user("gc")  # what the VM fetched is leased, so gc keeps it
 
     server = int((folder / "stream.pid").read_text())
-    os.kill(server, signal.SIGKILL)  # the stream server dies: vm resume gives the running VM a new one
+    os.kill(server, signal.SIGKILL)  # the stream server dies: its keeper starts another one by itself
+    restarted = new_server(folder, server)
+    assert restarted != server and alive(restarted)
+    shown = user.json("vm", "show", "s1")
+    assert isinstance(shown, dict) and shown["hydration"]["server"] is True and shown["state"] == "running"
+    os.kill(parent_of(restarted), signal.SIGKILL)  # the keeper and the server both die: vm resume starts one
+    os.kill(restarted, signal.SIGKILL)
     deadline = time.monotonic() + 30
-    while alive(server) and time.monotonic() < deadline:
+    while alive(restarted) and time.monotonic() < deadline:
         time.sleep(0.2)
     user("vm", "resume", "s1")
-    assert int((folder / "stream.pid").read_text()) != server
+    assert int((folder / "stream.pid").read_text()) not in (server, restarted)
 
     done = user.json("vm", "hydrate", "s1", "--wait")
     assert isinstance(done, dict) and done["hydration"]["state"] == "complete"
