@@ -101,8 +101,9 @@ def vm_new(
     accel: Annotated[str | None, Opt(help="With --start: kvm or tcg (default: probe).")] = None,
     wait: Annotated[bool, Opt(help="With --start: return once SSH accepts the seeded key (see vm wait).")] = False,
     wait_timeout: Annotated[float, Opt(help="With --wait: give up after this many seconds.")] = 600.0,
-    stream: Annotated[bool, Opt(help="REMOTE images: boot while the chunks arrive (judged as pull judges it "
-                                     "first); the VM's next start after hydration uses a local base.")] = False,
+    stream: Annotated[bool | None, Opt("--stream/--no-stream", help="REMOTE images: boot while the chunks arrive "
+                                     "(judged as pull judges it first); the VM's next start after hydration uses "
+                                     "a local base. Default: stream with --start, pull first without.")] = None,
     hydrate: Annotated[str, Opt(metavar="MODE", help="With --stream: background (fetch everything) or "
                                                      "on-demand (only what the guest reads).")] = "background",
     warm: Annotated[bool, Opt(help="Restore the VM from the version's warm state of its size (imgtool version "
@@ -136,6 +137,7 @@ def vm_new(
                        ignore_recommendations=ignore_recommendations, allow_revoked=allow_revoked,
                        disk_size=disk_bytes, forwards=forwards, shares=parse_shares(share),
                        networks=tuple(map(attachments.parse_network, network or [])))
+    streaming = stream if stream is not None else (start and not warm and _is_remote(image))
     if warm:
         if stream:
             raise InvalidArgument("--warm and --stream cannot be combined", hint="a warm state is made from a "
@@ -143,9 +145,9 @@ def vm_new(
         _new_warm(st, dataclasses.replace(request, image=_local_image(st, image)), accel=accel,
                   wait_timeout=wait_timeout if wait else None)
         return
-    record = _new_streamed(st, request, stream=stream, hydrate=hydrate)
+    record = _new_streamed(st, request, stream=streaming, hydrate=hydrate)
     verified = None
-    if record is None and start and not cold and not stream and not _is_remote(image):
+    if record is None and start and not cold and not streaming and not _is_remote(image):
         verified = dataclasses.replace(request, image=_local_image(st, image))  # checked as for any VM
         if _warm_by_default(st, verified, accel):
             _new_warm(st, verified, accel=accel, wait_timeout=wait_timeout if wait else None)
@@ -167,7 +169,7 @@ def vm_new(
         emit_json(shapes.vm_of(st.home, name, warnings=warnings))
         return
     print(f"created VM {name} from {record.image}")
-    if stream and is_streaming(st.home, name):
+    if streaming and is_streaming(st.home, name):
         print(f"  streamed from {image} ({hydrate} hydration): progress in imgtool vm show {name}")
     for line in _got(record):
         print(f"  {line}")
@@ -184,7 +186,8 @@ def _new_streamed(st: State, request: "NewVm", *, stream: bool, hydrate: str) ->
 
     if not stream:
         if hydrate != "background":
-            raise InvalidArgument("--hydrate applies to a streamed VM", hint="add --stream")
+            raise InvalidArgument("--hydrate applies to a streamed VM",
+                                  hint="add --start (a remote image streams then) or --stream")
         return None
     if not images.is_remote_image(request.image):
         raise InvalidArgument("--stream applies to a remote image (REMOTE:GALLERY/DEFINITION[@X.Y.Z])",

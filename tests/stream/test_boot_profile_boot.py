@@ -46,8 +46,9 @@ def test_a_checked_version_streams_its_boot_profile_first(registry: Registry, bi
     user = user_cli(tmp_path)
     user("remote", "add", "origin", f"{registry.url}/profile")
     user("trust", "policy", "origin", "any")
-    user("vm", "new", "p1", "--image", "origin:lab/tiny@1.0.0", "--stream", "--hydrate", "on-demand",
-         "--memory", "256", "--start")
+    # No --stream: a remote image streams by default when the VM starts.
+    user("vm", "new", "p1", "--image", "origin:lab/tiny@1.0.0", "--hydrate", "on-demand", "--memory", "256", "--start")
+    assert (user.home / "vms" / "p1" / "stream.json").exists()
     assert ready(user, "p1")["hostname"] == "p1"
     shown = user.json("vm", "show", "p1")
     assert isinstance(shown, dict)

@@ -48,6 +48,14 @@ def test_hydration_needs_the_registry_and_says_so(registry: Registry, tmp_path: 
     assert store.get_name("versions", "team", "base", "1.0.0") is None
     done = user.json("vm", "hydrate", "s", "--wait")
     assert isinstance(done, dict) and done["hydration"]["state"] == "complete"
+    refused = user("vm", "new", "t", "--image", "origin:team/base@1.0.0", "--no-stream", "--hydrate", "on-demand",
+                   ok=False)
+    assert refused.returncode == 2 and "--hydrate applies to a streamed VM" in refused.stderr, refused.stderr
+    publish_bytes(src, "team/base", "1.1.0", disk_bytes(4 << 20, seed=72))
+    sharing.push_source(src, "team/base@1.1.0", "origin")
+    user("vm", "new", "t", "--image", "origin:team/base@1.1.0")  # not starting: pulled first, not streamed
+    assert not (user.home / "vms" / "t" / "stream.json").exists()
+    assert store.get_name("versions", "team", "base", "1.1.0") is not None
     assert store.get_name("versions", "team", "base", "1.0.0") is not None
     assert store.list_names(STREAM_LEASES) == []
     assert "ok:" in user("verify", "--deep").stdout
