@@ -173,7 +173,7 @@ def plan(home: Home, *, capture_retention: float = DEFAULT_CAPTURE_RETENTION, no
     purged, retained = _deletions(home, clock.now().timestamp() if now is None else now)
     gone = {(CAPTURES, h) for h in expired} | {(recycle.DELETED, *i.key) for i in purged}
     names = store.all_names()
-    orphans = _orphaned_per_version(names, gone)
+    orphans = _orphaned_per_version(names, gone) + _leases_of_gone_vms(home, names)
     gone |= set(orphans)
     roots = [d for key, d in names if key not in gone and (key[0], key[-1]) not in gone]
     roots += vmrecord.roots(home).values()
@@ -183,8 +183,7 @@ def plan(home: Home, *, capture_retention: float = DEFAULT_CAPTURE_RETENTION, no
     result.items += [Item(f"deleted-{i.kind}", i.label, f"deleted at {i.deleted_at}; its retention ended "
                           f"{i.purge_after}", 0) for i in purged]
     result.per_version = orphans
-    result.items += [Item(PER_VERSION_KINDS[k[0]], "/".join(k[1:]), "its version is gone (purged)", 0)
-                     for k in orphans]
+    result.items += [Item(PER_VERSION_KINDS[k[0]], "/".join(k[1:]), _ORPHAN_REASONS[k[0]], 0) for k in orphans]
     result.items += _store_items(result.store)
     result.evict, result.stale, result.unfinished = bases.unused(home), bases.stale_temporaries(home), \
         vm.unfinished(home)
@@ -199,8 +198,20 @@ def plan(home: Home, *, capture_retention: float = DEFAULT_CAPTURE_RETENTION, no
     return result
 
 
-PER_VERSION_KINDS = {boot_profile.NAMESPACE: "boot-profile", SIGNATURES: "signature-set"}
-PER_VERSION = tuple(PER_VERSION_KINDS)  # names that describe one version, keyed like it
+PER_VERSION_KINDS = {boot_profile.NAMESPACE: "boot-profile", SIGNATURES: "signature-set",
+                     vmrecord.STREAM_LEASES: "stream-lease"}
+PER_VERSION = (boot_profile.NAMESPACE, SIGNATURES)  # names that describe one version, keyed like it
+_ORPHAN_REASONS = {boot_profile.NAMESPACE: "its version is gone (purged)", SIGNATURES: "its version is gone (purged)",
+                   vmrecord.STREAM_LEASES: "its VM is gone (a vm delete killed before it dropped its leases)"}
+
+
+def _leases_of_gone_vms(home: Home, names: list[tuple[tuple[str, ...], str]]) -> list[tuple[str, ...]]:
+    """Stream leases (stream-leases/<vm>/<disk>) whose VM has no record. `vm delete` removes the record
+    first and the leases last, so a delete killed in between (or a stream server renewing a lease just as
+    its VM is deleted) would hold those chunks forever. A lease is only written by the VM's stream server,
+    which runs only while the record exists; under gc's exclusive lock no lease is being written."""
+    return [key for key, _d in names if key[0] == vmrecord.STREAM_LEASES and len(key) == 3
+            and not vmrecord.record_path(home, key[1]).exists()]
 
 
 def _orphaned_per_version(names: list[tuple[tuple[str, ...], str]],

@@ -201,11 +201,18 @@ def test_a_stream_server_killed_mid_hydration_resumes_from_what_it_kept(origin: 
     user("vm", "hydrate", "d")  # a second VM on the same version, deleted mid-hydration
     wait_for(lambda: origin.switch.bytes > 4 * MiB, "d to hydrate")
     deleting = server_pid(user.home / "vms" / "d")
-    assert leases(user, "d")  # what h kept is d's too (its server's first keep leases what is there)
+    held = home.store.list_names(STREAM_LEASES, "d")
+    assert held  # what h kept is d's too (its server's first keep leases what is there)
     user("vm", "delete", "d")
     if deleting is not None:
         wait_for(lambda: not alive(deleting), "d's stream server to end with it")
     assert leases(user, "d") == []
+    clean_and_unnamed(user)
+    for key, digest in held:  # what a vm delete killed after the record went (before the leases) leaves
+        home.store.set_name(STREAM_LEASES, "d", *key, target=digest)
+    gc = user.json("gc")
+    assert isinstance(gc, dict) and gc["counts"].get("stream-lease") == len(held)
+    assert leases(user, "d") == [] and sorted(leases(user, "h")) == [("lun0",), ("os",)]
     clean_and_unnamed(user)
 
     done = user.json("vm", "hydrate", "h", "--wait")
