@@ -166,6 +166,38 @@ def holds_store_lock(pid: int, locks: Path) -> bool:
         return False
 
 
+def stopped(pid: int) -> bool:
+    """Whether every thread of the process is stopped (SIGSTOP), or it is gone."""
+    try:
+        return all(Path(f"/proc/{pid}/task/{t}/stat").read_text().rsplit(")", 1)[1].split()[0] in "tTXZ"
+                   for t in os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return True
+
+
+def stepped_until(pid: int, check: Callable[[], bool], what: str, step: float = 0.0005) -> bool:
+    """Run a SIGSTOPped process in slices of `step` seconds, looking at the store between slices, until
+    `check` holds (True; it is left stopped there) or it exits (False). Deterministic where a poll from
+    outside is not: nothing moves while we look, and no slice is long enough to step over a pack's write."""
+    deadline = time.monotonic() + 60
+    while alive(pid):
+        wait_for(lambda: stopped(pid), f"pid {pid} to stop")
+        if check():
+            return True
+        assert time.monotonic() < deadline, f"gave up stepping pid {pid} to {what}"
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(step)
+        os.kill(pid, signal.SIGSTOP)
+    return False
+
+
+def writing_a_pack(packs: Path, before: set[Path]) -> bool:
+    """A keep in the middle of its pack: a new temporary file, or a new pack whose index is not written yet
+    (`before`: what an earlier kill may have left, which does not count)."""
+    return any(p.name.startswith(".tmp-") or (p.suffix == ".pack" and not p.with_suffix(".idx").exists())
+               for p in set(packs.glob("*/*")) - before)
+
+
 def hydrate_killed_at(user: Cli, origin: Origin, vm: str, at_byte: int) -> None:
     """`vm hydrate VM` (its server runs in the background), SIGKILLed by the proxy `at_byte` bytes on."""
     origin.switch.arm(at_byte=at_byte)
@@ -185,24 +217,12 @@ def test_a_stream_server_killed_mid_hydration_resumes_from_what_it_kept(origin: 
 
     hydrate_killed_at(user, origin, "h", 8 * MiB)  # before the first keep: nothing kept, nothing leased
     clean_and_unnamed(user)
-    hydrate_killed_at(user, origin, "h", 40 * MiB)  # after two keeps (16 MiB each): those chunks are leased
-    clean_and_unnamed(user)
-    assert sorted(leases(user, "h")) == [("lun0",), ("os",)]
-
-    user("vm", "hydrate", "h")
-    pid = server_pid(user.home / "vms" / "h")
-    assert pid is not None
-    with home.store.exclusive():  # as a gc would: the server's next keep waits for the store, chunks in hand
-        wait_for(lambda: holds_store_lock(pid, home.store.layout.locks), "a keep waiting for the store")
-        killed(pid)
-    clean_and_unnamed(user)
-
     origin.switch.arm()
     user("vm", "hydrate", "d")  # a second VM on the same version, deleted mid-hydration
     wait_for(lambda: origin.switch.bytes > 4 * MiB, "d to hydrate")
     deleting = server_pid(user.home / "vms" / "d")
     held = home.store.list_names(STREAM_LEASES, "d")
-    assert held  # what h kept is d's too (its server's first keep leases what is there)
+    assert held  # its server leased what the store held at once (its first keep)
     user("vm", "delete", "d")
     if deleting is not None:
         wait_for(lambda: not alive(deleting), "d's stream server to end with it")
@@ -213,6 +233,32 @@ def test_a_stream_server_killed_mid_hydration_resumes_from_what_it_kept(origin: 
     gc = user.json("gc")
     assert isinstance(gc, dict) and gc["counts"].get("stream-lease") == len(held)
     assert leases(user, "d") == [] and sorted(leases(user, "h")) == [("lun0",), ("os",)]
+    clean_and_unnamed(user)
+
+    hydrate_killed_at(user, origin, "h", 40 * MiB)  # after two keeps (16 MiB each): those chunks are leased
+    clean_and_unnamed(user)
+    assert sorted(leases(user, "h")) == [("lun0",), ("os",)]
+
+    locks = home.store.layout.locks
+    user("vm", "hydrate", "h")
+    pid = server_pid(user.home / "vms" / "h")
+    assert pid is not None
+    with home.store.exclusive():  # as a gc would: the server's next keep waits for the store, chunks in hand
+        wait_for(lambda: holds_store_lock(pid, locks), "a keep waiting for the store")
+        killed(pid)
+    clean_and_unnamed(user)
+
+    user("vm", "hydrate", "h")  # again, and this time killed in the middle of writing the pack
+    writer = server_pid(user.home / "vms" / "h")
+    assert writer is not None
+    with home.store.exclusive():
+        wait_for(lambda: holds_store_lock(writer, locks), "a keep waiting for the store")
+        os.kill(writer, signal.SIGSTOP)
+    packs = home.store.layout.packs
+    before = set(packs.glob("*/*"))
+    caught = stepped_until(writer, lambda: writing_a_pack(packs, before), "a pack half written")
+    killed(writer)
+    assert caught, "the keep was not caught writing its pack"
     clean_and_unnamed(user)
 
     done = user.json("vm", "hydrate", "h", "--wait")
