@@ -16,7 +16,7 @@ from imgtool.gallery.version_changes import delete_version
 from imgtool.home import Home
 from imgtool.names import DefinitionRef, Version
 from imgtool.vm import bases, boot_profile
-from imgtool.vm.record import VmDisk, VmRecord, save
+from imgtool.vm.record import STREAM, STREAM_LEASES, VmDisk, VmRecord, save
 from store import fsclock
 from store.ingest import ingest
 
@@ -170,3 +170,24 @@ def test_a_purged_versions_boot_profile_goes_and_a_soft_deleted_ones_stays(tmp_p
     assert boot_profile.load(home.store, "team", "base", "2.0.0") is None
     assert boot_profile.load(home.store, "team", "base", "1.0.0") is not None
     assert "boot-profile" not in kinds(garbage.gc(home, dry_run=True))  # converged
+
+
+def test_a_stream_lease_goes_with_its_vm_and_stays_while_the_vm_is_there(tmp_path: Path) -> None:
+    """A streaming VM's leases (stream-leases/<vm>/<disk>) hold what it fetched; once its record is gone (a
+    `vm delete` killed after the record and before the leases) nothing else would ever drop them."""
+    home = setup_home(tmp_path)
+    live, gone = store_disk(home, 2), store_disk(home, 3)
+    (home.vms / "live").mkdir(parents=True)
+    save(home, VmRecord(name="live", created="2026-12-01T00:00:00Z", image="team/base@1.0.0",
+                        version_digest="blake3:" + "0" * 64, os_state="generalized", definition={},
+                        definition_record="blake3:" + "1" * 64, cpus=1, memory_mib=256, firmware="bios", arch="x86_64",
+                        disks=(VmDisk(None, "disk-os.qcow2", "unused", live, 2 * CHUNK),), seed=None))
+    (home.vms / "live" / STREAM).write_text("{}")  # streaming: its leases, not its version, hold its chunks
+    home.store.set_name(STREAM_LEASES, "live", "os", target=live)
+    home.store.set_name(STREAM_LEASES, "ghost", "os", target=gone)
+    plan = garbage.gc(home, dry_run=True)
+    assert [(i.kind, i.name) for i in plan.items if i.kind == "stream-lease"] == [("stream-lease", "ghost/os")]
+    garbage.gc(home, dry_run=False)
+    assert [key for key, _ in home.store.list_names(STREAM_LEASES)] == [("live", "os")]
+    assert home.store.has_manifest(live) and not home.store.has_manifest(gone)
+    assert kinds(garbage.gc(home, dry_run=True)) == {}  # converged
