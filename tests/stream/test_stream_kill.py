@@ -272,6 +272,15 @@ def test_a_stream_server_killed_mid_hydration_resumes_from_what_it_kept(origin: 
     assert leases(user, "d") == [] and sorted(leases(user, "h")) == [("lun0",), ("os",)]
     clean_and_unnamed(user)
 
+    origin.switch.arm(at_byte=4 * MiB)  # the server alone this time: its keeper starts another, which goes on
+    user("vm", "hydrate", "h")
+    alone = server_pid(user.home / "vms" / "h")
+    assert alone is not None
+    origin.switch.aim(alone)
+    wait_for(lambda: not alive(alone), "the stream server to be killed")
+    origin.switch.reset()
+    wait_for(lambda: server_pid(user.home / "vms" / "h") not in (None, alone) or
+             home.store.get_name("versions", "lab", "tiny", "1.0.0") is not None, "its keeper to start another")
     done = user.json("vm", "hydrate", "h", "--wait")
     assert isinstance(done, dict) and done["hydration"]["state"] == "complete"
     assert 0 < done["hydration"]["bytes_fetched"] < done["hydration"]["bytes_total"]  # it resumed, not restarted
