@@ -417,11 +417,15 @@ class DiskSource:
         out = bytearray(length)
         size = self.chunk_size
         end = offset + length
-        for number in range(offset // size, (end - 1) // size + 1 if length else 0):
+        last = (end - 1) // size if length else -1
+        for number in range(offset // size, last + 1):
             digest = self.chunks.get(number)
             if digest is None:
                 continue  # a zero chunk: never stored, never fetched
-            ahead = [d for d in (self.chunks.get(n) for n in range(number + 1, number + 1 + self.read_ahead)) if d]
+            # A miss asks with it for the rest of this read (which needs them next) and the read-ahead: one
+            # request, not a round trip per chunk.
+            upto = max(last + 1, number + 1 + self.read_ahead)
+            ahead = [d for d in (self.chunks.get(n) for n in range(number + 1, upto)) if d]
             data = self.hydration.chunk(digest, ahead)
             start = number * size
             low, high = max(offset, start), min(end, start + len(data))

@@ -116,6 +116,18 @@ def test_concurrent_misses_on_one_chunk_share_one_fetch(home: Home, liar: Liar) 
         assert sum(1 for r in liar.requests if r.path == pack_path(liar)) - before == 1
 
 
+def test_a_read_over_missing_chunks_fetches_them_in_one_request_without_read_ahead(home: Home,
+                                                                                   liar: Liar) -> None:
+    """With a boot profile there is no read-ahead, yet a guest's 1 MiB read of remote data must not pay a
+    round trip per 128 KiB chunk: the read's own chunks go in the miss's request."""
+    with Opened(home) as (hydration, _disk):
+        disk = DiskSource(hydration, hydration.disks[0], read_ahead=0)
+        before = sum(1 for r in liar.requests if r.path == pack_path(liar))
+        assert disk.read(4 * CHUNK, 6 * CHUNK) == bytes(DATA[4 * CHUNK:10 * CHUNK])  # chunks 4-9, none zero
+        assert sum(1 for r in liar.requests if r.path == pack_path(liar)) - before == 1
+        assert hydration.counters.fetched_chunks == 6  # and nothing past the read
+
+
 def test_fetched_chunks_are_leased_and_hydration_leaves_pull_nothing(home: Home) -> None:
     with Opened(home) as (hydration, disk):
         disk.read(0, 2 * CHUNK)
