@@ -10,7 +10,8 @@ import pytest
 
 from tests.cli import Cli
 from tests.conftest import require_tools
-from tests.realguest.test_debian import ADMIN, ROOT, WAIT, _require_root_or_cache
+from tests.realguest.conftest import ROOT, require_root_or_cache
+from tests.realguest.test_debian import ADMIN, WAIT
 
 pytestmark = [pytest.mark.realguest, pytest.mark.integration, pytest.mark.boot]
 
@@ -20,7 +21,7 @@ def test_uefi_image_boots_under_ovmf_and_accepts_the_seeded_key(tmp_path: Path) 
                   "debugfs", "ssh", "ssh-keygen")
     if not Path("/usr/share/OVMF/OVMF_CODE_4M.fd").exists():
         pytest.fail("OVMF is missing (apt-get install ovmf; ./scripts/setup does it)")
-    _require_root_or_cache()
+    require_root_or_cache()
     image = tmp_path / "debian12-uefi.raw"
     subprocess.run([str(ROOT / "scripts" / "build-debian-image"), str(image), "--uefi"], check=True, timeout=900)
     key = tmp_path / "id_ed25519"

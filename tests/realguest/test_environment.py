@@ -23,11 +23,9 @@ from typing import Any
 import pytest
 
 from tests.cli import Cli
-from tests.realguest.test_debian import _require_root_or_cache
 from tests.test_env_boot import processes_mentioning
 
 pytestmark = [pytest.mark.realguest, pytest.mark.integration, pytest.mark.boot, pytest.mark.timeout(2400)]
-ROOT = Path(__file__).resolve().parents[2]
 
 FILE = """\
 name: envr
@@ -101,15 +99,12 @@ def diagnose(cli: Cli) -> str:
     return "\n".join(found)
 
 
-def test_a_two_vm_environment_of_real_guests(tmp_path: Path) -> None:
-    _require_root_or_cache()
-    out = tmp_path / "debian12.raw"
-    subprocess.run([str(ROOT / "scripts" / "build-debian-image"), str(out)], check=True, timeout=1200)
+def test_a_two_vm_environment_of_real_guests(image: Path, tmp_path: Path) -> None:
     cli = Cli(tmp_path / "home", env={"IMGTOOL_ACCEL": "tcg"})
     cli("gallery", "create", "lab")
     cli("definition", "create", "lab/deb", "--publisher", "debian", "--offer", "debian-12", "--sku", "g",
         "--os-type", "linux", "--os-state", "generalized", "--min-memory", "512")
-    cli("publish", "lab/deb", "--version", "1.0.0", "--os-disk", str(out))
+    cli("publish", "lab/deb", "--version", "1.0.0", "--os-disk", str(image))
     project = tmp_path / "proj"
     shared = project / "shared"
     shared.mkdir(parents=True)

@@ -15,7 +15,7 @@ import pytest
 
 from tests.cli import Cli
 from tests.conftest import require_tools
-from tests.realguest.test_debian import ADMIN, WAIT, image, key, ssh  # noqa: F401 - image and key are fixtures
+from tests.realguest.test_debian import ADMIN, WAIT, key, ssh  # noqa: F401 - key is a fixture
 from tests.remote.registry import Registry, running
 
 pytestmark = [pytest.mark.realguest, pytest.mark.integration, pytest.mark.boot]
@@ -28,7 +28,7 @@ def registry() -> Iterator[Registry]:
         yield reg
 
 
-def test_debian_streams_to_ssh_then_hydrates_to_the_same_bytes(registry: Registry, image: Path,  # noqa: F811
+def test_debian_streams_to_ssh_then_hydrates_to_the_same_bytes(registry: Registry, image: Path,
                                                                key: Path, tmp_path: Path) -> None:  # noqa: F811
     publisher = Cli(tmp_path / "publisher", env={"IMGTOOL_ACCEL": "tcg"})
     publisher("gallery", "create", "lab")

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli import Cli
-from tests.realguest.test_debian import ADMIN, WAIT, image  # noqa: F401 - image: the module's fixture
+from tests.realguest.test_debian import ADMIN, WAIT
 
 pytestmark = [pytest.mark.realguest, pytest.mark.integration, pytest.mark.boot]
 SIZE = ("--cpus", "1", "--memory", "1024")
@@ -36,7 +36,7 @@ runcmd:
 
 
 @pytest.fixture(scope="module")
-def cli(image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:  # noqa: F811
+def cli(image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
     cli = Cli(tmp_path_factory.mktemp("home") / "home", env={"IMGTOOL_ACCEL": "tcg"})
     cli("gallery", "create", "lab")
     cli("definition", "create", "lab/deb", "--publisher", "debian", "--offer", "debian-12", "--sku", "warm",
