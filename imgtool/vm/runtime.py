@@ -144,8 +144,12 @@ def start(home: Home, name: str, *, requested_accel: str | None = None, force: b
     if log.exists():
         os.replace(log, folder / f"{SERIAL}.1")  # each boot starts a fresh console log
     _stop_unrecorded_qemu(folder)
-    if is_streaming(home, name):
+    # Decided once: a server that finds every chunk already local names the version and drops stream.json
+    # at once, but it keeps serving, and this QEMU's chain goes through it (the base is made at the next start).
+    streamed = is_streaming(home, name)
+    if streamed:
         _start_stream_server(home, name)
+        served = served or stream_socket(folder)
     record = attachments.refresh_seed(home, record)  # peers made since the last start get hosts lines
     extra = attachments.device_argv(home, record)
     for attempt in range(3):
