@@ -7,12 +7,21 @@ the clock moved ahead the deadline lies before the monotonic epoch and the call 
 (`subprocess.wait` sleeps in a loop: that was the `OSError: [Errno 22]` a shifted `pull` died of).
 Without that variable the monotonic deadlines of lock waits are faked while the kernel waits on the
 real clock, and every timed wait hangs. So the run keeps monotonic real and sleeps with select(),
-whose relative timeout libfaketime passes through. Nothing in imgtool itself is changed.
+whose relative timeout libfaketime passes through.
+
+Its third wrapper can hang a fork: pthread_cond_timedwait takes a read lock of libfaketime's for a
+moment on every call, and a child of fork() makes its GIL anew through pthread_cond_init, which takes
+that lock for writing. When another thread was inside that moment as the process forked (a thread
+waiting for the GIL calls timedwait every switch interval, 5 ms), the child waits for ever (seen once:
+`sh` forks in Python while pack-writer threads wait for the GIL). A switch interval of a second makes
+those calls 200 times rarer; threads still hand over the GIL whenever the holder blocks on I/O.
+Nothing in imgtool itself is changed.
 """
 
 from __future__ import annotations
 
 import select
+import sys
 import time
 from typing import SupportsIndex
 
@@ -27,3 +36,4 @@ def _sleep(secs: float | SupportsIndex) -> None:
 
 
 time.sleep = _sleep
+sys.setswitchinterval(1.0)
