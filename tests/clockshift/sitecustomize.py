@@ -11,17 +11,18 @@ whose relative timeout libfaketime passes through.
 
 Its third wrapper can hang a fork: pthread_cond_timedwait takes a read lock of libfaketime's for a
 moment on every call, and a child of fork() makes its GIL anew through pthread_cond_init, which takes
-that lock for writing. When another thread was inside that moment as the process forked (a thread
-waiting for the GIL calls timedwait every switch interval, 5 ms), the child waits for ever (seen once:
-`sh` forks in Python while pack-writer threads wait for the GIL). A switch interval of a second makes
-those calls 200 times rarer; threads still hand over the GIL whenever the holder blocks on I/O.
+that lock for writing. When another thread was inside that moment as the process forked, the child
+waits for ever before it runs a line of Python (seen twice, when `sh` forked in a test whose web view
+ran threads). So os.fork here has the child say it is alive through a pipe; a child that says nothing
+within FORK_PROOF seconds is killed and the fork made again.
 Nothing in imgtool itself is changed.
 """
 
 from __future__ import annotations
 
+import os
 import select
-import sys
+import signal
 import time
 from typing import SupportsIndex
 
@@ -36,4 +37,30 @@ def _sleep(secs: float | SupportsIndex) -> None:
 
 
 time.sleep = _sleep
-sys.setswitchinterval(1.0)
+
+
+_real_fork = os.fork
+FORK_PROOF = 10.0
+FORK_TRIES = 5
+
+
+def _fork() -> int:
+    for _ in range(FORK_TRIES):
+        read, write = os.pipe()
+        pid = _real_fork()
+        if pid == 0:
+            os.close(read)
+            os.write(write, b"!")
+            os.close(write)
+            return 0
+        os.close(write)
+        alive, _, _ = select.select([read], [], [], FORK_PROOF)
+        os.close(read)
+        if alive:
+            return pid
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    raise OSError(f"fork: the child hung {FORK_TRIES} times in libfaketime's pthread_cond_init")
+
+
+os.fork = _fork
