@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import sys
 import time
 from typing import SupportsIndex
 
@@ -60,6 +61,7 @@ def _fork() -> int:
             return pid
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
+        print(f"clock-shift: forked child {pid} hung in libfaketime; forking again", file=sys.stderr)
     raise OSError(f"fork: the child hung {FORK_TRIES} times in libfaketime's pthread_cond_init")
 
 
