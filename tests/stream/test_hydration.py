@@ -128,7 +128,10 @@ def test_a_read_over_missing_chunks_fetches_them_in_one_request_without_read_ahe
         assert hydration.counters.fetched_chunks == 6  # and nothing past the read
 
 
-def test_fetched_chunks_are_leased_and_hydration_leaves_pull_nothing(home: Home) -> None:
+def test_fetched_chunks_are_leased_and_hydration_leaves_pull_nothing(home: Home, tmp_path: Path) -> None:
+    # The lease's VM: gc drops the leases of a VM that has no record.
+    Cli(home.root, env={"HOME": str(tmp_path / "h"), "REGISTRY_AUTH_FILE": ""})(
+        "vm", "new", "t1", "--image", f"origin:{REPO}@1.0.0", "--stream", "--hydrate", "on-demand")
     with Opened(home) as (hydration, disk):
         disk.read(0, 2 * CHUNK)
         hydration.keep()
