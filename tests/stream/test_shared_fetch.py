@@ -20,14 +20,12 @@ import pytest
 
 from imgtool.flows import sharing
 from imgtool.home import Home
-from imgtool.remote import remotes
 from imgtool.remote.shared_fetch import SPOOL
 from imgtool.stream.hydration import DiskSource
 from store.verify import verify
-from tests.cli import Cli
-from tests.remote.helpers import disk_bytes, make_home, publish_bytes
+from tests.remote.helpers import disk_bytes
 from tests.remote.liar import Liar
-from tests.remote.liar import running as liar_running
+from tests.stream.liar_home import serving, user_home
 from tests.stream.test_hydration import CHUNK, Opened, pack_path
 
 pytestmark = pytest.mark.integration
@@ -40,23 +38,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def liar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Liar]:
-    with liar_running() as server:
-        src = make_home(tmp_path_factory.mktemp("publisher"))
-        publish_bytes(src, REPO, "1.0.0", DATA)
-        remotes.add(src, "liar", server.url)
-        sharing.push_source(src, f"{REPO}@1.0.0", "liar")
+    with serving(tmp_path_factory, REPO, DATA) as server:
         yield server
 
 
 @pytest.fixture
 def home(liar: Liar, tmp_path: Path) -> Iterator[Home]:
-    liar.lies.clear()
-    found = Home.at(tmp_path / "user")
-    found.ensure()
-    remotes.add(found, "origin", liar.url)
-    Cli(found.root, env={"HOME": str(tmp_path / "h"), "REGISTRY_AUTH_FILE": ""})("trust", "policy", "origin", "any")
-    yield found
-    liar.lies.clear()
+    yield from user_home(liar, tmp_path)
 
 
 @dataclass(frozen=True)

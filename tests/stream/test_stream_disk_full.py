@@ -13,16 +13,15 @@ import pytest
 
 from imgtool.flows import sharing
 from imgtool.home import Home
-from imgtool.remote import remotes
 from imgtool.stream.hydration import Hydration
 from imgtool.stream.serve import PAUSED_DISK_FULL, Supervisor, disks_of
 from imgtool.vm.record import STREAM_LEASES as LEASES
 from store.verify import verify
 from tests.conftest import require_tools
 from tests.reliability.harness import tmpfs
-from tests.remote.helpers import add_remote, disk_bytes, make_home, publish_bytes
+from tests.remote.helpers import add_remote, disk_bytes
 from tests.remote.liar import Liar
-from tests.remote.liar import running as liar_running
+from tests.stream.liar_home import serving
 
 pytestmark = pytest.mark.integration
 REPO = "team/base"
@@ -31,11 +30,7 @@ DATA = disk_bytes(4 << 20, seed=71)
 
 @pytest.fixture(scope="module")
 def liar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Liar]:
-    with liar_running() as server:
-        src = make_home(tmp_path_factory.mktemp("publisher"))
-        publish_bytes(src, REPO, "1.0.0", DATA)
-        remotes.add(src, "liar", server.url)
-        sharing.push_source(src, REPO, "liar")
+    with serving(tmp_path_factory, REPO, DATA) as server:
         yield server
 
 
