@@ -310,12 +310,12 @@ class Puller:
         def drain(limit: int) -> None:
             while len(window) > limit:
                 got = window.popleft().result()
-                for raw, frame, rawlen in got.fetched + got.taken:
-                    if writer.add(raw, frame, rawlen):
-                        result.chunks_fetched += 1
-                    if self.progress is not None:
-                        self.progress(len(frame))
-                result.chunks_fetched -= len(got.taken)
+                for chunks, joined in ((got.fetched, False), (got.taken, True)):
+                    for raw, frame, rawlen in chunks:
+                        if writer.add(raw, frame, rawlen) and not joined:
+                            result.chunks_fetched += 1
+                        if self.progress is not None:
+                            self.progress(len(frame))
                 result.chunks_joined += len(got.taken) + len(got.stored)
                 if self.progress is not None:
                     self.progress(sum(clen[d] for d in got.stored))

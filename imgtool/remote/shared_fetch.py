@@ -62,12 +62,16 @@ _descriptors: dict[Path, int] = {}
 _descriptors_lock = threading.Lock()
 
 
+def _open(path: Path) -> int:
+    makedirs(path.parent)
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+
 def _descriptor(path: Path) -> int:
     with _descriptors_lock:
         fd = _descriptors.get(path)
         if fd is None:
-            makedirs(path.parent)
-            fd = _descriptors[path] = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = _descriptors[path] = _open(path)
         return fd
 
 
@@ -88,13 +92,12 @@ class Claims:
     def streaming(self) -> None:
         """Mark this process as streaming into the store until `close`: pulls then spool for it."""
         if self.mark is None:
-            self.mark = os.open(self.store.layout.tmp / STREAMING_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self.mark = _open(self.store.layout.tmp / STREAMING_FILE)
             fcntl.flock(self.mark, fcntl.LOCK_SH)
 
     def streaming_here(self) -> bool:
         """Whether a stream runs into this store now (this process's own included)."""
-        makedirs(self.store.layout.tmp)
-        fd = os.open(self.store.layout.tmp / STREAMING_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = _open(self.store.layout.tmp / STREAMING_FILE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except (BlockingIOError, PermissionError):
